@@ -1,0 +1,5 @@
+"""Allow ``python -m osteoflag``."""
+
+from osteoflag.cli import main
+
+raise SystemExit(main())
