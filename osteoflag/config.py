@@ -1,0 +1,168 @@
+"""Configuration: one frozen settings object, read from TOML and validated.
+
+Relative paths resolve against the folder of the config file, so a config can be
+moved together with its ``var/`` and ``models/`` folders.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from osteoflag.errors import ConfigError
+
+CONFIG_ENV = "OSTEOFLAG_CONFIG"
+DEFAULT_CONFIG = Path("config/osteoflag.toml")
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, strict=False)]
+PathValue = Annotated[Path, Field(strict=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ListenerSettings(_Section):
+    """The Storage SCP: who we are and who may talk to us (PS3.8 association policy)."""
+
+    ae_title: AETitle = "OSTEOFLAG"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    allowed_calling_aets: tuple[str, ...] = ()
+    max_associations: Annotated[int, Field(ge=1)] = 10
+    acse_timeout: Seconds = 30.0
+    dimse_timeout: Seconds = 60.0
+    network_timeout: Seconds = 60.0
+    maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class StorageSettings(_Section):
+    """Where received instances, produced objects and the queue live."""
+
+    path: PathValue = Path("../var")
+    database_url: str = "sqlite:///../var/osteoflag.db"
+    min_free_mb: Annotated[int, Field(ge=0)] = 500
+
+
+class ModelSettings(_Section):
+    """The served bundle and its domain (what we refuse to classify)."""
+
+    bundle: PathValue = Path("../models/default")
+    threads: Annotated[int, Field(ge=0)] = 0
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    body_parts: tuple[str, ...] = ()
+    min_rows: Annotated[int, Field(ge=1)] = 64
+    min_columns: Annotated[int, Field(ge=1)] = 64
+
+    @field_validator("body_parts", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class WorkerSettings(_Section):
+    """The inference worker's schedule."""
+
+    sweep_seconds: Seconds = 30.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    lease_seconds: Seconds = 600.0
+
+
+class Destination(_Section):
+    """A DICOM peer that receives every produced object."""
+
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class Settings(_Section):
+    """Everything the daemon and the commands need, built once in ``main()``."""
+
+    listener: ListenerSettings = ListenerSettings()
+    storage: StorageSettings = StorageSettings()
+    model: ModelSettings = ModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+    destinations: tuple[Destination, ...] = ()
+    log_level: str = "INFO"
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @property
+    def incoming_path(self) -> Path:
+        """Folder of received instances."""
+        return self.storage.path / "incoming"
+
+    @property
+    def outgoing_path(self) -> Path:
+        """Folder of produced SR and summary objects."""
+        return self.storage.path / "outgoing"
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """The config file to read: the explicit one, else ``$OSTEOFLAG_CONFIG``, else the default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def _resolve(base: Path, value: Path) -> Path:
+    return value if value.is_absolute() else (base / value).resolve()
+
+
+def _resolve_database_url(base: Path, url: str) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+        return prefix + str(_resolve(base, Path(url[len(prefix) :])))
+    return url
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"invalid value for '{key}': {first['msg']}"
+
+
+def parse_settings(data: dict[str, Any], base: Path) -> Settings:
+    """Validate a decoded TOML document and resolve its paths against ``base``."""
+    try:
+        raw = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    storage = raw.storage.model_copy(
+        update={
+            "path": _resolve(base, raw.storage.path),
+            "database_url": _resolve_database_url(base, raw.storage.database_url),
+        }
+    )
+    model = raw.model.model_copy(update={"bundle": _resolve(base, raw.model.bundle)})
+    return raw.model_copy(update={"storage": storage, "model": model})
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate the TOML file at ``path``; raise ConfigError naming the problem."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return parse_settings(data, path.resolve().parent)

@@ -1,0 +1,37 @@
+"""The exception hierarchy: one root, with transient and permanent kinds.
+
+Library errors (pynetdicom, SQLAlchemy, onnxruntime, pydicom) are wrapped at the
+module edge with ``raise ... from exc`` so callers only ever catch these.
+"""
+
+
+class OsteoflagError(Exception):
+    """Root of every error osteoflag raises on purpose."""
+
+
+class ConfigError(OsteoflagError):
+    """The configuration file is missing, malformed, or names an unknown key."""
+
+
+class TransientError(OsteoflagError):
+    """A failure that may succeed when retried (peer down, disk briefly full)."""
+
+
+class PermanentError(OsteoflagError):
+    """A failure that retrying cannot fix (undecodable pixels, bad bundle)."""
+
+
+class StorageFullError(TransientError):
+    """The storage volume is below its free-space floor (DICOM status 0xA700)."""
+
+
+class BundleError(PermanentError):
+    """The model bundle is incomplete, tampered with or malformed."""
+
+
+class PixelDataError(PermanentError):
+    """A dataset's pixels cannot be turned into a model input."""
+
+
+class DeliveryError(TransientError):
+    """A destination refused or could not receive a produced object."""
