@@ -150,7 +150,7 @@ def fail(session: Session, instance_id: int, owner: str, reason: str) -> bool:
 
 
 def skip(session: Session, instance_id: int, owner: str, reason: str) -> bool:
-    """Mark ``skipped`` (outside the model's domain) with ``reason``; False if the lease was lost."""
+    """Mark ``skipped`` (outside the model domain) with ``reason``; False if the lease was lost."""
     return _finish(session, instance_id, owner, InstanceState.SKIPPED, error=reason)
 
 
