@@ -45,16 +45,21 @@ class Result:
     inference_ms: float
 
 
+def is_known(sessions: sessionmaker[Session], sop_instance_uid: str) -> bool:
+    """True when an instance with this SOP Instance UID was already accepted."""
+    with sessions() as session:
+        found = session.scalar(
+            select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
+        )
+    return found is not None
+
+
 def enqueue(sessions: sessionmaker[Session], received: Received) -> bool:
     """Insert and commit a queue row; False when the SOP Instance UID is already known.
 
     Only after this returns may the SCP acknowledge the C-STORE.
     """
     with sessions() as session:
-        if session.scalar(
-            select(Instance.id).where(Instance.sop_instance_uid == received.sop_instance_uid)
-        ):
-            return False
         row = Instance(
             sop_instance_uid=received.sop_instance_uid,
             sop_class_uid=received.sop_class_uid,
@@ -118,9 +123,9 @@ def _finish(
             state=state, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values
         )
     )
-    changed = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
     if changed:
-        session.add(Event(instance_id=instance_id, action=state.value, detail=values.get("error")))  # type: ignore[arg-type]
+        session.add(Event(instance_id=instance_id, action=state.value, detail=values.get("error")))
     return changed
 
 
