@@ -18,7 +18,9 @@ from osteoflag.errors import ConfigError
 CONFIG_ENV = "OSTEOFLAG_CONFIG"
 DEFAULT_CONFIG = Path("config/osteoflag.toml")
 
-AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")]
+AETitle = Annotated[
+    str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")
+]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, strict=False)]
 PathValue = Annotated[Path, Field(strict=False)]

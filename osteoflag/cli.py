@@ -1,0 +1,127 @@
+"""The ``osteoflag`` command line (CONTRACT.md): a thin layer over library code.
+
+Exit status: 0 success, 2 bad usage or bad config (one line on stderr), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from osteoflag import __version__
+from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
+from osteoflag.errors import ConfigError, OsteoflagError
+from osteoflag.logs import configure_logging
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.daemon.service import Daemon
+
+    return Daemon(settings).run()
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.db import queue
+    from osteoflag.db.engine import make_engine, migrate, session_factory
+
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    counts = queue.counts(session_factory(engine))
+    if args.json:
+        print(json.dumps(counts))
+    else:
+        for table, states in counts.items():
+            print(f"{table}: " + ", ".join(f"{state}={n}" for state, n in states.items()))
+    return 0
+
+
+def _echo(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.pacs.scu import Peer, send_c_echo
+
+    code = send_c_echo(Peer(args.host, args.port, args.called_aet), settings.listener.ae_title)
+    print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: status 0x{code:04X}")
+    return 0 if code == 0 else 1
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.pacs.scu import Peer, dicom_files, send_c_store
+
+    files = list(dicom_files(args.paths))
+    if not files:
+        raise ConfigError("send: no files found")
+    peer = Peer(args.host, args.port, args.called_aet)
+    failed = 0
+    for outcome in send_c_store(files, peer, settings.listener.ae_title):
+        if outcome.ok:
+            print(f"{outcome.path}: status 0x{outcome.status:04X}")
+        else:
+            failed += 1
+            code = "none" if outcome.status is None else f"0x{outcome.status:04X}"
+            print(f"{outcome.path}: FAILED status {code} {outcome.error or ''}".rstrip())
+    return 1 if failed else 0
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is not in 1..65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every command takes ``--config``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"config file (env {CONFIG_ENV}; default {DEFAULT_CONFIG})",
+    )
+    parser = argparse.ArgumentParser(
+        prog="osteoflag", description="Research-only fracture flagging beside a PACS."
+    )
+    parser.add_argument("--version", action="version", version=f"osteoflag {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the daemon")
+    serve.set_defaults(handler=_serve)
+
+    status = commands.add_parser("status", parents=[common], help="queue counts per state")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=_status)
+
+    echo = commands.add_parser("echo", parents=[common], help="C-ECHO a DICOM peer")
+    echo.add_argument("host")
+    echo.add_argument("port", type=_port)
+    echo.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    echo.set_defaults(handler=_echo)
+
+    send = commands.add_parser("send", parents=[common], help="C-STORE files to a DICOM peer")
+    send.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    send.add_argument("--host", required=True)
+    send.add_argument("--port", required=True, type=_port)
+    send.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    send.set_defaults(handler=_send)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load the one settings object, run the command, map errors to exit codes."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(config_path(args.config))
+        configure_logging(settings.log_level)
+        handler: Command = args.handler
+        return handler(args, settings)
+    except ConfigError as exc:
+        print(f"osteoflag: {exc}", file=sys.stderr)
+        return 2
+    except OsteoflagError as exc:
+        logging.getLogger(__name__).error("%s", exc, extra={"action": args.command})
+        print(f"osteoflag: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,85 @@
+"""``osteoflag serve``: wire the listener, the queue and the scheduled jobs together.
+
+Lifecycle: migrate the schema, recover work a crash left ``processing``, start the
+Storage SCP and the scheduler, then wait for SIGTERM/SIGINT. Shutdown refuses new
+associations first, lets in-flight ones finish, then stops the jobs; whatever is
+not finished stays safely queued for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from osteoflag.config import Settings
+from osteoflag.db import queue
+from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.pacs.scp import StorageSCP
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+class Daemon:
+    """One osteoflag process: listener plus scheduled jobs, sharing one database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.storage.database_url)
+        self.sessions = session_factory(self.engine)
+        self.stopping = threading.Event()
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.listener = StorageSCP(settings, self.sessions, on_queued=self.wake_worker)
+
+    def wake_worker(self) -> None:
+        """Called after each committed store: run the worker now instead of at the next sweep."""
+
+    def _recover(self) -> None:
+        queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
+
+    def start(self) -> None:
+        """Prepare storage and schema, recover a crash's leftovers, start serving."""
+        for folder in (self.settings.incoming_path, self.settings.outgoing_path):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        migrate(self.engine)
+        queue.recover_all(self.sessions, self.settings.worker.max_attempts)
+        self.scheduler.add_job(
+            self._recover,
+            "interval",
+            seconds=self.settings.worker.lease_seconds / 4,
+            id="recover",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
+        self.listener.start()
+        logger.info("daemon started", extra={"action": "start"})
+
+    def stop(self) -> None:
+        """Graceful stop: no new associations, in-flight ones finished, jobs drained."""
+        self.listener.stop(SHUTDOWN_GRACE_SECONDS)
+        self.scheduler.shutdown(wait=True)
+        self.engine.dispose()
+        logger.info("daemon stopped", extra={"action": "stop"})
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; return the exit status."""
+
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            logger.info("stop requested", extra={"action": "signal", "signal": signum})
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        self.start()
+        try:
+            while not self.stopping.wait(timeout=3600):
+                pass
+        finally:
+            self.stop()
+        return 0

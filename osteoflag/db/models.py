@@ -1,0 +1,152 @@
+"""SQLAlchemy models: the instance queue, outbound objects and an append-only event log.
+
+The queue is explicit (state, attempts, next attempt, lease owner and expiry) so a
+crashed or killed process leaves rows that can be recognised and recovered.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the queue uses."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store UTC, return aware datetimes, on SQLite (naive text) and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
+
+
+class InstanceState(enum.StrEnum):
+    """Life of a received instance (CONTRACT.md, ``status --json``)."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class OutboundState(enum.StrEnum):
+    """Life of a produced object on its way to one destination."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base; ``Base.metadata`` is what migrations must reproduce."""
+
+
+class Instance(Base):
+    """One received SOP instance and what became of it."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_state_next", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    peer_address: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    file_path: Mapped[str] = mapped_column(Text)
+    state: Mapped[InstanceState] = mapped_column(
+        _enum(InstanceState, "instance_state"), default=InstanceState.QUEUED
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    probability: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(16))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    model: Mapped[str | None] = mapped_column(String(128))
+    inference_ms: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Outbound(Base):
+    """One produced object (SR or summary image) owed to one destination."""
+
+    __tablename__ = "outbound"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination", name="uq_outbound_sop_destination"),
+        Index("ix_outbound_destination_state_next", "destination", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    file_path: Mapped[str] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(String(128))
+    state: Mapped[OutboundState] = mapped_column(
+        _enum(OutboundState, "outbound_state"), default=OutboundState.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Event(Base):
+    """Append-only log of what happened to an instance, for audits and the operator page."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("instances.id", ondelete="SET NULL"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)

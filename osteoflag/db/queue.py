@@ -1,0 +1,227 @@
+"""The instance queue: enqueue on receipt, atomic batch claims with a lease, outcomes.
+
+Claims are one ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` statement;
+on PostgreSQL the sub-select takes ``FOR UPDATE SKIP LOCKED`` so concurrent workers
+never claim the same row, and on SQLite the ``BEGIN IMMEDIATE`` transaction
+serialises writers. A lease (owner + expiry) lets a dead worker's rows be recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the Storage SCP knows about an instance it has just written to disk."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    calling_ae: str
+    peer_address: str
+    file_path: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """A classification to record against a claimed instance."""
+
+    probability: float
+    label: str
+    threshold: float
+    model: str
+    inference_ms: float
+
+
+def is_known(sessions: sessionmaker[Session], sop_instance_uid: str) -> bool:
+    """True when an instance with this SOP Instance UID was already accepted."""
+    with sessions() as session:
+        found = session.scalar(
+            select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
+        )
+    return found is not None
+
+
+def enqueue(sessions: sessionmaker[Session], received: Received) -> bool:
+    """Insert and commit a queue row; False when the SOP Instance UID is already known.
+
+    Only after this returns may the SCP acknowledge the C-STORE.
+    """
+    with sessions() as session:
+        row = Instance(
+            sop_instance_uid=received.sop_instance_uid,
+            sop_class_uid=received.sop_class_uid,
+            transfer_syntax_uid=received.transfer_syntax_uid,
+            calling_ae=received.calling_ae,
+            peer_address=received.peer_address,
+            file_path=received.file_path,
+        )
+        session.add(row)
+        try:
+            session.flush()
+            session.add(Event(instance_id=row.id, action="received"))
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            return False
+    return True
+
+
+def claim_instances(
+    sessions: sessionmaker[Session], owner: str, limit: int, lease: timedelta
+) -> list[Instance]:
+    """Atomically move up to ``limit`` due queued instances to ``processing`` for ``owner``."""
+    now = utcnow()
+    due = (
+        select(Instance.id)
+        .where(Instance.state == InstanceState.QUEUED, Instance.next_attempt_at <= now)
+        .order_by(Instance.received_at, Instance.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Instance)
+        .where(Instance.id.in_(due))
+        .values(
+            state=InstanceState.PROCESSING,
+            attempts=Instance.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + lease,
+        )
+        .returning(Instance)
+    )
+    with sessions() as session:
+        rows = list(session.scalars(statement).all())
+        session.commit()
+    return sorted(rows, key=lambda row: row.id)
+
+
+def _finish(
+    session: Session, instance_id: int, owner: str, state: InstanceState, **values: object
+) -> bool:
+    statement = (
+        update(Instance)
+        .where(
+            Instance.id == instance_id,
+            Instance.state == InstanceState.PROCESSING,
+            Instance.lease_owner == owner,
+        )
+        .values(
+            state=state, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values
+        )
+    )
+    changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
+    if changed:
+        session.add(Event(instance_id=instance_id, action=state.value, detail=values.get("error")))
+    return changed
+
+
+def complete(session: Session, instance_id: int, owner: str, result: Result) -> bool:
+    """Record ``result`` and mark ``done``; False if the lease was lost (row left alone).
+
+    Runs in the caller's session so the outbound rows of the same result can be
+    committed in the same transaction.
+    """
+    return _finish(
+        session,
+        instance_id,
+        owner,
+        InstanceState.DONE,
+        probability=result.probability,
+        label=result.label,
+        threshold=result.threshold,
+        model=result.model,
+        inference_ms=result.inference_ms,
+        error=None,
+    )
+
+
+def fail(session: Session, instance_id: int, owner: str, reason: str) -> bool:
+    """Mark ``failed`` with ``reason``; False if the lease was lost."""
+    return _finish(session, instance_id, owner, InstanceState.FAILED, error=reason)
+
+
+def skip(session: Session, instance_id: int, owner: str, reason: str) -> bool:
+    """Mark ``skipped`` (outside the model domain) with ``reason``; False if the lease was lost."""
+    return _finish(session, instance_id, owner, InstanceState.SKIPPED, error=reason)
+
+
+def recover_expired(sessions: sessionmaker[Session], max_attempts: int) -> int:
+    """Re-queue ``processing`` rows whose lease has expired, or fail those out of attempts.
+
+    An instance that has taken down its worker ``max_attempts`` times is a poison
+    pill: it is failed with a reason instead of crashing the next worker too.
+    """
+    return _recover(sessions, max_attempts, Instance.lease_expires_at < utcnow())
+
+
+def recover_all(sessions: sessionmaker[Session], max_attempts: int) -> int:
+    """Re-queue every ``processing`` row: for a single daemon restarting after a crash."""
+    return _recover(sessions, max_attempts, Instance.lease_owner.is_not(None))
+
+
+def _recover(sessions: sessionmaker[Session], max_attempts: int, condition: object) -> int:
+    base = update(Instance).where(Instance.state == InstanceState.PROCESSING, condition)  # type: ignore[arg-type]
+    with sessions() as session:
+        failed = session.execute(
+            base.where(Instance.attempts >= max_attempts).values(
+                state=InstanceState.FAILED,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=utcnow(),
+                error=f"gave up after {max_attempts} interrupted attempts",
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        requeued = session.execute(
+            base.values(state=InstanceState.QUEUED, lease_owner=None, lease_expires_at=None)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    if failed or requeued:
+        logger.warning(
+            "recovered interrupted instances",
+            extra={"action": "recover", "requeued": requeued, "failed": failed},
+        )
+    return int(failed) + int(requeued)
+
+
+def requeue_failed(sessions: sessionmaker[Session], ids: Sequence[int] | None = None) -> int:
+    """Put ``failed`` instances (all, or those in ``ids``) back in the queue with fresh attempts."""
+    statement = update(Instance).where(Instance.state == InstanceState.FAILED)
+    if ids is not None:
+        statement = statement.where(Instance.id.in_(ids))
+    with sessions() as session:
+        count = session.execute(
+            statement.values(
+                state=InstanceState.QUEUED, attempts=0, error=None, next_attempt_at=utcnow()
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    return int(count)
+
+
+def counts(sessions: sessionmaker[Session]) -> dict[str, dict[str, int]]:
+    """Rows per state for instances and outbound objects, every state present."""
+    with sessions() as session:
+        instances = dict(
+            session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all()
+        )
+        outbound = dict(
+            session.execute(select(Outbound.state, func.count()).group_by(Outbound.state)).all()
+        )
+    return {
+        "instances": {state.value: int(instances.get(state, 0)) for state in InstanceState},
+        "outbound": {state.value: int(outbound.get(state, 0)) for state in OutboundState},
+    }

@@ -1,0 +1,167 @@
+"""The Storage SCP and Verification SCP (PS3.4 Annex B and A).
+
+The C-STORE handler does one thing: put the encoded dataset on disk durably, commit
+its queue row, and only then answer Success. Any failure in between answers a
+failure status so the sender keeps the instance and retries; nothing slow (no pixel
+decoding) happens here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import cast
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import Settings
+from osteoflag.db import queue
+from osteoflag.errors import PermanentError
+from osteoflag.pacs import status
+from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
+from osteoflag.pacs.storage import check_uid, free_bytes, instance_path, write_atomically
+
+logger = logging.getLogger(__name__)
+
+_OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _peer(event: Event) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return requestor.ae_title.strip(), f"{requestor.address}:{requestor.port}"
+
+
+class StorageSCP:
+    """Accepts radiographs into the queue; ``on_queued`` wakes the worker after each one."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        on_queued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._on_queued = on_queued
+        self._server: ThreadedAssociationServer | None = None
+        self._min_free = settings.storage.min_free_mb * 1024 * 1024
+
+    def make_ae(self) -> AE:
+        """An AE with our contexts, limits and timeouts (see docs/conformance.md)."""
+        listener = self._settings.listener
+        ae = AE(ae_title=listener.ae_title)
+        for sop_class_uid in RADIOGRAPH_STORAGE:
+            ae.add_supported_context(sop_class_uid, list(ACCEPTED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.maximum_associations = listener.max_associations
+        ae.acse_timeout = listener.acse_timeout
+        ae.dimse_timeout = listener.dimse_timeout
+        ae.network_timeout = listener.network_timeout
+        ae.maximum_pdu_size = listener.maximum_pdu_size
+        ae.require_calling_aet = list(listener.allowed_calling_aets)
+        return ae
+
+    def start(self) -> None:
+        """Listen in background threads."""
+        listener = self._settings.listener
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_REJECTED, self._log_rejected),
+        ]
+        self._server = self.make_ae().start_server(
+            (listener.host, listener.port), block=False, evt_handlers=handlers
+        )
+        logger.info(
+            "listening",
+            extra={"action": "listen", "ae_title": listener.ae_title, "port": self.port},
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the config asked for port 0)."""
+        if self._server is None:
+            return self._settings.listener.port
+        return int(self._server.server_address[1])
+
+    def stop(self, timeout: float) -> None:
+        """Refuse new associations, then give the active ones ``timeout`` seconds to finish.
+
+        An association still open after that is aborted; its unacknowledged stores
+        are retried by the sender, so nothing acknowledged is lost.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        active = list(server.active_associations)
+        server.shutdown()
+        deadline = time.monotonic() + timeout
+        for assoc in active:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+            if assoc.is_alive():
+                assoc.abort()
+        logger.info("listener stopped", extra={"action": "stop"})
+
+    def handle_echo(self, event: Event) -> int:
+        """C-ECHO: we are alive."""
+        return status.SUCCESS
+
+    def handle_store(self, event: Event) -> int:
+        """C-STORE: durable file, committed row, then Success; else a failure status."""
+        calling_ae, peer = _peer(event)
+        request = cast(C_STORE, event.request)
+        sop_instance_uid = str(request.AffectedSOPInstanceUID)
+        log = {"action": "c-store", "sop_instance_uid": sop_instance_uid, "calling_ae": calling_ae}
+        try:
+            check_uid(sop_instance_uid, "AffectedSOPInstanceUID")
+            sop_class_uid = check_uid(str(event.request.AffectedSOPClassUID), "AffectedSOPClassUID")
+        except PermanentError as exc:
+            logger.warning("refused: %s", exc, extra=log)
+            return status.CANNOT_UNDERSTAND
+        incoming = self._settings.incoming_path
+        try:
+            if free_bytes(incoming) < self._min_free:
+                logger.error("refused: storage below its free-space floor", extra=log)
+                return status.OUT_OF_RESOURCES
+            if queue.is_known(self._sessions, sop_instance_uid):
+                logger.info("duplicate acknowledged", extra=log)
+                return status.SUCCESS
+            path = instance_path(incoming, sop_instance_uid)
+            write_atomically(path, event.encoded_dataset(include_meta=True))
+            received = queue.Received(
+                sop_instance_uid=sop_instance_uid,
+                sop_class_uid=sop_class_uid,
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                calling_ae=calling_ae,
+                peer_address=peer,
+                file_path=str(path),
+            )
+            queued = queue.enqueue(self._sessions, received)
+        except OSError as exc:
+            reason = "out of space" if exc.errno in _OUT_OF_SPACE else f"file error {exc.errno}"
+            logger.error("refused: %s", reason, extra=log)
+            return status.OUT_OF_RESOURCES
+        except SQLAlchemyError as exc:
+            logger.error("refused: queue unavailable (%s)", type(exc).__name__, extra=log)
+            return status.OUT_OF_RESOURCES
+        if queued:
+            logger.info("queued", extra=log)
+            self._on_queued()
+        else:
+            logger.info("duplicate acknowledged", extra=log)
+        return status.SUCCESS
+
+    def _log_rejected(self, event: Event) -> None:
+        calling_ae, peer = _peer(event)
+        logger.warning(
+            "association rejected",
+            extra={"action": "reject", "calling_ae": calling_ae, "peer": peer},
+        )

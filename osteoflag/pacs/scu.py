@@ -1,0 +1,125 @@
+"""Storage and Verification SCU: ``osteoflag echo`` and ``osteoflag send``.
+
+One association per call, proposing each file's own SOP Class and Transfer Syntax
+(and Explicit/Implicit VR Little Endian for uncompressed data) so the peer can accept
+what it can decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from osteoflag.errors import DeliveryError, PermanentError
+from osteoflag.pacs.contexts import VERIFICATION
+
+logger = logging.getLogger(__name__)
+
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote Application Entity."""
+
+    host: str
+    port: int
+    ae_title: str
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What happened to one file sent with C-STORE."""
+
+    path: Path
+    status: int | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for Success and Warning statuses (PS3.4 B.2.3)."""
+        return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
+
+
+def _associate(ae: AE, peer: Peer) -> Association:
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise DeliveryError(
+            f"association with {peer.ae_title}@{peer.host}:{peer.port} was not established"
+        )
+    return assoc
+
+
+def send_c_echo(peer: Peer, calling_ae: str, timeout: float = 30.0) -> int:
+    """C-ECHO ``peer``; return its status, raise DeliveryError if no association."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(VERIFICATION)
+    assoc = _associate(ae, peer)
+    try:
+        response = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if "Status" not in response:
+        raise DeliveryError(f"no C-ECHO response from {peer.ae_title}@{peer.host}:{peer.port}")
+    return int(response.Status)
+
+
+def dicom_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under ``paths`` (folders recursed, hidden files skipped), in a stable order."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
+        else:
+            yield path
+
+
+def _contexts(paths: list[Path]) -> list[tuple[str, str]]:
+    pairs: set[tuple[str, str]] = set()
+    for path in paths:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise PermanentError(f"{path}: not a readable DICOM file ({exc})") from exc
+        sop_class_uid = str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID)
+        pairs.add((sop_class_uid, str(ds.file_meta.TransferSyntaxUID)))
+    return sorted(pairs)
+
+
+def send_c_store(paths: list[Path], peer: Peer, calling_ae: str) -> list[StoreOutcome]:
+    """C-STORE every file in ``paths`` over one association."""
+    ae = AE(ae_title=calling_ae)
+    for sop_class_uid, transfer_syntax in _contexts(paths):
+        syntaxes = [transfer_syntax, *(ts for ts in _UNCOMPRESSED if ts != transfer_syntax)]
+        ae.add_requested_context(sop_class_uid, syntaxes)
+    outcomes: list[StoreOutcome] = []
+    assoc = _associate(ae, peer)
+    try:
+        for path in paths:
+            try:
+                response = assoc.send_c_store(path)
+            except (ValueError, RuntimeError, OSError) as exc:
+                outcomes.append(StoreOutcome(path, None, str(exc)))
+                continue
+            code = int(response.Status) if "Status" in response else None
+            error = None if code is not None else "no response (association aborted?)"
+            outcomes.append(StoreOutcome(path, code, error))
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    outcomes.extend(
+        StoreOutcome(p, None, "not sent: association ended") for p in paths[len(outcomes) :]
+    )
+    return outcomes

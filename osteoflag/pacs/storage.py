@@ -1,0 +1,71 @@
+"""Durable files: where an instance goes on disk and how it gets there without tearing.
+
+A file is written to a temporary name in its final folder, fsynced, renamed over the
+final name and the folder fsynced, so after a crash either the whole file or no file
+exists. Files and folders are owner-only: they hold patient data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from osteoflag.errors import PermanentError
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+
+
+def check_uid(value: str, keyword: str) -> str:
+    """Return ``value`` if it is a valid UID (PS3.5 9.1), else raise naming ``keyword``.
+
+    UIDs become file names, so a hostile one must never reach the filesystem.
+    """
+    if not value or len(value) > 64 or not _UID.match(value):
+        raise PermanentError(f"{keyword} {value[:80]!r} is not a valid UID")
+    return value
+
+
+def instance_path(root: Path, sop_instance_uid: str) -> Path:
+    """Where an instance lives: fanned out by a hash prefix so no folder grows huge."""
+    check_uid(sop_instance_uid, "SOPInstanceUID")
+    fan = hashlib.sha1(sop_instance_uid.encode("ascii"), usedforsecurity=False).hexdigest()[:2]
+    return root / fan / f"{sop_instance_uid}.dcm"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the volume holding ``path`` (or its nearest existing parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either all of it or nothing."""
+    path.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, FILE_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
