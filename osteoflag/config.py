@@ -81,6 +81,25 @@ class WorkerSettings(_Section):
     lease_seconds: Seconds = 600.0
 
 
+class ReportSettings(_Section):
+    """What is produced for each result (issue 4): summary image, undetermined SRs."""
+
+    summary_image: bool = True
+    undetermined_sr: bool = False
+
+
+class SenderSettings(_Section):
+    """Delivery of produced objects: schedule, timeouts, exponential backoff and deadline."""
+
+    interval_seconds: Seconds = 10.0
+    batch_size: Annotated[int, Field(ge=1)] = 50
+    timeout_seconds: Seconds = 30.0
+    run_seconds: Seconds = 120.0
+    backoff_base_seconds: Seconds = 30.0
+    backoff_cap_seconds: Seconds = 3600.0
+    deadline_seconds: Seconds = 259200.0
+
+
 class Destination(_Section):
     """A DICOM peer that receives every produced object."""
 
@@ -96,6 +115,8 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     model: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
+    report: ReportSettings = ReportSettings()
+    sender: SenderSettings = SenderSettings()
     destinations: tuple[Destination, ...] = ()
     log_level: str = "INFO"
 

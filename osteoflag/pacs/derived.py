@@ -1,0 +1,185 @@
+"""What every object osteoflag derives from a radiograph shares: identity, UIDs, marking.
+
+Both the SR and the summary image are new instances in the source study (PS3.3 C.7.2
+General Study module copied, a new General Series), with UIDs derived deterministically
+(PS3.5 9.1, 2.25 / hash-derived roots) so that rebuilding after a crash or a retry yields
+the very same SOP Instance UID, and the same series for every instance of a source
+series processed by one model version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID, generate_uid
+
+import osteoflag
+from osteoflag.errors import PermanentError
+from osteoflag.pacs import codes
+
+RESEARCH_PREFIX: Final = "RESEARCH USE ONLY"
+RESEARCH_STATEMENT: Final = "For research use only. Not for diagnostic use."
+MANUFACTURER: Final = "osteoflag"
+DEVICE_NAME: Final = "osteoflag RESEARCH USE ONLY"
+DEVICE_MODEL_NAME: Final = "osteoflag fracture flag"
+
+_PATIENT_STUDY_TYPE2: Final = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+_PATIENT_STUDY_OPTIONAL: Final = (
+    "SpecificCharacterSet",
+    "IssuerOfPatientID",
+    "PatientAge",
+    "PatientWeight",
+    "PatientSize",
+    "StudyDescription",
+)
+
+
+class Kind(StrEnum):
+    """The objects produced per source instance; also the outbound row's ``kind``."""
+
+    SR = "sr"
+    SUMMARY = "summary"
+
+
+class Label(StrEnum):
+    """The classification stated by a report (``label`` in the CLI contract)."""
+
+    FRACTURE = "fracture"
+    NO_FRACTURE = "no_fracture"
+    UNDETERMINED = "undetermined"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The algorithm that produced a result (TID 4019): name, version, hash and threshold."""
+
+    name: str
+    version: str
+    sha256: str
+    threshold: float
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("model name is empty")
+        if not self.version.strip():
+            raise ValueError(f"model {self.name!r} has an empty version")
+        if not math.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"model threshold {self.threshold!r} is outside [0, 1]")
+
+    @property
+    def tag(self) -> str:
+        """``NAME@VERSION`` as printed by ``osteoflag infer``."""
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One image's result: probability and label, or undetermined with a reason."""
+
+    label: Label
+    probability: float | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label is Label.UNDETERMINED:
+            if not self.reason:
+                raise ValueError("an undetermined classification needs a reason")
+            return
+        if self.probability is None or not math.isfinite(self.probability):
+            raise ValueError(f"probability {self.probability!r} is not a finite number")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability {self.probability!r} is outside [0, 1]")
+
+
+def derived_uid(*parts: str) -> UID:
+    """A UID that is a pure function of ``parts`` (PS3.5 B.2 style hash-derived)."""
+    return generate_uid(entropy_srcs=[json.dumps(["osteoflag", *parts])])
+
+
+def series_uid(source_series_uid: str, model_version: str, kind: Kind) -> UID:
+    """Series Instance UID for ``kind`` objects of one source series under one model version."""
+    return derived_uid("series", source_series_uid, model_version, kind.value)
+
+
+def instance_uid(source_sop_instance_uid: str, model_version: str, kind: Kind) -> UID:
+    """SOP Instance UID for the ``kind`` object of one source instance under one model version."""
+    return derived_uid("instance", source_sop_instance_uid, model_version, kind.value)
+
+
+def device_uid(ae_title: str) -> UID:
+    """Device Observer UID (TID 1004) of this osteoflag installation, stable per AE title."""
+    return derived_uid("device", ae_title.strip())
+
+
+def require(source: Dataset, keyword: str) -> str:
+    """The value of a Type 1 attribute of ``source``, or PermanentError naming it."""
+    value = source.get(keyword)
+    if value in (None, ""):
+        raise PermanentError(f"source instance lacks {keyword} ({_tag(keyword)})")
+    return str(value)
+
+
+def _tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
+
+
+def study_evidence(source: Dataset) -> Dataset:
+    """A header-only copy of ``source``: Patient, Study and reference attributes, no pixels.
+
+    Type 2 attributes missing from the source are present and empty (PS3.5 7.4.5), so the
+    derived object's Patient and General Study modules are complete.
+    """
+    evidence = Dataset()
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        setattr(evidence, keyword, require(source, keyword))
+    for keyword in _PATIENT_STUDY_TYPE2:
+        setattr(evidence, keyword, source.get(keyword, ""))
+    for keyword in _PATIENT_STUDY_OPTIONAL:
+        if keyword in source:
+            setattr(evidence, keyword, source[keyword].value)
+    return evidence
+
+
+def series_description(kind: Kind, model: ModelIdentity) -> str:
+    """SeriesDescription (LO, 64 chars) starting with ``RESEARCH USE ONLY``."""
+    what = "fracture flag SR" if kind is Kind.SR else "fracture flag summary"
+    return f"{RESEARCH_PREFIX} {what} {model.version}"[:64]
+
+
+def mark_research(dataset: Dataset, kind: Kind, model: ModelIdentity) -> None:
+    """Research-only marking: SeriesDescription and the Clinical Trial Series module (C.7.3.2)."""
+    dataset.SeriesDescription = series_description(kind, model)
+    dataset.ClinicalTrialCoordinatingCenterName = ""
+    dataset.ClinicalTrialSeriesID = f"osteoflag {model.version}"[:64]
+    dataset.ClinicalTrialSeriesDescription = RESEARCH_STATEMENT
+
+
+def contributing_equipment() -> list[hd.ContributingEquipment]:
+    """Contributing Equipment (PS3.3 C.12.1.1.5) naming osteoflag and its version."""
+    return [
+        hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=DEVICE_MODEL_NAME,
+            software_versions=osteoflag.__version__,
+            contribution_description=RESEARCH_STATEMENT,
+        )
+    ]

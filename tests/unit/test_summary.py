@@ -1,0 +1,102 @@
+"""The summary Secondary Capture: valid IOD, banner, research marking, display pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import config
+
+from osteoflag.errors import PixelDataError
+from osteoflag.pacs.derived import Classification, Label, ModelIdentity, device_uid
+from osteoflag.pacs.sr import build_sr
+from osteoflag.pacs.summary import MAX_SIDE, build_summary, display_pixels
+from tests.sr_fixtures import dciodvfy_errors, make_dx
+
+MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
+CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+RESULTS = [
+    Classification(Label.FRACTURE, 0.8731),
+    Classification(Label.NO_FRACTURE, 0.0123),
+    Classification(Label.UNDETERMINED, reason="pixel data shorter than declared"),
+]
+
+
+@pytest.fixture(autouse=True)
+def strict_pydicom() -> Iterator[None]:
+    """pydicom raises on any invalid value, reading and writing."""
+    saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+    config.settings.reading_validation_mode = config.RAISE
+    config.settings.writing_validation_mode = config.RAISE
+    yield
+    config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved
+
+
+@pytest.mark.parametrize("result", RESULTS, ids=lambda r: r.label.value)
+def test_summary_is_a_valid_secondary_capture(tmp_path: Path, result: Classification) -> None:
+    source = make_dx()
+    path = tmp_path / "summary.dcm"
+    build_summary(source, result, model=MODEL, created=CREATED).save_as(
+        path, enforce_file_format=True
+    )
+    assert dciodvfy_errors(path) == []
+    reloaded = pydicom.dcmread(path)
+    assert reloaded.SOPClassUID == SECONDARY_CAPTURE
+    assert reloaded.Modality == "OT"
+    assert reloaded.BurnedInAnnotation == "YES"
+    assert reloaded.SeriesDescription.startswith("RESEARCH USE ONLY")
+    assert reloaded.StudyInstanceUID == source.StudyInstanceUID
+    assert reloaded.PatientID == source.PatientID
+    assert reloaded.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert reloaded.pixel_array.shape[2] == 3
+
+
+def test_summary_has_its_own_series_and_a_stable_uid() -> None:
+    source = make_dx()
+    summary = build_summary(source, RESULTS[0], model=MODEL, created=CREATED)
+    again = build_summary(source, RESULTS[0], model=MODEL, created=CREATED)
+    sr = build_sr(
+        source, RESULTS[0], model=MODEL, device_uid=device_uid("OSTEOFLAG"), created=CREATED
+    )
+    assert summary.SOPInstanceUID == again.SOPInstanceUID
+    assert summary.SeriesInstanceUID not in (sr.SeriesInstanceUID, source.SeriesInstanceUID)
+    assert summary.SOPInstanceUID != sr.SOPInstanceUID
+
+
+def test_banner_sits_above_the_radiograph_in_the_finding_colour() -> None:
+    source = make_dx(rows=300, columns=600)
+    fracture = build_summary(source, RESULTS[0], model=MODEL, created=CREATED).pixel_array
+    negative = build_summary(source, RESULTS[1], model=MODEL, created=CREATED).pixel_array
+    assert fracture.shape[0] > 300 and fracture.shape[1] == 600
+    corner_red, corner_green = fracture[2, 2], negative[2, 2]
+    assert corner_red[0] > corner_red[1]
+    assert corner_green[1] > corner_green[0]
+
+
+def test_large_images_are_downscaled() -> None:
+    source = make_dx(rows=3000, columns=2500)
+    pixels = build_summary(source, RESULTS[1], model=MODEL, created=CREATED).pixel_array
+    assert pixels.shape[0] <= MAX_SIDE + 300  # radiograph plus banner
+    assert pixels.shape[1] <= MAX_SIDE
+
+
+def test_display_pixels_inverts_monochrome1() -> None:
+    source = make_dx(rows=64, columns=64)
+    normal = display_pixels(source)
+    source.PhotometricInterpretation = "MONOCHROME1"
+    inverted = display_pixels(source)
+    assert normal.dtype == np.uint8
+    assert int(normal[0, 0]) < int(normal[-1, -1])
+    assert int(inverted[0, 0]) > int(inverted[-1, -1])
+
+
+def test_truncated_pixel_data_is_a_pixel_data_error() -> None:
+    source = make_dx(rows=64, columns=64)
+    source.PixelData = source.PixelData[:100]
+    with pytest.raises(PixelDataError, match=r"7FE0,0010"):
+        display_pixels(source)
