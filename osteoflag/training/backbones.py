@@ -61,6 +61,11 @@ def normalisation_for(architecture: str, init: Init) -> Normalisation:
     return Normalisation("BGR", CAFFE_BGR_MEAN, (1.0, 1.0, 1.0))
 
 
+def vgg_channels(divisor: int = 1) -> tuple[tuple[int, ...], ...]:
+    """VGG16 widths; ``divisor > 1`` gives a narrow copy for fast tests (scratch init only)."""
+    return tuple(tuple(max(1, w // divisor) for w in block) for block in VGG_CHANNELS)
+
+
 def _vgg_block(c_in: int, widths: Sequence[int], pool_first: bool) -> nn.Sequential:
     layers: list[nn.Module] = [nn.MaxPool2d(2, 2)] if pool_first else []
     for width in widths:
@@ -81,18 +86,19 @@ class VGGTrunk(nn.Module):
     ``head_convs`` is how many trailing block-5 convolutions the head owns (1-3).
     """
 
-    def __init__(self, head_convs: int = 3) -> None:
+    def __init__(self, head_convs: int = 3, divisor: int = 1) -> None:
         super().__init__()
         if not 1 <= head_convs <= 3:
             raise TrainingError(f"head_convs must be 1..3, got {head_convs}")
+        channels = vgg_channels(divisor)
         c_in = 3
         blocks = []
-        for i, widths in enumerate(VGG_CHANNELS[:4]):
+        for i, widths in enumerate(channels[:4]):
             blocks.append(_vgg_block(c_in, widths, pool_first=i > 0))
             c_in = widths[-1]
         self.blocks = nn.ModuleList(blocks)
-        frozen = VGG_CHANNELS[4][: 3 - head_convs]
-        self.block5_start = _vgg_block(512, frozen, pool_first=True) if frozen else nn.Identity()
+        frozen = channels[4][: 3 - head_convs]
+        self.block5_start = _vgg_block(c_in, frozen, pool_first=True) if frozen else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b3 = self.blocks[2](self.blocks[1](self.blocks[0](x)))
@@ -103,9 +109,11 @@ class VGGTrunk(nn.Module):
 class VGGHead(nn.Module):
     """The trailing ``head_convs`` convolutions of block 5 with avg+max pooling: fine-tuned."""
 
-    def __init__(self, head_convs: int = 3) -> None:
+    def __init__(self, head_convs: int = 3, divisor: int = 1) -> None:
         super().__init__()
-        self.block = _vgg_block(512, VGG_CHANNELS[4][3 - head_convs :], pool_first=head_convs == 3)
+        channels = vgg_channels(divisor)
+        widths = channels[4][3 - head_convs :]
+        self.block = _vgg_block(channels[3][-1], widths, pool_first=head_convs == 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return avg_max(self.block(x))
@@ -214,11 +222,13 @@ def default_hed_weights() -> Path:
 
 
 def build_vgg(
-    init: Init, weights: Path | None, head_convs: int = 3, seed: int = 0
+    init: Init, weights: Path | None, head_convs: int = 3, seed: int = 0, divisor: int = 1
 ) -> tuple[VGGTrunk, VGGHead]:
-    """A VGG16 trunk and head initialised as asked."""
+    """A VGG16 trunk and head initialised as asked (``divisor`` narrows a scratch network)."""
+    if divisor != 1 and init is not Init.SCRATCH:
+        raise TrainingError("only a scratch VGG16 can be narrowed")
     torch.manual_seed(seed)
-    trunk, head = VGGTrunk(head_convs), VGGHead(head_convs)
+    trunk, head = VGGTrunk(head_convs, divisor), VGGHead(head_convs, divisor)
     if init is Init.HED:
         load_hed(trunk, head, weights or default_hed_weights())
     elif init is Init.IMAGENET:

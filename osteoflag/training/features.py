@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class FeatureCache:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files if name != "__digest__"}
                 stored = str(npz["__digest__"])
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             return self._reject(path, f"unreadable: {exc}")
         if stored != _digest(self.backbone_hash, key, arrays):
             return self._reject(path, "digest mismatch")

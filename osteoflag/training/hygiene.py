@@ -94,8 +94,11 @@ def _dihedral_hashes(grey: np.ndarray) -> np.ndarray:
     return out
 
 
+_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
 def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(axis=-1)
+    return _BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.int32)
 
 
 def near_duplicate_pairs(

@@ -72,6 +72,7 @@ class TrainOptions:
     version: str = "1.0.0"
     threads: int = 2
     compare_layouts: bool = True
+    width_divisor: int = 1
 
 
 @dataclass
@@ -177,7 +178,9 @@ def run(options: TrainOptions) -> dict[str, object]:
     torch.set_num_threads(options.threads)
     started = time.monotonic()
     options.work.mkdir(parents=True, exist_ok=True)
-    trunk_model, head0 = build_vgg(options.init, options.weights, options.head_convs, options.seed)
+    trunk_model, head0 = build_vgg(
+        options.init, options.weights, options.head_convs, options.seed, options.width_divisor
+    )
     trunk_model.eval()
     prep = prepare(options, trunk_model)
     results: dict[str, object] = {"hygiene": prep.hygiene}
