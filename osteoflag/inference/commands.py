@@ -24,15 +24,6 @@ from osteoflag.inference.predictor import Predictor
 logger = logging.getLogger(__name__)
 
 
-def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the ``infer`` sub-command."""
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument(
-        "--bundle", type=Path, metavar="DIR", help="model bundle (default: [model] bundle)"
-    )
-
-
 def input_files(paths: Iterable[Path]) -> Iterator[Path]:
     """The given files, and every non-hidden file under the given folders in sorted order."""
     for path in paths:
