@@ -15,6 +15,7 @@ from pathlib import Path
 from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.errors import ConfigError, OsteoflagError
+from osteoflag.inference.commands import add_infer_arguments, run_infer
 from osteoflag.logs import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -67,12 +68,6 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _infer(args: argparse.Namespace, settings: Settings) -> int:
-    from osteoflag.inference.commands import run_infer
-
-    return run_infer(args, settings)
-
-
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -114,11 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
     send.set_defaults(handler=_send)
 
-    infer = commands.add_parser("infer", parents=[common], help="classify local files")
-    infer.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
-    infer.add_argument("--json", action="store_true", help="one JSON object per line")
-    infer.add_argument("--bundle", type=Path, metavar="DIR", help="bundle (default [model] bundle)")
-    infer.set_defaults(handler=_infer)
+    infer = commands.add_parser("infer", parents=[common], help="classify local image files")
+    add_infer_arguments(infer)
+    infer.set_defaults(handler=run_infer)
     return parser
 
 
