@@ -2,19 +2,17 @@
 
 ``produce_outbound`` is what the worker calls, inside the transaction that records the
 result: it writes the SR (and the summary image) atomically under the outgoing folder
-with owner-only permissions, then adds one ``pending`` outbound row per object and
-destination to the caller's session. Committing that session makes result and delivery
-obligation durable together; a crash before the commit leaves neither (the files are
-rewritten byte-for-byte with the same UIDs on the next attempt).
+with owner-only permissions (``storage.write_atomically``), then adds one ``pending``
+outbound row per object and destination to the caller's session. Committing that
+session makes result and delivery obligation durable together; a crash before the
+commit leaves neither (the files are rewritten with the same UIDs on the next attempt).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from dataclasses import dataclass
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset
@@ -26,6 +24,7 @@ from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
 from osteoflag.errors import PixelDataError, TransientError
 from osteoflag.pacs.derived import Classification, Kind, Label, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
+from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
 
 logger = logging.getLogger(__name__)
@@ -36,37 +35,11 @@ def destination_key(destination: Destination) -> str:
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
-@dataclass(frozen=True)
-class Produced:
-    """One object written to disk and owed to every destination."""
-
-    kind: Kind
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: Path
-
-
-def write_atomically(dataset: Dataset, path: Path) -> None:
-    """Write ``dataset`` as a DICOM file (PS3.10) at ``path``: temp file, fsync, rename.
-
-    The file is created owner-read/write only (0600); the folder 0700.
-    """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            dataset.save_as(stream, enforce_file_format=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+def encode(dataset: Dataset) -> bytes:
+    """``dataset`` as a DICOM file (PS3.10: preamble, File Meta Information, data set)."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def build_objects(
@@ -119,7 +92,7 @@ def produce_outbound(
         sop_uid = str(dataset.SOPInstanceUID)
         path = settings.outgoing_path / kind.value / f"{sop_uid}.dcm"
         try:
-            write_atomically(dataset, path)
+            write_atomically(path, encode(dataset))
         except OSError as exc:
             raise TransientError(f"cannot write {kind.value} {sop_uid} to {path}: {exc}") from exc
         rows.extend(_add_rows(session, instance, kind, dataset, path, settings))

@@ -98,7 +98,7 @@ def test_produce_writes_private_files_and_rows_per_destination(
         path = Path(row.file_path)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert pydicom.dcmread(path).SOPInstanceUID == row.sop_instance_uid
-    assert not list(settings.outgoing_path.rglob(".tmp-*"))
+    assert not list(settings.outgoing_path.rglob(".partial-*"))
 
 
 def test_produce_is_idempotent_and_respects_report_settings(
