@@ -97,11 +97,19 @@ def _contexts(paths: list[Path]) -> list[tuple[str, str]]:
 
 
 def send_c_store(paths: list[Path], peer: Peer, calling_ae: str) -> list[StoreOutcome]:
-    """C-STORE every file in ``paths`` over one association."""
+    """C-STORE every file in ``paths`` over one association.
+
+    Each file's own transfer syntax gets its own presentation context, so the peer
+    receives it unchanged when it accepts that syntax.
+    """
     ae = AE(ae_title=calling_ae)
+    requested: set[tuple[str, str]] = set()
     for sop_class_uid, transfer_syntax in _contexts(paths):
-        syntaxes = [transfer_syntax, *(ts for ts in _UNCOMPRESSED if ts != transfer_syntax)]
-        ae.add_requested_context(sop_class_uid, syntaxes)
+        fallbacks = _UNCOMPRESSED if transfer_syntax in _UNCOMPRESSED else ()
+        for syntax in (transfer_syntax, *fallbacks):
+            if (sop_class_uid, syntax) not in requested:
+                requested.add((sop_class_uid, syntax))
+                ae.add_requested_context(sop_class_uid, syntax)
     outcomes: list[StoreOutcome] = []
     assoc = _associate(ae, peer)
     try:

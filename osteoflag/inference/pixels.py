@@ -1,0 +1,355 @@
+"""From stored pixels to the model's input array: the one path shared by serving and training.
+
+Serving (worker, ``infer``) and training both call :func:`load_display` or
+:func:`display_from_dataset`, then :func:`model_input`, so the two can never drift apart.
+
+The DICOM path follows the grayscale pipeline of PS3.4 N.2.1.1: stored values, then the
+Modality LUT (PS3.3 C.11.1), then the VOI LUT or window (PS3.3 C.11.2), then the polarity
+of MONOCHROME1 (PS3.3 C.7.6.3.1.2). Colour images (RGB, YBR_*, PALETTE COLOR) are turned
+into luminance. When there is no VOI transform (PNG/JPEG, or DICOM without window or VOI LUT)
+the values are stretched from their minimum to their maximum, so that a PNG and a DICOM made
+from it give the same array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels.utils import pixel_array
+from pydicom.uid import UID
+
+from osteoflag.errors import PixelDataError
+
+FloatArray = npt.NDArray[np.float32]
+
+#: Largest frame we agree to decode (Rows x Columns); a 10k x 10k detector is 100 Mpx.
+MAX_FRAME_PIXELS: Final = 2**27
+#: Largest declared pixel payload (all frames, native encoding) we agree to open.
+MAX_DECLARED_BYTES: Final = 2**32
+#: ITU-R BT.601 luma weights, the ones DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
+LUMA_WEIGHTS: Final = (0.299, 0.587, 0.114)
+
+_MONOCHROME: Final = frozenset({"MONOCHROME1", "MONOCHROME2"})
+_COLOUR: Final = frozenset(
+    {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
+)
+
+
+class ResizeMode(StrEnum):
+    """How an image of any aspect goes to the model's fixed input size."""
+
+    LETTERBOX = "letterbox"  # keep aspect, pad with black, centred
+    STRETCH = "stretch"  # scale each axis independently
+
+
+class ColourOrder(StrEnum):
+    """Channel order the backbone was trained with; ``mean``/``std`` are given in this order."""
+
+    BGR = "BGR"
+    RGB = "RGB"
+
+
+@dataclass(frozen=True)
+class DisplayImage:
+    """A grey image as it would be displayed: ``pixels`` float32 HxW in [0, 1], 1 is white.
+
+    ``frames`` is the number of frames in the source (only the first is used) and ``notes``
+    records the choices made on the way (window used, inversion, padding...).
+    """
+
+    pixels: FloatArray
+    frames: int = 1
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 2 or self.pixels.dtype != np.float32:
+            raise PixelDataError(
+                f"display pixels must be float32 HxW, got {self.pixels.dtype} {self.pixels.shape}"
+            )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The backbone's input contract, as declared in the bundle manifest.
+
+    A display value ``v`` in [0, 1] becomes ``(v * scale - mean[c]) / std[c]`` for channel ``c``.
+    """
+
+    size: tuple[int, int]  # (height, width)
+    resize_mode: ResizeMode = ResizeMode.LETTERBOX
+    colour_order: ColourOrder = ColourOrder.RGB
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = 255.0
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"input size must be two positive integers, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("input mean and std must have three values each")
+        if min(self.std) <= 0 or self.scale <= 0:
+            raise ValueError("input std and scale must be positive")
+
+
+def _first(value: Any) -> float:
+    """First value of a possibly multi-valued DS/IS element (the first window, PS3.3 C.11.2.1.2)."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return float(value[0])
+    return float(value)
+
+
+def _check_geometry(ds: Dataset) -> int:
+    """Validate the Image Pixel module before decoding; return the number of frames."""
+    if "PixelData" not in ds:
+        raise PixelDataError("no (7FE0,0010) Pixel Data")
+    for keyword, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
+        value = ds.get(keyword)
+        if not isinstance(value, int) or value < 1:
+            raise PixelDataError(f"{tag} {keyword} is {value!r}; expected a positive integer")
+    bits = ds.get("BitsAllocated")
+    if bits not in (1, 8, 16, 32, 64):
+        raise PixelDataError(f"(0028,0100) Bits Allocated is {bits!r}")
+    raw_frames = ds.get("NumberOfFrames", 1)
+    try:
+        frames = int(raw_frames or 1)
+    except (TypeError, ValueError) as exc:
+        raise PixelDataError(f"(0028,0008) Number of Frames is {raw_frames!r}") from exc
+    if frames < 1:
+        raise PixelDataError(f"(0028,0008) Number of Frames is {frames}")
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
+    frame_pixels = ds.Rows * ds.Columns
+    declared = frame_pixels * samples * frames * bits / 8
+    if frame_pixels > MAX_FRAME_PIXELS or declared > MAX_DECLARED_BYTES:
+        raise PixelDataError(
+            f"image too large: {ds.Rows}x{ds.Columns}x{samples} with {frames} frame(s) "
+            f"exceeds the decoding limit"
+        )
+    syntax = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax is None:
+        raise PixelDataError("no (0002,0010) Transfer Syntax UID in the file meta information")
+    if not UID(syntax).is_compressed:
+        expected = math.ceil(declared)
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise PixelDataError(
+                f"(7FE0,0010) Pixel Data has {actual} bytes, fewer than the {expected} declared "
+                f"by Rows, Columns, Samples per Pixel, Bits Allocated and Number of Frames"
+            )
+    return frames
+
+
+def _decode_first_frame(ds: Dataset, frames: int) -> npt.NDArray[Any]:
+    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes."""
+    try:
+        return pixel_array(ds, index=0 if frames > 1 else None)
+    except Exception as exc:  # pydicom and its plugins raise many unrelated types
+        syntax = ds.file_meta.get("TransferSyntaxUID", "?")
+        raise PixelDataError(
+            f"(7FE0,0010) Pixel Data could not be decoded (transfer syntax {syntax}): {exc}"
+        ) from exc
+
+
+def _padding_mask(ds: Dataset, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:
+    """Pixels equal to Pixel Padding Value, or within the padding range (PS3.3 C.7.5.1.1.2).
+
+    The comparison is on stored values, before the Modality LUT, as the standard requires.
+    """
+    value = ds.get("PixelPaddingValue")
+    if value is None:
+        return None
+    low = high = int(value)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is not None:
+        low, high = sorted((low, int(limit)))
+    mask: npt.NDArray[np.bool_] = (stored >= low) & (stored <= high)
+    return mask if mask.any() else None
+
+
+def _window(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64]:
+    """Window Center/Width to [0, 1], first window only (PS3.3 C.11.2.1.2 and C.11.2.1.3)."""
+    center = _first(ds.WindowCenter)
+    width = _first(ds.WindowWidth)
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if function == "SIGMOID":
+        if width <= 0:
+            raise PixelDataError(f"(0028,1051) Window Width {width} must be > 0 for SIGMOID")
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            raise PixelDataError(f"(0028,1051) Window Width {width} must be > 0 for LINEAR_EXACT")
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if function != "LINEAR":
+        raise PixelDataError(f"(0028,1056) VOI LUT Function {function!r} is not supported")
+    if width < 1:
+        raise PixelDataError(f"(0028,1051) Window Width {width} must be >= 1 for LINEAR")
+    if width == 1:
+        return (values > center - 0.5).astype(np.float64)
+    out = (values - (center - 0.5)) / (width - 1) + 0.5
+    return np.clip(out, 0.0, 1.0)
+
+
+def _voi_lut(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64]:
+    """First item of the VOI LUT Sequence, output scaled by its entry depth (PS3.3 C.11.2.1.1)."""
+    item = ds.VOILUTSequence[0]
+    descriptor = item.get("LUTDescriptor")
+    if descriptor is None or len(descriptor) != 3 or "LUTData" not in item:
+        raise PixelDataError("(0028,3010) VOI LUT Sequence item lacks a valid LUT Descriptor/Data")
+    try:
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
+    except (NotImplementedError, ValueError, AttributeError) as exc:
+        raise PixelDataError(f"(0028,3010) VOI LUT Sequence cannot be applied: {exc}") from exc
+    return np.asarray(mapped, dtype=np.float64) / float(2 ** int(descriptor[2]) - 1)
+
+
+def _stretch(
+    values: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_] | None
+) -> npt.NDArray[np.float64]:
+    """Map min..max of the (non-padding) values to 0..1; a flat image becomes all 0."""
+    sample = values if valid is None else values[valid]
+    if sample.size == 0:
+        return np.zeros_like(values)
+    low, high = float(sample.min()), float(sample.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def grey_from_rgb(rgb: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """Luminance of an HxWx3 RGB array, in the input's units (BT.601 weights)."""
+    weights = np.asarray(LUMA_WEIGHTS, dtype=np.float64)
+    return np.asarray(rgb[..., :3], dtype=np.float64) @ weights
+
+
+def display_from_dataset(ds: Dataset) -> DisplayImage:
+    """Turn a DICOM dataset's first frame into a display image (PS3.4 N.2.1.1 grayscale pipeline).
+
+    Raises :class:`PixelDataError` naming the offending tag when the pixels cannot be used.
+    """
+    frames = _check_geometry(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
+        raise PixelDataError(f"(0028,0004) Photometric Interpretation {photometric!r} unsupported")
+    stored = _decode_first_frame(ds, frames)
+    notes: list[str] = [f"photometric={photometric}"]
+    if frames > 1:
+        notes.append(f"multi-frame: used frame 1 of {frames}")
+    if photometric == "PALETTE COLOR":
+        try:
+            rgb = apply_color_lut(stored, ds)
+        except (ValueError, AttributeError, KeyError) as exc:
+            raise PixelDataError(f"(0028,1201) palette colour LUT unusable: {exc}") from exc
+        return _finish(_stretch(grey_from_rgb(rgb), None), frames, notes)
+    if photometric in _COLOUR:
+        if stored.ndim != 3 or stored.shape[-1] != 3:
+            raise PixelDataError(f"(0028,0002) Samples per Pixel must be 3 for {photometric}")
+        return _finish(_stretch(grey_from_rgb(stored), None), frames, notes)
+    if stored.ndim != 2:
+        raise PixelDataError(f"(0028,0002) Samples per Pixel must be 1 for {photometric}")
+    padding = _padding_mask(ds, stored)
+    valid = None if padding is None else ~padding
+    try:
+        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise PixelDataError(f"(0028,3000) Modality LUT / rescale unusable: {exc}") from exc
+    if ds.get("VOILUTSequence"):
+        display = _voi_lut(values, ds)
+        notes.append("voi=lut")
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        display = _window(values, ds)
+        notes.append(f"voi=window {_first(ds.WindowCenter)}/{_first(ds.WindowWidth)}")
+    else:
+        display = _stretch(values, valid)
+        notes.append("voi=min-max")
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    if padding is not None:
+        display[padding] = 0.0
+        notes.append("padding=black")
+    return _finish(display, frames, notes)
+
+
+def _finish(display: npt.NDArray[np.float64], frames: int, notes: list[str]) -> DisplayImage:
+    return DisplayImage(display.astype(np.float32), frames=frames, notes=tuple(notes))
+
+
+def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
+    """A PNG/JPEG as a display image: grey (BT.601) and stretched min..max, like DICOM w/o VOI."""
+    width, height = image.size
+    if width * height > MAX_FRAME_PIXELS:
+        raise PixelDataError(f"{path}: image too large ({width}x{height})")
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        if image.mode in ("1", "LA"):
+            image = image.convert("L")
+        values = np.asarray(image, dtype=np.float64)
+    else:
+        values = grey_from_rgb(np.asarray(image.convert("RGB")))
+    return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
+
+
+def load_display(path: Path) -> DisplayImage:
+    """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError as exc:
+        raise PixelDataError(f"{path}: cannot be read: {exc}") from exc
+    if head[128:132] != b"DICM":
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return _display_from_picture(path, image)
+        except UnidentifiedImageError:
+            pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
+    try:
+        ds = pydicom.dcmread(path, force=head[128:132] != b"DICM")
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PixelDataError(f"{path}: not a readable DICOM, PNG or JPEG file: {exc}") from exc
+    try:
+        return display_from_dataset(ds)
+    except PixelDataError as exc:
+        raise PixelDataError(f"{path}: {exc}") from exc
+
+
+def _resize(pixels: FloatArray, height: int, width: int) -> FloatArray:
+    image = Image.fromarray(pixels)
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def fit(display: DisplayImage, spec: InputSpec) -> FloatArray:
+    """Resize to the spec's (H, W): stretched, or letterboxed (aspect kept, black bars, centred)."""
+    height, width = spec.size
+    src_h, src_w = display.pixels.shape
+    if spec.resize_mode is ResizeMode.STRETCH:
+        return _resize(display.pixels, height, width)
+    factor = min(height / src_h, width / src_w)
+    new_h = max(1, min(height, round(src_h * factor)))
+    new_w = max(1, min(width, round(src_w * factor)))
+    canvas = np.zeros((height, width), dtype=np.float32)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = _resize(display.pixels, new_h, new_w)
+    return canvas
+
+
+def model_input(display: DisplayImage, spec: InputSpec) -> FloatArray:
+    """The backbone input for one image: float32 (3, H, W), grey replicated, then normalised."""
+    grey = fit(display, spec) * np.float32(spec.scale)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
+    return np.ascontiguousarray((grey[np.newaxis, :, :] - mean) / std, dtype=np.float32)

@@ -1,0 +1,51 @@
+"""Fixtures shared by every ring: settings in tmp_path and an in-process Storage SCP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import Settings, parse_settings
+from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.pacs.scp import StorageSCP
+from tests.helpers.net import free_port
+
+
+def make_settings(folder: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings for one test: free loopback port, storage and SQLite under ``folder``."""
+    data: dict[str, Any] = {
+        "listener": {"port": free_port()},
+        "storage": {
+            "path": str(folder / "var"),
+            "database_url": f"sqlite:///{folder / 'var' / 'osteoflag.db'}",
+            "min_free_mb": 1,
+        },
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_settings(data, folder)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def scp(settings: Settings, sessions: sessionmaker[Session]) -> Iterator[StorageSCP]:
+    listener = StorageSCP(settings, sessions)
+    listener.start()
+    yield listener
+    listener.stop(timeout=5)

@@ -1,0 +1,115 @@
+"""Run ``osteoflag`` as a real subprocess with its own config, ports and storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.net import free_port, port_open
+from tests.helpers.wait import wait_for
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(folder: Path, sections: dict[str, Any]) -> Path:
+    """Write a TOML config into ``folder``; tables of lists become arrays of tables."""
+    lines: list[str] = []
+    for name, body in sections.items():
+        if isinstance(body, list):
+            for entry in body:
+                lines.append(f"[[{name}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items())
+        else:
+            lines.append(f"[{name}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in body.items())
+        lines.append("")
+    path = folder / "osteoflag.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def base_sections(folder: Path, port: int | None = None) -> dict[str, Any]:
+    """A config for one test: loopback listener on a free port, storage under ``folder``."""
+    return {
+        "listener": {"port": port or free_port()},
+        "storage": {
+            "path": str(folder / "var"),
+            "database_url": f"sqlite:///{folder / 'var' / 'osteoflag.db'}",
+            "min_free_mb": 1,
+        },
+        "model": {"bundle": str(folder / "bundle")},
+    }
+
+
+def osteoflag(*args: str, config: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run one ``osteoflag`` command to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "osteoflag", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+class DaemonProcess:
+    """``osteoflag serve`` in a subprocess; its stderr (JSON log lines) goes to a file."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.config = config
+        self.port = port
+        self.log_path = config.with_name("daemon.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> DaemonProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "osteoflag", "serve", "--config", str(self.config)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        wait_for(lambda: port_open(self.port) or self._exited(), timeout=timeout)
+        if self._exited():
+            raise AssertionError(f"daemon exited early:\n{self.log_path.read_text()}")
+        return self
+
+    def _exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the durability guarantees are about."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM and wait for the graceful exit."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def status(self) -> dict[str, dict[str, int]]:
+        result = osteoflag("status", "--json", config=self.config)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)

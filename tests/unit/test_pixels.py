@@ -1,0 +1,267 @@
+"""DICOM/PNG to display and model input: each case against an independently computed reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from osteoflag.errors import PixelDataError
+from osteoflag.inference.pixels import (
+    DisplayImage,
+    InputSpec,
+    ResizeMode,
+    display_from_dataset,
+    load_display,
+    model_input,
+)
+from tests.helpers.inference_data import (
+    dataset,
+    dcmtk,
+    dicom_from_png,
+    png_of,
+    radiograph,
+    reference_display,
+    save,
+)
+
+GREY12 = radiograph(maximum=4095)
+
+
+def _voi_lut_item() -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    curve = np.linspace(0.0, 1.0, 4096) ** 0.8 * 65535
+    item.add_new(0x00283006, "US", [int(v) for v in curve])
+    return item
+
+
+def _modality_lut_item() -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new(0x00283006, "US", [int(v) for v in (np.arange(4096) * 3) % 65536])
+    item.ModalityLUTType = "US"
+    return item
+
+
+GREY_CASES: dict[str, Callable[[], Dataset]] = {
+    "mono2_8bit": lambda: dataset(radiograph(maximum=255), bits_allocated=8),
+    "mono2_12in16": lambda: dataset(GREY12, bits_stored=12),
+    "mono2_16bit_full": lambda: dataset(radiograph(maximum=65535)),
+    "mono1_12in16": lambda: dataset(GREY12, bits_stored=12, photometric="MONOCHROME1"),
+    "signed_rescale_window": lambda: dataset(
+        GREY12 - 2048,
+        bits_stored=12,
+        signed=True,
+        RescaleSlope=2,
+        RescaleIntercept=-1024,
+        WindowCenter=-500,
+        WindowWidth=3000,
+    ),
+    "several_windows_first": lambda: dataset(
+        GREY12, bits_stored=12, WindowCenter=[1500, 3000], WindowWidth=[1000, 200]
+    ),
+    "mono1_window": lambda: dataset(
+        GREY12, bits_stored=12, photometric="MONOCHROME1", WindowCenter=2000, WindowWidth=2500
+    ),
+    "linear_exact": lambda: dataset(
+        GREY12, bits_stored=12, WindowCenter=1800, WindowWidth=2000, VOILUTFunction="LINEAR_EXACT"
+    ),
+    "sigmoid": lambda: dataset(
+        GREY12, bits_stored=12, WindowCenter=1800, WindowWidth=2000, VOILUTFunction="SIGMOID"
+    ),
+    "voi_lut_sequence": lambda: dataset(
+        GREY12, bits_stored=12, VOILUTSequence=Sequence([_voi_lut_item()])
+    ),
+    "modality_lut_sequence": lambda: dataset(
+        GREY12, bits_stored=12, ModalityLUTSequence=Sequence([_modality_lut_item()])
+    ),
+    "padding_value": lambda: _padded(),
+    "padding_range": lambda: _padded(limit=5),
+    "multiframe": lambda: dataset(
+        np.stack([GREY12, 4095 - GREY12, GREY12 // 2]), bits_stored=12, NumberOfFrames=3
+    ),
+    "rgb_interleaved": lambda: dataset(_rgb(), photometric="RGB", bits_allocated=8),
+    "rgb_planar": lambda: dataset(_rgb(), photometric="RGB", bits_allocated=8, planar=1),
+}
+
+
+def _padded(limit: int | None = None) -> Dataset:
+    pixels = GREY12.copy()
+    pixels[:, :10] = 0
+    pixels[:, 10:12] = 3
+    extra: dict[str, Any] = {"PixelPaddingValue": 0}
+    if limit is not None:
+        extra["PixelPaddingRangeLimit"] = limit
+    return dataset(pixels, bits_stored=12, **extra)
+
+
+def _rgb() -> Any:
+    base = radiograph(maximum=255)
+    return np.stack([base, np.clip(base + 20, 0, 255), base // 2], axis=-1)
+
+
+@pytest.mark.parametrize("case", sorted(GREY_CASES))
+def test_display_matches_pydicom_reference(case: str, tmp_path: Path) -> None:
+    path = save(GREY_CASES[case](), tmp_path / f"{case}.dcm")
+    display = load_display(path)
+    expected = reference_display(path)
+    assert display.pixels.shape == expected.shape
+    np.testing.assert_allclose(display.pixels, expected, atol=1e-5)
+    assert display.pixels.min() >= 0.0 and display.pixels.max() <= 1.0
+
+
+def test_multiframe_records_frame_count(tmp_path: Path) -> None:
+    path = save(GREY_CASES["multiframe"](), tmp_path / "mf.dcm")
+    display = load_display(path)
+    assert display.frames == 3
+    assert any("frame 1 of 3" in note for note in display.notes)
+
+
+def test_monochrome1_is_inverted_monochrome2(tmp_path: Path) -> None:
+    mono2 = load_display(save(dataset(GREY12, bits_stored=12), tmp_path / "m2.dcm"))
+    inverted = dataset(4095 - GREY12, bits_stored=12, photometric="MONOCHROME1")
+    mono1 = load_display(save(inverted, tmp_path / "m1.dcm"))
+    np.testing.assert_allclose(mono1.pixels, mono2.pixels, atol=1e-6)
+
+
+LOSSLESS_PYDICOM = {"rle": RLELossless, "jpegls": JPEGLSLossless, "j2k": JPEG2000Lossless}
+LOSSLESS_DCMTK = {
+    "jpeg_lossless_sv1": ("dcmcjpeg", "+e1"),
+    "jpeg_lossless": ("dcmcjpeg", "+el"),
+    "jpegls_dcmtk": ("dcmcjpls", "+el"),
+    "deflated": ("dcmconv", "+td"),
+    "implicit": ("dcmconv", "+ti"),
+}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("syntaxes")
+    ds = dataset(GREY12, bits_stored=12, WindowCenter=2000, WindowWidth=3000)
+    return save(ds, folder / "source.dcm")
+
+
+@pytest.mark.parametrize("name", sorted(LOSSLESS_PYDICOM))
+def test_lossless_pydicom_encoded(name: str, source: Path, tmp_path: Path) -> None:
+    ds = dcmread(source)
+    ds.compress(LOSSLESS_PYDICOM[name])
+    path = save(ds, tmp_path / f"{name}.dcm")
+    assert dcmread(path).file_meta.TransferSyntaxUID == LOSSLESS_PYDICOM[name]
+    np.testing.assert_allclose(load_display(path).pixels, reference_display(source), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSLESS_DCMTK))
+def test_lossless_dcmtk_encoded(name: str, source: Path, tmp_path: Path) -> None:
+    tool, option = LOSSLESS_DCMTK[name]
+    path = tmp_path / f"{name}.dcm"
+    dcmtk(tool, option, source, path)
+    syntax = dcmread(path).file_meta.TransferSyntaxUID
+    assert syntax != ExplicitVRLittleEndian
+    if name == "deflated":
+        assert syntax == DeflatedExplicitVRLittleEndian
+    if name == "implicit":
+        assert syntax == ImplicitVRLittleEndian
+    np.testing.assert_allclose(load_display(path).pixels, reference_display(source), atol=1e-5)
+
+
+def _mean_error(path: Path, reference: Path) -> float:
+    return float(np.abs(load_display(path).pixels - reference_display(reference)).mean())
+
+
+def test_lossy_syntaxes_stay_close(tmp_path: Path) -> None:
+    grey8 = save(dataset(radiograph(maximum=255), bits_allocated=8), tmp_path / "g8.dcm")
+    baseline = tmp_path / "baseline.dcm"
+    dcmtk("dcmcjpeg", "+eb", "+q", "95", grey8, baseline)
+    assert _mean_error(baseline, grey8) < 0.02
+    grey12 = save(dataset(GREY12, bits_stored=12), tmp_path / "g12.dcm")
+    extended = tmp_path / "extended.dcm"
+    dcmtk("dcmcjpeg", "+ee", "+q", "95", grey12, extended)
+    assert _mean_error(extended, grey12) < 0.02
+    near = tmp_path / "near.dcm"
+    dcmtk("dcmcjpls", "+en", "+md", "2", grey12, near)
+    assert _mean_error(near, grey12) < 0.01
+    j2k = dcmread(grey12)
+    j2k.compress(JPEG2000, j2k_cr=[4])
+    lossy = save(j2k, tmp_path / "j2k.dcm")
+    assert _mean_error(lossy, grey12) < 0.02
+
+
+def test_ybr_full_422_baseline_jpeg(tmp_path: Path) -> None:
+    rgb = save(dataset(_rgb(), photometric="RGB", bits_allocated=8), tmp_path / "rgb.dcm")
+    jpeg = tmp_path / "ybr.dcm"
+    dcmtk("dcmcjpeg", "+eb", "+q", "98", rgb, jpeg)
+    assert dcmread(jpeg).PhotometricInterpretation == "YBR_FULL_422"
+    assert _mean_error(jpeg, rgb) < 0.02
+
+
+def test_png_and_dicom_from_it_match(tmp_path: Path) -> None:
+    for name, pixels in (("grey", radiograph(maximum=255)), ("rgb", _rgb())):
+        png = png_of(pixels, tmp_path / f"{name}.png")
+        dicom = dicom_from_png(png, tmp_path / f"{name}.dcm")
+        np.testing.assert_allclose(load_display(png).pixels, load_display(dicom).pixels, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda ds: delattr(ds, "PixelData"), "(7FE0,0010)"),
+        (lambda ds: setattr(ds, "Rows", 0), "(0028,0010)"),
+        (lambda ds: setattr(ds, "PixelData", ds.PixelData[:-100]), "fewer than"),
+        (lambda ds: setattr(ds, "Rows", 60000) or setattr(ds, "Columns", 60000), "too large"),
+        (lambda ds: setattr(ds, "PhotometricInterpretation", "HSV"), "(0028,0004)"),
+    ],
+)
+def test_refusals_name_the_tag(change: Callable[[Dataset], Any], message: str) -> None:
+    ds = dataset(GREY12, bits_stored=12)
+    change(ds)
+    with pytest.raises(PixelDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        display_from_dataset(ds)
+
+
+def test_undecodable_compressed_data_names_file(tmp_path: Path) -> None:
+    ds = dcmread(save(dataset(GREY12, bits_stored=12), tmp_path / "a.dcm"))
+    ds.compress(JPEGLSLossless)
+    ds.PixelData = encapsulate([b"\xff\x4f" + bytes(200)])
+    path = save(ds, tmp_path / "broken.dcm")
+    with pytest.raises(PixelDataError, match=r"broken\.dcm"):
+        load_display(path)
+
+
+def test_not_an_image_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(PixelDataError, match=r"notes\.txt"):
+        load_display(path)
+
+
+def test_model_input_letterbox_and_normalisation() -> None:
+    display = DisplayImage(np.ones((50, 100), dtype=np.float32))
+    spec = InputSpec(size=(32, 32), mean=(10.0, 20.0, 30.0), std=(2.0, 4.0, 5.0))
+    batch = model_input(display, spec)
+    assert batch.shape == (3, 32, 32) and batch.dtype == np.float32
+    assert batch[0, 16, 16] == pytest.approx((255 - 10) / 2)
+    assert batch[2, 0, 16] == pytest.approx(-30 / 5)  # black bar at the top
+    stretched = model_input(display, InputSpec(size=(32, 32), resize_mode=ResizeMode.STRETCH))
+    assert stretched.min() == pytest.approx(255.0)
+
+
+def test_input_spec_validates() -> None:
+    with pytest.raises(ValueError, match="std"):
+        InputSpec(size=(8, 8), std=(1.0, 0.0, 1.0))

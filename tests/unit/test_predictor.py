@@ -1,0 +1,79 @@
+"""Predictor: onnxruntime backbone + LightGBM on a real tiny bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from osteoflag.errors import BundleError
+from osteoflag.inference.bundle import load_bundle, write_manifest
+from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.predictor import Label, Predictor
+from tests.helpers.inference_data import radiograph
+from tests.helpers.tiny_bundle import backbone, build_bundle
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    folder = build_bundle(tmp_path_factory.mktemp("bundle") / "tiny", threshold=0.5)
+    return Predictor(load_bundle(folder), threads=1, batch_size=3)
+
+
+def _displays(count: int) -> list[DisplayImage]:
+    return [
+        DisplayImage((radiograph(seed=seed) / 4095.0).astype(np.float32)) for seed in range(count)
+    ]
+
+
+def test_batches_give_the_same_probabilities_as_single_images(predictor: Predictor) -> None:
+    displays = _displays(7)
+    batched = predictor.predict(displays)
+    single = [predictor.predict([display])[0] for display in displays]
+    assert len(batched) == 7
+    for many, one in zip(batched, single, strict=True):
+        assert many.probability == pytest.approx(one.probability, abs=1e-6)
+
+
+def test_label_follows_threshold_and_model_is_named(predictor: Predictor) -> None:
+    for prediction in predictor.predict(_displays(4)):
+        assert 0.0 <= prediction.probability <= 1.0
+        expected = Label.FRACTURE if prediction.probability >= 0.5 else Label.NO_FRACTURE
+        assert prediction.label is expected
+        assert prediction.threshold == 0.5
+        assert prediction.model == "tiny-test@0.0.1"
+
+
+def test_probability_depends_on_the_image(predictor: Predictor) -> None:
+    bright = DisplayImage(np.ones((40, 40), dtype=np.float32))
+    dark = DisplayImage(np.zeros((40, 40), dtype=np.float32))
+    textured = _displays(6)
+    values = {round(p.probability, 6) for p in predictor.predict([bright, dark, *textured])}
+    assert len(values) > 1
+
+
+def test_feature_count_mismatch_is_refused(tmp_path: Path) -> None:
+    folder = build_bundle(tmp_path / "b")
+    document = (folder / "manifest.json").read_text()
+    fields = json.loads(document)
+    fields["features"]["count"] = 9
+    for key in ("files", "format_version"):
+        fields.pop(key)
+    write_manifest(folder, **fields)
+    with pytest.raises(BundleError, match="features"):
+        Predictor(load_bundle(folder))
+
+
+def test_unloadable_backbone_is_refused(tmp_path: Path) -> None:
+    folder = build_bundle(tmp_path / "b")
+    model = backbone("tiny")
+    model.graph.output[0].name = "logits"
+    (folder / "backbone.onnx").write_bytes(model.SerializeToString())
+    fields = json.loads((folder / "manifest.json").read_text())
+    for key in ("files", "format_version"):
+        fields.pop(key)
+    write_manifest(folder, **fields)
+    with pytest.raises(BundleError, match=r"backbone\.onnx"):
+        Predictor(load_bundle(folder))
