@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from tests.sr_fixtures import free_port, require_tool
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], deadline: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something truthy, or fail after ``deadline`` seconds."""
-    stop = time.monotonic() + deadline
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > stop:
-            raise TimeoutError(f"{what} not reached within {deadline}s")
-        time.sleep(interval)
+from tests.helpers.net import free_port
+from tests.helpers.wait import wait_for
+from tests.sr_fixtures import require_tool
 
 
 class Orthanc:
@@ -70,7 +56,7 @@ class Orthanc:
             self.process = subprocess.Popen(
                 [self.binary, str(self.config)], stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for(self._alive, deadline, f"Orthanc REST on port {self.http_port}")
+        wait_for(self._alive, timeout=deadline)
 
     def _alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

@@ -144,12 +144,3 @@ class RecordingSCP:
         """Close the listening socket and every association."""
         self.server.shutdown()
         self.server.server_close()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])

@@ -24,8 +24,10 @@ from osteoflag.pacs.derived import Classification, Label, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr import read_result
-from tests.orthanc_sr import Orthanc, wait_for
-from tests.sr_fixtures import dciodvfy_errors, free_port, make_dx
+from tests.helpers.net import free_port
+from tests.helpers.wait import wait_for
+from tests.orthanc_sr import Orthanc
+from tests.sr_fixtures import dciodvfy_errors, make_dx
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -87,7 +89,7 @@ def test_delivery_into_orthanc_study(
         session.commit()
     assert send_pending(sessions, settings).sent == 2
 
-    found = wait_for(lambda: _results_in(orthanc, study_id), 30.0, "SR and summary in study")
+    found = wait_for(lambda: _results_in(orthanc, study_id), timeout=30.0)
     record_property("orthanc_delivery_seconds", round(time.monotonic() - started, 3))
     assert found[COMPREHENSIVE_3D_SR]["PatientID"] == source.PatientID
     assert found[SECONDARY_CAPTURE]["SeriesDescription"].startswith("RESEARCH USE ONLY")

@@ -25,7 +25,9 @@ from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
 from osteoflag.pacs.derived import Classification, Label, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import requeue_failed_outbound, send_pending
-from tests.sr_fixtures import RecordingSCP, free_port, make_dx, require_tool
+from tests.helpers.net import free_port, port_open
+from tests.helpers.wait import wait_for
+from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 FRACTURE = Classification(Label.FRACTURE, 0.91)
@@ -47,6 +49,7 @@ def _settings(tmp_path: Path, ports: list[int], **sender: object) -> Settings:
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """The queue database the ``_settings`` of a test point at (overrides conftest's)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'db.sqlite'}")
     migrate(engine)
     yield session_factory(engine)
@@ -81,7 +84,7 @@ def _states(sessions: sessionmaker[Session]) -> list[tuple[str, str, int]]:
 
 
 @pytest.fixture
-def scp() -> Iterator[RecordingSCP]:
+def pacs() -> Iterator[RecordingSCP]:
     server = RecordingSCP()
     yield server
     server.stop()
@@ -125,16 +128,16 @@ def test_produce_is_idempotent_and_respects_report_settings(
 
 
 def test_sends_each_object_once(
-    tmp_path: Path, sessions: sessionmaker[Session], scp: RecordingSCP
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
 ) -> None:
-    settings = _settings(tmp_path, [scp.port])
+    settings = _settings(tmp_path, [pacs.port])
     _, rows = _produce(sessions, settings)
 
     report = send_pending(sessions, settings)
     assert report.sent == 2
-    assert sorted(scp.received) == sorted(row.sop_instance_uid for row in rows)
+    assert sorted(pacs.received) == sorted(row.sop_instance_uid for row in rows)
     assert send_pending(sessions, settings, now=utcnow() + timedelta(days=1)).sent == 0
-    assert len(scp.received) == 2
+    assert len(pacs.received) == 2
     assert {state for _, state, _ in _states(sessions)} == {"sent"}
 
 
@@ -162,18 +165,18 @@ def test_destination_down_stays_pending_then_goes_out_once(
 
 
 def test_dead_destination_does_not_block_a_live_one(
-    tmp_path: Path, sessions: sessionmaker[Session], scp: RecordingSCP
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
 ) -> None:
     with socket.socket() as silent:  # accepts TCP, never answers A-ASSOCIATE
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        settings = _settings(tmp_path, [silent.getsockname()[1], scp.port], timeout_seconds=1.0)
+        settings = _settings(tmp_path, [silent.getsockname()[1], pacs.port], timeout_seconds=1.0)
         _produce(sessions, settings)
         started = time.monotonic()
         report = send_pending(sessions, settings)
         elapsed = time.monotonic() - started
     assert (report.sent, report.retried) == (2, 2)
-    assert len(scp.received) == 2
+    assert len(pacs.received) == 2
     assert elapsed < 5.0
 
 
@@ -204,7 +207,7 @@ def test_out_of_resources_is_retried(tmp_path: Path, sessions: sessionmaker[Sess
 
 
 def test_past_the_deadline_is_failed_and_requeue_brings_it_back(
-    tmp_path: Path, sessions: sessionmaker[Session], scp: RecordingSCP
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
 ) -> None:
     settings = _settings(
         tmp_path,
@@ -223,11 +226,11 @@ def test_past_the_deadline_is_failed_and_requeue_brings_it_back(
 
     assert requeue_failed_outbound(sessions) == 2
     live = settings.model_copy(
-        update={"destinations": (settings.destinations[0].model_copy(update={"port": scp.port}),)}
+        update={"destinations": (settings.destinations[0].model_copy(update={"port": pacs.port}),)}
     )
     with sessions() as session:  # the row's destination key follows the config
         for row in session.scalars(select(Outbound)):
-            row.destination = f"PACS0@127.0.0.1:{scp.port}"
+            row.destination = f"PACS0@127.0.0.1:{pacs.port}"
         session.commit()
     assert send_pending(sessions, live).sent == 2
 
@@ -243,7 +246,7 @@ def test_delivers_to_dcmtk_storescp(tmp_path: Path, sessions: sessionmaker[Sessi
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_port(port, deadline=10.0)
+        wait_for(lambda: port_open(port), timeout=10.0)
         settings = _settings(tmp_path, [port])
         _, rows = _produce(sessions, settings)
         assert send_pending(sessions, settings).sent == 2
@@ -252,13 +255,3 @@ def test_delivers_to_dcmtk_storescp(tmp_path: Path, sessions: sessionmaker[Sessi
         process.wait(timeout=10)
     stored = {str(pydicom.dcmread(path).SOPInstanceUID) for path in received.iterdir()}
     assert stored == {row.sop_instance_uid for row in rows}
-
-
-def _wait_for_port(port: int, deadline: float) -> None:
-    stop = time.monotonic() + deadline
-    while time.monotonic() < stop:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {deadline}s")
