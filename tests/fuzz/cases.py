@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from tests.fuzz.corpus import deflate_bomb, encode, fresh
 from tests.helpers.dicom import radiograph
@@ -22,7 +22,8 @@ BOMB_BYTES = 2**30 + 2**24
 
 
 def _valid() -> Dataset:
-    return fresh(radiograph("DX", rows=96, columns=80, seed=7))
+    """A valid DX with its own SOP Instance UID (one per call)."""
+    return fresh(radiograph("DX", rows=96, columns=80, seed=7), generate_uid())
 
 
 def _patched(ds: Dataset, old: bytes, new: bytes) -> bytes:

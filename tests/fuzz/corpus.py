@@ -73,10 +73,11 @@ def encode(ds: Dataset) -> Encoded:
     return Encoded(data, _meta_end(data), UID(ds.file_meta.TransferSyntaxUID))
 
 
-def fresh(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` with a new SOP Instance UID in the data set and the meta."""
+def fresh(ds: Dataset, key: str) -> Dataset:
+    """A copy of ``ds`` with a SOP Instance UID derived from ``key`` (same key, same UID)."""
     copy = deepcopy(ds)
-    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    uid = generate_uid(entropy_srcs=[key])
+    copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = uid
     return copy
 
 
@@ -86,6 +87,10 @@ def base_datasets(folder: Path, seed: int) -> list[Dataset]:
     bases = []
     for index, syntax in enumerate(FUZZ_SYNTAXES):
         image = radiograph("DX", rows=72, columns=64, seed=seed + index)
+        image.StudyInstanceUID = generate_uid(entropy_srcs=[f"{seed}:study"])
+        image.SeriesInstanceUID = generate_uid(entropy_srcs=[f"{seed}:series"])
+        image.SOPInstanceUID = generate_uid(entropy_srcs=[f"{seed}:base:{index}"])
+        image.file_meta.MediaStorageSOPInstanceUID = image.SOPInstanceUID
         path = write_in_syntax(image, syntax, folder / f"{index}.dcm")
         bases.append(dcmread(path))
     return bases
@@ -159,8 +164,8 @@ _GEOMETRY = (
 )
 
 
-def _geometry(rng: random.Random, base: Dataset) -> bytes:
-    ds = fresh(base)
+def _geometry(rng: random.Random, base: Dataset, key: str) -> bytes:
+    ds = fresh(base, key)
     keyword, values = rng.choice(_GEOMETRY)
     setattr(ds, keyword, rng.choice(values))
     return encode(ds).data
@@ -182,10 +187,11 @@ def mutants(bases: list[Dataset], count: int, seed: int) -> Iterator[Mutant]:
         base = bases[index % len(bases)]
         kind = rng.choice(names)
         syntax = UID(base.file_meta.TransferSyntaxUID).keyword
+        key = f"{seed}:{index}"
         if kind == "geometry":
-            data = _geometry(rng, base)
+            data = _geometry(rng, base, key)
         else:
-            data = MUTATIONS[kind](rng, encode(fresh(base)))
+            data = MUTATIONS[kind](rng, encode(fresh(base, key)))
         yield Mutant(f"{index:04d}-{syntax}-{kind}.dcm", data)
 
 
@@ -208,9 +214,9 @@ def deflate_bomb(inflated_bytes: int) -> bytes:
     self-contained, so one compressed block of zeros is repeated instead of compressing
     gigabytes.
     """
-    ds = radiograph("DX", rows=1, columns=1)
+    ds = fresh(radiograph("DX", rows=1, columns=1), f"deflate-bomb:{inflated_bytes}")
     del ds.PixelData
-    meta = fresh(ds)
+    meta = deepcopy(ds)
     meta.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     plain = encode(ds)
     block = 1 << 24
