@@ -25,6 +25,7 @@ import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
@@ -104,7 +105,7 @@ class InputSpec:
 
 def _first(value: Any) -> float:
     """First value of a possibly multi-valued DS/IS element (the first window, PS3.3 C.11.2.1.2)."""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if isinstance(value, list | tuple | MultiValue):
         return float(value[0])
     return float(value)
 
@@ -127,7 +128,7 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError(f"(0028,0008) Number of Frames is {raw_frames!r}") from exc
     if frames < 1:
         raise PixelDataError(f"(0028,0008) Number of Frames is {frames}")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = int(ds.get("SamplesPerPixel") or 1)
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
     frame_pixels = ds.Rows * ds.Columns

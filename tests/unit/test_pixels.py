@@ -11,6 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels.processing import convert_color_space
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -208,6 +209,14 @@ def test_ybr_full_422_baseline_jpeg(tmp_path: Path) -> None:
     dcmtk("dcmcjpeg", "+eb", "+q", "98", rgb, jpeg)
     assert dcmread(jpeg).PhotometricInterpretation == "YBR_FULL_422"
     assert _mean_error(jpeg, rgb) < 0.02
+
+
+def test_ybr_full_native_matches_rgb(tmp_path: Path) -> None:
+    rgb = _rgb().astype(np.uint8)
+    rgb_path = save(dataset(rgb, photometric="RGB", bits_allocated=8), tmp_path / "rgb.dcm")
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ybr_path = save(dataset(ybr, photometric="YBR_FULL", bits_allocated=8), tmp_path / "ybr.dcm")
+    assert _mean_error(ybr_path, rgb_path) < 0.01
 
 
 def test_png_and_dicom_from_it_match(tmp_path: Path) -> None:
