@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pydicom
+from apscheduler.schedulers.base import BaseScheduler
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,6 +115,17 @@ class InferenceWorker:
     def sweep(self) -> None:
         """The periodic safety net: same as :meth:`wake`, scheduled every ``sweep_seconds``."""
         self._wake.set()
+
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add the periodic sweep (every ``[worker] sweep_seconds``) to the daemon's scheduler."""
+        scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=self._settings.worker.sweep_seconds,
+            id="inference-sweep",
+            max_instances=1,
+            coalesce=True,
+        )
 
     def start(self) -> None:
         """Start the worker thread; it drains the queue once at start-up."""

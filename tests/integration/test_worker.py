@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -101,6 +102,9 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
         seen.append(instance.sop_instance_uid)
 
     worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    worker.schedule(scheduler)
+    assert scheduler.get_job("inference-sweep") is not None
     worker.start()
     try:
         for index in range(6):

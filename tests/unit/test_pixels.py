@@ -167,6 +167,16 @@ def test_lossless_pydicom_encoded(name: str, source: Path, tmp_path: Path) -> No
     np.testing.assert_allclose(load_display(path).pixels, reference_display(source), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(LOSSLESS_PYDICOM))
+def test_signed_lossless_pydicom_encoded(name: str, tmp_path: Path) -> None:
+    signed = dataset(GREY12 - 2048, bits_stored=12, signed=True, RescaleIntercept=0, RescaleSlope=1)
+    source = save(signed, tmp_path / "signed.dcm")
+    ds = dcmread(source)
+    ds.compress(LOSSLESS_PYDICOM[name])
+    path = save(ds, tmp_path / f"{name}.dcm")
+    np.testing.assert_allclose(load_display(path).pixels, reference_display(source), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSLESS_DCMTK))
 def test_lossless_dcmtk_encoded(name: str, source: Path, tmp_path: Path) -> None:
     tool, option = LOSSLESS_DCMTK[name]
