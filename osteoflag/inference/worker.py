@@ -215,25 +215,37 @@ class InferenceWorker:
                 model=prediction.model,
                 inference_ms=item.prepare_ms + model_ms,
             )
-            with self._sessions() as session:
-                if queue.complete(session, item.instance.id, self._owner, result):
-                    if self._on_done is not None:
-                        self._on_done(session, item.instance, result)
-                    session.commit()
-                    logger.info(
-                        "instance classified",
-                        extra={
-                            "action": "classified",
-                            "sop_instance_uid": item.instance.sop_instance_uid,
-                            "probability": round(result.probability, 6),
-                            "label": result.label,
-                            "model": result.model,
-                            "inference_ms": round(result.inference_ms, 1),
-                        },
-                    )
-                else:
+            self._store(item.instance, result)
+
+    def _store(self, instance: Instance, result: queue.Result) -> None:
+        """``done`` plus whatever ``on_done`` adds, in one transaction; ``failed`` if that fails."""
+        failure: OsteoflagError | None = None
+        with self._sessions() as session:
+            try:
+                if not queue.complete(session, instance.id, self._owner, result):
                     session.rollback()
-                    self._lease_lost(item.instance)
+                    self._lease_lost(instance)
+                    return
+                if self._on_done is not None:
+                    self._on_done(session, instance, result)
+                session.commit()
+            except OsteoflagError as exc:
+                session.rollback()
+                failure = exc
+        if failure is not None:
+            self._record(instance, queue.fail, f"result not recorded: {failure}", "failed")
+            return
+        logger.info(
+            "instance classified",
+            extra={
+                "action": "classified",
+                "sop_instance_uid": instance.sop_instance_uid,
+                "probability": round(result.probability, 6),
+                "label": result.label,
+                "model": result.model,
+                "inference_ms": round(result.inference_ms, 1),
+            },
+        )
 
     def _record(
         self,

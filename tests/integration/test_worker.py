@@ -14,6 +14,7 @@ from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState
+from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.worker import InferenceWorker
@@ -115,3 +116,18 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
         worker.stop(timeout=10)
     states = _states(sessions)
     assert all(state is InstanceState.DONE for state, _ in states.values())
+
+
+def test_on_done_failure_fails_that_instance_only(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    def on_done(session: Session, instance: Instance, result: queue.Result) -> None:
+        if instance.sop_instance_uid.endswith(".1"):
+            raise DeliveryError("cannot build the SR")
+
+    _enqueue(sessions, _good(tmp_path, "a"), "1.2.6.1")
+    _enqueue(sessions, _good(tmp_path, "b"), "1.2.6.2")
+    InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain()
+    states = _states(sessions)
+    assert states["1.2.6.1"] == (InstanceState.FAILED, "result not recorded: cannot build the SR")
+    assert states["1.2.6.2"][0] is InstanceState.DONE
