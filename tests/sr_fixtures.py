@@ -112,3 +112,35 @@ def dciodvfy_errors(path: Path) -> list[str]:
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60, check=False)
     lines = (run.stdout + run.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
+
+
+class RecordingSCP:
+    """A real pynetdicom Storage SCP on a loopback port that keeps what it receives.
+
+    ``status`` is the C-STORE status it answers with; ``received`` lists the SOP
+    Instance UIDs of every C-STORE request, duplicates included.
+    """
+
+    def __init__(self, port: int = 0, ae_title: str = "PACS", status: int = 0x0000) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.status = status
+        self.received: list[str] = []
+        self.ae = AE(ae_title=ae_title)
+        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.ae.add_supported_context("1.2.840.10008.1.1")
+        self.server = self.ae.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, event: object) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))  # type: ignore[attr-defined]
+        return self.status
+
+    def stop(self) -> None:
+        """Close the listening socket and every association."""
+        self.server.shutdown()
+        self.server.server_close()

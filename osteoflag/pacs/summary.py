@@ -16,11 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.valuerep import DA, TM
 
 import osteoflag
-from osteoflag.errors import PermanentError, PixelDataError
+from osteoflag.errors import PermanentError
+from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.pacs.derived import (
     MANUFACTURER,
     RESEARCH_PREFIX,
@@ -49,25 +49,9 @@ _COLOURS: Final = {
 
 
 def display_pixels(source: Dataset) -> NDArray[np.uint8]:
-    """The source's first frame as 8-bit grey for display (PS3.3 C.11 modality + VOI LUT).
-
-    MONOCHROME1 is inverted; colour images are reduced to luminance.
-    """
-    try:
-        pixels = source.pixel_array
-    except Exception as exc:  # pydicom raises many kinds for broken pixel data
-        raise PixelDataError(f"cannot decode PixelData (7FE0,0010): {exc}") from exc
-    if pixels.ndim == 4 or (pixels.ndim == 3 and source.get("SamplesPerPixel", 1) == 1):
-        pixels = pixels[0]
-    if pixels.ndim == 3:
-        grey = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    else:
-        grey = apply_voi_lut(apply_modality_lut(pixels, source), source).astype(np.float64)
-    low, high = float(np.min(grey)), float(np.max(grey))
-    scaled = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
-    if source.get("PhotometricInterpretation") == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.asarray(np.round(scaled * 255.0), dtype=np.uint8)
+    """The source's first frame as 8-bit grey, as displayed (PS3.4 N.2.1.1, shared pipeline)."""
+    display = display_from_dataset(source)
+    return np.asarray(np.round(display.pixels * 255.0), dtype=np.uint8)
 
 
 def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
