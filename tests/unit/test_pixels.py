@@ -134,6 +134,16 @@ def test_multiframe_records_frame_count(tmp_path: Path) -> None:
     assert any("frame 1 of 3" in note for note in display.notes)
 
 
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_multiframe_uses_first_frame(syntax: str, tmp_path: Path) -> None:
+    source = save(GREY_CASES["multiframe"](), tmp_path / "mf.dcm")
+    ds = dcmread(source)
+    ds.compress(syntax)
+    display = load_display(save(ds, tmp_path / "mf-compressed.dcm"))
+    assert display.frames == 3
+    np.testing.assert_allclose(display.pixels, reference_display(source), atol=1e-5)
+
+
 def test_monochrome1_is_inverted_monochrome2(tmp_path: Path) -> None:
     mono2 = load_display(save(dataset(GREY12, bits_stored=12), tmp_path / "m2.dcm"))
     inverted = dataset(4095 - GREY12, bits_stored=12, photometric="MONOCHROME1")
