@@ -30,9 +30,9 @@ from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle
-from osteoflag.inference.pixels import display_from_dataset, model_input
+from osteoflag.inference.pixels import display_from_dataset, model_input, read_dicom
 from osteoflag.inference.predictor import Predictor, session_options
-from osteoflag.inference.worker import InferenceWorker, read_dataset
+from osteoflag.inference.worker import InferenceWorker
 from tests.helpers.inference_data import dataset, radiograph, save
 from tests.helpers.tiny_bundle import build_bundle
 
@@ -56,9 +56,8 @@ def backbone_flops(model_path: Path, height: int, width: int) -> float:
     for node in inferred.graph.node:
         if node.op_type == "Conv":
             weight, out = shapes[node.input[1]], shapes[node.output[0]]
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            macs += int(np.prod(out)) * (weight[1] * int(np.prod(weight[2:])))
-            del group  # weight[1] is already Cin / group
+            # weight is (Cout, Cin / group, kH, kW): MACs per output value = its last 3 dims
+            macs += int(np.prod(out)) * int(np.prod(weight[1:]))
         elif node.op_type in ("MatMul", "Gemm"):
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             transposed = any(x.name == "transA" and x.i for x in node.attribute)
@@ -173,7 +172,7 @@ def bench_worker(
 
     spec = bundle.input_spec
     decode = _timed(
-        lambda: model_input(display_from_dataset(read_dataset(files[0])), spec), max(5, count // 2)
+        lambda: model_input(display_from_dataset(read_dicom(files[0])), spec), max(5, count // 2)
     )
     single: list[float] = []
     for _ in range(max(5, count // 2)):

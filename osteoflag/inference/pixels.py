@@ -301,6 +301,17 @@ def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
     return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
+def read_dicom(path: Path, *, force: bool = False) -> Dataset:
+    """Read a DICOM file, refusing one larger than any image we would agree to decode."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_DECLARED_BYTES:
+            raise PixelDataError(f"{path}: file of {size} bytes exceeds the decoding limit")
+        return pydicom.dcmread(path, force=force)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PixelDataError(f"{path}: not a readable DICOM file: {exc}") from exc
+
+
 def load_display(path: Path) -> DisplayImage:
     """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG."""
     try:
@@ -308,7 +319,8 @@ def load_display(path: Path) -> DisplayImage:
             head = handle.read(132)
     except OSError as exc:
         raise PixelDataError(f"{path}: cannot be read: {exc}") from exc
-    if head[128:132] != b"DICM":
+    forced = head[128:132] != b"DICM"
+    if forced:
         try:
             with Image.open(path) as image:
                 image.load()
@@ -317,11 +329,7 @@ def load_display(path: Path) -> DisplayImage:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
-    forced = head[128:132] != b"DICM"
-    try:
-        ds = pydicom.dcmread(path, force=forced)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PixelDataError(f"{path}: not a readable DICOM, PNG or JPEG file: {exc}") from exc
+    ds = read_dicom(path, force=forced)
     if forced and "PixelData" not in ds:
         raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:

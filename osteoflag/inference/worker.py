@@ -23,18 +23,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
 from apscheduler.schedulers.base import BaseScheduler
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
-from osteoflag.errors import OsteoflagError, PixelDataError
+from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
-from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
+from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input, read_dicom
 from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -71,14 +69,6 @@ def domain_refusal(ds: Dataset, model: ModelSettings) -> str | None:
     return None
 
 
-def read_dataset(path: Path) -> Dataset:
-    """Read a stored instance; unreadable files are a permanent failure."""
-    try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PixelDataError(f"{path}: cannot be read as DICOM: {exc}") from exc
-
-
 class InferenceWorker:
     """Classifies queued instances with one predictor, on one thread."""
 
@@ -103,10 +93,6 @@ class InferenceWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    @property
-    def model_id(self) -> str:
-        return self._predictor.model_id
 
     def wake(self) -> None:
         """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
@@ -183,7 +169,7 @@ class InferenceWorker:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
         started = time.perf_counter()
         try:
-            ds = read_dataset(Path(instance.file_path))
+            ds = read_dicom(Path(instance.file_path))
             refusal = domain_refusal(ds, self._settings.model)
             if refusal is not None:
                 self._record(instance, queue.skip, refusal, "skipped")
