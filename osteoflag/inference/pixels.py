@@ -8,7 +8,8 @@ Modality LUT (PS3.3 C.11.1), then the VOI LUT or window (PS3.3 C.11.2), then the
 of MONOCHROME1 (PS3.3 C.7.6.3.1.2). Colour images (RGB, YBR_*, PALETTE COLOR) are turned
 into luminance. When there is no VOI transform (PNG/JPEG, or DICOM without window or VOI LUT)
 the values are stretched from their minimum to their maximum, so that a PNG and a DICOM made
-from it give the same array.
+from it give the same array. Presentation LUT Shape is not applied separately: in the DX and
+CR IODs it only restates the polarity of the Photometric Interpretation (PS3.3 C.8.11.6.1.2).
 """
 
 from __future__ import annotations
