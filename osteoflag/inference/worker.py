@@ -31,14 +31,18 @@ from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
 from osteoflag.errors import OsteoflagError
-from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.bundle import Bundle, load_bundle
 from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input, read_dicom
 from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-#: Called in the same transaction as ``complete`` (e.g. to create the SR's outbound rows).
-OnDone = Callable[[Session, Instance, queue.Result], None]
+#: Called in the transaction that marks an instance ``done``, with its dataset (e.g. to write
+#: the SR and add its outbound rows); an :class:`OsteoflagError` fails the instance instead.
+OnDone = Callable[[Session, Instance, Dataset, queue.Result], None]
+#: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
+#: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
+OnRefused = Callable[[Session, Instance, Dataset, str], None]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class _Ready:
     """An instance whose pixels are decoded and waiting for the batch's forward pass."""
 
     instance: Instance
+    source: Dataset
     tensor: FloatArray
     prepare_ms: float
 
@@ -79,6 +84,7 @@ class InferenceWorker:
         *,
         predictor: Predictor | None = None,
         on_done: OnDone | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -88,11 +94,17 @@ class InferenceWorker:
             batch_size=settings.model.batch_size,
         )
         self._on_done = on_done
+        self._on_refused = on_refused
         self._owner = f"infer:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lease = timedelta(seconds=settings.worker.lease_seconds)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def bundle(self) -> Bundle:
+        """The served bundle (for the model identity stated in produced objects)."""
+        return self._predictor.bundle
 
     def wake(self) -> None:
         """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
@@ -170,19 +182,23 @@ class InferenceWorker:
         started = time.perf_counter()
         try:
             ds = read_dicom(Path(instance.file_path))
-            refusal = domain_refusal(ds, self._settings.model)
-            if refusal is not None:
-                self._record(instance, queue.skip, refusal, "skipped")
-                return None
-            tensor = model_input(display_from_dataset(ds), self._predictor.bundle.input_spec)
         except OsteoflagError as exc:
             self._record(instance, queue.fail, str(exc), "failed")
             return None
+        try:
+            refusal = domain_refusal(ds, self._settings.model)
+            if refusal is not None:
+                self._record(instance, queue.skip, refusal, "skipped", ds)
+                return None
+            tensor = model_input(display_from_dataset(ds), self._predictor.bundle.input_spec)
+        except OsteoflagError as exc:
+            self._record(instance, queue.fail, str(exc), "failed", ds)
+            return None
         except Exception as exc:  # an unforeseen decoder error must not block the batch
             reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
-            self._record(instance, queue.fail, reason, "failed")
+            self._record(instance, queue.fail, reason, "failed", ds)
             return None
-        return _Ready(instance, tensor, (time.perf_counter() - started) * 1000.0)
+        return _Ready(instance, ds, tensor, (time.perf_counter() - started) * 1000.0)
 
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
@@ -190,7 +206,8 @@ class InferenceWorker:
             predictions = self._predictor.predict_inputs([item.tensor for item in ready])
         except OsteoflagError as exc:
             for item in ready:
-                self._record(item.instance, queue.fail, f"inference failed: {exc}", "failed")
+                reason = f"inference failed: {exc}"
+                self._record(item.instance, queue.fail, reason, "failed", item.source)
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
@@ -201,9 +218,9 @@ class InferenceWorker:
                 model=prediction.model,
                 inference_ms=item.prepare_ms + model_ms,
             )
-            self._store(item.instance, result)
+            self._store(item.instance, item.source, result)
 
-    def _store(self, instance: Instance, result: queue.Result) -> None:
+    def _store(self, instance: Instance, source: Dataset, result: queue.Result) -> None:
         """``done`` plus whatever ``on_done`` adds, in one transaction; ``failed`` if that fails."""
         failure: OsteoflagError | None = None
         with self._sessions() as session:
@@ -213,7 +230,7 @@ class InferenceWorker:
                     self._lease_lost(instance)
                     return
                 if self._on_done is not None:
-                    self._on_done(session, instance, result)
+                    self._on_done(session, instance, source, result)
                 session.commit()
             except OsteoflagError as exc:
                 session.rollback()
@@ -239,22 +256,34 @@ class InferenceWorker:
         outcome: Callable[[Session, int, str, str], bool],
         reason: str,
         action: str,
+        source: Dataset | None = None,
     ) -> None:
+        """Mark ``skipped``/``failed`` with ``reason``; ``on_refused`` joins the transaction."""
+        hook_error: OsteoflagError | None = None
         with self._sessions() as session:
-            if outcome(session, instance.id, self._owner, reason):
+            try:
+                if not outcome(session, instance.id, self._owner, reason):
+                    session.rollback()
+                    self._lease_lost(instance)
+                    return
+                if source is not None and self._on_refused is not None:
+                    self._on_refused(session, instance, source, reason)
                 session.commit()
-                logger.warning(
-                    "instance %s",
-                    action,
-                    extra={
-                        "action": action,
-                        "sop_instance_uid": instance.sop_instance_uid,
-                        "reason": reason,
-                    },
-                )
-            else:
+            except OsteoflagError as exc:
                 session.rollback()
-                self._lease_lost(instance)
+                hook_error = exc
+        if hook_error is not None:
+            self._record(instance, outcome, f"{reason}; no report produced: {hook_error}", action)
+            return
+        logger.warning(
+            "instance %s",
+            action,
+            extra={
+                "action": action,
+                "sop_instance_uid": instance.sop_instance_uid,
+                "reason": reason,
+            },
+        )
 
     def _lease_lost(self, instance: Instance) -> None:
         logger.warning(

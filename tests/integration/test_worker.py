@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -99,7 +100,10 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
 ) -> None:
     seen: list[str] = []
 
-    def on_done(session: Session, instance: Instance, result: queue.Result) -> None:
+    def on_done(
+        session: Session, instance: Instance, source: Dataset, result: queue.Result
+    ) -> None:
+        assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
         seen.append(instance.sop_instance_uid)
 
     worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
@@ -121,7 +125,9 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
 def test_on_done_failure_fails_that_instance_only(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
-    def on_done(session: Session, instance: Instance, result: queue.Result) -> None:
+    def on_done(
+        session: Session, instance: Instance, source: Dataset, result: queue.Result
+    ) -> None:
         if instance.sop_instance_uid.endswith(".1"):
             raise DeliveryError("cannot build the SR")
 
@@ -131,3 +137,28 @@ def test_on_done_failure_fails_that_instance_only(
     states = _states(sessions)
     assert states["1.2.6.1"] == (InstanceState.FAILED, "result not recorded: cannot build the SR")
     assert states["1.2.6.2"][0] is InstanceState.DONE
+
+
+def test_on_refused_runs_for_readable_skips_and_failures(
+    tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
+) -> None:
+    settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
+    refused: dict[str, str] = {}
+
+    def on_refused(session: Session, instance: Instance, source: Dataset, reason: str) -> None:
+        if instance.sop_instance_uid == "1.2.7.3":
+            raise DeliveryError("disk full")
+        refused[instance.sop_instance_uid] = reason
+
+    broken = dataset(radiograph(), bits_stored=12)
+    broken.PixelData = broken.PixelData[:100]
+    _enqueue(sessions, _good(tmp_path, "foot", BodyPartExamined="FOOT"), "1.2.7.1")
+    _enqueue(sessions, save(broken, tmp_path / "broken.dcm"), "1.2.7.2")
+    _enqueue(sessions, _good(tmp_path, "knee", BodyPartExamined="KNEE"), "1.2.7.3")
+    _enqueue(sessions, tmp_path / "gone.dcm", "1.2.7.4")
+    InferenceWorker(settings, sessions, predictor=predictor, on_refused=on_refused).drain()
+    assert set(refused) == {"1.2.7.1", "1.2.7.2"}
+    states = _states(sessions)
+    assert states["1.2.7.3"][0] is InstanceState.SKIPPED
+    assert (states["1.2.7.3"][1] or "").endswith("no report produced: disk full")
+    assert states["1.2.7.4"][0] is InstanceState.FAILED
