@@ -15,6 +15,7 @@ from pathlib import Path
 from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.errors import ConfigError, OsteoflagError
+from osteoflag.inference.commands import add_infer_arguments, run_infer
 from osteoflag.logs import configure_logging
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--port", required=True, type=_port)
     send.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
     send.set_defaults(handler=_send)
+
+    infer = commands.add_parser("infer", parents=[common], help="classify local image files")
+    add_infer_arguments(infer)
+    infer.set_defaults(handler=run_infer)
     return parser
 
 

@@ -7,6 +7,8 @@ two writers never deadlock upgrading a read lock. PostgreSQL needs none of this.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.errors import ConfigError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+READ_ONLY = "osteoflag_read_only"
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -35,7 +38,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Readers take no lock in WAL mode, so they never wait behind a writer.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -56,6 +61,14 @@ def make_engine(url: str) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded attributes after commit (rows are handed between threads)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for queries only: on SQLite its transaction is deferred and takes no lock."""
+    with sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
 
 
 def _alembic_config(engine: Engine) -> Config:

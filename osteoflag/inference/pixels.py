@@ -316,10 +316,13 @@ def load_display(path: Path) -> DisplayImage:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
+    forced = head[128:132] != b"DICM"
     try:
-        ds = pydicom.dcmread(path, force=head[128:132] != b"DICM")
+        ds = pydicom.dcmread(path, force=forced)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise PixelDataError(f"{path}: not a readable DICOM, PNG or JPEG file: {exc}") from exc
+    if forced and "PixelData" not in ds:
+        raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:
         return display_from_dataset(ds)
     except PixelDataError as exc:

@@ -101,7 +101,8 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is None:
             return
-        active = list(server.active_associations)
+        # Connected but silent peers have nothing in flight: they are not waited for.
+        active = [assoc for assoc in server.active_associations if assoc.is_established]
         server.shutdown()
         deadline = time.monotonic() + timeout
         for assoc in active:
