@@ -68,6 +68,27 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+def _show_sr(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.pacs.show import show_sr
+
+    print(show_sr(args.file))
+    return 0
+
+
+def _requeue(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.db import queue
+    from osteoflag.db.engine import make_engine, migrate, session_factory
+    from osteoflag.pacs.sender import requeue_failed_outbound
+
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    instances = queue.requeue_failed(sessions)
+    outbound = requeue_failed_outbound(sessions)
+    print(json.dumps({"instances": instances, "outbound": outbound}))
+    return 0
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -112,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.add_parser("infer", parents=[common], help="classify local image files")
     add_infer_arguments(infer)
     infer.set_defaults(handler=run_infer)
+
+    show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.set_defaults(handler=_show_sr)
+
+    requeue = commands.add_parser(
+        "requeue", parents=[common], help="retry failed instances and failed deliveries"
+    )
+    requeue.set_defaults(handler=_requeue)
     return parser
 
 

@@ -1,7 +1,8 @@
 """``osteoflag serve``: wire the listener, the queue and the scheduled jobs together.
 
-Lifecycle: migrate the schema, recover work a crash left ``processing``, start the
-Storage SCP and the scheduler, then wait for SIGTERM/SIGINT. Shutdown refuses new
+Lifecycle: load the model bundle, migrate the schema, recover work a crash left
+``processing``, start the inference worker, the scheduler (worker sweep, sender, lease
+recovery) and the Storage SCP, then wait for SIGTERM/SIGINT. Shutdown refuses new
 associations first, lets in-flight ones finish, then stops the jobs; whatever is
 not finished stays safely queued for the next start.
 """
@@ -16,9 +17,15 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
+from osteoflag.daemon.results import outbound_hook
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.predictor import Predictor
+from osteoflag.inference.worker import InferenceWorker
+from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
+from osteoflag.pacs.sender import send_pending
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +41,20 @@ class Daemon:
         self.sessions = session_factory(self.engine)
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.listener = StorageSCP(settings, self.sessions, on_queued=self.wake_worker)
+        bundle = load_bundle(settings.model.bundle)
+        predictor = Predictor(
+            bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
+        )
+        self.worker = InferenceWorker(
+            settings,
+            self.sessions,
+            predictor=predictor,
+            on_done=outbound_hook(settings, ModelIdentity.from_bundle(bundle)),
+        )
+        self.listener = StorageSCP(settings, self.sessions, on_queued=self.worker.wake)
 
-    def wake_worker(self) -> None:
-        """Called after each committed store: run the worker now instead of at the next sweep."""
+    def _send(self) -> None:
+        send_pending(self.sessions, self.settings)
 
     def _recover(self) -> None:
         queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
@@ -48,14 +65,16 @@ class Daemon:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         migrate(self.engine)
         queue.recover_all(self.sessions, self.settings.worker.max_attempts)
-        self.scheduler.add_job(
-            self._recover,
-            "interval",
-            seconds=self.settings.worker.lease_seconds / 4,
-            id="recover",
-            max_instances=1,
-            coalesce=True,
+        jobs = (
+            (self._recover, self.settings.worker.lease_seconds / 4, "recover"),
+            (self.worker.sweep, self.settings.worker.sweep_seconds, "sweep"),
+            (self._send, self.settings.sender.interval_seconds, "send"),
         )
+        for job, seconds, name in jobs:
+            self.scheduler.add_job(
+                job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
+            )
+        self.worker.start()
         self.scheduler.start()
         self.listener.start()
         logger.info("daemon started", extra={"action": "start"})
@@ -63,6 +82,7 @@ class Daemon:
     def stop(self) -> None:
         """Graceful stop: no new associations, in-flight ones finished, jobs drained."""
         self.listener.stop(SHUTDOWN_GRACE_SECONDS)
+        self.worker.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)
         self.engine.dispose()
         logger.info("daemon stopped", extra={"action": "stop"})

@@ -19,8 +19,8 @@ from tests.helpers.net import free_port
 from tests.helpers.wait import wait_for
 
 
-def _daemon(tmp_path: Path, **sections: dict[str, object]) -> DaemonProcess:
-    config_sections = base_sections(tmp_path)
+def _daemon(tmp_path: Path, bundle: Path, **sections: dict[str, object]) -> DaemonProcess:
+    config_sections = base_sections(tmp_path, bundle)
     for name, values in sections.items():
         config_sections.setdefault(name, {}).update(values)
     config = write_config(tmp_path, config_sections)
@@ -32,10 +32,10 @@ def _instance_rows(tmp_path: Path) -> list[tuple[str, str]]:
         return list(db.execute("SELECT sop_instance_uid, state FROM instances"))
 
 
-def test_acknowledged_store_survives_sigkill(tmp_path: Path) -> None:
+def test_acknowledged_store_survives_sigkill(tmp_path: Path, tiny_bundle: Path) -> None:
     path = write_in_syntax(radiograph(), ExplicitVRLittleEndian, tmp_path / "dx.dcm")
     uid = dcmread(path).SOPInstanceUID
-    daemon = _daemon(tmp_path)
+    daemon = _daemon(tmp_path, tiny_bundle)
     with daemon:
         [outcome] = send_c_store([path], Peer("127.0.0.1", daemon.port, "OSTEOFLAG"), "MOD")
         assert outcome.status == status.SUCCESS
@@ -51,11 +51,11 @@ def test_acknowledged_store_survives_sigkill(tmp_path: Path) -> None:
 
 
 def test_store_interrupted_before_its_row_is_committed_is_not_acknowledged(
-    tmp_path: Path,
+    tmp_path: Path, tiny_bundle: Path
 ) -> None:
     path = write_in_syntax(radiograph(), ExplicitVRLittleEndian, tmp_path / "dx.dcm")
     uid = dcmread(path).SOPInstanceUID
-    daemon = _daemon(tmp_path)
+    daemon = _daemon(tmp_path, tiny_bundle)
     outcomes: list[StoreOutcome] = []
     with daemon:
         # Another writer holds the database: the daemon writes the file, then waits to commit.
@@ -79,9 +79,9 @@ def test_store_interrupted_before_its_row_is_committed_is_not_acknowledged(
         assert _instance_rows(tmp_path) == []
 
 
-def test_sigterm_stops_gracefully_and_keeps_the_queue(tmp_path: Path) -> None:
+def test_sigterm_stops_gracefully_and_keeps_the_queue(tmp_path: Path, tiny_bundle: Path) -> None:
     path = write_in_syntax(radiograph(), ExplicitVRLittleEndian, tmp_path / "dx.dcm")
-    daemon = _daemon(tmp_path)
+    daemon = _daemon(tmp_path, tiny_bundle)
     with daemon:
         send_c_store([path], Peer("127.0.0.1", daemon.port, "OSTEOFLAG"), "MOD")
         assert daemon.terminate() == 0
@@ -90,12 +90,12 @@ def test_sigterm_stops_gracefully_and_keeps_the_queue(tmp_path: Path) -> None:
     assert len(_instance_rows(tmp_path)) == 1
 
 
-def test_cli_send_echo_and_status(tmp_path: Path) -> None:
+def test_cli_send_echo_and_status(tmp_path: Path, tiny_bundle: Path) -> None:
     folder = tmp_path / "study"
     folder.mkdir()
     for index, modality in enumerate(("DX", "CR", "SC")):
         write_in_syntax(radiograph(modality), ExplicitVRLittleEndian, folder / f"{index}.dcm")
-    daemon = _daemon(tmp_path)
+    daemon = _daemon(tmp_path, tiny_bundle)
     with daemon:
         port = str(daemon.port)
         echo = osteoflag(
@@ -122,22 +122,22 @@ def test_cli_send_echo_and_status(tmp_path: Path) -> None:
         assert sum(counts["instances"].values()) == 3
 
 
-def test_echo_to_a_closed_port_fails_with_exit_1(tmp_path: Path) -> None:
-    config = write_config(tmp_path, base_sections(tmp_path))
+def test_echo_to_a_closed_port_fails_with_exit_1(tmp_path: Path, tiny_bundle: Path) -> None:
+    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
     result = osteoflag("echo", "127.0.0.1", str(free_port()), config=config)
     assert result.returncode == 1
     assert "not established" in result.stderr
 
 
-def test_config_errors_exit_2_naming_the_key(tmp_path: Path) -> None:
-    sections = base_sections(tmp_path)
+def test_config_errors_exit_2_naming_the_key(tmp_path: Path, tiny_bundle: Path) -> None:
+    sections = base_sections(tmp_path, tiny_bundle)
     sections["listener"]["prot"] = 104
     unknown = osteoflag("status", "--json", config=write_config(tmp_path, sections))
     assert unknown.returncode == 2
     assert "listener.prot" in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1
 
-    sections = base_sections(tmp_path)
+    sections = base_sections(tmp_path, tiny_bundle)
     sections["listener"]["port"] = "eleven"
     wrong = osteoflag("status", "--json", config=write_config(tmp_path, sections))
     assert wrong.returncode == 2

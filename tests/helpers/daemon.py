@@ -41,7 +41,7 @@ def write_config(folder: Path, sections: dict[str, Any]) -> Path:
     return path
 
 
-def base_sections(folder: Path, port: int | None = None) -> dict[str, Any]:
+def base_sections(folder: Path, bundle: Path, port: int | None = None) -> dict[str, Any]:
     """A config for one test: loopback listener on a free port, storage under ``folder``."""
     return {
         "listener": {"port": port or free_port()},
@@ -50,7 +50,8 @@ def base_sections(folder: Path, port: int | None = None) -> dict[str, Any]:
             "database_url": f"sqlite:///{folder / 'var' / 'osteoflag.db'}",
             "min_free_mb": 1,
         },
-        "model": {"bundle": str(folder / "bundle")},
+        "model": {"bundle": str(bundle)},
+        "worker": {"sweep_seconds": 1.0},
     }
 
 

@@ -30,7 +30,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, di
     broken = dataset(stored, bits_stored=12)
     broken.PixelData = broken.PixelData[:10]
     save(broken, images / "nested" / "broken.dcm")
-    config = write_config(folder, base_sections(folder))
+    config = write_config(folder, base_sections(folder, folder / "bundle"))
     done = osteoflag("infer", str(images), "--json", config=config, timeout=120)
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     return done.returncode, {Path(line["file"]).name: line for line in lines}
@@ -77,7 +77,10 @@ def test_bad_bundle_exits_1_with_reason(tmp_path: Path) -> None:
     (tmp_path / "bundle" / "classifier.txt").write_text("tampered")
     png = png_of(radiograph(maximum=255), tmp_path / "a.png")
     done = osteoflag(
-        "infer", str(png), "--json", config=write_config(tmp_path, base_sections(tmp_path))
+        "infer",
+        str(png),
+        "--json",
+        config=write_config(tmp_path, base_sections(tmp_path, tmp_path / "bundle")),
     )
     assert done.returncode == 1
     assert "classifier.txt" in done.stderr
