@@ -11,7 +11,6 @@ commit leaves neither (the files are rewritten with the same UIDs on the next at
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -22,10 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from osteoflag.config import Destination, Settings
-from osteoflag.db import queue
 from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
 from osteoflag.errors import PermanentError, PixelDataError, TransientError
-from osteoflag.inference.bundle import load_bundle
 from osteoflag.pacs.derived import Classification, Kind, Label, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
@@ -34,54 +31,35 @@ from osteoflag.pacs.summary import build_summary
 logger = logging.getLogger(__name__)
 
 
-class OutboundHook:
-    """The inference worker's ``on_done`` (and, for skips and failures, ``undetermined``).
+def produce_undetermined(
+    session: Session,
+    instance: Instance,
+    reason: str,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """For a ``skipped`` / ``failed`` instance: an Undetermined SR, if configured.
 
-    Called inside the transaction that records the outcome, so the result and the
-    obligation to deliver it commit together. The source is re-read from the
-    instance's file; an exception rolls the whole transaction back and the instance
-    is retried after its lease expires.
+    Call it in the transaction of ``queue.skip`` / ``queue.fail``. Nothing is produced
+    unless ``[report] undetermined_sr`` is on, or when the instance's file has no
+    readable header or lacks a required UID (no study to attach an SR to).
     """
-
-    def __init__(self, settings: Settings, model: ModelIdentity) -> None:
-        self.settings = settings
-        self.model = model
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> OutboundHook:
-        """A hook for the configured bundle (its manifest identifies the model)."""
-        return cls(settings, ModelIdentity.from_bundle(load_bundle(settings.model.bundle)))
-
-    def __call__(self, session: Session, instance: Instance, result: queue.Result) -> None:
-        """After ``queue.complete``: produce the SR (+ summary) and their outbound rows."""
-        if result.model != self.model.tag:
-            raise PermanentError(
-                f"result of SOPInstanceUID {instance.sop_instance_uid} is from model "
-                f"{result.model}, but the SR would name {self.model.tag}"
-            )
-        model = replace(self.model, threshold=result.threshold)
-        classification = Classification(label=Label(result.label), probability=result.probability)
-        produce_outbound(session, instance, _read(instance), classification, model, self.settings)
-
-    def undetermined(self, session: Session, instance: Instance, reason: str) -> None:
-        """After ``queue.skip`` / ``queue.fail``: an Undetermined SR if so configured."""
-        if not self.settings.report.undetermined_sr:
-            return
-        try:
-            source = _read(instance)
-        except PermanentError:
-            return  # no readable header: no patient or study to attach an SR to
-        result = Classification(label=Label.UNDETERMINED, reason=reason)
-        produce_outbound(session, instance, source, result, self.model, self.settings)
-
-
-def _read(instance: Instance) -> Dataset:
+    if not settings.report.undetermined_sr:
+        return []
     try:
-        return dcmread(instance.file_path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PermanentError(
-            f"SOPInstanceUID {instance.sop_instance_uid}: {instance.file_path} unreadable: {exc}"
-        ) from exc
+        source = dcmread(instance.file_path)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return []
+    result = Classification(label=Label.UNDETERMINED, reason=reason)
+    try:
+        return produce_outbound(session, instance, source, result, model, settings)
+    except PermanentError as exc:
+        logger.warning(
+            "no undetermined SR: %s",
+            exc,
+            extra={"action": "produce_outbound", "sop_instance_uid": instance.sop_instance_uid},
+        )
+        return []
 
 
 def destination_key(destination: Destination) -> str:
