@@ -98,6 +98,8 @@ class ListenerSettings(_Section):
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 60.0
     maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+    # Larger data sets abort the association while arriving; the worker's own limit is 1 GiB.
+    max_dataset_mb: Annotated[int, Field(ge=1, le=1024)] = 1024
     allowed_peers: tuple[AllowedPeer, ...] = ()
     tls: TLSSettings | None = None
 
