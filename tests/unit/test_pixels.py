@@ -239,6 +239,20 @@ def test_ybr_full_native_matches_rgb(tmp_path: Path) -> None:
     assert _mean_error(ybr_path, rgb_path) < 0.01
 
 
+def test_palette_colour_becomes_luminance(tmp_path: Path) -> None:
+    indices = radiograph(maximum=255)
+    ramp = np.arange(256, dtype=np.uint16) * 257
+    ds = dataset(indices, photometric="PALETTE COLOR", bits_allocated=8)
+    for colour, values in (("Red", ramp), ("Green", ramp[::-1]), ("Blue", ramp // 2)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", values.astype("<u2").tobytes())
+    display = load_display(save(ds, tmp_path / "palette.dcm"))
+    rgb = np.stack([ramp[indices], ramp[::-1][indices], (ramp // 2)[indices]], axis=-1)
+    grey = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    expected = (grey - grey.min()) / (grey.max() - grey.min())
+    np.testing.assert_allclose(display.pixels, expected, atol=1e-5)
+
+
 def test_png_and_dicom_from_it_match(tmp_path: Path) -> None:
     for name, pixels in (("grey", radiograph(maximum=255)), ("rgb", _rgb())):
         png = png_of(pixels, tmp_path / f"{name}.png")
