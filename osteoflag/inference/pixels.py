@@ -35,10 +35,11 @@ from osteoflag.errors import PixelDataError
 
 FloatArray = npt.NDArray[np.float32]
 
-#: Largest frame we agree to decode (Rows x Columns); a 10k x 10k detector is 100 Mpx.
-MAX_FRAME_PIXELS: Final = 2**27
-#: Largest declared pixel payload (all frames, native encoding) we agree to open.
-MAX_DECLARED_BYTES: Final = 2**32
+#: Largest frame we agree to decode (Rows x Columns): 67 Mpx, e.g. 8192 x 8192, well above
+#: any radiography detector or film digitiser, while its float64 working copies fit in RAM.
+MAX_FRAME_PIXELS: Final = 2**26
+#: Largest declared pixel payload (all frames, native encoding) and file we agree to open.
+MAX_DECLARED_BYTES: Final = 2**31
 #: ITU-R BT.601 luma weights, the ones DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
 LUMA_WEIGHTS: Final = (0.299, 0.587, 0.114)
 
