@@ -94,6 +94,13 @@ GREY_CASES: dict[str, Callable[[], Dataset]] = {
     ),
     "padding_value": lambda: _padded(),
     "padding_range": lambda: _padded(limit=5),
+    "padding_signed_implicit": lambda: dataset(
+        np.where(np.arange(80) < 10, -2048, GREY12 - 2048),
+        bits_stored=12,
+        signed=True,
+        PixelPaddingValue=-2048,
+        syntax=ImplicitVRLittleEndian,
+    ),
     "multiframe": lambda: dataset(
         np.stack([GREY12, 4095 - GREY12, GREY12 // 2]), bits_stored=12, NumberOfFrames=3
     ),
