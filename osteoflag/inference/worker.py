@@ -37,12 +37,12 @@ from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-#: Called in the transaction that marks an instance ``done`` (e.g. to write the SR and add its
-#: outbound rows); an :class:`OsteoflagError` from it fails the instance instead.
-OnDone = Callable[[Session, Instance, queue.Result], None]
-#: Called in the transaction that marks an instance ``skipped`` or ``failed``, with the reason
-#: (e.g. for an "undetermined" SR); an :class:`OsteoflagError` from it is noted in the reason.
-OnRefused = Callable[[Session, Instance, str], None]
+#: Called in the transaction that marks an instance ``done``, with its dataset (e.g. to write
+#: the SR and add its outbound rows); an :class:`OsteoflagError` fails the instance instead.
+OnDone = Callable[[Session, Instance, Dataset, queue.Result], None]
+#: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
+#: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
+OnRefused = Callable[[Session, Instance, Dataset, str], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class _Ready:
     """An instance whose pixels are decoded and waiting for the batch's forward pass."""
 
     instance: Instance
+    source: Dataset
     tensor: FloatArray
     prepare_ms: float
 
@@ -71,11 +72,6 @@ def domain_refusal(ds: Dataset, model: ModelSettings) -> str | None:
             f"{model.min_rows}x{model.min_columns} (Rows x Columns)"
         )
     return None
-
-
-def read_dataset(path: Path) -> Dataset:
-    """Read a queued instance's stored file (hooks use it to reach the source dataset)."""
-    return read_dicom(path)
 
 
 class InferenceWorker:
@@ -185,24 +181,24 @@ class InferenceWorker:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
         started = time.perf_counter()
         try:
-            ds = read_dataset(Path(instance.file_path))
+            ds = read_dicom(Path(instance.file_path))
         except OsteoflagError as exc:
             self._record(instance, queue.fail, str(exc), "failed")
             return None
         try:
             refusal = domain_refusal(ds, self._settings.model)
             if refusal is not None:
-                self._record(instance, queue.skip, refusal, "skipped")
+                self._record(instance, queue.skip, refusal, "skipped", ds)
                 return None
             tensor = model_input(display_from_dataset(ds), self._predictor.bundle.input_spec)
         except OsteoflagError as exc:
-            self._record(instance, queue.fail, str(exc), "failed")
+            self._record(instance, queue.fail, str(exc), "failed", ds)
             return None
         except Exception as exc:  # an unforeseen decoder error must not block the batch
             reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
-            self._record(instance, queue.fail, reason, "failed")
+            self._record(instance, queue.fail, reason, "failed", ds)
             return None
-        return _Ready(instance, tensor, (time.perf_counter() - started) * 1000.0)
+        return _Ready(instance, ds, tensor, (time.perf_counter() - started) * 1000.0)
 
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
@@ -211,7 +207,7 @@ class InferenceWorker:
         except OsteoflagError as exc:
             for item in ready:
                 reason = f"inference failed: {exc}"
-                self._record(item.instance, queue.fail, reason, "failed")
+                self._record(item.instance, queue.fail, reason, "failed", item.source)
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
@@ -222,9 +218,9 @@ class InferenceWorker:
                 model=prediction.model,
                 inference_ms=item.prepare_ms + model_ms,
             )
-            self._store(item.instance, result)
+            self._store(item.instance, item.source, result)
 
-    def _store(self, instance: Instance, result: queue.Result) -> None:
+    def _store(self, instance: Instance, source: Dataset, result: queue.Result) -> None:
         """``done`` plus whatever ``on_done`` adds, in one transaction; ``failed`` if that fails."""
         failure: OsteoflagError | None = None
         with self._sessions() as session:
@@ -234,7 +230,7 @@ class InferenceWorker:
                     self._lease_lost(instance)
                     return
                 if self._on_done is not None:
-                    self._on_done(session, instance, result)
+                    self._on_done(session, instance, source, result)
                 session.commit()
             except OsteoflagError as exc:
                 session.rollback()
@@ -260,7 +256,7 @@ class InferenceWorker:
         outcome: Callable[[Session, int, str, str], bool],
         reason: str,
         action: str,
-        hook: bool = True,
+        source: Dataset | None = None,
     ) -> None:
         """Mark ``skipped``/``failed`` with ``reason``; ``on_refused`` joins the transaction."""
         hook_error: OsteoflagError | None = None
@@ -270,15 +266,14 @@ class InferenceWorker:
                     session.rollback()
                     self._lease_lost(instance)
                     return
-                if hook and self._on_refused is not None:
-                    self._on_refused(session, instance, reason)
+                if source is not None and self._on_refused is not None:
+                    self._on_refused(session, instance, source, reason)
                 session.commit()
             except OsteoflagError as exc:
                 session.rollback()
                 hook_error = exc
         if hook_error is not None:
-            reason = f"{reason}; no report produced: {hook_error}"
-            self._record(instance, outcome, reason, action, hook=False)
+            self._record(instance, outcome, f"{reason}; no report produced: {hook_error}", action)
             return
         logger.warning(
             "instance %s",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,7 +18,7 @@ from osteoflag.db.models import Instance, InstanceState
 from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.worker import InferenceWorker, read_dataset
+from osteoflag.inference.worker import InferenceWorker
 from tests.conftest import make_settings
 from tests.helpers.inference_data import dataset, radiograph, save
 from tests.helpers.tiny_bundle import build_bundle
@@ -99,9 +100,10 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
 ) -> None:
     seen: list[str] = []
 
-    def on_done(session: Session, instance: Instance, result: queue.Result) -> None:
-        assert read_dataset(Path(instance.file_path)).SOPInstanceUID
-        assert result.model == "tiny-test@0.0.1"
+    def on_done(
+        session: Session, instance: Instance, source: Dataset, result: queue.Result
+    ) -> None:
+        assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
         seen.append(instance.sop_instance_uid)
 
     worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
@@ -123,7 +125,9 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
 def test_on_done_failure_fails_that_instance_only(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
-    def on_done(session: Session, instance: Instance, result: queue.Result) -> None:
+    def on_done(
+        session: Session, instance: Instance, source: Dataset, result: queue.Result
+    ) -> None:
         if instance.sop_instance_uid.endswith(".1"):
             raise DeliveryError("cannot build the SR")
 
@@ -135,13 +139,13 @@ def test_on_done_failure_fails_that_instance_only(
     assert states["1.2.6.2"][0] is InstanceState.DONE
 
 
-def test_on_refused_joins_skips_and_failures(
+def test_on_refused_runs_for_readable_skips_and_failures(
     tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
 ) -> None:
     settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
     refused: dict[str, str] = {}
 
-    def on_refused(session: Session, instance: Instance, reason: str) -> None:
+    def on_refused(session: Session, instance: Instance, source: Dataset, reason: str) -> None:
         if instance.sop_instance_uid == "1.2.7.3":
             raise DeliveryError("disk full")
         refused[instance.sop_instance_uid] = reason
@@ -153,7 +157,7 @@ def test_on_refused_joins_skips_and_failures(
     _enqueue(sessions, _good(tmp_path, "knee", BodyPartExamined="KNEE"), "1.2.7.3")
     _enqueue(sessions, tmp_path / "gone.dcm", "1.2.7.4")
     InferenceWorker(settings, sessions, predictor=predictor, on_refused=on_refused).drain()
-    assert set(refused) == {"1.2.7.1", "1.2.7.2", "1.2.7.4"}
+    assert set(refused) == {"1.2.7.1", "1.2.7.2"}
     states = _states(sessions)
     assert states["1.2.7.3"][0] is InstanceState.SKIPPED
     assert (states["1.2.7.3"][1] or "").endswith("no report produced: disk full")
