@@ -103,7 +103,8 @@ def test_skipped_instance_gets_an_undetermined_sr_when_configured(
     reason = "body part not in allowlist"
     with sessions() as session:
         assert queue.skip(session, instance.id, OWNER, reason)
-        rows = produce_undetermined(session, instance, reason, _model(settings), settings)
+        source = pydicom.dcmread(instance.file_path)
+        rows = produce_undetermined(session, instance, source, reason, _model(settings), settings)
         session.commit()
     assert sorted(row.kind for row in rows) == ["sr", "summary"]
     sr_row = next(row for row in rows if row.kind == "sr")
@@ -113,14 +114,16 @@ def test_skipped_instance_gets_an_undetermined_sr_when_configured(
     assert reported.probability is None
 
 
-def test_no_undetermined_sr_unless_configured_or_unreadable(
+def test_no_undetermined_sr_unless_configured_or_referenceable(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
     instance = _claimed(sessions, settings)
+    source = pydicom.dcmread(instance.file_path)
     off = settings.model_copy(
         update={"report": settings.report.model_copy(update={"undetermined_sr": False})}
     )
+    model = _model(settings)
     with sessions() as session:
-        assert produce_undetermined(session, instance, "x", _model(settings), off) == []
-        Path(instance.file_path).write_bytes(b"garbage")
-        assert produce_undetermined(session, instance, "x", _model(settings), settings) == []
+        assert produce_undetermined(session, instance, source, "x", model, off) == []
+        del source.StudyInstanceUID
+        assert produce_undetermined(session, instance, source, "x", model, settings) == []
