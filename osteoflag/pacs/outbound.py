@@ -40,10 +40,9 @@ def produce_undetermined(
 ) -> list[Outbound]:
     """For a ``skipped`` / ``failed`` instance: an Undetermined SR, if configured.
 
-    The worker's ``on_refused``: call it in the transaction of ``queue.skip`` /
-    ``queue.fail``. Nothing is produced unless ``[report] undetermined_sr`` is on, or
-    when the source lacks a UID the SR must reference (logged, never raised, so the
-    skip or failure itself is still recorded).
+    Call it in the transaction of ``queue.skip`` / ``queue.fail``. Nothing is produced
+    unless ``[report] undetermined_sr`` is on, or when the source lacks a required UID
+    (no study to attach an SR to).
     """
     if not settings.report.undetermined_sr:
         return []
