@@ -107,6 +107,11 @@ class InferenceWorker:
     def model_id(self) -> str:
         return self._predictor.model_id
 
+    @property
+    def running(self) -> bool:
+        """True while the worker thread is alive (``/healthz``)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
         self._wake.set()
