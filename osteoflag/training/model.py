@@ -1,0 +1,90 @@
+"""One trained model: fine-tuned head + LightGBM + threshold, fitted on given indices.
+
+Used for every protocol (published split, each CV fold, cross-source) so that all reported
+numbers come from the same procedure as the committed bundle. Features are always computed
+through the exported ONNX graphs with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import torch
+
+from osteoflag.training import classifier, export, features, metrics
+from osteoflag.training.backbones import FeatureLayout, VGGHead, combine
+from osteoflag.training.finetune import FinetuneConfig, finetune
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrunkOutputs:
+    """What the frozen trunk gives per image: pooled blocks 3 and 4, and the head's input map."""
+
+    b3: np.ndarray
+    b4: np.ndarray
+    maps: np.ndarray
+
+
+@dataclass
+class FittedModel:
+    """A head, booster and threshold, plus what fitting them logged."""
+
+    head: VGGHead
+    booster: lgb.Booster
+    threshold: float
+    threshold_method: str
+    finetune_log: list[dict[str, float]]
+    validation: dict[str, object]
+
+
+def head_onnx_features(head: VGGHead, maps: np.ndarray, path: Path, threads: int) -> np.ndarray:
+    """Export the head, check parity, and compute pooled block-5 features with onnxruntime."""
+    example = torch.from_numpy(maps[:1].astype(np.float32))
+    export.export_onnx(head, example, path, input_name="map", output_names=("b5",))
+    export.check_parity(head, path, maps[: export.PARITY_IMAGES].astype(np.float32), threads)
+    return features.run_arrays(export.session(path, threads), maps)
+
+
+def layout_features(layout: FeatureLayout, trunk: TrunkOutputs, b5: np.ndarray) -> np.ndarray:
+    """The LightGBM input matrix for ``layout``."""
+    return combine(
+        layout, torch.from_numpy(trunk.b3), torch.from_numpy(trunk.b4), torch.from_numpy(b5)
+    ).numpy()
+
+
+def fit_model(
+    head0: VGGHead,
+    trunk: TrunkOutputs,
+    labels: np.ndarray,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    layout: FeatureLayout,
+    tune: FinetuneConfig | None,
+    booster_config: classifier.BoosterConfig,
+    target_sensitivity: float | None,
+    scratch: Path,
+    threads: int,
+) -> tuple[FittedModel, np.ndarray]:
+    """Fit on ``fit_idx``, early-stop and pick the threshold on ``val_idx``.
+
+    Returns the model and the feature matrix of *all* samples (so callers can score any set).
+    """
+    log: list[dict[str, float]] = []
+    head = head0
+    if tune is not None and tune.epochs > 0:
+        head, log = finetune(head0, trunk.maps, labels, fit_idx, val_idx, tune)
+    b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
+    x = layout_features(layout, trunk, b5)
+    booster = classifier.train_booster(
+        x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config
+    )
+    p_val = classifier.predict(booster, x[val_idx])
+    threshold, method = metrics.choose_threshold(labels[val_idx], p_val, target_sensitivity)
+    validation = metrics.binary_metrics(labels[val_idx], p_val, threshold)
+    return FittedModel(head, booster, threshold, method, log, validation), x

@@ -1,0 +1,432 @@
+"""``osteoflag train``: hygiene, trunk features, protocols, the bundle and its model card.
+
+Protocols (each a full fit: fine-tuning, LightGBM, threshold on validation only):
+- ``published``: OsteoAI train -> early stopping/threshold on val -> test. This model is the
+  bundle (it sees train and val, never test), and it is also tested on the other source.
+- ``cv``: grouped, stratified k-fold over every image of the primary source; inside each fold a
+  grouped hold-out of the training groups is used for early stopping and the threshold.
+- ``cross``: train on the second source, test on all of the primary source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from osteoflag.inference.bundle import write_manifest
+from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode
+from osteoflag.training import classifier, export, features, hygiene, metrics, report
+from osteoflag.training.backbones import (
+    LAYOUT_TEXT,
+    FeatureLayout,
+    Init,
+    TrainingError,
+    VGGFeatures,
+    VGGHead,
+    VGGTrunk,
+    build_vgg,
+    normalisation_for,
+)
+from osteoflag.training.dataset import Sample, discover
+from osteoflag.training.finetune import FinetuneConfig
+from osteoflag.training.model import (
+    FittedModel,
+    TrunkOutputs,
+    fit_model,
+    head_onnx_features,
+    layout_features,
+)
+from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything a training run depends on (recorded in the model card)."""
+
+    data: Path
+    out: Path
+    work: Path
+    other: Path | None = None
+    init: Init = Init.HED
+    weights: Path | None = None
+    size: int = 224
+    resize_mode: ResizeMode = ResizeMode.STRETCH
+    head_convs: int = 1
+    layout: FeatureLayout = FeatureLayout.B345
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    booster: classifier.BoosterConfig = field(default_factory=classifier.BoosterConfig)
+    protocols: tuple[str, ...] = ("published", "cv", "cross")
+    folds: int = 5
+    seed: int = 0
+    target_sensitivity: float | None = None
+    name: str = "osteoflag-vgg16-hed"
+    version: str = "1.0.0"
+    threads: int = 2
+    compare_layouts: bool = True
+    width_divisor: int = 1
+
+
+@dataclass
+class Prepared:
+    """Hygiene-checked samples of both sources and their trunk outputs (primary first)."""
+
+    samples: list[Sample]
+    groups: np.ndarray
+    labels: np.ndarray
+    primary: np.ndarray
+    other: np.ndarray
+    trunk: TrunkOutputs
+    hygiene: dict[str, object]
+
+
+def input_spec(options: TrainOptions) -> InputSpec:
+    """The bundle's input contract for these options."""
+    norm = normalisation_for("vgg16", options.init)
+    return InputSpec(
+        size=(options.size, options.size),
+        resize_mode=options.resize_mode,
+        colour_order=ColourOrder(norm.colour_order),
+        mean=norm.mean,
+        std=norm.std,
+    )
+
+
+def _load_grey(sample: Sample) -> np.ndarray:
+    from osteoflag.inference.pixels import load_display
+
+    return load_display(sample.path).pixels
+
+
+def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
+    """Hygiene on every source, then the trunk through onnxruntime (cached)."""
+    sources = [discover(options.data, "primary")]
+    if options.other is not None:
+        sources.append(discover(options.other, "other", representatives_only=True))
+    checked = [hygiene.check(s, _load_grey) for s in sources]
+    samples = [s for c in checked for s in c.kept]
+    groups = np.array(
+        [f"{s.source}/{g}" for c in checked for s, g in zip(c.kept, c.groups, strict=True)]
+    )
+    labels = np.array([s.label for s in samples], dtype=int)
+    spec = input_spec(options)
+    trunk_path = options.work / "trunk.onnx"
+    example = torch.from_numpy(features.prepare(samples[0], spec)[None])
+    export.export_onnx(trunk_model, example, trunk_path, output_names=("b3", "b4", "map"))
+    parity_inputs = np.stack([features.prepare(s, spec) for s in samples[: export.PARITY_IMAGES]])
+    export.check_parity(trunk_model, trunk_path, parity_inputs, options.threads)
+    cache = features.FeatureCache(
+        options.work / "cache", features.sha256_bytes(trunk_path.read_bytes())
+    )
+    out = features.run_images(
+        export.session(trunk_path, options.threads),
+        samples,
+        spec,
+        cache,
+        desc="trunk (onnxruntime)",
+    )
+    n_primary = len(checked[0].kept)
+    return Prepared(
+        samples=samples,
+        groups=groups,
+        labels=labels,
+        primary=np.arange(n_primary),
+        other=np.arange(n_primary, len(samples)),
+        trunk=TrunkOutputs(out["b3"], out["b4"], out["map"]),
+        hygiene={name: c.summary() for name, c in zip(("primary", "other"), checked, strict=False)}
+        | {"cache_entries_rejected": cache.rejected},
+    )
+
+
+def run_facts(options: TrainOptions) -> dict[str, object]:
+    """The settings the model card states (kept in the results so a card can be re-rendered)."""
+    spec = input_spec(options)
+    rule = options.target_sensitivity
+    return {
+        "name": options.name,
+        "version": options.version,
+        "init": options.init.value,
+        "head_convs": options.head_convs,
+        "layout": LAYOUT_TEXT[options.layout],
+        "finetune": str(options.finetune),
+        "booster": str(options.booster),
+        "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
+        "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
+        f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
+    }
+
+
+def _split_indices(prep: Prepared, split: str) -> np.ndarray:
+    return np.array([i for i in prep.primary if prep.samples[i].split == split], dtype=int)
+
+
+def _evaluate(
+    prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
+) -> dict[str, object]:
+    p = classifier.predict(model.booster, x[idx])
+    result = metrics.binary_metrics(prep.labels[idx], p, model.threshold)
+    result["ci95"] = metrics.bootstrap_ci(prep.labels[idx], p, model.threshold, prep.groups[idx])
+    result["per_class"] = metrics.per_class(prep.labels[idx], p, model.threshold)
+    result["scores"] = {"y": prep.labels[idx].tolist(), "p": p.tolist()}
+    return result
+
+
+def _per_cluster(
+    prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
+) -> dict[str, object]:
+    """Mean probability per group: one vote per radiograph group, not per augmented copy."""
+    p = classifier.predict(model.booster, x[idx])
+    groups = prep.groups[idx]
+    uniq = sorted(set(groups.tolist()))
+    yg = np.array([prep.labels[idx][groups == g].max() for g in uniq])
+    pg = np.array([p[groups == g].mean() for g in uniq])
+    return metrics.binary_metrics(yg, pg, model.threshold)
+
+
+def run(options: TrainOptions) -> dict[str, object]:
+    """The whole training run; writes the bundle to ``options.out`` and returns the metrics."""
+    torch.set_num_threads(options.threads)
+    started = time.monotonic()
+    options.work.mkdir(parents=True, exist_ok=True)
+    trunk_model, head0 = build_vgg(
+        options.init, options.weights, options.head_convs, options.seed, options.width_divisor
+    )
+    trunk_model.eval()
+    prep = prepare(options, trunk_model)
+    results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
+
+    def fit(
+        fit_idx: np.ndarray, val_idx: np.ndarray, layout: FeatureLayout, tune: bool, tag: str
+    ) -> tuple[FittedModel, np.ndarray]:
+        assert_disjoint(prep.groups, fit_idx, val_idx) if tag != "published" else None
+        logger.info(
+            "fitting",
+            extra={"action": "fit", "protocol": tag, "fit": len(fit_idx), "val": len(val_idx)},
+        )
+        return fit_model(
+            head0,
+            prep.trunk,
+            prep.labels,
+            fit_idx,
+            val_idx,
+            layout,
+            options.finetune if tune else None,
+            options.booster,
+            options.target_sensitivity,
+            options.work,
+            options.threads,
+        )
+
+    bundle_model: FittedModel | None = None
+    bundle_x = np.zeros((0, 0))
+    if "published" in options.protocols:
+        train, val, test = (_split_indices(prep, s) for s in ("train", "val", "test"))
+        if len(train) == 0 or len(val) == 0:
+            raise TrainingError(f"{options.data} has no train/ and val/ splits")
+        bundle_model, x = fit(train, val, options.layout, True, "published")
+        bundle_x = x
+        results["published"] = {
+            "validation": bundle_model.validation,
+            "finetune_log": bundle_model.finetune_log,
+            "test": _evaluate(prep, bundle_model, x, test) if len(test) else None,
+        }
+        if len(prep.other):
+            results["published"]["other_source"] = {  # type: ignore[index]
+                "files": _evaluate(prep, bundle_model, x, prep.other),
+                "per_group": _per_cluster(prep, bundle_model, x, prep.other),
+            }
+        # Written now and again at the end: a long run that is stopped still leaves a bundle.
+        write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
+        if options.compare_layouts:
+            results["layouts"] = _compare_layouts(
+                prep, head0, bundle_model, options, train, val, test
+            )
+    if "cv" in options.protocols:
+        results["cv"] = _cross_validate(prep, options, fit)
+    if options.compare_layouts:
+        results["baselines"] = _baselines(prep, options, head0)
+    if "cross" in options.protocols and len(prep.other):
+        fit_i, val_i = group_holdout(
+            prep.labels[prep.other], prep.groups[prep.other], 0.2, options.seed
+        )
+        model, x = fit(prep.other[fit_i], prep.other[val_i], options.layout, True, "cross")
+        results["cross"] = {
+            "files": _evaluate(prep, model, x, prep.primary),
+            "per_group": _per_cluster(prep, model, x, prep.primary),
+            "validation": model.validation,
+        }
+    if bundle_model is None:
+        raise TrainingError(
+            "the bundle is the published-split model: include the 'published' protocol"
+        )
+    results["seconds"] = round(time.monotonic() - started, 1)
+    # Full results, per-image scores included, so the card can be re-rendered without a rerun.
+    (options.work / "results.json").write_text(json.dumps(results, default=float))
+    write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
+    return results
+
+
+def _compare_layouts(
+    prep: Prepared,
+    head0: VGGHead,
+    tuned: FittedModel,
+    options: TrainOptions,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+) -> dict[str, object]:
+    """Published-split test metrics of each feature layout, frozen and fine-tuned.
+
+    Fine-tuning does not depend on the layout, so the tuned head is reused and only LightGBM is
+    refitted; the layout of the bundle is fixed in advance (test never chooses anything).
+    """
+    table: dict[str, object] = {}
+    for tag, head in (("frozen", head0), ("finetuned", tuned.head)):
+        b5 = head_onnx_features(
+            head, prep.trunk.maps, options.work / "compare.onnx", options.threads
+        )
+        for layout in FeatureLayout:
+            x = layout_features(layout, prep.trunk, b5)
+            booster = classifier.train_booster(
+                x[train], prep.labels[train], x[val], prep.labels[val], options.booster
+            )
+            threshold, _ = metrics.choose_threshold(
+                prep.labels[val], classifier.predict(booster, x[val]), options.target_sensitivity
+            )
+            table[f"{layout.value}_{tag}"] = {
+                "layout": LAYOUT_TEXT[layout],
+                "head": tag,
+                "test": metrics.binary_metrics(
+                    prep.labels[test], classifier.predict(booster, x[test]), threshold
+                ),
+            }
+    return table
+
+
+def _baselines(prep: Prepared, options: TrainOptions, head0: VGGHead) -> dict[str, object]:
+    """Frozen VGG16 b345 and frozen EfficientNet-Lite0, on the same protocols."""
+    from osteoflag.training import compare
+
+    b5 = head_onnx_features(head0, prep.trunk.maps, options.work / "compare.onnx", options.threads)
+    out: dict[str, object] = {
+        "vgg16_b345_frozen": compare.lightgbm_protocols(
+            prep, options, layout_features(FeatureLayout.B345, prep.trunk, b5)
+        )
+    }
+    out["efficientnet_lite0_frozen"] = compare.lightgbm_protocols(
+        prep, options, compare.efficientnet_features(prep, options)
+    )
+    return out
+
+
+def _cross_validate(prep: Prepared, options: TrainOptions, fit) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    idx = prep.primary
+    y, g = prep.labels[idx], prep.groups[idx]
+    oof = np.full(len(idx), np.nan)
+    folds: list[dict[str, object]] = []
+    for k, (tr, te) in enumerate(group_folds(y, g, options.folds, options.seed)):
+        a, b = group_holdout(y[tr], g[tr], 0.15, options.seed + k)
+        model, x = fit(idx[tr[a]], idx[tr[b]], options.layout, True, f"cv{k}")
+        p = classifier.predict(model.booster, x[idx[te]])
+        oof[te] = p
+        m = metrics.binary_metrics(y[te], p, model.threshold)
+        m["fold"] = k
+        folds.append(m)
+    aucs = [float(f["auc"]) for f in folds]  # type: ignore[arg-type]
+    accs = [float(f["accuracy"]) for f in folds]  # type: ignore[arg-type]
+    auc_mean, auc_lo, auc_hi = metrics.mean_ci(aucs)
+    acc_mean, acc_lo, acc_hi = metrics.mean_ci(accs)
+    return {
+        "folds": folds,
+        "auc_mean": auc_mean,
+        "auc_ci95_t": [auc_lo, auc_hi],
+        "accuracy_mean": acc_mean,
+        "accuracy_ci95_t": [acc_lo, acc_hi],
+        "pooled_auc_ci95_group_bootstrap": metrics.bootstrap_ci(y, oof, 0.5, g)["auc"],
+        "scores": {"y": y.tolist(), "p": oof.tolist()},
+    }
+
+
+def write_bundle(
+    options: TrainOptions,
+    prep: Prepared,
+    trunk_model: VGGTrunk,
+    model: FittedModel,
+    trained_x: np.ndarray,
+    results: dict[str, object],
+) -> None:
+    """Export the full graph, verify it against the split graphs, write files and manifest."""
+    staging = options.out.with_name(options.out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    full = VGGFeatures(trunk_model, model.head, options.layout).eval()
+    spec = input_spec(options)
+    inputs = np.stack(
+        [features.prepare(prep.samples[i], spec) for i in range(export.PARITY_IMAGES)]
+    )
+    export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
+    parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
+    served = features.run_arrays(export.session(staging / "backbone.onnx", options.threads), inputs)
+    split_error = export.max_relative_error(served, trained_x[: len(served)])
+    if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
+        raise TrainingError(
+            f"bundle graph differs from the graphs training used: {split_error:.3g}"
+        )
+    results["parity"] = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
+    model.booster.save_model(
+        str(staging / "classifier.txt"), num_iteration=model.booster.best_iteration
+    )
+    metrics_doc = report.strip_scores(results)
+    (staging / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=float) + "\n")
+    report.write_card(staging, results)
+    training_data = {
+        "sources": {
+            "primary": str(options.data),
+            "other": str(options.other) if options.other else None,
+        },
+        "bundle_fitted_on": "primary train split; epoch, early stopping, threshold: primary val",
+        "counts": {s: len(_split_indices(prep, s)) for s in ("train", "val", "test")},
+        "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
+        "hygiene": prep.hygiene,
+    }
+    write_manifest(
+        staging,
+        name=options.name,
+        version=options.version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        training_data=training_data,
+        input={
+            "size": list(spec.size),
+            "resize_mode": spec.resize_mode.value,
+            "colour_order": spec.colour_order.value,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "scale": spec.scale,
+        },
+        backbone={
+            "file": "backbone.onnx",
+            "architecture": "vgg16",
+            "init": options.init.value,
+            "precision": "float32",
+        },
+        features={
+            "count": int(served.shape[1]),
+            "layout": LAYOUT_TEXT[options.layout]
+            + f"; block 5 fine-tuned (last {options.head_convs} conv)",
+        },
+        classifier={"file": "classifier.txt", "kind": "lightgbm"},
+        threshold={"value": model.threshold, "method": model.threshold_method},
+        metrics={"validation": report.strip_scores(model.validation)},
+    )
+    shutil.rmtree(options.out, ignore_errors=True)
+    staging.rename(options.out)
+    logger.info("bundle written", extra={"action": "bundle_written", "path": str(options.out)})

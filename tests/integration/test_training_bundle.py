@@ -1,0 +1,110 @@
+"""A whole small training run: the bundle it writes loads in the daemon, and ``evaluate``
+prints the contract's JSON for it."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.pixels import load_display
+from osteoflag.inference.predictor import Predictor
+from osteoflag.training.backbones import Init
+from osteoflag.training.classifier import BoosterConfig
+from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
+from osteoflag.training.finetune import FinetuneConfig
+from osteoflag.training.pipeline import TrainOptions, run
+
+CONTRACT_KEYS = {
+    "n",
+    "accuracy",
+    "auc",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "threshold",
+    "confusion",
+}
+
+
+def _images(root: Path, splits: tuple[str | None, ...], n: int, seed: int) -> None:
+    """Noise images; fractures carry a bright vertical line. Two files per source group."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in splits:
+        for label in ("fracture", "nofracture"):
+            folder = root / split / label if split else root / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 200, (40, 36)).astype(np.uint8)
+                if label == "fracture":
+                    pixels[:, 16:19] = 255
+                name = f"{split}-{label}-{i // 2}_png.rf.{rng.integers(1 << 40):012x}.jpg"
+                Image.fromarray(pixels).save(folder / name)
+                rows.append({"file": f"{label}/{name}", "group": f"{label}{i // 2}"})
+    if splits == (None,):
+        with (root / "groups.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["file", "group"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, object]]:
+    root = tmp_path_factory.mktemp("train")
+    _images(root / "primary", ("train", "val", "test"), 16, seed=0)
+    _images(root / "other", (None,), 12, seed=1)
+    options = TrainOptions(
+        data=root / "primary",
+        other=root / "other",
+        out=root / "bundle",
+        work=root / "work",
+        init=Init.SCRATCH,
+        size=32,
+        width_divisor=16,
+        folds=3,
+        finetune=FinetuneConfig(epochs=1, batch_size=8),
+        booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
+        compare_layouts=False,
+    )
+    return root, options.out, run(options)
+
+
+def test_bundle_loads_and_predicts_like_training(
+    trained: tuple[Path, Path, dict[str, object]],
+) -> None:
+    root, bundle_dir, results = trained
+    bundle = load_bundle(bundle_dir)
+    assert (bundle_dir / "MODEL_CARD.md").is_file()
+    assert bundle.manifest.input.colour_order == "BGR"
+    predictor = Predictor(bundle, threads=1)
+    image = next((root / "primary" / "test" / "fracture").iterdir())
+    [prediction] = predictor.predict([load_display(image)])
+    assert 0.0 <= prediction.probability <= 1.0
+    assert results["parity"]["torch_vs_onnxruntime"] <= 1e-4  # type: ignore[index]
+    assert {"published", "cv", "cross"} <= set(results)
+
+
+def test_evaluate_prints_the_contract_json(
+    trained: tuple[Path, Path, dict[str, object]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, bundle_dir, _ = trained
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    args = parser.parse_args(
+        ["--bundle", str(bundle_dir), "--data", str(root / "primary" / "test"), "--json"]
+    )
+    assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
+    document = json.loads(capsys.readouterr().out.strip())
+    assert set(document) == CONTRACT_KEYS
+    assert document["n"] == 32
+    (tn, fp), (fn, tp) = document["confusion"]
+    assert tn + fp + fn + tp == 32
+    assert 0.0 <= document["auc"] <= 1.0

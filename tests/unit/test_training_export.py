@@ -1,0 +1,68 @@
+"""ONNX export: dynamic batch, torch/onnxruntime parity, and HED weight conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from osteoflag.training.backbones import (
+    FeatureLayout,
+    Init,
+    TrainingError,
+    VGGFeatures,
+    build_vgg,
+    load_hed,
+    vgg_channels,
+)
+from osteoflag.training.export import check_parity, export_onnx, session
+
+
+def _tiny(seed: int = 0) -> VGGFeatures:
+    trunk, head = build_vgg(Init.SCRATCH, None, head_convs=1, seed=seed, divisor=16)
+    return VGGFeatures(trunk, head, FeatureLayout.B345).eval()
+
+
+def test_export_has_dynamic_batch_and_parity(tmp_path: Path) -> None:
+    model = _tiny()
+    path = tmp_path / "backbone.onnx"
+    export_onnx(model, torch.zeros(1, 3, 32, 32), path)
+    inputs = np.random.default_rng(0).normal(0, 50, (16, 3, 32, 32)).astype(np.float32)
+    assert check_parity(model, path, inputs) <= 1e-4
+    sess = session(path)
+    assert sess.get_inputs()[0].name == "image"
+    out = sess.run(["features"], {"image": inputs[:5]})[0]
+    assert out.shape == (5, 2 * (16 + 32 + 32))
+
+
+def test_parity_failure_fails_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "backbone.onnx"
+    export_onnx(_tiny(seed=0), torch.zeros(1, 3, 32, 32), path)
+    inputs = np.random.default_rng(1).normal(0, 50, (16, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(TrainingError, match="disagree"):
+        check_parity(_tiny(seed=1), path, inputs)
+
+
+def test_hed_keras_kernels_become_torch_oihw(tmp_path: Path) -> None:
+    trunk, head = build_vgg(Init.SCRATCH, None, head_convs=3)
+    path = tmp_path / "hed.weights.h5"
+    rng = np.random.default_rng(0)
+    expected = {}
+    with h5py.File(path, "w") as h5:
+        c_in = 3
+        for b, widths in enumerate(vgg_channels()):
+            for i, width in enumerate(widths):
+                name = f"block{b + 1}/layers/conv2d" + (f"_{i}" if i else "")
+                kernel = rng.normal(size=(3, 3, c_in, width)).astype(np.float32)
+                h5[f"{name}/vars/0"] = kernel
+                h5[f"{name}/vars/1"] = np.arange(width, dtype=np.float32)
+                expected[name] = kernel
+                c_in = width
+    load_hed(trunk, head, path)
+    first = trunk.blocks[0][0].weight.detach().numpy()
+    assert np.array_equal(first[5, 2, 0, 1], expected["block1/layers/conv2d"][0, 1, 2, 5])
+    last = head.block[-2].weight.detach().numpy()
+    assert np.array_equal(last[7, 3, 2, 2], expected["block5/layers/conv2d_2"][2, 2, 3, 7])
