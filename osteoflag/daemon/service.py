@@ -94,11 +94,11 @@ class Daemon:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
             )
+        if self.web is not None:  # first: a port clash must fail before anything runs
+            self.web.start()
         self.worker.start()
         self.scheduler.start()
         self.listener.start()
-        if self.web is not None:
-            self.web.start()
         logger.info("daemon started", extra={"action": "start"})
 
     def stop(self) -> None:

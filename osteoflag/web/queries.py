@@ -68,8 +68,6 @@ def oldest_queued_age(session: Session, now: datetime) -> float | None:
     )
     if oldest is None:
         return None
-    if oldest.tzinfo is None:  # SQLite's func.min returns the stored text, parsed naive
-        oldest = oldest.replace(tzinfo=now.tzinfo)
     return max(0.0, (now - oldest).total_seconds())
 
 

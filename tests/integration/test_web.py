@@ -14,11 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
 
 from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, reading, session_factory
 from osteoflag.db.models import Instance, InstanceState
+from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
@@ -70,6 +72,10 @@ def serve(tmp_path: Path, predictor: Predictor, liveness: dict[str, bool]) -> It
     yield start
     for server in started:
         server.stop()
+
+
+def _empty_app() -> Starlette:
+    return Starlette(routes=[])
 
 
 def _received(sessions: sessionmaker[Session], count: int) -> list[int]:
@@ -236,3 +242,14 @@ def test_serve_refuses_a_public_address_without_auth(
     assert done.returncode == 2
     assert "web.host" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_an_error_naming_web_host(tmp_path: Path) -> None:
+    blocker = WebServer(_empty_app(), make_settings(tmp_path).web)
+    blocker.start()
+    try:
+        settings = make_settings(tmp_path, web={"port": blocker.port})
+        with pytest.raises(OsteoflagError, match=f"web.host 127.0.0.1 port {blocker.port}"):
+            WebServer(_empty_app(), settings.web).start()
+    finally:
+        blocker.stop()
