@@ -52,8 +52,6 @@ IDENTIFIERS = (
     ACCESSION_NUMBER,
 )
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")
-
 
 @dataclass(frozen=True)
 class Served:
