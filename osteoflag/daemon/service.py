@@ -17,7 +17,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
-from osteoflag.daemon.results import outbound_hook
+from osteoflag.daemon.results import outbound_hook, refused_hook
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.inference.bundle import load_bundle
@@ -47,11 +47,13 @@ class Daemon:
         predictor = Predictor(
             bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
         )
+        identity = ModelIdentity.from_bundle(bundle)
         self.worker = InferenceWorker(
             settings,
             self.sessions,
             predictor=predictor,
-            on_done=outbound_hook(settings, ModelIdentity.from_bundle(bundle)),
+            on_done=outbound_hook(settings, identity),
+            on_refused=refused_hook(settings, identity),
         )
         self.listener = StorageSCP(settings, self.sessions, on_queued=self.worker.wake)
         self.web = (

@@ -15,8 +15,7 @@ from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -34,6 +33,7 @@ logger = logging.getLogger(__name__)
 def produce_undetermined(
     session: Session,
     instance: Instance,
+    source: Dataset,
     reason: str,
     model: ModelIdentity,
     settings: Settings,
@@ -41,14 +41,10 @@ def produce_undetermined(
     """For a ``skipped`` / ``failed`` instance: an Undetermined SR, if configured.
 
     Call it in the transaction of ``queue.skip`` / ``queue.fail``. Nothing is produced
-    unless ``[report] undetermined_sr`` is on, or when the instance's file has no
-    readable header or lacks a required UID (no study to attach an SR to).
+    unless ``[report] undetermined_sr`` is on, or when the source lacks a required UID
+    (no study to attach an SR to).
     """
     if not settings.report.undetermined_sr:
-        return []
-    try:
-        source = dcmread(instance.file_path)
-    except (InvalidDicomError, OSError, ValueError, EOFError):
         return []
     result = Classification(label=Label.UNDETERMINED, reason=reason)
     try:

@@ -67,7 +67,9 @@ def test_done_result_commits_with_its_outbound_rows(
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
     with sessions() as session:
         assert queue.complete(session, instance.id, OWNER, result)
-        outbound_hook(settings, model)(session, instance, result)
+        outbound_hook(settings, model)(
+            session, instance, pydicom.dcmread(instance.file_path), result
+        )
         session.commit()
     with sessions() as session:
         rows = session.scalars(select(Outbound)).all()
@@ -84,11 +86,12 @@ def test_failing_hook_rolls_the_result_back(
 ) -> None:
     model = _model(settings)
     instance = _claimed(sessions, settings)
-    Path(instance.file_path).unlink()
+    source = pydicom.dcmread(instance.file_path)
+    del source.StudyInstanceUID  # no study to attach the SR to
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
     with sessions() as session, pytest.raises(OsteoflagError):
         assert queue.complete(session, instance.id, OWNER, result)
-        outbound_hook(settings, model)(session, instance, result)
+        outbound_hook(settings, model)(session, instance, source, result)
         session.commit()
     with sessions() as session:
         row = session.get(Instance, instance.id)
@@ -103,7 +106,8 @@ def test_skipped_instance_gets_an_undetermined_sr_when_configured(
     reason = "body part not in allowlist"
     with sessions() as session:
         assert queue.skip(session, instance.id, OWNER, reason)
-        rows = produce_undetermined(session, instance, reason, _model(settings), settings)
+        source = pydicom.dcmread(instance.file_path)
+        rows = produce_undetermined(session, instance, source, reason, _model(settings), settings)
         session.commit()
     assert sorted(row.kind for row in rows) == ["sr", "summary"]
     sr_row = next(row for row in rows if row.kind == "sr")
@@ -113,7 +117,7 @@ def test_skipped_instance_gets_an_undetermined_sr_when_configured(
     assert reported.probability is None
 
 
-def test_no_undetermined_sr_unless_configured_or_unreadable(
+def test_no_undetermined_sr_unless_configured(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
     instance = _claimed(sessions, settings)
@@ -121,6 +125,5 @@ def test_no_undetermined_sr_unless_configured_or_unreadable(
         update={"report": settings.report.model_copy(update={"undetermined_sr": False})}
     )
     with sessions() as session:
-        assert produce_undetermined(session, instance, "x", _model(settings), off) == []
-        Path(instance.file_path).write_bytes(b"garbage")
-        assert produce_undetermined(session, instance, "x", _model(settings), settings) == []
+        source = pydicom.dcmread(instance.file_path)
+        assert produce_undetermined(session, instance, source, "x", _model(settings), off) == []
