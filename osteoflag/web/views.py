@@ -69,13 +69,13 @@ async def not_found(request: Request, exc: Exception) -> Response:
     return _message(request, 404, "Not found", "There is nothing at this address.")
 
 
-def _manifest_metrics(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+def manifest_metrics(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     """Validation metrics from the manifest, nested keys flattened to ``a.b``."""
     rows: list[tuple[str, str]] = []
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            rows.extend(_manifest_metrics(value, f"{name}."))
+            rows.extend(manifest_metrics(value, f"{name}."))
         elif isinstance(value, float):
             rows.append((name, f"{value:.4f}"))
         else:
@@ -93,7 +93,7 @@ def dashboard(request: Request) -> Response:
             "overview": queries.overview(context.sessions),
             "liveness": context.liveness(),
             "manifest": manifest,
-            "metrics": _manifest_metrics(manifest.metrics),
+            "metrics": manifest_metrics(manifest.metrics),
             "states": [state.value for state in InstanceState],
         },
     )

@@ -232,12 +232,9 @@ def test_basic_auth_with_username_and_password(serve: Serve) -> None:
     assert WebClient(client.base, {"Authorization": "Basic !!!"}).get("/").status == 401
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
-def test_serve_refuses_a_public_address_without_auth(
-    tmp_path: Path, tiny_bundle: Path, host: str
-) -> None:
+def test_serve_refuses_a_public_address_without_auth(tmp_path: Path, tiny_bundle: Path) -> None:
     sections = base_sections(tmp_path, tiny_bundle)
-    sections["web"] = {"host": host, "port": free_port()}
+    sections["web"] = {"host": "0.0.0.0", "port": free_port()}
     done = osteoflag("serve", config=write_config(tmp_path, sections), timeout=60)
     assert done.returncode == 2
     assert "web.host" in done.stderr

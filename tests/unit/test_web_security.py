@@ -9,7 +9,6 @@ import pytest
 
 from osteoflag.config import WebSettings, is_loopback, parse_settings
 from osteoflag.errors import ConfigError
-from osteoflag.web.app import format_age
 from osteoflag.web.security import Csrf, authorised
 
 TOKEN = "a-token-of-sixteen-chars"
@@ -89,11 +88,3 @@ def test_csrf_tokens_are_bound_to_cookie_and_process() -> None:
     assert csrf.token_for("cookie-a") == csrf.token_for("cookie-a")
     assert csrf.token_for("cookie-a") != csrf.token_for("cookie-b")
     assert Csrf().token_for("cookie-a") != csrf.token_for("cookie-a")
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(None, "-"), (5, "5 s"), (600, "10 min"), (7200, "2.0 h"), (259200, "3.0 d")],
-)
-def test_ages_read_naturally(seconds: float | None, text: str) -> None:
-    assert format_age(seconds) == text
