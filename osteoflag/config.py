@@ -6,12 +6,20 @@ moved together with its ``var/`` and ``models/`` folders.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from osteoflag.errors import ConfigError
 
@@ -108,6 +116,47 @@ class Destination(_Section):
     port: Port
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSettings(_Section):
+    """The operator's page with ``/healthz`` and ``/metrics`` (port 0: any free port, logged).
+
+    Without ``token`` or ``username``/``password`` it may only listen on loopback.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    token: Annotated[str, Field(min_length=16)] | None = None
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password: Annotated[str, Field(min_length=8)] | None = None
+    max_upload_mb: Annotated[float, Field(gt=0)] = 64.0
+
+    @model_validator(mode="after")
+    def _protected_unless_loopback(self) -> WebSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("web.username and web.password must be given together")
+        if self.enabled and not is_loopback(self.host) and not self.protected:
+            raise ValueError(
+                f"web.host {self.host!r} is not a loopback address; set web.token or "
+                "web.username and web.password before exposing the operator page"
+            )
+        return self
+
+    @property
+    def protected(self) -> bool:
+        """True when a token or a username/password is configured."""
+        return self.token is not None or self.username is not None
+
+
 class Settings(_Section):
     """Everything the daemon and the commands need, built once in ``main()``."""
 
@@ -118,6 +167,7 @@ class Settings(_Section):
     report: ReportSettings = ReportSettings()
     sender: SenderSettings = SenderSettings()
     destinations: tuple[Destination, ...] = ()
+    web: WebSettings = WebSettings()
     log_level: str = "INFO"
 
     @field_validator("destinations", mode="before")

@@ -26,6 +26,8 @@ from osteoflag.inference.worker import InferenceWorker
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.sender import send_pending
+from osteoflag.web.app import create_app
+from osteoflag.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,24 @@ class Daemon:
             on_refused=refused_hook(settings, identity),
         )
         self.listener = StorageSCP(settings, self.sessions, on_queued=self.worker.wake)
+        self.web = (
+            WebServer(
+                create_app(
+                    settings,
+                    self.sessions,
+                    predictor,
+                    liveness=self.liveness,
+                    wake_worker=self.worker.wake,
+                ),
+                settings.web,
+            )
+            if settings.web.enabled
+            else None
+        )
+
+    def liveness(self) -> dict[str, bool]:
+        """What ``/healthz`` checks besides the database."""
+        return {"listener": self.listener.running, "worker": self.worker.running}
 
     def _send(self) -> None:
         send_pending(self.sessions, self.settings)
@@ -76,6 +96,8 @@ class Daemon:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
             )
+        if self.web is not None:  # first: a port clash must fail before anything runs
+            self.web.start()
         self.worker.start()
         self.scheduler.start()
         self.listener.start()
@@ -83,6 +105,8 @@ class Daemon:
 
     def stop(self) -> None:
         """Graceful stop: no new associations, in-flight ones finished, jobs drained."""
+        if self.web is not None:
+            self.web.stop()
         self.listener.stop(SHUTDOWN_GRACE_SECONDS)
         self.worker.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)

@@ -106,6 +106,11 @@ class InferenceWorker:
         """The served bundle (for the model identity stated in produced objects)."""
         return self._predictor.bundle
 
+    @property
+    def running(self) -> bool:
+        """True while the worker thread is alive (``/healthz``)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
         self._wake.set()

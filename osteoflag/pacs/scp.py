@@ -92,6 +92,11 @@ class StorageSCP:
             return self._settings.listener.port
         return int(self._server.server_address[1])
 
+    @property
+    def running(self) -> bool:
+        """True while the association server is listening (``/healthz``)."""
+        return self._server is not None
+
     def stop(self, timeout: float) -> None:
         """Refuse new associations, then give the active ones ``timeout`` seconds to finish.
 
