@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,9 @@ lint: $(VENV)/.installed-test
 test: $(VENV)/.installed-test lint
 	scripts/install-debian-tools.sh
 	$(BIN)/pytest -q
+
+# Long crash-safety load run (1,000 instances, 6 SIGKILLs); uses models/default when present.
+# OSTEOFLAG_SOAK_COUNT, OSTEOFLAG_SOAK_KILLS and OSTEOFLAG_SOAK_BUNDLE override it.
+soak: $(VENV)/.installed-test
+	scripts/install-debian-tools.sh
+	$(BIN)/pytest -m soak -s -q tests/acceptance/test_load.py

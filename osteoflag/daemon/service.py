@@ -61,7 +61,8 @@ class Daemon:
 
     def start(self) -> None:
         """Prepare storage and schema, recover a crash's leftovers, start serving."""
-        for folder in (self.settings.incoming_path, self.settings.outgoing_path):
+        storage = self.settings.storage.path
+        for folder in (storage, self.settings.incoming_path, self.settings.outgoing_path):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         migrate(self.engine)
         queue.recover_all(self.sessions, self.settings.worker.max_attempts)
