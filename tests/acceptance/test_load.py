@@ -8,21 +8,14 @@ Figures are printed (``-s``) for the issue's closing note.
 from __future__ import annotations
 
 import os
-import re
-import stat
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.dicom import ACCESSION_NUMBER, PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME
 from tests.helpers.load import FINAL_STATES, LoadRun, run_load
+from tests.helpers.privacy import loose_modes, private_identifier_lines
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-# Bounded so a digit run inside a UID (2.25.<random>) never counts as a birth date.
-IDENTIFIERS = [
-    re.compile(r"(?<![0-9.])" + re.escape(value) + r"(?![0-9])")
-    for value in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, ACCESSION_NUMBER)
-] + [re.compile(re.escape(part)) for part in PATIENT_NAME.split("^")[:2]]
 
 
 def check_no_loss_no_repeat(run: LoadRun) -> None:
@@ -42,20 +35,6 @@ def check_no_loss_no_repeat(run: LoadRun) -> None:
     for uid in done:
         assert run.received[run.expected_sr[uid]] >= 1, f"no SR for {uid}"
     assert figures.delivered == len(done)
-
-
-def private_identifier_lines(text: str) -> list[str]:
-    """Lines of ``text`` naming a fixture patient's name, ID, birth date or accession."""
-    return [line for line in text.splitlines() if any(p.search(line) for p in IDENTIFIERS)]
-
-
-def loose_modes(root: Path) -> list[str]:
-    """Files and folders under ``root`` that group or others may access."""
-    return [
-        f"{path} {stat.filemode(path.stat().st_mode)}"
-        for path in [root, *root.rglob("*")]
-        if path.stat().st_mode & 0o077
-    ]
 
 
 @pytest.fixture(scope="module")

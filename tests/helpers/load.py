@@ -37,6 +37,8 @@ from tests.sr_fixtures import RecordingSCP
 SENDERS = 4
 STUDY_SIZE = 20
 FINAL_STATES = {"done", "skipped", "failed"}
+# Start-up (imports, bundle, migration) can take minutes on a loaded 2-core machine.
+RESTART_SECONDS = 300.0
 
 
 @dataclass
@@ -174,7 +176,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
     acked = Acknowledged()
     peak_kb = 0
     try:
-        daemon.start()
+        daemon.start(timeout=RESTART_SECONDS)
         deadline = time.monotonic() + 60 + count * 2.0
         senders = [
             threading.Thread(
@@ -199,7 +201,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
             assert daemon.process is not None
             peak_kb = max(peak_kb, _peak_rss_kb(daemon.process.pid))
             daemon.kill()
-            daemon.start()
+            daemon.start(timeout=RESTART_SECONDS)
         for thread in senders:
             thread.join(max(0.0, deadline - time.monotonic()))
         wait_for(lambda: _settled(database), timeout=max(1.0, deadline - time.monotonic()))
