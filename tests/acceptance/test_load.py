@@ -14,8 +14,10 @@ import pytest
 
 from tests.helpers.load import FINAL_STATES, LoadRun, run_load
 from tests.helpers.privacy import loose_modes, private_identifier_lines
+from tests.helpers.tiny_bundle import build_bundle
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(900)  # the module's load run is set up by its first test
 
 
 def check_no_loss_no_repeat(run: LoadRun) -> None:
@@ -63,8 +65,12 @@ def test_received_and_produced_files_are_owner_only(short_run: LoadRun) -> None:
     assert loose_modes(storage) == []
 
 
-def _soak_bundle(tiny_bundle: Path) -> Path:
+def _soak_bundle(tiny_bundle: Path, work: Path) -> Path:
+    """``$OSTEOFLAG_SOAK_BUNDLE`` (a folder, or ``vgg16`` for a generated VGG16-sized
+    stand-in), else ``models/default`` when present, else the tiny test bundle."""
     chosen = os.environ.get("OSTEOFLAG_SOAK_BUNDLE")
+    if chosen == "vgg16":
+        return build_bundle(work / "vgg16", architecture="vgg16", size=(224, 224), name="soak")
     if chosen:
         return Path(chosen)
     default = REPOSITORY / "models" / "default"
@@ -76,8 +82,8 @@ def _soak_bundle(tiny_bundle: Path) -> Path:
 def test_soak(tmp_path: Path, tiny_bundle: Path) -> None:
     count = int(os.environ.get("OSTEOFLAG_SOAK_COUNT", "1000"))
     kills = int(os.environ.get("OSTEOFLAG_SOAK_KILLS", "6"))
-    bundle = _soak_bundle(tiny_bundle)
-    run = run_load(tmp_path, bundle, count=count, kills=kills, seed=1006)
+    bundle = _soak_bundle(tiny_bundle, tmp_path)
+    run = run_load(tmp_path / "run", bundle, count=count, kills=kills, seed=1006)
     print(f"\nsoak run with bundle {bundle}\n" + run.figures.lines())
     check_no_loss_no_repeat(run)
     assert private_identifier_lines(run.daemon.log_path.read_text()) == []

@@ -148,6 +148,7 @@ def _settled(database: Path) -> bool:
 def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> LoadRun:
     """Send ``count`` instances while killing the daemon ``kills`` times; collect the figures."""
     started = time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     pacs = RecordingSCP(ae_title="PACS")
     sections = base_sections(folder, bundle)
@@ -177,7 +178,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
     peak_kb = 0
     try:
         daemon.start(timeout=RESTART_SECONDS)
-        deadline = time.monotonic() + 60 + count * 2.0
+        deadline = time.monotonic() + 120 + count * 6.0
         senders = [
             threading.Thread(
                 target=_sender,
