@@ -17,6 +17,12 @@ from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, 
 from osteoflag.errors import ConfigError, OsteoflagError
 from osteoflag.inference.commands import add_infer_arguments, run_infer
 from osteoflag.logs import configure_logging
+from osteoflag.training.commands import (
+    add_evaluate_arguments,
+    add_train_arguments,
+    run_evaluate,
+    run_train,
+)
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -133,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.add_parser("infer", parents=[common], help="classify local image files")
     add_infer_arguments(infer)
     infer.set_defaults(handler=run_infer)
+
+    evaluate = commands.add_parser(
+        "evaluate", parents=[common], help="score a bundle on a labelled folder"
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="build a model bundle (needs the train extra)"
+    )
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
 
     show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
     show.add_argument("file", type=Path, metavar="FILE")

@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
 from osteoflag.daemon import retention
-from osteoflag.daemon.results import outbound_hook
+from osteoflag.daemon.results import outbound_hook, refused_hook
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.inference.bundle import load_bundle
@@ -46,11 +46,13 @@ class Daemon:
         predictor = Predictor(
             bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
         )
+        identity = ModelIdentity.from_bundle(bundle)
         self.worker = InferenceWorker(
             settings,
             self.sessions,
             predictor=predictor,
-            on_done=outbound_hook(settings, ModelIdentity.from_bundle(bundle)),
+            on_done=outbound_hook(settings, identity),
+            on_refused=refused_hook(settings, identity),
         )
         self.listener = StorageSCP(settings, self.sessions, on_queued=self.worker.wake)
 

@@ -15,14 +15,14 @@ logger = logging.getLogger(__name__)
 class BoosterConfig:
     """LightGBM settings; deterministic so a rebuild gives the same model."""
 
-    learning_rate: float = 0.03
+    learning_rate: float = 0.05
     num_leaves: int = 15
     min_data_in_leaf: int = 20
     feature_fraction: float = 0.3
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     max_rounds: int = 2000
-    early_stopping: int = 100
+    early_stopping: int = 50
     seed: int = 0
     threads: int = 2
 

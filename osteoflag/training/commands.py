@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from osteoflag.config import Settings
+from osteoflag.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
-def run_train(args: argparse.Namespace, settings: Settings) -> int:
+def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
     """Build a bundle; prints the run's headline metrics as JSON."""
     from osteoflag.inference.pixels import ResizeMode
     from osteoflag.training.backbones import FeatureLayout, Init
@@ -159,11 +160,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+def run_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     """Score a labelled folder with a bundle exactly as the daemon would."""
     from osteoflag.training.evaluate import evaluate_folder
 
-    bundle = args.bundle if args.bundle is not None else settings.model.bundle
+    if args.bundle is None and settings is None:
+        raise ConfigError("evaluate: --bundle is required without a configuration")
+    bundle = args.bundle if args.bundle is not None else settings.model.bundle  # type: ignore[union-attr]
     result = evaluate_folder(bundle, args.data)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")

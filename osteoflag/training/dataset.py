@@ -62,9 +62,9 @@ def discover(
                 for row in csv.DictReader(fh)
             ]
     meta = _groups_csv(root / "groups.csv")
-    split_dirs = [s for s in SPLITS if (root / s).is_dir()]
+    split_dirs: list[str | None] = [s for s in SPLITS if (root / s).is_dir()]
     samples: list[Sample] = []
-    for split in split_dirs or [None]:
+    for split in split_dirs or [None]:  # None: no split folders
         base = root / split if split else root
         for cls in CLASSES:
             folder = base / cls

@@ -60,9 +60,11 @@ class FeatureCache:
                 arrays = {name: npz[name] for name in npz.files if name != "__digest__"}
                 stored = str(npz["__digest__"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            return self._reject(path, f"unreadable: {exc}")
+            self._reject(path, f"unreadable: {exc}")
+            return None
         if stored != _digest(self.backbone_hash, key, arrays):
-            return self._reject(path, "digest mismatch")
+            self._reject(path, "digest mismatch")
+            return None
         return arrays
 
     def _reject(self, path: Path, reason: str) -> None:
@@ -72,7 +74,6 @@ class FeatureCache:
             extra={"action": "cache_reject", "file": str(path), "reason": reason},
         )
         path.unlink(missing_ok=True)
-        return None
 
     def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         """Store atomically (write to a temporary name, then rename)."""
@@ -80,7 +81,8 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with tmp.open("wb") as fh:
-            np.savez(fh, __digest__=np.array(_digest(self.backbone_hash, key, arrays)), **arrays)
+            payload = {"__digest__": np.array(_digest(self.backbone_hash, key, arrays)), **arrays}
+            np.savez(fh, **payload)  # type: ignore[arg-type]
         os.replace(tmp, path)
 
 

@@ -48,7 +48,8 @@ class _Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.head(x) / self.scale
-        return self.linear(self.drop(feats)).squeeze(1)
+        logits: torch.Tensor = self.linear(self.drop(feats))
+        return logits.squeeze(1)
 
 
 def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

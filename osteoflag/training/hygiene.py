@@ -98,7 +98,8 @@ _BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
-    return _BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.int32)
+    counts: np.ndarray = _BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.int32)
+    return counts
 
 
 def near_duplicate_pairs(

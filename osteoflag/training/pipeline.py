@@ -31,6 +31,7 @@ from osteoflag.training.backbones import (
     TrainingError,
     VGGFeatures,
     VGGHead,
+    VGGTrunk,
     build_vgg,
     normalisation_for,
 )
@@ -146,6 +147,24 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
     )
 
 
+def run_facts(options: TrainOptions) -> dict[str, object]:
+    """The settings the model card states (kept in the results so a card can be re-rendered)."""
+    spec = input_spec(options)
+    rule = options.target_sensitivity
+    return {
+        "name": options.name,
+        "version": options.version,
+        "init": options.init.value,
+        "head_convs": options.head_convs,
+        "layout": LAYOUT_TEXT[options.layout],
+        "finetune": str(options.finetune),
+        "booster": str(options.booster),
+        "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
+        "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
+        f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
+    }
+
+
 def _split_indices(prep: Prepared, split: str) -> np.ndarray:
     return np.array([i for i in prep.primary if prep.samples[i].split == split], dtype=int)
 
@@ -183,7 +202,7 @@ def run(options: TrainOptions) -> dict[str, object]:
     )
     trunk_model.eval()
     prep = prepare(options, trunk_model)
-    results: dict[str, object] = {"hygiene": prep.hygiene}
+    results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
 
     def fit(
         fit_idx: np.ndarray, val_idx: np.ndarray, layout: FeatureLayout, tune: bool, tag: str
@@ -225,12 +244,16 @@ def run(options: TrainOptions) -> dict[str, object]:
                 "files": _evaluate(prep, bundle_model, x, prep.other),
                 "per_group": _per_cluster(prep, bundle_model, x, prep.other),
             }
+        # Written now and again at the end: a long run that is stopped still leaves a bundle.
+        write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
         if options.compare_layouts:
             results["layouts"] = _compare_layouts(
                 prep, head0, bundle_model, options, train, val, test
             )
     if "cv" in options.protocols:
         results["cv"] = _cross_validate(prep, options, fit)
+    if options.compare_layouts:
+        results["baselines"] = _baselines(prep, options, head0)
     if "cross" in options.protocols and len(prep.other):
         fit_i, val_i = group_holdout(
             prep.labels[prep.other], prep.groups[prep.other], 0.2, options.seed
@@ -246,6 +269,8 @@ def run(options: TrainOptions) -> dict[str, object]:
             "the bundle is the published-split model: include the 'published' protocol"
         )
     results["seconds"] = round(time.monotonic() - started, 1)
+    # Full results, per-image scores included, so the card can be re-rendered without a rerun.
+    (options.work / "results.json").write_text(json.dumps(results, default=float))
     write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
     return results
 
@@ -287,6 +312,22 @@ def _compare_layouts(
     return table
 
 
+def _baselines(prep: Prepared, options: TrainOptions, head0: VGGHead) -> dict[str, object]:
+    """Frozen VGG16 b345 and frozen EfficientNet-Lite0, on the same protocols."""
+    from osteoflag.training import compare
+
+    b5 = head_onnx_features(head0, prep.trunk.maps, options.work / "compare.onnx", options.threads)
+    out: dict[str, object] = {
+        "vgg16_b345_frozen": compare.lightgbm_protocols(
+            prep, options, layout_features(FeatureLayout.B345, prep.trunk, b5)
+        )
+    }
+    out["efficientnet_lite0_frozen"] = compare.lightgbm_protocols(
+        prep, options, compare.efficientnet_features(prep, options)
+    )
+    return out
+
+
 def _cross_validate(prep: Prepared, options: TrainOptions, fit) -> dict[str, object]:  # type: ignore[no-untyped-def]
     idx = prep.primary
     y, g = prep.labels[idx], prep.groups[idx]
@@ -318,7 +359,7 @@ def _cross_validate(prep: Prepared, options: TrainOptions, fit) -> dict[str, obj
 def write_bundle(
     options: TrainOptions,
     prep: Prepared,
-    trunk_model: torch.nn.Module,
+    trunk_model: VGGTrunk,
     model: FittedModel,
     trained_x: np.ndarray,
     results: dict[str, object],
@@ -346,15 +387,15 @@ def write_bundle(
     )
     metrics_doc = report.strip_scores(results)
     (staging / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=float) + "\n")
-    report.write_card(staging, options, results, spec)
+    report.write_card(staging, results)
     training_data = {
         "sources": {
             "primary": str(options.data),
             "other": str(options.other) if options.other else None,
         },
-        "bundle_fitted_on": "primary train split; early stopping, epoch choice and threshold on primary val split",
+        "bundle_fitted_on": "primary train split; epoch, early stopping, threshold: primary val",
         "counts": {s: len(_split_indices(prep, s)) for s in ("train", "val", "test")},
-        "grouping": "Roboflow file-name stem + exact pixel duplicates + dihedral phash near-duplicates (+ groups.csv)",
+        "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
         "hygiene": prep.hygiene,
     }
     write_manifest(

@@ -15,8 +15,6 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from osteoflag.inference.pixels import InputSpec
-
 logger = logging.getLogger(__name__)
 
 #: The published OsteoAI row (VGG16 ImageNet features + LightGBM) on its own test split.
@@ -87,189 +85,231 @@ def _f(v: Any) -> str:
 
 def _ci(m: Mapping[str, Any], key: str) -> str:
     lo, hi = m["ci95"][key]
-    return f"{_f(m[key])} ({_f(lo)}–{_f(hi)})"
+    return f"{_f(m[key])} ({_f(lo)} to {_f(hi)})"
+
+
+HEADER = [
+    "| set | n | AUC (95% CI) | accuracy (95% CI) | precision | recall | specificity | F1 |",
+    "|---|---|---|---|---|---|---|---|",
+]
 
 
 def _row(label: str, m: Mapping[str, Any]) -> str:
+    if "ci95" not in m:
+        return (
+            f"| {label} | {m['n']} | {_f(m['auc'])} | {_f(m['accuracy'])} | {_f(m['precision'])} | "
+            f"{_f(m['recall'])} | {_f(m['specificity'])} | {_f(m['f1'])} |"
+        )
     return (
         f"| {label} | {m['n']} | {_ci(m, 'auc')} | {_ci(m, 'accuracy')} | {_f(m['precision'])} | "
         f"{_f(m['recall'])} | {_f(m['specificity'])} | {_f(m['f1'])} |"
     )
 
 
-def write_card(folder: Path, options: Any, results: Mapping[str, Any], spec: InputSpec) -> None:
-    """``MODEL_CARD.md`` plus plots, from the run's results."""
-    lines = [
-        f"# Model card: {options.name} {options.version}",
+def _plot(folder: Path, stem: str, title: str, m: Mapping[str, Any], threshold: float) -> None:
+    scores = m["scores"]
+    plot_set(folder, stem, title, np.array(scores["y"]), np.array(scores["p"]), threshold)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
+    rule = run["threshold_rule"]
+    return [
+        f"# Model card: {run['name']} {run['version']}",
         "",
         "**For research use only. Not for diagnostic use.**",
         "",
-        "Fracture / no-fracture classifier for single radiographs: VGG16 convolutional features "
-        f"(init `{options.init.value}`, last {options.head_convs} block-5 conv layer(s) fine-tuned on cached "
-        "trunk maps) pooled inside the ONNX graph, then LightGBM.",
+        "Fracture / no-fracture classifier for single radiographs. VGG16 convolutional features "
+        f"(init `{run['init']}`; the last {run['head_convs']} block-5 convolution(s) fine-tuned on "
+        "cached trunk maps), pooled inside the ONNX graph, then LightGBM.",
         "",
-        f"- Input: {spec.size[0]}×{spec.size[1]} `{spec.resize_mode.value}`, grey replicated to 3 channels, "
-        f"{spec.colour_order.value} mean {list(spec.mean)} / std {list(spec.std)} on 0–255 values, "
-        "preprocessed by `osteoflag.inference.pixels` (the daemon's own code).",
-        f"- Features: {options.layout.value}; fine-tuning {options.finetune}; LightGBM {options.booster}.",
-        f"- Threshold: chosen on validation ({'Youden J' if options.target_sensitivity is None else f'sensitivity ≥ {options.target_sensitivity}'}).",
-        f"- Run time of the whole `osteoflag train` run: {results.get('seconds', 0) / 60:.1f} min on this 2-core CPU.",
+        f"- Input: {run['input']}; preprocessed by `osteoflag.inference.pixels` (as served).",
+        f"- Features: {run['layout']}.",
+        f"- Fine-tuning: {run['finetune']}.",
+        f"- LightGBM: {run['booster']}.",
+        f"- Threshold: chosen on validation only ({rule}).",
+        f"- Whole `train` run: {results.get('seconds', 0) / 60:.1f} min on this 2-core CPU.",
         "",
     ]
+
+
+def _published(folder: Path, pub: Mapping[str, Any]) -> list[str]:
+    t = pub["test"]
+    _plot(folder, "published_test", "Published OsteoAI split: test", t, t["threshold"])
+    pc = t["per_class"]
+    fr, nf = pc["fracture"], pc["nofracture"]
+    return [
+        "## 1. Published OsteoAI split (train, val, test)",
+        "",
+        "The bundle itself: fitted on `train`; fine-tuning epoch, LightGBM early stopping and the "
+        "threshold chosen on `val`; `test` is used only for this table. It is an OsteoAI-only "
+        "model "
+        "trained the way the published row was (train split, val for model selection). **Caveat:** "
+        "669 of the 767 test files share their source radiograph (Roboflow stem) with a train/val "
+        "file, so this split rewards memorisation; it is reported only to compare with the "
+        "published row. CIs resample source groups.",
+        "",
+        "| model | accuracy | AUC | fracture P/R/F1 | nofracture P/R/F1 |",
+        "|---|---|---|---|---|",
+        "| published VGG16 + LightGBM | 0.797 | 0.874 | 0.79/0.81/0.80 | 0.80/0.78/0.79 |",
+        f"| this bundle | {_f(t['accuracy'])} | {_f(t['auc'])} | "
+        f"{_f(fr['precision'])}/{_f(fr['recall'])}/{_f(fr['f1'])} | "
+        f"{_f(nf['precision'])}/{_f(nf['recall'])}/{_f(nf['f1'])} |",
+        "",
+        *HEADER,
+        _row("test", t),
+        "",
+        f"Targets: AUC >= 0.90 {_met(t['auc'] >= TARGETS['published_test_auc'])}; accuracy >= 0.82 "
+        f"{_met(t['accuracy'] >= TARGETS['published_test_accuracy'])}. Confusion [[tn, fp], "
+        f"[fn, tp]] = {t['confusion']} at threshold {t['threshold']:.4f}. Validation AUC "
+        f"{_f(pub['validation']['auc'])}. Fine-tuning log: {pub.get('finetune_log')}.",
+        "",
+        "![published test](published_test.png)",
+        "",
+    ]
+
+
+def _cv(folder: Path, cv: Mapping[str, Any]) -> list[str]:
+    _plot(folder, "cv_pooled", "Grouped 5-fold CV: pooled out-of-fold", cv, 0.5)
+    lo, hi = cv["auc_ci95_t"]
+    blo, bhi = cv["pooled_auc_ci95_group_bootstrap"]
+    lines = [
+        "## 2. Grouped, stratified 5-fold cross-validation over all OsteoAI images",
+        "",
+        "Groups: Roboflow source stem, joined with exact pixel duplicates and dihedral-phash "
+        "near-duplicates; no group is on both sides of any fold. Inside each fold, fine-tuning, "
+        "early stopping and the threshold use a grouped hold-out of that fold's training groups "
+        "only. This is the leakage-free number to judge the model by.",
+        "",
+        f"**Mean AUC over folds {_f(cv['auc_mean'])} (95% t-interval {_f(lo)} to {_f(hi)}); "
+        f"pooled out-of-fold AUC, group-bootstrap 95% CI {_f(blo)} to {_f(bhi)}; mean accuracy "
+        f"{_f(cv['accuracy_mean'])}.** Target mean AUC >= 0.80: "
+        f"{_met(cv['auc_mean'] >= TARGETS['cv_auc_mean'])}.",
+        "",
+        "| fold | n | AUC | accuracy | sensitivity | specificity | threshold |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {f['fold']} | {f['n']} | {_f(f['auc'])} | {_f(f['accuracy'])} | {_f(f['recall'])} | "
+        f"{_f(f['specificity'])} | {f['threshold']:.3f} |"
+        for f in cv["folds"]
+    ]
+    return [
+        *lines,
+        "",
+        "Pooled out-of-fold scores (confusion at 0.5, since each fold has its own threshold):",
+        "",
+        "![cv](cv_pooled.png)",
+        "",
+    ]
+
+
+def _cross(
+    folder: Path, pub: Mapping[str, Any] | None, cross: Mapping[str, Any] | None
+) -> list[str]:
+    lines = [
+        "## 3. Cross-source: the best proxy for other hospitals",
+        "",
+        "Second source: the multiregion set, one representative per near-duplicate cluster (354 "
+        "radiographs, groups from its groups.csv). Its nofracture class is mostly augmented "
+        "paediatric wrists and some fractures carry arrows or marks, so both directions carry "
+        "shortcuts. Per-group rows average the probability over a group's files.",
+        "",
+        *HEADER,
+    ]
+    for title, stem, section in (
+        (
+            "OsteoAI bundle -> multiregion",
+            "cross_osteoai_to_multiregion",
+            pub and pub.get("other_source"),
+        ),
+        ("multiregion -> all OsteoAI", "cross_multiregion_to_osteoai", cross),
+    ):
+        if not section:
+            continue
+        files = section["files"]
+        _plot(folder, stem, title, files, files["threshold"])
+        lines += [
+            _row(f"{title} (files)", files),
+            _row(f"{title} (per group)", section["per_group"]),
+        ]
+    return [
+        *lines,
+        "",
+        "Thresholds come from the training source's validation set, so accuracy here also shows "
+        "the threshold shift between sources.",
+        "",
+        "![to multiregion](cross_osteoai_to_multiregion.png)",
+        "![to OsteoAI](cross_multiregion_to_osteoai.png)",
+        "",
+    ]
+
+
+def _layouts(layouts: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## 4. Feature layout (published split; LightGBM refitted per layout)",
+        "",
+        "The bundle's layout was fixed before these numbers were seen; test chooses nothing.",
+        "",
+        "| block 5 | features | test AUC | test accuracy |",
+        "|---|---|---|---|",
+    ]
+    for row in layouts.values():
+        t = row["test"]
+        lines.append(f"| {row['head']} | {row['layout']} | {_f(t['auc'])} | {_f(t['accuracy'])} |")
+    return [*lines, ""]
+
+
+def _baselines(base: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## 5. Frozen-feature baselines (LightGBM only, same protocols)",
+        "",
+        "| backbone | published test AUC | published test accuracy | grouped CV AUC (95% t-CI) |",
+        "|---|---|---|---|",
+    ]
+    for key, row in base.items():
+        pt = row.get("published_test") or {}
+        lo, hi = row["cv_auc_ci95_t"]
+        lines.append(
+            f"| {key} | {_f(pt.get('auc', float('nan')))} | "
+            f"{_f(pt.get('accuracy', float('nan')))} | {_f(row['cv_auc_mean'])} "
+            f"({_f(lo)} to {_f(hi)}) |"
+        )
+    return [*lines, ""]
+
+
+def write_card(folder: Path, results: Mapping[str, Any]) -> None:
+    """``MODEL_CARD.md`` plus plots, from a run's full results (scores included)."""
+    lines = _intro(results["run"], results)
     pub = results.get("published")
-    header = "| set | n | AUC (95% CI) | accuracy (95% CI) | precision | recall | specificity | F1 |\n|---|---|---|---|---|---|---|---|"
     if pub and pub.get("test"):
-        t = pub["test"]
-        plot_set(
-            folder,
-            "published_test",
-            "Published OsteoAI split: test",
-            np.array(t["scores"]["y"]),
-            np.array(t["scores"]["p"]),
-            t["threshold"],
-        )
-        pc = t["per_class"]
-        met_auc = t["auc"] >= TARGETS["published_test_auc"]
-        met_acc = t["accuracy"] >= TARGETS["published_test_accuracy"]
-        lines += [
-            "## 1. Published OsteoAI split (train → val → test)",
-            "",
-            "The bundle itself: fitted on `train`, fine-tuning epoch, LightGBM early stopping and the threshold "
-            "chosen on `val`; `test` is used only here. **Caveat:** 669 of the 767 test files share their "
-            "source radiograph (Roboflow stem) with a train/val file, so this split rewards memorisation; it is "
-            "reported only to compare with the published row. CIs resample source groups.",
-            "",
-            "| model | accuracy | AUC | fracture P/R/F1 | nofracture P/R/F1 |",
-            "|---|---|---|---|---|",
-            "| published VGG16 + LightGBM | 0.797 | 0.874 | 0.79/0.81/0.80 | 0.80/0.78/0.79 |",
-            f"| this bundle | {_f(t['accuracy'])} | {_f(t['auc'])} | "
-            f"{_f(pc['fracture']['precision'])}/{_f(pc['fracture']['recall'])}/{_f(pc['fracture']['f1'])} | "
-            f"{_f(pc['nofracture']['precision'])}/{_f(pc['nofracture']['recall'])}/{_f(pc['nofracture']['f1'])} |",
-            "",
-            header,
-            _row("test", t),
-            "",
-            f"Targets: AUC ≥ 0.90 {'met' if met_auc else '**not met**'}, accuracy ≥ 0.82 {'met' if met_acc else '**not met**'}. "
-            f"Confusion [[tn, fp], [fn, tp]] = {t['confusion']}; threshold {t['threshold']:.4f}. "
-            f"Validation AUC {_f(pub['validation']['auc'])}.",
-            "",
-            "![published test](published_test.png)",
-            "",
-        ]
-    cv = results.get("cv")
-    if cv:
-        plot_set(
-            folder,
-            "cv_pooled",
-            "Grouped 5-fold CV: pooled out-of-fold",
-            np.array(cv["scores"]["y"]),
-            np.array(cv["scores"]["p"]),
-            0.5,
-        )
-        lo, hi = cv["auc_ci95_t"]
-        blo, bhi = cv["pooled_auc_ci95_group_bootstrap"]
-        met = cv["auc_mean"] >= TARGETS["cv_auc_mean"]
-        lines += [
-            "## 2. Grouped, stratified 5-fold cross-validation over all OsteoAI images",
-            "",
-            "Groups = Roboflow source stem ∪ exact pixel duplicates ∪ dihedral-phash near-duplicates; no group "
-            "is on both sides of any fold. Inside each fold, fine-tuning, early stopping and the threshold use a "
-            "grouped hold-out of that fold's training groups only. This is the leakage-free number to judge by.",
-            "",
-            f"**Mean AUC over folds {_f(cv['auc_mean'])} (95% t-interval {_f(lo)}–{_f(hi)}); "
-            f"pooled out-of-fold AUC group-bootstrap 95% CI {_f(blo)}–{_f(bhi)}. "
-            f"Mean accuracy {_f(cv['accuracy_mean'])}.** Target mean AUC ≥ 0.80: {'met' if met else '**not met**'}.",
-            "",
-            "| fold | n | AUC | accuracy | sensitivity | specificity | threshold |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {f['fold']} | {f['n']} | {_f(f['auc'])} | {_f(f['accuracy'])} | {_f(f['recall'])} | {_f(f['specificity'])} | {f['threshold']:.3f} |"
-            for f in cv["folds"]
-        ]
-        lines += [
-            "",
-            "Plots (pooled out-of-fold scores; confusion at 0.5 because each fold has its own threshold):",
-            "",
-            "![cv](cv_pooled.png)",
-            "",
-        ]
+        lines += _published(folder, pub)
+    if results.get("cv"):
+        lines += _cv(folder, results["cv"])
     if (pub and pub.get("other_source")) or results.get("cross"):
-        lines += [
-            "## 3. Cross-source (proxy for other hospitals)",
-            "",
-            "Second source: the multiregion set, one representative per near-duplicate cluster (354 radiographs); "
-            "its groups (groups.csv) never straddle a split. Its nofracture class is mostly augmented paediatric "
-            "wrists and some fractures carry arrows/marks, so both directions carry shortcuts.",
-            "",
-            header,
-        ]
-        if pub and pub.get("other_source"):
-            o = pub["other_source"]
-            lines.append(_row("OsteoAI (bundle) → multiregion representatives", o["files"]))
-            pg = o["per_group"]
-            lines.append(
-                f"| … per group (mean prob.) | {pg['n']} | {_f(pg['auc'])} | {_f(pg['accuracy'])} | {_f(pg['precision'])} | {_f(pg['recall'])} | {_f(pg['specificity'])} | {_f(pg['f1'])} |"
-            )
-            plot_set(
-                folder,
-                "cross_osteoai_to_multiregion",
-                "OsteoAI → multiregion",
-                np.array(o["files"]["scores"]["y"]),
-                np.array(o["files"]["scores"]["p"]),
-                o["files"]["threshold"],
-            )
-        if results.get("cross"):
-            c = results["cross"]
-            lines.append(_row("multiregion → all OsteoAI files", c["files"]))
-            pg = c["per_group"]
-            lines.append(
-                f"| … per OsteoAI source group (mean prob.) | {pg['n']} | {_f(pg['auc'])} | {_f(pg['accuracy'])} | {_f(pg['precision'])} | {_f(pg['recall'])} | {_f(pg['specificity'])} | {_f(pg['f1'])} |"
-            )
-            plot_set(
-                folder,
-                "cross_multiregion_to_osteoai",
-                "multiregion → OsteoAI",
-                np.array(c["files"]["scores"]["y"]),
-                np.array(c["files"]["scores"]["p"]),
-                c["files"]["threshold"],
-            )
-        lines += [
-            "",
-            "Thresholds come from the training source's validation set, so accuracy here also shows threshold shift.",
-            "",
-        ]
-    layouts = results.get("layouts")
-    if layouts:
-        lines += [
-            "## 4. Feature layout (published split, LightGBM refitted per layout)",
-            "",
-            "| layout | block 5 | features | test AUC | test accuracy |",
-            "|---|---|---|---|---|",
-        ]
-        for key, row in layouts.items():
-            lines.append(
-                f"| {key.split('_')[0]} | {row['head']} | {row['layout']} | {_f(row['test']['auc'])} | {_f(row['test']['accuracy'])} |"
-            )
-        lines.append("")
-    extra = results.get("comparisons")
-    if extra:
-        lines += ["## 5. Other comparisons", ""] + [f"- {line}" for line in extra] + [""]
-    hyg = results.get("hygiene", {})
+        lines += _cross(folder, pub, results.get("cross"))
+    if results.get("layouts"):
+        lines += _layouts(results["layouts"])
+    if results.get("baselines"):
+        lines += _baselines(results["baselines"])
     lines += [
         "## Data hygiene",
         "",
         "```",
-        *(f"{k}: {v}" for k, v in hyg.items()),
+        *(f"{k}: {v}" for k, v in results.get("hygiene", {}).items()),
         "```",
         "",
         "## Limits",
         "",
-        "- Trained on web-scraped, augmented OsteoAI images (mostly upper limb); frozen-feature models of this kind "
-        "scored at chance on radiographs from other hospitals. Do not use clinically.",
-        "- The published-split numbers are inflated by leakage between the published splits; use the grouped CV and cross-source numbers.",
+        "- Trained on web-scraped, augmented OsteoAI images (mostly upper limb). Frozen-feature "
+        "models of this kind scored at chance on radiographs from other hospitals. Not for "
+        "clinical use.",
+        "- Published-split numbers are inflated by leakage between the published splits; judge "
+        "by the grouped CV and cross-source numbers.",
+        f"- ONNX parity (max relative error): {results.get('parity')}.",
         "",
     ]
-    if "parity" in results:
-        lines += [f"ONNX parity (max relative error): {results['parity']}", ""]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines))

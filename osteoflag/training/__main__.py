@@ -1,0 +1,43 @@
+"""``python -m osteoflag.training train|evaluate ...``: the training commands without a config file.
+
+``make model`` uses this entry point so that rebuilding the bundle needs no daemon configuration;
+``osteoflag train`` and ``osteoflag evaluate`` run the same handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from osteoflag.errors import OsteoflagError
+from osteoflag.training.commands import (
+    add_evaluate_arguments,
+    add_train_arguments,
+    run_evaluate,
+    run_train,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, map errors to the contract's exit codes (2 usage, 1 failure)."""
+    parser = argparse.ArgumentParser(prog="python -m osteoflag.training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(commands.add_parser("train", help="build a model bundle"))
+    evaluate = commands.add_parser("evaluate", help="score a bundle on a labelled folder")
+    add_evaluate_arguments(evaluate)
+    args = parser.parse_args(argv)
+    if args.command == "evaluate" and args.bundle is None:
+        parser.error("evaluate needs --bundle here (no config file is read)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = run_train if args.command == "train" else run_evaluate
+    try:
+        return handler(args, None)
+    except OsteoflagError as exc:
+        print(f"osteoflag: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
