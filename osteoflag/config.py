@@ -108,6 +108,19 @@ class SenderSettings(_Section):
     deadline_seconds: Seconds = 259200.0
 
 
+class RetentionSettings(_Section):
+    """Removal of received and produced files once their work is over (rows are kept).
+
+    Files of an instance are removed when it was received more than ``max_age_days``
+    ago, is finished (done, skipped or failed) and none of its objects is still pending.
+    """
+
+    enabled: bool = True
+    max_age_days: Annotated[float, Field(gt=0, strict=False)] = 30.0
+    interval_seconds: Seconds = 3600.0
+    batch_size: Annotated[int, Field(ge=1)] = 500
+
+
 class Destination(_Section):
     """A DICOM peer that receives every produced object."""
 
@@ -166,6 +179,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     report: ReportSettings = ReportSettings()
     sender: SenderSettings = SenderSettings()
+    retention: RetentionSettings = RetentionSettings()
     destinations: tuple[Destination, ...] = ()
     web: WebSettings = WebSettings()
     log_level: str = "INFO"

@@ -260,12 +260,12 @@ def _failed(
 
 
 def requeue_failed_outbound(sessions: sessionmaker[Session]) -> int:
-    """Put every ``failed`` outbound object back to ``pending`` with a fresh deadline."""
+    """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
     now = utcnow()
     with sessions() as session:
         count = session.execute(
             update(Outbound)
-            .where(Outbound.state == OutboundState.FAILED)
+            .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))
             .values(
                 state=OutboundState.PENDING,
                 attempts=0,
