@@ -28,9 +28,10 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.daemon.roles import Role
     from osteoflag.daemon.service import Daemon
 
-    return Daemon(settings).run()
+    return Daemon(settings, Role(args.role)).run()
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the daemon")
+    serve.add_argument(
+        "--role",
+        choices=["listener", "worker", "sender", "all"],
+        default="all",
+        help="parts this process runs (default all; see README, Deployment)",
+    )
     serve.set_defaults(handler=_serve)
 
     status = commands.add_parser("status", parents=[common], help="queue counts per state")

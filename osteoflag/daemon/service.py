@@ -5,6 +5,10 @@ Lifecycle: load the model bundle, migrate the schema, recover work a crash left
 recovery) and the Storage SCP, then wait for SIGTERM/SIGINT. Shutdown refuses new
 associations first, lets in-flight ones finish, then stops the jobs; whatever is
 not finished stays safely queued for the next start.
+
+A :class:`~osteoflag.daemon.roles.Role` picks the parts one process runs, so listeners,
+workers and senders can be spread over machines sharing one PostgreSQL database. Only
+the worker loads the model bundle.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
 from osteoflag.daemon.results import outbound_hook
+from osteoflag.daemon.roles import Role
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.inference.bundle import load_bundle
@@ -33,25 +38,32 @@ SHUTDOWN_GRACE_SECONDS = 30.0
 
 
 class Daemon:
-    """One osteoflag process: listener plus scheduled jobs, sharing one database."""
+    """One osteoflag process: the parts its role runs, sharing one database."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: Role = Role.ALL) -> None:
         self.settings = settings
+        self.role = role
         self.engine = make_engine(settings.storage.database_url)
         self.sessions = session_factory(self.engine)
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        bundle = load_bundle(settings.model.bundle)
+        self.worker = self._build_worker() if role.runs(Role.WORKER) else None
+        self.listener: StorageSCP | None = None
+        if role.runs(Role.LISTENER):
+            wake = self.worker.wake if self.worker is not None else (lambda: None)
+            self.listener = StorageSCP(settings, self.sessions, on_queued=wake)
+
+    def _build_worker(self) -> InferenceWorker:
+        bundle = load_bundle(self.settings.model.bundle)
         predictor = Predictor(
-            bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
+            bundle, threads=self.settings.model.threads, batch_size=self.settings.model.batch_size
         )
-        self.worker = InferenceWorker(
-            settings,
+        return InferenceWorker(
+            self.settings,
             self.sessions,
             predictor=predictor,
-            on_done=outbound_hook(settings, ModelIdentity.from_bundle(bundle)),
+            on_done=outbound_hook(self.settings, ModelIdentity.from_bundle(bundle)),
         )
-        self.listener = StorageSCP(settings, self.sessions, on_queued=self.worker.wake)
 
     def _send(self) -> None:
         send_pending(self.sessions, self.settings)
@@ -59,30 +71,48 @@ class Daemon:
     def _recover(self) -> None:
         queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
 
+    def _recover_at_start(self) -> None:
+        """Take back what a crash left ``processing``, without stealing live leases.
+
+        Only the all-in-one process on SQLite can be sure no other worker is alive, so only
+        it re-queues every ``processing`` row; any other worker re-queues expired leases.
+        """
+        if self.worker is None:
+            return
+        if self.role is Role.ALL and self.engine.dialect.name == "sqlite":
+            queue.recover_all(self.sessions, self.settings.worker.max_attempts)
+        else:
+            queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
+
     def start(self) -> None:
         """Prepare storage and schema, recover a crash's leftovers, start serving."""
         for folder in (self.settings.incoming_path, self.settings.outgoing_path):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         migrate(self.engine)
-        queue.recover_all(self.sessions, self.settings.worker.max_attempts)
-        jobs = (
-            (self._recover, self.settings.worker.lease_seconds / 4, "recover"),
-            (self.worker.sweep, self.settings.worker.sweep_seconds, "sweep"),
-            (self._send, self.settings.sender.interval_seconds, "send"),
-        )
+        self._recover_at_start()
+        jobs = []
+        if self.worker is not None:
+            jobs.append((self._recover, self.settings.worker.lease_seconds / 4, "recover"))
+            jobs.append((self.worker.sweep, self.settings.worker.sweep_seconds, "sweep"))
+        if self.role.runs(Role.SENDER):
+            jobs.append((self._send, self.settings.sender.interval_seconds, "send"))
         for job, seconds, name in jobs:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
             )
-        self.worker.start()
+        if self.worker is not None:
+            self.worker.start()
         self.scheduler.start()
-        self.listener.start()
-        logger.info("daemon started", extra={"action": "start"})
+        if self.listener is not None:
+            self.listener.start()
+        logger.info("daemon started", extra={"action": "start", "role": self.role.value})
 
     def stop(self) -> None:
         """Graceful stop: no new associations, in-flight ones finished, jobs drained."""
-        self.listener.stop(SHUTDOWN_GRACE_SECONDS)
-        self.worker.stop(SHUTDOWN_GRACE_SECONDS)
+        if self.listener is not None:
+            self.listener.stop(SHUTDOWN_GRACE_SECONDS)
+        if self.worker is not None:
+            self.worker.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)
         self.engine.dispose()
         logger.info("daemon stopped", extra={"action": "stop"})
