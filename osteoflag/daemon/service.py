@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -23,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from osteoflag.config import Settings
 from osteoflag.daemon.results import outbound_hook
 from osteoflag.daemon.roles import Role
-from osteoflag.db import queue
+from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
@@ -50,8 +51,22 @@ class Daemon:
         self.worker = self._build_worker() if role.runs(Role.WORKER) else None
         self.listener: StorageSCP | None = None
         if role.runs(Role.LISTENER):
-            wake = self.worker.wake if self.worker is not None else (lambda: None)
-            self.listener = StorageSCP(settings, self.sessions, on_queued=wake)
+            self.listener = StorageSCP(settings, self.sessions, on_queued=self._queued_hook())
+        self.subscriber: notify.Subscriber | None = None
+        if self.worker is not None and notify.supported(self.engine):
+            self.subscriber = notify.Subscriber(self.engine, self.worker.wake)
+
+    def _queued_hook(self) -> Callable[[], None]:
+        """After each committed store: wake our worker, and on PostgreSQL everyone's."""
+        local = self.worker.wake if self.worker is not None else None
+        remote = notify.notifier(self.engine) if notify.supported(self.engine) else None
+        hooks = [hook for hook in (local, remote) if hook is not None]
+
+        def queued() -> None:
+            for hook in hooks:
+                hook()
+
+        return queued
 
     def _build_worker(self) -> InferenceWorker:
         bundle = load_bundle(self.settings.model.bundle)
@@ -69,7 +84,9 @@ class Daemon:
         send_pending(self.sessions, self.settings)
 
     def _recover(self) -> None:
-        queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
+        recovered = queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
+        if recovered and self.worker is not None:
+            self.worker.wake()
 
     def _recover_at_start(self) -> None:
         """Take back what a crash left ``processing``, without stealing live leases.
@@ -102,6 +119,8 @@ class Daemon:
             )
         if self.worker is not None:
             self.worker.start()
+        if self.subscriber is not None:
+            self.subscriber.start()
         self.scheduler.start()
         if self.listener is not None:
             self.listener.start()
@@ -111,6 +130,8 @@ class Daemon:
         """Graceful stop: no new associations, in-flight ones finished, jobs drained."""
         if self.listener is not None:
             self.listener.stop(SHUTDOWN_GRACE_SECONDS)
+        if self.subscriber is not None:
+            self.subscriber.stop(SHUTDOWN_GRACE_SECONDS)
         if self.worker is not None:
             self.worker.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)

@@ -39,7 +39,8 @@ def _process(
         "listener": {"port": port},
         "storage": {"path": str(storage), "database_url": url, "min_free_mb": 1},
         "model": {"bundle": str(bundle), "threads": 1, "batch_size": 6},
-        "worker": {"sweep_seconds": 0.5, "lease_seconds": 5.0, "max_attempts": 3},
+        # No sweep within the test: pick-up relies on NOTIFY and on recovery's own wake-up.
+        "worker": {"sweep_seconds": 600.0, "lease_seconds": 5.0, "max_attempts": 3},
         "report": {"summary_image": False},
     }
     return DaemonProcess(write_config(folder, sections), port, role=role)

@@ -21,13 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Settings, parse_settings
 from osteoflag.daemon.roles import Role
 from osteoflag.daemon.service import Daemon
-from osteoflag.db import queue
+from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Base, Instance, InstanceState, Outbound, OutboundState
 from osteoflag.pacs.derived import Classification, Label, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
 
 MODEL = ModelIdentity("osteoflag-test", "0.0.1", "0f" * 32, 0.5)
@@ -240,3 +241,16 @@ def test_two_senders_never_send_the_same_object(
         states = set(session.scalars(select(Outbound.state)))
     assert states == {OutboundState.SENT}
     assert len(pacs.received) == len(set(pacs.received)) == 30
+
+
+def test_a_notification_wakes_a_subscribed_worker(pg_engine: Engine) -> None:
+    woken = threading.Event()
+    subscriber = notify.Subscriber(pg_engine, woken.set)
+    subscriber.start()
+    try:
+        wait_for(woken.is_set)  # listening from here on
+        woken.clear()
+        notify.notifier(pg_engine)()
+        wait_for(woken.is_set, timeout=10)
+    finally:
+        subscriber.stop(timeout=5)
