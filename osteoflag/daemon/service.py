@@ -22,7 +22,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
-from osteoflag.daemon.results import outbound_hook
+from osteoflag.daemon.results import outbound_hook, refused_hook
 from osteoflag.daemon.roles import Role
 from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
@@ -73,11 +73,13 @@ class Daemon:
         predictor = Predictor(
             bundle, threads=self.settings.model.threads, batch_size=self.settings.model.batch_size
         )
+        identity = ModelIdentity.from_bundle(bundle)
         return InferenceWorker(
             self.settings,
             self.sessions,
             predictor=predictor,
-            on_done=outbound_hook(self.settings, ModelIdentity.from_bundle(bundle)),
+            on_done=outbound_hook(self.settings, identity),
+            on_refused=refused_hook(self.settings, identity),
         )
 
     def _send(self) -> None:

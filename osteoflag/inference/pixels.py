@@ -8,7 +8,8 @@ Modality LUT (PS3.3 C.11.1), then the VOI LUT or window (PS3.3 C.11.2), then the
 of MONOCHROME1 (PS3.3 C.7.6.3.1.2). Colour images (RGB, YBR_*, PALETTE COLOR) are turned
 into luminance. When there is no VOI transform (PNG/JPEG, or DICOM without window or VOI LUT)
 the values are stretched from their minimum to their maximum, so that a PNG and a DICOM made
-from it give the same array.
+from it give the same array. Presentation LUT Shape is not applied separately: in the DX and
+CR IODs it only restates the polarity of the Photometric Interpretation (PS3.3 C.8.11.6.1.2).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
@@ -104,7 +106,7 @@ class InputSpec:
 
 def _first(value: Any) -> float:
     """First value of a possibly multi-valued DS/IS element (the first window, PS3.3 C.11.2.1.2)."""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if isinstance(value, list | tuple | MultiValue):
         return float(value[0])
     return float(value)
 
@@ -127,7 +129,7 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError(f"(0028,0008) Number of Frames is {raw_frames!r}") from exc
     if frames < 1:
         raise PixelDataError(f"(0028,0008) Number of Frames is {frames}")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = int(ds.get("SamplesPerPixel") or 1)
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
     frame_pixels = ds.Rows * ds.Columns
@@ -300,6 +302,17 @@ def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
     return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
+def read_dicom(path: Path, *, force: bool = False) -> Dataset:
+    """Read a DICOM file, refusing one larger than any image we would agree to decode."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_DECLARED_BYTES:
+            raise PixelDataError(f"{path}: file of {size} bytes exceeds the decoding limit")
+        return pydicom.dcmread(path, force=force)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PixelDataError(f"{path}: not a readable DICOM file: {exc}") from exc
+
+
 def load_display(path: Path) -> DisplayImage:
     """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG."""
     try:
@@ -307,7 +320,8 @@ def load_display(path: Path) -> DisplayImage:
             head = handle.read(132)
     except OSError as exc:
         raise PixelDataError(f"{path}: cannot be read: {exc}") from exc
-    if head[128:132] != b"DICM":
+    forced = head[128:132] != b"DICM"
+    if forced:
         try:
             with Image.open(path) as image:
                 image.load()
@@ -316,11 +330,7 @@ def load_display(path: Path) -> DisplayImage:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
-    forced = head[128:132] != b"DICM"
-    try:
-        ds = pydicom.dcmread(path, force=forced)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PixelDataError(f"{path}: not a readable DICOM, PNG or JPEG file: {exc}") from exc
+    ds = read_dicom(path, force=forced)
     if forced and "PixelData" not in ds:
         raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:

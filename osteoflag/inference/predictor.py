@@ -121,7 +121,10 @@ class Predictor:
         for start in range(0, len(inputs), self.batch_size):
             batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
             feats = self.features(batch)
-            scores = self._booster.predict(feats, num_threads=max(self.threads, 0))
+            try:
+                scores = self._booster.predict(feats, num_threads=self.threads)
+            except lgb.basic.LightGBMError as exc:
+                raise PermanentError(f"LightGBM failed on a batch of {len(feats)}: {exc}") from exc
             out.extend(float(score) for score in np.asarray(scores).reshape(-1))
         return out
 

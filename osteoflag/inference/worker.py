@@ -23,23 +23,26 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import pydicom
+from apscheduler.schedulers.base import BaseScheduler
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
-from osteoflag.errors import OsteoflagError, PixelDataError
-from osteoflag.inference.bundle import load_bundle
-from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
+from osteoflag.errors import OsteoflagError
+from osteoflag.inference.bundle import Bundle, load_bundle
+from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input, read_dicom
 from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-#: Called in the same transaction as ``complete`` (e.g. to create the SR's outbound rows).
-OnDone = Callable[[Session, Instance, queue.Result], None]
+#: Called in the transaction that marks an instance ``done``, with its dataset (e.g. to write
+#: the SR and add its outbound rows); an :class:`OsteoflagError` fails the instance instead.
+OnDone = Callable[[Session, Instance, Dataset, queue.Result], None]
+#: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
+#: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
+OnRefused = Callable[[Session, Instance, Dataset, str], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class _Ready:
     """An instance whose pixels are decoded and waiting for the batch's forward pass."""
 
     instance: Instance
+    source: Dataset
     tensor: FloatArray
     prepare_ms: float
 
@@ -70,14 +74,6 @@ def domain_refusal(ds: Dataset, model: ModelSettings) -> str | None:
     return None
 
 
-def read_dataset(path: Path) -> Dataset:
-    """Read a stored instance; unreadable files are a permanent failure."""
-    try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PixelDataError(f"{path}: cannot be read as DICOM: {exc}") from exc
-
-
 class InferenceWorker:
     """Classifies queued instances with one predictor, on one thread."""
 
@@ -88,6 +84,7 @@ class InferenceWorker:
         *,
         predictor: Predictor | None = None,
         on_done: OnDone | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -97,6 +94,7 @@ class InferenceWorker:
             batch_size=settings.model.batch_size,
         )
         self._on_done = on_done
+        self._on_refused = on_refused
         self._owner = f"infer:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lease = timedelta(seconds=settings.worker.lease_seconds)
         self._wake = threading.Event()
@@ -104,8 +102,9 @@ class InferenceWorker:
         self._thread: threading.Thread | None = None
 
     @property
-    def model_id(self) -> str:
-        return self._predictor.model_id
+    def bundle(self) -> Bundle:
+        """The served bundle (for the model identity stated in produced objects)."""
+        return self._predictor.bundle
 
     def wake(self) -> None:
         """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
@@ -114,6 +113,17 @@ class InferenceWorker:
     def sweep(self) -> None:
         """The periodic safety net: same as :meth:`wake`, scheduled every ``sweep_seconds``."""
         self._wake.set()
+
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add the periodic sweep (every ``[worker] sweep_seconds``) to the daemon's scheduler."""
+        scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=self._settings.worker.sweep_seconds,
+            id="inference-sweep",
+            max_instances=1,
+            coalesce=True,
+        )
 
     def start(self) -> None:
         """Start the worker thread; it drains the queue once at start-up."""
@@ -171,20 +181,24 @@ class InferenceWorker:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
         started = time.perf_counter()
         try:
-            ds = read_dataset(Path(instance.file_path))
-            refusal = domain_refusal(ds, self._settings.model)
-            if refusal is not None:
-                self._record(instance, queue.skip, refusal, "skipped")
-                return None
-            tensor = model_input(display_from_dataset(ds), self._predictor.bundle.input_spec)
+            ds = read_dicom(Path(instance.file_path))
         except OsteoflagError as exc:
             self._record(instance, queue.fail, str(exc), "failed")
             return None
+        try:
+            refusal = domain_refusal(ds, self._settings.model)
+            if refusal is not None:
+                self._record(instance, queue.skip, refusal, "skipped", ds)
+                return None
+            tensor = model_input(display_from_dataset(ds), self._predictor.bundle.input_spec)
+        except OsteoflagError as exc:
+            self._record(instance, queue.fail, str(exc), "failed", ds)
+            return None
         except Exception as exc:  # an unforeseen decoder error must not block the batch
             reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
-            self._record(instance, queue.fail, reason, "failed")
+            self._record(instance, queue.fail, reason, "failed", ds)
             return None
-        return _Ready(instance, tensor, (time.perf_counter() - started) * 1000.0)
+        return _Ready(instance, ds, tensor, (time.perf_counter() - started) * 1000.0)
 
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
@@ -192,7 +206,8 @@ class InferenceWorker:
             predictions = self._predictor.predict_inputs([item.tensor for item in ready])
         except OsteoflagError as exc:
             for item in ready:
-                self._record(item.instance, queue.fail, f"inference failed: {exc}", "failed")
+                reason = f"inference failed: {exc}"
+                self._record(item.instance, queue.fail, reason, "failed", item.source)
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
@@ -203,25 +218,37 @@ class InferenceWorker:
                 model=prediction.model,
                 inference_ms=item.prepare_ms + model_ms,
             )
-            with self._sessions() as session:
-                if queue.complete(session, item.instance.id, self._owner, result):
-                    if self._on_done is not None:
-                        self._on_done(session, item.instance, result)
-                    session.commit()
-                    logger.info(
-                        "instance classified",
-                        extra={
-                            "action": "classified",
-                            "sop_instance_uid": item.instance.sop_instance_uid,
-                            "probability": round(result.probability, 6),
-                            "label": result.label,
-                            "model": result.model,
-                            "inference_ms": round(result.inference_ms, 1),
-                        },
-                    )
-                else:
+            self._store(item.instance, item.source, result)
+
+    def _store(self, instance: Instance, source: Dataset, result: queue.Result) -> None:
+        """``done`` plus whatever ``on_done`` adds, in one transaction; ``failed`` if that fails."""
+        failure: OsteoflagError | None = None
+        with self._sessions() as session:
+            try:
+                if not queue.complete(session, instance.id, self._owner, result):
                     session.rollback()
-                    self._lease_lost(item.instance)
+                    self._lease_lost(instance)
+                    return
+                if self._on_done is not None:
+                    self._on_done(session, instance, source, result)
+                session.commit()
+            except OsteoflagError as exc:
+                session.rollback()
+                failure = exc
+        if failure is not None:
+            self._record(instance, queue.fail, f"result not recorded: {failure}", "failed")
+            return
+        logger.info(
+            "instance classified",
+            extra={
+                "action": "classified",
+                "sop_instance_uid": instance.sop_instance_uid,
+                "probability": round(result.probability, 6),
+                "label": result.label,
+                "model": result.model,
+                "inference_ms": round(result.inference_ms, 1),
+            },
+        )
 
     def _record(
         self,
@@ -229,22 +256,34 @@ class InferenceWorker:
         outcome: Callable[[Session, int, str, str], bool],
         reason: str,
         action: str,
+        source: Dataset | None = None,
     ) -> None:
+        """Mark ``skipped``/``failed`` with ``reason``; ``on_refused`` joins the transaction."""
+        hook_error: OsteoflagError | None = None
         with self._sessions() as session:
-            if outcome(session, instance.id, self._owner, reason):
+            try:
+                if not outcome(session, instance.id, self._owner, reason):
+                    session.rollback()
+                    self._lease_lost(instance)
+                    return
+                if source is not None and self._on_refused is not None:
+                    self._on_refused(session, instance, source, reason)
                 session.commit()
-                logger.warning(
-                    "instance %s",
-                    action,
-                    extra={
-                        "action": action,
-                        "sop_instance_uid": instance.sop_instance_uid,
-                        "reason": reason,
-                    },
-                )
-            else:
+            except OsteoflagError as exc:
                 session.rollback()
-                self._lease_lost(instance)
+                hook_error = exc
+        if hook_error is not None:
+            self._record(instance, outcome, f"{reason}; no report produced: {hook_error}", action)
+            return
+        logger.warning(
+            "instance %s",
+            action,
+            extra={
+                "action": action,
+                "sop_instance_uid": instance.sop_instance_uid,
+                "reason": reason,
+            },
+        )
 
     def _lease_lost(self, instance: Instance) -> None:
         logger.warning(

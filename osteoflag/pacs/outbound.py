@@ -21,13 +21,41 @@ from sqlalchemy.orm import Session
 
 from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
-from osteoflag.errors import PixelDataError, TransientError
+from osteoflag.errors import PermanentError, PixelDataError, TransientError
 from osteoflag.pacs.derived import Classification, Kind, Label, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
 
 logger = logging.getLogger(__name__)
+
+
+def produce_undetermined(
+    session: Session,
+    instance: Instance,
+    source: Dataset,
+    reason: str,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """For a ``skipped`` / ``failed`` instance: an Undetermined SR, if configured.
+
+    Call it in the transaction of ``queue.skip`` / ``queue.fail``. Nothing is produced
+    unless ``[report] undetermined_sr`` is on, or when the source lacks a required UID
+    (no study to attach an SR to).
+    """
+    if not settings.report.undetermined_sr:
+        return []
+    result = Classification(label=Label.UNDETERMINED, reason=reason)
+    try:
+        return produce_outbound(session, instance, source, result, model, settings)
+    except PermanentError as exc:
+        logger.warning(
+            "no undetermined SR: %s",
+            exc,
+            extra={"action": "produce_outbound", "sop_instance_uid": instance.sop_instance_uid},
+        )
+        return []
 
 
 def destination_key(destination: Destination) -> str:

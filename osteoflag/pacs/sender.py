@@ -69,8 +69,9 @@ def send_pending(
     This is the job the daemon schedules every ``[sender] interval_seconds``
     (``max_instances=1``). Destinations are served in parallel.
     """
+    orphaned = fail_unconfigured(sessions, settings)
     if not settings.destinations:
-        return DeliveryReport()
+        return DeliveryReport(failed=orphaned)
     policy = RetryPolicy.from_settings(settings.sender)
     moment = now or utcnow()
     with ThreadPoolExecutor(
@@ -80,7 +81,29 @@ def send_pending(
             lambda destination: deliver(sessions, settings, destination, policy, moment),
             settings.destinations,
         )
-        return sum(reports, DeliveryReport())
+        return sum(reports, DeliveryReport(failed=orphaned))
+
+
+def fail_unconfigured(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """Fail ``pending`` objects owed to a destination no longer in ``[[destinations]]``.
+
+    Nothing would ever send them; ``requeue_failed_outbound`` revives them if the
+    destination comes back into the configuration.
+    """
+    configured = [destination_key(destination) for destination in settings.destinations]
+    with sessions() as session:
+        count = session.execute(
+            update(Outbound)
+            .where(Outbound.state == OutboundState.PENDING, Outbound.destination.not_in(configured))
+            .values(state=OutboundState.FAILED, last_error="destination no longer configured")
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    if count:
+        logger.warning(
+            "objects for unconfigured destinations failed",
+            extra={"action": "send", "count": int(count)},
+        )
+    return int(count)
 
 
 def claim_due(

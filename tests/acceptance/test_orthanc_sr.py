@@ -24,6 +24,7 @@ from osteoflag.pacs.derived import Classification, Label, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr import read_result
+from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.net import free_port
 from tests.helpers.wait import wait_for
 from tests.orthanc_sr import Orthanc
@@ -103,3 +104,50 @@ def test_delivery_into_orthanc_study(
     parsed = read_result(pydicom.dcmread(stored))
     assert parsed.source_sop_instance_uid == source.SOPInstanceUID
     assert parsed.probability == pytest.approx(0.77)
+
+
+def test_end_to_end_through_orthanc(
+    tmp_path: Path, tiny_bundle: Path, record_property: pytest.RecordProperty
+) -> None:
+    listener_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", "OSTEOFLAG", listener_port)
+    sections = base_sections(tmp_path, tiny_bundle, listener_port)
+    sections["sender"] = {"interval_seconds": 0.5, "timeout_seconds": 10.0}
+    sections["destinations"] = [
+        {"ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+    ]
+    daemon = DaemonProcess(write_config(tmp_path, sections), listener_port)
+    source = make_dx(body_part="WRIST")
+    orthanc.start()
+    try:
+        with daemon:
+            uploaded = orthanc.upload(_encoded(source))
+            started = time.monotonic()
+            orthanc.post(
+                "/modalities/osteoflag/store",
+                {"Resources": [uploaded["ID"]], "Synchronous": True},
+            )
+            found = wait_for(lambda: _results_in(orthanc, uploaded["ParentStudy"]), timeout=90.0)
+            elapsed = time.monotonic() - started
+            record_property("orthanc_round_trip_seconds", round(elapsed, 3))
+            counts = wait_for(lambda: _all_sent(daemon), timeout=30.0)
+            assert counts["instances"]["done"] == 1
+            assert daemon.terminate() == 0
+        stored = tmp_path / "sr-from-orthanc.dcm"
+        stored.write_bytes(orthanc.file(found[COMPREHENSIVE_3D_SR]["ID"]))
+        summary = tmp_path / "summary-from-orthanc.dcm"
+        summary.write_bytes(orthanc.file(found[SECONDARY_CAPTURE]["ID"]))
+    finally:
+        orthanc.stop()
+    assert dciodvfy_errors(stored) == []
+    assert dciodvfy_errors(summary) == []
+    reported = read_result(pydicom.dcmread(stored))
+    assert reported.source_sop_instance_uid == source.SOPInstanceUID
+    assert reported.model_version == "0.0.1"
+    assert reported.label in (Label.FRACTURE, Label.NO_FRACTURE)
+    assert found[SECONDARY_CAPTURE]["StudyInstanceUID"] == source.StudyInstanceUID
+
+
+def _all_sent(daemon: DaemonProcess) -> dict[str, dict[str, int]] | None:
+    counts = daemon.status()
+    return counts if counts["outbound"]["sent"] == 2 else None

@@ -138,12 +138,13 @@ def build_bundle(
     version: str = "0.0.1",
     threshold: float = 0.5,
     seed: int = 0,
+    training_images: int = 256,
 ) -> Path:
     """Write a complete, hash-pinned bundle into ``folder`` and return it."""
     folder.mkdir(parents=True, exist_ok=True)
     model = backbone(architecture, seed)
     onnx.save(model, folder / "backbone.onnx")
-    features = _training_features(folder / "backbone.onnx", size, 256, seed)
+    features = _training_features(folder / "backbone.onnx", size, training_images, seed)
     signal = features[:, int(np.argmax(features.std(axis=0)))]
     labels = (signal > np.median(signal)).astype(int)
     params = {"objective": "binary", "num_leaves": 8, "min_data_in_leaf": 3, "verbose": -1}
@@ -155,7 +156,7 @@ def build_bundle(
         name=name,
         version=version,
         created=datetime.now(UTC).isoformat(),
-        training_data={"source": "synthetic ramps, bands and noise", "n": 256},
+        training_data={"source": "synthetic ramps, bands and noise", "n": training_images},
         input={
             "size": list(size),
             "resize_mode": "letterbox",

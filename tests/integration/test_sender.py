@@ -255,3 +255,18 @@ def test_delivers_to_dcmtk_storescp(tmp_path: Path, sessions: sessionmaker[Sessi
         process.wait(timeout=10)
     stored = {str(pydicom.dcmread(path).SOPInstanceUID) for path in received.iterdir()}
     assert stored == {row.sop_instance_uid for row in rows}
+
+
+def test_objects_for_a_removed_destination_are_failed(
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
+) -> None:
+    settings = _settings(tmp_path, [free_port(), pacs.port])
+    _produce(sessions, settings)
+    only_live = settings.model_copy(update={"destinations": settings.destinations[1:]})
+    report = send_pending(sessions, only_live)
+    assert (report.sent, report.failed) == (2, 2)
+    with sessions() as session:
+        errors = session.scalars(
+            select(Outbound.last_error).where(Outbound.destination.startswith("PACS0@"))
+        ).all()
+    assert errors == ["destination no longer configured"] * 2

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,6 +15,7 @@ from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState
+from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.worker import InferenceWorker
@@ -97,10 +100,16 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
 ) -> None:
     seen: list[str] = []
 
-    def on_done(session: Session, instance: Instance, result: queue.Result) -> None:
+    def on_done(
+        session: Session, instance: Instance, source: Dataset, result: queue.Result
+    ) -> None:
+        assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
         seen.append(instance.sop_instance_uid)
 
     worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    worker.schedule(scheduler)
+    assert scheduler.get_job("inference-sweep") is not None
     worker.start()
     try:
         for index in range(6):
@@ -111,3 +120,45 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
         worker.stop(timeout=10)
     states = _states(sessions)
     assert all(state is InstanceState.DONE for state, _ in states.values())
+
+
+def test_on_done_failure_fails_that_instance_only(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    def on_done(
+        session: Session, instance: Instance, source: Dataset, result: queue.Result
+    ) -> None:
+        if instance.sop_instance_uid.endswith(".1"):
+            raise DeliveryError("cannot build the SR")
+
+    _enqueue(sessions, _good(tmp_path, "a"), "1.2.6.1")
+    _enqueue(sessions, _good(tmp_path, "b"), "1.2.6.2")
+    InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain()
+    states = _states(sessions)
+    assert states["1.2.6.1"] == (InstanceState.FAILED, "result not recorded: cannot build the SR")
+    assert states["1.2.6.2"][0] is InstanceState.DONE
+
+
+def test_on_refused_runs_for_readable_skips_and_failures(
+    tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
+) -> None:
+    settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
+    refused: dict[str, str] = {}
+
+    def on_refused(session: Session, instance: Instance, source: Dataset, reason: str) -> None:
+        if instance.sop_instance_uid == "1.2.7.3":
+            raise DeliveryError("disk full")
+        refused[instance.sop_instance_uid] = reason
+
+    broken = dataset(radiograph(), bits_stored=12)
+    broken.PixelData = broken.PixelData[:100]
+    _enqueue(sessions, _good(tmp_path, "foot", BodyPartExamined="FOOT"), "1.2.7.1")
+    _enqueue(sessions, save(broken, tmp_path / "broken.dcm"), "1.2.7.2")
+    _enqueue(sessions, _good(tmp_path, "knee", BodyPartExamined="KNEE"), "1.2.7.3")
+    _enqueue(sessions, tmp_path / "gone.dcm", "1.2.7.4")
+    InferenceWorker(settings, sessions, predictor=predictor, on_refused=on_refused).drain()
+    assert set(refused) == {"1.2.7.1", "1.2.7.2"}
+    states = _states(sessions)
+    assert states["1.2.7.3"][0] is InstanceState.SKIPPED
+    assert (states["1.2.7.3"][1] or "").endswith("no report produced: disk full")
+    assert states["1.2.7.4"][0] is InstanceState.FAILED

@@ -11,6 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels.processing import convert_color_space
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
@@ -133,6 +134,16 @@ def test_multiframe_records_frame_count(tmp_path: Path) -> None:
     assert any("frame 1 of 3" in note for note in display.notes)
 
 
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_multiframe_uses_first_frame(syntax: str, tmp_path: Path) -> None:
+    source = save(GREY_CASES["multiframe"](), tmp_path / "mf.dcm")
+    ds = dcmread(source)
+    ds.compress(syntax)
+    display = load_display(save(ds, tmp_path / "mf-compressed.dcm"))
+    assert display.frames == 3
+    np.testing.assert_allclose(display.pixels, reference_display(source), atol=1e-5)
+
+
 def test_monochrome1_is_inverted_monochrome2(tmp_path: Path) -> None:
     mono2 = load_display(save(dataset(GREY12, bits_stored=12), tmp_path / "m2.dcm"))
     inverted = dataset(4095 - GREY12, bits_stored=12, photometric="MONOCHROME1")
@@ -163,6 +174,16 @@ def test_lossless_pydicom_encoded(name: str, source: Path, tmp_path: Path) -> No
     ds.compress(LOSSLESS_PYDICOM[name])
     path = save(ds, tmp_path / f"{name}.dcm")
     assert dcmread(path).file_meta.TransferSyntaxUID == LOSSLESS_PYDICOM[name]
+    np.testing.assert_allclose(load_display(path).pixels, reference_display(source), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSLESS_PYDICOM))
+def test_signed_lossless_pydicom_encoded(name: str, tmp_path: Path) -> None:
+    signed = dataset(GREY12 - 2048, bits_stored=12, signed=True, RescaleIntercept=0, RescaleSlope=1)
+    source = save(signed, tmp_path / "signed.dcm")
+    ds = dcmread(source)
+    ds.compress(LOSSLESS_PYDICOM[name])
+    path = save(ds, tmp_path / f"{name}.dcm")
     np.testing.assert_allclose(load_display(path).pixels, reference_display(source), atol=1e-5)
 
 
@@ -208,6 +229,14 @@ def test_ybr_full_422_baseline_jpeg(tmp_path: Path) -> None:
     dcmtk("dcmcjpeg", "+eb", "+q", "98", rgb, jpeg)
     assert dcmread(jpeg).PhotometricInterpretation == "YBR_FULL_422"
     assert _mean_error(jpeg, rgb) < 0.02
+
+
+def test_ybr_full_native_matches_rgb(tmp_path: Path) -> None:
+    rgb = _rgb().astype(np.uint8)
+    rgb_path = save(dataset(rgb, photometric="RGB", bits_allocated=8), tmp_path / "rgb.dcm")
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ybr_path = save(dataset(ybr, photometric="YBR_FULL", bits_allocated=8), tmp_path / "ybr.dcm")
+    assert _mean_error(ybr_path, rgb_path) < 0.01
 
 
 def test_png_and_dicom_from_it_match(tmp_path: Path) -> None:

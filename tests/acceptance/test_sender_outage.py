@@ -1,0 +1,78 @@
+"""``osteoflag serve`` with its PACS down: results wait as ``pending`` with backoff, go out
+once the PACS is back, and no object is ever delivered twice."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from osteoflag.pacs.scu import Peer, send_c_store
+from tests.helpers.daemon import DaemonProcess, base_sections, write_config
+from tests.helpers.dicom import radiograph, write_in_syntax
+from tests.helpers.net import free_port
+from tests.helpers.wait import wait_for
+from tests.sr_fixtures import RecordingSCP
+
+
+def _attempts(tmp_path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(tmp_path / "var" / "osteoflag.db") as db:
+        return list(db.execute("SELECT state, attempts FROM outbound ORDER BY id"))
+
+
+def _sent(tmp_path: Path) -> int:
+    return sum(state == "sent" for state, _ in _attempts(tmp_path))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, tiny_bundle: Path) -> Iterator[tuple[DaemonProcess, int]]:
+    pacs_port = free_port()
+    sections = base_sections(tmp_path, tiny_bundle)
+    sections["sender"] = {
+        "interval_seconds": 0.2,
+        "timeout_seconds": 2.0,
+        "backoff_base_seconds": 0.5,
+        "backoff_cap_seconds": 1.0,
+    }
+    sections["destinations"] = [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
+    process = DaemonProcess(write_config(tmp_path, sections), sections["listener"]["port"])
+    with process:
+        yield process, pacs_port
+
+
+def _store(tmp_path: Path, daemon: DaemonProcess, seed: int) -> None:
+    path = write_in_syntax(radiograph(seed=seed), ExplicitVRLittleEndian, tmp_path / f"{seed}.dcm")
+    [outcome] = send_c_store([path], Peer("127.0.0.1", daemon.port, "OSTEOFLAG"), "MODALITY")
+    assert outcome.ok
+
+
+def test_pacs_outage_then_recovery_delivers_each_object_once(
+    tmp_path: Path, daemon: tuple[DaemonProcess, int]
+) -> None:
+    process, pacs_port = daemon
+    _store(tmp_path, process, seed=1)
+    retried = wait_for(
+        lambda: (
+            (rows := _attempts(tmp_path))
+            and len(rows) == 2
+            and all(state == "pending" and attempts >= 2 for state, attempts in rows)
+            and rows
+        ),
+        timeout=60,
+    )
+    assert len(retried) == 2
+
+    pacs = RecordingSCP(port=pacs_port, ae_title="PACS")
+    try:
+        wait_for(lambda: _sent(tmp_path) == 2, timeout=60)
+        _store(tmp_path, process, seed=2)  # later sender runs must not resend the first two
+        wait_for(lambda: _sent(tmp_path) == 4, timeout=60)
+        assert process.terminate() == 0
+    finally:
+        pacs.stop()
+    assert len(pacs.received) == 4
+    assert len(set(pacs.received)) == 4
+    assert process.status()["outbound"] == {"pending": 0, "sent": 4, "failed": 0}
