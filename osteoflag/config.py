@@ -185,6 +185,19 @@ class DestinationTLS(_Section):
         return self
 
 
+class RetentionSettings(_Section):
+    """Removal of received and produced files once their work is over (rows are kept).
+
+    Files of an instance are removed when it was received more than ``max_age_days``
+    ago, is finished (done, skipped or failed) and none of its objects is still pending.
+    """
+
+    enabled: bool = True
+    max_age_days: Annotated[float, Field(gt=0, strict=False)] = 30.0
+    interval_seconds: Seconds = 3600.0
+    batch_size: Annotated[int, Field(ge=1)] = 500
+
+
 class Destination(_Section):
     """A DICOM peer that receives every produced object."""
 
@@ -192,6 +205,47 @@ class Destination(_Section):
     host: str
     port: Port
     tls: DestinationTLS | None = None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSettings(_Section):
+    """The operator's page with ``/healthz`` and ``/metrics`` (port 0: any free port, logged).
+
+    Without ``token`` or ``username``/``password`` it may only listen on loopback.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    token: Annotated[str, Field(min_length=16)] | None = None
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password: Annotated[str, Field(min_length=8)] | None = None
+    max_upload_mb: Annotated[float, Field(gt=0)] = 64.0
+
+    @model_validator(mode="after")
+    def _protected_unless_loopback(self) -> WebSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("web.username and web.password must be given together")
+        if self.enabled and not is_loopback(self.host) and not self.protected:
+            raise ValueError(
+                f"web.host {self.host!r} is not a loopback address; set web.token or "
+                "web.username and web.password before exposing the operator page"
+            )
+        return self
+
+    @property
+    def protected(self) -> bool:
+        """True when a token or a username/password is configured."""
+        return self.token is not None or self.username is not None
 
 
 class Settings(_Section):
@@ -203,7 +257,9 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     report: ReportSettings = ReportSettings()
     sender: SenderSettings = SenderSettings()
+    retention: RetentionSettings = RetentionSettings()
     destinations: tuple[Destination, ...] = ()
+    web: WebSettings = WebSettings()
     log_level: str = "INFO"
 
     @field_validator("destinations", mode="before")

@@ -308,15 +308,6 @@ def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
     return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
-def read_dicom(path: Path, *, force: bool = False) -> Dataset:
-    """Read a DICOM file within the limits of :func:`~osteoflag.inference.dicomfile.read_instance`.
-
-    The file and, for Deflated Explicit VR Little Endian, the inflated data set must both fit
-    in ``MAX_DATASET_BYTES`` before pydicom is allowed to read them.
-    """
-    return read_instance(path, force=force)
-
-
 def load_display(path: Path) -> DisplayImage:
     """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG."""
     try:
@@ -334,7 +325,7 @@ def load_display(path: Path) -> DisplayImage:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
-    ds = read_dicom(path, force=forced)
+    ds = read_instance(path, force=forced)
     if forced and "PixelData" not in ds:
         raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:

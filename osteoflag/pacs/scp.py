@@ -129,6 +129,11 @@ class StorageSCP:
             return self._settings.listener.port
         return int(self._servers[0].server_address[1])
 
+    @property
+    def running(self) -> bool:
+        """True while the association server is listening (``/healthz``)."""
+        return bool(self._servers)
+
     def stop(self, timeout: float) -> None:
         """Refuse new associations, then give the active ones ``timeout`` seconds to finish.
 

@@ -79,7 +79,8 @@ def test_daemon_survives_hostile_input(tmp_path: Path, tiny_bundle: Path) -> Non
         assert state in ("done", "skipped", "failed")
         assert state == "done" or reason, "a skipped or failed instance without a reason"
     log = daemon.log_path.read_text()
-    for value in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, ACCESSION_NUMBER):
+    # The fixtures' values, and the malformed ones of the "invalid-patient-values" case.
+    for value in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE[:7], ACCESSION_NUMBER):
         assert value not in log
     states = [state for state, _ in outcomes.values()]
     print(

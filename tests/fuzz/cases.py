@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from tests.fuzz.corpus import deflate_bomb, encode, fresh
-from tests.helpers.dicom import radiograph
+from tests.helpers.dicom import PATIENT_BIRTH_DATE, PATIENT_ID, radiograph
 
 #: Inflated size of the deflate bomb: just over osteoflag's 1 GiB data set limit.
 BOMB_BYTES = 2**30 + 2**24
@@ -119,6 +119,14 @@ def _private_garbage() -> bytes:
     return _patched(ds, sequence_tag, b"\x09\x00\x11\x10SQ\x00\x00\x40\x00\x00\x00")
 
 
+def _invalid_patient_values() -> bytes:
+    # Malformed identifiers: pydicom's value validation must not echo them into any log.
+    ds = _valid()
+    ds.PatientBirthDate = PATIENT_BIRTH_DATE[:7] + "X"
+    ds.PatientID = PATIENT_ID + "\x00\x1b"
+    return encode(ds).data
+
+
 CASES: dict[str, Callable[[], bytes]] = {
     "truncated-half": _truncated_half,
     "truncated-in-meta": _truncated_in_meta,
@@ -138,6 +146,7 @@ CASES: dict[str, Callable[[], bytes]] = {
     "frames-missing": _with(NumberOfFrames=1000),
     "bits-allocated-garbage": _with(BitsAllocated=0xFFFF),
     "private-garbage": _private_garbage,
+    "invalid-patient-values": _invalid_patient_values,
 }
 
 
@@ -161,6 +170,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "frames-missing": ("failed", "fewer than the 7680000 declared"),
     "bits-allocated-garbage": ("failed", "(0028,0100) Bits Allocated is 65535"),
     "private-garbage": ("done", ""),
+    "invalid-patient-values": ("failed", "cannot build SR"),
 }
 
 
