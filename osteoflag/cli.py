@@ -18,6 +18,7 @@ from osteoflag.errors import ConfigError, OsteoflagError
 from osteoflag.inference.commands import add_infer_arguments, run_infer
 from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
 from osteoflag.logs import configure_logging
+from osteoflag.pacs.tls_options import add_tls_arguments, peer_tls
 from osteoflag.training.commands import (
     add_evaluate_arguments,
     add_train_arguments,
@@ -53,7 +54,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _echo(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.pacs.scu import Peer, send_c_echo
 
-    code = send_c_echo(Peer(args.host, args.port, args.called_aet), settings.listener.ae_title)
+    peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))
+    code = send_c_echo(peer, settings.listener.ae_title)
     print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: status 0x{code:04X}")
     return 0 if code == 0 else 1
 
@@ -64,7 +66,7 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     files = list(dicom_files(args.paths))
     if not files:
         raise ConfigError("send: no files found")
-    peer = Peer(args.host, args.port, args.called_aet)
+    peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))
     failed = 0
     for outcome in send_c_store(files, peer, settings.listener.ae_title):
         if outcome.ok:
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("host")
     echo.add_argument("port", type=_port)
     echo.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    add_tls_arguments(echo)
     echo.set_defaults(handler=_echo)
 
     send = commands.add_parser("send", parents=[common], help="C-STORE files to a DICOM peer")
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--host", required=True)
     send.add_argument("--port", required=True, type=_port)
     send.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    add_tls_arguments(send)
     send.set_defaults(handler=_send)
 
     infer = commands.add_parser("infer", parents=[common], help="classify local image files")

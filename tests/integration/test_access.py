@@ -23,13 +23,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy.orm import Session, sessionmaker
 
+from osteoflag.config import DestinationTLS
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scp import StorageSCP
-from osteoflag.pacs.scu import Peer, send_c_echo
+from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.conftest import make_settings
+from tests.helpers.daemon import base_sections, osteoflag, write_config
 from tests.helpers.dicom import PATIENT_ID, PATIENT_NAME, radiograph, write_in_syntax
 from tests.helpers.net import free_port
 from tests.helpers.pki import Certificates, make_certificates
@@ -190,3 +192,35 @@ def test_optional_tls_serves_plain_and_tls_ports_and_silent_tls_peers_do_not_blo
             for sock in silent:
                 sock.close()
         assert queue.is_known(sessions, dcmread(dataset).SOPInstanceUID)
+
+
+def test_our_scu_echoes_and_sends_over_tls(
+    tmp_path: Path, certificates: Certificates, dataset: Path
+) -> None:
+    with listening(tmp_path, tls=_tls_settings(certificates)) as (scp, sessions):
+        tls = DestinationTLS(
+            ca_certificates=certificates.ca,
+            certificate=certificates.client_cert,
+            private_key=certificates.client_key,
+        )
+        peer = Peer("127.0.0.1", scp.port, "OSTEOFLAG", tls=tls)
+        assert send_c_echo(peer, "OURSCU") == 0
+        [outcome] = send_c_store([dataset], peer, "OURSCU")
+        assert outcome.status == 0
+        assert queue.is_known(sessions, dcmread(dataset).SOPInstanceUID)
+        config = write_config(tmp_path, base_sections(tmp_path, tmp_path / "no-bundle"))
+        tls_options = [str(certificates.ca), str(certificates.client_cert)]
+        tls_options = ["--tls-ca", tls_options[0], "--tls-cert", tls_options[1]]
+        tls_options += ["--tls-key", str(certificates.client_key)]
+        echo = osteoflag(
+            "echo", "127.0.0.1", str(scp.port), "--called-aet", "OSTEOFLAG", *tls_options,
+            config=config,
+        )  # fmt: skip
+        assert echo.returncode == 0, echo.stderr
+        untrusted = osteoflag(
+            "echo", "127.0.0.1", str(scp.port), "--called-aet", "OSTEOFLAG",
+            "--tls-ca", str(certificates.rogue_ca), config=config,
+        )  # fmt: skip
+        assert untrusted.returncode == 1
+        half = osteoflag("echo", "127.0.0.1", "104", "--tls-cert", "x.pem", config=config)
+        assert half.returncode == 2 and "--tls-ca" in half.stderr
