@@ -209,9 +209,10 @@ def test_our_scu_echoes_and_sends_over_tls(
         assert outcome.status == 0
         assert queue.is_known(sessions, dcmread(dataset).SOPInstanceUID)
         config = write_config(tmp_path, base_sections(tmp_path, tmp_path / "no-bundle"))
-        tls_options = [str(certificates.ca), str(certificates.client_cert)]
-        tls_options = ["--tls-ca", tls_options[0], "--tls-cert", tls_options[1]]
-        tls_options += ["--tls-key", str(certificates.client_key)]
+        ca, cert, key = map(
+            str, (certificates.ca, certificates.client_cert, certificates.client_key)
+        )
+        tls_options = ["--tls-ca", ca, "--tls-cert", cert, "--tls-key", key]
         echo = osteoflag(
             "echo", "127.0.0.1", str(scp.port), "--called-aet", "OSTEOFLAG", *tls_options,
             config=config,
