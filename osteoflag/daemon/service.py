@@ -17,6 +17,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
+from osteoflag.daemon import retention
 from osteoflag.daemon.results import outbound_hook, refused_hook
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
@@ -78,13 +79,30 @@ class Daemon:
     def _send(self) -> None:
         send_pending(self.sessions, self.settings)
 
+    def _retain(self) -> None:
+        retention.remove_expired(self.sessions, self.settings.retention)
+
+    def _schedule_retention(self) -> None:
+        """Add the retention job (it first runs once the scheduler starts)."""
+        if self.settings.retention.enabled:
+            self.scheduler.add_job(
+                self._retain,
+                "interval",
+                seconds=self.settings.retention.interval_seconds,
+                id="retention",
+                max_instances=1,
+                coalesce=True,
+            )
+
     def _recover(self) -> None:
         queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
 
     def start(self) -> None:
         """Prepare storage and schema, recover a crash's leftovers, start serving."""
-        for folder in (self.settings.incoming_path, self.settings.outgoing_path):
+        storage = self.settings.storage.path
+        for folder in (storage, self.settings.incoming_path, self.settings.outgoing_path):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._schedule_retention()
         migrate(self.engine)
         queue.recover_all(self.sessions, self.settings.worker.max_attempts)
         jobs = (
