@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -34,12 +35,16 @@ from pydicom.uid import UID
 from osteoflag.errors import PixelDataError
 
 FloatArray = npt.NDArray[np.float32]
+PIXEL_DATA: Final = 0x7FE00010
 
 #: Largest frame we agree to decode (Rows x Columns): 67 Mpx, e.g. 8192 x 8192, well above
 #: any radiography detector or film digitiser, while its float64 working copies fit in RAM.
 MAX_FRAME_PIXELS: Final = 2**26
 #: Largest declared pixel payload (all frames, native encoding) and file we agree to open.
 MAX_DECLARED_BYTES: Final = 2**31
+#: Values larger than this are left on disk by :func:`read_dicom` until needed, so that only
+#: the first frame of a large multi-frame Pixel Data is ever read into memory.
+DEFER_SIZE: Final = "1 MB"
 #: ITU-R BT.601 luma weights, the ones DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
 LUMA_WEIGHTS: Final = (0.299, 0.587, 0.114)
 
@@ -145,7 +150,7 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError("no (0002,0010) Transfer Syntax UID in the file meta information")
     if not UID(syntax).is_compressed:
         expected = math.ceil(declared)
-        actual = len(ds.PixelData)
+        actual = _pixel_data_length(ds)
         if actual < expected:
             raise PixelDataError(
                 f"(7FE0,0010) Pixel Data has {actual} bytes, fewer than the {expected} declared "
@@ -154,10 +159,31 @@ def _check_geometry(ds: Dataset) -> int:
     return frames
 
 
+def _deferred_pixels(ds: Dataset) -> str | None:
+    """The Part 10 file to decode from when Pixel Data was left on disk by a deferred read."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    filename = getattr(ds, "filename", None)
+    deferred = element is not None and element.value is None
+    if deferred and isinstance(filename, str) and getattr(ds, "preamble", None) is not None:
+        return filename
+    return None
+
+
+def _pixel_data_length(ds: Dataset) -> int:
+    """Bytes of Pixel Data, without reading a deferred value into memory."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if element is None:
+        return 0
+    if element.value is None and isinstance(element, RawDataElement):
+        return int(element.length)
+    return len(element.value)
+
+
 def _decode_first_frame(ds: Dataset, frames: int) -> npt.NDArray[Any]:
-    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes."""
+    """Decode only frame 1 (index 0); from the file itself when Pixel Data was deferred, so
+    the other frames' bytes are skipped rather than read."""
     try:
-        return pixel_array(ds, index=0 if frames > 1 else None)
+        return pixel_array(_deferred_pixels(ds) or ds, index=0 if frames > 1 else None)
     except Exception as exc:  # pydicom and its plugins raise many unrelated types
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise PixelDataError(
@@ -309,7 +335,10 @@ def read_dicom(path: Path, *, force: bool = False) -> Dataset:
         size = path.stat().st_size
         if size > MAX_DECLARED_BYTES:
             raise PixelDataError(f"{path}: file of {size} bytes exceeds the decoding limit")
-        return pydicom.dcmread(path, force=force)
+        ds = pydicom.dcmread(path, force=force, defer_size=DEFER_SIZE)
+        if UID(ds.get("file_meta", Dataset()).get("TransferSyntaxUID", "")).is_deflated:
+            ds = pydicom.dcmread(path, force=force)  # deferred offsets are into the inflated stream
+        return ds
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise PixelDataError(f"{path}: not a readable DICOM file: {exc}") from exc
 
