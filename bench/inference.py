@@ -30,7 +30,8 @@ from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle
-from osteoflag.inference.pixels import display_from_dataset, model_input, read_dicom
+from osteoflag.inference.dicomfile import read_instance
+from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor, session_options
 from osteoflag.inference.worker import InferenceWorker
 from tests.helpers.inference_data import dataset, radiograph, save
@@ -172,7 +173,7 @@ def bench_worker(
 
     spec = bundle.input_spec
     decode = _timed(
-        lambda: model_input(display_from_dataset(read_dicom(files[0])), spec), max(5, count // 2)
+        lambda: model_input(display_from_dataset(read_instance(files[0])), spec), max(5, count // 2)
     )
     single: list[float] = []
     for _ in range(max(5, count // 2)):
