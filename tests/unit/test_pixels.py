@@ -23,6 +23,7 @@ from pydicom.uid import (
 )
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
     DisplayImage,
     InputSpec,
@@ -151,7 +152,7 @@ def test_compressed_multiframe_uses_first_frame(syntax: str, tmp_path: Path) -> 
     np.testing.assert_allclose(display.pixels, reference_display(source), atol=1e-5)
 
 
-def test_large_multiframe_in_every_container(tmp_path: Path) -> None:
+def test_large_multiframe_is_read_one_frame_at_a_time(tmp_path: Path) -> None:
     frames = np.stack([radiograph(600, 500, seed=seed) for seed in range(4)])
     source = save(dataset(frames, bits_stored=12, NumberOfFrames=4), tmp_path / "big.dcm")
     expected = reference_display(source)
@@ -166,6 +167,8 @@ def test_large_multiframe_in_every_container(tmp_path: Path) -> None:
         display = load_display(path)
         assert display.frames == 4, name
         np.testing.assert_allclose(display.pixels, expected, atol=1e-5, err_msg=name)
+    deferred = read_instance(source).get_item(0x7FE00010, keep_deferred=True)
+    assert deferred is not None and deferred.value is None  # frames 2-4 are never read
 
 
 def test_monochrome1_is_inverted_monochrome2(tmp_path: Path) -> None:
