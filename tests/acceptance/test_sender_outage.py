@@ -15,7 +15,7 @@ from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.net import free_port
 from tests.helpers.wait import wait_for
-from tests.sr_fixtures import RecordingSCP
+from tests.sr_fixtures import RecordingSCP, serving
 
 
 def _attempts(tmp_path: Path) -> list[tuple[str, int]]:
@@ -39,7 +39,7 @@ def daemon(tmp_path: Path, tiny_bundle: Path) -> Iterator[tuple[DaemonProcess, i
     }
     sections["destinations"] = [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
     process = DaemonProcess(write_config(tmp_path, sections), sections["listener"]["port"])
-    with process:
+    with serving(process):
         yield process, pacs_port
 
 
@@ -61,16 +61,16 @@ def test_pacs_outage_then_recovery_delivers_each_object_once(
             and all(state == "pending" and attempts >= 2 for state, attempts in rows)
             and rows
         ),
-        timeout=60,
+        timeout=180,
     )
     assert len(retried) == 2
 
     pacs = RecordingSCP(port=pacs_port, ae_title="PACS")
     try:
-        wait_for(lambda: _sent(tmp_path) == 2, timeout=60)
+        wait_for(lambda: _sent(tmp_path) == 2, timeout=180)
         _store(tmp_path, process, seed=2)  # later sender runs must not resend the first two
-        wait_for(lambda: _sent(tmp_path) == 4, timeout=60)
-        assert process.terminate() == 0
+        wait_for(lambda: _sent(tmp_path) == 4, timeout=180)
+        assert process.terminate(timeout=120) == 0
     finally:
         pacs.stop()
     assert len(pacs.received) == 4
