@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -106,9 +106,18 @@ def fail_unconfigured(sessions: sessionmaker[Session], settings: Settings) -> in
     return int(count)
 
 
-def _due(session: Session, key: str, now: datetime, limit: int) -> list[Outbound]:
-    statement = (
-        select(Outbound)
+def claim_due(
+    sessions: sessionmaker[Session], key: str, now: datetime, limit: int, lease: timedelta
+) -> list[Outbound]:
+    """Atomically take up to ``limit`` due ``pending`` objects of one destination.
+
+    The claim pushes ``next_attempt_at`` past ``now + lease`` in the same statement that
+    selects the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+    SQLite), so two sender processes never send the same object; a sender that dies
+    mid-run leaves its rows due again once the lease has passed.
+    """
+    due = (
+        select(Outbound.id)
         .where(
             Outbound.destination == key,
             Outbound.state == OutboundState.PENDING,
@@ -116,8 +125,38 @@ def _due(session: Session, key: str, now: datetime, limit: int) -> list[Outbound
         )
         .order_by(Outbound.next_attempt_at, Outbound.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    return list(session.scalars(statement).all())
+    statement = (
+        update(Outbound)
+        .where(Outbound.id.in_(due))
+        .values(next_attempt_at=now + lease)
+        .returning(Outbound)
+    )
+    with sessions() as session:
+        rows = list(session.scalars(statement).all())
+        session.commit()
+    return sorted(rows, key=lambda row: row.id)
+
+
+def claim_lease(settings: Settings) -> timedelta:
+    """Longest a run can hold a claim: association, the run budget and one last C-STORE."""
+    sender = settings.sender
+    return timedelta(seconds=sender.run_seconds + 3 * sender.timeout_seconds)
+
+
+def _release(sessions: sessionmaker[Session], rows: Sequence[Outbound], now: datetime) -> None:
+    """Make claimed but unattempted rows due again at once (the run ran out of time)."""
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(
+                Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
+            )
+            .values(next_attempt_at=now)
+        )
+        session.commit()
 
 
 def deliver(
@@ -129,8 +168,7 @@ def deliver(
 ) -> DeliveryReport:
     """Send the due objects of one destination over one association."""
     key = destination_key(destination)
-    with sessions() as session:
-        rows = _due(session, key, now, settings.sender.batch_size)
+    rows = claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
     if not rows:
         return DeliveryReport()
     assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
@@ -169,8 +207,9 @@ def _store_all(
     """C-STORE ``rows`` one by one, reading each file just before it is sent."""
     report = DeliveryReport()
     stop_at = time.monotonic() + settings.sender.run_seconds
-    for row in rows:
+    for index, row in enumerate(rows):
         if time.monotonic() > stop_at or not assoc.is_established:
+            _release(sessions, rows[index:], utcnow())
             break  # left pending, untouched: next run picks it up
         try:
             dataset = dcmread(row.file_path)
@@ -260,12 +299,12 @@ def _failed(
 
 
 def requeue_failed_outbound(sessions: sessionmaker[Session]) -> int:
-    """Put every ``failed`` outbound object back to ``pending`` with a fresh deadline."""
+    """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
     now = utcnow()
     with sessions() as session:
         count = session.execute(
             update(Outbound)
-            .where(Outbound.state == OutboundState.FAILED)
+            .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))
             .values(
                 state=OutboundState.PENDING,
                 attempts=0,
