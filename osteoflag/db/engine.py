@@ -7,6 +7,7 @@ two writers never deadlock upgrading a read lock. PostgreSQL needs none of this.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,16 +46,32 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _private_sqlite_file(database: Path) -> None:
+    """Create the database file owner-only (it holds patient-linked rows) before SQLite does.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions, so
+    these follow; an existing file with looser permissions is tightened.
+    """
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(database, 0o600)
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; creates the folder of a SQLite file if needed."""
+    """An engine for ``url``; creates a SQLite file (owner-only) and its folder if needed."""
     try:
         engine = create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"invalid value for 'storage.database_url': {exc}") from exc
     if engine.dialect.name == "sqlite":
         database = engine.url.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                _private_sqlite_file(Path(database))
+            except OSError as exc:
+                raise ConfigError(
+                    f"invalid value for 'storage.database_url': cannot create {database}: {exc}"
+                ) from exc
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -116,6 +116,7 @@ class Instance(Base):
     model: Mapped[str | None] = mapped_column(String(128))
     inference_ms: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # file gone (retention)
 
 
 class Outbound(Base):
@@ -142,6 +143,7 @@ class Outbound(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # file gone (retention)
 
 
 class Event(Base):

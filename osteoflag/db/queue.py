@@ -199,8 +199,13 @@ def _recover(sessions: sessionmaker[Session], max_attempts: int, condition: obje
 
 
 def requeue_failed(sessions: sessionmaker[Session], ids: Sequence[int] | None = None) -> int:
-    """Put ``failed`` instances (all, or those in ``ids``) back in the queue with fresh attempts."""
-    statement = update(Instance).where(Instance.state == InstanceState.FAILED)
+    """Put ``failed`` instances (all, or those in ``ids``) back in the queue with fresh attempts.
+
+    Instances whose file retention has removed are left alone: there is nothing to retry.
+    """
+    statement = update(Instance).where(
+        Instance.state == InstanceState.FAILED, Instance.removed_at.is_(None)
+    )
     if ids is not None:
         statement = statement.where(Instance.id.in_(ids))
     with sessions() as session:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -171,28 +171,16 @@ def deliver(
     rows = claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
     if not rows:
         return DeliveryReport()
-    report = DeliveryReport()
-    loaded: list[tuple[Outbound, Dataset]] = []
-    for row in rows:
-        try:
-            loaded.append((row, dcmread(row.file_path)))
-        except (OSError, InvalidDicomError) as exc:
-            report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
-    if not loaded:
-        return report
-    assoc = _associate(settings, destination, {row.sop_class_uid for row, _ in loaded})
+    assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     if assoc is None:
         error = f"no association with {key}"
         logger.warning("destination unreachable", extra={"action": "send", "destination": key})
-        for row, _ in loaded:
-            report += _failed(sessions, row, policy, error, False)
-        return report
+        return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
     try:
-        report += _store_all(sessions, settings, assoc, loaded, policy, key)
+        return _store_all(sessions, settings, assoc, rows, policy, key)
     finally:
         if assoc.is_established:
             assoc.release()
-    return report
 
 
 def _associate(
@@ -212,16 +200,22 @@ def _store_all(
     sessions: sessionmaker[Session],
     settings: Settings,
     assoc: Association,
-    loaded: Sequence[tuple[Outbound, Dataset]],
+    rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
 ) -> DeliveryReport:
+    """C-STORE ``rows`` one by one, reading each file just before it is sent."""
     report = DeliveryReport()
     stop_at = time.monotonic() + settings.sender.run_seconds
-    for index, (row, dataset) in enumerate(loaded):
+    for index, row in enumerate(rows):
         if time.monotonic() > stop_at or not assoc.is_established:
-            _release(sessions, [left for left, _ in loaded[index:]], utcnow())
+            _release(sessions, rows[index:], utcnow())
             break  # left pending, untouched: next run picks it up
+        try:
+            dataset = dcmread(row.file_path)
+        except (OSError, InvalidDicomError) as exc:
+            report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
+            continue
         try:
             response = assoc.send_c_store(dataset)
         except (ValueError, RuntimeError, AttributeError) as exc:
@@ -305,12 +299,12 @@ def _failed(
 
 
 def requeue_failed_outbound(sessions: sessionmaker[Session]) -> int:
-    """Put every ``failed`` outbound object back to ``pending`` with a fresh deadline."""
+    """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
     now = utcnow()
     with sessions() as session:
         count = session.execute(
             update(Outbound)
-            .where(Outbound.state == OutboundState.FAILED)
+            .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))
             .values(
                 state=OutboundState.PENDING,
                 attempts=0,
