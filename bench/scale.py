@@ -41,6 +41,7 @@ from osteoflag.db.models import Instance
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import display_from_dataset, model_input
+from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import calibration_inputs, quantize_backbone
 from osteoflag.pacs.scu import Peer, send_c_store
 from tests.helpers.daemon import DaemonProcess, write_config
@@ -126,6 +127,20 @@ def bundles() -> tuple[Bundle, Bundle]:
             for i in range(16)
         ]
     return float32, load_bundle(int8_version(float32, CACHE / f"{key}-int8", calibration))
+
+
+def backbone_throughput(bundle: Bundle, batch: int = 4, budget: float = 8.0) -> float:
+    """Images/s of the predictor alone (backbone + LightGBM), all cores, ``batch`` at a time."""
+    predictor = Predictor(bundle, threads=0, batch_size=batch)
+    height, width = bundle.input_spec.size
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(-120, 140, (3, height, width)).astype(np.float32)] * batch
+    predictor.probabilities(inputs)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < budget:
+        predictor.probabilities(inputs)
+        done += batch
+    return done / (time.perf_counter() - started)
 
 
 def _sections(work: Path, url: str, bundle: Path, threads: int, port: int) -> dict[str, Any]:
@@ -238,8 +253,8 @@ def end_to_end(bundle: Bundle, rate: float, count: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=24, help="instances per throughput run")
-    parser.add_argument("--latency-count", type=int, default=20, help="images for latency")
+    parser.add_argument("--count", type=int, default=12, help="instances per throughput run")
+    parser.add_argument("--latency-count", type=int, default=12, help="images for latency")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     cores = os.cpu_count() or 1
@@ -248,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NOTICE: load average {load:.1f} on {cores} cores: figures below are noisy.\n")
     float32, int8 = bundles()
     print(f"bundle     {float32.model_id} / {int8.model_id}  cores {cores}")
+    alone = {name: backbone_throughput(b) for name, b in (("float32", float32), ("int8", int8))}
+    print(
+        f"predictor alone, batch 4: float32 {alone['float32']:.2f} img/s, "
+        f"int8 {alone['int8']:.2f} img/s = {alone['int8'] / alone['float32']:.2f}x"
+    )
     with tempfile.TemporaryDirectory(prefix="osteoflag-bench-dx-") as folder:
         files = [
             save(dataset(radiograph(2048, 1664, seed=i), bits_stored=12), Path(folder) / f"{i}.dcm")

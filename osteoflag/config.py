@@ -170,6 +170,19 @@ class SenderSettings(_Section):
     deadline_seconds: Seconds = 259200.0
 
 
+class RetentionSettings(_Section):
+    """Removal of received and produced files once their work is over (rows are kept).
+
+    Files of an instance are removed when it was received more than ``max_age_days``
+    ago, is finished (done, skipped or failed) and none of its objects is still pending.
+    """
+
+    enabled: bool = True
+    max_age_days: Annotated[float, Field(gt=0, strict=False)] = 30.0
+    interval_seconds: Seconds = 3600.0
+    batch_size: Annotated[int, Field(ge=1)] = 500
+
+
 class DestinationTLS(_Section):
     """DICOM TLS towards a destination (BCP 195): the CA that signed its certificate (checked
     against ``host``), and our own certificate and key when it asks for one."""
@@ -183,19 +196,6 @@ class DestinationTLS(_Section):
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("certificate and private_key go together")
         return self
-
-
-class RetentionSettings(_Section):
-    """Removal of received and produced files once their work is over (rows are kept).
-
-    Files of an instance are removed when it was received more than ``max_age_days``
-    ago, is finished (done, skipped or failed) and none of its objects is still pending.
-    """
-
-    enabled: bool = True
-    max_age_days: Annotated[float, Field(gt=0, strict=False)] = 30.0
-    interval_seconds: Seconds = 3600.0
-    batch_size: Annotated[int, Field(ge=1)] = 500
 
 
 class Destination(_Section):

@@ -85,7 +85,12 @@ class DaemonProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         ready = self._listening if self.role in ("all", "listener") else self._started
-        wait_for(lambda: ready() or self._exited(), timeout=timeout)
+        try:
+            wait_for(lambda: ready() or self._exited(), timeout=timeout)
+        except AssertionError:
+            self.process.kill()  # a daemon that never got ready must not outlive the test
+            self.process.wait(timeout=30)
+            raise
         if self._exited():
             raise AssertionError(f"daemon exited early:\n{self.log_path.read_text()}")
         return self

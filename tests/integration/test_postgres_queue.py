@@ -170,12 +170,17 @@ def test_a_starting_worker_leaves_live_leases_alone_on_postgresql(
     assert all(rows[row.id].state is InstanceState.QUEUED for row in stale)
 
 
-def test_a_listener_process_does_not_load_the_model(tmp_path: Path, pg_engine: Engine) -> None:
+def test_listener_and_sender_processes_do_not_load_the_model(
+    tmp_path: Path, pg_engine: Engine
+) -> None:
     url = pg_engine.url.render_as_string(hide_password=False)
     missing = tmp_path / "no-bundle-here"
-    daemon = Daemon(_worker_settings(tmp_path, url, missing), Role.LISTENER)
-    assert daemon.worker is None and daemon.listener is not None
-    daemon.engine.dispose()
+    listener = Daemon(_worker_settings(tmp_path, url, missing), Role.LISTENER)
+    sender = Daemon(_worker_settings(tmp_path, url, missing), Role.SENDER)
+    assert listener.worker is None and listener.listener is not None
+    assert sender.worker is None and sender.listener is None and sender.subscriber is None
+    for daemon in (listener, sender):
+        daemon.engine.dispose()
 
 
 def test_the_all_in_one_sqlite_daemon_still_recovers_everything(
