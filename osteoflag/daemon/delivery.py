@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 class SenderLoop:
-    """Runs ``send`` on wake-up or every ``interval`` seconds, one run at a time."""
+    """Runs ``send`` on wake-up or every ``interval`` seconds, one run at a time.
 
-    def __init__(self, send: Callable[[], object], interval: float) -> None:
+    ``send`` returns True when it delivered something: a run is bounded by a batch size,
+    so another run follows at once until one finds nothing more to deliver.
+    """
+
+    def __init__(self, send: Callable[[], bool], interval: float) -> None:
         self._send = send
         self._interval = interval
         self._wake = threading.Event()
@@ -52,7 +56,8 @@ class SenderLoop:
             if self._stop.is_set():
                 break
             try:
-                self._send()
+                if self._send():
+                    self._wake.set()
             except Exception:  # keep the thread alive; the next run retries
                 logger.exception("sender run failed", extra={"action": "send"})
 

@@ -127,8 +127,8 @@ class Daemon:
             calls.append(notify.notifier(self.engine, notify.OUTBOUND))
         return announcing(hook, calls)
 
-    def _send(self) -> None:
-        send_pending(self.sessions, self.settings)
+    def _send(self) -> bool:
+        return send_pending(self.sessions, self.settings).sent > 0
 
     def _retain(self) -> None:
         retention.remove_expired(self.sessions, self.settings.retention)

@@ -19,9 +19,10 @@ def test_a_wake_runs_the_sender_without_waiting_for_the_interval() -> None:
     runs: list[int] = []
     ran = threading.Event()
 
-    def send() -> None:
+    def send() -> bool:
         runs.append(1)
         ran.set()
+        return False
 
     loop = SenderLoop(send, interval=600.0)
     loop.start()
@@ -36,7 +37,7 @@ def test_a_wake_runs_the_sender_without_waiting_for_the_interval() -> None:
 def test_a_failing_run_does_not_stop_the_loop() -> None:
     calls: list[int] = []
 
-    def send() -> None:
+    def send() -> bool:
         calls.append(1)
         raise RuntimeError("destination exploded")
 
@@ -49,6 +50,24 @@ def test_a_failing_run_does_not_stop_the_loop() -> None:
         wait_for(lambda: len(calls) == 2, timeout=10)
     finally:
         loop.stop(timeout=10)
+
+
+def test_runs_repeat_while_they_deliver_something() -> None:
+    batches = [True, True, False]
+    runs: list[bool] = []
+
+    def send() -> bool:
+        runs.append(batches.pop(0) if batches else False)
+        return runs[-1]
+
+    loop = SenderLoop(send, interval=600.0)
+    loop.start()
+    try:
+        loop.wake()
+        wait_for(lambda: len(runs) == 3, timeout=10)
+    finally:
+        loop.stop(timeout=10)
+    assert runs == [True, True, False]
 
 
 def test_announcements_follow_the_commit_not_the_hook(tmp_path: Path) -> None:
