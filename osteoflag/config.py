@@ -10,7 +10,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -98,6 +98,8 @@ class ListenerSettings(_Section):
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 60.0
     maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+    # Larger data sets abort the association while arriving; the worker's own limit is 1 GiB.
+    max_dataset_mb: Annotated[int, Field(ge=1, le=1024)] = 1024
     allowed_peers: tuple[AllowedPeer, ...] = ()
     tls: TLSSettings | None = None
 
@@ -181,12 +183,28 @@ class RetentionSettings(_Section):
     batch_size: Annotated[int, Field(ge=1)] = 500
 
 
+class DestinationTLS(_Section):
+    """DICOM TLS towards a destination (BCP 195): the CA that signed its certificate (checked
+    against ``host``), and our own certificate and key when it asks for one."""
+
+    ca_certificates: PathValue
+    certificate: PathValue | None = None
+    private_key: PathValue | None = None
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> DestinationTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
 class Destination(_Section):
     """A DICOM peer that receives every produced object."""
 
     ae_title: AETitle
     host: str
     port: Port
+    tls: DestinationTLS | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -302,15 +320,31 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     model = raw.model.model_copy(update={"bundle": _resolve(base, raw.model.bundle)})
     listener = raw.listener
     if listener.tls is not None:
-        tls = listener.tls
-        paths = {
-            "certificate": _resolve(base, tls.certificate),
-            "private_key": _resolve(base, tls.private_key),
+        listener = listener.model_copy(update={"tls": _resolve_paths(base, listener.tls)})
+    destinations = tuple(
+        d if d.tls is None else d.model_copy(update={"tls": _resolve_paths(base, d.tls)})
+        for d in raw.destinations
+    )
+    return raw.model_copy(
+        update={
+            "storage": storage,
+            "model": model,
+            "listener": listener,
+            "destinations": destinations,
         }
-        if tls.ca_certificates is not None:
-            paths["ca_certificates"] = _resolve(base, tls.ca_certificates)
-        listener = listener.model_copy(update={"tls": tls.model_copy(update=paths)})
-    return raw.model_copy(update={"storage": storage, "model": model, "listener": listener})
+    )
+
+
+_TLS = TypeVar("_TLS", TLSSettings, DestinationTLS)
+
+
+def _resolve_paths(base: Path, section: _TLS) -> _TLS:
+    """``section`` with its certificate and key paths resolved against ``base``."""
+    names = ("certificate", "private_key", "ca_certificates")
+    paths = {name: getattr(section, name) for name in names}
+    return section.model_copy(
+        update={name: _resolve(base, path) for name, path in paths.items() if path is not None}
+    )
 
 
 def load_settings(path: Path) -> Settings:

@@ -23,6 +23,9 @@ from osteoflag.errors import PixelDataError
 
 #: Largest data set we agree to hold in memory, on disk or once inflated (1 GiB).
 MAX_DATASET_BYTES: Final = 2**30
+#: Values larger than this stay on disk until used (pydicom's deferred read), so that a
+#: multi-frame Pixel Data is not held in memory while only its first frame is decoded.
+DEFER_SIZE: Final = "1 MB"
 
 _PREAMBLE: Final = 128
 _CHUNK: Final = 1 << 20
@@ -115,6 +118,14 @@ def read_instance(path: Path, *, force: bool = False, limit: int = MAX_DATASET_B
     """Read ``path`` with pydicom after :func:`check_dataset_size`; errors name the file."""
     check_dataset_size(path, limit)
     try:
-        return pydicom.dcmread(path, force=force)
+        ds = pydicom.dcmread(path, force=force, defer_size=DEFER_SIZE)
+        if (
+            ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
+            == DeflatedExplicitVRLittleEndian
+        ):
+            ds = pydicom.dcmread(
+                path, force=force
+            )  # deferred offsets would be into the inflated data
+        return ds
     except _READ_ERRORS as exc:
         raise PixelDataError(f"{path}: cannot be read as DICOM: {exc}") from exc

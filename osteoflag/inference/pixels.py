@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
@@ -33,6 +34,7 @@ from osteoflag.errors import PixelDataError
 from osteoflag.inference.dicomfile import read_instance
 
 FloatArray = npt.NDArray[np.float32]
+PIXEL_DATA: Final = 0x7FE00010
 
 #: Largest frame we agree to decode (Rows x Columns), 33.5 Mpx: twice a 43 x 43 cm detector
 #: at 100 um. Decoding costs about 24 bytes per pixel at peak (float64 LUT and VOI steps), so
@@ -146,13 +148,34 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError("no (0002,0010) Transfer Syntax UID in the file meta information")
     if not UID(syntax).is_compressed:
         expected = math.ceil(declared)
-        actual = len(ds.PixelData)
+        actual = _pixel_data_length(ds)
         if actual < expected:
             raise PixelDataError(
                 f"(7FE0,0010) Pixel Data has {actual} bytes, fewer than the {expected} declared "
                 f"by Rows, Columns, Samples per Pixel, Bits Allocated and Number of Frames"
             )
     return frames
+
+
+def _deferred_pixels(ds: Dataset) -> str | None:
+    """The Part 10 file to decode from when Pixel Data was left on disk by a deferred read
+    (:data:`osteoflag.inference.dicomfile.DEFER_SIZE`), so that only frame 1 is ever read."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    filename = getattr(ds, "filename", None)
+    deferred = element is not None and element.value is None
+    if deferred and isinstance(filename, str) and getattr(ds, "preamble", None) is not None:
+        return filename
+    return None
+
+
+def _pixel_data_length(ds: Dataset) -> int:
+    """Bytes of Pixel Data, without reading a deferred value into memory."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if element is None:
+        return 0
+    if element.value is None and isinstance(element, RawDataElement):
+        return int(element.length)
+    return len(element.value)
 
 
 def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
@@ -162,7 +185,7 @@ def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
     bytes as extra frames, so a hostile file could make it allocate them all.
     """
     try:
-        return pixel_array(ds, index=0)
+        return pixel_array(_deferred_pixels(ds) or ds, index=0)
     except Exception as exc:  # pydicom and its plugins raise many unrelated types
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise PixelDataError(

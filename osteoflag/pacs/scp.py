@@ -29,6 +29,7 @@ from osteoflag.errors import PermanentError
 from osteoflag.pacs import status
 from osteoflag.pacs.access import PeerPinning
 from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
+from osteoflag.pacs.guard import DatasetSizeGuard
 from osteoflag.pacs.storage import check_uid, free_bytes, instance_path, write_atomically
 from osteoflag.pacs.tls import TLSAssociationServer, server_context
 
@@ -96,6 +97,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self._log_rejected),
+            (evt.EVT_PDU_RECV, DatasetSizeGuard(listener.max_dataset_mb * 1024 * 1024)),
         ]
         if listener.allowed_peers:
             handlers.append((evt.EVT_REQUESTED, PeerPinning(listener.allowed_peers)))

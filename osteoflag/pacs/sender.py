@@ -29,6 +29,7 @@ from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Outbound, OutboundState, utcnow
 from osteoflag.pacs.outbound import destination_key
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
+from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,12 @@ def _associate(
     ae.connection_timeout = timeout
     for sop_class in sorted(sop_classes):
         ae.add_requested_context(sop_class, _PROPOSED_SYNTAXES)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = None
+    if destination.tls is not None:
+        tls_args = (client_context(destination.tls), destination.host)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     return assoc if assoc.is_established else None
 
 

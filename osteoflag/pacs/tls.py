@@ -1,4 +1,4 @@
-"""DICOM TLS for the listener (PS3.15 Annex B.1 and B.9, BCP 195): contexts and server.
+"""DICOM TLS (PS3.15 Annex B.1 and B.9, BCP 195): contexts for both sides, and the server.
 
 pynetdicom's server wraps each accepted socket and completes the TLS handshake in its one
 accept thread, with no timeout: a peer that connects and stays silent would stop every
@@ -16,7 +16,7 @@ from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from osteoflag.config import TLSSettings
+from osteoflag.config import DestinationTLS, TLSSettings
 from osteoflag.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,21 @@ def server_context(tls: TLSSettings) -> ssl.SSLContext:
     if tls.ca_certificates is not None:
         _load(context.load_verify_locations, "listener.tls.ca_certificates", tls.ca_certificates)
         context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(tls: DestinationTLS) -> ssl.SSLContext:
+    """A TLS 1.2+ client context that verifies the peer against ``ca_certificates``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load(context.load_verify_locations, "destinations.tls.ca_certificates", tls.ca_certificates)
+    if tls.certificate is not None and tls.private_key is not None:
+        _load(
+            context.load_cert_chain,
+            "destinations.tls.certificate",
+            tls.certificate,
+            tls.private_key,
+        )
     return context
 
 

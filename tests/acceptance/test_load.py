@@ -36,6 +36,9 @@ def check_no_loss_no_repeat(run: LoadRun) -> None:
     assert max(run.classified_events.values()) == 1
     for uid in done:
         assert run.received[run.expected_sr[uid]] >= 1, f"no SR for {uid}"
+        assert run.results_per_source[uid] == 1, f"{uid} got more than one result UID"
+    assert set(run.results_per_source) == set(done)
+    assert figures.second_results == 0
     assert figures.delivered == len(done)
 
 

@@ -141,6 +141,29 @@ CASES: dict[str, Callable[[], bytes]] = {
 }
 
 
+#: What the worker must record for each case: final state and a piece of the reason. The
+#: broken-meta case is absent: it cannot be sent, and ``infer`` gives an error line for it.
+EXPECTED: dict[str, tuple[str, str]] = {
+    "truncated-half": ("failed", "(7FE0,0010) Pixel Data has"),
+    "meta-only": ("failed", "no (7FE0,0010) Pixel Data"),
+    "garbage-body": ("failed", ""),
+    "wrong-us-length": ("failed", ""),
+    "wrong-pn-length": ("failed", ""),
+    "implicit-huge-length": ("failed", ""),
+    "deflate-bomb": ("failed", "inflates to more than 1073741824 bytes"),
+    "short-pixel-data": ("failed", "fewer than the 7680 declared"),
+    "zero-rows": ("failed", "(0028,0010) Rows is 0"),
+    "zero-columns-and-rows": ("failed", "(0028,0010) Rows is 0"),
+    "max-columns": ("done", ""),
+    "max-columns-and-rows-declared": ("failed", "image too large: 65535x65535"),
+    "huge-multi-frame-declared": ("failed", "2147483647 frame(s)"),
+    "many-frames": ("done", ""),
+    "frames-missing": ("failed", "fewer than the 7680000 declared"),
+    "bits-allocated-garbage": ("failed", "(0028,0100) Bits Allocated is 65535"),
+    "private-garbage": ("done", ""),
+}
+
+
 def write_cases(folder: Path) -> dict[str, Path]:
     """Every case as ``folder/NAME.dcm``."""
     folder.mkdir(parents=True, exist_ok=True)

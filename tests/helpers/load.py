@@ -18,25 +18,25 @@ import random
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.pacs.derived import Kind, ModelIdentity, instance_uid
 from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.dicom import MODALITIES, radiograph
 from tests.helpers.wait import wait_for
-from tests.sr_fixtures import RecordingSCP
 
 SENDERS = 4
 STUDY_SIZE = 20
 FINAL_STATES = {"done", "skipped", "failed"}
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 # Start-up (imports, bundle, migration) can take minutes on a loaded 2-core machine.
 RESTART_SECONDS = 300.0
 
@@ -72,6 +72,7 @@ class LoadFigures:
     duplicates: int
     lost: int
     unexpected: int
+    second_results: int
     states: dict[str, int]
     peak_rss_mb: float
     seconds: float
@@ -88,9 +89,51 @@ class LoadRun:
     instances: dict[str, tuple[str, str | None]]  # SOP Instance UID -> (state, error)
     classified_events: Counter[str]  # SOP Instance UID -> count of "done" events
     received: Counter[str]  # UID at the destination -> C-STORE requests
+    results_per_source: Counter[str]  # source UID -> distinct SR UIDs reporting on it
     expected_sr: dict[str, str]  # source SOP Instance UID -> its SR SOP Instance UID
     daemon: DaemonProcess
     storage: Path
+
+
+class ResultsPACS:
+    """The destination: a real Storage SCP recording every C-STORE, duplicates included.
+
+    For each SR it also decodes which source instance the report is about (its
+    Current Requested Procedure Evidence), so "one result per source" is checked
+    from what arrived, independently of how osteoflag derives its UIDs.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.sources: dict[str, set[str]] = defaultdict(set)  # SR UID -> sources it reports on
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title="PACS")
+        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        references: set[str] = set()
+        if str(event.request.AffectedSOPClassUID).startswith(SR_CLASS_PREFIX):
+            for study in event.dataset.get("CurrentRequestedProcedureEvidenceSequence", []):
+                for series in study.get("ReferencedSeriesSequence", []):
+                    for item in series.get("ReferencedSOPSequence", []):
+                        references.add(str(item.ReferencedSOPInstanceUID))
+        with self._lock:
+            self.received.append(uid)
+            self.sources[uid] |= references
+        return 0x0000
+
+    def delivered_srs(self) -> set[str]:
+        with self._lock:
+            return {uid for uid, sources in self.sources.items() if sources}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _sender(
@@ -150,7 +193,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    pacs = RecordingSCP(ae_title="PACS")
+    pacs = ResultsPACS()
     sections = base_sections(folder, bundle)
     sections["worker"].update({"sweep_seconds": 0.5, "max_attempts": 2 + kills})
     sections["sender"] = {
@@ -192,7 +235,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
 
         def progress() -> int:
             # Receipt and delivery both count, so kills land in either phase.
-            return len(acked) + len(sr_uids.intersection(pacs.received))
+            return len(acked) + len(pacs.delivered_srs())
 
         # One kill per equal slice of the run, at a seeded random point within it.
         span = 0.85 * 2 * count / max(kills, 1)
@@ -234,7 +277,8 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
     lost = {
         uid for uid in acked.uids if instances.get(uid, ("missing", None))[0] not in FINAL_STATES
     }
-    lost |= {uid for uid in done if received[expected_sr[uid]] == 0}
+    results = Counter(source for sources in pacs.sources.values() for source in sources)
+    lost |= {uid for uid in done if received[expected_sr[uid]] == 0 or results[uid] == 0}
     figures = LoadFigures(
         sent=count,
         store_requests=acked.store_requests,
@@ -244,6 +288,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
         duplicates=sum(n - 1 for n in received.values() if n > 1),
         lost=len(lost),
         unexpected=len(set(received) - sr_uids - summary_uids),
+        second_results=sum(n - 1 for n in results.values() if n > 1),
         states=dict(Counter(state for state, _ in instances.values())),
         peak_rss_mb=round(peak_kb / 1024, 1),
         seconds=round(time.monotonic() - started, 1),
@@ -253,6 +298,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
         instances=instances,
         classified_events=classified,
         received=received,
+        results_per_source=results,
         expected_sr=expected_sr,
         daemon=daemon,
         storage=folder / "var",

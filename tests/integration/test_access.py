@@ -14,7 +14,6 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from osteoflag.pacs.scu import Peer, send_c_echo
 from tests.conftest import make_settings
 from tests.helpers.dicom import PATIENT_ID, PATIENT_NAME, radiograph, write_in_syntax
 from tests.helpers.net import free_port
+from tests.helpers.pki import Certificates, make_certificates
 
 
 @contextmanager
@@ -88,48 +88,9 @@ def test_pinned_calling_ae_is_rejected_from_other_addresses(
         ]
 
 
-@dataclass(frozen=True)
-class Certificates:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    rogue_cert: Path  # signed by another CA
-    rogue_key: Path
-
-
-def _openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True)
-
-
-def _ca(folder: Path, name: str) -> tuple[Path, Path]:
-    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-             "-days", "2", "-subj", f"/CN=osteoflag test {name}", cwd=folder)  # fmt: skip
-    return cert, key
-
-
-def _leaf(folder: Path, name: str, ca: tuple[Path, Path], san: str) -> tuple[Path, Path]:
-    key, cert, csr = folder / f"{name}.key", folder / f"{name}.pem", folder / f"{name}.csr"
-    extensions = folder / f"{name}.ext"
-    extensions.write_text(f"subjectAltName={san}\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-             "-subj", f"/CN={name}", cwd=folder)  # fmt: skip
-    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-set_serial", "7",
-             "-out", cert, "-days", "2", "-extfile", extensions, cwd=folder)  # fmt: skip
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    assert shutil.which("openssl"), "openssl missing"
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _ca(folder, "ca")
-    server = _leaf(folder, "server", ca, "IP:127.0.0.1,DNS:localhost")
-    client = _leaf(folder, "client", ca, "DNS:modality.example")
-    rogue = _leaf(folder, "rogue", _ca(folder, "rogue-ca"), "DNS:rogue.example")
-    return Certificates(ca[0], *server, *client, *rogue)
+    return make_certificates(tmp_path_factory.mktemp("pki"))
 
 
 def _tls_settings(certs: Certificates, **extra: Any) -> dict[str, Any]:

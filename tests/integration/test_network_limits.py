@@ -6,6 +6,7 @@ Timeouts are set small so the tests are quick; every wait polls with a deadline.
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -21,8 +24,9 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scp import StorageSCP
-from osteoflag.pacs.scu import Peer, send_c_echo
+from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.conftest import make_settings
+from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.wait import wait_for
 from tests.integration.test_listener import _associate_rq
 
@@ -159,3 +163,23 @@ def test_flood_beyond_max_associations_is_rejected_and_echo_recovers(tmp_path: P
         finally:
             for sock in silent:
                 sock.close()
+
+
+def test_data_set_over_max_dataset_mb_aborts_while_arriving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    large = radiograph(rows=1200, columns=1000, bits=12)  # 2.4 MB of Pixel Data
+    small = radiograph()
+    files = [
+        write_in_syntax(ds, ExplicitVRLittleEndian, tmp_path / f"{name}.dcm")
+        for name, ds in (("large", large), ("small", small))
+    ]
+    with listening(tmp_path, max_dataset_mb=1, maximum_pdu_size=16384) as scp:
+        peer = Peer("127.0.0.1", scp.port, "OSTEOFLAG")
+        with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.guard"):
+            [outcome] = send_c_store(files[:1], peer, "BIGSENDER")
+        assert outcome.status is None  # aborted: no C-STORE response
+        assert any("larger than 1048576 bytes" in r.getMessage() for r in caplog.records)
+        [outcome] = send_c_store(files[1:], peer, "BIGSENDER")
+        assert outcome.status == 0
+        assert _echo_ok(scp.port)

@@ -171,6 +171,8 @@ def test_requeue_needs_a_valid_csrf_token(serve: Serve) -> None:
     client, sessions, _ = serve()
     instance_id = _failed_instance(sessions)
     path = f"/results/{instance_id}/requeue"
+    listed = client.get("/results?state=failed")
+    assert f'{path}"' in listed.text  # the list offers the same re-queue form
     assert client.post_form(path, {}).status == 403
     page = client.get(f"/results/{instance_id}")
     assert page.status == 200

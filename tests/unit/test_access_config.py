@@ -72,3 +72,15 @@ def test_access_settings_resolve_paths(tmp_path: Path) -> None:
 def test_bad_access_settings_name_the_key(listener: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings({"listener": listener}, Path("/"))
+
+
+def test_destination_tls_resolves_paths_and_needs_key_with_certificate(tmp_path: Path) -> None:
+    destination = {"ae_title": "PACS", "host": "pacs.example", "port": 2762}
+    tls = {"ca_certificates": "pki/ca.pem", "certificate": "pki/me.pem", "private_key": "k.pem"}
+    settings = parse_settings({"destinations": [{**destination, "tls": tls}]}, tmp_path)
+    resolved = settings.destinations[0].tls
+    assert resolved is not None and resolved.ca_certificates == tmp_path / "pki" / "ca.pem"
+    assert resolved.private_key == tmp_path / "k.pem"
+    lone = {"ca_certificates": "ca.pem", "certificate": "me.pem"}
+    with pytest.raises(ConfigError, match="certificate and private_key go together"):
+        parse_settings({"destinations": [{**destination, "tls": lone}]}, tmp_path)

@@ -23,6 +23,7 @@ from pydicom.uid import (
 )
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
     DisplayImage,
     InputSpec,
@@ -149,6 +150,25 @@ def test_compressed_multiframe_uses_first_frame(syntax: str, tmp_path: Path) -> 
     display = load_display(save(ds, tmp_path / "mf-compressed.dcm"))
     assert display.frames == 3
     np.testing.assert_allclose(display.pixels, reference_display(source), atol=1e-5)
+
+
+def test_large_multiframe_is_read_one_frame_at_a_time(tmp_path: Path) -> None:
+    frames = np.stack([radiograph(600, 500, seed=seed) for seed in range(4)])
+    source = save(dataset(frames, bits_stored=12, NumberOfFrames=4), tmp_path / "big.dcm")
+    expected = reference_display(source)
+    rle = dcmread(source)
+    rle.compress(RLELossless)
+    variants = {"native": source, "rle": save(rle, tmp_path / "big-rle.dcm")}
+    dcmtk("dcmconv", "+td", source, tmp_path / "big-deflated.dcm")
+    variants["deflated"] = tmp_path / "big-deflated.dcm"
+    variants["no-preamble"] = tmp_path / "big-raw.dcm"
+    variants["no-preamble"].write_bytes(source.read_bytes()[132:])
+    for name, path in variants.items():
+        display = load_display(path)
+        assert display.frames == 4, name
+        np.testing.assert_allclose(display.pixels, expected, atol=1e-5, err_msg=name)
+    deferred = read_instance(source).get_item(0x7FE00010, keep_deferred=True)
+    assert deferred is not None and deferred.value is None  # frames 2-4 are never read
 
 
 def test_monochrome1_is_inverted_monochrome2(tmp_path: Path) -> None:
