@@ -57,7 +57,9 @@ class PostgresServer:
         )
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-            f"-c unix_socket_directories={self.folder} -c fsync=off -c max_connections=200"
+            f"-c unix_socket_directories={self.folder} -c fsync=off -c max_connections=200 "
+            # A zone far from UTC (+12:45/+13:45): any naive or local-time handling shows up.
+            "-c timezone=Pacific/Chatham"
         )
         self._run(
             str(BIN / "pg_ctl"),
