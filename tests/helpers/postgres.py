@@ -19,7 +19,16 @@ import psycopg
 
 from tests.helpers.net import free_port
 
-BIN = Path(os.environ.get("OSTEOFLAG_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _server_binaries() -> Path:
+    """``$OSTEOFLAG_PG_BIN``, else the newest Debian ``/usr/lib/postgresql/N/bin``."""
+    if "OSTEOFLAG_PG_BIN" in os.environ:
+        return Path(os.environ["OSTEOFLAG_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _server_binaries()
 USER = "osteoflag"
 
 
