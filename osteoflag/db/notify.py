@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,21 @@ def supported(engine: Engine) -> bool:
 
 
 def notifier(engine: Engine, channel: str = QUEUED) -> Callable[[], None]:
-    """One ``NOTIFY channel`` per call, e.g. the listener's ``on_queued``."""
+    """One ``NOTIFY channel`` per call, e.g. the listener's ``on_queued``.
+
+    It runs after the work was committed, so a failure here must not fail the store or
+    the result: it is logged and the sweep (sender run) picks the work up later.
+    """
 
     def notify() -> None:
-        with engine.begin() as connection:
-            connection.execute(text(f"NOTIFY {channel}"))
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(f"NOTIFY {channel}"))
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "notification not sent; the sweep will pick the work up",
+                extra={"action": "notify", "channel": channel, "error": type(exc).__name__},
+            )
 
     return notify
 
