@@ -149,7 +149,6 @@ def _sections(work: Path, url: str, bundle: Path, threads: int, port: int) -> di
         "storage": {"path": str(work / "var"), "database_url": url, "min_free_mb": 1},
         "model": {"bundle": str(bundle.resolve()), "threads": threads, "batch_size": 4},
         "worker": {"sweep_seconds": 0.2, "lease_seconds": 600.0},
-        "sender": {"interval_seconds": 0.5},
     }
 
 
@@ -287,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {processes:>9} {results['float32', processes]:>14.2f} "
                     f"{results['int8', processes]:>11.2f} {ratio:>8.2f}x"
                 )
-        print("\nend to end, one `serve` on SQLite, sender every 0.5 s, pynetdicom destination:")
+        print(
+            "\nend to end, one `serve` on SQLite (default sender settings), pynetdicom destination:"
+        )
         for name, bundle in (("float32", float32), ("int8", int8)):
             rate = results[name, 1] / 2
             latencies = end_to_end(bundle, rate, args.latency_count)

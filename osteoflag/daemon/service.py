@@ -1,10 +1,10 @@
 """``osteoflag serve``: wire the listener, the queue and the scheduled jobs together.
 
 Lifecycle: load the model bundle, migrate the schema, recover work a crash left
-``processing``, start the inference worker, the scheduler (worker sweep, sender, lease
-recovery) and the Storage SCP, then wait for SIGTERM/SIGINT. Shutdown refuses new
-associations first, lets in-flight ones finish, then stops the jobs; whatever is
-not finished stays safely queued for the next start.
+``processing``, start the inference worker, the sender thread, the scheduler (worker
+sweep, lease recovery, retention) and the Storage SCP, then wait for SIGTERM/SIGINT.
+Shutdown refuses new associations first, lets in-flight ones finish, then stops the
+jobs; whatever is not finished stays safely queued for the next start.
 
 A :class:`~osteoflag.daemon.roles.Role` picks the parts one process runs, so listeners,
 workers and senders can be spread over machines sharing one PostgreSQL database. Only
@@ -23,13 +23,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
 from osteoflag.daemon import retention
+from osteoflag.daemon.delivery import SenderLoop, announcing
 from osteoflag.daemon.results import outbound_hook, refused_hook
 from osteoflag.daemon.roles import Role
 from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.worker import InferenceWorker
+from osteoflag.inference.worker import InferenceWorker, OnDone
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.sender import send_pending
@@ -59,6 +60,14 @@ class Daemon:
         self.subscriber: notify.Subscriber | None = None
         if self.worker is not None and notify.supported(self.engine):
             self.subscriber = notify.Subscriber(self.engine, self.worker.wake)
+        self.sender: SenderLoop | None = None
+        self.outbound_subscriber: notify.Subscriber | None = None
+        if role.runs(Role.SENDER):
+            self.sender = SenderLoop(self._send, settings.sender.interval_seconds)
+            if notify.supported(self.engine):
+                self.outbound_subscriber = notify.Subscriber(
+                    self.engine, self.sender.wake, notify.OUTBOUND
+                )
         self.web = self._build_web()
 
     def _build_web(self) -> WebServer | None:
@@ -105,12 +114,21 @@ class Daemon:
             self.settings,
             self.sessions,
             predictor=self.predictor,
-            on_done=outbound_hook(self.settings, identity),
+            on_done=self._announcing(outbound_hook(self.settings, identity)),
             on_refused=refused_hook(self.settings, identity),
         )
 
-    def _send(self) -> None:
-        send_pending(self.sessions, self.settings)
+    def _announcing(self, hook: OnDone) -> OnDone:
+        """``hook``, then once its transaction commits: wake the sender(s) for the new objects."""
+        calls: list[Callable[[], None]] = []
+        if self.role.runs(Role.SENDER):
+            calls.append(lambda: self.sender.wake() if self.sender is not None else None)
+        if notify.supported(self.engine):
+            calls.append(notify.notifier(self.engine, notify.OUTBOUND))
+        return announcing(hook, calls)
+
+    def _send(self) -> bool:
+        return send_pending(self.sessions, self.settings).sent > 0
 
     def _retain(self) -> None:
         retention.remove_expired(self.sessions, self.settings.retention)
@@ -144,10 +162,8 @@ class Daemon:
         if self.worker is not None:
             jobs.append((self._recover, self.settings.worker.lease_seconds / 4, "recover"))
             jobs.append((self.worker.sweep, self.settings.worker.sweep_seconds, "sweep"))
-        if self.role.runs(Role.SENDER):
-            jobs.append((self._send, self.settings.sender.interval_seconds, "send"))
-            if self.settings.retention.enabled:
-                jobs.append((self._retain, self.settings.retention.interval_seconds, "retention"))
+        if self.role.runs(Role.SENDER) and self.settings.retention.enabled:
+            jobs.append((self._retain, self.settings.retention.interval_seconds, "retention"))
         for job, seconds, name in jobs:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
@@ -158,6 +174,9 @@ class Daemon:
             self.worker.start()
         if self.subscriber is not None:
             self.subscriber.start()
+        for loop in (self.sender, self.outbound_subscriber):
+            if loop is not None:
+                loop.start()
         self.scheduler.start()
         if self.listener is not None:
             self.listener.start()
@@ -171,6 +190,9 @@ class Daemon:
             self.subscriber.stop(SHUTDOWN_GRACE_SECONDS)
         if self.worker is not None:
             self.worker.stop(SHUTDOWN_GRACE_SECONDS)
+        for loop in (self.outbound_subscriber, self.sender):
+            if loop is not None:
+                loop.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)
         if self.web is not None:
             self.web.stop()

@@ -1,9 +1,11 @@
-"""Past one machine: one listener and three worker processes on one PostgreSQL database.
+"""Past one machine: listener, three workers and a sender as processes on one PostgreSQL.
 
 300 radiographs are sent to the listener while three ``serve --role worker`` processes
 drain the queue; one worker is SIGKILLed while it holds a claimed batch. Its lease
 expires, another worker re-claims the rows, and every instance ends ``done`` exactly
-once (one terminal event each in the append-only ``events`` table).
+once (one terminal event each in the append-only ``events`` table), and a separate
+``serve --role sender`` delivers each SR to the destination exactly once. Sweeps and
+sender runs are set far apart, so pick-up relies on NOTIFY between the processes.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.net import free_port
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.wait import wait_for
+from tests.sr_fixtures import RecordingSCP
 
 COUNT = 300
 WORKERS = 3
 
 
 def _process(
-    folder: Path, url: str, storage: Path, bundle: Path, port: int, role: str
+    folder: Path, url: str, storage: Path, bundle: Path, port: int, role: str, pacs: int
 ) -> DaemonProcess:
     folder.mkdir()
     sections = {
@@ -41,7 +44,9 @@ def _process(
         "model": {"bundle": str(bundle), "threads": 1, "batch_size": 6},
         # No sweep within the test: pick-up relies on NOTIFY and on recovery's own wake-up.
         "worker": {"sweep_seconds": 600.0, "lease_seconds": 5.0, "max_attempts": 3},
+        "sender": {"interval_seconds": 600.0},
         "report": {"summary_image": False},
+        "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs}],
     }
     return DaemonProcess(write_config(folder, sections), port, role=role)
 
@@ -74,12 +79,20 @@ def test_three_workers_one_killed_process_every_instance_exactly_once(
     for index in range(COUNT):
         template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         files.append(write_in_syntax(template, ExplicitVRLittleEndian, sources / f"{index}.dcm"))
-    listener = _process(tmp_path / "listener", url, storage, tiny_bundle, port, "listener")
+    pacs = RecordingSCP()
+    listener = _process(
+        tmp_path / "listener", url, storage, tiny_bundle, port, "listener", pacs.port
+    )
     workers = [
-        _process(tmp_path / f"worker{i}", url, storage, tiny_bundle, free_port(), "worker")
+        _process(
+            tmp_path / f"worker{i}", url, storage, tiny_bundle, free_port(), "worker", pacs.port
+        )
         for i in range(WORKERS)
     ]
-    processes = [listener, *workers]
+    sender = _process(
+        tmp_path / "sender", url, storage, tiny_bundle, free_port(), "sender", pacs.port
+    )
+    processes = [listener, *workers, sender]
     pool_for_sends = ThreadPoolExecutor(1)
     try:
         with ThreadPoolExecutor(len(processes)) as pool:
@@ -96,7 +109,9 @@ def test_three_workers_one_killed_process_every_instance_exactly_once(
         outcomes = sending.result(timeout=180)
         assert [o.status for o in outcomes] == [status.SUCCESS] * COUNT
         wait_for(lambda: queue.counts(sessions)["instances"]["done"] == COUNT, timeout=120)
+        wait_for(lambda: queue.counts(sessions)["outbound"]["sent"] == COUNT, timeout=120)
     finally:
+        pacs.stop()
         pool_for_sends.shutdown(wait=True)
         for process in processes:
             if process.process is not None and process.process.poll() is None:
@@ -122,6 +137,7 @@ def test_three_workers_one_killed_process_every_instance_exactly_once(
     assert owners == {None}
     assert set(retried) == set(orphaned) and set(retried.values()) == {2}
     assert finished_by == 1
+    assert len(pacs.received) == len(set(pacs.received)) == COUNT
     logs = "".join(worker.log_path.read_text() for worker in workers[1:])
     assert re.search(r'"message": "recovered interrupted instances"', logs)
     engine.dispose()

@@ -19,7 +19,16 @@ import psycopg
 
 from tests.helpers.net import free_port
 
-BIN = Path(os.environ.get("OSTEOFLAG_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _server_binaries() -> Path:
+    """``$OSTEOFLAG_PG_BIN``, else the newest Debian ``/usr/lib/postgresql/N/bin``."""
+    if "OSTEOFLAG_PG_BIN" in os.environ:
+        return Path(os.environ["OSTEOFLAG_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _server_binaries()
 USER = "osteoflag"
 
 
@@ -57,7 +66,9 @@ class PostgresServer:
         )
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-            f"-c unix_socket_directories={self.folder} -c fsync=off -c max_connections=200"
+            f"-c unix_socket_directories={self.folder} -c fsync=off -c max_connections=200 "
+            # A zone far from UTC (+12:45/+13:45): any naive or local-time handling shows up.
+            "-c timezone=Pacific/Chatham"
         )
         self._run(
             str(BIN / "pg_ctl"),

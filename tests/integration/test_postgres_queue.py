@@ -27,6 +27,7 @@ from osteoflag.db.models import Base, Instance, InstanceState, Outbound, Outboun
 from osteoflag.pacs.derived import Classification, Label, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
+from tests.helpers.net import free_port
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
@@ -259,3 +260,10 @@ def test_a_notification_wakes_a_subscribed_worker(pg_engine: Engine) -> None:
         wait_for(woken.is_set, timeout=10)
     finally:
         subscriber.stop(timeout=5)
+
+
+def test_a_failed_notification_does_not_fail_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    unreachable = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
+    notify.notifier(unreachable)()  # the store was committed: this must not raise
+    unreachable.dispose()
+    assert any(record.message.startswith("notification not sent") for record in caplog.records)
