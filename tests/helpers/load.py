@@ -251,7 +251,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
         wait_for(lambda: _settled(database), timeout=max(1.0, deadline - time.monotonic()))
         assert daemon.process is not None
         peak_kb = max(peak_kb, _peak_rss_kb(daemon.process.pid))
-        daemon.terminate()
+        assert daemon.terminate() == 0, "graceful stop after the load"
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
