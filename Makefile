@@ -28,6 +28,7 @@ test: $(VENV)/.installed-dev lint
 # Latency and throughput figures against the hardware floor (prints; no pass/fail).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.inference
+	$(BIN)/python -m bench.scale
 
 # Rebuild the committed default model bundle (models/default/) from ../shared/data/ (issue 5).
 model: $(VENV)/.installed-dev

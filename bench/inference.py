@@ -30,7 +30,8 @@ from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle
-from osteoflag.inference.pixels import display_from_dataset, model_input, read_dicom
+from osteoflag.inference.dicomfile import read_instance
+from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor, session_options
 from osteoflag.inference.worker import InferenceWorker
 from tests.helpers.inference_data import dataset, radiograph, save
@@ -100,10 +101,10 @@ def matmul_peak(threads: int, size: int = 2048) -> tuple[float, str]:
     return numpy_best, "numpy matmul"
 
 
-def choose_bundle(work: Path) -> Bundle:
-    """The default bundle, or a generated VGG16 of the same compute with a notice."""
+def choose_bundle(work: Path, requested: Path) -> Bundle:
+    """The requested (default) bundle, or a generated VGG16 of the same compute with a notice."""
     try:
-        return load_bundle(DEFAULT_BUNDLE)
+        return load_bundle(requested)
     except BundleError as exc:
         print(f"NOTICE: {exc}")
         print("NOTICE: benchmarking a generated random-weight VGG16 bundle (224x224) instead;")
@@ -172,7 +173,7 @@ def bench_worker(
 
     spec = bundle.input_spec
     decode = _timed(
-        lambda: model_input(display_from_dataset(read_dicom(files[0])), spec), max(5, count // 2)
+        lambda: model_input(display_from_dataset(read_instance(files[0])), spec), max(5, count // 2)
     )
     single: list[float] = []
     for _ in range(max(5, count // 2)):
@@ -196,12 +197,13 @@ def bench_worker(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per latency series")
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="bundle to measure")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="osteoflag-bench-") as folder:
         work = Path(folder)
-        bundle = choose_bundle(work)
+        bundle = choose_bundle(work, args.bundle)
         height, width = bundle.input_spec.size
         flops = backbone_flops(bundle.backbone_path, height, width)
         peak, source = matmul_peak(0)

@@ -16,6 +16,7 @@ from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.errors import ConfigError, OsteoflagError
 from osteoflag.inference.commands import add_infer_arguments, run_infer
+from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
 from osteoflag.logs import configure_logging
 from osteoflag.training.commands import (
     add_evaluate_arguments,
@@ -28,9 +29,10 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.daemon.roles import Role
     from osteoflag.daemon.service import Daemon
 
-    return Daemon(settings).run()
+    return Daemon(settings, Role(args.role)).run()
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the daemon")
+    serve.add_argument(
+        "--role",
+        choices=["listener", "worker", "sender", "all"],
+        default="all",
+        help="parts this process runs (default all; see README, Deployment)",
+    )
     serve.set_defaults(handler=_serve)
 
     status = commands.add_parser("status", parents=[common], help="queue counts per state")
@@ -151,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_arguments(train)
     train.set_defaults(handler=run_train)
+
+    quantize = commands.add_parser(
+        "quantize", parents=[common], help="INT8 backbone bundle, kept only if as good"
+    )
+    add_quantize_arguments(quantize)
+    quantize.set_defaults(handler=run_quantize)
 
     show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
     show.add_argument("file", type=Path, metavar="FILE")

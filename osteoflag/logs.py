@@ -40,5 +40,5 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # These libraries narrate routine steps at INFO; keep their warnings and errors only.
-    for chatty in ("pynetdicom", "alembic", "apscheduler", "highdicom"):
+    for chatty in ("pynetdicom", "alembic", "apscheduler", "uvicorn", "highdicom"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -50,7 +50,7 @@ class Orthanc:
         self.config.write_text(json.dumps(config, indent=2))
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, deadline: float = 30.0) -> None:
+    def start(self, deadline: float = 120.0) -> None:
         """Start Orthanc and wait until its REST API answers."""
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.helpers.daemon import DaemonProcess
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 FAKE_PATIENT_NAME = "Testpatient^Osteo"
@@ -144,3 +148,18 @@ class RecordingSCP:
         """Close the listening socket and every association."""
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def serving(process: DaemonProcess, timeout: float = 180.0) -> Iterator[DaemonProcess]:
+    """Run ``osteoflag serve`` for a block; the process is killed afterwards whatever happens.
+
+    The start-up timeout is generous because a loaded CI machine can take long to import
+    onnxruntime and verify the bundle; a failed start must not leak the process either.
+    """
+    try:
+        yield process.start(timeout=timeout)
+    finally:
+        if process.process is not None and process.process.poll() is None:
+            process.process.kill()
+            process.process.wait(timeout=30)

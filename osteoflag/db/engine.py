@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,8 @@ from osteoflag.errors import ConfigError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 READ_ONLY = "osteoflag_read_only"
+#: PostgreSQL advisory lock key held while migrating (any fixed 64-bit number of ours).
+MIGRATION_LOCK = 0x05_7E_0F_1A_6D_B0
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -96,8 +98,21 @@ def _alembic_config(engine: Engine) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent; run at every start)."""
-    command.upgrade(_alembic_config(engine), "head")
+    """Bring the schema to the newest revision (idempotent; run at every start).
+
+    On PostgreSQL several processes may start at once against one database, so the
+    upgrade runs under a session advisory lock: the first migrates, the others then
+    find the schema current. SQLite's ``BEGIN IMMEDIATE`` already serialises them.
+    """
+    if engine.dialect.name != "postgresql":
+        command.upgrade(_alembic_config(engine), "head")
+        return
+    with engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        try:
+            command.upgrade(_alembic_config(engine), "head")
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
 
 
 def schema_is_current(engine: Engine) -> bool:

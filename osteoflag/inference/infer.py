@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from osteoflag.config import Settings
-from osteoflag.errors import PixelDataError
+from osteoflag.errors import ConfigError, PixelDataError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
@@ -65,6 +65,10 @@ def classify_files(
             except PixelDataError as exc:
                 failures += 1
                 records.append({"file": str(path), "error": str(exc)})
+            except Exception as exc:  # one odd file must not cost the others their lines
+                failures += 1
+                error = f"unexpected {type(exc).__name__} while decoding: {exc}"
+                records.append({"file": str(path), "error": error})
         for index, prediction in zip(ready, predictor.predict_inputs(inputs), strict=True):
             records[index].update(
                 probability=prediction.probability,
@@ -87,6 +91,8 @@ def infer_paths(
         bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
     )
     files = list(input_files(paths))
+    if not files:
+        raise ConfigError("infer: no files found under the given folders")
     failures = classify_files(predictor, files, sys.stdout, as_json=as_json)
     logger.info(
         "infer finished",
@@ -97,4 +103,4 @@ def infer_paths(
             "model": bundle.model_id,
         },
     )
-    return 1 if failures or not files else 0
+    return 1 if failures else 0

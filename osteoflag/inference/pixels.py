@@ -22,23 +22,27 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.dicomfile import read_instance
 
 FloatArray = npt.NDArray[np.float32]
+PIXEL_DATA: Final = 0x7FE00010
 
-#: Largest frame we agree to decode (Rows x Columns); a 10k x 10k detector is 100 Mpx.
-MAX_FRAME_PIXELS: Final = 2**27
-#: Largest declared pixel payload (all frames, native encoding) we agree to open.
-MAX_DECLARED_BYTES: Final = 2**32
+#: Largest frame we agree to decode (Rows x Columns), 33.5 Mpx: twice a 43 x 43 cm detector
+#: at 100 um. Decoding costs about 24 bytes per pixel at peak (float64 LUT and VOI steps), so
+#: this bounds one decode near 800 MB; at 2**27 a hostile header cost 3 GB and a minute.
+MAX_FRAME_PIXELS: Final = 2**25
+#: Largest declared pixel payload (all frames, native encoding) we agree to open; the stored
+#: file is bounded anyway by ``dicomfile.MAX_DATASET_BYTES``.
+MAX_DECLARED_BYTES: Final = 2**30
 #: ITU-R BT.601 luma weights, the ones DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
 LUMA_WEIGHTS: Final = (0.299, 0.587, 0.114)
 
@@ -144,7 +148,7 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError("no (0002,0010) Transfer Syntax UID in the file meta information")
     if not UID(syntax).is_compressed:
         expected = math.ceil(declared)
-        actual = len(ds.PixelData)
+        actual = _pixel_data_length(ds)
         if actual < expected:
             raise PixelDataError(
                 f"(7FE0,0010) Pixel Data has {actual} bytes, fewer than the {expected} declared "
@@ -153,10 +157,35 @@ def _check_geometry(ds: Dataset) -> int:
     return frames
 
 
-def _decode_first_frame(ds: Dataset, frames: int) -> npt.NDArray[Any]:
-    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes."""
+def _deferred_pixels(ds: Dataset) -> str | None:
+    """The Part 10 file to decode from when Pixel Data was left on disk by a deferred read
+    (:data:`osteoflag.inference.dicomfile.DEFER_SIZE`), so that only frame 1 is ever read."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    filename = getattr(ds, "filename", None)
+    deferred = element is not None and element.value is None
+    if deferred and isinstance(filename, str) and getattr(ds, "preamble", None) is not None:
+        return filename
+    return None
+
+
+def _pixel_data_length(ds: Dataset) -> int:
+    """Bytes of Pixel Data, without reading a deferred value into memory."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if element is None:
+        return 0
+    if element.value is None and isinstance(element, RawDataElement):
+        return int(element.length)
+    return len(element.value)
+
+
+def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
+    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes.
+
+    Also for single-frame data: without an index, pydicom decodes any excess Pixel Data
+    bytes as extra frames, so a hostile file could make it allocate them all.
+    """
     try:
-        return pixel_array(ds, index=0 if frames > 1 else None)
+        return pixel_array(_deferred_pixels(ds) or ds, index=0)
     except Exception as exc:  # pydicom and its plugins raise many unrelated types
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise PixelDataError(
@@ -244,7 +273,7 @@ def display_from_dataset(ds: Dataset) -> DisplayImage:
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
         raise PixelDataError(f"(0028,0004) Photometric Interpretation {photometric!r} unsupported")
-    stored = _decode_first_frame(ds, frames)
+    stored = _decode_first_frame(ds)
     notes: list[str] = [f"photometric={photometric}"]
     if frames > 1:
         notes.append(f"multi-frame: used frame 1 of {frames}")
@@ -302,17 +331,6 @@ def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
     return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
-def read_dicom(path: Path, *, force: bool = False) -> Dataset:
-    """Read a DICOM file, refusing one larger than any image we would agree to decode."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_DECLARED_BYTES:
-            raise PixelDataError(f"{path}: file of {size} bytes exceeds the decoding limit")
-        return pydicom.dcmread(path, force=force)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PixelDataError(f"{path}: not a readable DICOM file: {exc}") from exc
-
-
 def load_display(path: Path) -> DisplayImage:
     """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG."""
     try:
@@ -330,13 +348,15 @@ def load_display(path: Path) -> DisplayImage:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
-    ds = read_dicom(path, force=forced)
+    ds = read_instance(path, force=forced)
     if forced and "PixelData" not in ds:
         raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:
         return display_from_dataset(ds)
     except PixelDataError as exc:
         raise PixelDataError(f"{path}: {exc}") from exc
+    except Exception as exc:  # pydicom parses lazily: a malformed element fails on first access
+        raise PixelDataError(f"{path}: unexpected {type(exc).__name__}: {exc}") from exc
 
 
 def _resize(pixels: FloatArray, height: int, width: int) -> FloatArray:

@@ -32,7 +32,8 @@ from osteoflag.db import queue
 from osteoflag.db.models import Instance
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import Bundle, load_bundle
-from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input, read_dicom
+from osteoflag.inference.dicomfile import read_instance
+from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def domain_refusal(ds: Dataset, model: ModelSettings) -> str | None:
                 f"allowlist {sorted(allowed)}"
             )
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows < 1 or columns < 1:
+        return None  # not small but broken: the pixel checks fail it, naming the tag
     if rows < model.min_rows or columns < model.min_columns:
         return (
             f"image {rows}x{columns} is smaller than the minimum "
@@ -105,6 +108,11 @@ class InferenceWorker:
     def bundle(self) -> Bundle:
         """The served bundle (for the model identity stated in produced objects)."""
         return self._predictor.bundle
+
+    @property
+    def running(self) -> bool:
+        """True while the worker thread is alive (``/healthz``)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
         """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
@@ -181,7 +189,7 @@ class InferenceWorker:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
         started = time.perf_counter()
         try:
-            ds = read_dicom(Path(instance.file_path))
+            ds = read_instance(Path(instance.file_path))
         except OsteoflagError as exc:
             self._record(instance, queue.fail, str(exc), "failed")
             return None

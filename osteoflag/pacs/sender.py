@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -29,6 +29,7 @@ from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Outbound, OutboundState, utcnow
 from osteoflag.pacs.outbound import destination_key
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
+from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,18 @@ def fail_unconfigured(sessions: sessionmaker[Session], settings: Settings) -> in
     return int(count)
 
 
-def _due(session: Session, key: str, now: datetime, limit: int) -> list[Outbound]:
-    statement = (
-        select(Outbound)
+def claim_due(
+    sessions: sessionmaker[Session], key: str, now: datetime, limit: int, lease: timedelta
+) -> list[Outbound]:
+    """Atomically take up to ``limit`` due ``pending`` objects of one destination.
+
+    The claim pushes ``next_attempt_at`` past ``now + lease`` in the same statement that
+    selects the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+    SQLite), so two sender processes never send the same object; a sender that dies
+    mid-run leaves its rows due again once the lease has passed.
+    """
+    due = (
+        select(Outbound.id)
         .where(
             Outbound.destination == key,
             Outbound.state == OutboundState.PENDING,
@@ -116,8 +126,38 @@ def _due(session: Session, key: str, now: datetime, limit: int) -> list[Outbound
         )
         .order_by(Outbound.next_attempt_at, Outbound.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    return list(session.scalars(statement).all())
+    statement = (
+        update(Outbound)
+        .where(Outbound.id.in_(due))
+        .values(next_attempt_at=now + lease)
+        .returning(Outbound)
+    )
+    with sessions() as session:
+        rows = list(session.scalars(statement).all())
+        session.commit()
+    return sorted(rows, key=lambda row: row.id)
+
+
+def claim_lease(settings: Settings) -> timedelta:
+    """Longest a run can hold a claim: association, the run budget and one last C-STORE."""
+    sender = settings.sender
+    return timedelta(seconds=sender.run_seconds + 3 * sender.timeout_seconds)
+
+
+def _release(sessions: sessionmaker[Session], rows: Sequence[Outbound], now: datetime) -> None:
+    """Make claimed but unattempted rows due again at once (the run ran out of time)."""
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(
+                Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
+            )
+            .values(next_attempt_at=now)
+        )
+        session.commit()
 
 
 def deliver(
@@ -129,32 +169,19 @@ def deliver(
 ) -> DeliveryReport:
     """Send the due objects of one destination over one association."""
     key = destination_key(destination)
-    with sessions() as session:
-        rows = _due(session, key, now, settings.sender.batch_size)
+    rows = claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
     if not rows:
         return DeliveryReport()
-    report = DeliveryReport()
-    loaded: list[tuple[Outbound, Dataset]] = []
-    for row in rows:
-        try:
-            loaded.append((row, dcmread(row.file_path)))
-        except (OSError, InvalidDicomError) as exc:
-            report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
-    if not loaded:
-        return report
-    assoc = _associate(settings, destination, {row.sop_class_uid for row, _ in loaded})
+    assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     if assoc is None:
         error = f"no association with {key}"
         logger.warning("destination unreachable", extra={"action": "send", "destination": key})
-        for row, _ in loaded:
-            report += _failed(sessions, row, policy, error, False)
-        return report
+        return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
     try:
-        report += _store_all(sessions, settings, assoc, loaded, policy, key)
+        return _store_all(sessions, settings, assoc, rows, policy, key)
     finally:
         if assoc.is_established:
             assoc.release()
-    return report
 
 
 def _associate(
@@ -166,7 +193,12 @@ def _associate(
     ae.connection_timeout = timeout
     for sop_class in sorted(sop_classes):
         ae.add_requested_context(sop_class, _PROPOSED_SYNTAXES)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = None
+    if destination.tls is not None:
+        tls_args = (client_context(destination.tls), destination.host)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     return assoc if assoc.is_established else None
 
 
@@ -174,15 +206,22 @@ def _store_all(
     sessions: sessionmaker[Session],
     settings: Settings,
     assoc: Association,
-    loaded: Sequence[tuple[Outbound, Dataset]],
+    rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
 ) -> DeliveryReport:
+    """C-STORE ``rows`` one by one, reading each file just before it is sent."""
     report = DeliveryReport()
     stop_at = time.monotonic() + settings.sender.run_seconds
-    for row, dataset in loaded:
+    for index, row in enumerate(rows):
         if time.monotonic() > stop_at or not assoc.is_established:
+            _release(sessions, rows[index:], utcnow())
             break  # left pending, untouched: next run picks it up
+        try:
+            dataset = dcmread(row.file_path)
+        except (OSError, InvalidDicomError) as exc:
+            report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
+            continue
         try:
             response = assoc.send_c_store(dataset)
         except (ValueError, RuntimeError, AttributeError) as exc:

@@ -20,7 +20,7 @@ from pydicom.valuerep import DA, TM
 
 import osteoflag
 from osteoflag.errors import PermanentError
-from osteoflag.inference.pixels import display_from_dataset
+from osteoflag.inference.pixels import DisplayImage, display_from_dataset
 from osteoflag.pacs.derived import (
     MANUFACTURER,
     RESEARCH_PREFIX,
@@ -48,10 +48,14 @@ _COLOURS: Final = {
 }
 
 
+def grey_pixels(display: DisplayImage) -> NDArray[np.uint8]:
+    """A display image as 8-bit grey, the form burned into the summary."""
+    return np.asarray(np.round(display.pixels * 255.0), dtype=np.uint8)
+
+
 def display_pixels(source: Dataset) -> NDArray[np.uint8]:
     """The source's first frame as 8-bit grey, as displayed (PS3.4 N.2.1.1, shared pipeline)."""
-    display = display_from_dataset(source)
-    return np.asarray(np.round(display.pixels * 255.0), dtype=np.uint8)
+    return grey_pixels(display_from_dataset(source))
 
 
 def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
@@ -98,6 +102,14 @@ def render(grey: NDArray[np.uint8], lines: list[str], label: Label) -> NDArray[n
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def banner_image(
+    display: DisplayImage, result: Classification, model: ModelIdentity
+) -> NDArray[np.uint8]:
+    """The summary's RGB pixels for any display image: the PACS's picture, and the operator
+    page's for an uploaded PNG, JPEG or DICOM file."""
+    return render(grey_pixels(display), banner_lines(result, model), result.label)
+
+
 def _laterality(source: Dataset) -> str:
     """Series Laterality (C.7.3.1, Type 2C for paired body parts): L, R or empty."""
     for keyword in ("Laterality", "ImageLaterality"):
@@ -116,7 +128,7 @@ def build_summary(
 ) -> Dataset:
     """The Secondary Capture summary of one classified image, with deterministic UIDs."""
     evidence = study_evidence(source)
-    pixels = render(display_pixels(source), banner_lines(result, model), result.label)
+    pixels = banner_image(display_from_dataset(source), result, model)
     sop_uid = instance_uid(evidence.SOPInstanceUID, model.version, Kind.SUMMARY)
     try:
         image = hd.sc.SCImage(

@@ -73,7 +73,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="trailing block-5 convolutions to fine-tune (default 1)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=4, help="fine-tuning epochs, 0 = frozen (default 4)"
+        "--epochs", type=int, default=3, help="fine-tuning epochs, 0 = frozen (default 3)"
     )
     parser.add_argument(
         "--protocols",

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class FinetuneConfig:
     """Fine-tuning settings; the defaults finish in minutes per fold on this CPU."""
 
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 32
     lr_backbone: float = 3e-5
     lr_classifier: float = 1e-3

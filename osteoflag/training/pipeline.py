@@ -226,34 +226,34 @@ def run(options: TrainOptions) -> dict[str, object]:
             options.threads,
         )
 
-    bundle_model: FittedModel | None = None
-    bundle_x = np.zeros((0, 0))
-    if "published" in options.protocols:
-        train, val, test = (_split_indices(prep, s) for s in ("train", "val", "test"))
-        if len(train) == 0 or len(val) == 0:
-            raise TrainingError(f"{options.data} has no train/ and val/ splits")
-        bundle_model, x = fit(train, val, options.layout, True, "published")
-        bundle_x = x
-        results["published"] = {
-            "validation": bundle_model.validation,
-            "finetune_log": bundle_model.finetune_log,
-            "test": _evaluate(prep, bundle_model, x, test) if len(test) else None,
+    if "published" not in options.protocols:
+        raise TrainingError("the bundle is the published-split model: include 'published'")
+    train, val, test = (_split_indices(prep, s) for s in ("train", "val", "test"))
+    if len(train) == 0 or len(val) == 0:
+        raise TrainingError(f"{options.data} has no train/ and val/ splits")
+    bundle_model, bundle_x = fit(train, val, options.layout, True, "published")
+    published: dict[str, object] = {
+        "validation": bundle_model.validation,
+        "finetune_log": bundle_model.finetune_log,
+        "test": _evaluate(prep, bundle_model, bundle_x, test) if len(test) else None,
+    }
+    if len(prep.other):
+        published["other_source"] = {
+            "files": _evaluate(prep, bundle_model, bundle_x, prep.other),
+            "per_group": _per_cluster(prep, bundle_model, bundle_x, prep.other),
         }
-        if len(prep.other):
-            results["published"]["other_source"] = {  # type: ignore[index]
-                "files": _evaluate(prep, bundle_model, x, prep.other),
-                "per_group": _per_cluster(prep, bundle_model, x, prep.other),
-            }
-        # Written now and again at the end: a long run that is stopped still leaves a bundle.
+    results["published"] = published
+
+    def checkpoint() -> None:
+        # Rewritten after each stage, so that a stopped run still leaves a complete bundle.
+        results["seconds"] = round(time.monotonic() - started, 1)
+        # Full results, per-image scores included, so a card can be re-rendered without a rerun.
+        (options.work / "results.json").write_text(json.dumps(results, default=float))
         write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
-        if options.compare_layouts:
-            results["layouts"] = _compare_layouts(
-                prep, head0, bundle_model, options, train, val, test
-            )
+
+    checkpoint()
     if "cv" in options.protocols:
         results["cv"] = _cross_validate(prep, options, fit)
-    if options.compare_layouts:
-        results["baselines"] = _baselines(prep, options, head0)
     if "cross" in options.protocols and len(prep.other):
         fit_i, val_i = group_holdout(
             prep.labels[prep.other], prep.groups[prep.other], 0.2, options.seed
@@ -264,14 +264,11 @@ def run(options: TrainOptions) -> dict[str, object]:
             "per_group": _per_cluster(prep, model, x, prep.primary),
             "validation": model.validation,
         }
-    if bundle_model is None:
-        raise TrainingError(
-            "the bundle is the published-split model: include the 'published' protocol"
-        )
-    results["seconds"] = round(time.monotonic() - started, 1)
-    # Full results, per-image scores included, so the card can be re-rendered without a rerun.
-    (options.work / "results.json").write_text(json.dumps(results, default=float))
-    write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
+    checkpoint()
+    if options.compare_layouts:
+        results["layouts"] = _compare_layouts(prep, head0, bundle_model, options, train, val, test)
+        results["baselines"] = _baselines(prep, options, head0)
+        checkpoint()
     return results
 
 

@@ -28,7 +28,7 @@ from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.net import free_port
 from tests.helpers.wait import wait_for
 from tests.orthanc_sr import Orthanc
-from tests.sr_fixtures import dciodvfy_errors, make_dx
+from tests.sr_fixtures import dciodvfy_errors, make_dx, serving
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -120,19 +120,19 @@ def test_end_to_end_through_orthanc(
     source = make_dx(body_part="WRIST")
     orthanc.start()
     try:
-        with daemon:
+        with serving(daemon):
             uploaded = orthanc.upload(_encoded(source))
             started = time.monotonic()
             orthanc.post(
                 "/modalities/osteoflag/store",
                 {"Resources": [uploaded["ID"]], "Synchronous": True},
             )
-            found = wait_for(lambda: _results_in(orthanc, uploaded["ParentStudy"]), timeout=90.0)
+            found = wait_for(lambda: _results_in(orthanc, uploaded["ParentStudy"]), timeout=180.0)
             elapsed = time.monotonic() - started
             record_property("orthanc_round_trip_seconds", round(elapsed, 3))
-            counts = wait_for(lambda: _all_sent(daemon), timeout=30.0)
+            counts = wait_for(lambda: _all_sent(daemon), timeout=120.0)
             assert counts["instances"]["done"] == 1
-            assert daemon.terminate() == 0
+            assert daemon.terminate(timeout=120) == 0
         stored = tmp_path / "sr-from-orthanc.dcm"
         stored.write_bytes(orthanc.file(found[COMPREHENSIVE_3D_SR]["ID"]))
         summary = tmp_path / "summary-from-orthanc.dcm"

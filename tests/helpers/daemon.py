@@ -68,24 +68,34 @@ def osteoflag(*args: str, config: Path, timeout: float = 120) -> subprocess.Comp
 class DaemonProcess:
     """``osteoflag serve`` in a subprocess; its stderr (JSON log lines) goes to a file."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, role: str = "all") -> None:
         self.config = config
         self.port = port
+        self.role = role
         self.log_path = config.with_name("daemon.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> DaemonProcess:
         log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "osteoflag", "serve", "--config", str(self.config)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "osteoflag", "serve", "--config", str(self.config)],
+            [*command, "--role", self.role],
             stdout=log,
             stderr=log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        wait_for(lambda: port_open(self.port) or self._exited(), timeout=timeout)
+        ready = self._listening if self.role in ("all", "listener") else self._started
+        wait_for(lambda: ready() or self._exited(), timeout=timeout)
         if self._exited():
             raise AssertionError(f"daemon exited early:\n{self.log_path.read_text()}")
         return self
+
+    def _listening(self) -> bool:
+        return port_open(self.port)
+
+    def _started(self) -> bool:
+        """A process without a listener is ready once it logged its start."""
+        return self.log_path.exists() and '"daemon started"' in self.log_path.read_text()
 
     def _exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -270,3 +271,30 @@ def test_objects_for_a_removed_destination_are_failed(
             select(Outbound.last_error).where(Outbound.destination.startswith("PACS0@"))
         ).all()
     assert errors == ["destination no longer configured"] * 2
+
+
+def test_missing_file_fails_that_object_only(
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
+) -> None:
+    settings = _settings(tmp_path, [pacs.port])
+    _, rows = _produce(sessions, settings)
+    summary = next(row for row in rows if row.kind == "summary")
+    Path(summary.file_path).unlink()
+    report = send_pending(sessions, settings)
+    assert (report.sent, report.failed) == (1, 1)
+    with sessions() as session:
+        failed = session.scalars(select(Outbound).where(Outbound.kind == "summary")).one()
+    assert failed.last_error is not None and "cannot read" in failed.last_error
+
+
+def test_concurrent_sender_runs_never_send_an_object_twice(
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
+) -> None:
+    settings = _settings(tmp_path, [pacs.port])
+    for _ in range(5):
+        _produce(sessions, settings)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        reports = list(pool.map(lambda _: send_pending(sessions, settings), range(3)))
+    assert sum(report.sent for report in reports) == 10
+    assert len(pacs.received) == 10
+    assert len(set(pacs.received)) == 10

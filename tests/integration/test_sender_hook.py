@@ -127,3 +127,15 @@ def test_no_undetermined_sr_unless_configured(
     with sessions() as session:
         source = pydicom.dcmread(instance.file_path)
         assert produce_undetermined(session, instance, source, "x", _model(settings), off) == []
+
+
+def test_undetermined_source_without_study_uid_gives_no_sr_and_no_error(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    instance = _claimed(sessions, settings)
+    source = pydicom.dcmread(instance.file_path)
+    del source.StudyInstanceUID
+    with sessions() as session:
+        assert (
+            produce_undetermined(session, instance, source, "x", _model(settings), settings) == []
+        )

@@ -57,3 +57,17 @@ def test_not_dicom_or_not_sr_is_a_permanent_error(tmp_path: Path) -> None:
     make_dx().save_as(image, enforce_file_format=True)
     with pytest.raises(PermanentError, match=r"0040,A730"):
         show_sr(image)
+
+
+def test_cli_show_sr_prints_the_tree_and_fails_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from osteoflag.cli import main
+
+    config = tmp_path / "osteoflag.toml"
+    config.write_text("")
+    path = _write(tmp_path, Classification(Label.NO_FRACTURE, 0.1))
+    assert main(["show-sr", str(path), "--config", str(config)]) == 0
+    assert "Result: no_fracture (score 10.00%" in capsys.readouterr().out
+    assert main(["show-sr", str(tmp_path / "missing.dcm"), "--config", str(config)]) == 1
+    assert "missing.dcm" in capsys.readouterr().err
