@@ -69,7 +69,9 @@ def efficientnet_features(prep: Prepared, options: TrainOptions) -> np.ndarray:
     inputs = np.stack([features.prepare(s, spec) for s in prep.samples[: export.PARITY_IMAGES]])
     export.export_onnx(model, torch.from_numpy(inputs[:1]), path)
     export.check_parity(model, path, inputs, options.threads)
-    cache = features.FeatureCache(options.work / "cache", features.sha256_bytes(path.read_bytes()))
+    cache = features.FeatureCache(
+        options.cache or options.work / "cache", features.sha256_bytes(path.read_bytes())
+    )
     out = features.run_images(
         export.session(path, options.threads), prep.samples, spec, cache, desc="efficientnet-lite0"
     )

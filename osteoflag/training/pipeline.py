@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +75,7 @@ class TrainOptions:
     threads: int = 2
     compare_layouts: bool = True
     width_divisor: int = 1
+    cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
 
 
 @dataclass
@@ -125,7 +127,7 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
     parity_inputs = np.stack([features.prepare(s, spec) for s in samples[: export.PARITY_IMAGES]])
     export.check_parity(trunk_model, trunk_path, parity_inputs, options.threads)
     cache = features.FeatureCache(
-        options.work / "cache", features.sha256_bytes(trunk_path.read_bytes())
+        options.cache or options.work / "cache", features.sha256_bytes(trunk_path.read_bytes())
     )
     out = features.run_images(
         export.session(trunk_path, options.threads),
@@ -192,8 +194,11 @@ def _per_cluster(
     return metrics.binary_metrics(yg, pg, model.threshold)
 
 
-def run(options: TrainOptions) -> dict[str, object]:
-    """The whole training run; writes the bundle to ``options.out`` and returns the metrics."""
+def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, object]:
+    """The whole training run; writes the bundle to ``options.out`` and returns the metrics.
+
+    ``prepared`` (from :func:`prepare` with the same options) skips hygiene and the trunk pass.
+    """
     torch.set_num_threads(options.threads)
     started = time.monotonic()
     options.work.mkdir(parents=True, exist_ok=True)
@@ -201,30 +206,13 @@ def run(options: TrainOptions) -> dict[str, object]:
         options.init, options.weights, options.head_convs, options.seed, options.width_divisor
     )
     trunk_model.eval()
-    prep = prepare(options, trunk_model)
+    prep = prepared if prepared is not None else prepare(options, trunk_model)
     results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
 
     def fit(
         fit_idx: np.ndarray, val_idx: np.ndarray, layout: FeatureLayout, tune: bool, tag: str
     ) -> tuple[FittedModel, np.ndarray]:
-        assert_disjoint(prep.groups, fit_idx, val_idx) if tag != "published" else None
-        logger.info(
-            "fitting",
-            extra={"action": "fit", "protocol": tag, "fit": len(fit_idx), "val": len(val_idx)},
-        )
-        return fit_model(
-            head0,
-            prep.trunk,
-            prep.labels,
-            fit_idx,
-            val_idx,
-            layout,
-            options.finetune if tune else None,
-            options.booster,
-            options.target_sensitivity,
-            options.work,
-            options.threads,
-        )
+        return fit_on(prep, options, head0, fit_idx, val_idx, layout, tune, tag)
 
     if "published" not in options.protocols:
         raise TrainingError("the bundle is the published-split model: include 'published'")
@@ -253,7 +241,9 @@ def run(options: TrainOptions) -> dict[str, object]:
 
     checkpoint()
     if "cv" in options.protocols:
-        results["cv"] = _cross_validate(prep, options, fit)
+        results["cv"] = summarise_cv(
+            prep, [cv_fold(prep, options, head0, k) for k in range(options.folds)]
+        )
     if "cross" in options.protocols and len(prep.other):
         fit_i, val_i = group_holdout(
             prep.labels[prep.other], prep.groups[prep.other], 0.2, options.seed
@@ -325,25 +315,68 @@ def _baselines(prep: Prepared, options: TrainOptions, head0: VGGHead) -> dict[st
     return out
 
 
-def _cross_validate(prep: Prepared, options: TrainOptions, fit) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def fit_on(
+    prep: Prepared,
+    options: TrainOptions,
+    head0: VGGHead,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    layout: FeatureLayout,
+    tune: bool,
+    tag: str,
+) -> tuple[FittedModel, np.ndarray]:
+    """One fit of the bundle's procedure (see :func:`fit_model`), logged with its protocol."""
+    if tag != "published":  # the published split is honoured as published, leaks included
+        assert_disjoint(prep.groups, fit_idx, val_idx)
+    logger.info(
+        "fitting",
+        extra={"action": "fit", "protocol": tag, "fit": len(fit_idx), "val": len(val_idx)},
+    )
+    return fit_model(
+        head0,
+        prep.trunk,
+        prep.labels,
+        fit_idx,
+        val_idx,
+        layout,
+        options.finetune if tune else None,
+        options.booster,
+        options.target_sensitivity,
+        options.work,
+        options.threads,
+    )
+
+
+def cv_fold(prep: Prepared, options: TrainOptions, head0: VGGHead, k: int) -> dict[str, Any]:
+    """Fold ``k`` of the grouped CV: fit inside the fold's training groups, score its test groups.
+
+    Folds are independent, so they can also run in separate processes and be merged with
+    :func:`summarise_cv`.
+    """
+    idx = prep.primary
+    y, g = prep.labels[idx], prep.groups[idx]
+    tr, te = list(group_folds(y, g, options.folds, options.seed))[k]
+    a, b = group_holdout(y[tr], g[tr], 0.15, options.seed + k)
+    model, x = fit_on(prep, options, head0, idx[tr[a]], idx[tr[b]], options.layout, True, f"cv{k}")
+    p = classifier.predict(model.booster, x[idx[te]])
+    m = metrics.binary_metrics(y[te], p, model.threshold)
+    m["fold"] = k
+    m["finetune_log"] = model.finetune_log
+    m["scores"] = {"index": te.tolist(), "p": p.tolist()}
+    return m
+
+
+def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, object]:
+    """Mean and t-interval of the fold AUCs, plus a group bootstrap of the pooled scores."""
     idx = prep.primary
     y, g = prep.labels[idx], prep.groups[idx]
     oof = np.full(len(idx), np.nan)
-    folds: list[dict[str, object]] = []
-    for k, (tr, te) in enumerate(group_folds(y, g, options.folds, options.seed)):
-        a, b = group_holdout(y[tr], g[tr], 0.15, options.seed + k)
-        model, x = fit(idx[tr[a]], idx[tr[b]], options.layout, True, f"cv{k}")
-        p = classifier.predict(model.booster, x[idx[te]])
-        oof[te] = p
-        m = metrics.binary_metrics(y[te], p, model.threshold)
-        m["fold"] = k
-        folds.append(m)
-    aucs = [float(f["auc"]) for f in folds]  # type: ignore[arg-type]
-    accs = [float(f["accuracy"]) for f in folds]  # type: ignore[arg-type]
-    auc_mean, auc_lo, auc_hi = metrics.mean_ci(aucs)
-    acc_mean, acc_lo, acc_hi = metrics.mean_ci(accs)
+    for fold in folds:
+        oof[np.asarray(fold["scores"]["index"], dtype=int)] = fold["scores"]["p"]
+    auc_mean, auc_lo, auc_hi = metrics.mean_ci([float(f["auc"]) for f in folds])
+    acc_mean, acc_lo, acc_hi = metrics.mean_ci([float(f["accuracy"]) for f in folds])
     return {
-        "folds": folds,
+        "folds": [{k: v for k, v in f.items() if k != "scores"} for f in folds],
         "auc_mean": auc_mean,
         "auc_ci95_t": [auc_lo, auc_hi],
         "accuracy_mean": acc_mean,

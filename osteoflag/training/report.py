@@ -184,7 +184,8 @@ def _cv(folder: Path, cv: Mapping[str, Any]) -> list[str]:
         "early stopping and the threshold use a grouped hold-out of that fold's training groups "
         "only. This is the leakage-free number to judge the model by.",
         "",
-        f"**Mean AUC over folds {_f(cv['auc_mean'])} (95% t-interval {_f(lo)} to {_f(hi)}); "
+        f"**Folds completed: {len(cv['folds'])}. Mean AUC over folds {_f(cv['auc_mean'])} "
+        f"(95% t-interval {_f(lo)} to {_f(hi)}); "
         f"pooled out-of-fold AUC, group-bootstrap 95% CI {_f(blo)} to {_f(bhi)}; mean accuracy "
         f"{_f(cv['accuracy_mean'])}.** Target mean AUC >= 0.80: "
         f"{_met(cv['auc_mean'] >= TARGETS['cv_auc_mean'])}.",

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, load_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
-from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
+from osteoflag.db.models import Outbound, utcnow
 from osteoflag.pacs.derived import Classification, Label, ModelIdentity
-from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from tests.helpers.daemon import osteoflag, write_config
 from tests.helpers.net import free_port
+from tests.helpers.rows import produce_for
 from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
 
@@ -68,19 +68,8 @@ def _produce(sessions: sessionmaker[Session], settings: Settings, count: int = 2
     with sessions() as session:
         for seed in range(count):
             source = make_dx(seed=seed, rows=128, columns=96)
-            instance = Instance(
-                sop_instance_uid=source.SOPInstanceUID,
-                sop_class_uid=source.SOPClassUID,
-                transfer_syntax_uid=str(source.file_meta.TransferSyntaxUID),
-                calling_ae="MODALITY",
-                peer_address="127.0.0.1",
-                file_path="/nonexistent",
-                state=InstanceState.DONE,
-            )
-            session.add(instance)
-            session.flush()
             result = Classification(Label.FRACTURE, 0.8)
-            rows = produce_outbound(session, instance, source, result, MODEL, settings)
+            rows = produce_for(session, source, result, MODEL, settings)
             uids |= {row.sop_instance_uid for row in rows}
         session.commit()
     return uids
@@ -100,16 +89,16 @@ def test_outage_backs_off_exponentially_up_to_the_cap_then_delivers_once(
 ) -> None:
     settings = load_settings(_config(tmp_path, port))
     produced = _produce(sessions, settings)
-    delays: list[float] = []
     moment = utcnow()
-    for _ in range(6):  # the PACS is down: every due run fails and reschedules
+    for delay in (1, 2, 4, 8, 8, 8):  # the PACS is down: every due run fails and reschedules
         before = utcnow()
         report = send_pending(sessions, settings, now=moment)
+        after = utcnow()
         assert (report.sent, report.retried, report.failed) == (0, len(produced), 0)
         assert send_pending(sessions, settings, now=moment).retried == 0  # not due yet
         moment = _next_attempt(sessions)
-        delays.append(round((moment - before).total_seconds()))
-    assert delays == [1, 2, 4, 8, 8, 8]
+        # The backoff counts from the failed attempt, which happened between before and after.
+        assert before + timedelta(seconds=delay) <= moment <= after + timedelta(seconds=delay)
     rows = _rows(sessions)
     assert {(row.state.value, row.attempts) for row in rows} == {("pending", 6)}
     assert all(row.last_error == f"no association with PACS@127.0.0.1:{port}" for row in rows)

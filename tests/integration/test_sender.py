@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
-from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
+from osteoflag.db.models import Instance, Outbound, utcnow
 from osteoflag.pacs.derived import Classification, Label, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import requeue_failed_outbound, send_pending
 from tests.helpers.net import free_port, port_open
+from tests.helpers.rows import produce_for
 from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
@@ -62,18 +63,7 @@ def _produce(
 ) -> tuple[pydicom.Dataset, list[Outbound]]:
     source = make_dx()
     with sessions() as session:
-        instance = Instance(
-            sop_instance_uid=source.SOPInstanceUID,
-            sop_class_uid=source.SOPClassUID,
-            transfer_syntax_uid=str(source.file_meta.TransferSyntaxUID),
-            calling_ae="MODALITY",
-            peer_address="127.0.0.1",
-            file_path="/nonexistent",
-            state=InstanceState.DONE,
-        )
-        session.add(instance)
-        session.flush()
-        rows = produce_outbound(session, instance, source, result, MODEL, settings)
+        rows = produce_for(session, source, result, MODEL, settings)
         session.commit()
     return source, rows
 

@@ -13,11 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
-from osteoflag.db.models import Instance, InstanceState
-from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from tests.helpers.net import free_port, port_open
 from tests.helpers.pki import Certificates, make_certificates
+from tests.helpers.rows import produce_for
 from tests.helpers.wait import wait_for
 from tests.integration.test_sender import FRACTURE, MODEL
 from tests.sr_fixtures import make_dx, require_tool
@@ -66,18 +65,7 @@ def _sessions_with_result(settings: Settings) -> tuple[sessionmaker[Session], se
     sessions = session_factory(engine)
     source = make_dx()
     with sessions() as session:
-        instance = Instance(
-            sop_instance_uid=source.SOPInstanceUID,
-            sop_class_uid=source.SOPClassUID,
-            transfer_syntax_uid=str(source.file_meta.TransferSyntaxUID),
-            calling_ae="MODALITY",
-            peer_address="127.0.0.1",
-            file_path="/nonexistent",
-            state=InstanceState.DONE,
-        )
-        session.add(instance)
-        session.flush()
-        rows = produce_outbound(session, instance, source, FRACTURE, MODEL, settings)
+        rows = produce_for(session, source, FRACTURE, MODEL, settings)
         session.commit()
         return sessions, {row.sop_instance_uid for row in rows}
 
