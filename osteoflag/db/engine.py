@@ -50,11 +50,14 @@ def _private_sqlite_file(database: Path) -> None:
     """Create the database file owner-only (it holds patient-linked rows) before SQLite does.
 
     SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions, so
-    these follow; an existing file with looser permissions is tightened.
+    these follow; an existing file of ours with looser permissions is tightened.
     """
-    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(database, os.O_CREAT | os.O_RDWR, 0o600))
-    os.chmod(database, 0o600)
+    if not database.exists():
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    status = database.stat()
+    if status.st_uid == os.getuid() and status.st_mode & 0o077:
+        os.chmod(database, 0o600)
 
 
 def make_engine(url: str) -> Engine:

@@ -196,10 +196,13 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
     pacs = ResultsPACS()
     sections = base_sections(folder, bundle)
     sections["worker"].update({"sweep_seconds": 0.5, "max_attempts": 2 + kills})
+    # Objects a killed sender had claimed wait out its claim lease (run_seconds + 3 x
+    # timeout_seconds) before they are retried: keep both short so the run stays short.
     sections["sender"] = {
         "interval_seconds": 0.5,
-        "batch_size": 100,
-        "timeout_seconds": 10.0,
+        "batch_size": 50,
+        "run_seconds": 5.0,
+        "timeout_seconds": 3.0,
         "backoff_base_seconds": 0.5,
         "backoff_cap_seconds": 2.0,
     }
@@ -251,7 +254,7 @@ def run_load(folder: Path, bundle: Path, count: int, kills: int, seed: int) -> L
         wait_for(lambda: _settled(database), timeout=max(1.0, deadline - time.monotonic()))
         assert daemon.process is not None
         peak_kb = max(peak_kb, _peak_rss_kb(daemon.process.pid))
-        daemon.terminate()
+        assert daemon.terminate() == 0, "graceful stop after the load"
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()

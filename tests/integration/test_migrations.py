@@ -1,14 +1,12 @@
 """Migrations: the migrated schema equals the models, and 0002 keeps existing rows.
 
-Runs on SQLite (batch mode) and on a private PostgreSQL server when its helper is present.
+Runs on SQLite (batch mode) and on the run's private PostgreSQL server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -17,6 +15,7 @@ from sqlalchemy import Engine, inspect, text
 
 from osteoflag.db.engine import MIGRATIONS, make_engine, migrate, schema_is_current
 from osteoflag.db.models import Base
+from tests.helpers.postgres import PostgresServer
 
 
 def _alembic(engine: Engine) -> Config:
@@ -67,15 +66,8 @@ def test_sqlite_migrations(tmp_path: Path) -> None:
         engine.dispose()
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    postgres = pytest.importorskip("tests.helpers.postgres")
-    with postgres.PostgresServer() as server:
-        yield server.database()
-
-
-def test_postgresql_migrations(postgres_url: str) -> None:
-    engine = make_engine(postgres_url)
+def test_postgresql_migrations(postgres: PostgresServer) -> None:
+    engine = make_engine(postgres.database())
     try:
         _check_upgrade_keeps_rows_and_matches_models(engine)
     finally:

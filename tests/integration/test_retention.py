@@ -5,6 +5,7 @@ Age is moved by passing ``now`` to ``remove_expired``, never by sleeping.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import RetentionSettings, Settings, parse_settings
 from osteoflag.daemon.retention import remove_expired
 from osteoflag.db import queue
+from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.sender import requeue_failed_outbound
@@ -22,6 +24,19 @@ from osteoflag.pacs.storage import instance_path, write_atomically
 
 RETENTION = RetentionSettings(max_age_days=30.0)
 LATER = timedelta(days=31)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """The queue on SQLite (the settings' file) and on the run's private PostgreSQL server."""
+    if request.param == "sqlite":
+        url = settings.storage.database_url
+    else:
+        url = request.getfixturevalue("postgres").database()
+    engine = make_engine(url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 def _instance(
