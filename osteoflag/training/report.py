@@ -296,6 +296,8 @@ def write_card(folder: Path, results: Mapping[str, Any]) -> None:
         lines += _layouts(results["layouts"])
     if results.get("baselines"):
         lines += _baselines(results["baselines"])
+    if results.get("notes"):
+        lines += ["## Notes on this run", "", *(f"- {note}" for note in results["notes"]), ""]
     lines += [
         "## Data hygiene",
         "",
