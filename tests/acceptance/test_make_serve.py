@@ -42,8 +42,14 @@ def test_make_serve_on_a_fresh_clone_answers_echo(tmp_path: Path) -> None:
         wait_for(lambda: port_open(port) or serve.poll() is not None, timeout=600, interval=0.5)
         assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
         echo = subprocess.run(
-            [str(clone / ".venv" / "bin" / "osteoflag"), "echo", "127.0.0.1", str(port),
-             "--called-aet", "OSTEOFLAG"],
+            [
+                str(clone / ".venv" / "bin" / "osteoflag"),
+                "echo",
+                "127.0.0.1",
+                str(port),
+                "--called-aet",
+                "OSTEOFLAG",
+            ],
             cwd=clone,
             env=env,
             capture_output=True,
