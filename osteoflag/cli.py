@@ -15,15 +15,25 @@ from pathlib import Path
 from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.errors import ConfigError, OsteoflagError
+from osteoflag.inference.commands import add_infer_arguments, run_infer
+from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
 from osteoflag.logs import configure_logging
+from osteoflag.pacs.tls_options import add_tls_arguments, peer_tls
+from osteoflag.training.commands import (
+    add_evaluate_arguments,
+    add_train_arguments,
+    run_evaluate,
+    run_train,
+)
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.daemon.roles import Role
     from osteoflag.daemon.service import Daemon
 
-    return Daemon(settings).run()
+    return Daemon(settings, Role(args.role)).run()
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,7 +54,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 def _echo(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.pacs.scu import Peer, send_c_echo
 
-    code = send_c_echo(Peer(args.host, args.port, args.called_aet), settings.listener.ae_title)
+    peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))
+    code = send_c_echo(peer, settings.listener.ae_title)
     print(f"C-ECHO {args.called_aet}@{args.host}:{args.port}: status 0x{code:04X}")
     return 0 if code == 0 else 1
 
@@ -55,7 +66,7 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     files = list(dicom_files(args.paths))
     if not files:
         raise ConfigError("send: no files found")
-    peer = Peer(args.host, args.port, args.called_aet)
+    peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))
     failed = 0
     for outcome in send_c_store(files, peer, settings.listener.ae_title):
         if outcome.ok:
@@ -65,6 +76,27 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
             code = "none" if outcome.status is None else f"0x{outcome.status:04X}"
             print(f"{outcome.path}: FAILED status {code} {outcome.error or ''}".rstrip())
     return 1 if failed else 0
+
+
+def _show_sr(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.pacs.show import show_sr
+
+    print(show_sr(args.file))
+    return 0
+
+
+def _requeue(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.db import queue
+    from osteoflag.db.engine import make_engine, migrate, session_factory
+    from osteoflag.pacs.sender import requeue_failed_outbound
+
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    instances = queue.requeue_failed(sessions)
+    outbound = requeue_failed_outbound(sessions)
+    print(json.dumps({"instances": instances, "outbound": outbound}))
+    return 0
 
 
 def _port(text: str) -> int:
@@ -89,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the daemon")
+    serve.add_argument(
+        "--role",
+        choices=["listener", "worker", "sender", "all"],
+        default="all",
+        help="parts this process runs (default all; see README, Deployment)",
+    )
     serve.set_defaults(handler=_serve)
 
     status = commands.add_parser("status", parents=[common], help="queue counts per state")
@@ -99,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("host")
     echo.add_argument("port", type=_port)
     echo.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    add_tls_arguments(echo)
     echo.set_defaults(handler=_echo)
 
     send = commands.add_parser("send", parents=[common], help="C-STORE files to a DICOM peer")
@@ -106,7 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--host", required=True)
     send.add_argument("--port", required=True, type=_port)
     send.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    add_tls_arguments(send)
     send.set_defaults(handler=_send)
+
+    infer = commands.add_parser("infer", parents=[common], help="classify local image files")
+    add_infer_arguments(infer)
+    infer.set_defaults(handler=run_infer)
+
+    evaluate = commands.add_parser(
+        "evaluate", parents=[common], help="score a bundle on a labelled folder"
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="build a model bundle (needs the train extra)"
+    )
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
+
+    quantize = commands.add_parser(
+        "quantize", parents=[common], help="INT8 backbone bundle, kept only if as good"
+    )
+    add_quantize_arguments(quantize)
+    quantize.set_defaults(handler=run_quantize)
+
+    show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.set_defaults(handler=_show_sr)
+
+    requeue = commands.add_parser(
+        "requeue", parents=[common], help="retry failed instances and failed deliveries"
+    )
+    requeue.set_defaults(handler=_requeue)
     return parser
 
 

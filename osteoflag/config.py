@@ -6,12 +6,20 @@ moved together with its ``var/`` and ``models/`` folders.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from osteoflag.errors import ConfigError
 
@@ -30,6 +38,54 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class AllowedPeer(_Section):
+    """A calling AE title pinned to an address: from elsewhere it is rejected.
+
+    ``address`` is one IP address or a network in CIDR notation (``10.1.2.0/24``); an AE
+    title may be listed several times to allow several addresses.
+    """
+
+    ae_title: AETitle
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _is_network(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+        return value
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """The pinned address as a network (a single address is a /32 or /128)."""
+        return ipaddress.ip_network(self.address, strict=False)
+
+
+class TLSSettings(_Section):
+    """DICOM TLS on the listener (PS3.15 B.1, BCP 195): server certificate, optional client CA.
+
+    ``required = true``: ``listener.port`` speaks TLS only, plain connections are dropped.
+    ``required = false``: ``listener.port`` stays plain and TLS is served on ``port``.
+    With ``ca_certificates`` set, a client must present a certificate signed by that CA.
+    """
+
+    certificate: PathValue
+    private_key: PathValue
+    ca_certificates: PathValue | None = None
+    required: bool = True
+    port: Port | None = None
+
+    @model_validator(mode="after")
+    def _port_matches_mode(self) -> TLSSettings:
+        if not self.required and self.port is None:
+            raise ValueError("port is required when required = false (TLS beside plain DICOM)")
+        if self.required and self.port is not None:
+            raise ValueError("port is only used when required = false; TLS uses listener.port")
+        return self
+
+
 class ListenerSettings(_Section):
     """The Storage SCP: who we are and who may talk to us (PS3.8 association policy)."""
 
@@ -42,11 +98,25 @@ class ListenerSettings(_Section):
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 60.0
     maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+    # Larger data sets abort the association while arriving; the worker's own limit is 1 GiB.
+    max_dataset_mb: Annotated[int, Field(ge=1, le=1024)] = 1024
+    allowed_peers: tuple[AllowedPeer, ...] = ()
+    tls: TLSSettings | None = None
 
-    @field_validator("allowed_calling_aets", mode="before")
+    @field_validator("allowed_calling_aets", "allowed_peers", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _pinned_titles_are_allowed(self) -> ListenerSettings:
+        allowed = set(self.allowed_calling_aets)
+        for peer in self.allowed_peers:
+            if allowed and peer.ae_title not in allowed:
+                raise ValueError(
+                    f"allowed_peers names {peer.ae_title!r}, which is not in allowed_calling_aets"
+                )
+        return self
 
 
 class StorageSettings(_Section):
@@ -100,12 +170,82 @@ class SenderSettings(_Section):
     deadline_seconds: Seconds = 259200.0
 
 
+class RetentionSettings(_Section):
+    """Removal of received and produced files once their work is over (rows are kept).
+
+    Files of an instance are removed when it was received more than ``max_age_days``
+    ago, is finished (done, skipped or failed) and none of its objects is still pending.
+    """
+
+    enabled: bool = True
+    max_age_days: Annotated[float, Field(gt=0, strict=False)] = 30.0
+    interval_seconds: Seconds = 3600.0
+    batch_size: Annotated[int, Field(ge=1)] = 500
+
+
+class DestinationTLS(_Section):
+    """DICOM TLS towards a destination (BCP 195): the CA that signed its certificate (checked
+    against ``host``), and our own certificate and key when it asks for one."""
+
+    ca_certificates: PathValue
+    certificate: PathValue | None = None
+    private_key: PathValue | None = None
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> DestinationTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        return self
+
+
 class Destination(_Section):
     """A DICOM peer that receives every produced object."""
 
     ae_title: AETitle
     host: str
     port: Port
+    tls: DestinationTLS | None = None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebSettings(_Section):
+    """The operator's page with ``/healthz`` and ``/metrics`` (port 0: any free port, logged).
+
+    Without ``token`` or ``username``/``password`` it may only listen on loopback.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    token: Annotated[str, Field(min_length=16)] | None = None
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password: Annotated[str, Field(min_length=8)] | None = None
+    max_upload_mb: Annotated[float, Field(gt=0)] = 64.0
+
+    @model_validator(mode="after")
+    def _protected_unless_loopback(self) -> WebSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("web.username and web.password must be given together")
+        if self.enabled and not is_loopback(self.host) and not self.protected:
+            raise ValueError(
+                f"web.host {self.host!r} is not a loopback address; set web.token or "
+                "web.username and web.password before exposing the operator page"
+            )
+        return self
+
+    @property
+    def protected(self) -> bool:
+        """True when a token or a username/password is configured."""
+        return self.token is not None or self.username is not None
 
 
 class Settings(_Section):
@@ -117,7 +257,9 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     report: ReportSettings = ReportSettings()
     sender: SenderSettings = SenderSettings()
+    retention: RetentionSettings = RetentionSettings()
     destinations: tuple[Destination, ...] = ()
+    web: WebSettings = WebSettings()
     log_level: str = "INFO"
 
     @field_validator("destinations", mode="before")
@@ -176,7 +318,33 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
         }
     )
     model = raw.model.model_copy(update={"bundle": _resolve(base, raw.model.bundle)})
-    return raw.model_copy(update={"storage": storage, "model": model})
+    listener = raw.listener
+    if listener.tls is not None:
+        listener = listener.model_copy(update={"tls": _resolve_paths(base, listener.tls)})
+    destinations = tuple(
+        d if d.tls is None else d.model_copy(update={"tls": _resolve_paths(base, d.tls)})
+        for d in raw.destinations
+    )
+    return raw.model_copy(
+        update={
+            "storage": storage,
+            "model": model,
+            "listener": listener,
+            "destinations": destinations,
+        }
+    )
+
+
+_TLS = TypeVar("_TLS", TLSSettings, DestinationTLS)
+
+
+def _resolve_paths(base: Path, section: _TLS) -> _TLS:
+    """``section`` with its certificate and key paths resolved against ``base``."""
+    names = ("certificate", "private_key", "ca_certificates")
+    paths = {name: getattr(section, name) for name in names}
+    return section.model_copy(
+        update={name: _resolve(base, path) for name, path in paths.items() if path is not None}
+    )
 
 
 def load_settings(path: Path) -> Settings:

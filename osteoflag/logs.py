@@ -13,6 +13,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import pydicom.config
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -40,5 +42,10 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # These libraries narrate routine steps at INFO; keep their warnings and errors only.
-    for chatty in ("pynetdicom", "alembic", "apscheduler"):
+    for chatty in ("pynetdicom", "alembic", "apscheduler", "uvicorn", "highdicom"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+    # pydicom's value validation quotes the offending value, as a log record and a warning:
+    # from a malformed data set that can be a patient's name or birth date. Values are used
+    # as received (the SR copies them, PS3.3 C.7.1.1), so they are not validated at all.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE

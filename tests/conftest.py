@@ -13,6 +13,8 @@ from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.pacs.scp import StorageSCP
 from tests.helpers.net import free_port
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.tiny_bundle import build_bundle
 
 
 def make_settings(folder: Path, **sections: dict[str, Any]) -> Settings:
@@ -28,6 +30,19 @@ def make_settings(folder: Path, **sections: dict[str, Any]) -> Settings:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return parse_settings(data, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small but real bundle (ONNX backbone + LightGBM), built once per test run."""
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the whole run; tests create their own databases."""
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.helpers.daemon import DaemonProcess
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 FAKE_PATIENT_NAME = "Testpatient^Osteo"
@@ -112,3 +116,50 @@ def dciodvfy_errors(path: Path) -> list[str]:
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60, check=False)
     lines = (run.stdout + run.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
+
+
+class RecordingSCP:
+    """A real pynetdicom Storage SCP on a loopback port that keeps what it receives.
+
+    ``status`` is the C-STORE status it answers with; ``received`` lists the SOP
+    Instance UIDs of every C-STORE request, duplicates included.
+    """
+
+    def __init__(self, port: int = 0, ae_title: str = "PACS", status: int = 0x0000) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.status = status
+        self.received: list[str] = []
+        self.ae = AE(ae_title=ae_title)
+        self.ae.supported_contexts = AllStoragePresentationContexts
+        self.ae.add_supported_context("1.2.840.10008.1.1")
+        self.server = self.ae.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, event: object) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))  # type: ignore[attr-defined]
+        return self.status
+
+    def stop(self) -> None:
+        """Close the listening socket and every association."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def serving(process: DaemonProcess, timeout: float = 180.0) -> Iterator[DaemonProcess]:
+    """Run ``osteoflag serve`` for a block; the process is killed afterwards whatever happens.
+
+    The start-up timeout is generous because a loaded CI machine can take long to import
+    onnxruntime and verify the bundle; a failed start must not leak the process either.
+    """
+    try:
+        yield process.start(timeout=timeout)
+    finally:
+        if process.process is not None and process.process.poll() is None:
+            process.process.kill()
+            process.process.wait(timeout=30)

@@ -7,6 +7,9 @@ two writers never deadlock upgrading a read lock. PostgreSQL needs none of this.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +17,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.errors import ConfigError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+READ_ONLY = "osteoflag_read_only"
+#: PostgreSQL advisory lock key held while migrating (any fixed 64-bit number of ours).
+MIGRATION_LOCK = 0x05_7E_0F_1A_6D_B0
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -35,19 +41,40 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Readers take no lock in WAL mode, so they never wait behind a writer.
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _private_sqlite_file(database: Path) -> None:
+    """Create the database file owner-only (it holds patient-linked rows) before SQLite does.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions, so
+    these follow; an existing file of ours with looser permissions is tightened.
+    """
+    if not database.exists():
+        database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    status = database.stat()
+    if status.st_uid == os.getuid() and status.st_mode & 0o077:
+        os.chmod(database, 0o600)
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; creates the folder of a SQLite file if needed."""
+    """An engine for ``url``; creates a SQLite file (owner-only) and its folder if needed."""
     try:
         engine = create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise ConfigError(f"invalid value for 'storage.database_url': {exc}") from exc
     if engine.dialect.name == "sqlite":
         database = engine.url.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                _private_sqlite_file(Path(database))
+            except OSError as exc:
+                raise ConfigError(
+                    f"invalid value for 'storage.database_url': cannot create {database}: {exc}"
+                ) from exc
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
@@ -58,6 +85,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for queries only: on SQLite its transaction is deferred and takes no lock."""
+    with sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
+
+
 def _alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -66,8 +101,21 @@ def _alembic_config(engine: Engine) -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent; run at every start)."""
-    command.upgrade(_alembic_config(engine), "head")
+    """Bring the schema to the newest revision (idempotent; run at every start).
+
+    On PostgreSQL several processes may start at once against one database, so the
+    upgrade runs under a session advisory lock: the first migrates, the others then
+    find the schema current. SQLite's ``BEGIN IMMEDIATE`` already serialises them.
+    """
+    if engine.dialect.name != "postgresql":
+        command.upgrade(_alembic_config(engine), "head")
+        return
+    with engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        try:
+            command.upgrade(_alembic_config(engine), "head")
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
 
 
 def schema_is_current(engine: Engine) -> bool:

@@ -44,9 +44,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None or value.tzinfo is not None:
-            return value
-        return value.replace(tzinfo=UTC)
+        # PostgreSQL answers in the session's TimeZone (Etc/UTC, Europe/Paris...): same
+        # instant, but callers are promised datetime.UTC.
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 class InstanceState(enum.StrEnum):
@@ -112,6 +116,7 @@ class Instance(Base):
     model: Mapped[str | None] = mapped_column(String(128))
     inference_ms: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # file gone (retention)
 
 
 class Outbound(Base):
@@ -138,6 +143,7 @@ class Outbound(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # file gone (retention)
 
 
 class Event(Base):

@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Result:
 
 def is_known(sessions: sessionmaker[Session], sop_instance_uid: str) -> bool:
     """True when an instance with this SOP Instance UID was already accepted."""
-    with sessions() as session:
+    with reading(sessions) as session:
         found = session.scalar(
             select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
         )
@@ -198,8 +199,13 @@ def _recover(sessions: sessionmaker[Session], max_attempts: int, condition: obje
 
 
 def requeue_failed(sessions: sessionmaker[Session], ids: Sequence[int] | None = None) -> int:
-    """Put ``failed`` instances (all, or those in ``ids``) back in the queue with fresh attempts."""
-    statement = update(Instance).where(Instance.state == InstanceState.FAILED)
+    """Put ``failed`` instances (all, or those in ``ids``) back in the queue with fresh attempts.
+
+    Instances whose file retention has removed are left alone: there is nothing to retry.
+    """
+    statement = update(Instance).where(
+        Instance.state == InstanceState.FAILED, Instance.removed_at.is_(None)
+    )
     if ids is not None:
         statement = statement.where(Instance.id.in_(ids))
     with sessions() as session:
@@ -214,7 +220,7 @@ def requeue_failed(sessions: sessionmaker[Session], ids: Sequence[int] | None = 
 
 def counts(sessions: sessionmaker[Session]) -> dict[str, dict[str, int]]:
     """Rows per state for instances and outbound objects, every state present."""
-    with sessions() as session:
+    with reading(sessions) as session:
         instances = dict(
             session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all()
         )

@@ -1,27 +1,15 @@
-"""``osteoflag infer PATH... --json``: classify local files without the daemon (CONTRACT.md).
+"""``osteoflag infer PATH... --json`` (CONTRACT.md): the CLI's two entry points.
 
-One JSON object per line and per file, in the order given (directories recursed, sorted):
-``{"file", "probability", "label", "threshold", "model"}``, or ``{"file", "error"}`` for a
-file that cannot be classified, in which case the exit status is 1 once all are done.
+Kept free of heavy imports so that building the parser stays fast; the work is in
+:mod:`osteoflag.inference.infer`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
 
 from osteoflag.config import Settings
-from osteoflag.errors import PixelDataError
-from osteoflag.inference.bundle import load_bundle
-from osteoflag.inference.pixels import load_display, model_input
-from osteoflag.inference.predictor import Predictor
-
-logger = logging.getLogger(__name__)
 
 
 def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,76 +21,8 @@ def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def input_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """The given files, and every non-hidden file under the given folders in sorted order."""
-    for path in paths:
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                relative = child.relative_to(path).parts
-                if child.is_file() and not any(part.startswith(".") for part in relative):
-                    yield child
-        else:
-            yield path
-
-
-def _line(record: dict[str, object], as_json: bool) -> str:
-    if as_json:
-        return json.dumps(record)
-    if "error" in record:
-        return f"{record['file']}: ERROR {record['error']}"
-    return (
-        f"{record['file']}: {record['label']} (probability {record['probability']:.4f}, "
-        f"threshold {record['threshold']}, model {record['model']})"
-    )
-
-
-def classify_files(
-    predictor: Predictor, files: Sequence[Path], out: TextIO, *, as_json: bool = True
-) -> int:
-    """Classify ``files`` in batches, writing one line each; return how many failed."""
-    spec = predictor.bundle.input_spec
-    failures = 0
-    for start in range(0, len(files), predictor.batch_size):
-        chunk = files[start : start + predictor.batch_size]
-        records: list[dict[str, object]] = []
-        ready: list[int] = []
-        inputs = []
-        for path in chunk:
-            try:
-                inputs.append(model_input(load_display(path), spec))
-                ready.append(len(records))
-                records.append({"file": str(path)})
-            except PixelDataError as exc:
-                failures += 1
-                records.append({"file": str(path), "error": str(exc)})
-        for index, prediction in zip(ready, predictor.predict_inputs(inputs), strict=True):
-            records[index].update(
-                probability=prediction.probability,
-                label=prediction.label.value,
-                threshold=prediction.threshold,
-                model=prediction.model,
-            )
-        for record in records:
-            out.write(_line(record, as_json) + "\n")
-        out.flush()
-    return failures
-
-
-def run_infer(args: argparse.Namespace, settings: Settings, out: TextIO | None = None) -> int:
+def run_infer(args: argparse.Namespace, settings: Settings) -> int:
     """The ``infer`` command: 0 when every file was classified, 1 otherwise."""
-    bundle = load_bundle(args.bundle or settings.model.bundle)
-    predictor = Predictor(
-        bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
-    )
-    files = list(input_files(args.paths))
-    failures = classify_files(predictor, files, out or sys.stdout, as_json=args.json)
-    logger.info(
-        "infer finished",
-        extra={
-            "action": "infer",
-            "files": len(files),
-            "failed": failures,
-            "model": bundle.model_id,
-        },
-    )
-    return 1 if failures or not files else 0
+    from osteoflag.inference.infer import infer_paths
+
+    return infer_paths(args.paths, settings, bundle_path=args.bundle, as_json=args.json)

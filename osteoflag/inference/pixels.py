@@ -8,7 +8,8 @@ Modality LUT (PS3.3 C.11.1), then the VOI LUT or window (PS3.3 C.11.2), then the
 of MONOCHROME1 (PS3.3 C.7.6.3.1.2). Colour images (RGB, YBR_*, PALETTE COLOR) are turned
 into luminance. When there is no VOI transform (PNG/JPEG, or DICOM without window or VOI LUT)
 the values are stretched from their minimum to their maximum, so that a PNG and a DICOM made
-from it give the same array.
+from it give the same array. Presentation LUT Shape is not applied separately: in the DX and
+CR IODs it only restates the polarity of the Photometric Interpretation (PS3.3 C.8.11.6.1.2).
 """
 
 from __future__ import annotations
@@ -21,22 +22,27 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.dicomfile import read_instance
 
 FloatArray = npt.NDArray[np.float32]
+PIXEL_DATA: Final = 0x7FE00010
 
-#: Largest frame we agree to decode (Rows x Columns); a 10k x 10k detector is 100 Mpx.
-MAX_FRAME_PIXELS: Final = 2**27
-#: Largest declared pixel payload (all frames, native encoding) we agree to open.
-MAX_DECLARED_BYTES: Final = 2**32
+#: Largest frame we agree to decode (Rows x Columns), 33.5 Mpx: twice a 43 x 43 cm detector
+#: at 100 um. Decoding costs about 24 bytes per pixel at peak (float64 LUT and VOI steps), so
+#: this bounds one decode near 800 MB; at 2**27 a hostile header cost 3 GB and a minute.
+MAX_FRAME_PIXELS: Final = 2**25
+#: Largest declared pixel payload (all frames, native encoding) we agree to open; the stored
+#: file is bounded anyway by ``dicomfile.MAX_DATASET_BYTES``.
+MAX_DECLARED_BYTES: Final = 2**30
 #: ITU-R BT.601 luma weights, the ones DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
 LUMA_WEIGHTS: Final = (0.299, 0.587, 0.114)
 
@@ -104,7 +110,7 @@ class InputSpec:
 
 def _first(value: Any) -> float:
     """First value of a possibly multi-valued DS/IS element (the first window, PS3.3 C.11.2.1.2)."""
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if isinstance(value, list | tuple | MultiValue):
         return float(value[0])
     return float(value)
 
@@ -127,7 +133,7 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError(f"(0028,0008) Number of Frames is {raw_frames!r}") from exc
     if frames < 1:
         raise PixelDataError(f"(0028,0008) Number of Frames is {frames}")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    samples = int(ds.get("SamplesPerPixel") or 1)
     if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
         samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
     frame_pixels = ds.Rows * ds.Columns
@@ -142,7 +148,7 @@ def _check_geometry(ds: Dataset) -> int:
         raise PixelDataError("no (0002,0010) Transfer Syntax UID in the file meta information")
     if not UID(syntax).is_compressed:
         expected = math.ceil(declared)
-        actual = len(ds.PixelData)
+        actual = _pixel_data_length(ds)
         if actual < expected:
             raise PixelDataError(
                 f"(7FE0,0010) Pixel Data has {actual} bytes, fewer than the {expected} declared "
@@ -151,10 +157,35 @@ def _check_geometry(ds: Dataset) -> int:
     return frames
 
 
-def _decode_first_frame(ds: Dataset, frames: int) -> npt.NDArray[Any]:
-    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes."""
+def _deferred_pixels(ds: Dataset) -> str | None:
+    """The Part 10 file to decode from when Pixel Data was left on disk by a deferred read
+    (:data:`osteoflag.inference.dicomfile.DEFER_SIZE`), so that only frame 1 is ever read."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    filename = getattr(ds, "filename", None)
+    deferred = element is not None and element.value is None
+    if deferred and isinstance(filename, str) and getattr(ds, "preamble", None) is not None:
+        return filename
+    return None
+
+
+def _pixel_data_length(ds: Dataset) -> int:
+    """Bytes of Pixel Data, without reading a deferred value into memory."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if element is None:
+        return 0
+    if element.value is None and isinstance(element, RawDataElement):
+        return int(element.length)
+    return len(element.value)
+
+
+def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
+    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes.
+
+    Also for single-frame data: without an index, pydicom decodes any excess Pixel Data
+    bytes as extra frames, so a hostile file could make it allocate them all.
+    """
     try:
-        return pixel_array(ds, index=0 if frames > 1 else None)
+        return pixel_array(_deferred_pixels(ds) or ds, index=0)
     except Exception as exc:  # pydicom and its plugins raise many unrelated types
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise PixelDataError(
@@ -242,7 +273,7 @@ def display_from_dataset(ds: Dataset) -> DisplayImage:
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
         raise PixelDataError(f"(0028,0004) Photometric Interpretation {photometric!r} unsupported")
-    stored = _decode_first_frame(ds, frames)
+    stored = _decode_first_frame(ds)
     notes: list[str] = [f"photometric={photometric}"]
     if frames > 1:
         notes.append(f"multi-frame: used frame 1 of {frames}")
@@ -307,7 +338,8 @@ def load_display(path: Path) -> DisplayImage:
             head = handle.read(132)
     except OSError as exc:
         raise PixelDataError(f"{path}: cannot be read: {exc}") from exc
-    if head[128:132] != b"DICM":
+    forced = head[128:132] != b"DICM"
+    if forced:
         try:
             with Image.open(path) as image:
                 image.load()
@@ -316,14 +348,15 @@ def load_display(path: Path) -> DisplayImage:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
-    try:
-        ds = pydicom.dcmread(path, force=head[128:132] != b"DICM")
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PixelDataError(f"{path}: not a readable DICOM, PNG or JPEG file: {exc}") from exc
+    ds = read_instance(path, force=forced)
+    if forced and "PixelData" not in ds:
+        raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:
         return display_from_dataset(ds)
     except PixelDataError as exc:
         raise PixelDataError(f"{path}: {exc}") from exc
+    except Exception as exc:  # pydicom parses lazily: a malformed element fails on first access
+        raise PixelDataError(f"{path}: unexpected {type(exc).__name__}: {exc}") from exc
 
 
 def _resize(pixels: FloatArray, height: int, width: int) -> FloatArray:

@@ -22,6 +22,7 @@ from pydicom.uid import UID, generate_uid
 
 import osteoflag
 from osteoflag.errors import PermanentError
+from osteoflag.inference.bundle import MANIFEST, Bundle, sha256_file
 from osteoflag.pacs import codes
 
 RESEARCH_PREFIX: Final = "RESEARCH USE ONLY"
@@ -82,6 +83,17 @@ class ModelIdentity:
             raise ValueError(f"model {self.name!r} has an empty version")
         if not math.isfinite(self.threshold) or not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"model threshold {self.threshold!r} is outside [0, 1]")
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ModelIdentity:
+        """The identity of a loaded bundle; the hash is that of its manifest, which in turn
+        lists the SHA-256 of every file of the bundle."""
+        return cls(
+            name=bundle.manifest.name,
+            version=bundle.manifest.version,
+            sha256=sha256_file(bundle.path / MANIFEST),
+            threshold=bundle.threshold,
+        )
 
     @property
     def tag(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import cast
@@ -22,16 +23,36 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Settings
+from osteoflag.config import Settings, TLSSettings
 from osteoflag.db import queue
 from osteoflag.errors import PermanentError
 from osteoflag.pacs import status
+from osteoflag.pacs.access import PeerPinning
 from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
+from osteoflag.pacs.guard import DatasetSizeGuard
 from osteoflag.pacs.storage import check_uid, free_bytes, instance_path, write_atomically
+from osteoflag.pacs.tls import TLSAssociationServer, server_context
 
 logger = logging.getLogger(__name__)
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _start_tls_server(
+    ae: AE, address: tuple[str, int], tls: TLSSettings, handlers: list[EventHandlerType]
+) -> ThreadedAssociationServer:
+    """Like ``AE.start_server(block=False)``, with our TLS server class and context."""
+    server = ae.make_server(
+        address,
+        ssl_context=server_context(tls),
+        evt_handlers=handlers,
+        server_class=TLSAssociationServer,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="osteoflag-tls", daemon=True)
+    thread.start()
+    # As start_server does: the AE tracks its servers, and server.shutdown() untracks it.
+    ae._servers.append(server)
+    return server
 
 
 def _peer(event: Event) -> tuple[str, str]:
@@ -51,7 +72,7 @@ class StorageSCP:
         self._settings = settings
         self._sessions = sessions
         self._on_queued = on_queued
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
         self._min_free = settings.storage.min_free_mb * 1024 * 1024
 
     def make_ae(self) -> AE:
@@ -70,27 +91,48 @@ class StorageSCP:
         return ae
 
     def start(self) -> None:
-        """Listen in background threads."""
+        """Listen in background threads: plain, TLS only, or both (``listener.tls``)."""
         listener = self._settings.listener
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_REJECTED, self._log_rejected),
+            (evt.EVT_PDU_RECV, DatasetSizeGuard(listener.max_dataset_mb * 1024 * 1024)),
         ]
-        self._server = self.make_ae().start_server(
-            (listener.host, listener.port), block=False, evt_handlers=handlers
-        )
+        if listener.allowed_peers:
+            handlers.append((evt.EVT_REQUESTED, PeerPinning(listener.allowed_peers)))
+        ae = self.make_ae()
+        tls = listener.tls
+        if tls is None or not tls.required:
+            plain = ae.start_server(
+                (listener.host, listener.port), block=False, evt_handlers=handlers
+            )
+            self._servers.append(cast(ThreadedAssociationServer, plain))
+        if tls is not None:
+            # TLS beside plain DICOM has its own port; TLS only takes listener.port.
+            address = (listener.host, tls.port if tls.port is not None else listener.port)
+            self._servers.append(_start_tls_server(ae, address, tls, handlers))
         logger.info(
             "listening",
-            extra={"action": "listen", "ae_title": listener.ae_title, "port": self.port},
+            extra={
+                "action": "listen",
+                "ae_title": listener.ae_title,
+                "port": self.port,
+                "tls": "off" if tls is None else "required" if tls.required else "optional",
+            },
         )
 
     @property
     def port(self) -> int:
-        """The bound port (useful when the config asked for port 0)."""
-        if self._server is None:
+        """The bound ``listener.port`` (useful when the config asked for port 0)."""
+        if not self._servers:
             return self._settings.listener.port
-        return int(self._server.server_address[1])
+        return int(self._servers[0].server_address[1])
+
+    @property
+    def running(self) -> bool:
+        """True while the association server is listening (``/healthz``)."""
+        return bool(self._servers)
 
     def stop(self, timeout: float) -> None:
         """Refuse new associations, then give the active ones ``timeout`` seconds to finish.
@@ -98,11 +140,18 @@ class StorageSCP:
         An association still open after that is aborted; its unacknowledged stores
         are retried by the sender, so nothing acknowledged is lost.
         """
-        server, self._server = self._server, None
-        if server is None:
+        servers, self._servers = self._servers, []
+        if not servers:
             return
-        active = list(server.active_associations)
-        server.shutdown()
+        # Connected but silent peers have nothing in flight: they are not waited for.
+        active = [
+            assoc
+            for server in servers
+            for assoc in server.active_associations
+            if assoc.is_established
+        ]
+        for server in servers:
+            server.shutdown()
         deadline = time.monotonic() + timeout
         for assoc in active:
             assoc.join(max(0.0, deadline - time.monotonic()))

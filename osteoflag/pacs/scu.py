@@ -18,8 +18,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from osteoflag.config import DestinationTLS
 from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.pacs.contexts import VERIFICATION
+from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Peer:
     host: str
     port: int
     ae_title: str
+    tls: DestinationTLS | None = None  # DICOM TLS, verifying the peer against its CA
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class StoreOutcome:
 
 
 def _associate(ae: AE, peer: Peer) -> Association:
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    tls_args = None if peer.tls is None else (client_context(peer.tls), peer.host)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         raise DeliveryError(
             f"association with {peer.ae_title}@{peer.host}:{peer.port} was not established"

@@ -89,6 +89,15 @@ def algorithm_identification(model: ModelIdentity) -> hd.sr.AlgorithmIdentificat
     )
 
 
+def certainty_of_finding(probability: float) -> hd.sr.Measurement:
+    """TID 300 Measurement: the probability as (111012, DCM) "Certainty of Finding" in %."""
+    return hd.sr.Measurement(
+        name=codes.CERTAINTY_OF_FINDING,
+        value=round(probability * 100.0, 4),
+        unit=codes.PERCENT,
+    )
+
+
 def measurement_group(
     source: Dataset, result: Classification, model: ModelIdentity
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
@@ -106,13 +115,7 @@ def measurement_group(
     else:
         evaluation = _EVALUATIONS[result.label]
         assert result.probability is not None  # guaranteed by Classification
-        measurements = [
-            hd.sr.Measurement(
-                name=codes.CERTAINTY_OF_FINDING,
-                value=round(result.probability * 100.0, 4),
-                unit=codes.PERCENT,
-            )
-        ]
+        measurements = [certainty_of_finding(result.probability)]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=codes.FRACTURE_OF_BONE,

@@ -16,11 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.valuerep import DA, TM
 
 import osteoflag
-from osteoflag.errors import PermanentError, PixelDataError
+from osteoflag.errors import PermanentError
+from osteoflag.inference.pixels import DisplayImage, display_from_dataset
 from osteoflag.pacs.derived import (
     MANUFACTURER,
     RESEARCH_PREFIX,
@@ -48,26 +48,14 @@ _COLOURS: Final = {
 }
 
 
-def display_pixels(source: Dataset) -> NDArray[np.uint8]:
-    """The source's first frame as 8-bit grey for display (PS3.3 C.11 modality + VOI LUT).
+def grey_pixels(display: DisplayImage) -> NDArray[np.uint8]:
+    """A display image as 8-bit grey, the form burned into the summary."""
+    return np.asarray(np.round(display.pixels * 255.0), dtype=np.uint8)
 
-    MONOCHROME1 is inverted; colour images are reduced to luminance.
-    """
-    try:
-        pixels = source.pixel_array
-    except Exception as exc:  # pydicom raises many kinds for broken pixel data
-        raise PixelDataError(f"cannot decode PixelData (7FE0,0010): {exc}") from exc
-    if pixels.ndim == 4 or (pixels.ndim == 3 and source.get("SamplesPerPixel", 1) == 1):
-        pixels = pixels[0]
-    if pixels.ndim == 3:
-        grey = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    else:
-        grey = apply_voi_lut(apply_modality_lut(pixels, source), source).astype(np.float64)
-    low, high = float(np.min(grey)), float(np.max(grey))
-    scaled = (grey - low) / (high - low) if high > low else np.zeros_like(grey)
-    if source.get("PhotometricInterpretation") == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return np.asarray(np.round(scaled * 255.0), dtype=np.uint8)
+
+def display_pixels(source: Dataset) -> NDArray[np.uint8]:
+    """The source's first frame as 8-bit grey, as displayed (PS3.4 N.2.1.1, shared pipeline)."""
+    return grey_pixels(display_from_dataset(source))
 
 
 def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
@@ -114,6 +102,14 @@ def render(grey: NDArray[np.uint8], lines: list[str], label: Label) -> NDArray[n
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def banner_image(
+    display: DisplayImage, result: Classification, model: ModelIdentity
+) -> NDArray[np.uint8]:
+    """The summary's RGB pixels for any display image: the PACS's picture, and the operator
+    page's for an uploaded PNG, JPEG or DICOM file."""
+    return render(grey_pixels(display), banner_lines(result, model), result.label)
+
+
 def _laterality(source: Dataset) -> str:
     """Series Laterality (C.7.3.1, Type 2C for paired body parts): L, R or empty."""
     for keyword in ("Laterality", "ImageLaterality"):
@@ -132,7 +128,7 @@ def build_summary(
 ) -> Dataset:
     """The Secondary Capture summary of one classified image, with deterministic UIDs."""
     evidence = study_evidence(source)
-    pixels = render(display_pixels(source), banner_lines(result, model), result.label)
+    pixels = banner_image(display_from_dataset(source), result, model)
     sop_uid = instance_uid(evidence.SOPInstanceUID, model.version, Kind.SUMMARY)
     try:
         image = hd.sc.SCImage(

@@ -41,7 +41,7 @@ def write_config(folder: Path, sections: dict[str, Any]) -> Path:
     return path
 
 
-def base_sections(folder: Path, port: int | None = None) -> dict[str, Any]:
+def base_sections(folder: Path, bundle: Path, port: int | None = None) -> dict[str, Any]:
     """A config for one test: loopback listener on a free port, storage under ``folder``."""
     return {
         "listener": {"port": port or free_port()},
@@ -50,7 +50,8 @@ def base_sections(folder: Path, port: int | None = None) -> dict[str, Any]:
             "database_url": f"sqlite:///{folder / 'var' / 'osteoflag.db'}",
             "min_free_mb": 1,
         },
-        "model": {"bundle": str(folder / "bundle")},
+        "model": {"bundle": str(bundle)},
+        "worker": {"sweep_seconds": 1.0},
     }
 
 
@@ -67,24 +68,39 @@ def osteoflag(*args: str, config: Path, timeout: float = 120) -> subprocess.Comp
 class DaemonProcess:
     """``osteoflag serve`` in a subprocess; its stderr (JSON log lines) goes to a file."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, role: str = "all") -> None:
         self.config = config
         self.port = port
+        self.role = role
         self.log_path = config.with_name("daemon.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> DaemonProcess:
         log = self.log_path.open("ab")
+        command = [sys.executable, "-m", "osteoflag", "serve", "--config", str(self.config)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "osteoflag", "serve", "--config", str(self.config)],
+            [*command, "--role", self.role],
             stdout=log,
             stderr=log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        wait_for(lambda: port_open(self.port) or self._exited(), timeout=timeout)
+        ready = self._listening if self.role in ("all", "listener") else self._started
+        try:
+            wait_for(lambda: ready() or self._exited(), timeout=timeout)
+        except AssertionError:
+            self.process.kill()  # a daemon that never got ready must not outlive the test
+            self.process.wait(timeout=30)
+            raise
         if self._exited():
             raise AssertionError(f"daemon exited early:\n{self.log_path.read_text()}")
         return self
+
+    def _listening(self) -> bool:
+        return port_open(self.port)
+
+    def _started(self) -> bool:
+        """A process without a listener is ready once it logged its start."""
+        return self.log_path.exists() and '"daemon started"' in self.log_path.read_text()
 
     def _exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None

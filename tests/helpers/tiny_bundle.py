@@ -109,12 +109,24 @@ def backbone(architecture: str = "tiny", seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def _training_features(model_path: Path, size: tuple[int, int], count: int, seed: int) -> Any:
+def _training_images(size: tuple[int, int], count: int, seed: int) -> Any:
+    """Display-like images in [0, 1]: ramps, a bright band and noise of random strength."""
     rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[0], 0 : size[1]] / max(size)
+    images = []
+    for _ in range(count):
+        a, b, c, d, w = rng.uniform((0.0, -0.6, -0.6, 0.0, 0.05), (0.6, 0.6, 0.6, 0.6, 0.4))
+        band = d * np.exp(-(((x - rng.uniform(0.2, 0.8)) / w) ** 2))
+        noise = rng.uniform(0.0, 0.3) * rng.standard_normal(size)
+        images.append(np.clip(a + b * x + c * y + band + noise, 0.0, 1.0))
+    return np.asarray(images, dtype=np.float32)
+
+
+def _training_features(model_path: Path, size: tuple[int, int], count: int, seed: int) -> Any:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    images = rng.random((count, 1, *size), dtype=np.float32) * 255.0
-    images = np.repeat(images, 3, axis=1) - np.asarray(CAFFE_MEAN, np.float32).reshape(1, 3, 1, 1)
-    return session.run(["features"], {"image": images})[0]
+    grey = _training_images(size, count, seed)[:, np.newaxis] * 255.0
+    images = np.repeat(grey, 3, axis=1) - np.asarray(CAFFE_MEAN, np.float32).reshape(1, 3, 1, 1)
+    return session.run(["features"], {"image": images.astype(np.float32)})[0]
 
 
 def build_bundle(
@@ -126,15 +138,17 @@ def build_bundle(
     version: str = "0.0.1",
     threshold: float = 0.5,
     seed: int = 0,
+    training_images: int = 256,
 ) -> Path:
     """Write a complete, hash-pinned bundle into ``folder`` and return it."""
     folder.mkdir(parents=True, exist_ok=True)
     model = backbone(architecture, seed)
     onnx.save(model, folder / "backbone.onnx")
-    features = _training_features(folder / "backbone.onnx", size, 64, seed)
-    labels = (features[:, 0] > np.median(features[:, 0])).astype(int)
-    params = {"objective": "binary", "num_leaves": 4, "min_data_in_leaf": 4, "verbose": -1}
-    booster = lgb.train(params, lgb.Dataset(features, labels), num_boost_round=10)
+    features = _training_features(folder / "backbone.onnx", size, training_images, seed)
+    signal = features[:, int(np.argmax(features.std(axis=0)))]
+    labels = (signal > np.median(signal)).astype(int)
+    params = {"objective": "binary", "num_leaves": 8, "min_data_in_leaf": 3, "verbose": -1}
+    booster = lgb.train(params, lgb.Dataset(features, labels), num_boost_round=40)
     booster.save_model(str(folder / "classifier.txt"))
     (folder / "model_card.md").write_text(f"# {name} {version}\n\nTest bundle, not for use.\n")
     write_manifest(
@@ -142,7 +156,7 @@ def build_bundle(
         name=name,
         version=version,
         created=datetime.now(UTC).isoformat(),
-        training_data={"source": "synthetic noise", "n": 64},
+        training_data={"source": "synthetic ramps, bands and noise", "n": training_images},
         input={
             "size": list(size),
             "resize_mode": "letterbox",

@@ -1,0 +1,97 @@
+"""Retention: remove received and produced files once their work is over; keep the rows.
+
+Patient data should not stay on this machine longer than needed. An instance's files
+(the received image, its SR and summary image) are removed when it was received more
+than ``[retention] max_age_days`` ago, it is finished (``done``, ``skipped`` or
+``failed``) and none of its outbound objects is still ``pending``. Anything queued,
+processing or waiting for delivery is never touched. The rows stay for the audit
+trail: ``removed_at`` is set on the instance and its outbound rows and a
+``files_removed`` event is appended, so no later step tries to read a missing file.
+
+The daemon schedules :func:`remove_expired` every ``[retention] interval_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import RetentionSettings
+from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+
+logger = logging.getLogger(__name__)
+
+FINISHED = (InstanceState.DONE, InstanceState.SKIPPED, InstanceState.FAILED)
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    """What one retention run removed."""
+
+    instances: int = 0
+    files: int = 0
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_expired(
+    sessions: sessionmaker[Session], settings: RetentionSettings, now: datetime | None = None
+) -> RetentionReport:
+    """Remove the files of up to ``batch_size`` expired, delivered instances; mark their rows.
+
+    Selection, removal and marking happen in one write transaction (``BEGIN
+    IMMEDIATE`` on SQLite, row locks on PostgreSQL), so a concurrent ``requeue``
+    cannot make an object pending again between the check and the removal. A crash
+    after unlinking but before the commit only leaves rows to be marked next run.
+    """
+    moment = now or utcnow()
+    cutoff = moment - timedelta(days=settings.max_age_days)
+    undelivered = exists().where(
+        Outbound.instance_id == Instance.id, Outbound.state == OutboundState.PENDING
+    )
+    expired = (
+        select(Instance)
+        .where(
+            Instance.removed_at.is_(None),
+            Instance.state.in_(FINISHED),
+            Instance.received_at < cutoff,
+            ~undelivered,
+        )
+        .order_by(Instance.id)
+        .limit(settings.batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    instances = files = 0
+    with sessions() as session:
+        for instance in session.scalars(expired).all():
+            outbound = session.scalars(
+                select(Outbound).where(Outbound.instance_id == instance.id)
+            ).all()
+            paths = {instance.file_path, *(row.file_path for row in outbound)}
+            removed = sum(_unlink(Path(path)) for path in sorted(paths))
+            instance.removed_at = moment
+            for row in outbound:
+                row.removed_at = moment
+            session.add(
+                Event(instance_id=instance.id, action="files_removed", detail=f"{removed} files")
+            )
+            instances += 1
+            files += removed
+        session.commit()
+    if instances:
+        logger.info(
+            "retention removed files",
+            extra={"action": "retention", "instances": instances, "files": files},
+        )
+    return RetentionReport(instances=instances, files=files)

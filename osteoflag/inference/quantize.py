@@ -1,0 +1,255 @@
+"""INT8 backbones: static quantisation of a bundle's ONNX backbone, accepted only if it is as good.
+
+The backbone is quantised with onnxruntime's ``quantize_static`` in QDQ format, weights
+int8 per output channel and activations uint8 (the fast U8S8 kernels of x86 CPUs), with
+activation ranges calibrated on real training images that went through the serving
+pixel path (:mod:`osteoflag.inference.pixels`), so the ranges are those the daemon sees.
+
+The result is a new bundle (``backbone.precision = "int8"``, version ``+int8``, the
+calibration and both precisions' figures under ``metrics.int8``, an INT8 section in its
+model card). It is written only when the INT8 AUC on a labelled folder is within
+``max_auc_drop`` (0.005) of float32; otherwise nothing is written and the figures are
+returned with ``usable = false`` for the command to print and exit 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import rankdata
+
+from osteoflag.errors import BundleError, PixelDataError
+from osteoflag.inference.bundle import MANIFEST, load_bundle, write_manifest
+from osteoflag.inference.infer import input_files
+from osteoflag.inference.pixels import FloatArray, InputSpec, load_display, model_input
+from osteoflag.inference.predictor import INPUT_NAME, Predictor
+
+logger = logging.getLogger(__name__)
+
+MAX_AUC_DROP = 0.005
+INT8_BACKBONE = "backbone.int8.onnx"
+CALIBRATION_BATCH = 4
+CLASSES = (("fracture", 1), ("nofracture", 0))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One precision's figures on the labelled folder."""
+
+    auc: float
+    accuracy: float
+    images_per_second: float
+
+
+def auc(labels: npt.NDArray[np.int_], scores: npt.NDArray[np.float64]) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count one half)."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        raise BundleError("AUC needs both fracture and nofracture images")
+    ranks = rankdata(scores)
+    return float(
+        (ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def _inputs(files: Sequence[Path], spec: InputSpec) -> tuple[list[FloatArray], list[Path]]:
+    inputs: list[FloatArray] = []
+    used: list[Path] = []
+    for path in files:
+        try:
+            inputs.append(model_input(load_display(path), spec))
+            used.append(path)
+        except PixelDataError as exc:
+            logger.warning(
+                "image left out",
+                extra={"action": "quantize", "file": str(path), "reason": str(exc)},
+            )
+    return inputs, used
+
+
+def calibration_inputs(folder: Path, spec: InputSpec, count: int) -> list[FloatArray]:
+    """Up to ``count`` images spread evenly over the sorted files under ``folder``."""
+    files = list(input_files([folder]))
+    if not files:
+        raise BundleError(f"{folder}: no calibration images")
+    picks = np.unique(np.linspace(0, len(files) - 1, num=min(count, len(files))).astype(int))
+    inputs, _ = _inputs([files[i] for i in picks], spec)
+    if not inputs:
+        raise BundleError(f"{folder}: none of the calibration images could be read")
+    return inputs
+
+
+def labelled_inputs(folder: Path, spec: InputSpec) -> tuple[list[FloatArray], npt.NDArray[np.int_]]:
+    """Model inputs and labels of ``folder/fracture`` (1) and ``folder/nofracture`` (0)."""
+    inputs: list[FloatArray] = []
+    labels: list[int] = []
+    for name, label in CLASSES:
+        if not (folder / name).is_dir():
+            raise BundleError(f"{folder / name}: labelled folder is missing")
+        found, _ = _inputs(list(input_files([folder / name])), spec)
+        inputs += found
+        labels += [label] * len(found)
+    return inputs, np.asarray(labels, dtype=int)
+
+
+def score(predictor: Predictor, inputs: list[FloatArray], labels: npt.NDArray[np.int_]) -> Scores:
+    """AUC, accuracy at the bundle's threshold and throughput of ``predictor`` on ``inputs``."""
+    started = time.perf_counter()
+    probabilities = np.asarray(predictor.probabilities(inputs), dtype=float)
+    elapsed = time.perf_counter() - started
+    predicted = (probabilities >= predictor.bundle.threshold).astype(int)
+    return Scores(
+        auc=auc(labels, probabilities),
+        accuracy=float((predicted == labels).mean()),
+        images_per_second=len(inputs) / elapsed,
+    )
+
+
+def quantize_backbone(source: Path, target: Path, inputs: list[FloatArray]) -> None:
+    """Write the statically quantised (QDQ, per-channel U8S8) version of ``source``."""
+    try:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:  # onnx is an optional dependency (extra "quantize")
+        raise BundleError(f"quantisation needs the 'onnx' package: {exc}") from exc
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._batches = iter(range(0, len(inputs), CALIBRATION_BATCH))
+
+        def get_next(self) -> dict[str, Any] | None:
+            start = next(self._batches, None)
+            if start is None:
+                return None
+            return {INPUT_NAME: np.stack(inputs[start : start + CALIBRATION_BATCH])}
+
+    prepared = target.with_name(f".{target.name}.prepared")
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(target),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _card_section(figures: dict[str, Any]) -> str:
+    f32, i8 = figures["float32"], figures["int8"]
+    calibration = figures["calibration"]
+    return (
+        "\n## INT8\n\n"
+        f"Backbone statically quantised with onnxruntime ({calibration['format']}, weights "
+        f"{calibration['weights']} per channel, activations {calibration['activations']}), "
+        f"{calibration['method']} ranges from {calibration['images']} training images through the "
+        "serving pixel path. Same classifier and threshold. Scored on "
+        f"`{figures['data']}` (n = {figures['n']}):\n\n"
+        "| precision | AUC | accuracy | images/s (this run) |\n|---|---|---|---|\n"
+        f"| float32 | {f32['auc']:.4f} | {f32['accuracy']:.4f} | {f32['images_per_second']:.2f} |\n"
+        f"| int8 | {i8['auc']:.4f} | {i8['accuracy']:.4f} | {i8['images_per_second']:.2f} |\n\n"
+        f"AUC drop {figures['auc_drop']:+.4f} (rule: INT8 is used only within "
+        f"{figures['max_auc_drop']}).\n"
+    )
+
+
+def quantize_bundle(
+    bundle_dir: Path,
+    calibration: Path,
+    data: Path,
+    out: Path,
+    *,
+    count: int = 128,
+    threads: int = 0,
+    max_auc_drop: float = MAX_AUC_DROP,
+) -> dict[str, Any]:
+    """Quantise, score both precisions on ``data``, write ``out`` only if INT8 is usable."""
+    source = load_bundle(bundle_dir)
+    if source.manifest.backbone.precision != "float32":
+        raise BundleError(
+            f"{source.backbone_path}: backbone is already {source.manifest.backbone.precision}"
+        )
+    if out.exists():
+        raise BundleError(f"{out}: already exists; choose a new folder for the INT8 bundle")
+    spec = source.input_spec
+    calibration_set = calibration_inputs(calibration, spec, count)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(MANIFEST))
+    try:
+        (staging / source.manifest.backbone.file).unlink()
+        quantize_backbone(source.backbone_path, staging / INT8_BACKBONE, calibration_set)
+        fields = source.manifest.model_dump(exclude={"files", "format_version"})
+        fields["version"] = f"{source.manifest.version}+int8"
+        fields["backbone"] = {**fields["backbone"], "file": INT8_BACKBONE, "precision": "int8"}
+        write_manifest(staging, **fields)
+        quantised = load_bundle(staging)
+        inputs, labels = labelled_inputs(data, spec)
+        float_scores = score(Predictor(source, threads=threads, batch_size=8), inputs, labels)
+        int8_scores = score(Predictor(quantised, threads=threads, batch_size=8), inputs, labels)
+        drop = float_scores.auc - int8_scores.auc
+        figures: dict[str, Any] = {
+            "float32": vars(float_scores),
+            "int8": vars(int8_scores),
+            "auc_drop": drop,
+            "max_auc_drop": max_auc_drop,
+            "usable": drop <= max_auc_drop,
+            "n": len(labels),
+            "data": str(data),
+            "calibration": {
+                "folder": str(calibration),
+                "images": len(calibration_set),
+                "method": "MinMax",
+                "format": "QDQ",
+                "per_channel": True,
+                "activations": "uint8",
+                "weights": "int8",
+                "source_backbone": source.manifest.files[source.manifest.backbone.file],
+            },
+        }
+        if not figures["usable"]:
+            shutil.rmtree(staging)
+            figures["bundle"] = None
+            return figures
+        card = staging / "model_card.md"
+        if card.exists():
+            card.write_text(
+                card.read_text(encoding="utf-8") + _card_section(figures), encoding="utf-8"
+            )
+        fields["metrics"] = {**fields["metrics"], "int8": figures}
+        write_manifest(staging, **fields)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    figures["bundle"] = str(out)
+    logger.info(
+        "int8 bundle written",
+        extra={
+            "action": "quantize",
+            "model": load_bundle(out).model_id,
+            "auc_drop": round(drop, 4),
+        },
+    )
+    return figures

@@ -1,0 +1,48 @@
+"""``osteoflag quantize``: the CLI's two entry points, free of heavy imports.
+
+Exit 0 with the INT8 bundle written when its AUC is within 0.005 of float32; exit 1
+with the same figures, and nothing written, when it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from osteoflag.config import Settings
+
+
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``quantize`` sub-command."""
+    parser.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="float32 bundle")
+    parser.add_argument(
+        "--calibration", type=Path, required=True, metavar="DIR", help="training images"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="labelled folder (fracture/, nofracture/) scored with both precisions",
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new INT8 bundle")
+    parser.add_argument(
+        "--calibration-images", type=int, default=128, metavar="N", help="default 128"
+    )
+
+
+def run_quantize(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the figures as one JSON object; 0 when the INT8 bundle was written."""
+    from osteoflag.inference.quantize import quantize_bundle
+
+    figures = quantize_bundle(
+        args.bundle,
+        args.calibration,
+        args.data,
+        args.out,
+        count=args.calibration_images,
+        threads=settings.model.threads,
+    )
+    print(json.dumps(figures, indent=2))
+    return 0 if figures["usable"] else 1

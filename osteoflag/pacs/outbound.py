@@ -1,0 +1,167 @@
+"""From a stored result to durable outbound objects: files on disk and queue rows.
+
+``produce_outbound`` is what the worker calls, inside the transaction that records the
+result: it writes the SR (and the summary image) atomically under the outgoing folder
+with owner-only permissions (``storage.write_atomically``), then adds one ``pending``
+outbound row per object and destination to the caller's session. Committing that
+session makes result and delivery obligation durable together; a crash before the
+commit leaves neither (the files are rewritten with the same UIDs on the next attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from osteoflag.config import Destination, Settings
+from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
+from osteoflag.errors import PermanentError, PixelDataError, TransientError
+from osteoflag.pacs.derived import Classification, Kind, Label, ModelIdentity, device_uid
+from osteoflag.pacs.sr import build_sr
+from osteoflag.pacs.storage import write_atomically
+from osteoflag.pacs.summary import build_summary
+
+logger = logging.getLogger(__name__)
+
+
+def produce_undetermined(
+    session: Session,
+    instance: Instance,
+    source: Dataset,
+    reason: str,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """For a ``skipped`` / ``failed`` instance: an Undetermined SR, if configured.
+
+    Call it in the transaction of ``queue.skip`` / ``queue.fail``. Nothing is produced
+    unless ``[report] undetermined_sr`` is on, or when the source lacks a required UID
+    (no study to attach an SR to).
+    """
+    if not settings.report.undetermined_sr:
+        return []
+    result = Classification(label=Label.UNDETERMINED, reason=reason)
+    try:
+        return produce_outbound(session, instance, source, result, model, settings)
+    except PermanentError as exc:
+        logger.warning(
+            "no undetermined SR: %s",
+            exc,
+            extra={"action": "produce_outbound", "sop_instance_uid": instance.sop_instance_uid},
+        )
+        return []
+
+
+def destination_key(destination: Destination) -> str:
+    """The outbound row's ``destination``: ``AE@host:port``."""
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def encode(dataset: Dataset) -> bytes:
+    """``dataset`` as a DICOM file (PS3.10: preamble, File Meta Information, data set)."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def build_objects(
+    source: Dataset,
+    result: Classification,
+    model: ModelIdentity,
+    settings: Settings,
+    created: datetime,
+) -> list[Dataset]:
+    """The SR, then the summary image if configured (and if an undetermined image can show)."""
+    objects = [
+        build_sr(
+            source,
+            result,
+            model=model,
+            device_uid=device_uid(settings.listener.ae_title),
+            created=created,
+        )
+    ]
+    if settings.report.summary_image:
+        try:
+            objects.append(build_summary(source, result, model=model, created=created))
+        except PixelDataError:
+            if result.label is not Label.UNDETERMINED:
+                raise
+    return objects
+
+
+def produce_outbound(
+    session: Session,
+    instance: Instance,
+    source: Dataset,
+    result: Classification,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """Write the objects for ``instance`` and add their ``pending`` rows to ``session``.
+
+    Returns the rows added (none for an undetermined result unless
+    ``[report] undetermined_sr`` is on). Rows that already exist for the same SOP
+    Instance UID and destination are left as they are, so calling this twice is safe.
+    The caller commits.
+    """
+    if result.label is Label.UNDETERMINED and not settings.report.undetermined_sr:
+        return []
+    created = instance.finished_at or utcnow()
+    rows: list[Outbound] = []
+    for dataset in build_objects(source, result, model, settings, created):
+        kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
+        sop_uid = str(dataset.SOPInstanceUID)
+        path = settings.outgoing_path / kind.value / f"{sop_uid}.dcm"
+        try:
+            write_atomically(path, encode(dataset))
+        except OSError as exc:
+            raise TransientError(f"cannot write {kind.value} {sop_uid} to {path}: {exc}") from exc
+        rows.extend(_add_rows(session, instance, kind, dataset, path, settings))
+    logger.info(
+        "outbound objects produced",
+        extra={
+            "action": "produce_outbound",
+            "instance_id": instance.id,
+            "sop_instance_uid": instance.sop_instance_uid,
+            "objects": len(rows),
+        },
+    )
+    return rows
+
+
+def _add_rows(
+    session: Session,
+    instance: Instance,
+    kind: Kind,
+    dataset: Dataset,
+    path: Path,
+    settings: Settings,
+) -> list[Outbound]:
+    sop_uid = str(dataset.SOPInstanceUID)
+    known = set(
+        session.scalars(select(Outbound.destination).where(Outbound.sop_instance_uid == sop_uid))
+    )
+    rows = [
+        Outbound(
+            instance_id=instance.id,
+            kind=kind.value,
+            sop_class_uid=str(dataset.SOPClassUID),
+            sop_instance_uid=sop_uid,
+            file_path=str(path),
+            destination=key,
+            state=OutboundState.PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+        )
+        for key in (destination_key(d) for d in settings.destinations)
+        if key not in known
+    ]
+    session.add_all(rows)
+    return rows

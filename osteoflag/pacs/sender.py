@@ -1,0 +1,323 @@
+"""The scheduled sender: C-STORE pending outbound objects to every destination.
+
+Each run works every configured destination in its own thread with its own single
+association (PS3.7 C-STORE over PS3.8 association), time-boxed by the ACSE, DIMSE and
+network timeouts and by ``[sender] run_seconds``, so one dead PACS never blocks
+another. Each object's outcome is committed as soon as it is known: ``sent`` on a
+Success or Warning status (PS3.4 B.2.3) and never sent again; otherwise the attempt
+is counted and the retry policy reschedules it or gives it up as ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import Destination, Settings
+from osteoflag.db.models import Outbound, OutboundState, utcnow
+from osteoflag.pacs.outbound import destination_key
+from osteoflag.pacs.retry import GiveUp, RetryPolicy
+from osteoflag.pacs.tls import client_context
+
+logger = logging.getLogger(__name__)
+
+_PROPOSED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+# Failure statuses that resending the same object cannot fix (PS3.4 B.2.3, PS3.7 C).
+_PERMANENT_STATUSES = {0x0122, 0x0124, 0x0211, 0x0212}
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """Outcome counts of one sender run (over all destinations)."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+    def __add__(self, other: DeliveryReport) -> DeliveryReport:
+        return DeliveryReport(
+            self.sent + other.sent, self.retried + other.retried, self.failed + other.failed
+        )
+
+
+def is_permanent(status: int) -> bool:
+    """A C-STORE failure status that retrying cannot cure (A9xx, Cxxx and refusals by class)."""
+    return status in _PERMANENT_STATUSES or status >> 8 == 0xA9 or status >> 12 == 0xC
+
+
+def is_success(status: int) -> bool:
+    """Success (0000) or Warning (B000, B006, B007, 0001...) per PS3.4 B.2.3."""
+    return status == 0x0000 or status == 0x0001 or status >> 12 == 0xB
+
+
+def send_pending(
+    sessions: sessionmaker[Session], settings: Settings, now: datetime | None = None
+) -> DeliveryReport:
+    """One sender run: deliver every due ``pending`` object to its destination.
+
+    This is the job the daemon schedules every ``[sender] interval_seconds``
+    (``max_instances=1``). Destinations are served in parallel.
+    """
+    orphaned = fail_unconfigured(sessions, settings)
+    if not settings.destinations:
+        return DeliveryReport(failed=orphaned)
+    policy = RetryPolicy.from_settings(settings.sender)
+    moment = now or utcnow()
+    with ThreadPoolExecutor(
+        max_workers=len(settings.destinations), thread_name_prefix="sender"
+    ) as pool:
+        reports = pool.map(
+            lambda destination: deliver(sessions, settings, destination, policy, moment),
+            settings.destinations,
+        )
+        return sum(reports, DeliveryReport(failed=orphaned))
+
+
+def fail_unconfigured(sessions: sessionmaker[Session], settings: Settings) -> int:
+    """Fail ``pending`` objects owed to a destination no longer in ``[[destinations]]``.
+
+    Nothing would ever send them; ``requeue_failed_outbound`` revives them if the
+    destination comes back into the configuration.
+    """
+    configured = [destination_key(destination) for destination in settings.destinations]
+    with sessions() as session:
+        count = session.execute(
+            update(Outbound)
+            .where(Outbound.state == OutboundState.PENDING, Outbound.destination.not_in(configured))
+            .values(state=OutboundState.FAILED, last_error="destination no longer configured")
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    if count:
+        logger.warning(
+            "objects for unconfigured destinations failed",
+            extra={"action": "send", "count": int(count)},
+        )
+    return int(count)
+
+
+def claim_due(
+    sessions: sessionmaker[Session], key: str, now: datetime, limit: int, lease: timedelta
+) -> list[Outbound]:
+    """Atomically take up to ``limit`` due ``pending`` objects of one destination.
+
+    The claim pushes ``next_attempt_at`` past ``now + lease`` in the same statement that
+    selects the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+    SQLite), so two sender processes never send the same object; a sender that dies
+    mid-run leaves its rows due again once the lease has passed.
+    """
+    due = (
+        select(Outbound.id)
+        .where(
+            Outbound.destination == key,
+            Outbound.state == OutboundState.PENDING,
+            Outbound.next_attempt_at <= now,
+        )
+        .order_by(Outbound.next_attempt_at, Outbound.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Outbound)
+        .where(Outbound.id.in_(due))
+        .values(next_attempt_at=now + lease)
+        .returning(Outbound)
+    )
+    with sessions() as session:
+        rows = list(session.scalars(statement).all())
+        session.commit()
+    return sorted(rows, key=lambda row: row.id)
+
+
+def claim_lease(settings: Settings) -> timedelta:
+    """Longest a run can hold a claim: association, the run budget and one last C-STORE."""
+    sender = settings.sender
+    return timedelta(seconds=sender.run_seconds + 3 * sender.timeout_seconds)
+
+
+def _release(sessions: sessionmaker[Session], rows: Sequence[Outbound], now: datetime) -> None:
+    """Make claimed but unattempted rows due again at once (the run ran out of time)."""
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(
+                Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
+            )
+            .values(next_attempt_at=now)
+        )
+        session.commit()
+
+
+def deliver(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    destination: Destination,
+    policy: RetryPolicy,
+    now: datetime,
+) -> DeliveryReport:
+    """Send the due objects of one destination over one association."""
+    key = destination_key(destination)
+    rows = claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
+    if not rows:
+        return DeliveryReport()
+    assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
+    if assoc is None:
+        error = f"no association with {key}"
+        logger.warning("destination unreachable", extra={"action": "send", "destination": key})
+        return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
+    try:
+        return _store_all(sessions, settings, assoc, rows, policy, key)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _associate(
+    settings: Settings, destination: Destination, sop_classes: set[str]
+) -> Association | None:
+    ae = AE(ae_title=settings.listener.ae_title)
+    timeout = settings.sender.timeout_seconds
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    for sop_class in sorted(sop_classes):
+        ae.add_requested_context(sop_class, _PROPOSED_SYNTAXES)
+    tls_args = None
+    if destination.tls is not None:
+        tls_args = (client_context(destination.tls), destination.host)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
+    return assoc if assoc.is_established else None
+
+
+def _store_all(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    assoc: Association,
+    rows: Sequence[Outbound],
+    policy: RetryPolicy,
+    key: str,
+) -> DeliveryReport:
+    """C-STORE ``rows`` one by one, reading each file just before it is sent."""
+    report = DeliveryReport()
+    stop_at = time.monotonic() + settings.sender.run_seconds
+    for index, row in enumerate(rows):
+        if time.monotonic() > stop_at or not assoc.is_established:
+            _release(sessions, rows[index:], utcnow())
+            break  # left pending, untouched: next run picks it up
+        try:
+            dataset = dcmread(row.file_path)
+        except (OSError, InvalidDicomError) as exc:
+            report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
+            continue
+        try:
+            response = assoc.send_c_store(dataset)
+        except (ValueError, RuntimeError, AttributeError) as exc:
+            report += _failed(sessions, row, policy, f"{key} cannot take it: {exc}", True)
+            continue
+        status = int(response.Status) if "Status" in response else None
+        if status is not None and is_success(status):
+            report += _sent(sessions, row, status, key)
+        elif status is None:
+            report += _failed(sessions, row, policy, f"no C-STORE response from {key}", False)
+        else:
+            permanent = is_permanent(status)
+            report += _failed(sessions, row, policy, f"{key} answered 0x{status:04X}", permanent)
+    return report
+
+
+def _sent(sessions: sessionmaker[Session], row: Outbound, status: int, key: str) -> DeliveryReport:
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
+            .values(
+                state=OutboundState.SENT,
+                attempts=Outbound.attempts + 1,
+                sent_at=utcnow(),
+                last_error=None if status == 0 else f"warning 0x{status:04X}",
+            )
+        )
+        session.commit()
+    logger.info(
+        "object delivered",
+        extra={
+            "action": "send",
+            "destination": key,
+            "kind": row.kind,
+            "sop_instance_uid": row.sop_instance_uid,
+            "status": f"0x{status:04X}",
+        },
+    )
+    return DeliveryReport(sent=1)
+
+
+def _failed(
+    sessions: sessionmaker[Session],
+    row: Outbound,
+    policy: RetryPolicy,
+    error: str,
+    permanent: bool,
+) -> DeliveryReport:
+    now = utcnow()
+    decision = policy.decide(
+        attempts=row.attempts + 1,
+        created_at=row.created_at,
+        now=now,
+        error=error,
+        permanent=permanent,
+    )
+    if isinstance(decision, GiveUp):
+        values: dict[str, object] = {"state": OutboundState.FAILED, "last_error": decision.reason}
+    else:
+        values = {"next_attempt_at": decision.when, "last_error": error}
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
+            .values(attempts=Outbound.attempts + 1, **values)
+        )
+        session.commit()
+    if isinstance(decision, GiveUp):
+        logger.error(
+            "delivery given up",
+            extra={
+                "action": "send",
+                "destination": row.destination,
+                "sop_instance_uid": row.sop_instance_uid,
+                "error": decision.reason,
+            },
+        )
+        return DeliveryReport(failed=1)
+    return DeliveryReport(retried=1)
+
+
+def requeue_failed_outbound(sessions: sessionmaker[Session]) -> int:
+    """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
+    now = utcnow()
+    with sessions() as session:
+        count = session.execute(
+            update(Outbound)
+            .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))
+            .values(
+                state=OutboundState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                last_error=None,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    return int(count)

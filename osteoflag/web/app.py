@@ -1,0 +1,135 @@
+"""The Starlette application: routes, templates, middleware and the shared context.
+
+``create_app`` gets everything it serves from the daemon (sessions, the loaded bundle and
+predictor, liveness probes) so the web layer owns no database engine or model of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from osteoflag.config import Settings
+from osteoflag.inference.predictor import Predictor
+from osteoflag.pacs.derived import RESEARCH_STATEMENT, ModelIdentity
+from osteoflag.web import views
+from osteoflag.web.metrics import Liveness, metrics_registry
+from osteoflag.web.security import AuthMiddleware, Csrf, SecurityHeadersMiddleware
+
+HERE: Final = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """What every view needs, built once per app."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    predictor: Predictor
+    model: ModelIdentity
+    liveness: Liveness
+    wake_worker: Callable[[], None]
+    csrf: Csrf
+    templates: Jinja2Templates
+    registry: CollectorRegistry
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.settings.web.max_upload_mb * 1024 * 1024)
+
+
+def format_age(seconds: float | None) -> str:
+    """``None`` -> "-", else a short human duration."""
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def format_time(value: datetime | None) -> str:
+    """UTC timestamps to the second."""
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _templates() -> Jinja2Templates:
+    environment = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    filters: dict[str, Callable[..., Any]] = {
+        "age": format_age,
+        "when": format_time,
+        "percent": format_percent,
+    }
+    environment.filters.update(filters)
+    environment.globals["research_statement"] = RESEARCH_STATEMENT
+    return Jinja2Templates(env=environment)
+
+
+ROUTES: Final = [
+    Route("/", views.dashboard, name="dashboard"),
+    Route("/results", views.results, name="results"),
+    Route("/results/{instance_id:int}", views.result, name="result"),
+    Route("/results/{instance_id:int}/summary.png", views.summary_png, name="summary_png"),
+    Route("/results/{instance_id:int}/requeue", views.requeue, methods=["POST"], name="requeue"),
+    Route("/try", views.try_form, name="try"),
+    Route("/try", views.try_upload, methods=["POST"], name="try_upload"),
+    Route("/healthz", views.healthz, name="healthz"),
+    Route("/metrics", views.metrics, name="metrics"),
+    Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+]
+
+
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    predictor: Predictor,
+    *,
+    liveness: Liveness,
+    wake_worker: Callable[[], None],
+) -> Starlette:
+    """The operator page for one daemon."""
+    context = WebContext(
+        settings=settings,
+        sessions=sessions,
+        predictor=predictor,
+        model=ModelIdentity.from_bundle(predictor.bundle),
+        liveness=liveness,
+        wake_worker=wake_worker,
+        csrf=Csrf(),
+        templates=_templates(),
+        registry=metrics_registry(sessions, liveness),
+    )
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(AuthMiddleware, settings=settings.web),
+        ],
+        exception_handlers={404: views.not_found},
+    )
+    app.state.context = context
+    return app

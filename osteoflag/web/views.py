@@ -1,0 +1,265 @@
+"""Request handlers: dashboard, results, a result's detail, re-queue, try an image, health.
+
+Database and model work runs in Starlette's thread pool (sync handlers, or
+``run_in_threadpool``), never on the event loop. No page shows patient name, ID or birth
+date: instances are named by SOP Instance UID, and the SR tree (``render_sr``) omits them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from osteoflag.db.models import InstanceState, Outbound
+from osteoflag.db.queue import requeue_failed
+from osteoflag.errors import OsteoflagError
+from osteoflag.pacs.derived import Kind
+from osteoflag.pacs.show import render_sr
+from osteoflag.web import queries
+from osteoflag.web.security import CSRF_FIELD
+from osteoflag.web.tryimage import Trial, UploadError, classify_upload, png_bytes
+
+if TYPE_CHECKING:
+    from osteoflag.web.app import WebContext
+
+logger = logging.getLogger(__name__)
+
+RESULTS_LIMIT = 100
+#: Room for the multipart boundaries and headers around the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def _context(request: Request) -> WebContext:
+    context: WebContext = request.app.state.context
+    return context
+
+
+def _page(
+    request: Request, template: str, values: Mapping[str, Any], status_code: int = 200
+) -> Response:
+    """Render ``template`` with a CSRF token for its forms (cookie set if new)."""
+    context = _context(request)
+    cookie = context.csrf.cookie(request)
+    response = context.templates.TemplateResponse(
+        request,
+        template,
+        {**values, "csrf_field": CSRF_FIELD, "csrf_token": context.csrf.token_for(cookie)},
+        status_code=status_code,
+    )
+    context.csrf.remember(response, cookie)
+    return response
+
+
+def _message(request: Request, status_code: int, title: str, text: str) -> Response:
+    return _page(request, "message.html", {"title": title, "text": text}, status_code)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return _message(request, 404, "Not found", "There is nothing at this address.")
+
+
+def manifest_metrics(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Validation metrics from the manifest, nested keys flattened to ``a.b``."""
+    rows: list[tuple[str, str]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows.extend(manifest_metrics(value, f"{name}."))
+        elif isinstance(value, float):
+            rows.append((name, f"{value:.4f}"))
+        else:
+            rows.append((name, str(value)))
+    return rows
+
+
+def dashboard(request: Request) -> Response:
+    context = _context(request)
+    manifest = context.predictor.bundle.manifest
+    return _page(
+        request,
+        "dashboard.html",
+        {
+            "overview": queries.overview(context.sessions),
+            "liveness": context.liveness(),
+            "manifest": manifest,
+            "metrics": manifest_metrics(manifest.metrics),
+            "states": [state.value for state in InstanceState],
+        },
+    )
+
+
+def results(request: Request) -> Response:
+    context = _context(request)
+    state = request.query_params.get("state") or None
+    if state is not None and state not in {s.value for s in InstanceState}:
+        return _message(request, 400, "Unknown state", f"No instance state is called {state!r}.")
+    rows = queries.latest(context.sessions, RESULTS_LIMIT, state)
+    return _page(
+        request,
+        "results.html",
+        {"rows": rows, "state": state, "states": [s.value for s in InstanceState]},
+    )
+
+
+def _file_of(rows: list[Outbound], kind: Kind) -> Path | None:
+    for row in rows:
+        if row.kind == kind.value and Path(row.file_path).is_file():
+            return Path(row.file_path)
+    return None
+
+
+def _sr_text(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return render_sr(dcmread(path))
+    except (InvalidDicomError, OSError, OsteoflagError) as exc:
+        return f"The SR at {path.name} cannot be shown: {exc}"
+
+
+def result(request: Request) -> Response:
+    context = _context(request)
+    instance_id = int(request.path_params["instance_id"])
+    try:
+        instance, outbound = queries.detail(context.sessions, instance_id)
+    except KeyError:
+        raise HTTPException(404) from None
+    return _page(
+        request,
+        "result.html",
+        {
+            "instance": instance,
+            "outbound": outbound,
+            "has_summary": _file_of(outbound, Kind.SUMMARY) is not None,
+            "sr_text": _sr_text(_file_of(outbound, Kind.SR)),
+            "requeued": request.query_params.get("requeued"),
+        },
+    )
+
+
+def summary_png(request: Request) -> Response:
+    """The produced summary Secondary Capture, decoded and re-encoded as PNG."""
+    context = _context(request)
+    try:
+        _, outbound = queries.detail(context.sessions, int(request.path_params["instance_id"]))
+    except KeyError:
+        raise HTTPException(404) from None
+    path = _file_of(outbound, Kind.SUMMARY)
+    if path is None:
+        raise HTTPException(404)
+    try:
+        pixels = dcmread(path).pixel_array
+    except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+        logger.warning(
+            "summary image unreadable",
+            extra={"action": "web_summary", "file": str(path), "error": str(exc)},
+        )
+        raise HTTPException(404) from exc
+    return Response(png_bytes(pixels), media_type="image/png")
+
+
+async def requeue(request: Request) -> Response:
+    """POST: put one failed instance back in the queue (CSRF-checked) and wake the worker."""
+    context = _context(request)
+    instance_id = int(request.path_params["instance_id"])
+    form = await request.form(max_files=0, max_fields=4)
+    if not context.csrf.valid(request, form.get(CSRF_FIELD)):
+        return _message(
+            request, 403, "Refused", "The form's CSRF token is missing or invalid; reload the page."
+        )
+    count = await run_in_threadpool(requeue_failed, context.sessions, [instance_id])
+    if count:
+        context.wake_worker()
+    logger.info(
+        "re-queued from the web page",
+        extra={"action": "web_requeue", "instance_id": instance_id, "requeued": count},
+    )
+    return RedirectResponse(f"/results/{instance_id}?requeued={count}", status_code=303)
+
+
+def try_form(request: Request) -> Response:
+    return _page(request, "try.html", {"limit_mb": _context(request).settings.web.max_upload_mb})
+
+
+class UploadTooLarge(Exception):
+    """The request body went past the upload limit."""
+
+
+async def _limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise UploadTooLarge
+    return bytes(body)
+
+
+def _replay(request: Request, body: bytes) -> Request:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+async def _upload(request: Request, limit: int) -> tuple[bytes, object]:
+    """The uploaded file's bytes (at most ``limit``) and the form's CSRF token."""
+    body = await _limited(request, limit + MULTIPART_OVERHEAD)
+    form = await _replay(request, body).form(max_files=1, max_fields=2)
+    token = form.get(CSRF_FIELD)
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise UploadError("choose a PNG, JPEG or DICOM file to upload")
+    data = await upload.read()
+    await form.close()
+    if len(data) > limit:
+        raise UploadTooLarge
+    return data, token
+
+
+async def try_upload(request: Request) -> Response:
+    """POST: classify an uploaded image in memory; nothing is queued, stored or sent."""
+    context = _context(request)
+    limit_mb = context.settings.web.max_upload_mb
+    values: dict[str, Any] = {"limit_mb": limit_mb}
+    try:
+        data, token = await _upload(request, context.max_upload_bytes)
+        if not context.csrf.valid(request, token):
+            return _message(request, 403, "Refused", "The form's CSRF token is missing or invalid.")
+        trial: Trial = await run_in_threadpool(
+            classify_upload, data, context.predictor, context.model
+        )
+    except UploadTooLarge:
+        values["error"] = f"The file is larger than the {limit_mb:g} MB upload limit."
+        return _page(request, "try.html", values, 413)
+    except UploadError as exc:
+        values["error"] = f"Cannot classify this upload: {exc}."
+        return _page(request, "try.html", values, 400)
+    values["trial"] = trial
+    return _page(request, "try.html", values)
+
+
+def healthz(request: Request) -> Response:
+    """200 when the database answers and every component is alive, else 503; JSON either way."""
+    context = _context(request)
+    checks = {"database": queries.database_answers(context.sessions), **context.liveness()}
+    healthy = all(checks.values())
+    body = {"status": "ok" if healthy else "unhealthy", **checks}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(_context(request).registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,153 @@
+"""Against a real PACS: Orthanc on loopback ports receives osteoflag's SR and summary image.
+
+``test_delivery_into_orthanc_study`` drives produce + send in-process against Orthanc's
+DICOM port; ``test_end_to_end_through_orthanc`` runs ``osteoflag serve`` as a
+subprocess, lets Orthanc push a DX to it and waits for the results to come back.
+Both poll with a deadline and record the elapsed time.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from osteoflag.config import parse_settings
+from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
+from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.pacs.outbound import produce_outbound
+from osteoflag.pacs.sender import send_pending
+from osteoflag.pacs.sr import read_result
+from tests.helpers.daemon import DaemonProcess, base_sections, write_config
+from tests.helpers.net import free_port
+from tests.helpers.wait import wait_for
+from tests.orthanc_sr import Orthanc
+from tests.sr_fixtures import dciodvfy_errors, make_dx, serving
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path / "orthanc", "OSTEOFLAG", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def _encoded(dataset: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _results_in(orthanc: Orthanc, study_id: str) -> dict[str, dict[str, str]] | None:
+    by_class = {tags["SOPClassUID"]: tags for tags in orthanc.study_instances(study_id)}
+    wanted = {COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE}
+    return by_class if wanted <= by_class.keys() else None
+
+
+def test_delivery_into_orthanc_study(
+    tmp_path: Path, orthanc: Orthanc, record_property: pytest.RecordProperty
+) -> None:
+    source = make_dx(body_part="HAND")
+    study_id = orthanc.upload(_encoded(source))["ParentStudy"]
+    settings = parse_settings(
+        {
+            "storage": {"path": str(tmp_path / "var"), "database_url": "sqlite:///var/db.sqlite"},
+            "destinations": [
+                {"ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+            ],
+        },
+        tmp_path,
+    )
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    started = time.monotonic()
+    with sessions() as session:
+        instance = Instance(
+            sop_instance_uid=source.SOPInstanceUID,
+            sop_class_uid=source.SOPClassUID,
+            transfer_syntax_uid=str(source.file_meta.TransferSyntaxUID),
+            calling_ae=orthanc.ae_title,
+            peer_address="127.0.0.1",
+            file_path="/nonexistent",
+            state=InstanceState.DONE,
+        )
+        session.add(instance)
+        session.flush()
+        result = Classification(Label.FRACTURE, 0.77)
+        produce_outbound(session, instance, source, result, MODEL, settings)
+        session.commit()
+    assert send_pending(sessions, settings).sent == 2
+
+    found = wait_for(lambda: _results_in(orthanc, study_id), timeout=30.0)
+    record_property("orthanc_delivery_seconds", round(time.monotonic() - started, 3))
+    assert found[COMPREHENSIVE_3D_SR]["PatientID"] == source.PatientID
+    assert found[SECONDARY_CAPTURE]["SeriesDescription"].startswith("RESEARCH USE ONLY")
+    with sessions() as session:
+        assert set(session.scalars(select(Outbound.state))) == {OutboundState.SENT}
+    engine.dispose()
+
+    stored = orthanc.folder / "sr-from-orthanc.dcm"
+    stored.write_bytes(orthanc.file(found[COMPREHENSIVE_3D_SR]["ID"]))
+    assert dciodvfy_errors(stored) == []
+    parsed = read_result(pydicom.dcmread(stored))
+    assert parsed.source_sop_instance_uid == source.SOPInstanceUID
+    assert parsed.probability == pytest.approx(0.77)
+
+
+def test_end_to_end_through_orthanc(
+    tmp_path: Path, tiny_bundle: Path, record_property: pytest.RecordProperty
+) -> None:
+    listener_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", "OSTEOFLAG", listener_port)
+    sections = base_sections(tmp_path, tiny_bundle, listener_port)
+    sections["sender"] = {"interval_seconds": 0.5, "timeout_seconds": 10.0}
+    sections["destinations"] = [
+        {"ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+    ]
+    daemon = DaemonProcess(write_config(tmp_path, sections), listener_port)
+    source = make_dx(body_part="WRIST")
+    orthanc.start()
+    try:
+        with serving(daemon):
+            uploaded = orthanc.upload(_encoded(source))
+            started = time.monotonic()
+            orthanc.post(
+                "/modalities/osteoflag/store",
+                {"Resources": [uploaded["ID"]], "Synchronous": True},
+            )
+            found = wait_for(lambda: _results_in(orthanc, uploaded["ParentStudy"]), timeout=180.0)
+            elapsed = time.monotonic() - started
+            record_property("orthanc_round_trip_seconds", round(elapsed, 3))
+            counts = wait_for(lambda: _all_sent(daemon), timeout=120.0)
+            assert counts["instances"]["done"] == 1
+            assert daemon.terminate(timeout=120) == 0
+        stored = tmp_path / "sr-from-orthanc.dcm"
+        stored.write_bytes(orthanc.file(found[COMPREHENSIVE_3D_SR]["ID"]))
+        summary = tmp_path / "summary-from-orthanc.dcm"
+        summary.write_bytes(orthanc.file(found[SECONDARY_CAPTURE]["ID"]))
+    finally:
+        orthanc.stop()
+    assert dciodvfy_errors(stored) == []
+    assert dciodvfy_errors(summary) == []
+    reported = read_result(pydicom.dcmread(stored))
+    assert reported.source_sop_instance_uid == source.SOPInstanceUID
+    assert reported.model_version == "0.0.1"
+    assert reported.label in (Label.FRACTURE, Label.NO_FRACTURE)
+    assert found[SECONDARY_CAPTURE]["StudyInstanceUID"] == source.StudyInstanceUID
+
+
+def _all_sent(daemon: DaemonProcess) -> dict[str, dict[str, int]] | None:
+    counts = daemon.status()
+    return counts if counts["outbound"]["sent"] == 2 else None

@@ -1,0 +1,33 @@
+"""Queue rows for tests that start after classification (sender, outage, TLS delivery)."""
+
+from __future__ import annotations
+
+import pydicom
+from sqlalchemy.orm import Session
+
+from osteoflag.config import Settings
+from osteoflag.db.models import Instance, InstanceState, Outbound
+from osteoflag.pacs.derived import Classification, ModelIdentity
+from osteoflag.pacs.outbound import produce_outbound
+
+
+def produce_for(
+    session: Session,
+    source: pydicom.Dataset,
+    result: Classification,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """A ``done`` instance row for ``source`` and its outbound objects, in ``session``."""
+    instance = Instance(
+        sop_instance_uid=source.SOPInstanceUID,
+        sop_class_uid=source.SOPClassUID,
+        transfer_syntax_uid=str(source.file_meta.TransferSyntaxUID),
+        calling_ae="MODALITY",
+        peer_address="127.0.0.1",
+        file_path="/nonexistent",
+        state=InstanceState.DONE,
+    )
+    session.add(instance)
+    session.flush()
+    return produce_outbound(session, instance, source, result, model, settings)

@@ -1,0 +1,74 @@
+"""Migrations: the migrated schema equals the models, and 0002 keeps existing rows.
+
+Runs on SQLite (batch mode) and on the run's private PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
+from osteoflag.db.engine import MIGRATIONS, make_engine, migrate, schema_is_current
+from osteoflag.db.models import Base
+from tests.helpers.postgres import PostgresServer
+
+
+def _alembic(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {column["name"] for column in inspect(engine).get_columns(table)}
+
+
+def _check_upgrade_keeps_rows_and_matches_models(engine: Engine) -> None:
+    command.upgrade(_alembic(engine), "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                " calling_ae, peer_address, received_at, file_path, state, attempts,"
+                " next_attempt_at) VALUES ('1.2.3', '1.2.4', '1.2.840.10008.1.2.1', 'MOD',"
+                " '127.0.0.1', CURRENT_TIMESTAMP, '/x.dcm', 'done', 1, CURRENT_TIMESTAMP)"
+            )
+        )
+    assert "removed_at" not in _columns(engine, "instances")
+
+    migrate(engine)
+
+    assert schema_is_current(engine)
+    assert "removed_at" in _columns(engine, "instances")
+    assert "removed_at" in _columns(engine, "outbound")
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        rows = connection.execute(text("SELECT sop_instance_uid, state, removed_at FROM instances"))
+        assert [tuple(row) for row in rows] == [("1.2.3", "done", None)]
+
+    command.downgrade(_alembic(engine), "0001")
+    assert "removed_at" not in _columns(engine, "outbound")
+    migrate(engine)
+    assert schema_is_current(engine)
+
+
+def test_sqlite_migrations(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        _check_upgrade_keeps_rows_and_matches_models(engine)
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_migrations(postgres: PostgresServer) -> None:
+    engine = make_engine(postgres.database())
+    try:
+        _check_upgrade_keeps_rows_and_matches_models(engine)
+    finally:
+        engine.dispose()

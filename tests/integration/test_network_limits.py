@@ -1,0 +1,185 @@
+"""Network limits of the Storage SCP (issue 6): ARTIM / ACSE, idle (network) timeouts,
+maximum PDU size on the wire, and a flood of associations beyond ``max_associations``.
+
+Timeouts are set small so the tests are quick; every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.errors import DeliveryError
+from osteoflag.pacs.contexts import VERIFICATION
+from osteoflag.pacs.scp import StorageSCP
+from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
+from tests.conftest import make_settings
+from tests.helpers.dicom import radiograph, write_in_syntax
+from tests.helpers.wait import wait_for
+from tests.integration.test_listener import _associate_rq
+
+
+@contextmanager
+def listening(tmp_path: Path, **listener: Any) -> Iterator[StorageSCP]:
+    """A Storage SCP with these ``[listener]`` settings, stopped afterwards."""
+    settings = make_settings(tmp_path, listener=listener)
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    scp = StorageSCP(settings, session_factory(engine))
+    scp.start()
+    try:
+        yield scp
+    finally:
+        scp.stop(timeout=5)
+        engine.dispose()
+
+
+def _echo_ok(port: int) -> bool:
+    try:
+        return send_c_echo(Peer("127.0.0.1", port, "OSTEOFLAG"), "CHECK", timeout=5) == 0
+    except DeliveryError:
+        return False
+
+
+def _closed_by_peer(sock: socket.socket) -> bytes:
+    """Read until the listener closes the connection; return what it sent first."""
+    sock.settimeout(15)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def _associate(port: int, calling_ae: str = "SCU") -> Association:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.network_timeout = 10
+    return ae.associate("127.0.0.1", port, ae_title="OSTEOFLAG")
+
+
+def test_peer_that_connects_and_sends_nothing_is_dropped(tmp_path: Path) -> None:
+    with listening(tmp_path, acse_timeout=0.5) as scp:
+        with socket.create_connection(("127.0.0.1", scp.port)) as sock:
+            # ARTIM expiry (PS3.8 9.1.5): the connection is closed without any PDU.
+            assert _closed_by_peer(sock) == b""
+        assert _echo_ok(scp.port)
+
+
+def test_association_that_goes_quiet_is_aborted(tmp_path: Path) -> None:
+    with listening(tmp_path, network_timeout=0.5) as scp:
+        assoc = _associate(scp.port)
+        assert assoc.is_established
+        wait_for(lambda: assoc.is_aborted, timeout=15)
+        assert _echo_ok(scp.port)
+
+
+def test_half_sent_message_is_dropped(tmp_path: Path) -> None:
+    with listening(tmp_path, network_timeout=0.5, dimse_timeout=0.5) as scp:
+        with socket.create_connection(("127.0.0.1", scp.port)) as sock:
+            sock.sendall(_associate_rq(b"OSTEOFLAG", b"SLOWLORIS"))
+            assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+            # A command fragment that is not the last one, then silence.
+            pdv = struct.pack(">IB", 6, 1) + b"\x01\x00\x00\x00\x00"
+            sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+            sent = _closed_by_peer(sock)
+        # What was left of the AC, then A-ABORT (type 07) before closing.
+        assert b"\x07\x00\x00\x00\x00\x04" in sent
+        assert _echo_ok(scp.port)
+
+
+def _ac_maximum_length(ac: bytes) -> int:
+    """Maximum Length Received from an A-ASSOCIATE-AC's User Information (PS3.8 9.3.3.3)."""
+    offset = 6 + 68  # PDU header, then the fixed fields
+    while offset < len(ac):
+        kind, length = ac[offset], struct.unpack_from(">H", ac, offset + 2)[0]
+        if kind == 0x50:
+            sub = offset + 4
+            while sub < offset + 4 + length:
+                sub_kind, sub_length = ac[sub], struct.unpack_from(">H", ac, sub + 2)[0]
+                if sub_kind == 0x51:
+                    return int(struct.unpack_from(">I", ac, sub + 4)[0])
+                sub += 4 + sub_length
+        offset += 4 + length
+    raise AssertionError("no Maximum Length sub-item in the A-ASSOCIATE-AC")
+
+
+def test_maximum_pdu_size_is_announced_in_associate_ac(tmp_path: Path) -> None:
+    with listening(tmp_path, maximum_pdu_size=32768) as scp:
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
+            sock.sendall(_associate_rq(b"OSTEOFLAG", b"PDUCHECK"))
+            header = sock.recv(6, socket.MSG_WAITALL)
+            assert header[0] == 0x02
+            body = sock.recv(struct.unpack_from(">I", header, 2)[0], socket.MSG_WAITALL)
+            assert _ac_maximum_length(header + body) == 32768
+        assoc = _associate(scp.port)
+        try:
+            assert assoc.acceptor.maximum_length == 32768
+        finally:
+            assoc.release()
+
+
+def test_flood_beyond_max_associations_is_rejected_and_echo_recovers(tmp_path: Path) -> None:
+    with listening(tmp_path, max_associations=2, acse_timeout=1.0) as scp:
+        held = [_associate(scp.port, f"HOLD{i}") for i in range(2)]
+        assert all(assoc.is_established for assoc in held)
+        results: list[tuple[int, int, int]] = []
+        lock = threading.Lock()
+
+        def attempt(index: int) -> None:
+            assoc = _associate(scp.port, f"FLOOD{index}")
+            primitive = assoc.acceptor.primitive
+            with lock:
+                results.append((primitive.result, primitive.result_source, primitive.diagnostic))
+            if assoc.is_established:
+                assoc.release()
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        # Rejected transient, service-provider (presentation), local limit exceeded (PS3.8 9.3.4).
+        assert results == [(2, 3, 2)] * 12
+        for assoc in held:
+            assoc.release()
+        wait_for(lambda: _echo_ok(scp.port), timeout=15)
+
+        # Silent connections hold slots only until ARTIM expires.
+        silent = [socket.create_connection(("127.0.0.1", scp.port)) for _ in range(6)]
+        try:
+            wait_for(lambda: _echo_ok(scp.port), timeout=15)
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_data_set_over_max_dataset_mb_aborts_while_arriving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    large = radiograph(rows=1200, columns=1000, bits=12)  # 2.4 MB of Pixel Data
+    small = radiograph()
+    files = [
+        write_in_syntax(ds, ExplicitVRLittleEndian, tmp_path / f"{name}.dcm")
+        for name, ds in (("large", large), ("small", small))
+    ]
+    with listening(tmp_path, max_dataset_mb=1, maximum_pdu_size=16384) as scp:
+        peer = Peer("127.0.0.1", scp.port, "OSTEOFLAG")
+        with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.guard"):
+            [outcome] = send_c_store(files[:1], peer, "BIGSENDER")
+        assert outcome.status is None  # aborted: no C-STORE response
+        assert any("larger than 1048576 bytes" in r.getMessage() for r in caplog.records)
+        [outcome] = send_c_store(files[1:], peer, "BIGSENDER")
+        assert outcome.status == 0
+        assert _echo_ok(scp.port)

@@ -1,0 +1,106 @@
+"""``osteoflag quantize`` on the tiny bundle: a real INT8 backbone, written only when as good.
+
+The labelled folder is made from synthetic images labelled by the float32 bundle itself
+(clear positives and clear negatives), so float32 scores AUC 1 and a faithful INT8
+backbone must too. The refusal path is driven by the rule's own threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from osteoflag.errors import BundleError
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.pixels import load_display, model_input
+from osteoflag.inference.predictor import Predictor
+from osteoflag.inference.quantize import auc, quantize_bundle
+from tests.helpers.daemon import osteoflag, write_config
+from tests.helpers.tiny_bundle import _training_images
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tuple[Path, Path]:
+    """(calibration images, labelled folder) built for the tiny bundle."""
+    root = tmp_path_factory.mktemp("quantize")
+    calibration = root / "calibration"
+    calibration.mkdir()
+    paths = []
+    for index, image in enumerate(_training_images((64, 64), 90, seed=11)):
+        path = calibration / f"{index:03d}.png"
+        Image.fromarray((image * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    predictor = Predictor(load_bundle(tiny_bundle))
+    spec = predictor.bundle.input_spec
+    scores = predictor.probabilities([model_input(load_display(p), spec) for p in paths])
+    order = np.argsort(scores)
+    labelled = root / "labelled"
+    for name, picks in (("nofracture", order[:30]), ("fracture", order[-30:])):
+        (labelled / name).mkdir(parents=True)
+        for index in picks:
+            (labelled / name / paths[index].name).write_bytes(paths[index].read_bytes())
+    return calibration, labelled
+
+
+def test_auc_is_the_mann_whitney_statistic() -> None:
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    assert auc(labels, np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])) == pytest.approx(8 / 9)
+    assert auc(labels, np.array([0.5] * 6)) == 0.5
+    with pytest.raises(BundleError, match="both"):
+        auc(np.array([1, 1]), np.array([0.2, 0.3]))
+
+
+def test_int8_bundle_is_written_verified_and_recorded(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    calibration, labelled = folders
+    out = tmp_path / "tiny-int8"
+    figures = quantize_bundle(tiny_bundle, calibration, labelled, out, count=40)
+
+    assert figures["usable"] is True and figures["bundle"] == str(out)
+    assert figures["n"] == 60 and figures["calibration"]["images"] == 40
+    assert figures["float32"]["auc"] == 1.0
+    assert figures["auc_drop"] <= 0.005
+    bundle = load_bundle(out)
+    assert bundle.manifest.backbone.precision == "int8"
+    assert bundle.model_id == "tiny-test@0.0.1+int8"
+    assert bundle.manifest.metrics["int8"]["int8"]["auc"] == figures["int8"]["auc"]
+    assert not (out / "backbone.onnx").exists()
+    ops = {node.op_type for node in onnx.load(str(bundle.backbone_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights = onnx.load(str(bundle.backbone_path)).graph.initializer
+    assert any(w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4 for w in weights)
+    assert "## INT8" in (out / "model_card.md").read_text()
+    assert not list(tmp_path.glob(".*partial*"))
+    with pytest.raises(BundleError, match="already int8"):
+        quantize_bundle(out, calibration, labelled, tmp_path / "again", count=8)
+
+
+def test_int8_outside_the_auc_margin_writes_nothing(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    calibration, labelled = folders
+    out = tmp_path / "refused"
+    figures = quantize_bundle(tiny_bundle, calibration, labelled, out, count=8, max_auc_drop=-1.0)
+    assert figures["usable"] is False and figures["bundle"] is None
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_prints_the_figures_and_refuses_an_existing_folder(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    calibration, labelled = folders
+    config = write_config(tmp_path, {"model": {"bundle": str(tiny_bundle)}})
+    out = tmp_path / "cli-int8"
+    args = ("--bundle", str(tiny_bundle), "--calibration", str(calibration))
+    args += ("--data", str(labelled), "--calibration-images", "16")
+    result = osteoflag("quantize", *args, "--out", str(out), config=config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["int8"]["accuracy"] == 1.0
+    again = osteoflag("quantize", *args, "--out", str(out), config=config)
+    assert again.returncode == 1 and "already exists" in again.stderr

@@ -1,0 +1,177 @@
+"""Retention against a real SQLite queue and real files: what goes, what must stay.
+
+Age is moved by passing ``now`` to ``remove_expired``, never by sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import RetentionSettings, Settings, parse_settings
+from osteoflag.daemon.retention import remove_expired
+from osteoflag.db import queue
+from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.errors import ConfigError
+from osteoflag.pacs.sender import requeue_failed_outbound
+from osteoflag.pacs.storage import instance_path, write_atomically
+
+RETENTION = RetentionSettings(max_age_days=30.0)
+LATER = timedelta(days=31)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """The queue on SQLite (the settings' file) and on the run's private PostgreSQL server."""
+    if request.param == "sqlite":
+        url = settings.storage.database_url
+    else:
+        url = request.getfixturevalue("postgres").database()
+    engine = make_engine(url)
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def _instance(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    state: InstanceState,
+    outbound: tuple[OutboundState, ...] = (),
+    age: timedelta = timedelta(0),
+) -> int:
+    """An instance row with its received file and one produced file per outbound state."""
+    uid = f"1.2.826.0.1.3680043.10.1.{len(list(settings.incoming_path.rglob('*.dcm'))) + 1}"
+    path = instance_path(settings.incoming_path, uid)
+    write_atomically(path, b"received")
+    with sessions() as session:
+        row = Instance(
+            sop_instance_uid=uid,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.1.1",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            calling_ae="MODALITY",
+            peer_address="127.0.0.1:104",
+            file_path=str(path),
+            state=state,
+            received_at=utcnow() - age,
+            error=None if state is InstanceState.DONE else "a reason",
+        )
+        session.add(row)
+        session.flush()
+        for n, outbound_state in enumerate(outbound):
+            produced = settings.outgoing_path / "sr" / f"{uid}.{n}.dcm"
+            write_atomically(produced, b"produced")
+            session.add(
+                Outbound(
+                    instance_id=row.id,
+                    kind="sr",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.88.22",
+                    sop_instance_uid=f"{uid}.{n}",
+                    file_path=str(produced),
+                    destination=f"PACS{n}@127.0.0.1:4242",
+                    state=outbound_state,
+                )
+            )
+        session.commit()
+        return row.id
+
+
+def _files(sessions: sessionmaker[Session], instance_id: int) -> list[Path]:
+    with sessions() as session:
+        instance = session.get(Instance, instance_id)
+        assert instance is not None
+        rows = session.scalars(select(Outbound).where(Outbound.instance_id == instance_id)).all()
+        return [Path(instance.file_path), *(Path(row.file_path) for row in rows)]
+
+
+def _removed(sessions: sessionmaker[Session], instance_id: int) -> bool:
+    with sessions() as session:
+        instance = session.get(Instance, instance_id)
+        assert instance is not None
+        rows = session.scalars(select(Outbound).where(Outbound.instance_id == instance_id)).all()
+        marks = {instance.removed_at is not None, *(row.removed_at is not None for row in rows)}
+    files = {path.exists() for path in _files(sessions, instance_id)}
+    assert len(marks) == 1 and len(files) == 1, "rows and files disagree"
+    return marks == {True} and files == {False}
+
+
+def test_removes_files_of_finished_delivered_instances_and_keeps_their_rows(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    sent = _instance(sessions, settings, InstanceState.DONE, (OutboundState.SENT,) * 2)
+    gave_up = _instance(sessions, settings, InstanceState.DONE, (OutboundState.FAILED,))
+    skipped = _instance(sessions, settings, InstanceState.SKIPPED)
+    failed = _instance(sessions, settings, InstanceState.FAILED)
+
+    report = remove_expired(sessions, RETENTION, now=utcnow() + LATER)
+
+    assert (report.instances, report.files) == (4, 3 + 2 + 1 + 1)
+    for instance_id in (sent, gave_up, skipped, failed):
+        assert _removed(sessions, instance_id)
+    with sessions() as session:
+        events = session.scalars(select(Event).where(Event.action == "files_removed")).all()
+        states = session.scalars(select(Instance.state)).all()
+    assert sorted(event.instance_id for event in events) == sorted((sent, gave_up, skipped, failed))
+    assert events[0].detail == "3 files"
+    assert sorted(states) == sorted(["done", "done", "skipped", "failed"])
+    assert remove_expired(sessions, RETENTION, now=utcnow() + LATER).instances == 0
+
+
+def test_never_removes_what_is_pending_unfinished_or_young(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    pending = _instance(
+        sessions, settings, InstanceState.DONE, (OutboundState.SENT, OutboundState.PENDING)
+    )
+    queued = _instance(sessions, settings, InstanceState.QUEUED)
+    processing = _instance(sessions, settings, InstanceState.PROCESSING)
+    young = _instance(sessions, settings, InstanceState.DONE, (OutboundState.SENT,))
+    old = _instance(sessions, settings, InstanceState.DONE, (OutboundState.SENT,), age=LATER)
+
+    report = remove_expired(sessions, RETENTION)
+
+    assert report.instances == 1
+    assert _removed(sessions, old)
+    for kept in (pending, queued, processing, young):
+        assert not _removed(sessions, kept)
+    later = remove_expired(sessions, RETENTION, now=utcnow() + LATER)
+    assert later.instances == 1  # only ``young`` has come of age
+    assert _removed(sessions, young)
+    for kept in (pending, queued, processing):
+        assert not _removed(sessions, kept)
+
+
+def test_batch_size_bounds_one_run(sessions: sessionmaker[Session], settings: Settings) -> None:
+    for _ in range(5):
+        _instance(sessions, settings, InstanceState.SKIPPED)
+    small = RetentionSettings(max_age_days=1.0, batch_size=2)
+    runs = [remove_expired(sessions, small, now=utcnow() + LATER).instances for _ in range(4)]
+    assert runs == [2, 2, 1, 0]
+
+
+def test_requeue_leaves_removed_rows_alone(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    removed = _instance(sessions, settings, InstanceState.FAILED)
+    kept = _instance(sessions, settings, InstanceState.FAILED, age=-LATER)
+    delivery = _instance(sessions, settings, InstanceState.DONE, (OutboundState.FAILED,))
+    remove_expired(sessions, RETENTION, now=utcnow() + LATER)
+
+    assert queue.requeue_failed(sessions) == 1
+    assert requeue_failed_outbound(sessions) == 0
+    with sessions() as session:
+        assert session.get(Instance, kept).state is InstanceState.QUEUED  # type: ignore[union-attr]
+        assert session.get(Instance, removed).state is InstanceState.FAILED  # type: ignore[union-attr]
+    assert _removed(sessions, delivery)
+
+
+@pytest.mark.parametrize("value", [0, -1, "thirty"])
+def test_bad_max_age_is_a_config_error_naming_the_key(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match=r"retention\.max_age_days"):
+        parse_settings({"retention": {"max_age_days": value}}, tmp_path)

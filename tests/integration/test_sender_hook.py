@@ -1,0 +1,141 @@
+"""The worker-side hook (``daemon.results``) and undetermined SRs: outbound objects
+commit with the outcome they belong to, or not at all."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import Destination, Settings
+from osteoflag.daemon.results import outbound_hook
+from osteoflag.db import queue
+from osteoflag.db.models import Instance, InstanceState, Outbound
+from osteoflag.errors import OsteoflagError
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.pacs.derived import ModelIdentity
+from osteoflag.pacs.outbound import produce_undetermined
+from osteoflag.pacs.sr import read_result
+from tests.conftest import make_settings
+from tests.sr_fixtures import make_dx
+
+OWNER = "test-worker"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_bundle: Path) -> Settings:
+    base = make_settings(
+        tmp_path, model={"bundle": str(tiny_bundle)}, report={"undetermined_sr": True}
+    )
+    pacs = Destination(ae_title="PACS", host="127.0.0.1", port=4242)
+    return base.model_copy(update={"destinations": (pacs,)})
+
+
+def _model(settings: Settings) -> ModelIdentity:
+    return ModelIdentity.from_bundle(load_bundle(settings.model.bundle))
+
+
+def _claimed(sessions: sessionmaker[Session], settings: Settings) -> Instance:
+    source = make_dx()
+    path = settings.incoming_path / f"{source.SOPInstanceUID}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source.save_as(path, enforce_file_format=True)
+    queue.enqueue(
+        sessions,
+        queue.Received(
+            sop_instance_uid=source.SOPInstanceUID,
+            sop_class_uid=source.SOPClassUID,
+            transfer_syntax_uid=str(source.file_meta.TransferSyntaxUID),
+            calling_ae="MODALITY",
+            peer_address="127.0.0.1:1",
+            file_path=str(path),
+        ),
+    )
+    (instance,) = queue.claim_instances(sessions, OWNER, 1, timedelta(minutes=5))
+    return instance
+
+
+def test_done_result_commits_with_its_outbound_rows(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    model = _model(settings)
+    instance = _claimed(sessions, settings)
+    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
+    with sessions() as session:
+        assert queue.complete(session, instance.id, OWNER, result)
+        outbound_hook(settings, model)(
+            session, instance, pydicom.dcmread(instance.file_path), result
+        )
+        session.commit()
+    with sessions() as session:
+        rows = session.scalars(select(Outbound)).all()
+        assert sorted(row.kind for row in rows) == ["sr", "summary"]
+        sr_row = next(row for row in rows if row.kind == "sr")
+    reported = read_result(pydicom.dcmread(sr_row.file_path))
+    assert (reported.model_version, reported.threshold) == (model.version, model.threshold)
+    assert reported.probability == pytest.approx(0.8)
+    assert reported.source_sop_instance_uid == instance.sop_instance_uid
+
+
+def test_failing_hook_rolls_the_result_back(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    model = _model(settings)
+    instance = _claimed(sessions, settings)
+    source = pydicom.dcmread(instance.file_path)
+    del source.StudyInstanceUID  # no study to attach the SR to
+    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
+    with sessions() as session, pytest.raises(OsteoflagError):
+        assert queue.complete(session, instance.id, OWNER, result)
+        outbound_hook(settings, model)(session, instance, source, result)
+        session.commit()
+    with sessions() as session:
+        row = session.get(Instance, instance.id)
+        assert row is not None and row.state is InstanceState.PROCESSING
+        assert session.scalars(select(Outbound)).all() == []
+
+
+def test_skipped_instance_gets_an_undetermined_sr_when_configured(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    instance = _claimed(sessions, settings)
+    reason = "body part not in allowlist"
+    with sessions() as session:
+        assert queue.skip(session, instance.id, OWNER, reason)
+        source = pydicom.dcmread(instance.file_path)
+        rows = produce_undetermined(session, instance, source, reason, _model(settings), settings)
+        session.commit()
+    assert sorted(row.kind for row in rows) == ["sr", "summary"]
+    sr_row = next(row for row in rows if row.kind == "sr")
+    reported = read_result(pydicom.dcmread(sr_row.file_path))
+    assert reported.label.value == "undetermined"
+    assert reported.reason == reason
+    assert reported.probability is None
+
+
+def test_no_undetermined_sr_unless_configured(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    instance = _claimed(sessions, settings)
+    off = settings.model_copy(
+        update={"report": settings.report.model_copy(update={"undetermined_sr": False})}
+    )
+    with sessions() as session:
+        source = pydicom.dcmread(instance.file_path)
+        assert produce_undetermined(session, instance, source, "x", _model(settings), off) == []
+
+
+def test_undetermined_source_without_study_uid_gives_no_sr_and_no_error(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    instance = _claimed(sessions, settings)
+    source = pydicom.dcmread(instance.file_path)
+    del source.StudyInstanceUID
+    with sessions() as session:
+        assert (
+            produce_undetermined(session, instance, source, "x", _model(settings), settings) == []
+        )

@@ -1,0 +1,102 @@
+"""Delivery over DICOM TLS to DCMTK ``storescp +tls`` that requires our client certificate."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.config import Settings, parse_settings
+from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.pacs.sender import send_pending
+from tests.helpers.net import free_port, port_open
+from tests.helpers.pki import Certificates, make_certificates
+from tests.helpers.rows import produce_for
+from tests.helpers.wait import wait_for
+from tests.integration.test_sender import FRACTURE, MODEL
+from tests.sr_fixtures import make_dx, require_tool
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def storescp_tls(tmp_path: Path, certificates: Certificates) -> Iterator[tuple[int, Path]]:
+    """storescp on a TLS-only port, requiring a client certificate signed by our CA."""
+    tool = require_tool("storescp")
+    port, received = free_port(), tmp_path / "received"
+    received.mkdir()
+    tls = ["+tls", certificates.server_key, certificates.server_cert, "+cf", certificates.ca]
+    process = subprocess.Popen(
+        [tool, *map(str, tls), "-rc", "--aetitle", "PACS", "-od", str(received), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open(port), timeout=10.0)
+        yield port, received
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _settings(tmp_path: Path, port: int, tls: dict[str, Any]) -> Settings:
+    destination = {"ae_title": "PACS", "host": "127.0.0.1", "port": port, "tls": tls}
+    return parse_settings(
+        {
+            "storage": {"path": str(tmp_path / "var"), "database_url": "sqlite:///var/db.sqlite"},
+            "sender": {"timeout_seconds": 5.0},
+            "destinations": [destination],
+        },
+        tmp_path,
+    )
+
+
+def _sessions_with_result(settings: Settings) -> tuple[sessionmaker[Session], set[str]]:
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    source = make_dx()
+    with sessions() as session:
+        rows = produce_for(session, source, FRACTURE, MODEL, settings)
+        session.commit()
+        return sessions, {row.sop_instance_uid for row in rows}
+
+
+def test_results_go_out_over_tls_with_our_client_certificate(
+    tmp_path: Path, certificates: Certificates, storescp_tls: tuple[int, Path]
+) -> None:
+    port, received = storescp_tls
+    tls = {
+        "ca_certificates": str(certificates.ca),
+        "certificate": str(certificates.client_cert),
+        "private_key": str(certificates.client_key),
+    }
+    settings = _settings(tmp_path, port, tls)
+    sessions, produced = _sessions_with_result(settings)
+    assert send_pending(sessions, settings).sent == len(produced) == 2
+    stored = {str(pydicom.dcmread(path).SOPInstanceUID) for path in received.iterdir()}
+    assert stored == produced
+
+
+def test_untrusted_server_certificate_is_not_sent_to(
+    tmp_path: Path, certificates: Certificates, storescp_tls: tuple[int, Path]
+) -> None:
+    port, received = storescp_tls
+    tls = {
+        "ca_certificates": str(certificates.rogue_ca),  # does not vouch for the server
+        "certificate": str(certificates.client_cert),
+        "private_key": str(certificates.client_key),
+    }
+    settings = _settings(tmp_path, port, tls)
+    sessions, _ = _sessions_with_result(settings)
+    report = send_pending(sessions, settings)
+    assert report.sent == 0
+    assert list(received.iterdir()) == []

@@ -1,0 +1,254 @@
+"""The operator page's HTTP surface on a real uvicorn server: health, metrics, auth, CSRF,
+uploads. Real SQLite in ``tmp_path``, the tiny real bundle, stdlib HTTP on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+
+from osteoflag.config import Settings
+from osteoflag.db import queue
+from osteoflag.db.engine import make_engine, migrate, reading, session_factory
+from osteoflag.db.models import Instance, InstanceState
+from osteoflag.errors import OsteoflagError
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.pixels import load_display
+from osteoflag.inference.predictor import Predictor
+from osteoflag.web.app import create_app
+from osteoflag.web.server import WebServer
+from tests.conftest import make_settings
+from tests.helpers.daemon import base_sections, osteoflag, write_config
+from tests.helpers.inference_data import png_of, radiograph
+from tests.helpers.net import free_port
+from tests.helpers.web import WebClient, csrf_token
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle: Path) -> Predictor:
+    return Predictor(load_bundle(tiny_bundle), threads=1, batch_size=1)
+
+
+@pytest.fixture
+def liveness() -> dict[str, bool]:
+    return {"listener": True, "worker": True}
+
+
+Serve = Callable[..., Any]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, predictor: Predictor, liveness: dict[str, bool]) -> Iterator[Serve]:
+    """Start a web server for settings built from ``web`` keys; yield (client, sessions)."""
+    started: list[WebServer] = []
+
+    def start(
+        database_url: str | None = None, **web: Any
+    ) -> tuple[WebClient, sessionmaker[Session], Settings]:
+        settings = make_settings(tmp_path, web={"port": 0, **web})
+        engine = make_engine(database_url or settings.storage.database_url)
+        if database_url is None:
+            migrate(engine)
+        sessions = session_factory(engine)
+        app = create_app(
+            settings, sessions, predictor, liveness=lambda: dict(liveness), wake_worker=lambda: None
+        )
+        server = WebServer(app, settings.web)
+        server.start()
+        started.append(server)
+        return WebClient(f"http://127.0.0.1:{server.port}"), sessions, settings
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _empty_app() -> Starlette:
+    return Starlette(routes=[])
+
+
+def _received(sessions: sessionmaker[Session], count: int) -> list[int]:
+    for n in range(count):
+        queue.enqueue(
+            sessions,
+            queue.Received(
+                f"1.2.3.{n}",
+                "1.2.840.10008.5.1.4.1.1.1.1",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+                "127.0.0.1",
+                f"/nonexistent/{n}.dcm",
+            ),
+        )
+    with reading(sessions) as session:
+        return list(session.scalars(select(Instance.id).order_by(Instance.id)))
+
+
+def _failed_instance(sessions: sessionmaker[Session]) -> int:
+    [instance_id] = _received(sessions, 1)
+    [claimed] = queue.claim_instances(sessions, "test", 1, timedelta(minutes=5))
+    with sessions() as session:
+        assert queue.fail(session, claimed.id, "test", "decoder exploded")
+        session.commit()
+    return instance_id
+
+
+def _state(sessions: sessionmaker[Session], instance_id: int) -> InstanceState:
+    with reading(sessions) as session:
+        row = session.get(Instance, instance_id)
+        assert row is not None
+        return row.state
+
+
+def test_healthz_reports_database_and_components(serve: Serve, liveness: dict[str, bool]) -> None:
+    client, _, _ = serve()
+    ok = client.get("/healthz")
+    assert ok.status == 200
+    assert json.loads(ok.body) == {
+        "status": "ok",
+        "database": True,
+        "listener": True,
+        "worker": True,
+    }
+    liveness["worker"] = False
+    stuck = client.get("/healthz")
+    assert stuck.status == 503
+    assert json.loads(stuck.body)["worker"] is False
+
+
+def test_healthz_is_503_when_the_database_does_not_answer(serve: Serve) -> None:
+    closed = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
+    client, _, _ = serve(database_url=closed)
+    reply = client.get("/healthz")
+    assert reply.status == 503
+    assert json.loads(reply.body)["database"] is False
+    metrics = client.get("/metrics").text
+    assert 'osteoflag_component_up{component="database"} 0.0' in metrics
+
+
+def test_metrics_follow_the_queue(serve: Serve) -> None:
+    client, sessions, _ = serve()
+    _received(sessions, 3)
+    claimed = queue.claim_instances(sessions, "test", 2, timedelta(minutes=5))
+    with sessions() as session:
+        assert queue.complete(
+            session, claimed[0].id, "test", queue.Result(0.9, "fracture", 0.5, "m@1", 120.0)
+        )
+        assert queue.fail(session, claimed[1].id, "test", "unreadable")
+        session.commit()
+    reply = client.get("/metrics")
+    assert reply.status == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+    assert samples[("osteoflag_instances_received_total", ())] == 3
+    assert samples[("osteoflag_instances", (("state", "done"),))] == 1
+    assert samples[("osteoflag_instances", (("state", "failed"),))] == 1
+    assert samples[("osteoflag_instances", (("state", "queued"),))] == 1
+    assert samples[("osteoflag_outbound", (("state", "pending"),))] == 0
+    assert samples[("osteoflag_queue_oldest_age_seconds", ())] >= 0
+    assert samples[("osteoflag_inference_seconds_bucket", (("le", "0.1"),))] == 0
+    assert samples[("osteoflag_inference_seconds_bucket", (("le", "0.25"),))] == 1
+    assert samples[("osteoflag_inference_seconds_count", ())] == 1
+    assert samples[("osteoflag_inference_seconds_sum", ())] == pytest.approx(0.12)
+
+
+def test_requeue_needs_a_valid_csrf_token(serve: Serve) -> None:
+    client, sessions, _ = serve()
+    instance_id = _failed_instance(sessions)
+    path = f"/results/{instance_id}/requeue"
+    listed = client.get("/results?state=failed")
+    assert f'{path}"' in listed.text  # the list offers the same re-queue form
+    assert client.post_form(path, {}).status == 403
+    page = client.get(f"/results/{instance_id}")
+    assert page.status == 200
+    assert client.post_form(path, {"csrf_token": "0" * 64}).status == 403
+    stranger = WebClient(client.base)  # another browser: its cookie does not match the token
+    assert stranger.post_form(path, {"csrf_token": csrf_token(page.text)}).status == 403
+    assert _state(sessions, instance_id) is InstanceState.FAILED
+    done = client.post_form(path, {"csrf_token": csrf_token(page.text)})
+    assert done.status == 303
+    assert done.headers["location"] == f"/results/{instance_id}?requeued=1"
+    assert _state(sessions, instance_id) is InstanceState.QUEUED
+
+
+def test_upload_limits_and_non_images(serve: Serve, tmp_path: Path, predictor: Predictor) -> None:
+    client, sessions, _ = serve(max_upload_mb=0.05)
+    token = csrf_token(client.get("/try").text)
+    big = client.post_file("/try", {"csrf_token": token}, "big.png", b"\x89PNG" + b"0" * 80_000)
+    assert big.status == 413
+    assert "larger than the 0.05 MB upload limit" in big.text
+    text = client.post_file("/try", {"csrf_token": token}, "notes.txt", b"hello, not an image")
+    assert text.status == 400
+    assert "not a PNG, JPEG or DICOM image" in text.text
+    empty = client.post_file("/try", {"csrf_token": token}, "empty.png", b"")
+    assert empty.status == 400
+    png = png_of(radiograph(maximum=255, seed=5), tmp_path / "x.png")
+    forged = client.post_file("/try", {"csrf_token": "0" * 64}, "x.png", png.read_bytes())
+    assert forged.status == 403
+    good = client.post_file("/try", {"csrf_token": token}, "x.png", png.read_bytes())
+    assert good.status == 200
+    [expected] = predictor.predict([load_display(png)])
+    assert f"{expected.probability:.6f}" in good.text
+    assert "data:image/png;base64," in good.text
+    assert queue.counts(sessions)["instances"] == dict.fromkeys(
+        ("queued", "processing", "done", "skipped", "failed"), 0
+    )
+
+
+def test_token_protects_everything_but_healthz(serve: Serve) -> None:
+    client, _, _ = serve(token=TOKEN)
+    for path in ("/", "/results", "/try", "/metrics"):
+        refused = client.get(path)
+        assert refused.status == 401, path
+        assert refused.headers["www-authenticate"].startswith("Basic")
+    assert client.get("/healthz").status == 200
+    bearer = WebClient(client.base, {"Authorization": f"Bearer {TOKEN}"})
+    assert bearer.get("/").status == 200
+    basic = base64.b64encode(f"any:{TOKEN}".encode()).decode()
+    assert WebClient(client.base, {"Authorization": f"Basic {basic}"}).get("/metrics").status == 200
+    wrong = WebClient(client.base, {"Authorization": "Bearer not-the-token"})
+    assert wrong.get("/").status == 401
+
+
+def test_basic_auth_with_username_and_password(serve: Serve) -> None:
+    client, _, _ = serve(username="radiology", password="correct horse")
+    good = base64.b64encode(b"radiology:correct horse").decode()
+    bad = base64.b64encode(b"radiology:wrong password").decode()
+    assert WebClient(client.base, {"Authorization": f"Basic {good}"}).get("/").status == 200
+    assert WebClient(client.base, {"Authorization": f"Basic {bad}"}).get("/").status == 401
+    assert WebClient(client.base, {"Authorization": "Basic !!!"}).get("/").status == 401
+
+
+def test_serve_refuses_a_public_address_without_auth(tmp_path: Path, tiny_bundle: Path) -> None:
+    sections = base_sections(tmp_path, tiny_bundle)
+    sections["web"] = {"host": "0.0.0.0", "port": free_port()}
+    done = osteoflag("serve", config=write_config(tmp_path, sections), timeout=60)
+    assert done.returncode == 2
+    assert "web.host" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_an_error_naming_web_host(tmp_path: Path) -> None:
+    blocker = WebServer(_empty_app(), make_settings(tmp_path).web)
+    blocker.start()
+    try:
+        settings = make_settings(tmp_path, web={"port": blocker.port})
+        with pytest.raises(OsteoflagError, match=f"web.host 127.0.0.1 port {blocker.port}"):
+            WebServer(_empty_app(), settings.web).start()
+    finally:
+        blocker.stop()
