@@ -61,9 +61,10 @@ def _echo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
-    from osteoflag.pacs.scu import Peer, dicom_files, send_c_store
+    from osteoflag.files import walk_files
+    from osteoflag.pacs.scu import Peer, send_c_store
 
-    files = list(dicom_files(args.paths))
+    files = list(walk_files(args.paths))
     if not files:
         raise ConfigError("send: no files found")
     peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))

@@ -10,29 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 from osteoflag.config import Settings
 from osteoflag.errors import ConfigError, PixelDataError
+from osteoflag.files import walk_files
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
-
-
-def input_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """The given files, and every non-hidden file under the given folders in sorted order."""
-    for path in paths:
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                relative = child.relative_to(path).parts
-                if child.is_file() and not any(part.startswith(".") for part in relative):
-                    yield child
-        else:
-            yield path
 
 
 def _line(record: dict[str, object], as_json: bool) -> str:
@@ -90,7 +79,7 @@ def infer_paths(
     predictor = Predictor(
         bundle, threads=settings.model.threads, batch_size=settings.model.batch_size
     )
-    files = list(input_files(paths))
+    files = list(walk_files(paths))
     if not files:
         raise ConfigError("infer: no files found under the given folders")
     failures = classify_files(predictor, files, sys.stdout, as_json=as_json)

@@ -28,8 +28,8 @@ import numpy.typing as npt
 from scipy.stats import rankdata
 
 from osteoflag.errors import BundleError, PixelDataError
+from osteoflag.files import walk_files
 from osteoflag.inference.bundle import MANIFEST, load_bundle, write_manifest
-from osteoflag.inference.infer import input_files
 from osteoflag.inference.pixels import FloatArray, InputSpec, load_display, model_input
 from osteoflag.inference.predictor import INPUT_NAME, Predictor
 
@@ -79,7 +79,7 @@ def _inputs(files: Sequence[Path], spec: InputSpec) -> tuple[list[FloatArray], l
 
 def calibration_inputs(folder: Path, spec: InputSpec, count: int) -> list[FloatArray]:
     """Up to ``count`` images spread evenly over the sorted files under ``folder``."""
-    files = list(input_files([folder]))
+    files = list(walk_files([folder]))
     if not files:
         raise BundleError(f"{folder}: no calibration images")
     picks = np.unique(np.linspace(0, len(files) - 1, num=min(count, len(files))).astype(int))
@@ -96,7 +96,7 @@ def labelled_inputs(folder: Path, spec: InputSpec) -> tuple[list[FloatArray], np
     for name, label in CLASSES:
         if not (folder / name).is_dir():
             raise BundleError(f"{folder / name}: labelled folder is missing")
-        found, _ = _inputs(list(input_files([folder / name])), spec)
+        found, _ = _inputs(list(walk_files([folder / name])), spec)
         inputs += found
         labels += [label] * len(found)
     return inputs, np.asarray(labels, dtype=int)

@@ -8,7 +8,6 @@ what it can decode.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +74,6 @@ def send_c_echo(peer: Peer, calling_ae: str, timeout: float = 30.0) -> int:
     if "Status" not in response:
         raise DeliveryError(f"no C-ECHO response from {peer.ae_title}@{peer.host}:{peer.port}")
     return int(response.Status)
-
-
-def dicom_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files under ``paths`` (folders recursed, hidden files skipped), in a stable order."""
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(
-                p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-            )
-        else:
-            yield path
 
 
 def _contexts(paths: list[Path]) -> list[tuple[str, str]]:
