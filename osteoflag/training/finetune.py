@@ -1,9 +1,10 @@
-"""Fine-tuning the VGG16 head on cached trunk maps.
+"""Fine-tuning a backbone's head (VGG16 block 5, EfficientNet-Lite0 stages 6-7) on cached maps.
 
 The trunk is frozen, so its output map is computed once per image (through onnxruntime, see
 ``features``) and every epoch only runs the head: that is what makes fine-tuning fit a 2-core
-CPU. Augmentation works on the cached maps: random flips and random crops of the map, which a
-global pooling head tolerates. The epoch kept is the one with the best validation AUC.
+CPU. Augmentation works on the cached maps: random flips, transposes and random crops of the
+map, which a global pooling head tolerates. The epoch kept is the one with the best validation
+AUC.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
-
-from osteoflag.training.backbones import VGGHead
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class FinetuneConfig:
 class _Classifier(nn.Module):
     """Head + a linear probe on standardised pooled features (used only while training)."""
 
-    def __init__(self, head: VGGHead, scale: torch.Tensor, dropout: float) -> None:
+    def __init__(self, head: nn.Module, scale: torch.Tensor, dropout: float) -> None:
         super().__init__()
         self.head = head
         self.register_buffer("scale", scale)
@@ -57,6 +56,8 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         x = x.flip(3)
     if rng.random() < 0.5:
         x = x.flip(2)
+    if rng.random() < 0.5 and x.shape[2] == x.shape[3]:
+        x = x.transpose(2, 3)  # with the flips: all eight right-angle orientations
     h, w = x.shape[2], x.shape[3]
     ch, cw = (
         max(2, h - int(rng.integers(0, h // 7 + 1))),
@@ -66,7 +67,7 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return x[:, :, top : top + ch, left : left + cw]
 
 
-def head_features(head: VGGHead, maps: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def head_features(head: nn.Module, maps: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Pooled head output for cached maps (torch; serving goes through ONNX instead)."""
     head.eval()
     out = []
@@ -77,13 +78,13 @@ def head_features(head: VGGHead, maps: np.ndarray, batch_size: int = 64) -> np.n
 
 
 def finetune(
-    head: VGGHead,
+    head: nn.Module,
     maps: np.ndarray,
     labels: np.ndarray,
     fit_idx: np.ndarray,
     val_idx: np.ndarray,
     config: FinetuneConfig,
-) -> tuple[VGGHead, list[dict[str, float]]]:
+) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train ``head`` on ``maps[fit_idx]``; return a copy at the best validation AUC and the log."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

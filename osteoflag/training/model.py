@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from osteoflag.training import classifier, export, features, metrics
-from osteoflag.training.backbones import FeatureLayout, VGGHead, combine
+from osteoflag.training.backbones import FeatureLayout, combine
 from osteoflag.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrunkOutputs:
-    """What the frozen trunk gives per image: pooled blocks 3 and 4, and the head's input map."""
+    """What the frozen trunk gives per image: two pooled levels and the head's input map."""
 
     b3: np.ndarray
     b4: np.ndarray
@@ -35,7 +35,7 @@ class TrunkOutputs:
 class FittedModel:
     """A head, booster and threshold, plus what fitting them logged."""
 
-    head: VGGHead
+    head: torch.nn.Module
     booster: lgb.Booster
     threshold: float
     threshold_method: str
@@ -43,7 +43,9 @@ class FittedModel:
     validation: dict[str, object]
 
 
-def head_onnx_features(head: VGGHead, maps: np.ndarray, path: Path, threads: int) -> np.ndarray:
+def head_onnx_features(
+    head: torch.nn.Module, maps: np.ndarray, path: Path, threads: int
+) -> np.ndarray:
     """Export the head, check parity, and compute pooled block-5 features with onnxruntime."""
     example = torch.from_numpy(maps[:1].astype(np.float32))
     export.export_onnx(head, example, path, input_name="map", output_names=("b5",))
@@ -59,7 +61,7 @@ def layout_features(layout: FeatureLayout, trunk: TrunkOutputs, b5: np.ndarray) 
 
 
 def fit_model(
-    head0: VGGHead,
+    head0: torch.nn.Module,
     trunk: TrunkOutputs,
     labels: np.ndarray,
     fit_idx: np.ndarray,

@@ -25,17 +25,7 @@ import torch
 from osteoflag.inference.bundle import write_manifest
 from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode
 from osteoflag.training import classifier, export, features, hygiene, metrics, report
-from osteoflag.training.backbones import (
-    LAYOUT_TEXT,
-    FeatureLayout,
-    Init,
-    TrainingError,
-    VGGFeatures,
-    VGGHead,
-    VGGTrunk,
-    build_vgg,
-    normalisation_for,
-)
+from osteoflag.training.backbones import FeatureLayout, Init, TrainingError, normalisation_for
 from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.model import (
@@ -44,6 +34,15 @@ from osteoflag.training.model import (
     fit_model,
     head_onnx_features,
     layout_features,
+)
+from osteoflag.training.networks import (
+    FINETUNE,
+    HEAD_TEXT,
+    Architecture,
+    FeatureGraph,
+    Network,
+    build_network,
+    layout_text,
 )
 from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
 
@@ -58,19 +57,20 @@ class TrainOptions:
     out: Path
     work: Path
     other: Path | None = None
-    init: Init = Init.HED
+    architecture: Architecture = Architecture.EFFICIENTNET_LITE0
+    init: Init = Init.IMAGENET
     weights: Path | None = None
     size: int = 224
     resize_mode: ResizeMode = ResizeMode.STRETCH
     head_convs: int = 1
-    layout: FeatureLayout = FeatureLayout.B345
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    layout: FeatureLayout = FeatureLayout.B5
+    finetune: FinetuneConfig = FINETUNE[Architecture.EFFICIENTNET_LITE0]
     booster: classifier.BoosterConfig = field(default_factory=classifier.BoosterConfig)
     protocols: tuple[str, ...] = ("published", "cv", "cross")
     folds: int = 5
     seed: int = 0
     target_sensitivity: float | None = None
-    name: str = "osteoflag-vgg16-hed"
+    name: str = "osteoflag-effnetlite0"
     version: str = "1.0.0"
     threads: int = 2
     compare_layouts: bool = True
@@ -93,7 +93,7 @@ class Prepared:
 
 def input_spec(options: TrainOptions) -> InputSpec:
     """The bundle's input contract for these options."""
-    norm = normalisation_for("vgg16", options.init)
+    norm = normalisation_for(options.architecture.value, options.init)
     return InputSpec(
         size=(options.size, options.size),
         resize_mode=options.resize_mode,
@@ -156,9 +156,10 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
     return {
         "name": options.name,
         "version": options.version,
+        "architecture": options.architecture.value,
         "init": options.init.value,
-        "head_convs": options.head_convs,
-        "layout": LAYOUT_TEXT[options.layout],
+        "head": HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
+        "layout": layout_text(options.architecture, options.layout),
         "finetune": str(options.finetune),
         "booster": str(options.booster),
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
@@ -202,11 +203,16 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     torch.set_num_threads(options.threads)
     started = time.monotonic()
     options.work.mkdir(parents=True, exist_ok=True)
-    trunk_model, head0 = build_vgg(
-        options.init, options.weights, options.head_convs, options.seed, options.width_divisor
+    network = build_network(
+        options.architecture,
+        options.init,
+        options.weights,
+        options.head_convs,
+        options.seed,
+        options.width_divisor,
     )
-    trunk_model.eval()
-    prep = prepared if prepared is not None else prepare(options, trunk_model)
+    head0 = network.head
+    prep = prepared if prepared is not None else prepare(options, network.trunk)
     results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
 
     def fit(
@@ -237,7 +243,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         results["seconds"] = round(time.monotonic() - started, 1)
         # Full results, per-image scores included, so a card can be re-rendered without a rerun.
         (options.work / "results.json").write_text(json.dumps(results, default=float))
-        write_bundle(options, prep, trunk_model, bundle_model, bundle_x, results)
+        write_bundle(options, prep, network, bundle_model, bundle_x, results)
 
     checkpoint()
     if "cv" in options.protocols:
@@ -264,7 +270,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
 
 def _compare_layouts(
     prep: Prepared,
-    head0: VGGHead,
+    head0: torch.nn.Module,
     tuned: FittedModel,
     options: TrainOptions,
     train: np.ndarray,
@@ -290,7 +296,7 @@ def _compare_layouts(
                 prep.labels[val], classifier.predict(booster, x[val]), options.target_sensitivity
             )
             table[f"{layout.value}_{tag}"] = {
-                "layout": LAYOUT_TEXT[layout],
+                "layout": layout_text(options.architecture, layout),
                 "head": tag,
                 "test": metrics.binary_metrics(
                     prep.labels[test], classifier.predict(booster, x[test]), threshold
@@ -299,26 +305,30 @@ def _compare_layouts(
     return table
 
 
-def _baselines(prep: Prepared, options: TrainOptions, head0: VGGHead) -> dict[str, object]:
-    """Frozen VGG16 b345 and frozen EfficientNet-Lite0, on the same protocols."""
+def _baselines(prep: Prepared, options: TrainOptions, head0: torch.nn.Module) -> dict[str, object]:
+    """Frozen-feature baselines on the same protocols: this backbone and the other one."""
     from osteoflag.training import compare
 
     b5 = head_onnx_features(head0, prep.trunk.maps, options.work / "compare.onnx", options.threads)
+    this = options.architecture
     out: dict[str, object] = {
-        "vgg16_b345_frozen": compare.lightgbm_protocols(
-            prep, options, layout_features(FeatureLayout.B345, prep.trunk, b5)
+        f"{this.value}_{options.layout.value}_frozen": compare.lightgbm_protocols(
+            prep, options, layout_features(options.layout, prep.trunk, b5)
         )
     }
-    out["efficientnet_lite0_frozen"] = compare.lightgbm_protocols(
-        prep, options, compare.efficientnet_features(prep, options)
-    )
+    for other in Architecture:
+        if other is not this:
+            layout = compare.BASELINE_LAYOUT[other]
+            out[f"{other.value}_{layout.value}_frozen"] = compare.lightgbm_protocols(
+                prep, options, compare.frozen_features(prep, options, other)
+            )
     return out
 
 
 def fit_on(
     prep: Prepared,
     options: TrainOptions,
-    head0: VGGHead,
+    head0: torch.nn.Module,
     fit_idx: np.ndarray,
     val_idx: np.ndarray,
     layout: FeatureLayout,
@@ -347,7 +357,9 @@ def fit_on(
     )
 
 
-def cv_fold(prep: Prepared, options: TrainOptions, head0: VGGHead, k: int) -> dict[str, Any]:
+def cv_fold(
+    prep: Prepared, options: TrainOptions, head0: torch.nn.Module, k: int
+) -> dict[str, Any]:
     """Fold ``k`` of the grouped CV: fit inside the fold's training groups, score its test groups.
 
     Folds are independent, so they can also run in separate processes and be merged with
@@ -389,7 +401,7 @@ def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, objec
 def write_bundle(
     options: TrainOptions,
     prep: Prepared,
-    trunk_model: VGGTrunk,
+    network: Network,
     model: FittedModel,
     trained_x: np.ndarray,
     results: dict[str, object],
@@ -398,7 +410,7 @@ def write_bundle(
     staging = options.out.with_name(options.out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    full = VGGFeatures(trunk_model, model.head, options.layout).eval()
+    full = FeatureGraph(network.trunk, model.head, options.layout).eval()
     spec = input_spec(options)
     inputs = np.stack(
         [features.prepare(prep.samples[i], spec) for i in range(export.PARITY_IMAGES)]
@@ -444,14 +456,15 @@ def write_bundle(
         },
         backbone={
             "file": "backbone.onnx",
-            "architecture": "vgg16",
+            "architecture": options.architecture.value,
             "init": options.init.value,
             "precision": "float32",
         },
         features={
             "count": int(served.shape[1]),
-            "layout": LAYOUT_TEXT[options.layout]
-            + f"; block 5 fine-tuned (last {options.head_convs} conv)",
+            "layout": layout_text(options.architecture, options.layout)
+            + "; fine-tuned: "
+            + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
         },
         classifier={"file": "classifier.txt", "kind": "lightgbm"},
         threshold={"value": model.threshold, "method": model.threshold_method},

@@ -122,9 +122,9 @@ def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
         "",
         "**For research use only. Not for diagnostic use.**",
         "",
-        "Fracture / no-fracture classifier for single radiographs. VGG16 convolutional features "
-        f"(init `{run['init']}`; the last {run['head_convs']} block-5 convolution(s) fine-tuned on "
-        "cached trunk maps), pooled inside the ONNX graph, then LightGBM.",
+        "Fracture / no-fracture classifier for single radiographs. Convolutional features of "
+        f"`{run['architecture']}` (init `{run['init']}`; {run['head']} fine-tuned on cached trunk "
+        "maps), pooled inside the ONNX graph, then LightGBM.",
         "",
         f"- Input: {run['input']}; preprocessed by `osteoflag.inference.pixels` (as served).",
         f"- Features: {run['layout']}.",

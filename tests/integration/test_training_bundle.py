@@ -1,5 +1,6 @@
-"""A whole small training run: the bundle it writes loads in the daemon, and ``evaluate``
-prints the contract's JSON for it."""
+"""Whole small training runs (a narrow scratch VGG16, and EfficientNet-Lite0 with its packaged
+weights on small images): the bundles they write load in the daemon, and ``evaluate`` prints
+the contract's JSON for them."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from PIL import Image
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
-from osteoflag.training.backbones import Init
+from osteoflag.training.__main__ import main as training_main
+from osteoflag.training.backbones import FeatureLayout, Init
 from osteoflag.training.classifier import BoosterConfig
 from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
 from osteoflag.training.finetune import FinetuneConfig
+from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import TrainOptions, run
 
 CONTRACT_KEYS = {
@@ -57,18 +60,25 @@ def _images(root: Path, splits: tuple[str | None, ...], n: int, seed: int) -> No
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, object]]:
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train")
     _images(root / "primary", ("train", "val", "test"), 16, seed=0)
     _images(root / "other", (None,), 12, seed=1)
+    return root
+
+
+def _train(root: Path, architecture: Architecture) -> tuple[Path, Path, dict[str, object]]:
+    vgg = architecture is Architecture.VGG16
     options = TrainOptions(
         data=root / "primary",
         other=root / "other",
-        out=root / "bundle",
-        work=root / "work",
-        init=Init.SCRATCH,
+        out=root / f"bundle-{architecture.value}",
+        work=root / f"work-{architecture.value}",
+        architecture=architecture,
+        init=Init.SCRATCH if vgg else Init.IMAGENET,
         size=32,
-        width_divisor=16,
+        width_divisor=16 if vgg else 1,
+        layout=FeatureLayout.B345 if vgg else FeatureLayout.B5,
         folds=3,
         finetune=FinetuneConfig(epochs=1, batch_size=8),
         booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
@@ -77,13 +87,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[
     return root, options.out, run(options)
 
 
+@pytest.fixture(scope="module", params=list(Architecture))
+def trained(data: Path, request: pytest.FixtureRequest) -> tuple[Path, Path, dict[str, object]]:
+    return _train(data, request.param)
+
+
 def test_bundle_loads_and_predicts_like_training(
     trained: tuple[Path, Path, dict[str, object]],
 ) -> None:
     root, bundle_dir, results = trained
     bundle = load_bundle(bundle_dir)
     assert (bundle_dir / "MODEL_CARD.md").is_file()
-    assert bundle.manifest.input.colour_order == "BGR"
+    vgg = bundle.manifest.backbone.architecture == "vgg16"
+    assert bundle.manifest.input.colour_order == ("BGR" if vgg else "RGB")
     predictor = Predictor(bundle, threads=1)
     image = next((root / "primary" / "test" / "fracture").iterdir())
     [prediction] = predictor.predict([load_display(image)])
@@ -108,3 +124,11 @@ def test_evaluate_prints_the_contract_json(
     (tn, fp), (fn, tp) = document["confusion"]
     assert tn + fp + fn + tp == 32
     assert 0.0 <= document["auc"] <= 1.0
+
+
+def test_efficientnet_refuses_hed_weights(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--data", str(data / "primary"), "--out", str(data / "never")]
+    status = training_main([*argv, "--backbone", "efficientnet_lite0", "--init", "hed"])
+    assert status == 1
+    assert "--init imagenet or scratch" in capsys.readouterr().err
+    assert not (data / "never").exists()

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 import torch
 
+from osteoflag.training import efficientnet
 from osteoflag.training.backbones import (
     FeatureLayout,
     Init,
     TrainingError,
-    VGGFeatures,
     build_vgg,
     load_hed,
     vgg_channels,
 )
 from osteoflag.training.export import check_parity, export_onnx, session
+from osteoflag.training.networks import FeatureGraph
 
 
-def _tiny(seed: int = 0) -> VGGFeatures:
+def _tiny(seed: int = 0) -> FeatureGraph:
     trunk, head = build_vgg(Init.SCRATCH, None, head_convs=1, seed=seed, divisor=16)
-    return VGGFeatures(trunk, head, FeatureLayout.B345).eval()
+    return FeatureGraph(trunk, head, FeatureLayout.B345).eval()
 
 
 def test_export_has_dynamic_batch_and_parity(tmp_path: Path) -> None:
@@ -66,3 +67,26 @@ def test_hed_keras_kernels_become_torch_oihw(tmp_path: Path) -> None:
     assert np.array_equal(first[5, 2, 0, 1], expected["block1/layers/conv2d"][0, 1, 2, 5])
     last = head.block[-2].weight.detach().numpy()
     assert np.array_equal(last[7, 3, 2, 2], expected["block5/layers/conv2d_2"][2, 2, 3, 7])
+
+
+def test_efficientnet_split_computes_the_whole_network() -> None:
+    """Trunk + head is the packaged network: the head's average pool equals a plain forward."""
+    trunk, head = efficientnet.build()
+    net = efficientnet.EfficientNetLite0()
+    net.load_state_dict(
+        {
+            k: v
+            for k, v in torch.load(efficientnet.default_weights(), weights_only=True).items()
+            if not k.startswith("_fc.")
+        }
+    )
+    net.eval()
+    image = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (2, 3, 64, 64)).astype("f4"))
+    with torch.no_grad():
+        x = torch.nn.functional.relu6(net._bn0(net._conv_stem(image)))
+        for block in net._blocks:
+            x = block(x)
+        expected = torch.nn.functional.relu6(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+        got = FeatureGraph(trunk, head, FeatureLayout.B5_AVG)(image)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert FeatureGraph(trunk, head, FeatureLayout.B345)(image).shape == (2, 160 + 224 + 2560)

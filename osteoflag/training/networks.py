@@ -1,0 +1,115 @@
+"""The feature networks behind one interface: a frozen trunk and a fine-tuned head.
+
+Both architectures are cut the same way so that the pipeline does not care which one it trains:
+the *trunk* returns two pooled feature levels and the map the *head* starts from; the head
+returns the pooled last level. Training caches the trunk's outputs once per image and only ever
+runs the head, and the served graph (:class:`FeatureGraph`) is trunk + head + the chosen layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from osteoflag.training import efficientnet
+from osteoflag.training.backbones import FeatureLayout, Init, TrainingError, build_vgg, combine
+from osteoflag.training.finetune import FinetuneConfig
+
+
+class Architecture(StrEnum):
+    """Which convolutional network computes the features."""
+
+    VGG16 = "vgg16"
+    EFFICIENTNET_LITE0 = "efficientnet_lite0"
+
+
+#: The three feature levels each architecture pools, in the order of the feature vector.
+LEVELS = {
+    Architecture.VGG16: ("conv3_3", "conv4_3", "conv5_3"),
+    Architecture.EFFICIENTNET_LITE0: ("stage 4", "stage 5", "head conv"),
+}
+#: What fine-tuning trains, as the model card says it.
+HEAD_TEXT = {
+    Architecture.VGG16: "the last {head_convs} block-5 convolution(s)",
+    Architecture.EFFICIENTNET_LITE0: "stages 6-7 and the 1x1 head convolution",
+}
+
+
+def layout_text(architecture: Architecture, layout: FeatureLayout) -> str:
+    """Human-readable feature layout, with the channel counts of the full-width network."""
+    low, mid, last = LEVELS[architecture]
+    widths = (256, 512, 512) if architecture is Architecture.VGG16 else (80, 112, 1280)
+    if layout is FeatureLayout.B5_AVG:
+        return f"{last} global average pool ({widths[2]})"
+    if layout is FeatureLayout.B5:
+        return f"{last} global average + global max pool ({2 * widths[2]})"
+    counts = "+".join(str(2 * w) for w in widths)
+    return f"global average + max pool of {low}, {mid}, {last} ({counts})"
+
+
+def default_init(architecture: Architecture) -> Init:
+    """HED weights for VGG16 (no ImageNet download here), packaged ImageNet for EfficientNet."""
+    return Init.HED if architecture is Architecture.VGG16 else Init.IMAGENET
+
+
+#: Fine-tuning that fits this CPU: VGG16's block 5 costs ~70 ms per image and epoch, so it gets
+#: a short, gentle run; EfficientNet-Lite0's head costs ~9 ms, so it can train for longer.
+FINETUNE = {
+    Architecture.VGG16: FinetuneConfig(),
+    Architecture.EFFICIENTNET_LITE0: FinetuneConfig(epochs=8, lr_backbone=3e-4),
+}
+
+SHORT_NAME = {Architecture.VGG16: "vgg16", Architecture.EFFICIENTNET_LITE0: "effnetlite0"}
+
+
+def default_name(architecture: Architecture, init: Init) -> str:
+    """Bundle name when none is given, e.g. ``osteoflag-effnetlite0-imagenet``."""
+    return f"osteoflag-{SHORT_NAME[architecture]}-{init.value}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A trunk and a head, untrained or as loaded from their weights."""
+
+    architecture: Architecture
+    trunk: nn.Module
+    head: nn.Module
+
+
+def build_network(
+    architecture: Architecture,
+    init: Init,
+    weights: Path | None = None,
+    head_convs: int = 1,
+    seed: int = 0,
+    divisor: int = 1,
+) -> Network:
+    """Trunk and head of ``architecture``; ``divisor`` narrows a scratch VGG16 for fast tests."""
+    if architecture is Architecture.VGG16:
+        trunk, head = build_vgg(init, weights, head_convs, seed, divisor)
+        return Network(architecture, trunk.eval(), head.eval())
+    if init is Init.HED or divisor != 1:
+        raise TrainingError(
+            f"--backbone {architecture.value} takes --init imagenet or scratch at full width, "
+            f"not --init {init.value}" + (f" with width divisor {divisor}" if divisor != 1 else "")
+        )
+    e_trunk, e_head = efficientnet.build(init is Init.IMAGENET, weights, seed)
+    return Network(architecture, e_trunk, e_head)
+
+
+class FeatureGraph(nn.Module):
+    """The exported graph: image ``[N,3,H,W]`` -> features ``[N,F]``."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module, layout: FeatureLayout) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.layout = layout
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        low, mid, start = self.trunk(image)
+        return combine(self.layout, low, mid, self.head(start))
