@@ -75,7 +75,7 @@ def generated_vgg16(folder: Path) -> Path:
     lgb.train(params, lgb.Dataset(features, labels), num_boost_round=5).save_model(
         str(folder / "classifier.txt")
     )
-    (folder / "model_card.md").write_text("# bench\n\nRandom weights, for timing only.\n")
+    (folder / "MODEL_CARD.md").write_text("# bench\n\nRandom weights, for timing only.\n")
     write_manifest(
         folder,
         name="bench-vgg16",

@@ -25,6 +25,8 @@ from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode
 logger = logging.getLogger(__name__)
 
 MANIFEST: Final = "manifest.json"
+#: The model card every bundle carries (training writes it, quantisation appends to it).
+MODEL_CARD: Final = "MODEL_CARD.md"
 FORMAT_VERSION: Final = 1
 _CHUNK: Final = 1 << 20
 

@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 
 from osteoflag.errors import BundleError, PixelDataError
 from osteoflag.files import walk_files
-from osteoflag.inference.bundle import MANIFEST, load_bundle, write_manifest
+from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
 from osteoflag.inference.pixels import FloatArray, InputSpec, load_display, model_input
 from osteoflag.inference.predictor import INPUT_NAME, Predictor
 
@@ -232,7 +232,7 @@ def quantize_bundle(
             shutil.rmtree(staging)
             figures["bundle"] = None
             return figures
-        card = staging / "model_card.md"
+        card = staging / MODEL_CARD
         if card.exists():
             card.write_text(
                 card.read_text(encoding="utf-8") + _card_section(figures), encoding="utf-8"

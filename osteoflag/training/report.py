@@ -15,6 +15,8 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from osteoflag.inference.bundle import MODEL_CARD
+
 logger = logging.getLogger(__name__)
 
 #: The published OsteoAI row (VGG16 ImageNet features + LightGBM) on its own test split.
@@ -315,4 +317,4 @@ def write_card(folder: Path, results: Mapping[str, Any]) -> None:
         f"- ONNX parity (max relative error): {results.get('parity')}.",
         "",
     ]
-    (folder / "MODEL_CARD.md").write_text("\n".join(lines))
+    (folder / MODEL_CARD).write_text("\n".join(lines))

@@ -150,7 +150,7 @@ def build_bundle(
     params = {"objective": "binary", "num_leaves": 8, "min_data_in_leaf": 3, "verbose": -1}
     booster = lgb.train(params, lgb.Dataset(features, labels), num_boost_round=40)
     booster.save_model(str(folder / "classifier.txt"))
-    (folder / "model_card.md").write_text(f"# {name} {version}\n\nTest bundle, not for use.\n")
+    (folder / "MODEL_CARD.md").write_text(f"# {name} {version}\n\nTest bundle, not for use.\n")
     write_manifest(
         folder,
         name=name,

@@ -75,7 +75,7 @@ def test_int8_bundle_is_written_verified_and_recorded(
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     weights = onnx.load(str(bundle.backbone_path)).graph.initializer
     assert any(w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4 for w in weights)
-    assert "## INT8" in (out / "model_card.md").read_text()
+    assert "## INT8" in (out / "MODEL_CARD.md").read_text()
     assert not list(tmp_path.glob(".*partial*"))
     with pytest.raises(BundleError, match="already int8"):
         quantize_bundle(out, calibration, labelled, tmp_path / "again", count=8)

@@ -29,10 +29,10 @@ def test_pristine_bundle_loads(bundle_dir: Path) -> None:
     assert bundle.model_id == "tiny-test@0.0.1"
     assert bundle.input_spec.size == (32, 32)
     assert bundle.input_spec.resize_mode is ResizeMode.LETTERBOX
-    assert set(bundle.manifest.files) == {"backbone.onnx", "classifier.txt", "model_card.md"}
+    assert set(bundle.manifest.files) == {"backbone.onnx", "classifier.txt", "MODEL_CARD.md"}
 
 
-@pytest.mark.parametrize("name", ["backbone.onnx", "classifier.txt", "model_card.md"])
+@pytest.mark.parametrize("name", ["backbone.onnx", "classifier.txt", "MODEL_CARD.md"])
 def test_one_changed_byte_is_refused_naming_the_file(bundle_dir: Path, name: str) -> None:
     path = bundle_dir / name
     data = bytearray(path.read_bytes())
