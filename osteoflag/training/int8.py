@@ -1,0 +1,82 @@
+"""INT8 beside float32 on the same protocols: each fitted model's graph, quantised and re-scored.
+
+For every fit (the published-split bundle, each grouped-CV fold) the full feature graph is
+exported, statically quantised exactly as ``osteoflag quantize`` does it
+(:func:`osteoflag.inference.quantize.quantize_backbone`, calibrated on images of that fit's own
+training indices only), and its held-out images are scored with the same booster and threshold.
+The model card then shows both precisions side by side, and whether INT8 stays within
+``MAX_AUC_DROP`` of float32, the rule the daemon's ``quantize`` command enforces.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from osteoflag.inference.pixels import InputSpec
+from osteoflag.inference.quantize import MAX_AUC_DROP, quantize_backbone
+from osteoflag.training import classifier, export, features, metrics
+from osteoflag.training.backbones import FeatureLayout
+from osteoflag.training.dataset import Sample
+from osteoflag.training.model import FittedModel
+from osteoflag.training.networks import FeatureGraph, Network
+
+logger = logging.getLogger(__name__)
+
+#: Calibration images per quantised graph, spread evenly over the fit's training images.
+CALIBRATION_IMAGES = 128
+
+
+def int8_features(
+    network: Network,
+    model: FittedModel,
+    layout: FeatureLayout,
+    samples: list[Sample],
+    calibration: np.ndarray,
+    evaluate: np.ndarray,
+    spec: InputSpec,
+    work: Path,
+    threads: int,
+) -> np.ndarray:
+    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph."""
+    graph = FeatureGraph(network.trunk, model.head, layout).eval()
+    source, target = work / "int8_source.onnx", work / "int8.onnx"
+    example = torch.from_numpy(features.prepare(samples[int(evaluate[0])], spec)[None])
+    export.export_onnx(graph, example, source)
+    picks = calibration[
+        np.unique(np.linspace(0, len(calibration) - 1, CALIBRATION_IMAGES).astype(int))
+    ]
+    quantize_backbone(source, target, [features.prepare(samples[int(i)], spec) for i in picks])
+    cache = features.FeatureCache(work / "cache", features.sha256_bytes(target.read_bytes()))
+    out = features.run_images(
+        export.session(target, threads),
+        [samples[int(i)] for i in evaluate],
+        spec,
+        cache,
+        desc="int8 features",
+    )
+    return out["features"]
+
+
+def compare(
+    y: np.ndarray, float_p: np.ndarray, model: FittedModel, int8_x: np.ndarray
+) -> dict[str, Any]:
+    """Both precisions' metrics at the model's threshold, and the AUC drop."""
+    int8_p = classifier.predict(model.booster, int8_x)
+    f32 = metrics.binary_metrics(y, float_p, model.threshold)
+    i8 = metrics.binary_metrics(y, int8_p, model.threshold)
+    drop = float(f32["auc"]) - float(i8["auc"])
+    logger.info("int8 scored", extra={"action": "int8", "n": len(y), "auc_drop": round(drop, 4)})
+    return {
+        "n": len(y),
+        "float32": {k: f32[k] for k in ("auc", "accuracy")},
+        "int8": {k: i8[k] for k in ("auc", "accuracy")},
+        "auc_drop": drop,
+        "within_rule": drop <= MAX_AUC_DROP,
+        "max_auc_drop": MAX_AUC_DROP,
+        "calibration_images": CALIBRATION_IMAGES,
+    }
