@@ -1,12 +1,14 @@
 """The operator page in a real browser: Debian's chromium, headless, driven by Playwright.
 
 One daemon (subprocess, tiny real bundle, a destination that is down) serves every test;
-screenshots of the dashboard, a result and "try an image" land in ``docs/screenshots``.
+screenshots of the dashboard, a result and "try an image" land in a temporary folder, or in
+``$OSTEOFLAG_SCREENSHOTS`` (``OSTEOFLAG_SCREENSHOTS=docs/screenshots`` refreshes the README's).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +45,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 IDENTIFIERS = (
     PATIENT_NAME,
     PATIENT_NAME.replace("^", " "),
@@ -51,6 +52,13 @@ IDENTIFIERS = (
     PATIENT_BIRTH_DATE,
     ACCESSION_NUMBER,
 )
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: never the work tree unless asked for."""
+    chosen = os.environ.get("OSTEOFLAG_SCREENSHOTS")
+    return Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
 
 
 @dataclass(frozen=True)
@@ -146,7 +154,7 @@ def _count(page: Page, state: str) -> int:
 
 
 def test_dashboard_counts_change_after_a_c_store(
-    served: Served, classified: dict[str, int], page: Page
+    served: Served, classified: dict[str, int], page: Page, screenshots: Path
 ) -> None:
     page.goto(served.url + "/")
     before = _count(page, "done")
@@ -163,11 +171,11 @@ def test_dashboard_counts_change_after_a_c_store(
     destinations = page.inner_text("#destinations")
     assert "PACS@127.0.0.1" in destinations
     _no_identifiers(page)
-    page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "dashboard.png"), full_page=True)
 
 
 def test_result_page_shows_summary_image_and_sr(
-    served: Served, classified: dict[str, int], page: Page
+    served: Served, classified: dict[str, int], page: Page, screenshots: Path
 ) -> None:
     page.goto(served.url + "/results")
     page.click(f"tr[data-id='{classified['done']}'] a")
@@ -177,7 +185,7 @@ def test_result_page_shows_summary_image_and_sr(
     wait_for(lambda: page.eval_on_selector("#summary", "img => img.complete"), timeout=10)
     assert page.eval_on_selector("#summary", "img => img.naturalWidth") > 0
     _no_identifiers(page)
-    page.screenshot(path=str(SCREENSHOTS / "result.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "result.png"), full_page=True)
 
 
 def test_failed_instance_is_requeued_from_the_page(
@@ -202,7 +210,9 @@ def test_failed_instance_is_requeued_from_the_page(
     )
 
 
-def test_try_an_image_matches_osteoflag_infer(served: Served, page: Page) -> None:
+def test_try_an_image_matches_osteoflag_infer(
+    served: Served, page: Page, screenshots: Path
+) -> None:
     png = png_of(grey_radiograph(400, 320, maximum=255, seed=21), served.folder / "try.png")
     dicom = save(dataset(grey_radiograph(seed=22), bits_stored=12), served.folder / "try.dcm")
     done = osteoflag("infer", str(png), str(dicom), "--json", config=served.daemon.config)
@@ -220,4 +230,4 @@ def test_try_an_image_matches_osteoflag_infer(served: Served, page: Page) -> Non
         assert page.eval_on_selector("#banner", "img => img.naturalWidth") > 0
         _no_identifiers(page)
     assert served.rows("SELECT COUNT(*) FROM instances") == before
-    page.screenshot(path=str(SCREENSHOTS / "try-an-image.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "try-an-image.png"), full_page=True)
