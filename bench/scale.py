@@ -42,7 +42,7 @@ from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.quantize import calibration_inputs, quantize_backbone
+from osteoflag.inference.quantize import calibration_inputs, float_convs_for, quantize_backbone
 from osteoflag.pacs.scu import Peer, send_c_store
 from tests.helpers.daemon import DaemonProcess, write_config
 from tests.helpers.inference_data import dataset, radiograph, save
@@ -100,7 +100,12 @@ def int8_version(bundle: Bundle, folder: Path, calibration: list[Any]) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(bundle.path, folder, ignore=shutil.ignore_patterns("manifest.json"))
     (folder / bundle.manifest.backbone.file).unlink()
-    quantize_backbone(bundle.backbone_path, folder / "backbone.int8.onnx", calibration)
+    quantize_backbone(
+        bundle.backbone_path,
+        folder / "backbone.int8.onnx",
+        calibration,
+        float_convs_for(bundle.manifest.backbone.architecture),
+    )
     fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
     fields["backbone"] = {**fields["backbone"], "file": "backbone.int8.onnx", "precision": "int8"}
     fields["version"] = f"{bundle.manifest.version}+int8"

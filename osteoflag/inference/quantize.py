@@ -36,6 +36,12 @@ from osteoflag.inference.predictor import INPUT_NAME, Predictor
 logger = logging.getLogger(__name__)
 
 MAX_AUC_DROP = 0.005
+#: Leading convolutions kept in float32, per backbone architecture (others: none). In
+#: EfficientNet-Lite0 the stem and the first two MBConv blocks (112x112 maps, 16-32 channels,
+#: linear bottlenecks) lose the most to 8-bit activations: quantising them too took the mean
+#: feature error from 10 % to 31 % and the published-test AUC down by 0.022 instead of 0.001,
+#: for a 14 % gain in speed.
+FLOAT_CONVS = {"efficientnet_lite0": 6}
 INT8_BACKBONE = "backbone.int8.onnx"
 CALIBRATION_BATCH = 4
 CLASSES = (("fracture", 1), ("nofracture", 0))
@@ -115,8 +121,18 @@ def score(predictor: Predictor, inputs: list[FloatArray], labels: npt.NDArray[np
     )
 
 
-def quantize_backbone(source: Path, target: Path, inputs: list[FloatArray]) -> None:
-    """Write the statically quantised (QDQ, per-channel U8S8) version of ``source``."""
+def float_convs_for(architecture: str) -> int:
+    """How many leading convolutions of ``architecture`` stay float32 (see ``FLOAT_CONVS``)."""
+    return FLOAT_CONVS.get(architecture, 0)
+
+
+def quantize_backbone(
+    source: Path, target: Path, inputs: list[FloatArray], float_convs: int = 0
+) -> None:
+    """Write the statically quantised (QDQ, per-channel U8S8) version of ``source``.
+
+    The first ``float_convs`` Conv nodes (in graph order) are left in float32.
+    """
     try:
         from onnxruntime.quantization import (
             CalibrationDataReader,
@@ -142,6 +158,7 @@ def quantize_backbone(source: Path, target: Path, inputs: list[FloatArray]) -> N
     prepared = target.with_name(f".{target.name}.prepared")
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        keep = _leading_convs(prepared, float_convs)
         quantize_static(
             str(prepared),
             str(target),
@@ -151,9 +168,25 @@ def quantize_backbone(source: Path, target: Path, inputs: list[FloatArray]) -> N
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=keep,
         )
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def _leading_convs(model_path: Path, count: int) -> list[str]:
+    """Names of the first ``count`` Conv nodes; unnamed nodes are named (in place) first."""
+    if count <= 0:
+        return []
+    import onnx
+
+    model = onnx.load(str(model_path))
+    unnamed = [node for node in model.graph.node if not node.name]
+    for index, node in enumerate(unnamed):
+        node.name = f"{node.op_type}_{index}"
+    if unnamed:
+        onnx.save(model, str(model_path))
+    return [node.name for node in model.graph.node if node.op_type == "Conv"][:count]
 
 
 def _card_section(figures: dict[str, Any]) -> str:
@@ -164,7 +197,8 @@ def _card_section(figures: dict[str, Any]) -> str:
         f"Backbone statically quantised with onnxruntime ({calibration['format']}, weights "
         f"{calibration['weights']} per channel, activations {calibration['activations']}), "
         f"{calibration['method']} ranges from {calibration['images']} training images through the "
-        "serving pixel path. Same classifier and threshold. Scored on "
+        f"serving pixel path; the first {calibration['float32_leading_convs']} convolutions stay "
+        "float32. Same classifier and threshold. Scored on "
         f"`{figures['data']}` (n = {figures['n']}):\n\n"
         "| precision | AUC | accuracy | images/s (this run) |\n|---|---|---|---|\n"
         f"| float32 | {f32['auc']:.4f} | {f32['accuracy']:.4f} | {f32['images_per_second']:.2f} |\n"
@@ -199,7 +233,10 @@ def quantize_bundle(
     shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(MANIFEST))
     try:
         (staging / source.manifest.backbone.file).unlink()
-        quantize_backbone(source.backbone_path, staging / INT8_BACKBONE, calibration_set)
+        float_convs = float_convs_for(source.manifest.backbone.architecture)
+        quantize_backbone(
+            source.backbone_path, staging / INT8_BACKBONE, calibration_set, float_convs
+        )
         fields = source.manifest.model_dump(exclude={"files", "format_version"})
         fields["version"] = f"{source.manifest.version}+int8"
         fields["backbone"] = {**fields["backbone"], "file": INT8_BACKBONE, "precision": "int8"}
@@ -225,6 +262,7 @@ def quantize_bundle(
                 "per_channel": True,
                 "activations": "uint8",
                 "weights": "int8",
+                "float32_leading_convs": float_convs,
                 "source_backbone": source.manifest.files[source.manifest.backbone.file],
             },
         }

@@ -36,14 +36,14 @@ class FinetuneConfig:
 
 
 class _Classifier(nn.Module):
-    """Head + a linear probe on standardised pooled features (used only while training)."""
+    """Head + a linear probe on scaled pooled features (used only while training)."""
 
-    def __init__(self, head: nn.Module, scale: torch.Tensor, dropout: float) -> None:
+    def __init__(self, head: nn.Module, features: int, scale: float, dropout: float) -> None:
         super().__init__()
         self.head = head
-        self.register_buffer("scale", scale)
+        self.scale = scale
         self.drop = nn.Dropout(dropout)
-        self.linear = nn.Linear(scale.numel(), 1)
+        self.linear = nn.Linear(features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.head(x) / self.scale
@@ -90,8 +90,10 @@ def finetune(
     rng = np.random.default_rng(config.seed)
     head = copy.deepcopy(head)
     init_feats = head_features(head, maps[fit_idx[:256]])
-    scale = torch.from_numpy(init_feats.std(axis=0) + 1e-3).float()
-    model = _Classifier(head, scale, config.dropout)
+    # One scale for all features: a per-feature one turned EfficientNet's near-constant ReLU6
+    # channels (standard deviation ~0.005) into huge logits, and fine-tuning never recovered.
+    scale = float(init_feats.std()) or 1.0
+    model = _Classifier(head, init_feats.shape[1], scale, config.dropout)
     opt = torch.optim.AdamW(
         [
             {"params": model.head.parameters(), "lr": config.lr_backbone},

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from osteoflag.inference.pixels import InputSpec
-from osteoflag.inference.quantize import MAX_AUC_DROP, quantize_backbone
+from osteoflag.inference.quantize import MAX_AUC_DROP, float_convs_for, quantize_backbone
 from osteoflag.training import classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.dataset import Sample
@@ -50,7 +50,12 @@ def int8_features(
     picks = calibration[
         np.unique(np.linspace(0, len(calibration) - 1, CALIBRATION_IMAGES).astype(int))
     ]
-    quantize_backbone(source, target, [features.prepare(samples[int(i)], spec) for i in picks])
+    quantize_backbone(
+        source,
+        target,
+        [features.prepare(samples[int(i)], spec) for i in picks],
+        float_convs_for(network.architecture.value),
+    )
     cache = features.FeatureCache(work / "cache", features.sha256_bytes(target.read_bytes()))
     out = features.run_images(
         export.session(target, threads),

@@ -19,7 +19,13 @@ from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.quantize import auc, quantize_bundle
+from osteoflag.inference.quantize import (
+    auc,
+    calibration_inputs,
+    float_convs_for,
+    quantize_backbone,
+    quantize_bundle,
+)
 from tests.helpers.daemon import osteoflag, write_config
 from tests.helpers.tiny_bundle import _training_images
 
@@ -104,3 +110,20 @@ def test_cli_prints_the_figures_and_refuses_an_existing_folder(
     assert json.loads(result.stdout)["int8"]["accuracy"] == 1.0
     again = osteoflag("quantize", *args, "--out", str(out), config=config)
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_leading_convolutions_can_stay_float32(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    calibration, _ = folders
+    spec = load_bundle(tiny_bundle).input_spec
+    inputs = calibration_inputs(calibration, spec, 8)
+    out = tmp_path / "mixed.onnx"
+    quantize_backbone(tiny_bundle / "backbone.onnx", out, inputs, float_convs=1)
+    graph = onnx.load(str(out)).graph
+    weights = {w.name: w.data_type for w in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert weights.get(convs[0].input[1]) == onnx.TensorProto.FLOAT  # not dequantised
+    producers = {o: node.op_type for node in graph.node for o in node.output}
+    assert all(producers.get(c.input[1]) == "DequantizeLinear" for c in convs[1:])
+    assert float_convs_for("efficientnet_lite0") == 6 and float_convs_for("vgg16") == 0
