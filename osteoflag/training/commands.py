@@ -113,6 +113,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
     parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a provenance line for the model card's notes (repeatable)",
+    )
+    parser.add_argument(
         "--int8",
         action="store_true",
         help="also quantise each published/CV model and report INT8 beside float32",
@@ -163,6 +170,7 @@ def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
         threads=args.threads,
         compare_layouts=not args.no_compare,
         int8=args.int8,
+        notes=tuple(args.note),
     )
     results = run(options)
     headline = {

@@ -75,6 +75,7 @@ class TrainOptions:
     threads: int = 2
     compare_layouts: bool = True
     int8: bool = False  # also score INT8 versions of the published and CV models
+    notes: tuple[str, ...] = ()  # provenance lines for the model card ("Notes on this run")
     width_divisor: int = 1
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
 
@@ -215,6 +216,8 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     head0 = network.head
     prep = prepared if prepared is not None else prepare(options, network.trunk)
     results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
+    if options.notes:
+        results["notes"] = list(options.notes)
 
     def fit(
         fit_idx: np.ndarray, val_idx: np.ndarray, layout: FeatureLayout, tune: bool, tag: str
