@@ -42,7 +42,12 @@ from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.quantize import calibration_inputs, float_convs_for, quantize_backbone
+from osteoflag.inference.quantize import (
+    CALIBRATION_IMAGES,
+    calibration_inputs,
+    float_convs_for,
+    quantize_backbone,
+)
 from osteoflag.pacs.scu import Peer, send_c_store
 from tests.helpers.daemon import DaemonProcess, write_config
 from tests.helpers.inference_data import dataset, radiograph, save
@@ -125,7 +130,7 @@ def bundles() -> tuple[Bundle, Bundle]:
         key = "vgg16"
     spec = float32.input_spec
     if TRAINING_IMAGES.is_dir() and float32.path == DEFAULT_BUNDLE:
-        calibration = calibration_inputs(TRAINING_IMAGES, spec, 64)
+        calibration = calibration_inputs(TRAINING_IMAGES, spec, CALIBRATION_IMAGES)
     else:
         calibration = [
             model_input(display_from_dataset(dataset(radiograph(512, 416, seed=i))), spec)

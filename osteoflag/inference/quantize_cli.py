@@ -28,20 +28,23 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new INT8 bundle")
     parser.add_argument(
-        "--calibration-images", type=int, default=128, metavar="N", help="default 128"
+        "--calibration-images",
+        type=int,
+        metavar="N",
+        help="calibration images, spread over the folder (default 512)",
     )
 
 
 def run_quantize(args: argparse.Namespace, settings: Settings) -> int:
     """Print the figures as one JSON object; 0 when the INT8 bundle was written."""
-    from osteoflag.inference.quantize import quantize_bundle
+    from osteoflag.inference.quantize import CALIBRATION_IMAGES, quantize_bundle
 
     figures = quantize_bundle(
         args.bundle,
         args.calibration,
         args.data,
         args.out,
-        count=args.calibration_images,
+        count=args.calibration_images or CALIBRATION_IMAGES,
         threads=settings.model.threads,
     )
     print(json.dumps(figures, indent=2))

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 
 from osteoflag.inference.pixels import InputSpec
-from osteoflag.inference.quantize import MAX_AUC_DROP, float_convs_for, quantize_backbone
+from osteoflag.inference.quantize import (
+    CALIBRATION_IMAGES,
+    MAX_AUC_DROP,
+    float_convs_for,
+    quantize_backbone,
+)
 from osteoflag.training import classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.dataset import Sample
@@ -26,9 +31,6 @@ from osteoflag.training.model import FittedModel
 from osteoflag.training.networks import FeatureGraph, Network
 
 logger = logging.getLogger(__name__)
-
-#: Calibration images per quantised graph, spread evenly over the fit's training images.
-CALIBRATION_IMAGES = 128
 
 
 def int8_features(

@@ -269,7 +269,7 @@ def _int8(pub: Mapping[str, Any] | None, cv: Mapping[str, Any] | None) -> list[s
         "",
         "Each model's feature graph statically quantised the way `osteoflag quantize` does it "
         "(onnxruntime QDQ, weights int8 per channel, activations uint8, MinMax ranges from "
-        "128 of that model's own training images through the serving pixel path; leading "
+        "that model's own training images through the serving pixel path; leading "
         "convolutions kept float32 as `quantize.FLOAT_CONVS` says); same booster and "
         "threshold. For the CV row the drop is the largest over the folds. The daemon "
         "serves INT8 only when `quantize` finds its AUC within 0.005 of float32.",
