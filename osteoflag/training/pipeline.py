@@ -70,8 +70,8 @@ class TrainOptions:
     folds: int = 5
     seed: int = 0
     target_sensitivity: float | None = None
-    name: str = "osteoflag-effnetlite0"
-    version: str = "1.0.0"
+    name: str = "osteoflag-effnetlite0-imagenet"
+    version: str = "2.0.0"
     threads: int = 2
     compare_layouts: bool = True
     int8: bool = False  # also score INT8 versions of the published and CV models
