@@ -4,19 +4,16 @@ the other architecture, each scored on the published split and in the same group
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-from osteoflag.inference.pixels import ColourOrder, InputSpec
 from osteoflag.training import classifier, export, features, metrics
-from osteoflag.training.backbones import FeatureLayout, normalisation_for
+from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.networks import Architecture, FeatureGraph, build_network, default_init
+from osteoflag.training.pipeline import Prepared, TrainOptions, input_spec
 from osteoflag.training.splits import group_folds, group_holdout
-
-if TYPE_CHECKING:
-    from osteoflag.training.pipeline import Prepared, TrainOptions
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +64,7 @@ def frozen_features(
 ) -> np.ndarray:
     """Frozen features of ``architecture`` for every sample, through onnxruntime (cached)."""
     init = default_init(architecture)
-    norm = normalisation_for(architecture.value, init)
-    spec = InputSpec(
-        size=(options.size, options.size),
-        resize_mode=options.resize_mode,
-        colour_order=ColourOrder(norm.colour_order),
-        mean=norm.mean,
-        std=norm.std,
-    )
+    spec = input_spec(replace(options, architecture=architecture, init=init))
     network = build_network(architecture, init, seed=options.seed)
     model = FeatureGraph(network.trunk, network.head, BASELINE_LAYOUT[architecture]).eval()
     path = options.work / f"{architecture.value}_frozen.onnx"

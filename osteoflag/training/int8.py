@@ -43,8 +43,9 @@ def int8_features(
     spec: InputSpec,
     work: Path,
     threads: int,
-) -> np.ndarray:
-    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph."""
+) -> tuple[np.ndarray, int]:
+    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph, and
+    how many calibration images were used."""
     graph = FeatureGraph(network.trunk, model.head, layout).eval()
     source, target = work / "int8_source.onnx", work / "int8.onnx"
     example = torch.from_numpy(features.prepare(samples[int(evaluate[0])], spec)[None])
@@ -66,11 +67,15 @@ def int8_features(
         cache,
         desc="int8 features",
     )
-    return out["features"]
+    return out["features"], len(picks)
 
 
 def compare(
-    y: np.ndarray, float_p: np.ndarray, model: FittedModel, int8_x: np.ndarray
+    y: np.ndarray,
+    float_p: np.ndarray,
+    model: FittedModel,
+    int8_x: np.ndarray,
+    calibration_images: int,
 ) -> dict[str, Any]:
     """Both precisions' metrics at the model's threshold, and the AUC drop."""
     int8_p = classifier.predict(model.booster, int8_x)
@@ -85,5 +90,5 @@ def compare(
         "auc_drop": drop,
         "within_rule": drop <= MAX_AUC_DROP,
         "max_auc_drop": MAX_AUC_DROP,
-        "calibration_images": CALIBRATION_IMAGES,
+        "calibration_images": calibration_images,
     }

@@ -399,7 +399,7 @@ def _int8(
     """This fit's INT8 graph (calibrated on ``calibration``) scored on ``evaluate``."""
     from osteoflag.training import int8
 
-    int8_x = int8.int8_features(
+    int8_x, calibration_images = int8.int8_features(
         network,
         model,
         options.layout,
@@ -411,7 +411,7 @@ def _int8(
         options.threads,
     )
     float_p = classifier.predict(model.booster, x[evaluate])
-    return int8.compare(prep.labels[evaluate], float_p, model, int8_x)
+    return int8.compare(prep.labels[evaluate], float_p, model, int8_x, calibration_images)
 
 
 def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, object]:

@@ -112,6 +112,11 @@ def test_bundle_loads_and_predicts_like_training(
         published_int8 = results["published"]["int8"]  # type: ignore[index]
         assert published_int8["n"] == 32
         assert 0.0 <= published_int8["int8"]["auc"] <= 1.0
+        # the float32 side is the bundle's own test score: same images, booster, threshold
+        test = results["published"]["test"]  # type: ignore[index]
+        assert published_int8["float32"]["auc"] == test["auc"]
+        assert published_int8["float32"]["accuracy"] == test["accuracy"]
+        assert published_int8["calibration_images"] == 32  # all 32 train images
         assert "## INT8 beside float32" in (bundle_dir / "MODEL_CARD.md").read_text()
         assert results["cv"]["int8"]["int8"]["auc_mean"] >= 0.0  # type: ignore[index]
 
