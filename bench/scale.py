@@ -1,5 +1,7 @@
 """``make bench``: worker processes on PostgreSQL, float32 vs INT8, and end-to-end latency.
 
+0. Throughput of the predictor alone, float32 vs INT8 (:mod:`bench.precision`): the INT8
+   acceptance figure of issue 7.
 1. Throughput of 1, 2 and 3 ``osteoflag serve --role worker`` processes sharing one private
    PostgreSQL server, with the float32 bundle and its INT8 version: N instances (2048x1664
    12-bit DX files) are queued at once and timed from the commit to the last result,
@@ -35,13 +37,13 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import func, select
 
+from bench import precision
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle, write_manifest
-from osteoflag.inference.pixels import display_from_dataset, model_input
-from osteoflag.inference.predictor import Predictor
+from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
 from osteoflag.inference.quantize import (
     CALIBRATION_IMAGES,
     calibration_inputs,
@@ -98,7 +100,7 @@ def generated_vgg16(folder: Path) -> Path:
     return folder
 
 
-def int8_version(bundle: Bundle, folder: Path, calibration: list[Any]) -> Path:
+def int8_version(bundle: Bundle, folder: Path, calibration: list[FloatArray]) -> Path:
     """The bundle with its backbone quantised (no AUC gate here: timing only)."""
     if (folder / "manifest.json").exists():
         return folder
@@ -118,8 +120,9 @@ def int8_version(bundle: Bundle, folder: Path, calibration: list[Any]) -> Path:
     return folder
 
 
-def bundles() -> tuple[Bundle, Bundle]:
-    """(float32, int8) bundles, cached under ``artifacts/bench`` between runs."""
+def bundles() -> tuple[Bundle, Bundle, list[FloatArray]]:
+    """(float32, int8) bundles, cached under ``artifacts/bench`` between runs, and the
+    calibration inputs (real training images when present), which also feed the timings."""
     try:
         float32 = load_bundle(DEFAULT_BUNDLE)
         key = float32.manifest.files[float32.manifest.backbone.file][:12]
@@ -136,21 +139,8 @@ def bundles() -> tuple[Bundle, Bundle]:
             model_input(display_from_dataset(dataset(radiograph(512, 416, seed=i))), spec)
             for i in range(16)
         ]
-    return float32, load_bundle(int8_version(float32, CACHE / f"{key}-int8", calibration))
-
-
-def backbone_throughput(bundle: Bundle, batch: int = 4, budget: float = 8.0) -> float:
-    """Images/s of the predictor alone (backbone + LightGBM), all cores, ``batch`` at a time."""
-    predictor = Predictor(bundle, threads=0, batch_size=batch)
-    height, width = bundle.input_spec.size
-    rng = np.random.default_rng(0)
-    inputs = [rng.uniform(-120, 140, (3, height, width)).astype(np.float32)] * batch
-    predictor.probabilities(inputs)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < budget:
-        predictor.probabilities(inputs)
-        done += batch
-    return done / (time.perf_counter() - started)
+    int8 = load_bundle(int8_version(float32, CACHE / f"{key}-int8", calibration))
+    return float32, int8, calibration
 
 
 def _sections(work: Path, url: str, bundle: Path, threads: int, port: int) -> dict[str, Any]:
@@ -270,13 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     if load > cores:
         print(f"NOTICE: load average {load:.1f} on {cores} cores: figures below are noisy.\n")
-    float32, int8 = bundles()
+    float32, int8, inputs = bundles()
     print(f"bundle     {float32.model_id} / {int8.model_id}  cores {cores}")
-    alone = {name: backbone_throughput(b) for name, b in (("float32", float32), ("int8", int8))}
-    print(
-        f"predictor alone, batch 4: float32 {alone['float32']:.2f} img/s, "
-        f"int8 {alone['int8']:.2f} img/s = {alone['int8'] / alone['float32']:.2f}x"
-    )
+    precision.print_rates(float32, int8, inputs)
     with tempfile.TemporaryDirectory(prefix="osteoflag-bench-dx-") as folder:
         files = [
             save(dataset(radiograph(2048, 1664, seed=i), bits_stored=12), Path(folder) / f"{i}.dcm")
