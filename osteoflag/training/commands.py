@@ -139,7 +139,8 @@ def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
     from osteoflag.inference.pixels import ResizeMode
     from osteoflag.training.backbones import FeatureLayout, Init
     from osteoflag.training.networks import FINETUNE, Architecture, default_init, default_name
-    from osteoflag.training.pipeline import TrainOptions, run
+    from osteoflag.training.pipeline import run
+    from osteoflag.training.prepared import TrainOptions
 
     architecture = Architecture(args.backbone)
     init = Init(args.init) if args.init else default_init(architecture)

@@ -12,7 +12,7 @@ import torch
 from osteoflag.training import classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.networks import Architecture, FeatureGraph, build_network, default_init
-from osteoflag.training.pipeline import Prepared, TrainOptions, input_spec
+from osteoflag.training.prepared import Prepared, TrainOptions, input_spec
 from osteoflag.training.splits import group_folds, group_holdout
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from osteoflag.training.classifier import BoosterConfig
 from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import Architecture
-from osteoflag.training.pipeline import TrainOptions, run
+from osteoflag.training.pipeline import run
+from osteoflag.training.prepared import TrainOptions
 
 CONTRACT_KEYS = {
     "n",

@@ -1,0 +1,152 @@
+"""What every protocol of a training run shares: its options and its prepared data.
+
+:func:`prepare` runs hygiene on each source and the frozen trunk over every image once
+(through onnxruntime, cached), so the protocols (:mod:`osteoflag.training.protocols`)
+only fit heads and boosters on top of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode
+from osteoflag.training import classifier, export, features, hygiene
+from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
+from osteoflag.training.dataset import Sample, discover
+from osteoflag.training.finetune import FinetuneConfig
+from osteoflag.training.model import TrunkOutputs
+from osteoflag.training.networks import FINETUNE, HEAD_TEXT, Architecture, layout_text
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything a training run depends on (recorded in the model card)."""
+
+    data: Path
+    out: Path
+    work: Path
+    other: Path | None = None
+    architecture: Architecture = Architecture.EFFICIENTNET_LITE0
+    init: Init = Init.IMAGENET
+    weights: Path | None = None
+    size: int = 224
+    resize_mode: ResizeMode = ResizeMode.STRETCH
+    head_convs: int = 1
+    layout: FeatureLayout = FeatureLayout.B5
+    finetune: FinetuneConfig | None = None  # None: the architecture's defaults (FINETUNE)
+    booster: classifier.BoosterConfig = field(default_factory=classifier.BoosterConfig)
+    protocols: tuple[str, ...] = ("published", "cv", "cross")
+    folds: int = 5
+    seed: int = 0
+    target_sensitivity: float | None = None
+    name: str = "osteoflag-effnetlite0-imagenet"
+    version: str = "2.0.0"
+    threads: int = 2
+    compare_layouts: bool = True
+    int8: bool = False  # also score INT8 versions of the published and CV models
+    notes: tuple[str, ...] = ()  # provenance lines for the model card ("Notes on this run")
+    width_divisor: int = 1
+    cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
+
+    @property
+    def tuning(self) -> FinetuneConfig:
+        """The fine-tuning settings in force: the given ones, else the architecture's."""
+        return self.finetune if self.finetune is not None else FINETUNE[self.architecture]
+
+
+@dataclass
+class Prepared:
+    """Hygiene-checked samples of both sources and their trunk outputs (primary first)."""
+
+    samples: list[Sample]
+    groups: np.ndarray
+    labels: np.ndarray
+    primary: np.ndarray
+    other: np.ndarray
+    trunk: TrunkOutputs
+    hygiene: dict[str, object]
+
+
+def input_spec(options: TrainOptions) -> InputSpec:
+    """The bundle's input contract for these options."""
+    norm = normalisation_for(options.architecture.value, options.init)
+    return InputSpec(
+        size=(options.size, options.size),
+        resize_mode=options.resize_mode,
+        colour_order=ColourOrder(norm.colour_order),
+        mean=norm.mean,
+        std=norm.std,
+    )
+
+
+def _load_grey(sample: Sample) -> np.ndarray:
+    from osteoflag.inference.pixels import load_display
+
+    return load_display(sample.path).pixels
+
+
+def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
+    """Hygiene on every source, then the trunk through onnxruntime (cached)."""
+    sources = [discover(options.data, "primary")]
+    if options.other is not None:
+        sources.append(discover(options.other, "other", representatives_only=True))
+    checked = [hygiene.check(s, _load_grey) for s in sources]
+    samples = [s for c in checked for s in c.kept]
+    groups = np.array(
+        [f"{s.source}/{g}" for c in checked for s, g in zip(c.kept, c.groups, strict=True)]
+    )
+    labels = np.array([s.label for s in samples], dtype=int)
+    spec = input_spec(options)
+    trunk_path = options.work / "trunk.onnx"
+    example = torch.from_numpy(features.prepare(samples[0], spec)[None])
+    export.export_onnx(trunk_model, example, trunk_path, output_names=("b3", "b4", "map"))
+    parity_inputs = np.stack([features.prepare(s, spec) for s in samples[: export.PARITY_IMAGES]])
+    export.check_parity(trunk_model, trunk_path, parity_inputs, options.threads)
+    cache = features.FeatureCache(
+        options.cache or options.work / "cache", features.sha256_bytes(trunk_path.read_bytes())
+    )
+    out = features.run_images(
+        export.session(trunk_path, options.threads),
+        samples,
+        spec,
+        cache,
+        desc="trunk (onnxruntime)",
+    )
+    n_primary = len(checked[0].kept)
+    return Prepared(
+        samples=samples,
+        groups=groups,
+        labels=labels,
+        primary=np.arange(n_primary),
+        other=np.arange(n_primary, len(samples)),
+        trunk=TrunkOutputs(out["b3"], out["b4"], out["map"]),
+        hygiene={name: c.summary() for name, c in zip(("primary", "other"), checked, strict=False)}
+        | {"cache_entries_rejected": cache.rejected},
+    )
+
+
+def run_facts(options: TrainOptions) -> dict[str, object]:
+    """The settings the model card states (kept in the results so a card can be re-rendered)."""
+    spec = input_spec(options)
+    rule = options.target_sensitivity
+    return {
+        "name": options.name,
+        "version": options.version,
+        "architecture": options.architecture.value,
+        "init": options.init.value,
+        "head": HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
+        "layout": layout_text(options.architecture, options.layout),
+        "finetune": str(options.tuning),
+        "booster": str(options.booster),
+        "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
+        "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
+        f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
+    }
+
+
+def split_indices(prep: Prepared, split: str) -> np.ndarray:
+    return np.array([i for i in prep.primary if prep.samples[i].split == split], dtype=int)

@@ -1,0 +1,222 @@
+"""The fits a training run makes and how each is scored.
+
+- ``published``: OsteoAI train -> early stopping/threshold on val -> test (:func:`fit_on`,
+  :func:`evaluate`); this model is the bundle.
+- ``cv``: grouped, stratified k-fold (:func:`cv_fold`, merged by :func:`summarise_cv`).
+- INT8 rows beside any fit (:func:`int8_rows`), and the comparisons of the model card:
+  feature layouts (:func:`compare_layouts`) and frozen baselines (:func:`baselines`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from osteoflag.training import classifier, metrics
+from osteoflag.training.backbones import FeatureLayout
+from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
+from osteoflag.training.networks import Architecture, Network, layout_text
+from osteoflag.training.prepared import Prepared, TrainOptions, input_spec
+from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate(
+    prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
+) -> dict[str, object]:
+    p = classifier.predict(model.booster, x[idx])
+    result = metrics.binary_metrics(prep.labels[idx], p, model.threshold)
+    result["ci95"] = metrics.bootstrap_ci(prep.labels[idx], p, model.threshold, prep.groups[idx])
+    result["per_class"] = metrics.per_class(prep.labels[idx], p, model.threshold)
+    result["scores"] = {"y": prep.labels[idx].tolist(), "p": p.tolist()}
+    return result
+
+
+def per_cluster(
+    prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
+) -> dict[str, object]:
+    """Mean probability per group: one vote per radiograph group, not per augmented copy."""
+    p = classifier.predict(model.booster, x[idx])
+    groups = prep.groups[idx]
+    uniq = sorted(set(groups.tolist()))
+    yg = np.array([prep.labels[idx][groups == g].max() for g in uniq])
+    pg = np.array([p[groups == g].mean() for g in uniq])
+    return metrics.binary_metrics(yg, pg, model.threshold)
+
+
+def fit_on(
+    prep: Prepared,
+    options: TrainOptions,
+    head0: torch.nn.Module,
+    fit_idx: np.ndarray,
+    val_idx: np.ndarray,
+    layout: FeatureLayout,
+    tune: bool,
+    tag: str,
+) -> tuple[FittedModel, np.ndarray]:
+    """One fit of the bundle's procedure (see :func:`fit_model`), logged with its protocol."""
+    if tag != "published":  # the published split is honoured as published, leaks included
+        assert_disjoint(prep.groups, fit_idx, val_idx)
+    logger.info(
+        "fitting",
+        extra={"action": "fit", "protocol": tag, "fit": len(fit_idx), "val": len(val_idx)},
+    )
+    return fit_model(
+        head0,
+        prep.trunk,
+        prep.labels,
+        fit_idx,
+        val_idx,
+        layout,
+        options.tuning if tune else None,
+        options.booster,
+        options.target_sensitivity,
+        options.work,
+        options.threads,
+    )
+
+
+def cv_fold(prep: Prepared, options: TrainOptions, network: Network, k: int) -> dict[str, Any]:
+    """Fold ``k`` of the grouped CV: fit inside the fold's training groups, score its test groups.
+
+    Folds are independent, so they can also run in separate processes and be merged with
+    :func:`summarise_cv`.
+    """
+    idx = prep.primary
+    y, g = prep.labels[idx], prep.groups[idx]
+    tr, te = list(group_folds(y, g, options.folds, options.seed))[k]
+    a, b = group_holdout(y[tr], g[tr], 0.15, options.seed + k)
+    fit_idx = idx[tr[a]]
+    model, x = fit_on(
+        prep, options, network.head, fit_idx, idx[tr[b]], options.layout, True, f"cv{k}"
+    )
+    p = classifier.predict(model.booster, x[idx[te]])
+    m = metrics.binary_metrics(y[te], p, model.threshold)
+    if options.int8:
+        m["int8"] = int8_rows(prep, options, network, model, x, fit_idx, idx[te])
+    m["fold"] = k
+    m["finetune_log"] = model.finetune_log
+    m["scores"] = {"index": te.tolist(), "p": p.tolist()}
+    return m
+
+
+def int8_rows(
+    prep: Prepared,
+    options: TrainOptions,
+    network: Network,
+    model: FittedModel,
+    x: np.ndarray,
+    calibration: np.ndarray,
+    evaluate: np.ndarray,
+) -> dict[str, Any]:
+    """This fit's INT8 graph (calibrated on ``calibration``) scored on ``evaluate``."""
+    from osteoflag.training import int8
+
+    int8_x, calibration_images = int8.int8_features(
+        network,
+        model,
+        options.layout,
+        prep.samples,
+        calibration,
+        evaluate,
+        input_spec(options),
+        options.work,
+        options.threads,
+    )
+    float_p = classifier.predict(model.booster, x[evaluate])
+    return int8.compare(prep.labels[evaluate], float_p, model, int8_x, calibration_images)
+
+
+def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, object]:
+    """Mean and t-interval of the fold AUCs, plus a group bootstrap of the pooled scores."""
+    idx = prep.primary
+    y, g = prep.labels[idx], prep.groups[idx]
+    oof = np.full(len(idx), np.nan)
+    for fold in folds:
+        oof[np.asarray(fold["scores"]["index"], dtype=int)] = fold["scores"]["p"]
+    auc_mean, auc_lo, auc_hi = metrics.mean_ci([float(f["auc"]) for f in folds])
+    acc_mean, acc_lo, acc_hi = metrics.mean_ci([float(f["accuracy"]) for f in folds])
+    int8_folds = [f["int8"] for f in folds if "int8" in f]
+    int8 = (
+        {
+            precision: {
+                "auc_mean": float(np.mean([f[precision]["auc"] for f in int8_folds])),
+                "accuracy_mean": float(np.mean([f[precision]["accuracy"] for f in int8_folds])),
+            }
+            for precision in ("float32", "int8")
+        }
+        | {"max_auc_drop": max(f["auc_drop"] for f in int8_folds)}
+        if int8_folds
+        else None
+    )
+    return {
+        "folds": [{k: v for k, v in f.items() if k != "scores"} for f in folds],
+        "int8": int8,
+        "auc_mean": auc_mean,
+        "auc_ci95_t": [auc_lo, auc_hi],
+        "accuracy_mean": acc_mean,
+        "accuracy_ci95_t": [acc_lo, acc_hi],
+        "pooled_auc_ci95_group_bootstrap": metrics.bootstrap_ci(y, oof, 0.5, g)["auc"],
+        "scores": {"y": y.tolist(), "p": oof.tolist()},
+    }
+
+
+def compare_layouts(
+    prep: Prepared,
+    head0: torch.nn.Module,
+    tuned: FittedModel,
+    options: TrainOptions,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+) -> dict[str, object]:
+    """Published-split test metrics of each feature layout, frozen and fine-tuned.
+
+    Fine-tuning does not depend on the layout, so the tuned head is reused and only LightGBM is
+    refitted; the layout of the bundle is fixed in advance (test never chooses anything).
+    """
+    table: dict[str, object] = {}
+    for tag, head in (("frozen", head0), ("finetuned", tuned.head)):
+        b5 = head_onnx_features(
+            head, prep.trunk.maps, options.work / "compare.onnx", options.threads
+        )
+        for layout in FeatureLayout:
+            x = layout_features(layout, prep.trunk, b5)
+            booster = classifier.train_booster(
+                x[train], prep.labels[train], x[val], prep.labels[val], options.booster
+            )
+            threshold, _ = metrics.choose_threshold(
+                prep.labels[val], classifier.predict(booster, x[val]), options.target_sensitivity
+            )
+            table[f"{layout.value}_{tag}"] = {
+                "layout": layout_text(options.architecture, layout),
+                "head": tag,
+                "test": metrics.binary_metrics(
+                    prep.labels[test], classifier.predict(booster, x[test]), threshold
+                ),
+            }
+    return table
+
+
+def baselines(prep: Prepared, options: TrainOptions, head0: torch.nn.Module) -> dict[str, object]:
+    """Frozen-feature baselines on the same protocols: this backbone and the other one."""
+    from osteoflag.training import compare
+
+    b5 = head_onnx_features(head0, prep.trunk.maps, options.work / "compare.onnx", options.threads)
+    this = options.architecture
+    out: dict[str, object] = {
+        f"{this.value}_{options.layout.value}_frozen": compare.lightgbm_protocols(
+            prep, options, layout_features(options.layout, prep.trunk, b5)
+        )
+    }
+    for other in Architecture:
+        if other is not this:
+            layout = compare.BASELINE_LAYOUT[other]
+            out[f"{other.value}_{layout.value}_frozen"] = compare.lightgbm_protocols(
+                prep, options, compare.frozen_features(prep, options, other)
+            )
+    return out
