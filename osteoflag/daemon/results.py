@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
+from osteoflag.inference.labels import Label
 from osteoflag.inference.worker import OnDone, OnRefused
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound, produce_undetermined
 
 

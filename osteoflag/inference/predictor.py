@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import lightgbm as lgb
@@ -21,19 +20,13 @@ import onnxruntime as ort
 
 from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
+from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "features"
-
-
-class Label(StrEnum):
-    """The finding reported per image (CONTRACT.md: ``infer`` output)."""
-
-    FRACTURE = "fracture"
-    NO_FRACTURE = "no_fracture"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pydicom.uid import UID, generate_uid
 import osteoflag
 from osteoflag.errors import PermanentError
 from osteoflag.inference.bundle import MANIFEST, Bundle, sha256_file
+from osteoflag.inference.labels import Label
 from osteoflag.pacs import codes
 
 RESEARCH_PREFIX: Final = "RESEARCH USE ONLY"
@@ -57,14 +58,6 @@ class Kind(StrEnum):
 
     SR = "sr"
     SUMMARY = "summary"
-
-
-class Label(StrEnum):
-    """The classification stated by a report (``label`` in the CLI contract)."""
-
-    FRACTURE = "fracture"
-    NO_FRACTURE = "no_fracture"
-    UNDETERMINED = "undetermined"
 
 
 @dataclass(frozen=True)

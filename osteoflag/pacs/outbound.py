@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
 from osteoflag.errors import PermanentError, PixelDataError, TransientError
-from osteoflag.pacs.derived import Classification, Kind, Label, ModelIdentity, device_uid
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary

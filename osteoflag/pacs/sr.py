@@ -18,6 +18,7 @@ import highdicom as hd
 from pydicom import Dataset
 
 from osteoflag.errors import PermanentError
+from osteoflag.inference.labels import Label
 from osteoflag.pacs import codes
 from osteoflag.pacs.derived import (
     DEVICE_MODEL_NAME,
@@ -26,7 +27,6 @@ from osteoflag.pacs.derived import (
     RESEARCH_STATEMENT,
     Classification,
     Kind,
-    Label,
     ModelIdentity,
     contributing_equipment,
     derived_uid,

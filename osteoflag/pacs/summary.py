@@ -20,6 +20,7 @@ from pydicom.valuerep import DA, TM
 
 import osteoflag
 from osteoflag.errors import PermanentError
+from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage, display_from_dataset
 from osteoflag.pacs.derived import (
     MANUFACTURER,
@@ -27,7 +28,6 @@ from osteoflag.pacs.derived import (
     RESEARCH_STATEMENT,
     Classification,
     Kind,
-    Label,
     ModelIdentity,
     contributing_equipment,
     instance_uid,

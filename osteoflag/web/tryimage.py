@@ -23,7 +23,7 @@ from PIL import Image
 from osteoflag.errors import PixelDataError
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Prediction, Predictor
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.summary import banner_image
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def classify_upload(data: bytes, predictor: Predictor, model: ModelIdentity) -> 
             reason = str(exc).replace(str(path), "upload")
             raise UploadError(f"not a PNG, JPEG or DICOM image we can read ({reason})") from exc
     [prediction] = predictor.predict_inputs([model_input(display, predictor.bundle.input_spec)])
-    result = Classification(label=Label(prediction.label.value), probability=prediction.probability)
+    result = Classification(label=prediction.label, probability=prediction.probability)
     banner = png_bytes(banner_image(display, result, model))
     logger.info(
         "uploaded image classified",

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from osteoflag.config import parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr import read_result

@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
-from osteoflag.pacs.derived import Label
+from osteoflag.inference.labels import Label
 from osteoflag.pacs.scu import Peer, send_c_store
 from osteoflag.pacs.sr import read_result
 from tests.helpers.daemon import DaemonProcess, base_sections, write_config

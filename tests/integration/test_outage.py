@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Settings, load_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Outbound, utcnow
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
 from tests.helpers.daemon import osteoflag, write_config
 from tests.helpers.net import free_port

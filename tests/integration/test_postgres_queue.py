@@ -24,7 +24,8 @@ from osteoflag.daemon.service import Daemon
 from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Base, Instance, InstanceState, Outbound, OutboundState
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from tests.helpers.net import free_port

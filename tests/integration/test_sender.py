@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, Outbound, utcnow
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import requeue_failed_outbound, send_pending
 from tests.helpers.net import free_port, port_open

@@ -10,8 +10,9 @@ import pytest
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle, write_manifest
+from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage
-from osteoflag.inference.predictor import Label, Predictor
+from osteoflag.inference.predictor import Predictor
 from tests.helpers.inference_data import radiograph
 from tests.helpers.tiny_bundle import backbone, build_bundle
 

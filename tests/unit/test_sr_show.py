@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from osteoflag.errors import PermanentError
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity, device_uid
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.show import show_sr
 from osteoflag.pacs.sr import build_sr
 from tests.sr_fixtures import FAKE_PATIENT_ID, FAKE_PATIENT_NAME, make_dx

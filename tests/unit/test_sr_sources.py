@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from osteoflag.inference.bundle import load_bundle
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity, device_uid
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr, read_result
 from osteoflag.pacs.summary import build_summary
 from tests.helpers.dicom import MODALITIES, radiograph

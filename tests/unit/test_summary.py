@@ -12,7 +12,8 @@ import pytest
 from pydicom import config
 
 from osteoflag.errors import PixelDataError
-from osteoflag.pacs.derived import Classification, Label, ModelIdentity, device_uid
+from osteoflag.inference.labels import Label
+from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.summary import MAX_SIDE, build_summary, display_pixels
 from tests.sr_fixtures import dciodvfy_errors, make_dx
