@@ -252,8 +252,8 @@ def end_to_end(bundle: Bundle, rate: float, count: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=12, help="instances per throughput run")
-    parser.add_argument("--latency-count", type=int, default=12, help="images for latency")
+    parser.add_argument("--count", type=int, default=96, help="instances per throughput run")
+    parser.add_argument("--latency-count", type=int, default=40, help="images for latency")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     cores = os.cpu_count() or 1
