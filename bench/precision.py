@@ -45,7 +45,8 @@ class Layout:
 
     def describe(self) -> str:
         threads = "all cores" if self.threads == 0 else f"{self.threads} thread"
-        return f"{self.processes} process x {threads}, batch {self.batch}"
+        processes = "1 process" if self.processes == 1 else f"{self.processes} processes"
+        return f"{processes} x {threads}, batch {self.batch}"
 
 
 def _rate(bundle: str, inputs: str, layout: Layout, barrier: Any) -> float:
