@@ -44,12 +44,7 @@ from osteoflag.db.models import Instance
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
-from osteoflag.inference.quantize import (
-    CALIBRATION_IMAGES,
-    calibration_inputs,
-    float_convs_for,
-    quantize_backbone,
-)
+from osteoflag.inference.quantize import CALIBRATION_IMAGES, calibration_inputs, int8_copy
 from osteoflag.pacs.scu import Peer, send_c_store
 from tests.helpers.daemon import DaemonProcess, write_config
 from tests.helpers.inference_data import dataset, radiograph, save
@@ -102,21 +97,9 @@ def generated_vgg16(folder: Path) -> Path:
 
 def int8_version(bundle: Bundle, folder: Path, calibration: list[FloatArray]) -> Path:
     """The bundle with its backbone quantised (no AUC gate here: timing only)."""
-    if (folder / "manifest.json").exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(bundle.path, folder, ignore=shutil.ignore_patterns("manifest.json"))
-    (folder / bundle.manifest.backbone.file).unlink()
-    quantize_backbone(
-        bundle.backbone_path,
-        folder / "backbone.int8.onnx",
-        calibration,
-        float_convs_for(bundle.manifest.backbone.architecture),
-    )
-    fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
-    fields["backbone"] = {**fields["backbone"], "file": "backbone.int8.onnx", "precision": "int8"}
-    fields["version"] = f"{bundle.manifest.version}+int8"
-    write_manifest(folder, **fields)
+    if not (folder / "manifest.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        int8_copy(bundle, folder, calibration)
     return folder
 
 

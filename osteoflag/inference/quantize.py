@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 
 from osteoflag.errors import BundleError, PixelDataError
 from osteoflag.files import walk_files
-from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
+from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import FloatArray, InputSpec, load_display, model_input
 from osteoflag.inference.predictor import INPUT_NAME, Predictor
 
@@ -197,6 +197,24 @@ def _leading_convs(model_path: Path, count: int) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type == "Conv"][:count]
 
 
+def int8_copy(source: Bundle, folder: Path, calibration: list[FloatArray]) -> dict[str, Any]:
+    """Copy ``source`` to the new ``folder`` with its backbone quantised and its manifest saying
+    so (version ``+int8``); return the manifest's fields. No AUC gate: the caller decides."""
+    shutil.copytree(source.path, folder, ignore=shutil.ignore_patterns(MANIFEST))
+    (folder / source.manifest.backbone.file).unlink()
+    quantize_backbone(
+        source.backbone_path,
+        folder / INT8_BACKBONE,
+        calibration,
+        float_convs_for(source.manifest.backbone.architecture),
+    )
+    fields = source.manifest.model_dump(exclude={"files", "format_version"})
+    fields["version"] = f"{source.manifest.version}+int8"
+    fields["backbone"] = {**fields["backbone"], "file": INT8_BACKBONE, "precision": "int8"}
+    write_manifest(folder, **fields)
+    return fields
+
+
 def _card_section(figures: dict[str, Any]) -> str:
     f32, i8 = figures["float32"], figures["int8"]
     calibration = figures["calibration"]
@@ -238,17 +256,8 @@ def quantize_bundle(
     calibration_set = calibration_inputs(calibration, spec, count)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(MANIFEST))
     try:
-        (staging / source.manifest.backbone.file).unlink()
-        float_convs = float_convs_for(source.manifest.backbone.architecture)
-        quantize_backbone(
-            source.backbone_path, staging / INT8_BACKBONE, calibration_set, float_convs
-        )
-        fields = source.manifest.model_dump(exclude={"files", "format_version"})
-        fields["version"] = f"{source.manifest.version}+int8"
-        fields["backbone"] = {**fields["backbone"], "file": INT8_BACKBONE, "precision": "int8"}
-        write_manifest(staging, **fields)
+        fields = int8_copy(source, staging, calibration_set)
         quantised = load_bundle(staging)
         inputs, labels = labelled_inputs(data, spec)
         float_scores = score(Predictor(source, threads=threads, batch_size=8), inputs, labels)
@@ -270,7 +279,7 @@ def quantize_bundle(
                 "per_channel": True,
                 "activations": "uint8",
                 "weights": "int8",
-                "float32_leading_convs": float_convs,
+                "float32_leading_convs": float_convs_for(source.manifest.backbone.architecture),
                 "source_backbone": source.manifest.files[source.manifest.backbone.file],
             },
         }
