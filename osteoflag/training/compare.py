@@ -7,12 +7,11 @@ import logging
 from dataclasses import replace
 
 import numpy as np
-import torch
 
-from osteoflag.training import classifier, export, features, metrics
+from osteoflag.training import classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.networks import Architecture, FeatureGraph, build_network, default_init
-from osteoflag.training.prepared import Prepared, TrainOptions, input_spec
+from osteoflag.training.prepared import Prepared, TrainOptions, graph_outputs, input_spec
 from osteoflag.training.splits import group_folds, group_holdout
 
 logger = logging.getLogger(__name__)
@@ -67,18 +66,12 @@ def frozen_features(
     spec = input_spec(replace(options, architecture=architecture, init=init))
     network = build_network(architecture, init, seed=options.seed)
     model = FeatureGraph(network.trunk, network.head, BASELINE_LAYOUT[architecture]).eval()
-    path = options.work / f"{architecture.value}_frozen.onnx"
-    inputs = np.stack([features.prepare(s, spec) for s in prep.samples[: export.PARITY_IMAGES]])
-    export.export_onnx(model, torch.from_numpy(inputs[:1]), path)
-    export.check_parity(model, path, inputs, options.threads)
-    cache = features.FeatureCache(
-        options.cache or options.work / "cache", features.sha256_bytes(path.read_bytes())
-    )
-    out = features.run_images(
-        export.session(path, options.threads),
+    out, _ = graph_outputs(
+        model,
         prep.samples,
         spec,
-        cache,
+        options.work / f"{architecture.value}_frozen.onnx",
+        options,
         desc=f"{architecture.value} (frozen)",
     )
     return out["features"]

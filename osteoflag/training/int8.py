@@ -42,10 +42,12 @@ def int8_features(
     evaluate: np.ndarray,
     spec: InputSpec,
     work: Path,
+    cache_dir: Path,
     threads: int,
 ) -> tuple[np.ndarray, int]:
-    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph, and
-    how many calibration images were used."""
+    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph (graphs
+    written under ``work``, features cached under ``cache_dir``), and how many calibration
+    images were used."""
     graph = FeatureGraph(network.trunk, model.head, layout).eval()
     source, target = work / "int8_source.onnx", work / "int8.onnx"
     example = torch.from_numpy(features.prepare(samples[int(evaluate[0])], spec)[None])
@@ -59,7 +61,7 @@ def int8_features(
         [features.prepare(samples[int(i)], spec) for i in picks],
         float_convs_for(network.architecture.value),
     )
-    cache = features.FeatureCache(work / "cache", features.sha256_bytes(target.read_bytes()))
+    cache = features.FeatureCache(cache_dir, features.sha256_bytes(target.read_bytes()))
     out = features.run_images(
         export.session(target, threads),
         [samples[int(i)] for i in evaluate],

@@ -53,6 +53,11 @@ class TrainOptions:
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
 
     @property
+    def cache_dir(self) -> Path:
+        """Where per-image graph outputs are cached (keyed by the graph's hash)."""
+        return self.cache or self.work / "cache"
+
+    @property
     def tuning(self) -> FinetuneConfig:
         """The fine-tuning settings in force: the given ones, else the architecture's."""
         return self.finetune if self.finetune is not None else FINETUNE[self.architecture]
@@ -89,6 +94,27 @@ def _load_grey(sample: Sample) -> np.ndarray:
     return load_display(sample.path).pixels
 
 
+def graph_outputs(
+    model: torch.nn.Module,
+    samples: list[Sample],
+    spec: InputSpec,
+    path: Path,
+    options: TrainOptions,
+    desc: str,
+    output_names: tuple[str, ...] = ("features",),
+) -> tuple[dict[str, np.ndarray], int]:
+    """Export ``model`` to ``path``, check torch against onnxruntime on the first images, then
+    run every sample through onnxruntime, cached by the graph's hash; also how many cache
+    entries were rejected."""
+    inputs = np.stack([features.prepare(s, spec) for s in samples[: export.PARITY_IMAGES]])
+    export.export_onnx(model, torch.from_numpy(inputs[:1]), path, output_names=output_names)
+    export.check_parity(model, path, inputs, options.threads)
+    cache = features.FeatureCache(options.cache_dir, features.sha256_bytes(path.read_bytes()))
+    sess = export.session(path, options.threads)
+    out = features.run_images(sess, samples, spec, cache, desc=desc)
+    return out, cache.rejected
+
+
 def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
     """Hygiene on every source, then the trunk through onnxruntime (cached)."""
     sources = [discover(options.data, "primary")]
@@ -100,21 +126,14 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
         [f"{s.source}/{g}" for c in checked for s, g in zip(c.kept, c.groups, strict=True)]
     )
     labels = np.array([s.label for s in samples], dtype=int)
-    spec = input_spec(options)
-    trunk_path = options.work / "trunk.onnx"
-    example = torch.from_numpy(features.prepare(samples[0], spec)[None])
-    export.export_onnx(trunk_model, example, trunk_path, output_names=("b3", "b4", "map"))
-    parity_inputs = np.stack([features.prepare(s, spec) for s in samples[: export.PARITY_IMAGES]])
-    export.check_parity(trunk_model, trunk_path, parity_inputs, options.threads)
-    cache = features.FeatureCache(
-        options.cache or options.work / "cache", features.sha256_bytes(trunk_path.read_bytes())
-    )
-    out = features.run_images(
-        export.session(trunk_path, options.threads),
+    out, rejected = graph_outputs(
+        trunk_model,
         samples,
-        spec,
-        cache,
+        input_spec(options),
+        options.work / "trunk.onnx",
+        options,
         desc="trunk (onnxruntime)",
+        output_names=("b3", "b4", "map"),
     )
     n_primary = len(checked[0].kept)
     return Prepared(
@@ -125,7 +144,7 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
         other=np.arange(n_primary, len(samples)),
         trunk=TrunkOutputs(out["b3"], out["b4"], out["map"]),
         hygiene={name: c.summary() for name, c in zip(("primary", "other"), checked, strict=False)}
-        | {"cache_entries_rejected": cache.rejected},
+        | {"cache_entries_rejected": rejected},
     )
 
 

@@ -125,6 +125,7 @@ def int8_rows(
         evaluate,
         input_spec(options),
         options.work,
+        options.cache_dir,
         options.threads,
     )
     float_p = classifier.predict(model.booster, x[evaluate])
