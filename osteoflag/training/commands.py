@@ -11,9 +11,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from osteoflag.config import Settings
 from osteoflag.errors import ConfigError
+
+if TYPE_CHECKING:
+    from osteoflag.training.prepared import TrainOptions
 
 logger = logging.getLogger(__name__)
 
@@ -132,23 +136,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
-def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
-    """Build a bundle; prints the run's headline metrics as JSON."""
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The run's options from parsed ``train`` arguments; defaults follow the backbone."""
     from dataclasses import replace
 
     from osteoflag.inference.pixels import ResizeMode
     from osteoflag.training.backbones import FeatureLayout, Init
-    from osteoflag.training.networks import FINETUNE, Architecture, default_init, default_name
-    from osteoflag.training.pipeline import run
+    from osteoflag.training.networks import Architecture, default_init, default_name
     from osteoflag.training.prepared import TrainOptions
 
     architecture = Architecture(args.backbone)
     init = Init(args.init) if args.init else default_init(architecture)
-    tuning = replace(FINETUNE[architecture], seed=args.seed)
-    if args.epochs is not None:
-        tuning = replace(tuning, epochs=args.epochs)
-    if args.lr_backbone is not None:
-        tuning = replace(tuning, lr_backbone=args.lr_backbone)
     options = TrainOptions(
         data=args.data,
         out=args.out,
@@ -161,7 +159,6 @@ def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
         resize_mode=ResizeMode(args.resize_mode),
         head_convs=args.head_convs,
         layout=FeatureLayout(args.layout or DEFAULT_LAYOUT[architecture.value]),
-        finetune=tuning,
         protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
         folds=args.folds,
         seed=args.seed,
@@ -173,6 +170,18 @@ def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
         int8=args.int8,
         notes=tuple(args.note),
     )
+    overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if given:
+        options = replace(options, finetune=replace(options.tuning, **given))
+    return options
+
+
+def run_train(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Build a bundle; prints the run's headline metrics as JSON."""
+    from osteoflag.training.pipeline import run
+
+    options = train_options(args)
     results = run(options)
     headline = {
         "bundle": str(options.out),

@@ -7,7 +7,7 @@ only fit heads and boosters on top of it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,11 @@ class TrainOptions:
 
     @property
     def tuning(self) -> FinetuneConfig:
-        """The fine-tuning settings in force: the given ones, else the architecture's."""
-        return self.finetune if self.finetune is not None else FINETUNE[self.architecture]
+        """The fine-tuning settings in force: the given ones, else the architecture's own
+        (``networks.FINETUNE``) with this run's seed."""
+        if self.finetune is not None:
+            return self.finetune
+        return replace(FINETUNE[self.architecture], seed=self.seed)
 
 
 @dataclass

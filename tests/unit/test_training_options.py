@@ -1,11 +1,23 @@
-"""The ``train`` command line spells out enum values so that parsing never imports torch;
-these must stay the enums' values."""
+"""Training options: the ``train`` command line spells out enum values so that parsing never
+imports torch (they must stay the enums' values), and the defaults options derive."""
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
 from osteoflag.training.backbones import FeatureLayout
-from osteoflag.training.commands import BACKBONES, DEFAULT_LAYOUT, LAYOUTS
-from osteoflag.training.networks import Architecture
+from osteoflag.training.commands import (
+    BACKBONES,
+    DEFAULT_LAYOUT,
+    LAYOUTS,
+    add_train_arguments,
+    train_options,
+)
+from osteoflag.training.finetune import FinetuneConfig
+from osteoflag.training.networks import FINETUNE, Architecture
+from osteoflag.training.prepared import TrainOptions
 
 
 def test_command_line_choices_are_the_enums() -> None:
@@ -13,3 +25,32 @@ def test_command_line_choices_are_the_enums() -> None:
     assert set(LAYOUTS) == {layout.value for layout in FeatureLayout}
     assert set(DEFAULT_LAYOUT) == set(BACKBONES)
     assert set(DEFAULT_LAYOUT.values()) <= set(LAYOUTS)
+
+
+def test_fine_tuning_defaults_follow_the_architecture_and_seed(tmp_path: Path) -> None:
+    paths = {"data": tmp_path, "out": tmp_path / "out", "work": tmp_path / "work"}
+    for architecture in Architecture:
+        options = TrainOptions(**paths, architecture=architecture, seed=7)
+        assert options.tuning == replace(FINETUNE[architecture], seed=7)
+    assert FINETUNE[Architecture.VGG16] != FINETUNE[Architecture.EFFICIENTNET_LITE0]
+    given = FinetuneConfig(epochs=1, batch_size=8)
+    assert TrainOptions(**paths, finetune=given, seed=7).tuning is given
+    assert TrainOptions(**paths).cache_dir == tmp_path / "work" / "cache"
+    assert TrainOptions(**paths, cache=tmp_path / "shared").cache_dir == tmp_path / "shared"
+
+
+def _parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(["--data", "d", "--out", "o", *argv])
+
+
+def test_command_line_fine_tuning_overrides_keep_the_backbone_defaults() -> None:
+    plain = train_options(_parsed("--backbone", "vgg16", "--seed", "3"))
+    assert plain.finetune is None
+    assert plain.tuning == replace(FINETUNE[Architecture.VGG16], seed=3)
+    assert plain.layout is FeatureLayout.B345 and plain.name == "osteoflag-vgg16-hed"
+    tuned = train_options(_parsed("--epochs", "2", "--lr-backbone", "0.001", "--seed", "3"))
+    defaults = FINETUNE[Architecture.EFFICIENTNET_LITE0]
+    assert tuned.tuning == replace(defaults, epochs=2, lr_backbone=0.001, seed=3)
+    assert tuned.layout is FeatureLayout.B5 and tuned.name == "osteoflag-effnetlite0-imagenet"
