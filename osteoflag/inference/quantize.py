@@ -90,13 +90,18 @@ def _inputs(files: Sequence[Path], spec: InputSpec) -> tuple[list[FloatArray], l
     return inputs, used
 
 
+def spread(total: int, count: int) -> npt.NDArray[np.int_]:
+    """Up to ``count`` indices spread evenly over ``range(total)``, both ends included: a
+    calibration set that spans a sorted folder (both classes, every part) rather than its head."""
+    return np.unique(np.linspace(0, total - 1, num=min(count, total)).astype(int))
+
+
 def calibration_inputs(folder: Path, spec: InputSpec, count: int) -> list[FloatArray]:
     """Up to ``count`` images spread evenly over the sorted files under ``folder``."""
     files = list(walk_files([folder]))
     if not files:
         raise BundleError(f"{folder}: no calibration images")
-    picks = np.unique(np.linspace(0, len(files) - 1, num=min(count, len(files))).astype(int))
-    inputs, _ = _inputs([files[i] for i in picks], spec)
+    inputs, _ = _inputs([files[i] for i in spread(len(files), count)], spec)
     if not inputs:
         raise BundleError(f"{folder}: none of the calibration images could be read")
     return inputs

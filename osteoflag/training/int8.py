@@ -23,6 +23,7 @@ from osteoflag.inference.quantize import (
     MAX_AUC_DROP,
     float_convs_for,
     quantize_backbone,
+    spread,
 )
 from osteoflag.training import classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout
@@ -52,9 +53,7 @@ def int8_features(
     source, target = work / "int8_source.onnx", work / "int8.onnx"
     example = torch.from_numpy(features.prepare(samples[int(evaluate[0])], spec)[None])
     export.export_onnx(graph, example, source)
-    picks = calibration[
-        np.unique(np.linspace(0, len(calibration) - 1, CALIBRATION_IMAGES).astype(int))
-    ]
+    picks = calibration[spread(len(calibration), CALIBRATION_IMAGES)]
     quantize_backbone(
         source,
         target,
