@@ -16,6 +16,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from osteoflag.inference.bundle import MODEL_CARD
+from osteoflag.inference.quantize import MAX_AUC_DROP
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def _int8(pub: Mapping[str, Any] | None, cv: Mapping[str, Any] | None) -> list[s
         "that model's own training images through the serving pixel path; leading "
         "convolutions kept float32 as `quantize.FLOAT_CONVS` says); same booster and "
         "threshold. For the CV row the drop is the largest over the folds. The daemon "
-        "serves INT8 only when `quantize` finds its AUC within 0.005 of float32.",
+        f"serves INT8 only when `quantize` finds its AUC within {MAX_AUC_DROP} of float32.",
         "",
         "| protocol | float32 AUC | INT8 AUC | float32 accuracy | INT8 accuracy | AUC drop |",
         "|---|---|---|---|---|---|",
