@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from osteoflag.db.models import Instance
 from osteoflag.db.queue import Result
+from osteoflag.inference.pixels import DisplayImage
 from osteoflag.inference.worker import OnDone
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,14 @@ def announcing(hook: OnDone, calls: Sequence[Callable[[], None]]) -> OnDone:
     and never after a rollback (a lost lease), when there is nothing new to send.
     """
 
-    def on_done(session: Session, instance: Instance, source: Dataset, result: Result) -> None:
-        hook(session, instance, source, result)
+    def on_done(
+        session: Session,
+        instance: Instance,
+        source: Dataset,
+        display: DisplayImage,
+        result: Result,
+    ) -> None:
+        hook(session, instance, source, display, result)
         pending = [True]
 
         def committed(_session: Session) -> None:

@@ -14,6 +14,7 @@ from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
 from osteoflag.inference.labels import Label
+from osteoflag.inference.pixels import DisplayImage
 from osteoflag.inference.worker import OnDone, OnRefused
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import produce_outbound, produce_undetermined
@@ -32,11 +33,17 @@ def outbound_hook(settings: Settings, model: ModelIdentity) -> OnDone:
     """The worker's ``on_done``: produce and queue the SR (and summary image)."""
 
     def on_done(
-        session: Session, instance: Instance, source: Dataset, result: queue.Result
+        session: Session,
+        instance: Instance,
+        source: Dataset,
+        display: DisplayImage,
+        result: queue.Result,
     ) -> None:
         _note_source(session, instance, source)
         classification = Classification(label=Label(result.label), probability=result.probability)
-        produce_outbound(session, instance, source, classification, model, settings)
+        produce_outbound(
+            session, instance, source, classification, model, settings, display=display
+        )
 
     return on_done
 

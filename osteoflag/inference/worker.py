@@ -33,14 +33,20 @@ from osteoflag.db.models import Instance
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import Bundle, load_bundle
 from osteoflag.inference.dicomfile import read_instance
-from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
+from osteoflag.inference.pixels import (
+    DisplayImage,
+    FloatArray,
+    display_from_dataset,
+    model_input,
+)
 from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-#: Called in the transaction that marks an instance ``done``, with its dataset (e.g. to write
-#: the SR and add its outbound rows); an :class:`OsteoflagError` fails the instance instead.
-OnDone = Callable[[Session, Instance, Dataset, queue.Result], None]
+#: Called in the transaction that marks an instance ``done``, with its dataset and the display
+#: image the model saw (e.g. to write the SR and summary and add their outbound rows); an
+#: :class:`OsteoflagError` fails the instance instead.
+OnDone = Callable[[Session, Instance, Dataset, DisplayImage, queue.Result], None]
 #: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
 #: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
 OnRefused = Callable[[Session, Instance, Dataset, str], None]
@@ -48,10 +54,12 @@ OnRefused = Callable[[Session, Instance, Dataset, str], None]
 
 @dataclass(frozen=True)
 class _Ready:
-    """An instance whose pixels are decoded and waiting for the batch's forward pass."""
+    """An instance whose pixels are decoded and waiting for the batch's forward pass; the
+    display image is kept for the summary, which would otherwise decode the source again."""
 
     instance: Instance
     source: Dataset
+    display: DisplayImage
     tensor: FloatArray
     prepare_ms: float
 
@@ -198,7 +206,8 @@ class InferenceWorker:
             if refusal is not None:
                 self._record(instance, queue.skip, refusal, "skipped", ds)
                 return None
-            tensor = model_input(display_from_dataset(ds), self._predictor.bundle.input_spec)
+            display = display_from_dataset(ds)
+            tensor = model_input(display, self._predictor.bundle.input_spec)
         except OsteoflagError as exc:
             self._record(instance, queue.fail, str(exc), "failed", ds)
             return None
@@ -206,7 +215,7 @@ class InferenceWorker:
             reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
             self._record(instance, queue.fail, reason, "failed", ds)
             return None
-        return _Ready(instance, ds, tensor, (time.perf_counter() - started) * 1000.0)
+        return _Ready(instance, ds, display, tensor, (time.perf_counter() - started) * 1000.0)
 
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
@@ -226,10 +235,11 @@ class InferenceWorker:
                 model=prediction.model,
                 inference_ms=item.prepare_ms + model_ms,
             )
-            self._store(item.instance, item.source, result)
+            self._store(item, result)
 
-    def _store(self, instance: Instance, source: Dataset, result: queue.Result) -> None:
+    def _store(self, item: _Ready, result: queue.Result) -> None:
         """``done`` plus whatever ``on_done`` adds, in one transaction; ``failed`` if that fails."""
+        instance = item.instance
         failure: OsteoflagError | None = None
         with self._sessions() as session:
             try:
@@ -238,7 +248,7 @@ class InferenceWorker:
                     self._lease_lost(instance)
                     return
                 if self._on_done is not None:
-                    self._on_done(session, instance, source, result)
+                    self._on_done(session, instance, item.source, item.display, result)
                 session.commit()
             except OsteoflagError as exc:
                 session.rollback()

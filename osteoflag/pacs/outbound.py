@@ -23,6 +23,7 @@ from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
 from osteoflag.errors import PermanentError, PixelDataError, TransientError
 from osteoflag.inference.labels import Label
+from osteoflag.inference.pixels import DisplayImage
 from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
@@ -77,8 +78,11 @@ def build_objects(
     model: ModelIdentity,
     settings: Settings,
     created: datetime,
+    *,
+    display: DisplayImage | None = None,
 ) -> list[Dataset]:
-    """The SR, then the summary image if configured (and if an undetermined image can show)."""
+    """The SR, then the summary image if configured (and if an undetermined image can show);
+    ``display`` is the source as already decoded, when the caller has it."""
     objects = [
         build_sr(
             source,
@@ -90,7 +94,9 @@ def build_objects(
     ]
     if settings.report.summary_image:
         try:
-            objects.append(build_summary(source, result, model=model, created=created))
+            objects.append(
+                build_summary(source, result, model=model, created=created, display=display)
+            )
         except PixelDataError:
             if result.label is not Label.UNDETERMINED:
                 raise
@@ -104,6 +110,8 @@ def produce_outbound(
     result: Classification,
     model: ModelIdentity,
     settings: Settings,
+    *,
+    display: DisplayImage | None = None,
 ) -> list[Outbound]:
     """Write the objects for ``instance`` and add their ``pending`` rows to ``session``.
 
@@ -116,7 +124,7 @@ def produce_outbound(
         return []
     created = instance.finished_at or utcnow()
     rows: list[Outbound] = []
-    for dataset in build_objects(source, result, model, settings, created):
+    for dataset in build_objects(source, result, model, settings, created, display=display):
         kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
         sop_uid = str(dataset.SOPInstanceUID)
         path = settings.outgoing_path / kind.value / f"{sop_uid}.dcm"

@@ -17,6 +17,7 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState
 from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.pixels import DisplayImage, display_from_dataset
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.worker import InferenceWorker
 from tests.conftest import make_settings
@@ -101,9 +102,15 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
     seen: list[str] = []
 
     def on_done(
-        session: Session, instance: Instance, source: Dataset, result: queue.Result
+        session: Session,
+        instance: Instance,
+        source: Dataset,
+        display: DisplayImage,
+        result: queue.Result,
     ) -> None:
         assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
+        # the hook gets the very display image the model saw, not a second decode's
+        assert np.array_equal(display.pixels, display_from_dataset(source).pixels)
         seen.append(instance.sop_instance_uid)
 
     worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
@@ -126,7 +133,11 @@ def test_on_done_failure_fails_that_instance_only(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
     def on_done(
-        session: Session, instance: Instance, source: Dataset, result: queue.Result
+        session: Session,
+        instance: Instance,
+        source: Dataset,
+        display: DisplayImage,
+        result: queue.Result,
     ) -> None:
         if instance.sop_instance_uid.endswith(".1"):
             raise DeliveryError("cannot build the SR")

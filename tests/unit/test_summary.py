@@ -13,6 +13,7 @@ from pydicom import config
 
 from osteoflag.errors import PixelDataError
 from osteoflag.inference.labels import Label
+from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.summary import MAX_SIDE, build_summary, display_pixels
@@ -77,6 +78,16 @@ def test_banner_sits_above_the_radiograph_in_the_finding_colour() -> None:
     corner_red, corner_green = fracture[2, 2], negative[2, 2]
     assert corner_red[0] > corner_red[1]
     assert corner_green[1] > corner_green[0]
+
+
+def test_a_display_already_decoded_gives_the_same_summary() -> None:
+    source = make_dx(rows=300, columns=600)
+    decoded = build_summary(source, RESULTS[0], model=MODEL, created=CREATED)
+    given = build_summary(
+        source, RESULTS[0], model=MODEL, created=CREATED, display=display_from_dataset(source)
+    )
+    assert given.SOPInstanceUID == decoded.SOPInstanceUID
+    assert np.array_equal(given.pixel_array, decoded.pixel_array)
 
 
 def test_large_images_are_downscaled() -> None:
