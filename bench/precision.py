@@ -73,7 +73,9 @@ def _serve_slices(bundle: str, inputs: str, layout: Layout, commands: Connection
         commands.send((count, time.perf_counter() - started))
 
 
-def paired_rates(float32: Bundle, int8: Bundle, inputs: Path, layout: Layout) -> tuple[float, float]:
+def paired_rates(
+    float32: Bundle, int8: Bundle, inputs: Path, layout: Layout
+) -> tuple[float, float]:
     """Images/s of ``layout`` with the float32 and with the INT8 bundle, interleaved."""
     context = get_context("spawn")
     groups: dict[str, list[Connection]] = {"float32": [], "int8": []}
