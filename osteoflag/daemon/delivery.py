@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from osteoflag.db.models import Instance
 from osteoflag.db.queue import Result
 from osteoflag.inference.pixels import DisplayImage
-from osteoflag.inference.worker import OnDone
+from osteoflag.inference.worker import OnDone, Record
 
 logger = logging.getLogger(__name__)
 
@@ -71,24 +71,25 @@ def announcing(hook: OnDone, calls: Sequence[Callable[[], None]]) -> OnDone:
     """
 
     def on_done(
-        session: Session,
-        instance: Instance,
-        source: Dataset,
-        display: DisplayImage,
-        result: Result,
-    ) -> None:
-        hook(session, instance, source, display, result)
-        pending = [True]
+        instance: Instance, source: Dataset, display: DisplayImage, result: Result
+    ) -> Record:
+        record = hook(instance, source, display, result)
 
-        def committed(_session: Session) -> None:
-            if pending and pending.pop():
-                for call in calls:
-                    call()
+        def recorded(session: Session) -> None:
+            record(session)
+            pending = [True]
 
-        def rolled_back(_session: Session) -> None:
-            pending.clear()
+            def committed(_session: Session) -> None:
+                if pending and pending.pop():
+                    for call in calls:
+                        call()
 
-        event.listen(session, "after_commit", committed)
-        event.listen(session, "after_rollback", rolled_back)
+            def rolled_back(_session: Session) -> None:
+                pending.clear()
+
+            event.listen(session, "after_commit", committed)
+            event.listen(session, "after_rollback", rolled_back)
+
+        return recorded
 
     return on_done

@@ -1,8 +1,9 @@
 """From a worker outcome to the objects owed to the PACS.
 
-The worker calls these hooks inside the transaction that records the outcome, so the
-result and its delivery obligation (SR, summary image, one outbound row per
-destination) are committed together or not at all.
+The objects are built and written before the transaction that records the outcome (no
+database lock held while they are); their rows join that transaction, so the result and
+its delivery obligation (SR, summary image, one outbound row per destination) are
+committed together or not at all.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from osteoflag.db import queue
 from osteoflag.db.models import Instance
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage
-from osteoflag.inference.worker import OnDone, OnRefused
+from osteoflag.inference.worker import OnDone, OnRefused, Record
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import produce_outbound, produce_undetermined
+from osteoflag.pacs.outbound import add_outbound, produce_undetermined, write_objects
 
 
 def _note_source(session: Session, instance: Instance, source: Dataset) -> None:
@@ -30,20 +31,19 @@ def _note_source(session: Session, instance: Instance, source: Dataset) -> None:
 
 
 def outbound_hook(settings: Settings, model: ModelIdentity) -> OnDone:
-    """The worker's ``on_done``: produce and queue the SR (and summary image)."""
+    """The worker's ``on_done``: write the SR (and summary image), then queue them."""
 
     def on_done(
-        session: Session,
-        instance: Instance,
-        source: Dataset,
-        display: DisplayImage,
-        result: queue.Result,
-    ) -> None:
-        _note_source(session, instance, source)
+        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+    ) -> Record:
         classification = Classification(label=Label(result.label), probability=result.probability)
-        produce_outbound(
-            session, instance, source, classification, model, settings, display=display
-        )
+        written = write_objects(instance, source, classification, model, settings, display=display)
+
+        def record(session: Session) -> None:
+            _note_source(session, instance, source)
+            add_outbound(session, instance, written, settings)
+
+        return record
 
     return on_done
 

@@ -43,10 +43,13 @@ from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-#: Called in the transaction that marks an instance ``done``, with its dataset and the display
-#: image the model saw (e.g. to write the SR and summary and add their outbound rows); an
-#: :class:`OsteoflagError` fails the instance instead.
-OnDone = Callable[[Session, Instance, Dataset, DisplayImage, queue.Result], None]
+#: What :data:`OnDone` returns: run in the transaction that marks the instance ``done``.
+Record = Callable[[Session], None]
+#: Called before that transaction, with the instance, its dataset, the display image the model
+#: saw and the result (e.g. to build and write the SR and summary, which takes tens of ms and
+#: must not hold a database lock); returns what to record in the transaction (e.g. their
+#: outbound rows). An :class:`OsteoflagError` from either fails the instance instead.
+OnDone = Callable[[Instance, Dataset, DisplayImage, queue.Result], Record]
 #: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
 #: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
 OnRefused = Callable[[Session, Instance, Dataset, str], None]
@@ -238,23 +241,18 @@ class InferenceWorker:
             self._store(item, result)
 
     def _store(self, item: _Ready, result: queue.Result) -> None:
-        """``done`` plus whatever ``on_done`` adds, in one transaction; ``failed`` if that fails."""
+        """``on_done``'s work, then ``done`` plus what it records; ``failed`` if either fails."""
         instance = item.instance
-        failure: OsteoflagError | None = None
-        with self._sessions() as session:
-            try:
-                if not queue.complete(session, instance.id, self._owner, result):
-                    session.rollback()
-                    self._lease_lost(instance)
-                    return
-                if self._on_done is not None:
-                    self._on_done(session, instance, item.source, item.display, result)
-                session.commit()
-            except OsteoflagError as exc:
-                session.rollback()
-                failure = exc
-        if failure is not None:
-            self._record(instance, queue.fail, f"result not recorded: {failure}", "failed")
+        try:
+            record = (
+                self._on_done(instance, item.source, item.display, result)
+                if self._on_done is not None
+                else None
+            )
+            if not self._commit_done(instance, result, record):
+                return
+        except OsteoflagError as exc:
+            self._record(instance, queue.fail, f"result not recorded: {exc}", "failed")
             return
         logger.info(
             "instance classified",
@@ -267,6 +265,22 @@ class InferenceWorker:
                 "inference_ms": round(result.inference_ms, 1),
             },
         )
+
+    def _commit_done(self, instance: Instance, result: queue.Result, record: Record | None) -> bool:
+        """``done`` plus what ``record`` adds, in one transaction; False if the lease was lost."""
+        with self._sessions() as session:
+            try:
+                if not queue.complete(session, instance.id, self._owner, result):
+                    session.rollback()
+                    self._lease_lost(instance)
+                    return False
+                if record is not None:
+                    record(session)
+                session.commit()
+            except OsteoflagError:
+                session.rollback()
+                raise
+        return True
 
     def _record(
         self,

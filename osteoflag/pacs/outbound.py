@@ -1,16 +1,19 @@
 """From a stored result to durable outbound objects: files on disk and queue rows.
 
-``produce_outbound`` is what the worker calls, inside the transaction that records the
-result: it writes the SR (and the summary image) atomically under the outgoing folder
-with owner-only permissions (``storage.write_atomically``), then adds one ``pending``
-outbound row per object and destination to the caller's session. Committing that
-session makes result and delivery obligation durable together; a crash before the
-commit leaves neither (the files are rewritten with the same UIDs on the next attempt).
+The worker calls ``write_objects`` before the transaction that records the result: it
+builds the SR (and the summary image) and writes them atomically under the outgoing folder
+with owner-only permissions (``storage.write_atomically``), holding no database lock while
+it does (on SQLite that lock would stall every C-STORE). ``add_outbound`` then adds one
+``pending`` outbound row per object and destination to that transaction. Committing it
+makes result and delivery obligation durable together; a crash before the commit leaves
+only files, rewritten with the same UIDs on the next attempt. ``produce_outbound`` does
+both in one call, for the paths that are not time-critical (undetermined SRs).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -103,8 +106,17 @@ def build_objects(
     return objects
 
 
-def produce_outbound(
-    session: Session,
+@dataclass(frozen=True)
+class Written:
+    """An object on disk under the outgoing folder, not yet queued for any destination."""
+
+    kind: Kind
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: Path
+
+
+def write_objects(
     instance: Instance,
     source: Dataset,
     result: Classification,
@@ -112,18 +124,15 @@ def produce_outbound(
     settings: Settings,
     *,
     display: DisplayImage | None = None,
-) -> list[Outbound]:
-    """Write the objects for ``instance`` and add their ``pending`` rows to ``session``.
+) -> list[Written]:
+    """Build the objects for ``instance`` and write them; no database work.
 
-    Returns the rows added (none for an undetermined result unless
-    ``[report] undetermined_sr`` is on). Rows that already exist for the same SOP
-    Instance UID and destination are left as they are, so calling this twice is safe.
-    The caller commits.
+    Nothing for an undetermined result unless ``[report] undetermined_sr`` is on.
     """
     if result.label is Label.UNDETERMINED and not settings.report.undetermined_sr:
         return []
     created = instance.finished_at or utcnow()
-    rows: list[Outbound] = []
+    written: list[Written] = []
     for dataset in build_objects(source, result, model, settings, created, display=display):
         kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
         sop_uid = str(dataset.SOPInstanceUID)
@@ -132,7 +141,34 @@ def produce_outbound(
             write_atomically(path, encode(dataset))
         except OSError as exc:
             raise TransientError(f"cannot write {kind.value} {sop_uid} to {path}: {exc}") from exc
-        rows.extend(_add_rows(session, instance, kind, dataset, path, settings))
+        written.append(Written(kind, str(dataset.SOPClassUID), sop_uid, path))
+    return written
+
+
+def produce_outbound(
+    session: Session,
+    instance: Instance,
+    source: Dataset,
+    result: Classification,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """:func:`write_objects`, then :func:`add_outbound` in ``session``; the caller commits."""
+    written = write_objects(instance, source, result, model, settings)
+    return add_outbound(session, instance, written, settings)
+
+
+def add_outbound(
+    session: Session, instance: Instance, written: list[Written], settings: Settings
+) -> list[Outbound]:
+    """Add the ``pending`` rows of ``written`` to ``session``, one per destination.
+
+    Returns the rows added. Rows that already exist for the same SOP Instance UID and
+    destination are left as they are, so recording an object twice is safe.
+    """
+    rows: list[Outbound] = []
+    for item in written:
+        rows.extend(_add_rows(session, instance, item, settings))
     logger.info(
         "outbound objects produced",
         extra={
@@ -146,24 +182,20 @@ def produce_outbound(
 
 
 def _add_rows(
-    session: Session,
-    instance: Instance,
-    kind: Kind,
-    dataset: Dataset,
-    path: Path,
-    settings: Settings,
+    session: Session, instance: Instance, item: Written, settings: Settings
 ) -> list[Outbound]:
-    sop_uid = str(dataset.SOPInstanceUID)
     known = set(
-        session.scalars(select(Outbound.destination).where(Outbound.sop_instance_uid == sop_uid))
+        session.scalars(
+            select(Outbound.destination).where(Outbound.sop_instance_uid == item.sop_instance_uid)
+        )
     )
     rows = [
         Outbound(
             instance_id=instance.id,
-            kind=kind.value,
-            sop_class_uid=str(dataset.SOPClassUID),
-            sop_instance_uid=sop_uid,
-            file_path=str(path),
+            kind=item.kind.value,
+            sop_class_uid=item.sop_class_uid,
+            sop_instance_uid=item.sop_instance_uid,
+            file_path=str(item.path),
             destination=key,
             state=OutboundState.PENDING,
             attempts=0,

@@ -17,6 +17,7 @@ from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState, Outbound
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.outbound import produce_undetermined
 from osteoflag.pacs.sr import read_result
@@ -65,11 +66,12 @@ def test_done_result_commits_with_its_outbound_rows(
     model = _model(settings)
     instance = _claimed(sessions, settings)
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
+    source = pydicom.dcmread(instance.file_path)
+    record = outbound_hook(settings, model)(instance, source, display_from_dataset(source), result)
     with sessions() as session:
+        assert session.scalars(select(Outbound)).all() == []  # written, not yet queued
         assert queue.complete(session, instance.id, OWNER, result)
-        outbound_hook(settings, model)(
-            session, instance, pydicom.dcmread(instance.file_path), result
-        )
+        record(session)
         session.commit()
     with sessions() as session:
         rows = session.scalars(select(Outbound)).all()
@@ -81,18 +83,17 @@ def test_done_result_commits_with_its_outbound_rows(
     assert reported.source_sop_instance_uid == instance.sop_instance_uid
 
 
-def test_failing_hook_rolls_the_result_back(
+def test_a_hook_that_cannot_build_records_nothing(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
     model = _model(settings)
     instance = _claimed(sessions, settings)
     source = pydicom.dcmread(instance.file_path)
+    display = display_from_dataset(source)
     del source.StudyInstanceUID  # no study to attach the SR to
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
-    with sessions() as session, pytest.raises(OsteoflagError):
-        assert queue.complete(session, instance.id, OWNER, result)
-        outbound_hook(settings, model)(session, instance, source, result)
-        session.commit()
+    with pytest.raises(OsteoflagError, match=r"StudyInstanceUID|Study Instance UID"):
+        outbound_hook(settings, model)(instance, source, display, result)
     with sessions() as session:
         row = session.get(Instance, instance.id)
         assert row is not None and row.state is InstanceState.PROCESSING

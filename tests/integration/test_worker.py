@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
-from osteoflag.db.models import Instance, InstanceState
+from osteoflag.db.models import Event, Instance, InstanceState
 from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import DisplayImage, display_from_dataset
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.worker import InferenceWorker
+from osteoflag.inference.worker import InferenceWorker, Record
 from tests.conftest import make_settings
 from tests.helpers.inference_data import dataset, radiograph, save
 from tests.helpers.tiny_bundle import build_bundle
@@ -96,22 +96,23 @@ def test_out_of_domain_instances_are_skipped(tmp_path: Path, predictor: Predicto
     engine.dispose()
 
 
-def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
+def test_wake_signal_processes_new_instances_and_on_done_records_in_the_transaction(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
     seen: list[str] = []
 
     def on_done(
-        session: Session,
-        instance: Instance,
-        source: Dataset,
-        display: DisplayImage,
-        result: queue.Result,
-    ) -> None:
+        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+    ) -> Record:
         assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
         # the hook gets the very display image the model saw, not a second decode's
         assert np.array_equal(display.pixels, display_from_dataset(source).pixels)
-        seen.append(instance.sop_instance_uid)
+
+        def record(session: Session) -> None:
+            session.add(Event(instance_id=instance.id, action="recorded"))
+            seen.append(instance.sop_instance_uid)
+
+        return record
 
     worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -127,20 +128,46 @@ def test_wake_signal_processes_new_instances_and_on_done_runs_in_transaction(
         worker.stop(timeout=10)
     states = _states(sessions)
     assert all(state is InstanceState.DONE for state, _ in states.values())
+    with sessions() as session:
+        recorded = session.scalars(select(Event).where(Event.action == "recorded")).all()
+    assert len(recorded) == 6
+
+
+def test_on_done_builds_while_no_database_lock_is_held(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    """SQLite has one writer: a listener's INSERT must not wait while the SR is being built."""
+    during: list[str] = []
+
+    def on_done(
+        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+    ) -> Record:
+        with sessions() as other:  # as the Storage SCP would, with a 0.1 s patience
+            other.execute(text("PRAGMA busy_timeout=100"))
+            other.add(Event(action="stored-meanwhile"))
+            other.commit()
+        during.append(instance.sop_instance_uid)
+        return lambda session: None
+
+    _enqueue(sessions, _good(tmp_path, "a"), "1.2.8.1")
+    _enqueue(sessions, _good(tmp_path, "b"), "1.2.8.2")
+    assert InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain() == 2
+    assert during == ["1.2.8.1", "1.2.8.2"]
+    assert all(state is InstanceState.DONE for state, _ in _states(sessions).values())
+    with sessions() as session:
+        meanwhile = session.scalars(select(Event).where(Event.action == "stored-meanwhile")).all()
+    assert len(meanwhile) == 2
 
 
 def test_on_done_failure_fails_that_instance_only(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
     def on_done(
-        session: Session,
-        instance: Instance,
-        source: Dataset,
-        display: DisplayImage,
-        result: queue.Result,
-    ) -> None:
+        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+    ) -> Record:
         if instance.sop_instance_uid.endswith(".1"):
             raise DeliveryError("cannot build the SR")
+        return lambda session: None
 
     _enqueue(sessions, _good(tmp_path, "a"), "1.2.6.1")
     _enqueue(sessions, _good(tmp_path, "b"), "1.2.6.2")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
-from sqlalchemy.orm import Session
 
 from osteoflag.daemon.delivery import SenderLoop, announcing
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance
 from osteoflag.db.queue import Result
 from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.worker import Record
 from tests.helpers.wait import wait_for
 
 
@@ -78,26 +78,20 @@ def test_announcements_follow_the_commit_not_the_hook(tmp_path: Path) -> None:
     sessions = session_factory(engine)
     seen: list[str] = []
 
-    def hook(
-        session: Session,
-        instance: Instance,
-        source: Dataset,
-        display: DisplayImage,
-        result: Result,
-    ) -> None:
-        session.add(Event(action="hooked"))
+    def hook(instance: Instance, source: Dataset, display: DisplayImage, result: Result) -> Record:
         seen.append("hook")
+        return lambda session: session.add(Event(action="hooked"))
 
     on_done = announcing(hook, [lambda: seen.append("announced")])
     result = Result(0.9, "fracture", 0.5, "m@1", 1.0)
     display = DisplayImage(np.zeros((4, 4), np.float32))
     with sessions() as session:
-        on_done(session, Instance(), Dataset(), display, result)
+        on_done(Instance(), Dataset(), display, result)(session)
         assert seen == ["hook"]
         session.commit()
     assert seen == ["hook", "announced"]
     with sessions() as session:
-        on_done(session, Instance(), Dataset(), display, result)
+        on_done(Instance(), Dataset(), display, result)(session)
         session.rollback()
         session.commit()
     assert seen == ["hook", "announced", "hook"]
