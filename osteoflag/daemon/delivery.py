@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from osteoflag.db.models import Instance
 from osteoflag.db.queue import Result
-from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.pixels import GreyArray
 from osteoflag.inference.worker import OnDone, Record
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,8 @@ def announcing(hook: OnDone, calls: Sequence[Callable[[], None]]) -> OnDone:
     and never after a rollback (a lost lease), when there is nothing new to send.
     """
 
-    def on_done(
-        instance: Instance, source: Dataset, display: DisplayImage, result: Result
-    ) -> Record:
-        record = hook(instance, source, display, result)
+    def on_done(instance: Instance, source: Dataset, grey: GreyArray, result: Result) -> Record:
+        record = hook(instance, source, grey, result)
 
         def recorded(session: Session) -> None:
             record(session)

@@ -15,7 +15,7 @@ from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
 from osteoflag.inference.labels import Label
-from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.pixels import GreyArray
 from osteoflag.inference.worker import OnDone, OnRefused, Record
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import add_outbound, produce_undetermined, write_objects
@@ -34,10 +34,10 @@ def outbound_hook(settings: Settings, model: ModelIdentity) -> OnDone:
     """The worker's ``on_done``: write the SR (and summary image), then queue them."""
 
     def on_done(
-        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
     ) -> Record:
         classification = Classification(label=Label(result.label), probability=result.probability)
-        written = write_objects(instance, source, classification, model, settings, display=display)
+        written = write_objects(instance, source, classification, model, settings, grey=grey)
 
         def record(session: Session) -> None:
             _note_source(session, instance, source)

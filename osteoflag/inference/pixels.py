@@ -34,6 +34,7 @@ from osteoflag.errors import PixelDataError
 from osteoflag.inference.dicomfile import read_instance
 
 FloatArray = npt.NDArray[np.float32]
+GreyArray = npt.NDArray[np.uint8]
 PIXEL_DATA: Final = 0x7FE00010
 
 #: Largest frame we agree to decode (Rows x Columns), 33.5 Mpx: twice a 43 x 43 cm detector
@@ -83,6 +84,11 @@ class DisplayImage:
             raise PixelDataError(
                 f"display pixels must be float32 HxW, got {self.pixels.dtype} {self.pixels.shape}"
             )
+
+    def grey8(self) -> GreyArray:
+        """The image as 8-bit grey, 255 white: the form the summary burns in, and a quarter
+        of the float copy's size for a worker to keep until the summary is built."""
+        return np.asarray(np.round(self.pixels * 255.0), dtype=np.uint8)
 
 
 @dataclass(frozen=True)

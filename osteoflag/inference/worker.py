@@ -34,8 +34,8 @@ from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import Bundle, load_bundle
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
-    DisplayImage,
     FloatArray,
+    GreyArray,
     display_from_dataset,
     model_input,
 )
@@ -45,11 +45,11 @@ logger = logging.getLogger(__name__)
 
 #: What :data:`OnDone` returns: run in the transaction that marks the instance ``done``.
 Record = Callable[[Session], None]
-#: Called before that transaction, with the instance, its dataset, the display image the model
-#: saw and the result (e.g. to build and write the SR and summary, which takes tens of ms and
-#: must not hold a database lock); returns what to record in the transaction (e.g. their
-#: outbound rows). An :class:`OsteoflagError` from either fails the instance instead.
-OnDone = Callable[[Instance, Dataset, DisplayImage, queue.Result], Record]
+#: Called before that transaction, with the instance, its dataset, the image the model saw (as
+#: 8-bit grey) and the result (e.g. to build and write the SR and summary, which takes tens of
+#: ms and must not hold a database lock); returns what to record in the transaction (e.g.
+#: their outbound rows). An :class:`OsteoflagError` from either fails the instance instead.
+OnDone = Callable[[Instance, Dataset, GreyArray, queue.Result], Record]
 #: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
 #: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
 OnRefused = Callable[[Session, Instance, Dataset, str], None]
@@ -57,12 +57,12 @@ OnRefused = Callable[[Session, Instance, Dataset, str], None]
 
 @dataclass(frozen=True)
 class _Ready:
-    """An instance whose pixels are decoded and waiting for the batch's forward pass; the
-    display image is kept for the summary, which would otherwise decode the source again."""
+    """An instance whose pixels are decoded and waiting for the batch's forward pass; its
+    display, in 8 bits, is kept for the summary, which would otherwise decode it again."""
 
     instance: Instance
     source: Dataset
-    display: DisplayImage
+    grey: GreyArray
     tensor: FloatArray
     prepare_ms: float
 
@@ -218,7 +218,9 @@ class InferenceWorker:
             reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
             self._record(instance, queue.fail, reason, "failed", ds)
             return None
-        return _Ready(instance, ds, display, tensor, (time.perf_counter() - started) * 1000.0)
+        return _Ready(
+            instance, ds, display.grey8(), tensor, (time.perf_counter() - started) * 1000.0
+        )
 
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
@@ -245,7 +247,7 @@ class InferenceWorker:
         instance = item.instance
         try:
             record = (
-                self._on_done(instance, item.source, item.display, result)
+                self._on_done(instance, item.source, item.grey, result)
                 if self._on_done is not None
                 else None
             )

@@ -26,7 +26,7 @@ from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
 from osteoflag.errors import PermanentError, PixelDataError, TransientError
 from osteoflag.inference.labels import Label
-from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
@@ -82,10 +82,11 @@ def build_objects(
     settings: Settings,
     created: datetime,
     *,
-    display: DisplayImage | None = None,
+    grey: GreyArray | None = None,
 ) -> list[Dataset]:
     """The SR, then the summary image if configured (and if an undetermined image can show);
-    ``display`` is the source as already decoded, when the caller has it."""
+    ``grey`` is the source as already decoded (:meth:`DisplayImage.grey8`), when the caller
+    has it."""
     objects = [
         build_sr(
             source,
@@ -97,9 +98,7 @@ def build_objects(
     ]
     if settings.report.summary_image:
         try:
-            objects.append(
-                build_summary(source, result, model=model, created=created, display=display)
-            )
+            objects.append(build_summary(source, result, model=model, created=created, grey=grey))
         except PixelDataError:
             if result.label is not Label.UNDETERMINED:
                 raise
@@ -123,7 +122,7 @@ def write_objects(
     model: ModelIdentity,
     settings: Settings,
     *,
-    display: DisplayImage | None = None,
+    grey: GreyArray | None = None,
 ) -> list[Written]:
     """Build the objects for ``instance`` and write them; no database work.
 
@@ -133,7 +132,7 @@ def write_objects(
         return []
     created = instance.finished_at or utcnow()
     written: list[Written] = []
-    for dataset in build_objects(source, result, model, settings, created, display=display):
+    for dataset in build_objects(source, result, model, settings, created, grey=grey):
         kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
         sop_uid = str(dataset.SOPInstanceUID)
         path = settings.outgoing_path / kind.value / f"{sop_uid}.dcm"

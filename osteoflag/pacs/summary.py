@@ -21,7 +21,7 @@ from pydicom.valuerep import DA, TM
 import osteoflag
 from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
-from osteoflag.inference.pixels import DisplayImage, display_from_dataset
+from osteoflag.inference.pixels import DisplayImage, GreyArray, display_from_dataset
 from osteoflag.pacs.derived import (
     MANUFACTURER,
     RESEARCH_PREFIX,
@@ -48,14 +48,9 @@ _COLOURS: Final = {
 }
 
 
-def grey_pixels(display: DisplayImage) -> NDArray[np.uint8]:
-    """A display image as 8-bit grey, the form burned into the summary."""
-    return np.asarray(np.round(display.pixels * 255.0), dtype=np.uint8)
-
-
 def display_pixels(source: Dataset) -> NDArray[np.uint8]:
     """The source's first frame as 8-bit grey, as displayed (PS3.4 N.2.1.1, shared pipeline)."""
-    return grey_pixels(display_from_dataset(source))
+    return display_from_dataset(source).grey8()
 
 
 def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
@@ -107,7 +102,7 @@ def banner_image(
 ) -> NDArray[np.uint8]:
     """The summary's RGB pixels for any display image: the PACS's picture, and the operator
     page's for an uploaded PNG, JPEG or DICOM file."""
-    return render(grey_pixels(display), banner_lines(result, model), result.label)
+    return render(display.grey8(), banner_lines(result, model), result.label)
 
 
 def _laterality(source: Dataset) -> str:
@@ -125,17 +120,17 @@ def build_summary(
     *,
     model: ModelIdentity,
     created: datetime,
-    display: DisplayImage | None = None,
+    grey: GreyArray | None = None,
 ) -> Dataset:
     """The Secondary Capture summary of one classified image, with deterministic UIDs.
 
-    ``display`` is ``source`` as :func:`display_from_dataset` decodes it, when the caller
-    already has it (the worker does: decoding a 2048x1664 image again costs ~20 ms).
+    ``grey`` is ``source`` as displayed, in 8 bits (:meth:`DisplayImage.grey8`), when the
+    caller already has it (the worker does: decoding a 2048x1664 image again costs ~20 ms).
     """
     evidence = study_evidence(source)
-    if display is None:
-        display = display_from_dataset(source)
-    pixels = banner_image(display, result, model)
+    if grey is None:
+        grey = display_from_dataset(source).grey8()
+    pixels = render(grey, banner_lines(result, model), result.label)
     sop_uid = instance_uid(evidence.SOPInstanceUID, model.version, Kind.SUMMARY)
     try:
         image = hd.sc.SCImage(

@@ -67,7 +67,9 @@ def test_done_result_commits_with_its_outbound_rows(
     instance = _claimed(sessions, settings)
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
     source = pydicom.dcmread(instance.file_path)
-    record = outbound_hook(settings, model)(instance, source, display_from_dataset(source), result)
+    record = outbound_hook(settings, model)(
+        instance, source, display_from_dataset(source).grey8(), result
+    )
     with sessions() as session:
         assert session.scalars(select(Outbound)).all() == []  # written, not yet queued
         assert queue.complete(session, instance.id, OWNER, result)
@@ -89,11 +91,11 @@ def test_a_hook_that_cannot_build_records_nothing(
     model = _model(settings)
     instance = _claimed(sessions, settings)
     source = pydicom.dcmread(instance.file_path)
-    display = display_from_dataset(source)
+    grey = display_from_dataset(source).grey8()
     del source.StudyInstanceUID  # no study to attach the SR to
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
     with pytest.raises(OsteoflagError, match=r"StudyInstanceUID|Study Instance UID"):
-        outbound_hook(settings, model)(instance, source, display, result)
+        outbound_hook(settings, model)(instance, source, grey, result)
     with sessions() as session:
         row = session.get(Instance, instance.id)
         assert row is not None and row.state is InstanceState.PROCESSING

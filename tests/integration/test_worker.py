@@ -17,7 +17,7 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState
 from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
-from osteoflag.inference.pixels import DisplayImage, display_from_dataset
+from osteoflag.inference.pixels import GreyArray, display_from_dataset
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.worker import InferenceWorker, Record
 from tests.conftest import make_settings
@@ -102,11 +102,11 @@ def test_wake_signal_processes_new_instances_and_on_done_records_in_the_transact
     seen: list[str] = []
 
     def on_done(
-        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
     ) -> Record:
         assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
-        # the hook gets the very display image the model saw, not a second decode's
-        assert np.array_equal(display.pixels, display_from_dataset(source).pixels)
+        # the hook gets the image the model saw, in 8 bits, not a second decode's
+        assert np.array_equal(grey, display_from_dataset(source).grey8())
 
         def record(session: Session) -> None:
             session.add(Event(instance_id=instance.id, action="recorded"))
@@ -140,7 +140,7 @@ def test_on_done_builds_while_no_database_lock_is_held(
     during: list[str] = []
 
     def on_done(
-        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
     ) -> Record:
         with sessions() as other:  # as the Storage SCP would, with a 0.1 s patience
             other.execute(text("PRAGMA busy_timeout=100"))
@@ -163,7 +163,7 @@ def test_on_done_failure_fails_that_instance_only(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
     def on_done(
-        instance: Instance, source: Dataset, display: DisplayImage, result: queue.Result
+        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
     ) -> Record:
         if instance.sop_instance_uid.endswith(".1"):
             raise DeliveryError("cannot build the SR")

@@ -12,7 +12,7 @@ from osteoflag.daemon.delivery import SenderLoop, announcing
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance
 from osteoflag.db.queue import Result
-from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.pixels import GreyArray
 from osteoflag.inference.worker import Record
 from tests.helpers.wait import wait_for
 
@@ -78,20 +78,20 @@ def test_announcements_follow_the_commit_not_the_hook(tmp_path: Path) -> None:
     sessions = session_factory(engine)
     seen: list[str] = []
 
-    def hook(instance: Instance, source: Dataset, display: DisplayImage, result: Result) -> Record:
+    def hook(instance: Instance, source: Dataset, grey: GreyArray, result: Result) -> Record:
         seen.append("hook")
         return lambda session: session.add(Event(action="hooked"))
 
     on_done = announcing(hook, [lambda: seen.append("announced")])
     result = Result(0.9, "fracture", 0.5, "m@1", 1.0)
-    display = DisplayImage(np.zeros((4, 4), np.float32))
+    grey = np.zeros((4, 4), np.uint8)
     with sessions() as session:
-        on_done(Instance(), Dataset(), display, result)(session)
+        on_done(Instance(), Dataset(), grey, result)(session)
         assert seen == ["hook"]
         session.commit()
     assert seen == ["hook", "announced"]
     with sessions() as session:
-        on_done(Instance(), Dataset(), display, result)(session)
+        on_done(Instance(), Dataset(), grey, result)(session)
         session.rollback()
         session.commit()
     assert seen == ["hook", "announced", "hook"]

@@ -84,7 +84,7 @@ def test_a_display_already_decoded_gives_the_same_summary() -> None:
     source = make_dx(rows=300, columns=600)
     decoded = build_summary(source, RESULTS[0], model=MODEL, created=CREATED)
     given = build_summary(
-        source, RESULTS[0], model=MODEL, created=CREATED, display=display_from_dataset(source)
+        source, RESULTS[0], model=MODEL, created=CREATED, grey=display_from_dataset(source).grey8()
     )
     assert given.SOPInstanceUID == decoded.SOPInstanceUID
     assert np.array_equal(given.pixel_array, decoded.pixel_array)
