@@ -41,6 +41,11 @@ class SenderLoop:
         """Ask for a run now (a run in progress is followed by another one)."""
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        """True while the sender thread is alive (``/healthz``)."""
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -34,7 +34,7 @@ from osteoflag.inference.worker import InferenceWorker, OnDone
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.sender import send_pending
-from osteoflag.web.app import create_app
+from osteoflag.web.app import create_app, create_probe_app
 from osteoflag.web.server import WebServer
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,13 @@ class Daemon:
         self.web = self._build_web()
 
     def _build_web(self) -> WebServer | None:
-        """The operator page; it classifies uploads, so it lives where the model is loaded."""
-        if not self.settings.web.enabled or self.predictor is None or self.worker is None:
+        """The operator page where the model is loaded (it classifies uploads); elsewhere
+        only ``/healthz`` and ``/metrics``."""
+        if not self.settings.web.enabled:
             return None
+        if self.predictor is None or self.worker is None:
+            probes = create_probe_app(self.settings, self.sessions, liveness=self.liveness)
+            return WebServer(probes, self.settings.web)
         app = create_app(
             self.settings,
             self.sessions,
@@ -90,6 +94,8 @@ class Daemon:
             parts["listener"] = self.listener.running
         if self.worker is not None:
             parts["worker"] = self.worker.running
+        if self.sender is not None:
+            parts["sender"] = self.sender.running
         return parts
 
     def _queued_hook(self) -> Callable[[], None]:

@@ -1,12 +1,15 @@
-"""The Starlette application: routes, templates, middleware and the shared context.
+"""The Starlette applications: routes, templates, middleware and the shared context.
 
 ``create_app`` gets everything it serves from the daemon (sessions, the loaded bundle and
 predictor, liveness probes) so the web layer owns no database engine or model of its own.
+Processes that load no model (``serve --role listener`` or ``sender``) serve
+``create_probe_app``: ``/healthz`` and ``/metrics`` only, for supervisors, load balancers
+and Prometheus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
@@ -29,6 +32,15 @@ from osteoflag.web.metrics import Liveness, metrics_registry
 from osteoflag.web.security import AuthMiddleware, Csrf, SecurityHeadersMiddleware
 
 HERE: Final = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What ``/healthz`` and ``/metrics`` need; every process role serves them."""
+
+    sessions: sessionmaker[Session]
+    liveness: Liveness
+    registry: CollectorRegistry
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,10 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=environment)
 
 
+PROBE_ROUTES: Final = [
+    Route("/healthz", views.healthz, name="healthz"),
+    Route("/metrics", views.metrics, name="metrics"),
+]
 ROUTES: Final = [
     Route("/", views.dashboard, name="dashboard"),
     Route("/results", views.results, name="results"),
@@ -97,8 +113,7 @@ ROUTES: Final = [
     Route("/results/{instance_id:int}/requeue", views.requeue, methods=["POST"], name="requeue"),
     Route("/try", views.try_form, name="try"),
     Route("/try", views.try_upload, methods=["POST"], name="try_upload"),
-    Route("/healthz", views.healthz, name="healthz"),
-    Route("/metrics", views.metrics, name="metrics"),
+    *PROBE_ROUTES,
     Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
 ]
 
@@ -123,13 +138,28 @@ def create_app(
         templates=_templates(),
         registry=metrics_registry(sessions, liveness),
     )
-    app = Starlette(
-        routes=ROUTES,
+    app = _starlette(ROUTES, settings, exception_handlers={404: views.not_found})
+    app.state.context = context
+    app.state.probes = Probes(sessions, liveness, context.registry)
+    return app
+
+
+def create_probe_app(
+    settings: Settings, sessions: sessionmaker[Session], *, liveness: Liveness
+) -> Starlette:
+    """``/healthz`` and ``/metrics`` alone, for a process that loads no model."""
+    app = _starlette(PROBE_ROUTES, settings)
+    app.state.probes = Probes(sessions, liveness, metrics_registry(sessions, liveness))
+    return app
+
+
+def _starlette(routes: Sequence[BaseRoute], settings: Settings, **options: Any) -> Starlette:
+    """The routes behind the security headers and the token check (``/healthz`` stays open)."""
+    return Starlette(
+        routes=routes,
         middleware=[
             Middleware(SecurityHeadersMiddleware),
             Middleware(AuthMiddleware, settings=settings.web),
         ],
-        exception_handlers={404: views.not_found},
+        **options,
     )
-    app.state.context = context
-    return app

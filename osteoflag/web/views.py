@@ -31,7 +31,7 @@ from osteoflag.web.security import CSRF_FIELD
 from osteoflag.web.tryimage import Trial, UploadError, classify_upload, png_bytes
 
 if TYPE_CHECKING:
-    from osteoflag.web.app import WebContext
+    from osteoflag.web.app import Probes, WebContext
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,11 @@ MULTIPART_OVERHEAD = 64 * 1024
 def _context(request: Request) -> WebContext:
     context: WebContext = request.app.state.context
     return context
+
+
+def _probes(request: Request) -> Probes:
+    probes: Probes = request.app.state.probes
+    return probes
 
 
 def _page(
@@ -254,12 +259,12 @@ async def try_upload(request: Request) -> Response:
 
 def healthz(request: Request) -> Response:
     """200 when the database answers and every component is alive, else 503; JSON either way."""
-    context = _context(request)
-    checks = {"database": queries.database_answers(context.sessions), **context.liveness()}
+    probes = _probes(request)
+    checks = {"database": queries.database_answers(probes.sessions), **probes.liveness()}
     healthy = all(checks.values())
     body = {"status": "ok" if healthy else "unhealthy", **checks}
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(_context(request).registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_probes(request).registry), media_type=CONTENT_TYPE_LATEST)

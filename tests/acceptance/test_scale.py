@@ -10,6 +10,7 @@ sender runs are set far apart, so pick-up relies on NOTIFY between the processes
 
 from __future__ import annotations
 
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.net import free_port
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.wait import wait_for
+from tests.helpers.web import WebClient
 from tests.sr_fixtures import RecordingSCP
 
 COUNT = 300
@@ -35,11 +37,19 @@ WORKERS = 3
 
 
 def _process(
-    folder: Path, url: str, storage: Path, bundle: Path, port: int, role: str, pacs: int
+    folder: Path,
+    url: str,
+    storage: Path,
+    bundle: Path,
+    port: int,
+    role: str,
+    pacs: int,
+    web: int = 0,
 ) -> DaemonProcess:
     folder.mkdir()
     sections = {
         "listener": {"port": port},
+        "web": {"port": web},
         "storage": {"path": str(storage), "database_url": url, "min_free_mb": 1},
         "model": {"bundle": str(bundle), "threads": 1, "batch_size": 6},
         # No sweep within the test: pick-up relies on NOTIFY and on recovery's own wake-up.
@@ -80,9 +90,11 @@ def test_three_workers_one_killed_process_every_instance_exactly_once(
         template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         files.append(write_in_syntax(template, ExplicitVRLittleEndian, sources / f"{index}.dcm"))
     pacs = RecordingSCP()
+    probes = {"listener": free_port(), "sender": free_port()}
     listener = _process(
-        tmp_path / "listener", url, storage, tiny_bundle, port, "listener", pacs.port
-    )
+        tmp_path / "listener", url, storage, tiny_bundle, port, "listener", pacs.port,
+        probes["listener"],
+    )  # fmt: skip
     workers = [
         _process(
             tmp_path / f"worker{i}", url, storage, tiny_bundle, free_port(), "worker", pacs.port
@@ -90,13 +102,20 @@ def test_three_workers_one_killed_process_every_instance_exactly_once(
         for i in range(WORKERS)
     ]
     sender = _process(
-        tmp_path / "sender", url, storage, tiny_bundle, free_port(), "sender", pacs.port
-    )
+        tmp_path / "sender", url, storage, tiny_bundle, free_port(), "sender", pacs.port,
+        probes["sender"],
+    )  # fmt: skip
     processes = [listener, *workers, sender]
     pool_for_sends = ThreadPoolExecutor(1)
     try:
         with ThreadPoolExecutor(len(processes)) as pool:
             list(pool.map(lambda process: process.start(120), processes))
+        for role, web in probes.items():  # processes without the model still answer probes
+            health = WebClient(f"http://127.0.0.1:{web}").get("/healthz")
+            assert (health.status, json.loads(health.body)) == (
+                200,
+                {"status": "ok", "database": True, role: True},
+            )
         sending = pool_for_sends.submit(
             send_c_store, files, Peer("127.0.0.1", port, "OSTEOFLAG"), "MOD"
         )

@@ -24,7 +24,7 @@ from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
-from osteoflag.web.app import create_app
+from osteoflag.web.app import create_app, create_probe_app
 from osteoflag.web.server import WebServer
 from tests.conftest import make_settings
 from tests.helpers.daemon import base_sections, osteoflag, write_config
@@ -125,6 +125,44 @@ def test_healthz_reports_database_and_components(serve: Serve, liveness: dict[st
     stuck = client.get("/healthz")
     assert stuck.status == 503
     assert json.loads(stuck.body)["worker"] is False
+
+
+def test_a_process_without_the_model_serves_health_and_metrics_only(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, web={"port": 0, "token": TOKEN})
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    _received(sessions, 2)
+    alive = {"listener": True}
+    server = WebServer(
+        create_probe_app(settings, sessions, liveness=lambda: dict(alive)), settings.web
+    )
+    server.start()
+    try:
+        client = WebClient(f"http://127.0.0.1:{server.port}")
+        health = client.get("/healthz")  # open, as for the full app
+        assert (health.status, json.loads(health.body)) == (
+            200,
+            {"status": "ok", "database": True, "listener": True},
+        )
+        alive["listener"] = False
+        assert client.get("/healthz").status == 503
+        assert client.get("/metrics").status == 401  # the token still guards the rest
+        authorised = WebClient(client.base, {"Authorization": f"Bearer {TOKEN}"})
+        families = {
+            family.name: family
+            for family in text_string_to_metric_families(authorised.get("/metrics").text)
+        }
+        states = {
+            sample.labels["state"]: sample.value
+            for sample in families["osteoflag_instances"].samples
+        }
+        assert states["queued"] == 2
+        assert authorised.get("/").status == 404
+        assert authorised.get("/try").status == 404
+    finally:
+        server.stop()
+        engine.dispose()
 
 
 def test_healthz_is_503_when_the_database_does_not_answer(serve: Serve) -> None:
