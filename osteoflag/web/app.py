@@ -55,7 +55,6 @@ class WebContext:
     wake_worker: Callable[[], None]
     csrf: Csrf
     templates: Jinja2Templates
-    registry: CollectorRegistry
 
     @property
     def max_upload_bytes(self) -> int:
@@ -136,11 +135,10 @@ def create_app(
         wake_worker=wake_worker,
         csrf=Csrf(),
         templates=_templates(),
-        registry=metrics_registry(sessions, liveness),
     )
     app = _starlette(ROUTES, settings, exception_handlers={404: views.not_found})
     app.state.context = context
-    app.state.probes = Probes(sessions, liveness, context.registry)
+    app.state.probes = Probes(sessions, liveness, metrics_registry(sessions, liveness))
     return app
 
 
