@@ -64,7 +64,6 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.bundle = bundle
         self.batch_size = batch_size
-        self.threads = threads
         try:
             self._session = ort.InferenceSession(
                 str(bundle.backbone_path),
