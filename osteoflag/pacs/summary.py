@@ -48,11 +48,6 @@ _COLOURS: Final = {
 }
 
 
-def display_pixels(source: Dataset) -> NDArray[np.uint8]:
-    """The source's first frame as 8-bit grey, as displayed (PS3.4 N.2.1.1, shared pipeline)."""
-    return display_from_dataset(source).grey8()
-
-
 def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
     """The banner's text: finding, score, threshold, model and the research statement."""
     if result.label is Label.FRACTURE:

@@ -16,7 +16,7 @@ from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
-from osteoflag.pacs.summary import MAX_SIDE, build_summary, display_pixels
+from osteoflag.pacs.summary import MAX_SIDE, build_summary
 from tests.sr_fixtures import dciodvfy_errors, make_dx
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
@@ -97,11 +97,11 @@ def test_large_images_are_downscaled() -> None:
     assert pixels.shape[1] <= MAX_SIDE
 
 
-def test_display_pixels_inverts_monochrome1() -> None:
+def test_the_8_bit_display_inverts_monochrome1() -> None:
     source = make_dx(rows=64, columns=64)
-    normal = display_pixels(source)
+    normal = display_from_dataset(source).grey8()
     source.PhotometricInterpretation = "MONOCHROME1"
-    inverted = display_pixels(source)
+    inverted = display_from_dataset(source).grey8()
     assert normal.dtype == np.uint8
     assert int(normal[0, 0]) < int(normal[-1, -1])
     assert int(inverted[0, 0]) > int(inverted[-1, -1])
@@ -111,4 +111,4 @@ def test_truncated_pixel_data_is_a_pixel_data_error() -> None:
     source = make_dx(rows=64, columns=64)
     source.PixelData = source.PixelData[:100]
     with pytest.raises(PixelDataError, match=r"7FE0,0010"):
-        display_pixels(source)
+        display_from_dataset(source).grey8()
