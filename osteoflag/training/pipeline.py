@@ -22,7 +22,7 @@ import torch
 from osteoflag.inference.bundle import write_manifest
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
-from osteoflag.training.model import FittedModel
+from osteoflag.training.model import FittedModel, head_onnx_features
 from osteoflag.training.networks import HEAD_TEXT, FeatureGraph, Network, build_network, layout_text
 from osteoflag.training.prepared import (
     Prepared,
@@ -118,8 +118,13 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         }
     checkpoint()
     if options.compare_layouts:
-        results["layouts"] = compare_layouts(prep, head0, bundle_model, options, train, val, test)
-        results["baselines"] = baselines(prep, options, head0)
+        frozen_b5 = head_onnx_features(
+            head0, prep.trunk.maps, options.work / "compare.onnx", options.threads
+        )
+        results["layouts"] = compare_layouts(
+            prep, frozen_b5, bundle_model, options, train, val, test
+        )
+        results["baselines"] = baselines(prep, options, frozen_b5)
         checkpoint()
     return results
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode
+from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode, load_display
 from osteoflag.training import classifier, export, features, hygiene
 from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
 from osteoflag.training.dataset import Sample, discover
@@ -92,8 +92,6 @@ def input_spec(options: TrainOptions) -> InputSpec:
 
 
 def _load_grey(sample: Sample) -> np.ndarray:
-    from osteoflag.inference.pixels import load_display
-
     return load_display(sample.path).pixels
 
 

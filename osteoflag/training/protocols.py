@@ -168,7 +168,7 @@ def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, objec
 
 def compare_layouts(
     prep: Prepared,
-    head0: torch.nn.Module,
+    frozen_b5: np.ndarray,
     tuned: FittedModel,
     options: TrainOptions,
     train: np.ndarray,
@@ -179,12 +179,13 @@ def compare_layouts(
 
     Fine-tuning does not depend on the layout, so the tuned head is reused and only LightGBM is
     refitted; the layout of the bundle is fixed in advance (test never chooses anything).
+    ``frozen_b5`` is the untuned head's output, which :func:`baselines` shares.
     """
+    tuned_b5 = head_onnx_features(
+        tuned.head, prep.trunk.maps, options.work / "compare.onnx", options.threads
+    )
     table: dict[str, object] = {}
-    for tag, head in (("frozen", head0), ("finetuned", tuned.head)):
-        b5 = head_onnx_features(
-            head, prep.trunk.maps, options.work / "compare.onnx", options.threads
-        )
+    for tag, b5 in (("frozen", frozen_b5), ("finetuned", tuned_b5)):
         for layout in FeatureLayout:
             x = layout_features(layout, prep.trunk, b5)
             booster = classifier.train_booster(
@@ -203,15 +204,15 @@ def compare_layouts(
     return table
 
 
-def baselines(prep: Prepared, options: TrainOptions, head0: torch.nn.Module) -> dict[str, object]:
-    """Frozen-feature baselines on the same protocols: this backbone and the other one."""
+def baselines(prep: Prepared, options: TrainOptions, frozen_b5: np.ndarray) -> dict[str, object]:
+    """Frozen-feature baselines on the same protocols: this backbone (its untuned head's output
+    ``frozen_b5``) and the other one."""
     from osteoflag.training import compare
 
-    b5 = head_onnx_features(head0, prep.trunk.maps, options.work / "compare.onnx", options.threads)
     this = options.architecture
     out: dict[str, object] = {
         f"{this.value}_{options.layout.value}_frozen": compare.lightgbm_protocols(
-            prep, options, layout_features(options.layout, prep.trunk, b5)
+            prep, options, layout_features(options.layout, prep.trunk, frozen_b5)
         )
     }
     for other in Architecture:

@@ -25,6 +25,7 @@ from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import run
 from osteoflag.training.prepared import TrainOptions
 
+TAGS = ("frozen", "finetuned")
 CONTRACT_KEYS = {
     "n",
     "accuracy",
@@ -83,7 +84,7 @@ def _train(root: Path, architecture: Architecture) -> tuple[Path, Path, dict[str
         folds=3,
         finetune=FinetuneConfig(epochs=1, batch_size=8),
         booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
-        compare_layouts=False,
+        compare_layouts=not vgg,
         int8=not vgg,
         notes=("built by the test suite",),
     )
@@ -131,6 +132,15 @@ def test_bundle_loads_and_predicts_like_training(
             mean = np.mean([fold["int8"][precision]["auc"] for fold in folds])
             assert cv["int8"][precision]["auc_mean"] == pytest.approx(mean)
         assert cv["int8"]["max_auc_drop"] == max(fold["int8"]["auc_drop"] for fold in folds)
+        # the model card's comparisons: every layout frozen and fine-tuned, both backbones'
+        # frozen baselines; rows that repeat a fit elsewhere in the run reproduce its figures
+        layouts = results["layouts"]  # type: ignore[index]
+        assert set(layouts) == {f"{lay.value}_{tag}" for lay in FeatureLayout for tag in TAGS}
+        assert layouts["b5_finetuned"]["test"]["auc"] == test["auc"]
+        baselines = results["baselines"]  # type: ignore[index]
+        assert set(baselines) == {"efficientnet_lite0_b5_frozen", "vgg16_b345_frozen"}
+        own = baselines["efficientnet_lite0_b5_frozen"]["published_test"]
+        assert own == layouts["b5_frozen"]["test"]
 
 
 def test_evaluate_prints_the_contract_json(
