@@ -177,6 +177,32 @@ def test_on_done_failure_fails_that_instance_only(
     assert states["1.2.6.2"][0] is InstanceState.DONE
 
 
+def test_a_record_that_fails_rolls_back_done_and_what_it_added(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    def on_done(
+        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+    ) -> Record:
+        def record(session: Session) -> None:
+            session.add(Event(instance_id=instance.id, action="half-recorded"))
+            session.flush()  # in the transaction, beside the 'done' update
+            raise DeliveryError("destination row refused")
+
+        return record
+
+    _enqueue(sessions, _good(tmp_path, "a"), "1.2.9.1")
+    InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain()
+    assert _states(sessions)["1.2.9.1"] == (
+        InstanceState.FAILED,
+        "result not recorded: destination row refused",
+    )
+    with sessions() as session:
+        half = session.scalars(select(Event).where(Event.action == "half-recorded")).all()
+        row = session.scalars(select(Instance)).one()
+    assert half == []
+    assert row.probability is None  # the 'done' fields went with the rollback
+
+
 def test_on_refused_runs_for_readable_skips_and_failures(
     tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
 ) -> None:
