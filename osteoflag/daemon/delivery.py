@@ -80,19 +80,24 @@ def announcing(hook: OnDone, calls: Sequence[Callable[[], None]]) -> OnDone:
 
         def recorded(session: Session) -> None:
             record(session)
-            pending = [True]
-
-            def committed(_session: Session) -> None:
-                if pending and pending.pop():
-                    for call in calls:
-                        call()
-
-            def rolled_back(_session: Session) -> None:
-                pending.clear()
-
-            event.listen(session, "after_commit", committed)
-            event.listen(session, "after_rollback", rolled_back)
+            _after_commit(session, calls)
 
         return recorded
 
     return on_done
+
+
+def _after_commit(session: Session, calls: Sequence[Callable[[], None]]) -> None:
+    """Run ``calls`` once when ``session``'s transaction commits; never if it rolls back first."""
+    pending = [True]
+
+    def committed(_session: Session) -> None:
+        if pending and pending.pop():
+            for call in calls:
+                call()
+
+    def rolled_back(_session: Session) -> None:
+        pending.clear()
+
+    event.listen(session, "after_commit", committed)
+    event.listen(session, "after_rollback", rolled_back)
