@@ -11,13 +11,11 @@ The model card then shows both precisions side by side, and whether INT8 stays w
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from osteoflag.inference.pixels import InputSpec
 from osteoflag.inference.quantize import (
     CALIBRATION_IMAGES,
     MAX_AUC_DROP,
@@ -26,10 +24,10 @@ from osteoflag.inference.quantize import (
     spread,
 )
 from osteoflag.training import classifier, export, features, metrics
-from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.dataset import Sample
 from osteoflag.training.model import FittedModel
 from osteoflag.training.networks import FeatureGraph, Network
+from osteoflag.training.prepared import TrainOptions, cached_outputs, input_spec
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +35,16 @@ logger = logging.getLogger(__name__)
 def int8_features(
     network: Network,
     model: FittedModel,
-    layout: FeatureLayout,
     samples: list[Sample],
     calibration: np.ndarray,
     evaluate: np.ndarray,
-    spec: InputSpec,
-    work: Path,
-    cache_dir: Path,
-    threads: int,
+    options: TrainOptions,
 ) -> tuple[np.ndarray, int]:
-    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph (graphs
-    written under ``work``, features cached under ``cache_dir``), and how many calibration
-    images were used."""
-    graph = FeatureGraph(network.trunk, model.head, layout).eval()
-    source, target = work / "int8_source.onnx", work / "int8.onnx"
+    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph, and
+    how many calibration images were used."""
+    spec = input_spec(options)
+    graph = FeatureGraph(network.trunk, model.head, options.layout).eval()
+    source, target = options.work / "int8_source.onnx", options.work / "int8.onnx"
     example = torch.from_numpy(features.prepare(samples[int(evaluate[0])], spec)[None])
     export.export_onnx(graph, example, source)
     picks = calibration[spread(len(calibration), CALIBRATION_IMAGES)]
@@ -60,13 +54,8 @@ def int8_features(
         [features.prepare(samples[int(i)], spec) for i in picks],
         float_convs_for(network.architecture.value),
     )
-    cache = features.FeatureCache(cache_dir, features.sha256_bytes(target.read_bytes()))
-    out = features.run_images(
-        export.session(target, threads),
-        [samples[int(i)] for i in evaluate],
-        spec,
-        cache,
-        desc="int8 features",
+    out, _ = cached_outputs(
+        target, [samples[int(i)] for i in evaluate], spec, options, desc="int8 features"
     )
     return out["features"], len(picks)
 

@@ -110,6 +110,14 @@ def graph_outputs(
     inputs = np.stack([features.prepare(s, spec) for s in samples[: export.PARITY_IMAGES]])
     export.export_onnx(model, torch.from_numpy(inputs[:1]), path, output_names=output_names)
     export.check_parity(model, path, inputs, options.threads)
+    return cached_outputs(path, samples, spec, options, desc)
+
+
+def cached_outputs(
+    path: Path, samples: list[Sample], spec: InputSpec, options: TrainOptions, desc: str
+) -> tuple[dict[str, np.ndarray], int]:
+    """Every sample through the ONNX graph at ``path`` with onnxruntime, cached under
+    ``options.cache_dir`` by the graph's hash; also how many cache entries were rejected."""
     cache = features.FeatureCache(options.cache_dir, features.sha256_bytes(path.read_bytes()))
     sess = export.session(path, options.threads)
     out = features.run_images(sess, samples, spec, cache, desc=desc)

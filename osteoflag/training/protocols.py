@@ -19,7 +19,7 @@ from osteoflag.training import classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
 from osteoflag.training.networks import Architecture, Network, layout_text
-from osteoflag.training.prepared import Prepared, TrainOptions, input_spec
+from osteoflag.training.prepared import Prepared, TrainOptions
 from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
 
 logger = logging.getLogger(__name__)
@@ -117,16 +117,7 @@ def int8_rows(
     from osteoflag.training import int8
 
     int8_x, calibration_images = int8.int8_features(
-        network,
-        model,
-        options.layout,
-        prep.samples,
-        calibration,
-        evaluate,
-        input_spec(options),
-        options.work,
-        options.cache_dir,
-        options.threads,
+        network, model, prep.samples, calibration, evaluate, options
     )
     float_p = classifier.predict(model.booster, x[evaluate])
     return int8.compare(prep.labels[evaluate], float_p, model, int8_x, calibration_images)
