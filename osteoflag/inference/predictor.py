@@ -22,6 +22,7 @@ from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
+from osteoflag.inference.region import Region
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,14 @@ OUTPUT_NAME = "features"
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result, with the threshold and model that produced it."""
+    """One image's result, with the threshold and model that produced it; ``region`` (where
+    the model points) only for an image labelled fracture, when the bundle can localise."""
 
     probability: float
     label: Label
     threshold: float
     model: str
+    region: Region | None = None
 
 
 def session_options(threads: int) -> ort.SessionOptions:
