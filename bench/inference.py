@@ -26,6 +26,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper, shape_inference
 
 from osteoflag.config import parse_settings
+from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import BundleError
@@ -33,7 +34,6 @@ from osteoflag.inference.bundle import Bundle, load_bundle
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor, session_options
-from osteoflag.inference.worker import InferenceWorker
 from tests.helpers.inference_data import dataset, radiograph, save
 from tests.helpers.tiny_bundle import build_bundle
 

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
-
-from pydicom import Dataset
-from sqlalchemy import event
-from sqlalchemy.orm import Session
-
-from osteoflag.db.models import Instance
-from osteoflag.db.queue import Result
-from osteoflag.inference.pixels import GreyArray
-from osteoflag.inference.worker import OnDone, Record
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -66,38 +57,3 @@ class SenderLoop:
                     self._wake.set()
             except Exception:  # keep the thread alive; the next run retries
                 logger.exception("sender run failed", extra={"action": "send"})
-
-
-def announcing(hook: OnDone, calls: Sequence[Callable[[], None]]) -> OnDone:
-    """``hook``, then ``calls`` once the transaction that recorded the result has committed.
-
-    After the commit, not inside ``hook``: a sender woken earlier would not yet see the rows;
-    and never after a rollback (a lost lease), when there is nothing new to send.
-    """
-
-    def on_done(instance: Instance, source: Dataset, grey: GreyArray, result: Result) -> Record:
-        record = hook(instance, source, grey, result)
-
-        def recorded(session: Session) -> None:
-            record(session)
-            _after_commit(session, calls)
-
-        return recorded
-
-    return on_done
-
-
-def _after_commit(session: Session, calls: Sequence[Callable[[], None]]) -> None:
-    """Run ``calls`` once when ``session``'s transaction commits; never if it rolls back first."""
-    pending = [True]
-
-    def committed(_session: Session) -> None:
-        if pending and pending.pop():
-            for call in calls:
-                call()
-
-    def rolled_back(_session: Session) -> None:
-        pending.clear()
-
-    event.listen(session, "after_commit", committed)
-    event.listen(session, "after_rollback", rolled_back)

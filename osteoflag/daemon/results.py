@@ -1,24 +1,94 @@
-"""From a worker outcome to the objects owed to the PACS.
+"""How the daemon finishes an instance: from a worker outcome to the objects owed to the PACS.
 
-The objects are built and written before the transaction that records the outcome (no
-database lock held while they are); their rows join that transaction, so the result and
-its delivery obligation (SR, summary image, one outbound row per destination) are
-committed together or not at all.
+:class:`Reporting` is the worker's :class:`~osteoflag.daemon.worker.Finishing` hook, and the
+whole route of a result in one place:
+
+1. ``done`` / ``refused`` (no transaction open): build the SR, and the summary image when
+   configured, dated when the result was made, and write them under the outgoing folder;
+   for a refused instance only an Undetermined SR, and only with ``[report] undetermined_sr``.
+2. The record they return joins the worker's transaction that marks the outcome: it notes
+   the study, series and body part on the instance row and adds one ``pending`` outbound row
+   per object and destination, so result and delivery obligation commit together or not at
+   all.
+3. ``committed``: wake the sender(s) for the new rows (after the commit, not before: a sender
+   woken earlier would not see them yet).
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from pydicom import Dataset
 from sqlalchemy.orm import Session
 
 from osteoflag.config import Settings
+from osteoflag.daemon.worker import Record
 from osteoflag.db import queue
 from osteoflag.db.models import Instance
+from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
-from osteoflag.inference.worker import OnDone, OnRefused, Record
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import add_outbound, produce_undetermined, write_objects
+from osteoflag.pacs.outbound import Written, add_outbound, write_objects
+
+logger = logging.getLogger(__name__)
+
+
+class Reporting:
+    """Writes the objects of each outcome, queues them with it, then announces them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: ModelIdentity,
+        announce: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        self._settings = settings
+        self._model = model
+        self._announce = tuple(announce)
+
+    def done(
+        self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+    ) -> Record:
+        """The SR (and summary image) of a classified instance, written; their rows to add."""
+        classification = Classification(label=Label(result.label), probability=result.probability)
+        written = write_objects(
+            instance, source, classification, self._model, self._settings, result.made_at, grey=grey
+        )
+        return self._recording(instance, source, written)
+
+    def refused(
+        self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+    ) -> Record:
+        """An Undetermined SR, when configured and when the source has the UIDs it needs."""
+        classification = Classification(label=Label.UNDETERMINED, reason=reason)
+        try:
+            written = write_objects(
+                instance, source, classification, self._model, self._settings, made_at
+            )
+        except PermanentError as exc:
+            logger.warning(
+                "no undetermined SR: %s",
+                exc,
+                extra={"action": "produce_outbound", "sop_instance_uid": instance.sop_instance_uid},
+            )
+            written = []
+        return self._recording(instance, source, written)
+
+    def committed(self) -> None:
+        """Wake the sender(s): in this process directly, elsewhere by ``NOTIFY``."""
+        for call in self._announce:
+            call()
+
+    def _recording(self, instance: Instance, source: Dataset, written: list[Written]) -> Record:
+        def record(session: Session) -> None:
+            _note_source(session, instance, source)
+            if written:
+                add_outbound(session, instance, written, self._settings)
+
+        return record
 
 
 def _note_source(session: Session, instance: Instance, source: Dataset) -> None:
@@ -28,31 +98,3 @@ def _note_source(session: Session, instance: Instance, source: Dataset) -> None:
         row.study_instance_uid = str(source.get("StudyInstanceUID", "")) or None
         row.series_instance_uid = str(source.get("SeriesInstanceUID", "")) or None
         row.body_part = str(source.get("BodyPartExamined", "")).strip() or None
-
-
-def outbound_hook(settings: Settings, model: ModelIdentity) -> OnDone:
-    """The worker's ``on_done``: write the SR (and summary image), then queue them."""
-
-    def on_done(
-        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record:
-        classification = Classification(label=Label(result.label), probability=result.probability)
-        written = write_objects(instance, source, classification, model, settings, grey=grey)
-
-        def record(session: Session) -> None:
-            _note_source(session, instance, source)
-            add_outbound(session, instance, written, settings)
-
-        return record
-
-    return on_done
-
-
-def refused_hook(settings: Settings, model: ModelIdentity) -> OnRefused:
-    """The worker's ``on_refused``: an Undetermined SR for skipped/failed, when configured."""
-
-    def on_refused(session: Session, instance: Instance, source: Dataset, reason: str) -> None:
-        _note_source(session, instance, source)
-        produce_undetermined(session, instance, source, reason, model, settings)
-
-    return on_refused

@@ -17,20 +17,21 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from osteoflag.config import Settings
 from osteoflag.daemon import retention
-from osteoflag.daemon.delivery import SenderLoop, announcing
-from osteoflag.daemon.results import outbound_hook, refused_hook
+from osteoflag.daemon.delivery import SenderLoop
+from osteoflag.daemon.results import Reporting
 from osteoflag.daemon.roles import Role
+from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.worker import InferenceWorker, OnDone
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.sender import send_pending
@@ -42,8 +43,22 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 30.0
 
 
+@dataclass(frozen=True)
+class Model:
+    """The loaded bundle's predictor and identity: only a worker process has one."""
+
+    predictor: Predictor
+    identity: ModelIdentity
+
+
 class Daemon:
-    """One osteoflag process: the parts its role runs, sharing one database."""
+    """One osteoflag process: the parts its role runs, sharing one database.
+
+    Built in steps, each returning what the next one needs: the sender loop, the model,
+    the worker (which announces its results to that sender), the listener (which wakes that
+    worker), the notification subscribers, the web server (which classifies uploads with
+    that model).
+    """
 
     def __init__(self, settings: Settings, role: Role = Role.ALL) -> None:
         self.settings = settings
@@ -52,38 +67,81 @@ class Daemon:
         self.sessions = session_factory(self.engine)
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.predictor: Predictor | None = None
-        self.worker = self._build_worker() if role.runs(Role.WORKER) else None
-        self.listener: StorageSCP | None = None
-        if role.runs(Role.LISTENER):
-            self.listener = StorageSCP(settings, self.sessions, on_queued=self._queued_hook())
-        self.subscriber: notify.Subscriber | None = None
-        if self.worker is not None and notify.supported(self.engine):
-            self.subscriber = notify.Subscriber(self.engine, self.worker.wake)
-        self.sender: SenderLoop | None = None
-        self.outbound_subscriber: notify.Subscriber | None = None
-        if role.runs(Role.SENDER):
-            self.sender = SenderLoop(self._send, settings.sender.interval_seconds)
-            if notify.supported(self.engine):
-                self.outbound_subscriber = notify.Subscriber(
-                    self.engine, self.sender.wake, notify.OUTBOUND
-                )
-        self.web = self._build_web()
+        self.sender = self._build_sender()
+        model = self._load_model()
+        self.worker = None if model is None else self._build_worker(model, self.sender)
+        self.listener = self._build_listener(self.worker)
+        self.subscribers = self._build_subscribers(self.worker, self.sender)
+        self.web = self._build_web(model, self.worker)
 
-    def _build_web(self) -> WebServer | None:
+    def _build_sender(self) -> SenderLoop | None:
+        if not self.role.runs(Role.SENDER):
+            return None
+        return SenderLoop(self._send, self.settings.sender.interval_seconds)
+
+    def _load_model(self) -> Model | None:
+        if not self.role.runs(Role.WORKER):
+            return None
+        bundle = load_bundle(self.settings.model.bundle)
+        predictor = Predictor(
+            bundle, threads=self.settings.model.threads, batch_size=self.settings.model.batch_size
+        )
+        return Model(predictor, ModelIdentity.from_bundle(bundle))
+
+    def _build_worker(self, model: Model, sender: SenderLoop | None) -> InferenceWorker:
+        """The worker, whose committed results wake ``sender`` and, on PostgreSQL, others."""
+        announce: list[Callable[[], None]] = []
+        if sender is not None:
+            announce.append(sender.wake)
+        if notify.supported(self.engine):
+            announce.append(notify.notifier(self.engine, notify.OUTBOUND))
+        reporting = Reporting(self.settings, model.identity, announce)
+        return InferenceWorker(self.settings, self.sessions, model.predictor, reporting)
+
+    def _build_listener(self, worker: InferenceWorker | None) -> StorageSCP | None:
+        """The Storage SCP; after each committed store it wakes ``worker`` and, on
+        PostgreSQL, every worker process."""
+        if not self.role.runs(Role.LISTENER):
+            return None
+        hooks: list[Callable[[], None]] = []
+        if worker is not None:
+            hooks.append(worker.wake)
+        if notify.supported(self.engine):
+            hooks.append(notify.notifier(self.engine))
+
+        def queued() -> None:
+            for hook in hooks:
+                hook()
+
+        return StorageSCP(self.settings, self.sessions, on_queued=queued)
+
+    def _build_subscribers(
+        self, worker: InferenceWorker | None, sender: SenderLoop | None
+    ) -> list[notify.Subscriber]:
+        """On PostgreSQL: ``LISTEN`` for stores (worker) and results (sender) of other processes."""
+        if not notify.supported(self.engine):
+            return []
+        subscribers = []
+        if worker is not None:
+            subscribers.append(notify.Subscriber(self.engine, worker.wake))
+        if sender is not None:
+            subscribers.append(notify.Subscriber(self.engine, sender.wake, notify.OUTBOUND))
+        return subscribers
+
+    def _build_web(self, model: Model | None, worker: InferenceWorker | None) -> WebServer | None:
         """The operator page where the model is loaded (it classifies uploads); elsewhere
         only ``/healthz`` and ``/metrics``."""
         if not self.settings.web.enabled:
             return None
-        if self.predictor is None or self.worker is None:
+        if model is None or worker is None:
             probes = create_probe_app(self.settings, self.sessions, liveness=self.liveness)
             return WebServer(probes, self.settings.web)
         app = create_app(
             self.settings,
             self.sessions,
-            self.predictor,
+            model.predictor,
             liveness=self.liveness,
-            wake_worker=self.worker.wake,
+            wake_worker=worker.wake,
         )
         return WebServer(app, self.settings.web)
 
@@ -97,41 +155,6 @@ class Daemon:
         if self.sender is not None:
             parts["sender"] = self.sender.running
         return parts
-
-    def _queued_hook(self) -> Callable[[], None]:
-        """After each committed store: wake our worker, and on PostgreSQL everyone's."""
-        local = self.worker.wake if self.worker is not None else None
-        remote = notify.notifier(self.engine) if notify.supported(self.engine) else None
-        hooks = [hook for hook in (local, remote) if hook is not None]
-
-        def queued() -> None:
-            for hook in hooks:
-                hook()
-
-        return queued
-
-    def _build_worker(self) -> InferenceWorker:
-        bundle = load_bundle(self.settings.model.bundle)
-        self.predictor = Predictor(
-            bundle, threads=self.settings.model.threads, batch_size=self.settings.model.batch_size
-        )
-        identity = ModelIdentity.from_bundle(bundle)
-        return InferenceWorker(
-            self.settings,
-            self.sessions,
-            predictor=self.predictor,
-            on_done=self._announcing(outbound_hook(self.settings, identity)),
-            on_refused=refused_hook(self.settings, identity),
-        )
-
-    def _announcing(self, hook: OnDone) -> OnDone:
-        """``hook``, then once its transaction commits: wake the sender(s) for the new objects."""
-        calls: list[Callable[[], None]] = []
-        if self.role.runs(Role.SENDER):
-            calls.append(lambda: self.sender.wake() if self.sender is not None else None)
-        if notify.supported(self.engine):
-            calls.append(notify.notifier(self.engine, notify.OUTBOUND))
-        return announcing(hook, calls)
 
     def _send(self) -> bool:
         return send_pending(self.sessions, self.settings).sent > 0
@@ -166,9 +189,9 @@ class Daemon:
         self._recover_at_start()
         jobs = []
         if self.worker is not None:
+            self.worker.schedule(self.scheduler)
             jobs.append((self._recover, self.settings.worker.lease_seconds / 4, "recover"))
-            jobs.append((self.worker.sweep, self.settings.worker.sweep_seconds, "sweep"))
-        if self.role.runs(Role.SENDER) and self.settings.retention.enabled:
+        if self.sender is not None and self.settings.retention.enabled:
             jobs.append((self._retain, self.settings.retention.interval_seconds, "retention"))
         for job, seconds, name in jobs:
             self.scheduler.add_job(
@@ -178,11 +201,10 @@ class Daemon:
             self.web.start()
         if self.worker is not None:
             self.worker.start()
-        if self.subscriber is not None:
-            self.subscriber.start()
-        for loop in (self.sender, self.outbound_subscriber):
-            if loop is not None:
-                loop.start()
+        if self.sender is not None:
+            self.sender.start()
+        for subscriber in self.subscribers:
+            subscriber.start()
         self.scheduler.start()
         if self.listener is not None:
             self.listener.start()
@@ -192,13 +214,12 @@ class Daemon:
         """Graceful stop: no new associations, in-flight ones finished, jobs drained."""
         if self.listener is not None:
             self.listener.stop(SHUTDOWN_GRACE_SECONDS)
-        if self.subscriber is not None:
-            self.subscriber.stop(SHUTDOWN_GRACE_SECONDS)
+        for subscriber in self.subscribers:
+            subscriber.stop(SHUTDOWN_GRACE_SECONDS)
         if self.worker is not None:
             self.worker.stop(SHUTDOWN_GRACE_SECONDS)
-        for loop in (self.outbound_subscriber, self.sender):
-            if loop is not None:
-                loop.stop(SHUTDOWN_GRACE_SECONDS)
+        if self.sender is not None:
+            self.sender.stop(SHUTDOWN_GRACE_SECONDS)
         self.scheduler.shutdown(wait=True)
         if self.web is not None:
             self.web.stop()

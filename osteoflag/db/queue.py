@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +44,9 @@ class Result:
     threshold: float
     model: str
     inference_ms: float
+    #: When the result was made: the instance's ``finished_at`` and the produced objects'
+    #: Content and Series Date/Time, so they agree (even after a requeue).
+    made_at: datetime = field(default_factory=utcnow)
 
 
 def is_known(sessions: sessionmaker[Session], sop_instance_uid: str) -> bool:
@@ -111,7 +114,12 @@ def claim_instances(
 
 
 def _finish(
-    session: Session, instance_id: int, owner: str, state: InstanceState, **values: object
+    session: Session,
+    instance_id: int,
+    owner: str,
+    state: InstanceState,
+    finished_at: datetime,
+    **values: object,
 ) -> bool:
     statement = (
         update(Instance)
@@ -121,7 +129,7 @@ def _finish(
             Instance.lease_owner == owner,
         )
         .values(
-            state=state, lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values
+            state=state, lease_owner=None, lease_expires_at=None, finished_at=finished_at, **values
         )
     )
     changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
@@ -141,6 +149,7 @@ def complete(session: Session, instance_id: int, owner: str, result: Result) -> 
         instance_id,
         owner,
         InstanceState.DONE,
+        result.made_at,
         probability=result.probability,
         label=result.label,
         threshold=result.threshold,
@@ -150,14 +159,19 @@ def complete(session: Session, instance_id: int, owner: str, result: Result) -> 
     )
 
 
-def fail(session: Session, instance_id: int, owner: str, reason: str) -> bool:
-    """Mark ``failed`` with ``reason``; False if the lease was lost."""
-    return _finish(session, instance_id, owner, InstanceState.FAILED, error=reason)
-
-
-def skip(session: Session, instance_id: int, owner: str, reason: str) -> bool:
-    """Mark ``skipped`` (outside the model domain) with ``reason``; False if the lease was lost."""
-    return _finish(session, instance_id, owner, InstanceState.SKIPPED, error=reason)
+def refuse(
+    session: Session,
+    instance_id: int,
+    owner: str,
+    state: InstanceState,
+    reason: str,
+    finished_at: datetime,
+) -> bool:
+    """Mark ``skipped`` (outside the model domain) or ``failed``, with ``reason``; False if
+    the lease was lost. Runs in the caller's session, like :func:`complete`."""
+    if state not in (InstanceState.SKIPPED, InstanceState.FAILED):
+        raise ValueError(f"an instance is refused as skipped or failed, not {state.value}")
+    return _finish(session, instance_id, owner, state, finished_at, error=reason)
 
 
 def recover_expired(sessions: sessionmaker[Session], max_attempts: int) -> int:
@@ -211,7 +225,11 @@ def requeue_failed(sessions: sessionmaker[Session], ids: Sequence[int] | None = 
     with sessions() as session:
         count = session.execute(
             statement.values(
-                state=InstanceState.QUEUED, attempts=0, error=None, next_attempt_at=utcnow()
+                state=InstanceState.QUEUED,
+                attempts=0,
+                error=None,
+                finished_at=None,
+                next_attempt_at=utcnow(),
             )
         ).rowcount  # type: ignore[attr-defined]
         session.commit()

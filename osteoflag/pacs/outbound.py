@@ -1,13 +1,12 @@
 """From a stored result to durable outbound objects: files on disk and queue rows.
 
-The worker calls ``write_objects`` before the transaction that records the result: it
-builds the SR (and the summary image) and writes them atomically under the outgoing folder
-with owner-only permissions (``storage.write_atomically``), holding no database lock while
-it does (on SQLite that lock would stall every C-STORE). ``add_outbound`` then adds one
-``pending`` outbound row per object and destination to that transaction. Committing it
-makes result and delivery obligation durable together; a crash before the commit leaves
-only files, rewritten with the same UIDs on the next attempt. ``produce_outbound`` does
-both in one call, for the paths that are not time-critical (undetermined SRs).
+``write_objects`` builds the SR (and the summary image) and writes them atomically under
+the outgoing folder with owner-only permissions (``storage.write_atomically``), before the
+transaction that records the result, holding no database lock while it does (on SQLite that
+lock would stall every C-STORE). ``add_outbound`` then adds one ``pending`` outbound row
+per object and destination to that transaction. Committing it makes result and delivery
+obligation durable together; a crash before the commit leaves only files, rewritten with
+the same UIDs on the next attempt.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from osteoflag.config import Destination, Settings
 from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
-from osteoflag.errors import PermanentError, PixelDataError, TransientError
+from osteoflag.errors import PixelDataError, TransientError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
@@ -33,34 +32,6 @@ from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
 
 logger = logging.getLogger(__name__)
-
-
-def produce_undetermined(
-    session: Session,
-    instance: Instance,
-    source: Dataset,
-    reason: str,
-    model: ModelIdentity,
-    settings: Settings,
-) -> list[Outbound]:
-    """For a ``skipped`` / ``failed`` instance: an Undetermined SR, if configured.
-
-    Call it in the transaction of ``queue.skip`` / ``queue.fail``. Nothing is produced
-    unless ``[report] undetermined_sr`` is on, or when the source lacks a required UID
-    (no study to attach an SR to).
-    """
-    if not settings.report.undetermined_sr:
-        return []
-    result = Classification(label=Label.UNDETERMINED, reason=reason)
-    try:
-        return produce_outbound(session, instance, source, result, model, settings)
-    except PermanentError as exc:
-        logger.warning(
-            "no undetermined SR: %s",
-            exc,
-            extra={"action": "produce_outbound", "sop_instance_uid": instance.sop_instance_uid},
-        )
-        return []
 
 
 def destination_key(destination: Destination) -> str:
@@ -121,16 +92,17 @@ def write_objects(
     result: Classification,
     model: ModelIdentity,
     settings: Settings,
+    created: datetime,
     *,
     grey: GreyArray | None = None,
 ) -> list[Written]:
-    """Build the objects for ``instance`` and write them; no database work.
+    """Build the objects for ``instance``, dated ``created`` (when the result was made), and
+    write them; no database work.
 
     Nothing for an undetermined result unless ``[report] undetermined_sr`` is on.
     """
     if result.label is Label.UNDETERMINED and not settings.report.undetermined_sr:
         return []
-    created = instance.finished_at or utcnow()
     written: list[Written] = []
     for dataset in build_objects(source, result, model, settings, created, grey=grey):
         kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
@@ -142,19 +114,6 @@ def write_objects(
             raise TransientError(f"cannot write {kind.value} {sop_uid} to {path}: {exc}") from exc
         written.append(Written(kind, str(dataset.SOPClassUID), sop_uid, path))
     return written
-
-
-def produce_outbound(
-    session: Session,
-    instance: Instance,
-    source: Dataset,
-    result: Classification,
-    model: ModelIdentity,
-    settings: Settings,
-) -> list[Outbound]:
-    """:func:`write_objects`, then :func:`add_outbound` in ``session``; the caller commits."""
-    written = write_objects(instance, source, result, model, settings)
-    return add_outbound(session, instance, written, settings)
 
 
 def add_outbound(

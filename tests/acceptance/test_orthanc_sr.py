@@ -22,11 +22,11 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr import read_result
 from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.net import free_port
+from tests.helpers.rows import produce
 from tests.helpers.wait import wait_for
 from tests.orthanc_sr import Orthanc
 from tests.sr_fixtures import dciodvfy_errors, make_dx, serving
@@ -87,7 +87,7 @@ def test_delivery_into_orthanc_study(
         session.add(instance)
         session.flush()
         result = Classification(Label.FRACTURE, 0.77)
-        produce_outbound(session, instance, source, result, MODEL, settings)
+        produce(session, instance, source, result, MODEL, settings)
         session.commit()
     assert send_pending(sessions, settings).sent == 2
 

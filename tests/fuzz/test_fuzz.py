@@ -19,11 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
+from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db.models import Instance, InstanceState
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.infer import classify_files
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.worker import InferenceWorker
 from osteoflag.pacs import status
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo

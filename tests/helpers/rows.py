@@ -6,9 +6,9 @@ import pydicom
 from sqlalchemy.orm import Session
 
 from osteoflag.config import Settings
-from osteoflag.db.models import Instance, InstanceState, Outbound
+from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import produce_outbound
+from osteoflag.pacs.outbound import add_outbound, write_objects
 
 
 def produce_for(
@@ -30,4 +30,17 @@ def produce_for(
     )
     session.add(instance)
     session.flush()
-    return produce_outbound(session, instance, source, result, model, settings)
+    return produce(session, instance, source, result, model, settings)
+
+
+def produce(
+    session: Session,
+    instance: Instance,
+    source: pydicom.Dataset,
+    result: Classification,
+    model: ModelIdentity,
+    settings: Settings,
+) -> list[Outbound]:
+    """The objects of ``result`` written now, and their outbound rows added to ``session``."""
+    written = write_objects(instance, source, result, model, settings, utcnow())
+    return add_outbound(session, instance, written, settings)

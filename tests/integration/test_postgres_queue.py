@@ -26,10 +26,10 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Base, Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import send_pending
 from tests.helpers.net import free_port
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.rows import produce
 from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
 
@@ -180,7 +180,9 @@ def test_listener_and_sender_processes_do_not_load_the_model(
     listener = Daemon(_worker_settings(tmp_path, url, missing), Role.LISTENER)
     sender = Daemon(_worker_settings(tmp_path, url, missing), Role.SENDER)
     assert listener.worker is None and listener.listener is not None
-    assert sender.worker is None and sender.listener is None and sender.subscriber is None
+    assert listener.subscribers == []
+    assert sender.worker is None and sender.listener is None and sender.sender is not None
+    assert len(sender.subscribers) == 1  # for results, not for stores
     for daemon in (listener, sender):
         daemon.engine.dispose()
 
@@ -228,7 +230,7 @@ def test_two_senders_never_send_the_same_object(
                 session.add(instance)
                 session.flush()
                 result = Classification(Label.FRACTURE, 0.9)
-                produce_outbound(session, instance, source, result, MODEL, settings)
+                produce(session, instance, source, result, MODEL, settings)
                 session.commit()
         start = threading.Barrier(2)
 

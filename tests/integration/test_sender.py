@@ -25,10 +25,9 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, Outbound, utcnow
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import produce_outbound
 from osteoflag.pacs.sender import requeue_failed_outbound, send_pending
 from tests.helpers.net import free_port, port_open
-from tests.helpers.rows import produce_for
+from tests.helpers.rows import produce, produce_for
 from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
@@ -103,9 +102,9 @@ def test_produce_is_idempotent_and_respects_report_settings(
     source, first = _produce(sessions, settings)
     with sessions() as session:
         instance = session.scalars(select(Instance)).one()
-        again = produce_outbound(session, instance, source, FRACTURE, MODEL, settings)
+        again = produce(session, instance, source, FRACTURE, MODEL, settings)
         undetermined = Classification(Label.UNDETERMINED, reason="image too small")
-        skipped = produce_outbound(session, instance, source, undetermined, MODEL, settings)
+        skipped = produce(session, instance, source, undetermined, MODEL, settings)
     assert len(first) == 2 and again == [] and skipped == []
 
     no_summary = settings.model_copy(

@@ -3,7 +3,7 @@ commit with the outcome they belong to, or not at all."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -12,14 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Destination, Settings
-from osteoflag.daemon.results import outbound_hook
+from osteoflag.daemon.results import Reporting
 from osteoflag.db import queue
-from osteoflag.db.models import Instance, Outbound
+from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.pacs.derived import ModelIdentity
-from osteoflag.pacs.outbound import produce_undetermined
 from osteoflag.pacs.sr import read_result
 from tests.conftest import make_settings
 from tests.sr_fixtures import make_dx
@@ -60,14 +59,19 @@ def _claimed(sessions: sessionmaker[Session], settings: Settings) -> Instance:
     return instance
 
 
+def _reporting(settings: Settings) -> Reporting:
+    return Reporting(settings, _model(settings))
+
+
 def test_done_result_commits_with_its_outbound_rows(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
     model = _model(settings)
     instance = _claimed(sessions, settings)
-    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
+    made_at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0, made_at)
     source = pydicom.dcmread(instance.file_path)
-    record = outbound_hook(settings, model)(
+    record = _reporting(settings).done(
         instance, source, display_from_dataset(source).grey8(), result
     )
     with sessions() as session:
@@ -79,10 +83,42 @@ def test_done_result_commits_with_its_outbound_rows(
         rows = session.scalars(select(Outbound)).all()
         assert sorted(row.kind for row in rows) == ["sr", "summary"]
         sr_row = next(row for row in rows if row.kind == "sr")
-    reported = read_result(pydicom.dcmread(sr_row.file_path))
+        assert session.get(Instance, instance.id).finished_at == made_at  # type: ignore[union-attr]
+    sr = pydicom.dcmread(sr_row.file_path)
+    assert (sr.ContentDate, sr.ContentTime[:6]) == ("20260304", "050607")
+    reported = read_result(sr)
     assert (reported.model_version, reported.threshold) == (model.version, model.threshold)
     assert reported.probability == pytest.approx(0.8)
     assert reported.source_sop_instance_uid == instance.sop_instance_uid
+
+
+def test_a_requeued_result_is_dated_afresh(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A failure's ``finished_at`` is cleared by the requeue and never dates the later SR."""
+    instance = _claimed(sessions, settings)
+    failed_at = datetime(2020, 1, 1, tzinfo=UTC)
+    with sessions() as session:
+        assert queue.refuse(
+            session, instance.id, OWNER, InstanceState.FAILED, "decoder exploded", failed_at
+        )
+        session.commit()
+    assert queue.requeue_failed(sessions) == 1
+    with sessions() as session:
+        assert session.get(Instance, instance.id).finished_at is None  # type: ignore[union-attr]
+    (again,) = queue.claim_instances(sessions, OWNER, 1, timedelta(minutes=5))
+    model = _model(settings)
+    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
+    source = pydicom.dcmread(again.file_path)
+    record = _reporting(settings).done(again, source, display_from_dataset(source).grey8(), result)
+    with sessions() as session:
+        assert queue.complete(session, again.id, OWNER, result)
+        record(session)
+        session.commit()
+    with sessions() as session:
+        sr_row = session.scalars(select(Outbound).where(Outbound.kind == "sr")).one()
+    sr = pydicom.dcmread(sr_row.file_path)
+    assert sr.ContentDate == sr.SeriesDate == result.made_at.strftime("%Y%m%d")
 
 
 def test_a_hook_that_cannot_build_the_sr_names_the_missing_uid(
@@ -95,46 +131,49 @@ def test_a_hook_that_cannot_build_the_sr_names_the_missing_uid(
     del source.StudyInstanceUID  # no study to attach the SR to
     result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0)
     with pytest.raises(OsteoflagError, match=r"StudyInstanceUID|Study Instance UID"):
-        outbound_hook(settings, model)(instance, source, grey, result)
+        _reporting(settings).done(instance, source, grey, result)
+
+
+def _refused_rows(
+    settings: Settings, sessions: sessionmaker[Session], source_edit: str | None = None
+) -> list[Outbound]:
+    instance = _claimed(sessions, settings)
+    source = pydicom.dcmread(instance.file_path)
+    if source_edit is not None:
+        delattr(source, source_edit)
+    reason = "body part not in allowlist"
+    made_at = utcnow()
+    record = _reporting(settings).refused(instance, source, reason, made_at)
+    with sessions() as session:
+        assert queue.refuse(session, instance.id, OWNER, InstanceState.SKIPPED, reason, made_at)
+        record(session)
+        session.commit()
+    with sessions() as session:
+        return list(session.scalars(select(Outbound)))
 
 
 def test_skipped_instance_gets_an_undetermined_sr_when_configured(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    instance = _claimed(sessions, settings)
-    reason = "body part not in allowlist"
-    with sessions() as session:
-        assert queue.skip(session, instance.id, OWNER, reason)
-        source = pydicom.dcmread(instance.file_path)
-        rows = produce_undetermined(session, instance, source, reason, _model(settings), settings)
-        session.commit()
+    rows = _refused_rows(settings, sessions)
     assert sorted(row.kind for row in rows) == ["sr", "summary"]
     sr_row = next(row for row in rows if row.kind == "sr")
     reported = read_result(pydicom.dcmread(sr_row.file_path))
     assert reported.label.value == "undetermined"
-    assert reported.reason == reason
+    assert reported.reason == "body part not in allowlist"
     assert reported.probability is None
 
 
 def test_no_undetermined_sr_unless_configured(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    instance = _claimed(sessions, settings)
     off = settings.model_copy(
         update={"report": settings.report.model_copy(update={"undetermined_sr": False})}
     )
-    with sessions() as session:
-        source = pydicom.dcmread(instance.file_path)
-        assert produce_undetermined(session, instance, source, "x", _model(settings), off) == []
+    assert _refused_rows(off, sessions) == []
 
 
 def test_undetermined_source_without_study_uid_gives_no_sr_and_no_error(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
-    instance = _claimed(sessions, settings)
-    source = pydicom.dcmread(instance.file_path)
-    del source.StudyInstanceUID
-    with sessions() as session:
-        assert (
-            produce_undetermined(session, instance, source, "x", _model(settings), settings) == []
-        )
+    assert _refused_rows(settings, sessions, "StudyInstanceUID") == []

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, reading, session_factory
-from osteoflag.db.models import Instance, InstanceState
+from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display
@@ -99,7 +99,9 @@ def _failed_instance(sessions: sessionmaker[Session]) -> int:
     [instance_id] = _received(sessions, 1)
     [claimed] = queue.claim_instances(sessions, "test", 1, timedelta(minutes=5))
     with sessions() as session:
-        assert queue.fail(session, claimed.id, "test", "decoder exploded")
+        assert queue.refuse(
+            session, claimed.id, "test", InstanceState.FAILED, "decoder exploded", utcnow()
+        )
         session.commit()
     return instance_id
 
@@ -183,7 +185,9 @@ def test_metrics_follow_the_queue(serve: Serve) -> None:
         assert queue.complete(
             session, claimed[0].id, "test", queue.Result(0.9, "fracture", 0.5, "m@1", 120.0)
         )
-        assert queue.fail(session, claimed[1].id, "test", "unreadable")
+        assert queue.refuse(
+            session, claimed[1].id, "test", InstanceState.FAILED, "unreadable", utcnow()
+        )
         session.commit()
     reply = client.get("/metrics")
     assert reply.status == 200

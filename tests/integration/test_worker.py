@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
+from osteoflag.daemon.worker import InferenceWorker, Record, Silent
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState
@@ -19,7 +21,6 @@ from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import GreyArray, display_from_dataset
 from osteoflag.inference.predictor import Predictor
-from osteoflag.inference.worker import InferenceWorker, Record
 from tests.conftest import make_settings
 from tests.helpers.inference_data import dataset, radiograph, save
 from tests.helpers.tiny_bundle import build_bundle
@@ -61,7 +62,7 @@ def test_broken_pixels_fail_and_the_next_is_classified(
     broken.PixelData = broken.PixelData[:1000]
     _enqueue(sessions, save(broken, tmp_path / "broken.dcm"), "1.2.3.1")
     _enqueue(sessions, _good(tmp_path, "good"), "1.2.3.2")
-    worker = InferenceWorker(settings, sessions, predictor=predictor)
+    worker = InferenceWorker(settings, sessions, predictor)
     assert worker.drain() == 2
     states = _states(sessions)
     assert states["1.2.3.1"][0] is InstanceState.FAILED
@@ -85,7 +86,7 @@ def test_out_of_domain_instances_are_skipped(tmp_path: Path, predictor: Predicto
     _enqueue(sessions, small, "1.2.4.2")
     _enqueue(sessions, _good(tmp_path, "wrist", BodyPartExamined="WRIST"), "1.2.4.3")
     _enqueue(sessions, tmp_path / "missing.dcm", "1.2.4.4")
-    InferenceWorker(settings, sessions, predictor=predictor).drain()
+    InferenceWorker(settings, sessions, predictor).drain()
     states = _states(sessions)
     assert states["1.2.4.1"][0] is InstanceState.SKIPPED
     assert "'CHEST'" in (states["1.2.4.1"][1] or "")
@@ -96,82 +97,139 @@ def test_out_of_domain_instances_are_skipped(tmp_path: Path, predictor: Predicto
     engine.dispose()
 
 
-def test_wake_signal_processes_new_instances_and_on_done_records_in_the_transaction(
-    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+class Hooks(Silent):
+    """Finishing hooks for tests: each test overrides what it needs."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def committed(self) -> None:
+        self.calls.append("committed")
+
+
+def test_the_sweep_alone_picks_up_what_no_wake_announced(
+    tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
 ) -> None:
-    seen: list[str] = []
-
-    def on_done(
-        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record:
-        assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
-        # the hook gets the image the model saw, in 8 bits, not a second decode's
-        assert np.array_equal(grey, display_from_dataset(source).grey8())
-
-        def record(session: Session) -> None:
-            session.add(Event(instance_id=instance.id, action="recorded"))
-            seen.append(instance.sop_instance_uid)
-
-        return record
-
-    worker = InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done)
+    """The daemon's own path: the worker's scheduled sweep, with no wake after the store."""
+    settings = make_settings(tmp_path, worker={"sweep_seconds": 0.2})
+    worker = InferenceWorker(settings, sessions, predictor)
     scheduler = BackgroundScheduler(timezone="UTC")
     worker.schedule(scheduler)
-    assert scheduler.get_job("inference-sweep") is not None
+    _enqueue(sessions, _good(tmp_path, "first"), "1.2.5.9")
+    worker.start()  # drains the queue once, then sleeps until woken
+    scheduler.start()
+    try:
+        wait_for(lambda: _states(sessions)["1.2.5.9"][0] is InstanceState.DONE, timeout=20)
+        for index in range(3):  # no wake: as if a notification were lost
+            _enqueue(sessions, _good(tmp_path, f"s{index}"), f"1.2.5.{index}")
+        wait_for(
+            lambda: all(state is InstanceState.DONE for state, _ in _states(sessions).values()),
+            timeout=30,
+        )
+    finally:
+        scheduler.shutdown(wait=True)
+        worker.stop(timeout=10)
+    assert len(_states(sessions)) == 4
+
+
+def test_done_records_in_the_transaction_then_announces_once_committed(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    class Recording(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record:
+            assert source.SOPInstanceUID and result.model == "tiny-test@0.0.1"
+            # the hook gets the image the model saw, in 8 bits, not a second decode's
+            assert np.array_equal(grey, display_from_dataset(source).grey8())
+            self.calls.append("done")
+
+            def record(session: Session) -> None:
+                session.add(Event(instance_id=instance.id, action="recorded"))
+                self.calls.append("record")
+
+            return record
+
+    hooks = Recording()
+    worker = InferenceWorker(settings, sessions, predictor, hooks)
     worker.start()
     try:
-        for index in range(6):
+        for index in range(3):
             _enqueue(sessions, _good(tmp_path, f"n{index}"), f"1.2.5.{index}")
             worker.wake()
-        wait_for(lambda: len(seen) == 6, timeout=20)
+        wait_for(lambda: hooks.calls.count("committed") == 3, timeout=20)
     finally:
         worker.stop(timeout=10)
+    assert hooks.calls == ["done", "record", "committed"] * 3
     states = _states(sessions)
     assert all(state is InstanceState.DONE for state, _ in states.values())
     with sessions() as session:
         recorded = session.scalars(select(Event).where(Event.action == "recorded")).all()
-    assert len(recorded) == 6
+    assert len(recorded) == 3
 
 
-def test_on_done_builds_while_no_database_lock_is_held(
-    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
-) -> None:
-    """SQLite has one writer: a listener's INSERT must not wait while the SR is being built."""
-    during: list[str] = []
+class Meanwhile(Hooks):
+    """Writes as the Storage SCP would, with a 0.1 s patience, while building the objects."""
 
-    def on_done(
-        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record:
-        with sessions() as other:  # as the Storage SCP would, with a 0.1 s patience
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__()
+        self._sessions = sessions
+
+    def _store_meanwhile(self, instance: Instance, step: str) -> Record:
+        with self._sessions() as other:
             other.execute(text("PRAGMA busy_timeout=100"))
             other.add(Event(action="stored-meanwhile"))
             other.commit()
-        during.append(instance.sop_instance_uid)
+        self.calls.append(f"{step} {instance.sop_instance_uid}")
         return lambda session: None
 
-    _enqueue(sessions, _good(tmp_path, "a"), "1.2.8.1")
-    _enqueue(sessions, _good(tmp_path, "b"), "1.2.8.2")
-    assert InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain() == 2
-    assert during == ["1.2.8.1", "1.2.8.2"]
-    assert all(state is InstanceState.DONE for state, _ in _states(sessions).values())
+    def done(
+        self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+    ) -> Record:
+        return self._store_meanwhile(instance, "done")
+
+    def refused(
+        self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+    ) -> Record:
+        return self._store_meanwhile(instance, "refused")
+
+
+def test_objects_are_built_while_no_database_lock_is_held(
+    tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
+) -> None:
+    """SQLite has one writer: a listener's INSERT must not wait while the SR is being built,
+    whether the instance was classified or refused."""
+    settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
+    _enqueue(sessions, _good(tmp_path, "a", BodyPartExamined="HAND"), "1.2.8.1")
+    _enqueue(sessions, _good(tmp_path, "b", BodyPartExamined="FOOT"), "1.2.8.2")
+    hooks = Meanwhile(sessions)
+    assert InferenceWorker(settings, sessions, predictor, hooks).drain() == 2
+    assert sorted(call for call in hooks.calls if call != "committed") == [
+        "done 1.2.8.1",
+        "refused 1.2.8.2",
+    ]
+    states = _states(sessions)
+    assert states["1.2.8.1"][0] is InstanceState.DONE
+    assert states["1.2.8.2"][0] is InstanceState.SKIPPED
     with sessions() as session:
         meanwhile = session.scalars(select(Event).where(Event.action == "stored-meanwhile")).all()
     assert len(meanwhile) == 2
 
 
-def test_on_done_failure_fails_that_instance_only(
+def test_done_failure_fails_that_instance_only(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
-    def on_done(
-        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record:
-        if instance.sop_instance_uid.endswith(".1"):
-            raise DeliveryError("cannot build the SR")
-        return lambda session: None
+    class Failing(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record:
+            if instance.sop_instance_uid.endswith(".1"):
+                raise DeliveryError("cannot build the SR")
+            return lambda session: None
 
     _enqueue(sessions, _good(tmp_path, "a"), "1.2.6.1")
     _enqueue(sessions, _good(tmp_path, "b"), "1.2.6.2")
-    InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain()
+    InferenceWorker(settings, sessions, predictor, Failing()).drain()
     states = _states(sessions)
     assert states["1.2.6.1"] == (InstanceState.FAILED, "result not recorded: cannot build the SR")
     assert states["1.2.6.2"][0] is InstanceState.DONE
@@ -180,18 +238,20 @@ def test_on_done_failure_fails_that_instance_only(
 def test_a_record_that_fails_rolls_back_done_and_what_it_added(
     tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
 ) -> None:
-    def on_done(
-        instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record:
-        def record(session: Session) -> None:
-            session.add(Event(instance_id=instance.id, action="half-recorded"))
-            session.flush()  # in the transaction, beside the 'done' update
-            raise DeliveryError("destination row refused")
+    class HalfRecording(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record:
+            def record(session: Session) -> None:
+                session.add(Event(instance_id=instance.id, action="half-recorded"))
+                session.flush()  # in the transaction, beside the 'done' update
+                raise DeliveryError("destination row refused")
 
-        return record
+            return record
 
     _enqueue(sessions, _good(tmp_path, "a"), "1.2.9.1")
-    InferenceWorker(settings, sessions, predictor=predictor, on_done=on_done).drain()
+    hooks = HalfRecording()
+    InferenceWorker(settings, sessions, predictor, hooks).drain()
     assert _states(sessions)["1.2.9.1"] == (
         InstanceState.FAILED,
         "result not recorded: destination row refused",
@@ -201,18 +261,31 @@ def test_a_record_that_fails_rolls_back_done_and_what_it_added(
         row = session.scalars(select(Instance)).one()
     assert half == []
     assert row.probability is None  # the 'done' fields went with the rollback
+    assert hooks.calls == ["committed"]  # for 'failed' only, never for the rolled-back 'done'
 
 
-def test_on_refused_runs_for_readable_skips_and_failures(
+def test_refused_runs_for_readable_skips_and_failures(
     tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
 ) -> None:
     settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
-    refused: dict[str, str] = {}
 
-    def on_refused(session: Session, instance: Instance, source: Dataset, reason: str) -> None:
-        if instance.sop_instance_uid == "1.2.7.3":
-            raise DeliveryError("disk full")
-        refused[instance.sop_instance_uid] = reason
+    class Refusing(Hooks):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refused_with: dict[str, str] = {}
+
+        def refused(
+            self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+        ) -> Record:
+            if instance.sop_instance_uid == "1.2.7.3":
+                raise DeliveryError("disk full")
+            self.refused_with[instance.sop_instance_uid] = reason
+
+            def record(session: Session) -> None:
+                if instance.sop_instance_uid == "1.2.7.2":
+                    raise DeliveryError("row refused")
+
+            return record
 
     broken = dataset(radiograph(), bits_stored=12)
     broken.PixelData = broken.PixelData[:100]
@@ -220,9 +293,13 @@ def test_on_refused_runs_for_readable_skips_and_failures(
     _enqueue(sessions, save(broken, tmp_path / "broken.dcm"), "1.2.7.2")
     _enqueue(sessions, _good(tmp_path, "knee", BodyPartExamined="KNEE"), "1.2.7.3")
     _enqueue(sessions, tmp_path / "gone.dcm", "1.2.7.4")
-    InferenceWorker(settings, sessions, predictor=predictor, on_refused=on_refused).drain()
-    assert set(refused) == {"1.2.7.1", "1.2.7.2"}
+    hooks = Refusing()
+    InferenceWorker(settings, sessions, predictor, hooks).drain()
+    assert set(hooks.refused_with) == {"1.2.7.1", "1.2.7.2"}
     states = _states(sessions)
+    assert states["1.2.7.1"][0] is InstanceState.SKIPPED
+    assert states["1.2.7.2"][0] is InstanceState.FAILED
+    assert (states["1.2.7.2"][1] or "").endswith("no report produced: row refused")
     assert states["1.2.7.3"][0] is InstanceState.SKIPPED
     assert (states["1.2.7.3"][1] or "").endswith("no report produced: disk full")
     assert states["1.2.7.4"][0] is InstanceState.FAILED

@@ -1,14 +1,16 @@
 """The inference worker: claim queued instances, classify them, record the outcome.
 
 One worker thread owns the predictor. It sleeps on a :class:`threading.Event` that the
-Storage SCP sets after each committed store (:meth:`InferenceWorker.wake`), and that a
-periodic APScheduler sweep also sets as a safety net (:meth:`InferenceWorker.sweep`), so
-an instance is picked up at once but never forgotten. Each wake-up drains the queue batch
-by batch; a claim is one atomic statement with a lease (``osteoflag.db.queue``).
+Storage SCP sets after each committed store (:meth:`InferenceWorker.wake`), and that the
+periodic sweep the worker adds to the daemon's scheduler (:meth:`InferenceWorker.schedule`)
+sets too, so an instance is picked up at once but never forgotten. Each wake-up drains the
+queue batch by batch; a claim is one atomic statement with a lease (``osteoflag.db.queue``).
 
 Per instance the outcome is ``done`` (probability, label, threshold, model, time),
 ``skipped`` (outside the model's domain: BodyPartExamined allowlist, minimum size) or
-``failed`` with the reason; one bad instance never stops the others in its batch.
+``failed`` with the reason; one bad instance never stops the others in its batch. What
+finishing an instance produces (the SR, the summary image, their outbound rows) is the
+:class:`Finishing` hook's business (``osteoflag.daemon.results``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 from apscheduler.schedulers.base import BaseScheduler
 from pydicom.dataset import Dataset
@@ -29,9 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
-from osteoflag.db.models import Instance
+from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.errors import OsteoflagError
-from osteoflag.inference.bundle import Bundle, load_bundle
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
     FloatArray,
@@ -43,16 +45,55 @@ from osteoflag.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
-#: What :data:`OnDone` returns: run in the transaction that marks the instance ``done``.
+#: What a hook returns: run in the transaction that records the outcome (e.g. to add the
+#: outbound rows of the objects the hook wrote), so both commit together or not at all.
 Record = Callable[[Session], None]
-#: Called before that transaction, with the instance, its dataset, the image the model saw (as
-#: 8-bit grey) and the result (e.g. to build and write the SR and summary, which takes tens of
-#: ms and must not hold a database lock); returns what to record in the transaction (e.g.
-#: their outbound rows). An :class:`OsteoflagError` from either fails the instance instead.
-OnDone = Callable[[Instance, Dataset, GreyArray, queue.Result], Record]
-#: Called in the transaction that marks a readable instance ``skipped`` or ``failed``, with the
-#: reason (e.g. for an "undetermined" SR); an :class:`OsteoflagError` is noted in the reason.
-OnRefused = Callable[[Session, Instance, Dataset, str], None]
+
+
+class Finishing(Protocol):
+    """How an instance is finished: the worker's one extension point, called in this order.
+
+    1. :meth:`done` (classified) or :meth:`refused` (a readable instance ``skipped`` or
+       ``failed``), before any database work: building and writing files takes tens of ms,
+       and on SQLite a transaction held meanwhile would stall every C-STORE. Each returns
+       what to record, or None.
+    2. One transaction: the outcome (``done`` / ``skipped`` / ``failed``) plus that record.
+    3. :meth:`committed`, after that transaction commits (never after a rollback), e.g. to
+       wake the sender for the new objects.
+
+    An :class:`OsteoflagError` from ``done`` or its record fails the instance; from
+    ``refused`` or its record, it is noted in the reason.
+    """
+
+    def done(
+        self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+    ) -> Record | None:
+        """``grey`` is the image the model saw, in 8 bits; ``result.made_at`` dates the result."""
+
+    def refused(
+        self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+    ) -> Record | None:
+        """``reason`` is the one recorded on the instance."""
+
+    def committed(self) -> None:
+        """The outcome and its record are durable."""
+
+
+class Silent:
+    """:class:`Finishing` that produces nothing (tests, benchmarks)."""
+
+    def done(
+        self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+    ) -> Record | None:
+        return None
+
+    def refused(
+        self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+    ) -> Record | None:
+        return None
+
+    def committed(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -95,20 +136,13 @@ class InferenceWorker:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        *,
-        predictor: Predictor | None = None,
-        on_done: OnDone | None = None,
-        on_refused: OnRefused | None = None,
+        predictor: Predictor,
+        finishing: Finishing | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
-        self._predictor = predictor or Predictor(
-            load_bundle(settings.model.bundle),
-            threads=settings.model.threads,
-            batch_size=settings.model.batch_size,
-        )
-        self._on_done = on_done
-        self._on_refused = on_refused
+        self._predictor = predictor
+        self._finishing = finishing or Silent()
         self._owner = f"infer:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lease = timedelta(seconds=settings.worker.lease_seconds)
         self._wake = threading.Event()
@@ -116,30 +150,22 @@ class InferenceWorker:
         self._thread: threading.Thread | None = None
 
     @property
-    def bundle(self) -> Bundle:
-        """The served bundle (for the model identity stated in produced objects)."""
-        return self._predictor.bundle
-
-    @property
     def running(self) -> bool:
         """True while the worker thread is alive (``/healthz``)."""
         return self._thread is not None and self._thread.is_alive()
 
     def wake(self) -> None:
-        """Ask the worker thread to look at the queue now (the SCP calls this after a store)."""
-        self._wake.set()
-
-    def sweep(self) -> None:
-        """The periodic safety net: same as :meth:`wake`, scheduled every ``sweep_seconds``."""
+        """Ask the worker thread to look at the queue now: after a store, and every sweep."""
         self._wake.set()
 
     def schedule(self, scheduler: BaseScheduler) -> None:
-        """Add the periodic sweep (every ``[worker] sweep_seconds``) to the daemon's scheduler."""
+        """Add the periodic sweep (every ``[worker] sweep_seconds``): the safety net for a
+        lost wake-up, and what picks up retries whose ``next_attempt_at`` has come."""
         scheduler.add_job(
-            self.sweep,
+            self.wake,
             "interval",
             seconds=self._settings.worker.sweep_seconds,
-            id="inference-sweep",
+            id="sweep",
             max_instances=1,
             coalesce=True,
         )
@@ -202,21 +228,21 @@ class InferenceWorker:
         try:
             ds = read_instance(Path(instance.file_path))
         except OsteoflagError as exc:
-            self._record(instance, queue.fail, str(exc), "failed")
+            self._refuse(instance, InstanceState.FAILED, str(exc))
             return None
         try:
             refusal = domain_refusal(ds, self._settings.model)
             if refusal is not None:
-                self._record(instance, queue.skip, refusal, "skipped", ds)
+                self._refuse(instance, InstanceState.SKIPPED, refusal, ds)
                 return None
             display = display_from_dataset(ds)
             tensor = model_input(display, self._predictor.bundle.input_spec)
         except OsteoflagError as exc:
-            self._record(instance, queue.fail, str(exc), "failed", ds)
+            self._refuse(instance, InstanceState.FAILED, str(exc), ds)
             return None
         except Exception as exc:  # an unforeseen decoder error must not block the batch
             reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
-            self._record(instance, queue.fail, reason, "failed", ds)
+            self._refuse(instance, InstanceState.FAILED, reason, ds)
             return None
         return _Ready(
             instance, ds, display.grey8(), tensor, (time.perf_counter() - started) * 1000.0
@@ -228,8 +254,9 @@ class InferenceWorker:
             predictions = self._predictor.predict_inputs([item.tensor for item in ready])
         except OsteoflagError as exc:
             for item in ready:
-                reason = f"inference failed: {exc}"
-                self._record(item.instance, queue.fail, reason, "failed", item.source)
+                self._refuse(
+                    item.instance, InstanceState.FAILED, f"inference failed: {exc}", item.source
+                )
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
@@ -243,36 +270,78 @@ class InferenceWorker:
             self._store(item, result)
 
     def _store(self, item: _Ready, result: queue.Result) -> None:
-        """``on_done``'s work, then ``done`` plus what it records; ``failed`` if either fails."""
+        """The hook's ``done``, then ``done`` plus its record; ``failed`` if either fails."""
         instance = item.instance
         try:
-            record = (
-                self._on_done(instance, item.source, item.grey, result)
-                if self._on_done is not None
-                else None
+            record = self._finishing.done(instance, item.source, item.grey, result)
+            marked = self._commit(
+                instance,
+                lambda session: queue.complete(session, instance.id, self._owner, result),
+                record,
             )
-            if not self._commit_done(instance, result, record):
-                return
         except OsteoflagError as exc:
-            self._record(instance, queue.fail, f"result not recorded: {exc}", "failed")
+            self._refuse(instance, InstanceState.FAILED, f"result not recorded: {exc}")
             return
-        logger.info(
-            "instance classified",
-            extra={
-                "action": "classified",
-                "sop_instance_uid": instance.sop_instance_uid,
-                "probability": round(result.probability, 6),
-                "label": result.label,
-                "model": result.model,
-                "inference_ms": round(result.inference_ms, 1),
-            },
+        if marked:
+            logger.info(
+                "instance classified",
+                extra={
+                    "action": "classified",
+                    "sop_instance_uid": instance.sop_instance_uid,
+                    "probability": round(result.probability, 6),
+                    "label": result.label,
+                    "model": result.model,
+                    "inference_ms": round(result.inference_ms, 1),
+                },
+            )
+
+    def _refuse(
+        self,
+        instance: Instance,
+        state: InstanceState,
+        reason: str,
+        source: Dataset | None = None,
+    ) -> None:
+        """The hook's ``refused`` (for a readable ``source``), then the outcome with ``reason``
+        plus its record; a hook error is noted in the reason instead."""
+        made_at = utcnow()
+        record: Record | None = None
+        if source is not None:
+            try:
+                record = self._finishing.refused(instance, source, reason, made_at)
+            except OsteoflagError as exc:
+                reason = f"{reason}; no report produced: {exc}"
+        try:
+            marked = self._commit(instance, self._marking(instance, state, reason, made_at), record)
+        except OsteoflagError as exc:
+            reason = f"{reason}; no report produced: {exc}"
+            marked = self._commit(instance, self._marking(instance, state, reason, made_at), None)
+        if marked:
+            logger.warning(
+                "instance %s",
+                state.value,
+                extra={
+                    "action": state.value,
+                    "sop_instance_uid": instance.sop_instance_uid,
+                    "reason": reason,
+                },
+            )
+
+    def _marking(
+        self, instance: Instance, state: InstanceState, reason: str, made_at: datetime
+    ) -> Callable[[Session], bool]:
+        return lambda session: queue.refuse(
+            session, instance.id, self._owner, state, reason, made_at
         )
 
-    def _commit_done(self, instance: Instance, result: queue.Result, record: Record | None) -> bool:
-        """``done`` plus what ``record`` adds, in one transaction; False if the lease was lost."""
+    def _commit(
+        self, instance: Instance, mark: Callable[[Session], bool], record: Record | None
+    ) -> bool:
+        """``mark`` (the outcome) plus ``record``, in one transaction, then the hook's
+        ``committed``; False, with nothing changed, if the lease was lost."""
         with self._sessions() as session:
             try:
-                if not queue.complete(session, instance.id, self._owner, result):
+                if not mark(session):
                     session.rollback()
                     self._lease_lost(instance)
                     return False
@@ -282,42 +351,8 @@ class InferenceWorker:
             except OsteoflagError:
                 session.rollback()
                 raise
+        self._finishing.committed()
         return True
-
-    def _record(
-        self,
-        instance: Instance,
-        outcome: Callable[[Session, int, str, str], bool],
-        reason: str,
-        action: str,
-        source: Dataset | None = None,
-    ) -> None:
-        """Mark ``skipped``/``failed`` with ``reason``; ``on_refused`` joins the transaction."""
-        hook_error: OsteoflagError | None = None
-        with self._sessions() as session:
-            try:
-                if not outcome(session, instance.id, self._owner, reason):
-                    session.rollback()
-                    self._lease_lost(instance)
-                    return
-                if source is not None and self._on_refused is not None:
-                    self._on_refused(session, instance, source, reason)
-                session.commit()
-            except OsteoflagError as exc:
-                session.rollback()
-                hook_error = exc
-        if hook_error is not None:
-            self._record(instance, outcome, f"{reason}; no report produced: {hook_error}", action)
-            return
-        logger.warning(
-            "instance %s",
-            action,
-            extra={
-                "action": action,
-                "sop_instance_uid": instance.sop_instance_uid,
-                "reason": reason,
-            },
-        )
 
     def _lease_lost(self, instance: Instance) -> None:
         logger.warning(
