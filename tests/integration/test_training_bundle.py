@@ -17,7 +17,7 @@ from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.__main__ import main as training_main
-from osteoflag.training.backbones import FeatureLayout, Init
+from osteoflag.training.backbones import KERAS_BGR_MEAN, FeatureLayout, Init
 from osteoflag.training.classifier import BoosterConfig
 from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
 from osteoflag.training.finetune import FinetuneConfig
@@ -167,3 +167,31 @@ def test_efficientnet_refuses_hed_weights(data: Path, capsys: pytest.CaptureFixt
     assert status == 1
     assert "--init imagenet or scratch" in capsys.readouterr().err
     assert not (data / "never").exists()
+
+
+def test_vgg16_imagenet_bundle_serves_keras_caffe_input(data: Path) -> None:
+    options = TrainOptions(
+        data=data / "primary",
+        out=data / "bundle-vgg16-imagenet",
+        work=data / "work-vgg16-imagenet",
+        architecture=Architecture.VGG16,
+        init=Init.IMAGENET,
+        size=32,
+        layout=FeatureLayout.B345,
+        protocols=("published",),
+        finetune=FinetuneConfig(epochs=1, batch_size=8),
+        booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
+        compare_layouts=False,
+    )
+    results = run(options)
+    bundle = load_bundle(options.out)
+    spec = bundle.manifest.input
+    assert (spec.colour_order, spec.mean, spec.std) == ("BGR", KERAS_BGR_MEAN, (1.0, 1.0, 1.0))
+    assert (bundle.manifest.backbone.architecture, bundle.manifest.backbone.init) == (
+        "vgg16",
+        "imagenet",
+    )
+    image = next((data / "primary" / "test" / "fracture").iterdir())
+    [prediction] = Predictor(bundle, threads=1).predict([load_display(image)])
+    assert 0.0 <= prediction.probability <= 1.0
+    assert results["parity"]["bundle_vs_training_graphs"] <= 1e-4  # type: ignore[index]

@@ -49,7 +49,7 @@ def test_command_line_fine_tuning_overrides_keep_the_backbone_defaults() -> None
     plain = train_options(_parsed("--backbone", "vgg16", "--seed", "3"))
     assert plain.finetune is None
     assert plain.tuning == replace(FINETUNE[Architecture.VGG16], seed=3)
-    assert plain.layout is FeatureLayout.B345 and plain.name == "osteoflag-vgg16-hed"
+    assert plain.layout is FeatureLayout.B345 and plain.name == "osteoflag-vgg16-imagenet"
     tuned = train_options(_parsed("--epochs", "2", "--lr-backbone", "0.001", "--seed", "3"))
     defaults = FINETUNE[Architecture.EFFICIENTNET_LITE0]
     assert tuned.tuning == replace(defaults, epochs=2, lr_backbone=0.001, seed=3)
