@@ -87,16 +87,15 @@ def _show_sr(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _requeue(args: argparse.Namespace, settings: Settings) -> int:
-    from osteoflag.db import queue
+    from osteoflag.db import outbound, queue
     from osteoflag.db.engine import make_engine, migrate, session_factory
-    from osteoflag.pacs.sender import requeue_failed_outbound
 
     engine = make_engine(settings.storage.database_url)
     migrate(engine)
     sessions = session_factory(engine)
     instances = queue.requeue_failed(sessions)
-    outbound = requeue_failed_outbound(sessions)
-    print(json.dumps({"instances": instances, "outbound": outbound}))
+    objects = outbound.requeue_failed(sessions)
+    print(json.dumps({"instances": instances, "outbound": objects}))
     return 0
 
 

@@ -25,13 +25,13 @@ from sqlalchemy.orm import Session
 
 from osteoflag.config import Settings
 from osteoflag.daemon.worker import Record
-from osteoflag.db import queue
+from osteoflag.db import outbound, queue
 from osteoflag.db.models import Instance
 from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import Written, add_outbound, write_objects
+from osteoflag.pacs.outbound import destination_keys, write_objects
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +82,13 @@ class Reporting:
         for call in self._announce:
             call()
 
-    def _recording(self, instance: Instance, source: Dataset, written: list[Written]) -> Record:
+    def _recording(
+        self, instance: Instance, source: Dataset, written: list[outbound.Produced]
+    ) -> Record:
         def record(session: Session) -> None:
             _note_source(session, instance, source)
             if written:
-                add_outbound(session, instance, written, self._settings)
+                outbound.add_pending(session, instance, written, destination_keys(self._settings))
 
         return record
 

@@ -1,9 +1,9 @@
 """The instance queue: enqueue on receipt, atomic batch claims with a lease, outcomes.
 
-Claims are one ``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` statement;
-on PostgreSQL the sub-select takes ``FOR UPDATE SKIP LOCKED`` so concurrent workers
-never claim the same row, and on SQLite the ``BEGIN IMMEDIATE`` transaction
-serialises writers. A lease (owner + expiry) lets a dead worker's rows be recovered.
+Its state machine (``queued`` -> ``processing`` -> ``done`` / ``skipped`` / ``failed``) is
+changed only here, as the outbound one is only in ``osteoflag.db.outbound``. Claims are one
+atomic statement (``osteoflag.db.claims``); a lease (owner + expiry) lets a dead worker's
+rows be recovered.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from osteoflag.db import claims
 from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 
@@ -88,29 +89,19 @@ def claim_instances(
 ) -> list[Instance]:
     """Atomically move up to ``limit`` due queued instances to ``processing`` for ``owner``."""
     now = utcnow()
-    due = (
-        select(Instance.id)
-        .where(Instance.state == InstanceState.QUEUED, Instance.next_attempt_at <= now)
-        .order_by(Instance.received_at, Instance.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
+    return claims.claim(
+        sessions,
+        Instance,
+        due=[Instance.state == InstanceState.QUEUED, Instance.next_attempt_at <= now],
+        order=[Instance.received_at, Instance.id],
+        limit=limit,
+        values={
+            "state": InstanceState.PROCESSING,
+            "attempts": Instance.attempts + 1,
+            "lease_owner": owner,
+            "lease_expires_at": now + lease,
+        },
     )
-    statement = (
-        update(Instance)
-        .where(Instance.id.in_(due))
-        .values(
-            state=InstanceState.PROCESSING,
-            attempts=Instance.attempts + 1,
-            lease_owner=owner,
-            lease_expires_at=now + lease,
-        )
-        .returning(Instance)
-    )
-    with sessions() as session:
-        rows = list(session.scalars(statement).all())
-        session.commit()
-    return sorted(rows, key=lambda row: row.id)
 
 
 def _finish(

@@ -3,26 +3,22 @@
 ``write_objects`` builds the SR (and the summary image) and writes them atomically under
 the outgoing folder with owner-only permissions (``storage.write_atomically``), before the
 transaction that records the result, holding no database lock while it does (on SQLite that
-lock would stall every C-STORE). ``add_outbound`` then adds one ``pending`` outbound row
-per object and destination to that transaction. Committing it makes result and delivery
-obligation durable together; a crash before the commit leaves only files, rewritten with
-the same UIDs on the next attempt.
+lock would stall every C-STORE). ``osteoflag.db.outbound.add_pending`` then adds one
+``pending`` outbound row per object and destination to that transaction. Committing it
+makes result and delivery obligation durable together; a crash before the commit leaves
+only files, rewritten with the same UIDs on the next attempt.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
-from pathlib import Path
 
 from pydicom import Dataset
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from osteoflag.config import Destination, Settings
-from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
+from osteoflag.db.models import Instance
+from osteoflag.db.outbound import Produced
 from osteoflag.errors import PixelDataError, TransientError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
@@ -31,12 +27,15 @@ from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
 
-logger = logging.getLogger(__name__)
-
 
 def destination_key(destination: Destination) -> str:
     """The outbound row's ``destination``: ``AE@host:port``."""
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def destination_keys(settings: Settings) -> list[str]:
+    """The ``destination`` of every configured destination."""
+    return [destination_key(destination) for destination in settings.destinations]
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -76,16 +75,6 @@ def build_objects(
     return objects
 
 
-@dataclass(frozen=True)
-class Written:
-    """An object on disk under the outgoing folder, not yet queued for any destination."""
-
-    kind: Kind
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: Path
-
-
 def write_objects(
     instance: Instance,
     source: Dataset,
@@ -95,7 +84,7 @@ def write_objects(
     created: datetime,
     *,
     grey: GreyArray | None = None,
-) -> list[Written]:
+) -> list[Produced]:
     """Build the objects for ``instance``, dated ``created`` (when the result was made), and
     write them; no database work.
 
@@ -103,7 +92,7 @@ def write_objects(
     """
     if result.label is Label.UNDETERMINED and not settings.report.undetermined_sr:
         return []
-    written: list[Written] = []
+    written: list[Produced] = []
     for dataset in build_objects(source, result, model, settings, created, grey=grey):
         kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
         sop_uid = str(dataset.SOPInstanceUID)
@@ -112,55 +101,5 @@ def write_objects(
             write_atomically(path, encode(dataset))
         except OSError as exc:
             raise TransientError(f"cannot write {kind.value} {sop_uid} to {path}: {exc}") from exc
-        written.append(Written(kind, str(dataset.SOPClassUID), sop_uid, path))
+        written.append(Produced(kind.value, str(dataset.SOPClassUID), sop_uid, path))
     return written
-
-
-def add_outbound(
-    session: Session, instance: Instance, written: list[Written], settings: Settings
-) -> list[Outbound]:
-    """Add the ``pending`` rows of ``written`` to ``session``, one per destination.
-
-    Returns the rows added. Rows that already exist for the same SOP Instance UID and
-    destination are left as they are, so recording an object twice is safe.
-    """
-    rows: list[Outbound] = []
-    for item in written:
-        rows.extend(_add_rows(session, instance, item, settings))
-    logger.info(
-        "outbound objects produced",
-        extra={
-            "action": "produce_outbound",
-            "instance_id": instance.id,
-            "sop_instance_uid": instance.sop_instance_uid,
-            "objects": len(rows),
-        },
-    )
-    return rows
-
-
-def _add_rows(
-    session: Session, instance: Instance, item: Written, settings: Settings
-) -> list[Outbound]:
-    known = set(
-        session.scalars(
-            select(Outbound.destination).where(Outbound.sop_instance_uid == item.sop_instance_uid)
-        )
-    )
-    rows = [
-        Outbound(
-            instance_id=instance.id,
-            kind=item.kind.value,
-            sop_class_uid=item.sop_class_uid,
-            sop_instance_uid=item.sop_instance_uid,
-            file_path=str(item.path),
-            destination=key,
-            state=OutboundState.PENDING,
-            attempts=0,
-            next_attempt_at=utcnow(),
-        )
-        for key in (destination_key(d) for d in settings.destinations)
-        if key not in known
-    ]
-    session.add_all(rows)
-    return rows

@@ -1,11 +1,12 @@
-"""The scheduled sender: C-STORE pending outbound objects to every destination.
+"""The sender: a DICOM client that C-STOREs pending outbound objects to every destination.
 
 Each run works every configured destination in its own thread with its own single
 association (PS3.7 C-STORE over PS3.8 association), time-boxed by the ACSE, DIMSE and
 network timeouts and by ``[sender] run_seconds``, so one dead PACS never blocks
 another. Each object's outcome is committed as soon as it is known: ``sent`` on a
 Success or Warning status (PS3.4 B.2.3) and never sent again; otherwise the attempt
-is counted and the retry policy reschedules it or gives it up as ``failed``.
+is counted and the retry policy reschedules it or gives it up as ``failed``. The rows'
+states change only through ``osteoflag.db.outbound``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Destination, Settings
-from osteoflag.db.models import Outbound, OutboundState, utcnow
-from osteoflag.pacs.outbound import destination_key
+from osteoflag.db import outbound
+from osteoflag.db.models import Outbound, utcnow
+from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
 from osteoflag.pacs.tls import client_context
 
@@ -67,10 +68,11 @@ def send_pending(
 ) -> DeliveryReport:
     """One sender run: deliver every due ``pending`` object to its destination.
 
-    This is the job the daemon schedules every ``[sender] interval_seconds``
-    (``max_instances=1``). Destinations are served in parallel.
+    The sender thread (``osteoflag.daemon.delivery.SenderLoop``) runs it when woken and
+    every ``[sender] interval_seconds``, one run at a time. Destinations are served in
+    parallel.
     """
-    orphaned = fail_unconfigured(sessions, settings)
+    orphaned = outbound.fail_unconfigured(sessions, destination_keys(settings))
     if not settings.destinations:
         return DeliveryReport(failed=orphaned)
     policy = RetryPolicy.from_settings(settings.sender)
@@ -85,79 +87,10 @@ def send_pending(
         return sum(reports, DeliveryReport(failed=orphaned))
 
 
-def fail_unconfigured(sessions: sessionmaker[Session], settings: Settings) -> int:
-    """Fail ``pending`` objects owed to a destination no longer in ``[[destinations]]``.
-
-    Nothing would ever send them; ``requeue_failed_outbound`` revives them if the
-    destination comes back into the configuration.
-    """
-    configured = [destination_key(destination) for destination in settings.destinations]
-    with sessions() as session:
-        count = session.execute(
-            update(Outbound)
-            .where(Outbound.state == OutboundState.PENDING, Outbound.destination.not_in(configured))
-            .values(state=OutboundState.FAILED, last_error="destination no longer configured")
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
-    if count:
-        logger.warning(
-            "objects for unconfigured destinations failed",
-            extra={"action": "send", "count": int(count)},
-        )
-    return int(count)
-
-
-def claim_due(
-    sessions: sessionmaker[Session], key: str, now: datetime, limit: int, lease: timedelta
-) -> list[Outbound]:
-    """Atomically take up to ``limit`` due ``pending`` objects of one destination.
-
-    The claim pushes ``next_attempt_at`` past ``now + lease`` in the same statement that
-    selects the rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
-    SQLite), so two sender processes never send the same object; a sender that dies
-    mid-run leaves its rows due again once the lease has passed.
-    """
-    due = (
-        select(Outbound.id)
-        .where(
-            Outbound.destination == key,
-            Outbound.state == OutboundState.PENDING,
-            Outbound.next_attempt_at <= now,
-        )
-        .order_by(Outbound.next_attempt_at, Outbound.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    statement = (
-        update(Outbound)
-        .where(Outbound.id.in_(due))
-        .values(next_attempt_at=now + lease)
-        .returning(Outbound)
-    )
-    with sessions() as session:
-        rows = list(session.scalars(statement).all())
-        session.commit()
-    return sorted(rows, key=lambda row: row.id)
-
-
 def claim_lease(settings: Settings) -> timedelta:
     """Longest a run can hold a claim: association, the run budget and one last C-STORE."""
     sender = settings.sender
     return timedelta(seconds=sender.run_seconds + 3 * sender.timeout_seconds)
-
-
-def _release(sessions: sessionmaker[Session], rows: Sequence[Outbound], now: datetime) -> None:
-    """Make claimed but unattempted rows due again at once (the run ran out of time)."""
-    with sessions() as session:
-        session.execute(
-            update(Outbound)
-            .where(
-                Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
-            )
-            .values(next_attempt_at=now)
-        )
-        session.commit()
 
 
 def deliver(
@@ -169,7 +102,7 @@ def deliver(
 ) -> DeliveryReport:
     """Send the due objects of one destination over one association."""
     key = destination_key(destination)
-    rows = claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
+    rows = outbound.claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
     if not rows:
         return DeliveryReport()
     assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
@@ -215,7 +148,7 @@ def _store_all(
     stop_at = time.monotonic() + settings.sender.run_seconds
     for index, row in enumerate(rows):
         if time.monotonic() > stop_at or not assoc.is_established:
-            _release(sessions, rows[index:], utcnow())
+            outbound.release(sessions, rows[index:])
             break  # left pending, untouched: next run picks it up
         try:
             dataset = dcmread(row.file_path)
@@ -239,18 +172,7 @@ def _store_all(
 
 
 def _sent(sessions: sessionmaker[Session], row: Outbound, status: int, key: str) -> DeliveryReport:
-    with sessions() as session:
-        session.execute(
-            update(Outbound)
-            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
-            .values(
-                state=OutboundState.SENT,
-                attempts=Outbound.attempts + 1,
-                sent_at=utcnow(),
-                last_error=None if status == 0 else f"warning 0x{status:04X}",
-            )
-        )
-        session.commit()
+    outbound.mark_sent(sessions, row, None if status == 0 else f"warning 0x{status:04X}")
     logger.info(
         "object delivered",
         extra={
@@ -280,16 +202,9 @@ def _failed(
         permanent=permanent,
     )
     if isinstance(decision, GiveUp):
-        values: dict[str, object] = {"state": OutboundState.FAILED, "last_error": decision.reason}
+        outbound.mark_attempt_failed(sessions, row, decision.reason, None)
     else:
-        values = {"next_attempt_at": decision.when, "last_error": error}
-    with sessions() as session:
-        session.execute(
-            update(Outbound)
-            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
-            .values(attempts=Outbound.attempts + 1, **values)
-        )
-        session.commit()
+        outbound.mark_attempt_failed(sessions, row, error, decision.when)
     if isinstance(decision, GiveUp):
         logger.error(
             "delivery given up",
@@ -302,22 +217,3 @@ def _failed(
         )
         return DeliveryReport(failed=1)
     return DeliveryReport(retried=1)
-
-
-def requeue_failed_outbound(sessions: sessionmaker[Session]) -> int:
-    """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
-    now = utcnow()
-    with sessions() as session:
-        count = session.execute(
-            update(Outbound)
-            .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))
-            .values(
-                state=OutboundState.PENDING,
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-                last_error=None,
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
-    return int(count)

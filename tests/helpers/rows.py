@@ -7,8 +7,9 @@ from sqlalchemy.orm import Session
 
 from osteoflag.config import Settings
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
+from osteoflag.db.outbound import add_pending
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import add_outbound, write_objects
+from osteoflag.pacs.outbound import destination_keys, write_objects
 
 
 def produce_for(
@@ -43,4 +44,4 @@ def produce(
 ) -> list[Outbound]:
     """The objects of ``result`` written now, and their outbound rows added to ``session``."""
     written = write_objects(instance, source, result, model, settings, utcnow())
-    return add_outbound(session, instance, written, settings)
+    return add_pending(session, instance, written, destination_keys(settings))

@@ -18,8 +18,8 @@ from osteoflag.daemon.retention import remove_expired
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
-from osteoflag.pacs.sender import requeue_failed_outbound
 from osteoflag.pacs.storage import instance_path, write_atomically
 
 RETENTION = RetentionSettings(max_age_days=30.0)

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, Outbound, utcnow
+from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.sender import requeue_failed_outbound, send_pending
+from osteoflag.pacs.sender import send_pending
 from tests.helpers.net import free_port, port_open
 from tests.helpers.rows import produce, produce_for
 from tests.helpers.wait import wait_for

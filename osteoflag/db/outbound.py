@@ -1,0 +1,185 @@
+"""The outbound queue: produced objects owed to destinations, ``pending`` -> ``sent`` / ``failed``.
+
+Its state machine is changed only here, as the instance one is only in ``osteoflag.db.queue``;
+the sender is a DICOM client that calls these. A claim (``osteoflag.db.claims``) pushes
+``next_attempt_at`` past the claim's lease in the statement that takes the rows, so two
+senders never send the same object, and a sender that dies mid-run leaves its rows due
+again once the lease has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.db import claims
+from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Produced:
+    """An object written under the outgoing folder, to be owed to each destination."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: Path
+
+
+def add_pending(
+    session: Session,
+    instance: Instance,
+    produced: Sequence[Produced],
+    destinations: Sequence[str],
+) -> list[Outbound]:
+    """Add a ``pending`` row per object of ``produced`` and destination to ``session``.
+
+    Returns the rows added. Rows that already exist for the same SOP Instance UID and
+    destination are left as they are, so recording an object twice is safe.
+    """
+    rows: list[Outbound] = []
+    for item in produced:
+        known = set(
+            session.scalars(
+                select(Outbound.destination).where(
+                    Outbound.sop_instance_uid == item.sop_instance_uid
+                )
+            )
+        )
+        rows.extend(
+            Outbound(
+                instance_id=instance.id,
+                kind=item.kind,
+                sop_class_uid=item.sop_class_uid,
+                sop_instance_uid=item.sop_instance_uid,
+                file_path=str(item.path),
+                destination=destination,
+                state=OutboundState.PENDING,
+                attempts=0,
+                next_attempt_at=utcnow(),
+            )
+            for destination in destinations
+            if destination not in known
+        )
+    session.add_all(rows)
+    logger.info(
+        "outbound objects produced",
+        extra={
+            "action": "produce_outbound",
+            "instance_id": instance.id,
+            "sop_instance_uid": instance.sop_instance_uid,
+            "objects": len(rows),
+        },
+    )
+    return rows
+
+
+def claim_due(
+    sessions: sessionmaker[Session], destination: str, now: datetime, limit: int, lease: timedelta
+) -> list[Outbound]:
+    """Atomically take up to ``limit`` due ``pending`` objects of one destination."""
+    return claims.claim(
+        sessions,
+        Outbound,
+        due=[
+            Outbound.destination == destination,
+            Outbound.state == OutboundState.PENDING,
+            Outbound.next_attempt_at <= now,
+        ],
+        order=[Outbound.next_attempt_at, Outbound.id],
+        limit=limit,
+        values={"next_attempt_at": now + lease},
+    )
+
+
+def release(sessions: sessionmaker[Session], rows: Sequence[Outbound]) -> None:
+    """Make claimed but unattempted rows due again at once (the run ran out of time)."""
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(
+                Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
+            )
+            .values(next_attempt_at=utcnow())
+        )
+        session.commit()
+
+
+def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | None) -> None:
+    """``sent``, never to be sent again; ``warning`` notes a Warning status, if any."""
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
+            .values(
+                state=OutboundState.SENT,
+                attempts=Outbound.attempts + 1,
+                sent_at=utcnow(),
+                last_error=warning,
+            )
+        )
+        session.commit()
+
+
+def mark_attempt_failed(
+    sessions: sessionmaker[Session], row: Outbound, error: str, retry_at: datetime | None
+) -> None:
+    """Count a failed attempt: due again at ``retry_at``, or ``failed`` when it is None."""
+    values: dict[str, object] = (
+        {"state": OutboundState.FAILED} if retry_at is None else {"next_attempt_at": retry_at}
+    )
+    with sessions() as session:
+        session.execute(
+            update(Outbound)
+            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
+            .values(attempts=Outbound.attempts + 1, last_error=error, **values)
+        )
+        session.commit()
+
+
+def fail_unconfigured(sessions: sessionmaker[Session], configured: Sequence[str]) -> int:
+    """Fail ``pending`` objects owed to a destination not in ``configured``.
+
+    Nothing would ever send them; :func:`requeue_failed` revives them if the destination
+    comes back into the configuration.
+    """
+    with sessions() as session:
+        count = session.execute(
+            update(Outbound)
+            .where(Outbound.state == OutboundState.PENDING, Outbound.destination.not_in(configured))
+            .values(state=OutboundState.FAILED, last_error="destination no longer configured")
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    if count:
+        logger.warning(
+            "objects for unconfigured destinations failed",
+            extra={"action": "send", "count": int(count)},
+        )
+    return int(count)
+
+
+def requeue_failed(sessions: sessionmaker[Session]) -> int:
+    """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
+    now = utcnow()
+    with sessions() as session:
+        count = session.execute(
+            update(Outbound)
+            .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))
+            .values(
+                state=OutboundState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                last_error=None,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    return int(count)
