@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -151,11 +152,24 @@ class WorkerSettings(_Section):
     lease_seconds: Seconds = 600.0
 
 
+class SRClass(StrEnum):
+    """The SR Storage SOP Class of the result SR (PS3.4 B.5).
+
+    Comprehensive 3D SR is what the IHE AI Results profile asks for; Comprehensive SR
+    carries the same content (our regions are 2D) for viewers that draw regions only
+    from it, such as Orthanc's Stone viewer.
+    """
+
+    COMPREHENSIVE_3D = "comprehensive-3d"
+    COMPREHENSIVE = "comprehensive"
+
+
 class ReportSettings(_Section):
-    """What is produced for each result (issue 4): summary image, undetermined SRs."""
+    """What is produced for each result: summary image, undetermined SRs, the SR's class."""
 
     summary_image: bool = True
     undetermined_sr: bool = False
+    sr_class: Annotated[SRClass, Field(strict=False)] = SRClass.COMPREHENSIVE_3D
 
 
 class SenderSettings(_Section):

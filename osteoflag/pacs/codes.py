@@ -12,7 +12,10 @@ from typing import Final
 
 from pydicom.sr.coding import Code
 
-# Document title and procedure (PS3.16 CID 7021, CID 100).
+# Document title, language and procedure (PS3.16 CID 7021, TID 1204, CID 100).
+LANGUAGE_OF_CONTENT: Final = Code("121049", "DCM", "Language of Content Item and Descendants")
+ENGLISH_US: Final = Code("en-US", "RFC5646", "English (United States)")
+PROCEDURE_REPORTED: Final = Code("121058", "DCM", "Procedure reported")
 IMAGING_MEASUREMENT_REPORT: Final = Code("126000", "DCM", "Imaging Measurement Report")
 PLAIN_RADIOGRAPHY: Final = Code("168537006", "SCT", "Plain radiography")
 
@@ -25,6 +28,14 @@ UNDETERMINED: Final = Code("373068000", "SCT", "Undetermined")
 # The score: TID 300 measurement in UCUM percent (PS3.16 CID 6048 "Certainty of Finding").
 CERTAINTY_OF_FINDING: Final = Code("111012", "DCM", "Certainty of Finding")
 PERCENT: Final = Code("%", "UCUM", "Percent")
+
+# Where the finding is (TID 1410 "Image Region", PS3.3 C.18.6 SCOORD) and, for a result with
+# no region, the document-level TID 1500 "Qualitative Evaluations" container and the image
+# the evaluation was inferred from.
+IMAGE_REGION: Final = Code("111030", "DCM", "Image Region")
+QUALITATIVE_EVALUATIONS: Final = Code("C0034375", "UMLS", "Qualitative Evaluations")
+SOURCE: Final = Code("260753009", "SCT", "Source")
+IMAGING_MEASUREMENTS: Final = Code("126010", "DCM", "Imaging Measurements")
 
 # Free text: research-only statement and the reason a result is undetermined.
 COMMENT: Final = Code("121106", "DCM", "Comment")

@@ -22,6 +22,7 @@ from osteoflag.db.outbound import Produced
 from osteoflag.errors import PixelDataError, TransientError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
+from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
@@ -53,10 +54,11 @@ def build_objects(
     created: datetime,
     *,
     grey: GreyArray | None = None,
+    region: Region | None = None,
 ) -> list[Dataset]:
     """The SR, then the summary image if configured (and if an undetermined image can show);
     ``grey`` is the source as already decoded (:meth:`DisplayImage.grey8`), when the caller
-    has it."""
+    has it; ``region`` is where a flagged image's finding is."""
     objects = [
         build_sr(
             source,
@@ -64,6 +66,8 @@ def build_objects(
             model=model,
             device_uid=device_uid(settings.listener.ae_title),
             created=created,
+            region=region,
+            sr_class=settings.report.sr_class,
         )
     ]
     if settings.report.summary_image:
@@ -84,6 +88,7 @@ def write_objects(
     created: datetime,
     *,
     grey: GreyArray | None = None,
+    region: Region | None = None,
 ) -> list[Produced]:
     """Build the objects for ``instance``, dated ``created`` (when the result was made), and
     write them; no database work.
@@ -93,7 +98,8 @@ def write_objects(
     if result.label is Label.UNDETERMINED and not settings.report.undetermined_sr:
         return []
     written: list[Produced] = []
-    for dataset in build_objects(source, result, model, settings, created, grey=grey):
+    built = build_objects(source, result, model, settings, created, grey=grey, region=region)
+    for dataset in built:
         kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
         sop_uid = str(dataset.SOPInstanceUID)
         path = settings.outgoing_path / kind.value / f"{sop_uid}.dcm"

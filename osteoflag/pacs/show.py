@@ -15,7 +15,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from osteoflag.errors import PermanentError
-from osteoflag.pacs.sr import read_result
+from osteoflag.pacs.sr_read import read_result
 
 INDENT = "  "
 
@@ -50,6 +50,10 @@ def describe_value(item: Dataset) -> str:
             return "(no reference)"
         ref = references[0]
         return f"{ref.get('ReferencedSOPClassUID', '')} / {ref.get('ReferencedSOPInstanceUID', '')}"
+    if value_type in ("SCOORD", "SCOORD3D"):
+        points = [f"{float(v):g}" for v in item.get("GraphicData", [])]
+        pairs = [",".join(points[i : i + 2]) for i in range(0, len(points), 2)]
+        return f"{item.get('GraphicType', '')} {' '.join(pairs)}".rstrip()
     if value_type == "CONTAINER":
         return ""
     for keyword in ("DateTime", "Date", "Time", "PersonName"):
@@ -99,6 +103,8 @@ def render_sr(dataset: Dataset) -> str:
             f"model {result.model_name}@{result.model_version}) for source "
             f"{result.source_sop_instance_uid}"
         )
+        if result.region is not None:
+            lines.append(f"Region: box {result.region} (x0, y0, x1, y1 in source pixels)")
         if result.reason:
             lines.append(f"Reason: {result.reason}")
     lines.append(f"{dataset.get('ValueType', '')} {_meaning(dataset.ConceptNameCodeSequence)}")

@@ -1,24 +1,31 @@
-"""The research-only result SR: a Comprehensive 3D SR following IHE AI Results.
+"""The research-only result SR: a TID 1500 Measurement Report following IHE AI Results.
 
 One function per template of PS3.16: TID 1500 Measurement Report at the root, its
-observation context a device (TID 1002 / TID 1004), one TID 1501 Measurement and
-Qualitative Evaluation Group per classified image with TID 4019 Algorithm
-Identification and a TID 300 measurement "Certainty of Finding" in percent.
-``read_result`` parses such a document back; ``build_sr`` is its inverse.
+observation context a device (TID 1002 / TID 1004). A flagged image with a region gets a
+TID 1410 Planar ROI group in "Imaging Measurements": the finding, TID 4019 Algorithm
+Identification, the region as a 2D SCOORD box on the source image and a TID 300
+"Certainty of Finding" in percent. Viewers that draw TID 1500 reports (OHIF) reject a
+whole document when one of its groups has no SCOORD, so every other result (not flagged,
+undetermined, flagged without a region) is stated once for the document in TID 1500's
+"Qualitative Evaluations" container, inferred from the source image. :mod:`sr_read`
+parses both forms back.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
+from pydicom.sr.coding import Code
 
+from osteoflag.config import SRClass
 from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
+from osteoflag.inference.region import Region
 from osteoflag.pacs import codes
 from osteoflag.pacs.derived import (
     DEVICE_MODEL_NAME,
@@ -42,23 +49,17 @@ logger = logging.getLogger(__name__)
 SR_SERIES_NUMBER = 9901
 THRESHOLD_PARAMETER = "threshold="
 SHA256_PARAMETER = "sha256="
+TRACKING_IDENTIFIER = "osteoflag suspected fracture"
 
-_EVALUATIONS = {Label.FRACTURE: codes.PRESENT, Label.NO_FRACTURE: codes.ABSENT}
-
-
-@dataclass(frozen=True)
-class ReportedResult:
-    """What an osteoflag SR states, read back from the document."""
-
-    sop_instance_uid: str
-    source_sop_class_uid: str
-    source_sop_instance_uid: str
-    label: Label
-    probability: float | None
-    threshold: float | None
-    model_name: str
-    model_version: str
-    reason: str | None
+EVALUATIONS = {
+    Label.FRACTURE: codes.PRESENT,
+    Label.NO_FRACTURE: codes.ABSENT,
+    Label.UNDETERMINED: codes.UNDETERMINED,
+}
+_SOP_CLASSES: dict[SRClass, type[hd.sr.Comprehensive3DSR] | type[hd.sr.ComprehensiveSR]] = {
+    SRClass.COMPREHENSIVE_3D: hd.sr.Comprehensive3DSR,
+    SRClass.COMPREHENSIVE: hd.sr.ComprehensiveSR,
+}
 
 
 def device_observer_context(device_uid: str) -> hd.sr.ObservationContext:
@@ -98,61 +99,134 @@ def certainty_of_finding(probability: float) -> hd.sr.Measurement:
     )
 
 
-def measurement_group(
-    source: Dataset, result: Classification, model: ModelIdentity
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group for one image: finding, site, evaluation and certainty."""
-    source_uid = require(source, "SOPInstanceUID")
-    tracking = hd.sr.TrackingIdentifier(
-        uid=derived_uid("tracking", source_uid, model.version),
-        identifier="Fracture assessment",
+def box_polyline(box: tuple[int, int, int, int]) -> np.ndarray:
+    """A box as a closed POLYLINE (PS3.3 C.18.6.1.2): five (column, row) points, first = last."""
+    x0, y0, x1, y1 = (float(value) for value in box)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
+
+
+def tracking_identifier(source_uid: str, model: ModelIdentity) -> hd.sr.TrackingIdentifier:
+    """TID 4108 Tracking Identifier and Tracking Unique Identifier, derived from the source."""
+    return hd.sr.TrackingIdentifier(
+        uid=derived_uid("tracking", source_uid, model.version), identifier=TRACKING_IDENTIFIER
     )
+
+
+def fracture_region_group(
+    source: Dataset, probability: float, region: Region, model: ModelIdentity
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 group for a flagged image: finding, evaluation, certainty and its region."""
     site = codes.finding_site(source.get("BodyPartExamined"))
-    sites = [hd.sr.FindingSite(anatomic_location=site)] if site is not None else None
-    if result.label is Label.UNDETERMINED:
-        evaluation = codes.UNDETERMINED
-        measurements = None
-    else:
-        evaluation = _EVALUATIONS[result.label]
-        assert result.probability is not None  # guaranteed by Classification
-        measurements = [certainty_of_finding(result.probability)]
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking_identifier(require(source, "SOPInstanceUID"), model),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_polyline(region.box),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        ),
         finding_type=codes.FRACTURE_OF_BONE,
-        finding_sites=sites,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=site)] if site is not None else None,
         algorithm_id=algorithm_identification(model),
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.FRACTURE_OF_BONE, value=evaluation)
+            hd.sr.QualitativeEvaluation(name=codes.FRACTURE_OF_BONE, value=codes.PRESENT)
         ],
-        measurements=measurements,
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        measurements=[certainty_of_finding(probability)],
     )
+
+
+def document_evaluation(
+    source: Dataset, result: Classification, model: ModelIdentity
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": the result for the whole image, no region.
+
+    One CODE item "Fracture of bone" = Present / Absent / Undetermined, modified by the
+    finding site and TID 4019, with the certainty and any reason as its properties and the
+    source image it was inferred from.
+    """
+    site = codes.finding_site(source.get("BodyPartExamined"))
+    children = hd.sr.ContentSequence()
+    if site is not None:
+        children.append(hd.sr.FindingSite(anatomic_location=site))
+    children.extend(algorithm_identification(model))
+    if result.probability is not None:
+        children.append(
+            hd.sr.NumContentItem(
+                name=codes.CERTAINTY_OF_FINDING,
+                value=round(result.probability * 100.0, 4),
+                unit=codes.PERCENT,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
+            )
+        )
     if result.reason:
-        group[0].ContentSequence.append(_comment(result.reason))
-    return group
+        children.append(_text(result.reason, hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    children.append(
+        hd.sr.ImageContentItem(
+            name=codes.SOURCE,
+            referenced_sop_class_uid=require(source, "SOPClassUID"),
+            referenced_sop_instance_uid=require(source, "SOPInstanceUID"),
+            relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+        )
+    )
+    evaluation = hd.sr.CodeContentItem(
+        name=codes.FRACTURE_OF_BONE,
+        value=EVALUATIONS[result.label],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    evaluation.ContentSequence = children
+    return _container(codes.QUALITATIVE_EVALUATIONS, [evaluation])
 
 
 def measurement_report(
-    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations], device_uid: str
-) -> hd.sr.MeasurementReport:
-    """TID 1500 Imaging Measurement Report, with the research-only statement as TEXT."""
-    report = hd.sr.MeasurementReport(
-        observation_context=device_observer_context(device_uid),
-        procedure_reported=codes.PLAIN_RADIOGRAPHY,
-        imaging_measurements=groups,
-        title=codes.IMAGING_MEASUREMENT_REPORT,
+    findings: hd.sr.ContainerContentItem, device_uid: str
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 Imaging Measurement Report root: context, the research-only statement as
+    TEXT, then ``findings`` (an "Imaging Measurements" or "Qualitative Evaluations" container)."""
+    root = hd.sr.ContainerContentItem(name=codes.IMAGING_MEASUREMENT_REPORT, template_id="1500")
+    content = hd.sr.ContentSequence()
+    content.append(
+        hd.sr.CodeContentItem(
+            name=codes.LANGUAGE_OF_CONTENT,
+            value=codes.ENGLISH_US,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
     )
-    content = report[0].ContentSequence
-    content.insert(len(content) - 1, _comment(RESEARCH_STATEMENT))
-    return report
+    content.extend(device_observer_context(device_uid))
+    content.append(
+        hd.sr.CodeContentItem(
+            name=codes.PROCEDURE_REPORTED,
+            value=codes.PLAIN_RADIOGRAPHY,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
+    )
+    content.append(_text(RESEARCH_STATEMENT, hd.sr.RelationshipTypeValues.CONTAINS))
+    content.append(findings)
+    root.ContentSequence = content
+    return root
 
 
-def _comment(text: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(
-        name=codes.COMMENT,
-        value=text,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+def report_findings(
+    source: Dataset, result: Classification, model: ModelIdentity, region: Region | None
+) -> hd.sr.ContainerContentItem:
+    """The image group when there is a region to draw, else the document-level evaluation."""
+    if result.label is Label.FRACTURE and region is not None:
+        assert result.probability is not None  # guaranteed by Classification
+        group = fracture_region_group(source, result.probability, region, model)
+        return _container(codes.IMAGING_MEASUREMENTS, group)
+    return document_evaluation(source, result, model)
+
+
+def _container(
+    name: Code, items: hd.sr.ContentSequence | Sequence[hd.sr.ContentItem]
+) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=name, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _text(text: str, relationship: hd.sr.RelationshipTypeValues) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=codes.COMMENT, value=text, relationship_type=relationship)
 
 
 def build_sr(
@@ -162,20 +236,23 @@ def build_sr(
     model: ModelIdentity,
     device_uid: str,
     created: datetime,
+    region: Region | None = None,
+    sr_class: SRClass = SRClass.COMPREHENSIVE_3D,
 ) -> Dataset:
-    """The SR for one classified source image (Comprehensive 3D SR, PS3.3 A.35.13).
+    """The SR for one classified source image (PS3.3 A.35.13 or A.35.3, by ``sr_class``).
 
     UIDs are derived from the source and the model version, so the same inputs
     always give the same Series and SOP Instance UIDs. ``created`` sets the
-    Content and Series Date/Time (pass the time the result was stored).
+    Content and Series Date/Time (pass the time the result was stored). ``region`` is
+    drawn only for a ``fracture`` result.
     """
     evidence = study_evidence(source)
-    report = measurement_report([measurement_group(source, result, model)], device_uid)
     sop_uid = instance_uid(evidence.SOPInstanceUID, model.version, Kind.SR)
     try:
-        sr = hd.sr.Comprehensive3DSR(
+        content = measurement_report(report_findings(source, result, model, region), device_uid)
+        sr = _SOP_CLASSES[sr_class](
             evidence=[evidence],
-            content=report[0],
+            content=content,
             series_instance_uid=series_uid(evidence.SeriesInstanceUID, model.version, Kind.SR),
             series_number=SR_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
@@ -199,56 +276,11 @@ def build_sr(
     mark_research(sr, Kind.SR, model)
     logger.debug(
         "SR built",
-        extra={"action": "build_sr", "sop_instance_uid": str(sop_uid), "label": result.label},
+        extra={
+            "action": "build_sr",
+            "sop_instance_uid": str(sop_uid),
+            "label": result.label,
+            "region": region is not None and result.label is Label.FRACTURE,
+        },
     )
     return sr
-
-
-def read_result(dataset: Dataset) -> ReportedResult:
-    """Parse an osteoflag SR back into its result; PermanentError if it is not one."""
-    try:
-        sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)
-        report = hd.sr.MeasurementReport.from_sequence(sr.content)
-        groups = report.get_image_measurement_groups()
-    except (ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise PermanentError(
-            f"SOPInstanceUID {dataset.get('SOPInstanceUID')} is not an osteoflag SR: {exc}"
-        ) from exc
-    if len(groups) != 1:
-        raise PermanentError(
-            f"SR {dataset.SOPInstanceUID} has {len(groups)} measurement groups, expected 1"
-        )
-    return _read_group(str(dataset.SOPInstanceUID), groups[0])
-
-
-def _read_group(sop_uid: str, group: hd.sr.MeasurementsAndQualitativeEvaluations) -> ReportedResult:
-    evaluations = group.get_qualitative_evaluations(name=codes.FRACTURE_OF_BONE)
-    value = evaluations[0].value if evaluations else None
-    label = next(
-        (label for label, code in _EVALUATIONS.items() if value == code), Label.UNDETERMINED
-    )
-    certainty = group.get_measurements(name=codes.CERTAINTY_OF_FINDING)
-    probability = float(certainty[0].value) / 100.0 if certainty else None
-    texts: dict[str, list[str]] = {}
-    for item in group[0].ContentSequence:
-        if item.value_type == hd.sr.ValueTypeValues.TEXT:
-            texts.setdefault(item.name.value, []).append(str(item.value))
-    threshold = None
-    for parameter in texts.get(codes.ALGORITHM_PARAMETERS.value, []):
-        if parameter.startswith(THRESHOLD_PARAMETER):
-            threshold = float(parameter[len(THRESHOLD_PARAMETER) :])
-    comments = texts.get(codes.COMMENT.value, [])
-    sources = group.source_images
-    if not sources:
-        raise PermanentError(f"SR {sop_uid} references no source image")
-    return ReportedResult(
-        sop_instance_uid=sop_uid,
-        source_sop_class_uid=str(sources[0].referenced_sop_class_uid),
-        source_sop_instance_uid=str(sources[0].referenced_sop_instance_uid),
-        label=label,
-        probability=probability,
-        threshold=threshold,
-        model_name=next(iter(texts.get(codes.ALGORITHM_NAME.value, [])), ""),
-        model_version=next(iter(texts.get(codes.ALGORITHM_VERSION.value, [])), ""),
-        reason=comments[0] if comments else None,
-    )

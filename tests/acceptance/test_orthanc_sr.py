@@ -23,7 +23,7 @@ from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
-from osteoflag.pacs.sr import read_result
+from osteoflag.pacs.sr_read import read_result
 from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.net import free_port
 from tests.helpers.rows import produce

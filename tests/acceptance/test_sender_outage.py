@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.scu import Peer, send_c_store
-from osteoflag.pacs.sr import read_result
+from osteoflag.pacs.sr_read import read_result
 from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.net import free_port

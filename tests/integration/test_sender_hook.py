@@ -19,7 +19,7 @@ from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.pacs.derived import ModelIdentity
-from osteoflag.pacs.sr import read_result
+from osteoflag.pacs.sr_read import read_result
 from tests.conftest import make_settings
 from tests.sr_fixtures import make_dx
 

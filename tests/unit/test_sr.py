@@ -14,7 +14,9 @@ import pytest
 from pydicom import Dataset, config
 
 import osteoflag
+from osteoflag.config import SRClass
 from osteoflag.errors import PermanentError
+from osteoflag.inference.region import Region
 from osteoflag.pacs import codes
 from osteoflag.pacs.derived import (
     RESEARCH_STATEMENT,
@@ -23,12 +25,15 @@ from osteoflag.pacs.derived import (
     ModelIdentity,
     device_uid,
 )
-from osteoflag.pacs.sr import build_sr, read_result
+from osteoflag.pacs.sr import build_sr
+from osteoflag.pacs.sr_read import read_result
 from tests.sr_fixtures import dciodvfy_errors, make_dx, require_tool
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +50,22 @@ def strict_pydicom() -> Iterator[None]:
     config.settings.writing_validation_mode = writing
 
 
-def _sr(source: Dataset, result: Classification, model: ModelIdentity = MODEL) -> Dataset:
+def _sr(
+    source: Dataset,
+    result: Classification,
+    model: ModelIdentity = MODEL,
+    *,
+    region: Region | None = None,
+    sr_class: SRClass = SRClass.COMPREHENSIVE_3D,
+) -> Dataset:
     return build_sr(
-        source, result, model=model, device_uid=device_uid("OSTEOFLAG"), created=CREATED
+        source,
+        result,
+        model=model,
+        device_uid=device_uid("OSTEOFLAG"),
+        created=CREATED,
+        region=region,
+        sr_class=sr_class,
     )
 
 
@@ -61,16 +79,36 @@ RESULTS = [
     Classification(Label.NO_FRACTURE, 0.0123),
     Classification(Label.UNDETERMINED, reason="pixel data shorter than declared"),
 ]
+# Every form the SR takes: a flagged image with and without a region, the other results.
+CASES = [
+    pytest.param(RESULTS[0], REGION, id="fracture-region"),
+    pytest.param(RESULTS[0], None, id="fracture-no-region"),
+    pytest.param(RESULTS[1], None, id="no_fracture"),
+    pytest.param(RESULTS[2], None, id="undetermined"),
+]
+SR_CLASSES = [
+    pytest.param(SRClass.COMPREHENSIVE_3D, COMPREHENSIVE_3D_SR, id="3d"),
+    pytest.param(SRClass.COMPREHENSIVE, COMPREHENSIVE_SR, id="comprehensive"),
+]
 
 
-@pytest.mark.parametrize("result", RESULTS, ids=lambda r: r.label.value)
-def test_round_trip_through_file_and_highdicom(tmp_path: Path, result: Classification) -> None:
+@pytest.mark.parametrize(("sr_class", "sop_class_uid"), SR_CLASSES)
+@pytest.mark.parametrize(("result", "region"), CASES)
+def test_round_trip_through_file_and_highdicom(
+    tmp_path: Path,
+    result: Classification,
+    region: Region | None,
+    sr_class: SRClass,
+    sop_class_uid: str,
+) -> None:
     source = make_dx()
-    reloaded = _save_and_reload(_sr(source, result), tmp_path / "sr.dcm")
+    built = _sr(source, result, region=region, sr_class=sr_class)
+    reloaded = _save_and_reload(built, tmp_path / "sr.dcm")
 
     parsed = read_result(hd.sr.srread(tmp_path / "sr.dcm"))
-    assert reloaded.SOPClassUID == COMPREHENSIVE_3D_SR
+    assert reloaded.SOPClassUID == sop_class_uid
     assert parsed.label is result.label
+    assert parsed.region == (REGION.box if region is not None else None)
     assert parsed.probability == (pytest.approx(result.probability) if result.probability else None)
     assert parsed.threshold == pytest.approx(MODEL.threshold)
     assert (parsed.model_name, parsed.model_version) == (MODEL.name, MODEL.version)
@@ -79,10 +117,18 @@ def test_round_trip_through_file_and_highdicom(tmp_path: Path, result: Classific
     assert parsed.reason == result.reason
 
 
-@pytest.mark.parametrize("result", RESULTS, ids=lambda r: r.label.value)
-def test_dciodvfy_reports_no_errors(tmp_path: Path, result: Classification) -> None:
+@pytest.mark.parametrize(("sr_class", "sop_class_uid"), SR_CLASSES)
+@pytest.mark.parametrize(("result", "region"), CASES)
+def test_dciodvfy_reports_no_errors(
+    tmp_path: Path,
+    result: Classification,
+    region: Region | None,
+    sr_class: SRClass,
+    sop_class_uid: str,
+) -> None:
     path = tmp_path / "sr.dcm"
-    _sr(make_dx(), result).save_as(path, enforce_file_format=True)
+    _sr(make_dx(), result, region=region, sr_class=sr_class).save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).SOPClassUID == sop_class_uid
     assert dciodvfy_errors(path) == []
 
 
@@ -97,13 +143,14 @@ def test_dciodvfy_clean_when_source_lacks_optional_attributes(tmp_path: Path) ->
 
 def test_dsrdump_reads_the_tree(tmp_path: Path) -> None:
     path = tmp_path / "sr.dcm"
-    _sr(make_dx(), RESULTS[0]).save_as(path, enforce_file_format=True)
+    _sr(make_dx(), RESULTS[0], region=REGION).save_as(path, enforce_file_format=True)
     run = subprocess.run(
         [require_tool("dsrdump"), str(path)], capture_output=True, text=True, timeout=60, check=True
     )
     assert "Fracture of bone" in run.stdout
     assert "Certainty of Finding" in run.stdout
     assert '"Present"' in run.stdout
+    assert "SCOORD" in run.stdout and "POLYLINE" in run.stdout
 
 
 def test_research_only_marking_everywhere() -> None:

@@ -11,7 +11,8 @@ import pytest
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
-from osteoflag.pacs.sr import build_sr, read_result
+from osteoflag.pacs.sr import build_sr
+from osteoflag.pacs.sr_read import read_result
 from osteoflag.pacs.summary import build_summary
 from tests.helpers.dicom import MODALITIES, radiograph
 from tests.helpers.tiny_bundle import build_bundle

@@ -1,0 +1,112 @@
+"""The SR's region and how each result is stated, checked against what TID 1500 viewers
+need: every measurement group a Tracking Identifier, a Tracking UID and a 2D SCOORD on the
+source image; results without a region stated once for the document, in no group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from pydicom import Dataset
+
+from osteoflag.inference.labels import Label
+from osteoflag.inference.region import Region
+from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
+from osteoflag.pacs.sr import build_sr
+from tests.sr_fixtures import make_dx
+
+MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
+REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
+
+
+def _sr(source: Dataset, result: Classification, region: Region | None) -> Dataset:
+    return build_sr(
+        source,
+        result,
+        model=MODEL,
+        device_uid=device_uid("OSTEOFLAG"),
+        created=datetime(2026, 1, 2, tzinfo=UTC),
+        region=region,
+    )
+
+
+def _named(items: list[Dataset], meaning: str) -> list[Dataset]:
+    return [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+
+
+def _walk(items: list[Dataset]) -> Iterator[Dataset]:
+    for item in items:
+        yield item
+        yield from _walk(item.get("ContentSequence", []))
+
+
+def test_flagged_image_gets_one_planar_roi_group_with_a_closed_box_on_the_source() -> None:
+    source = make_dx()
+    sr = _sr(source, Classification(Label.FRACTURE, 0.87), REGION)
+
+    (measurements,) = _named(sr.ContentSequence, "Imaging Measurements")
+    (group,) = _named(measurements.ContentSequence, "Measurement Group")
+    assert group.ContentTemplateSequence[0].TemplateIdentifier == "1410"
+    items = list(group.ContentSequence)
+    assert _named(items, "Tracking Identifier")[0].TextValue
+    assert _named(items, "Tracking Unique Identifier")[0].ValueType == "UIDREF"
+    (scoord,) = _named(items, "Image Region")
+    assert (scoord.ValueType, scoord.GraphicType) == ("SCOORD", "POLYLINE")
+    assert [float(v) for v in scoord.GraphicData] == [40, 90, 110, 90, 110, 170, 40, 170, 40, 90]
+    (image,) = scoord.ContentSequence
+    assert (image.ValueType, image.RelationshipType) == ("IMAGE", "SELECTED FROM")
+    reference = image.ReferencedSOPSequence[0]
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == source.SOPClassUID
+    (evaluation,) = _named(items, "Fracture of bone")
+    assert evaluation.ConceptCodeSequence[0].CodeMeaning == "Present"
+    (certainty,) = _named(items, "Certainty of Finding")
+    assert float(certainty.MeasuredValueSequence[0].NumericValue) == pytest.approx(87.0)
+    assert not _named(sr.ContentSequence, "Qualitative Evaluations")
+
+
+@pytest.mark.parametrize(
+    ("result", "region", "meaning"),
+    [
+        (Classification(Label.FRACTURE, 0.87), None, "Present"),
+        (Classification(Label.NO_FRACTURE, 0.1), None, "Absent"),
+        (Classification(Label.NO_FRACTURE, 0.1), REGION, "Absent"),
+        (Classification(Label.UNDETERMINED, reason="too small"), None, "Undetermined"),
+    ],
+    ids=["fracture-no-region", "no_fracture", "no_fracture-region-ignored", "undetermined"],
+)
+def test_results_without_a_region_are_stated_for_the_document_in_no_group(
+    result: Classification, region: Region | None, meaning: str
+) -> None:
+    source = make_dx()
+    sr = _sr(source, result, region)
+
+    every = list(_walk(sr.ContentSequence))
+    assert not _named(every, "Measurement Group")
+    assert not [item for item in every if item.ValueType in ("SCOORD", "SCOORD3D")]
+    (container,) = _named(sr.ContentSequence, "Qualitative Evaluations")
+    (evaluation,) = container.ContentSequence
+    assert evaluation.ConceptCodeSequence[0].CodeMeaning == meaning
+    children = list(evaluation.ContentSequence)
+    (image,) = _named(children, "Source")
+    assert image.RelationshipType == "INFERRED FROM"
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert _named(children, "Algorithm Name")[0].TextValue == MODEL.name
+    assert bool(_named(children, "Certainty of Finding")) is (result.probability is not None)
+
+
+def test_tracking_uid_is_stable_per_source_and_distinct_between_sources() -> None:
+    first, second = make_dx(), make_dx()
+    flagged = Classification(Label.FRACTURE, 0.9)
+
+    def tracking(source: Dataset) -> str:
+        uids = [
+            i
+            for i in _walk(_sr(source, flagged, REGION).ContentSequence)
+            if i.ValueType == "UIDREF"
+        ]
+        return str(_named(uids, "Tracking Unique Identifier")[0].UID)
+
+    assert tracking(first) == tracking(first)
+    assert tracking(first) != tracking(second)
