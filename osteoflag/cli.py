@@ -25,6 +25,7 @@ from osteoflag.training.commands import (
     run_evaluate,
     run_train,
 )
+from osteoflag.validation.commands import add_validate_arguments, run_validate
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -157,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="score a bundle on a site's labelled images, with a report",
+    )
+    add_validate_arguments(validate)
+    validate.set_defaults(handler=run_validate)
 
     train = commands.add_parser(
         "train", parents=[common], help="build a model bundle (needs the train extra)"

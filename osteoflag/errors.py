@@ -13,6 +13,11 @@ class ConfigError(OsteoflagError):
     """The configuration file is missing, malformed, or names an unknown key."""
 
 
+class UsageError(ConfigError):
+    """A command asks for something it cannot do with what it was given (too few labelled
+    images to judge, an output folder that exists): exit status 2 like a config error."""
+
+
 class TransientError(OsteoflagError):
     """A failure that may succeed when retried (peer down, disk briefly full)."""
 
@@ -35,3 +40,8 @@ class PixelDataError(PermanentError):
 
 class DeliveryError(TransientError):
     """A destination refused or could not receive a produced object."""
+
+
+class TrainingError(PermanentError):
+    """A training or adaptation run cannot go on (bad weights file, failed parity check, bad
+    data); here rather than in the training package so runtime commands can raise it."""

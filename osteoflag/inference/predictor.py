@@ -120,16 +120,19 @@ class Predictor:
         out: list[float] = []
         for start in range(0, len(inputs), self.batch_size):
             batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
-            feats = self.features(batch)
-            try:
-                # One LightGBM thread: a batch of a few rows gains nothing from more, and its
-                # OpenMP threads fought onnxruntime's spinning ones (EfficientNet bundle,
-                # 2 cores: 126 -> 184 img/s float32, 226 -> 389 img/s INT8).
-                scores = self._booster.predict(feats, num_threads=1)
-            except lgb.basic.LightGBMError as exc:
-                raise PermanentError(f"LightGBM failed on a batch of {len(feats)}: {exc}") from exc
-            out.extend(float(score) for score in np.asarray(scores).reshape(-1))
+            out.extend(self.scores(self.features(batch)))
         return out
+
+    def scores(self, features: npt.NDArray[np.float32]) -> list[float]:
+        """Fracture probability of each row of backbone features (the bundle's classifier)."""
+        try:
+            # One LightGBM thread: a batch of a few rows gains nothing from more, and its
+            # OpenMP threads fought onnxruntime's spinning ones (EfficientNet bundle,
+            # 2 cores: 126 -> 184 img/s float32, 226 -> 389 img/s INT8).
+            scores = self._booster.predict(features, num_threads=1)
+        except lgb.basic.LightGBMError as exc:
+            raise PermanentError(f"LightGBM failed on a batch of {len(features)}: {exc}") from exc
+        return [float(score) for score in np.asarray(scores).reshape(-1)]
 
     def predict_inputs(self, inputs: Sequence[FloatArray]) -> list[Prediction]:
         """Probability, label (fracture when probability >= threshold) and model of each input."""

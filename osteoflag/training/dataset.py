@@ -5,7 +5,12 @@ Layouts understood:
   (the published split is then recorded per sample);
 - an optional ``ROOT/groups.csv`` with ``file`` and ``group`` columns (the multiregion set)
   whose groups are kept on one side of every split;
-- a folder of DICOM files with a ``labels.csv`` (``file,label``; label fracture/nofracture).
+- a folder of images with a labels CSV (``ROOT/labels.csv`` or one named explicitly): a
+  ``label`` column (fracture / nofracture, also ``no_fracture`` or ``no fracture``; ``unsure``
+  rows are left out) and either ``file`` (relative to ROOT) or ``sop_instance_uid`` (matched
+  against the DICOM files under ROOT), with optional ``group`` and ``representative`` columns.
+
+Nothing here imports torch: ``validate`` and ``adapt`` read labelled sets in the runtime install.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from osteoflag.training.backbones import TrainingError
+from osteoflag.errors import TrainingError
+from osteoflag.files import walk_files
 
 logger = logging.getLogger(__name__)
 
 CLASSES = ("nofracture", "fracture")
+#: A reference label that says nothing either way (radiologists' feedback may record it).
+UNSURE = "unsure"
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ""}
 
@@ -48,19 +56,19 @@ def _images(folder: Path) -> list[Path]:
 
 
 def discover(
-    root: Path, source: str | None = None, representatives_only: bool = False
+    root: Path,
+    source: str | None = None,
+    representatives_only: bool = False,
+    labels: Path | None = None,
 ) -> list[Sample]:
-    """All labelled images under ``root`` in a stable order."""
+    """All labelled images under ``root`` in a stable order (``labels``: a labels CSV)."""
     if not root.is_dir():
         raise TrainingError(f"data folder {root} does not exist")
     name = source or root.name
-    labels_csv = root / "labels.csv"
-    if labels_csv.is_file():
-        with labels_csv.open(newline="") as fh:
-            return [
-                Sample(root / row["file"], _label(row["label"], labels_csv), name)
-                for row in csv.DictReader(fh)
-            ]
+    labels_csv = labels if labels is not None else root / "labels.csv"
+    if labels is not None or labels_csv.is_file():
+        listed = read_labels_csv(labels_csv, root, name)
+        return [s for s in listed if s.representative or not representatives_only]
     meta = _groups_csv(root / "groups.csv")
     split_dirs: list[str | None] = [s for s in SPLITS if (root / s).is_dir()]
     samples: list[Sample] = []
@@ -82,6 +90,60 @@ def discover(
         "discovered images", extra={"action": "discover", "source": name, "n": len(samples)}
     )
     return samples
+
+
+def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
+    """Samples from a labels CSV (see the module docstring), in the CSV's row order."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise TrainingError(f"{path}: labels CSV cannot be read: {exc}") from exc
+    columns = set(rows[0]) if rows else set()
+    if "label" not in columns or not columns & {"file", "sop_instance_uid"}:
+        raise TrainingError(f"{path}: needs a 'label' column and a 'file' or 'sop_instance_uid'")
+    by_uid = _dicom_files_by_uid(root) if "file" not in columns else {}
+    samples: list[Sample] = []
+    for number, row in enumerate(rows, start=2):
+        where = Path(f"{path}:{number}")
+        if row["label"].strip().lower() == UNSURE:
+            continue
+        if "file" in columns:
+            image = root / row["file"]
+        elif row["sop_instance_uid"].strip() in by_uid:
+            image = by_uid[row["sop_instance_uid"].strip()]
+        else:
+            raise TrainingError(
+                f"{where}: no DICOM file under {root} has SOPInstanceUID "
+                f"{row['sop_instance_uid'].strip()!r}"
+            )
+        if not image.is_file():
+            raise TrainingError(f"{where}: image {image} does not exist")
+        group = (row.get("group") or "").strip() or None
+        representative = (row.get("representative") or "1").strip() == "1"
+        samples.append(
+            Sample(image, _label(row["label"], where), source, None, group, representative)
+        )
+    if not samples:
+        raise TrainingError(f"{path}: no labelled rows")
+    return samples
+
+
+def _dicom_files_by_uid(root: Path) -> dict[str, Path]:
+    """SOPInstanceUID -> file for every DICOM file under ``root`` (headers only)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    found: dict[str, Path] = {}
+    for path in walk_files([root]):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except (InvalidDicomError, OSError):
+            continue
+        uid = ds.get("SOPInstanceUID")
+        if uid:
+            found[str(uid)] = path
+    return found
 
 
 def _groups_csv(path: Path) -> dict[str, tuple[str, bool]]:

@@ -1,14 +1,16 @@
-"""Binary metrics (positive class = fracture), thresholds and bootstrap confidence intervals."""
+"""Thresholds, per-class figures and fold intervals; the binary metrics and bootstrap intervals
+themselves are :mod:`osteoflag.validation.metrics` (shared with ``evaluate`` and ``validate``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
-from osteoflag.training.backbones import TrainingError
+from osteoflag.errors import TrainingError
+from osteoflag.validation.metrics import binary_metrics as binary_metrics
+from osteoflag.validation.metrics import bootstrap_ci as bootstrap_ci
 
 
 def choose_threshold(
@@ -25,33 +27,6 @@ def choose_threshold(
     if ok.size == 0:
         raise TrainingError(f"no threshold reaches sensitivity {target_sensitivity}")
     return float(thresholds[ok[0]]), f"sensitivity>={target_sensitivity}_on_validation"
-
-
-def binary_metrics(
-    y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, threshold: float
-) -> dict[str, Any]:
-    """The contract's metrics: ``confusion`` is ``[[tn, fp], [fn, tp]]``."""
-    yt = np.asarray(y).astype(int)
-    pp = np.asarray(p, dtype=float)
-    pred = (pp >= threshold).astype(int)
-    tp = int(((pred == 1) & (yt == 1)).sum())
-    tn = int(((pred == 0) & (yt == 0)).sum())
-    fp = int(((pred == 1) & (yt == 0)).sum())
-    fn = int(((pred == 0) & (yt == 1)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    auc = float(roc_auc_score(yt, pp)) if len(set(yt.tolist())) == 2 else float("nan")
-    return {
-        "n": len(yt),
-        "accuracy": (tp + tn) / len(yt) if len(yt) else 0.0,
-        "auc": auc,
-        "precision": precision,
-        "recall": recall,
-        "specificity": tn / (tn + fp) if tn + fp else 0.0,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "threshold": float(threshold),
-        "confusion": [[tn, fp], [fn, tp]],
-    }
 
 
 def per_class(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
@@ -74,43 +49,9 @@ def per_class(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, dict[
     }
 
 
-def bootstrap_ci(
-    y: np.ndarray,
-    p: np.ndarray,
-    threshold: float,
-    groups: np.ndarray | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals of AUC and accuracy, resampling groups when given.
-
-    Resampling whole groups matters: augmented copies of one radiograph are not independent.
-    """
-    rng = np.random.default_rng(seed)
-    units = np.asarray(groups) if groups is not None else np.arange(len(y))
-    uniq, inverse = np.unique(units, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(len(uniq))]
-    aucs: list[float] = []
-    accs: list[float] = []
-    for _ in range(n_boot):
-        pick = np.concatenate([members[k] for k in rng.integers(0, len(uniq), len(uniq))])
-        yb, pb = y[pick], p[pick]
-        accs.append(float(((pb >= threshold).astype(int) == yb).mean()))
-        if 0 < yb.sum() < len(yb):
-            aucs.append(float(roc_auc_score(yb, pb)))
-    return {"auc": _pct(aucs), "accuracy": _pct(accs)}
-
-
 def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and a t-based 95% interval over folds (5 folds: t = 2.776)."""
     v = np.asarray(values, dtype=float)
     t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 10: 2.262}.get(len(v), 2.0)
     half = t * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
-
-
-def _pct(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return (float("nan"), float("nan"))
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return (float(lo), float(hi))

@@ -1,0 +1,78 @@
+"""``validate``: how a bundle does on a site's own labelled images, with honest uncertainty.
+
+The figures are the ``evaluate`` metrics at the bundle's threshold, 95% bootstrap intervals
+(resampling groups when the set names them), the same metrics with one vote per group, a
+breakdown per ``BodyPartExamined``, a reliability table and the thresholds that reach target
+sensitivities on these images.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from osteoflag.inference.bundle import Bundle
+from osteoflag.validation import metrics
+from osteoflag.validation.scoring import Scored
+
+#: A body part with fewer images gets no AUC (too few to mean anything), only its counts.
+MIN_PART_AUC = 10
+
+
+def summarise(bundle: Bundle, scored: Scored, data: Path) -> dict[str, Any]:
+    """The ``validate`` result as one JSON-ready object (NaN becomes ``null``)."""
+    y, p = scored.labels, scored.probabilities
+    threshold = bundle.threshold
+    if len(y) == 0:
+        result: dict[str, Any] = {"n": 0, "model": bundle.model_id, "data": str(data)}
+        return result
+    has_groups = any(s.group for s in scored.samples)
+    result = {
+        "model": bundle.model_id,
+        "data": str(data),
+        **metrics.clinical_metrics(y, p, threshold),
+        "positives": int(y.sum()),
+        "negatives": int(len(y) - y.sum()),
+        "ci95": metrics.bootstrap_ci(y, p, threshold, scored.groups if has_groups else None),
+        "bootstrap_unit": "group" if has_groups else "image",
+        "body_parts": _by_body_part(y, p, threshold, scored.body_parts),
+        "reliability": metrics.reliability(y, p),
+        "thresholds": metrics.threshold_table(y, p),
+        "skipped": [{"file": str(path), "reason": reason} for path, reason in scored.skipped],
+    }
+    if has_groups:
+        yg, pg = metrics.group_means(y, p, scored.groups)
+        result["per_group"] = metrics.clinical_metrics(yg, pg, threshold)
+    finite: dict[str, Any] = _finite(result)
+    return finite
+
+
+def _by_body_part(
+    y: np.ndarray, p: np.ndarray, threshold: float, parts: list[str]
+) -> dict[str, dict[str, Any]]:
+    names = np.asarray(parts)
+    out: dict[str, dict[str, Any]] = {}
+    for part in sorted(set(parts)):
+        inside = names == part
+        row = metrics.clinical_metrics(y[inside], p[inside], threshold)
+        if inside.sum() < MIN_PART_AUC:
+            row["auc"] = float("nan")
+        out[part] = {
+            key: row[key] for key in ("n", "auc", "accuracy", "sensitivity", "specificity")
+        }
+        out[part]["positives"] = int(y[inside].sum())
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN by ``None`` all the way down, so the JSON output is standard JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,109 @@
+"""``osteoflag validate`` as a subprocess on a labelled DICOM site set and on folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.daemon import base_sections, osteoflag, write_config
+from tests.helpers.site_data import write_site
+from tests.helpers.tiny_bundle import build_bundle
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("validate")
+    build_bundle(folder / "bundle")
+    write_site(folder / "site", per_class=30)
+    return folder, write_config(folder, base_sections(folder, folder / "bundle"))
+
+
+@pytest.fixture(scope="module")
+def report(site: tuple[Path, Path]) -> tuple[dict[str, Any], Path]:
+    folder, config = site
+    out = folder / "report" / "site.md"
+    done = osteoflag(
+        "validate",
+        "--data",
+        str(folder / "site" / "images"),
+        "--labels",
+        str(folder / "site" / "labels.csv"),
+        "--out",
+        str(out),
+        "--json",
+        config=config,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), out
+
+
+def test_json_has_the_evaluate_keys_and_the_site_figures(
+    report: tuple[dict[str, Any], Path],
+) -> None:
+    result, _ = report
+    for key in ("n", "accuracy", "auc", "sensitivity", "recall", "specificity", "threshold"):
+        assert key in result
+    (tn, fp), (fn, tp) = result["confusion"]
+    assert result["n"] == tn + fp + fn + tp == 60
+    assert tp + fn == result["positives"] == 30
+    assert result["bootstrap_unit"] == "group"
+    assert result["per_group"]["n"] == 30  # two images per patient group
+    low, high = result["ci95"]["auc"]
+    assert low <= result["auc"] <= high
+    assert set(result["body_parts"]) == {"HAND", "WRIST"}
+    assert sum(part["n"] for part in result["body_parts"].values()) == 60
+    assert [row["target_sensitivity"] for row in result["thresholds"]] == [0.8, 0.9, 0.95]
+    assert all(row["sensitivity"] >= row["target_sensitivity"] for row in result["thresholds"])
+    assert sum(row["n"] for row in result["reliability"]) == 60
+
+
+def test_markdown_report_with_plots(report: tuple[dict[str, Any], Path]) -> None:
+    result, out = report
+    text = out.read_text()
+    assert "For research use only" in text
+    assert f"| AUC | {result['auc']:.3f} (" in text
+    assert "| HAND | 30 |" in text
+    for name in ("site_roc.png", "site_reliability.png"):
+        assert (out.parent / name).read_bytes().startswith(b"\x89PNG")
+        assert f"![{name}]({name})" in text
+
+
+def test_folders_give_what_evaluate_gives(site: tuple[Path, Path]) -> None:
+    folder, config = site
+    labelled = folder / "folders"
+    for name in ("fracture", "nofracture"):
+        (labelled / name).mkdir(parents=True)
+    for index in range(30):
+        shutil.copy(folder / "site/images" / f"1-{index:03d}.dcm", labelled / "fracture")
+        shutil.copy(folder / "site/images" / f"0-{index:03d}.dcm", labelled / "nofracture")
+    (labelled / "nofracture" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    args = ("--bundle", str(folder / "bundle"), "--data", str(labelled), "--json")
+    validated = osteoflag("validate", *args, config=config)
+    evaluated = osteoflag("evaluate", *args, config=config)
+    assert validated.returncode == evaluated.returncode == 0, validated.stderr
+    v, e = json.loads(validated.stdout), json.loads(evaluated.stdout)
+    assert {key: v[key] for key in e} == e
+    assert v["n"] == 60 and [s["file"] for s in v["skipped"]] == [
+        str(labelled / "nofracture" / "broken.dcm")
+    ]
+    assert v["bootstrap_unit"] == "image"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--data", "missing"), "--data missing: not a folder"),
+        (("--data", ".", "--labels", "nope.csv"), "--labels nope.csv: no such file"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(
+    site: tuple[Path, Path], args: tuple[str, ...], message: str
+) -> None:
+    _, config = site
+    done = osteoflag("validate", *args, config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"osteoflag: {message}"

@@ -1,0 +1,73 @@
+"""Reading labelled sets: label CSVs by file or SOPInstanceUID, groups, unsure rows, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from osteoflag.errors import TrainingError
+from osteoflag.training.dataset import discover
+from tests.helpers.inference_data import dataset, radiograph, save
+
+
+def _dicoms(folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True)
+    uids = []
+    for index in range(count):
+        ds = dataset(radiograph(seed=index))
+        save(ds, folder / f"{index}.dcm")
+        uids.append(str(ds.SOPInstanceUID))
+    return uids
+
+
+def test_csv_by_sop_instance_uid_with_groups_and_unsure(tmp_path: Path) -> None:
+    uids = _dicoms(tmp_path / "data" / "deep", 3)
+    (tmp_path / "data" / "notes.txt").write_text("not DICOM")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "sop_instance_uid,label,group\n"
+        f"{uids[0]},fracture,a\n{uids[1]},No Fracture,a\n{uids[2]},unsure,b\n"
+    )
+    samples = discover(tmp_path / "data", labels=labels)
+    assert [(s.path.name, s.label, s.group) for s in samples] == [
+        ("0.dcm", 1, "a"),
+        ("1.dcm", 0, "a"),
+    ]
+
+
+def test_csv_by_file_in_data_folder_and_representatives(tmp_path: Path) -> None:
+    _dicoms(tmp_path / "d", 2)
+    (tmp_path / "d" / "labels.csv").write_text(
+        "file,label,representative\n0.dcm,no_fracture,1\n1.dcm,fracture,0\n"
+    )
+    assert len(discover(tmp_path / "d")) == 2
+    assert [s.path.name for s in discover(tmp_path / "d", representatives_only=True)] == ["0.dcm"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("file,label\n0.dcm,broken\n", "labels.csv:2: unknown label 'broken'"),
+        ("file,label\nmissing.dcm,fracture\n", "labels.csv:2: image"),
+        ("name,label\n0.dcm,fracture\n", "needs a 'label' column"),
+        ("sop_instance_uid,label\n1.2.3,fracture\n", "no DICOM file under"),
+    ],
+)
+def test_bad_csv_names_the_row(tmp_path: Path, body: str, message: str) -> None:
+    _dicoms(tmp_path / "d", 1)
+    (tmp_path / "d" / "labels.csv").write_text(body)
+    with pytest.raises(TrainingError, match=message):
+        discover(tmp_path / "d")
+
+
+def test_folder_layout_reads_groups_csv(tmp_path: Path) -> None:
+    for cls in ("fracture", "nofracture"):
+        (tmp_path / cls).mkdir()
+        save(dataset(np.asarray(radiograph())), tmp_path / cls / "x.dcm")
+    (tmp_path / "groups.csv").write_text(
+        "file,group,representative\nfracture/x.dcm,g1,1\nnofracture/x.dcm,g2,0\n"
+    )
+    samples = discover(tmp_path, representatives_only=True)
+    assert [(s.label, s.group) for s in samples] == [(1, "g1")]
