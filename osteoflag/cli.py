@@ -87,6 +87,14 @@ def _show_sr(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_maps(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.inference.maps import add_maps_to_bundle
+
+    manifest = add_maps_to_bundle(args.bundle, args.out)
+    print(json.dumps({"bundle": str(args.out), "backbone": manifest.files[manifest.backbone.file]}))
+    return 0
+
+
 def _requeue(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.db import outbound, queue
     from osteoflag.db.engine import make_engine, migrate, session_factory
@@ -178,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_quantize_arguments(quantize)
     quantize.set_defaults(handler=run_quantize)
+
+    add_maps = commands.add_parser(
+        "add-maps",
+        parents=[common],
+        help="copy a bundle, adding the spatial map output that regions need (needs onnx)",
+    )
+    add_maps.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle")
+    add_maps.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
+    add_maps.set_defaults(handler=_add_maps)
 
     show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
     show.add_argument("file", type=Path, metavar="FILE")

@@ -85,6 +85,12 @@ class DisplayImage:
                 f"display pixels must be float32 HxW, got {self.pixels.dtype} {self.pixels.shape}"
             )
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(rows, columns) of the image."""
+        rows, columns = self.pixels.shape
+        return rows, columns
+
     def grey8(self) -> GreyArray:
         """The image as 8-bit grey, 255 white: the form the summary burns in, and a quarter
         of the float copy's size for a worker to keep until the summary is built."""
@@ -371,17 +377,51 @@ def _resize(pixels: FloatArray, height: int, width: int) -> FloatArray:
     return np.asarray(resized, dtype=np.float32)
 
 
-def fit(display: DisplayImage, spec: InputSpec) -> FloatArray:
-    """Resize to the spec's (H, W): stretched, or letterboxed (aspect kept, black bars, centred)."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a source image of ``source`` (rows, columns) lands in the model input: scaled by
+    ``scale`` (x, y) and shifted to ``offset`` (x, y), as ``size`` (width, height) pixels.
+
+    One object for both directions, so that the inverse mapping (model input back to source
+    pixels, for the region) always matches the resize the backbone saw.
+    """
+
+    source: tuple[int, int]
+    scale: tuple[float, float]
+    offset: tuple[int, int]
+    size: tuple[int, int]
+
+    def to_source(self, x: float, y: float) -> tuple[float, float]:
+        """A point in model-input pixel coordinates (continuous, 0 at the top-left edge) as a
+        point of the source image, clamped to its extent."""
+        rows, columns = self.source
+        sx = (x - self.offset[0]) / self.scale[0]
+        sy = (y - self.offset[1]) / self.scale[1]
+        return min(max(sx, 0.0), float(columns)), min(max(sy, 0.0), float(rows))
+
+
+def placement(source: tuple[int, int], spec: InputSpec) -> Placement:
+    """How :func:`fit` places an image of ``source`` (rows, columns) in the model input."""
     height, width = spec.size
-    src_h, src_w = display.pixels.shape
+    src_h, src_w = source
     if spec.resize_mode is ResizeMode.STRETCH:
-        return _resize(display.pixels, height, width)
+        return Placement(source, (width / src_w, height / src_h), (0, 0), (width, height))
     factor = min(height / src_h, width / src_w)
     new_h = max(1, min(height, round(src_h * factor)))
     new_w = max(1, min(width, round(src_w * factor)))
-    canvas = np.zeros((height, width), dtype=np.float32)
     top, left = (height - new_h) // 2, (width - new_w) // 2
+    return Placement(source, (new_w / src_w, new_h / src_h), (left, top), (new_w, new_h))
+
+
+def fit(display: DisplayImage, spec: InputSpec) -> FloatArray:
+    """Resize to the spec's (H, W): stretched, or letterboxed (aspect kept, black bars, centred)."""
+    height, width = spec.size
+    where = placement(display.size, spec)
+    new_w, new_h = where.size
+    if (new_w, new_h) == (width, height):
+        return _resize(display.pixels, height, width)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    left, top = where.offset
     canvas[top : top + new_h, left : left + new_w] = _resize(display.pixels, new_h, new_w)
     return canvas
 

@@ -21,6 +21,8 @@ import onnxruntime as ort
 from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
 from osteoflag.inference.labels import Label
+from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
+from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
 from osteoflag.inference.region import Region
 
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "features"
+#: How far (relative) the average of ``maps`` may be from the pooled features: float32 graphs
+#: agree to ~1e-6; an INT8 graph quantises the pooled output apart from the map (~0.4 %).
+MAPS_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Predictor:
             raise BundleError(f"{backbone}: needs a rank-4 input named '{INPUT_NAME}'")
         if OUTPUT_NAME not in outputs:
             raise BundleError(f"{backbone}: needs an output named '{OUTPUT_NAME}'")
+        self._outputs = [OUTPUT_NAME] + ([MAPS_OUTPUT] if MAPS_OUTPUT in outputs else [])
         count = self.bundle.manifest.features.count
         if self._booster.num_feature() != count:
             raise BundleError(
@@ -96,46 +102,112 @@ class Predictor:
                 f"the manifest declares {count}"
             )
         height, width = self.bundle.input_spec.size
-        probe = self.features(np.zeros((1, 3, height, width), dtype=np.float32))
+        probe, maps = self.run(np.zeros((1, 3, height, width), dtype=np.float32))
         if probe.shape != (1, count):
             raise BundleError(
                 f"{backbone}: output '{OUTPUT_NAME}' has shape {probe.shape[1:]}, "
                 f"the manifest declares {count} features"
             )
+        self._layout = None if maps is None else self._check_maps(probe, maps)
+
+    def _check_maps(self, probe: npt.NDArray[np.float32], maps: FloatArray) -> PooledLayout:
+        """The pooled features must be the average (and maximum) of ``maps``: otherwise the
+        map is not what the classifier saw, and a region drawn from it would mislead."""
+        backbone = self.bundle.backbone_path
+        if maps.ndim != 4:
+            raise BundleError(f"{backbone}: output '{MAPS_OUTPUT}' must be [N, C, h, w]")
+        try:
+            layout = PooledLayout.of(probe.shape[1], maps.shape[1])
+        except BundleError as exc:
+            raise BundleError(f"{backbone}: output '{MAPS_OUTPUT}': {exc}") from exc
+        scale = float(np.abs(probe).max()) or 1.0
+        error = float(np.abs(maps.mean(axis=(2, 3)) - probe[:, layout.average]).max()) / scale
+        if not error <= MAPS_TOLERANCE:
+            raise BundleError(
+                f"{backbone}: output '{MAPS_OUTPUT}' averaged differs from the pooled features "
+                f"by {error:.3g} (relative); it is not the map the classifier sees"
+            )
+        return layout
 
     @property
     def model_id(self) -> str:
         return self.bundle.model_id
 
-    def features(self, batch: FloatArray) -> npt.NDArray[np.float32]:
-        """Backbone features of a (N, 3, H, W) float32 batch."""
+    @property
+    def localises(self) -> bool:
+        """Whether the bundle's backbone outputs the spatial map that regions come from."""
+        return self._layout is not None
+
+    def run(self, batch: FloatArray) -> tuple[npt.NDArray[np.float32], FloatArray | None]:
+        """Features [N, F] and, when the bundle has them, spatial maps [N, C, h, w]."""
         try:
-            result: list[Any] = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+            result: list[Any] = self._session.run(self._outputs, {INPUT_NAME: batch})
         except Exception as exc:  # onnxruntime's errors have no common public base
             raise PermanentError(f"onnxruntime failed on a batch of {len(batch)}: {exc}") from exc
-        return np.asarray(result[0], dtype=np.float32)
+        maps = np.asarray(result[1], dtype=np.float32) if len(result) > 1 else None
+        return np.asarray(result[0], dtype=np.float32), maps
 
-    def probabilities(self, inputs: Sequence[FloatArray]) -> list[float]:
-        """Fracture probability for each (3, H, W) input, run ``batch_size`` at a time."""
-        out: list[float] = []
-        for start in range(0, len(inputs), self.batch_size):
-            batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
-            out.extend(self.scores(self.features(batch)))
-        return out
+    def features(self, batch: FloatArray) -> npt.NDArray[np.float32]:
+        """Backbone features of a (N, 3, H, W) float32 batch."""
+        return self.run(batch)[0]
 
-    def scores(self, features: npt.NDArray[np.float32]) -> list[float]:
-        """Fracture probability of each row of backbone features (the bundle's classifier)."""
+    def _classify(self, feats: npt.NDArray[np.float32], contributions: bool = False) -> Any:
         try:
             # One LightGBM thread: a batch of a few rows gains nothing from more, and its
             # OpenMP threads fought onnxruntime's spinning ones (EfficientNet bundle,
             # 2 cores: 126 -> 184 img/s float32, 226 -> 389 img/s INT8).
-            scores = self._booster.predict(features, num_threads=1)
+            return self._booster.predict(feats, num_threads=1, pred_contrib=contributions)
         except lgb.basic.LightGBMError as exc:
-            raise PermanentError(f"LightGBM failed on a batch of {len(features)}: {exc}") from exc
-        return [float(score) for score in np.asarray(scores).reshape(-1)]
+            raise PermanentError(f"LightGBM failed on a batch of {len(feats)}: {exc}") from exc
 
-    def predict_inputs(self, inputs: Sequence[FloatArray]) -> list[Prediction]:
-        """Probability, label (fracture when probability >= threshold) and model of each input."""
+    def scores(self, features: npt.NDArray[np.float32]) -> list[float]:
+        """Fracture probability of each row of backbone features (the bundle's classifier)."""
+        return [float(score) for score in np.asarray(self._classify(features)).reshape(-1)]
+
+    def contributions(self, feats: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """TreeSHAP contribution of each feature to each row's log-odds [N, F] (bias left out)."""
+        return np.asarray(self._classify(feats, contributions=True), dtype=np.float64)[:, :-1]
+
+    def evidence(self, feats: npt.NDArray[np.float32], maps: FloatArray) -> list[FloatMap]:
+        """Each row's evidence map (h, w) over its spatial map, in log-odds toward fracture."""
+        if self._layout is None:
+            raise BundleError(f"{self.bundle.backbone_path}: no '{MAPS_OUTPUT}' output")
+        layout = self._layout
+        return [
+            evidence_map(m, phi, layout)
+            for m, phi in zip(maps, self.contributions(feats), strict=True)
+        ]
+
+    def probabilities(self, inputs: Sequence[FloatArray]) -> list[float]:
+        """Fracture probability for each (3, H, W) input, run ``batch_size`` at a time."""
+        return [p for p, _ in self._evaluate(inputs, None)]
+
+    def _evaluate(
+        self, inputs: Sequence[FloatArray], sizes: Sequence[tuple[int, int]] | None
+    ) -> list[tuple[float, Region | None]]:
+        """Probability of each input and, when ``sizes`` (source rows, columns) are given and
+        the bundle localises, the region of each input at or above the threshold."""
+        out: list[tuple[float, Region | None]] = []
+        for start in range(0, len(inputs), self.batch_size):
+            batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
+            feats, maps = self.run(batch)
+            scores = self.scores(feats)
+            regions: list[Region | None] = [None] * len(scores)
+            flagged = [i for i, p in enumerate(scores) if p >= self.bundle.threshold]
+            if sizes is not None and maps is not None and flagged:
+                heats = self.evidence(feats[flagged], maps[flagged])
+                for heat, i in zip(heats, flagged, strict=True):
+                    regions[i] = region_from_map(heat, self.bundle.input_spec, sizes[start + i])
+            out.extend(zip(scores, regions, strict=True))
+        return out
+
+    def predict_inputs(
+        self, inputs: Sequence[FloatArray], sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[Prediction]:
+        """Probability, label (fracture when probability >= threshold) and model of each input;
+        with ``sizes`` (each source image's rows, columns), the region of each fracture."""
+        if sizes is not None and len(sizes) != len(inputs):
+            raise ValueError(f"{len(sizes)} sizes for {len(inputs)} inputs")
         threshold = self.bundle.threshold
         return [
             Prediction(
@@ -143,11 +215,15 @@ class Predictor:
                 label=Label.FRACTURE if p >= threshold else Label.NO_FRACTURE,
                 threshold=threshold,
                 model=self.model_id,
+                region=region,
             )
-            for p in self.probabilities(inputs)
+            for p, region in self._evaluate(inputs, sizes)
         ]
 
     def predict(self, displays: Sequence[DisplayImage]) -> list[Prediction]:
-        """Classify display images (from :mod:`osteoflag.inference.pixels`)."""
+        """Classify display images (from :mod:`osteoflag.inference.pixels`), with regions."""
         spec = self.bundle.input_spec
-        return self.predict_inputs([model_input(display, spec) for display in displays])
+        return self.predict_inputs(
+            [model_input(display, spec) for display in displays],
+            [display.size for display in displays],
+        )

@@ -7,7 +7,10 @@ model code that computes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -16,10 +19,13 @@ class Region:
 
     Pixel coordinates of the source image: x to the right, y down, origin at the top-left
     pixel; ``box`` is ``(x0, y0, x1, y1)`` with ``x0 <= x1`` and ``y0 <= y1``, and holds ``peak``.
+    ``heat``, when present, is the model's evidence over the whole source image at its own
+    (coarser) resolution, 0..1 with 1 at the peak: stretch it to the image to draw it.
     """
 
     peak: tuple[int, int]
     box: tuple[int, int, int, int]
+    heat: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.box

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from osteoflag.inference import maps
 from osteoflag.inference.bundle import write_manifest
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
@@ -154,6 +155,7 @@ def write_bundle(
         raise TrainingError(
             f"bundle graph differs from the graphs training used: {split_error:.3g}"
         )
+    maps.expose_maps(staging / "backbone.onnx")
     results["parity"] = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
     model.booster.save_model(
         str(staging / "classifier.txt"), num_iteration=model.booster.best_iteration

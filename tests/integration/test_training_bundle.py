@@ -105,6 +105,7 @@ def test_bundle_loads_and_predicts_like_training(
     vgg = bundle.manifest.backbone.architecture == "vgg16"
     assert bundle.manifest.input.colour_order == ("BGR" if vgg else "RGB")
     predictor = Predictor(bundle, threads=1)
+    assert predictor.localises  # the export adds the spatial map output, checked on load
     image = next((root / "primary" / "test" / "fracture").iterdir())
     [prediction] = predictor.predict([load_display(image)])
     assert 0.0 <= prediction.probability <= 1.0
