@@ -11,7 +11,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -212,13 +212,22 @@ class DestinationTLS(_Section):
         return self
 
 
+ObjectKind = Literal["sr", "gsps", "summary"]
+
+
 class Destination(_Section):
-    """A DICOM peer that receives every produced object."""
+    """A DICOM peer that receives the produced objects of the kinds in ``objects``."""
 
     ae_title: AETitle
     host: str
     port: Port
     tls: DestinationTLS | None = None
+    objects: tuple[ObjectKind, ...] = ("sr", "gsps", "summary")
+
+    @field_validator("objects", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
 
 
 def is_loopback(host: str) -> bool:

@@ -31,7 +31,7 @@ from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import destination_keys, write_objects
+from osteoflag.pacs.outbound import destinations_by_kind, write_objects
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ class Reporting:
         def record(session: Session) -> None:
             _note_source(session, instance, source)
             if written:
-                outbound.add_pending(session, instance, written, destination_keys(self._settings))
+                outbound.add_pending(
+                    session, instance, written, destinations_by_kind(self._settings)
+                )
 
         return record
 

@@ -10,7 +10,7 @@ again once the lease has passed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,9 +38,10 @@ def add_pending(
     session: Session,
     instance: Instance,
     produced: Sequence[Produced],
-    destinations: Sequence[str],
+    destinations: Mapping[str, Sequence[str]],
 ) -> list[Outbound]:
-    """Add a ``pending`` row per object of ``produced`` and destination to ``session``.
+    """Add a ``pending`` row per object of ``produced`` and destination to ``session``;
+    ``destinations`` names, for each kind of object, the destinations that take it.
 
     Returns the rows added. Rows that already exist for the same SOP Instance UID and
     destination are left as they are, so recording an object twice is safe.
@@ -66,7 +67,7 @@ def add_pending(
                 attempts=0,
                 next_attempt_at=utcnow(),
             )
-            for destination in destinations
+            for destination in destinations.get(item.kind, ())
             if destination not in known
         )
     session.add_all(rows)

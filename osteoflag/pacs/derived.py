@@ -1,7 +1,7 @@
 """What every object osteoflag derives from a radiograph shares: identity, UIDs, marking.
 
-Both the SR and the summary image are new instances in the source study (PS3.3 C.7.2
-General Study module copied, a new General Series), with UIDs derived deterministically
+The SR, the presentation state and the summary image are new instances in the source study
+(PS3.3 C.7.2 General Study module copied, a new General Series), with UIDs derived deterministically
 (PS3.5 9.1, 2.25 / hash-derived roots) so that rebuilding after a crash or a retry yields
 the very same SOP Instance UID, and the same series for every instance of a source
 series processed by one model version.
@@ -57,6 +57,7 @@ class Kind(StrEnum):
     """The objects produced per source instance; also the outbound row's ``kind``."""
 
     SR = "sr"
+    GSPS = "gsps"
     SUMMARY = "summary"
 
 
@@ -163,9 +164,20 @@ def study_evidence(source: Dataset) -> Dataset:
     return evidence
 
 
+def series_laterality(source: Dataset) -> str:
+    """Series Laterality (C.7.3.1, Type 2C for paired body parts): L, R or empty."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword) or "")
+        if value in ("L", "R"):
+            return value
+    return ""
+
+
 def series_description(kind: Kind, model: ModelIdentity) -> str:
     """SeriesDescription (LO, 64 chars) starting with ``RESEARCH USE ONLY``."""
-    what = "fracture flag SR" if kind is Kind.SR else "fracture flag summary"
+    what = {Kind.SR: "fracture flag SR", Kind.GSPS: "fracture flag overlay"}.get(
+        kind, "fracture flag summary"
+    )
     return f"{RESEARCH_PREFIX} {what} {model.version}"[:64]
 
 

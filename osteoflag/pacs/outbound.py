@@ -1,12 +1,13 @@
 """From a stored result to durable outbound objects: files on disk and queue rows.
 
-``write_objects`` builds the SR (and the summary image) and writes them atomically under
-the outgoing folder with owner-only permissions (``storage.write_atomically``), before the
-transaction that records the result, holding no database lock while it does (on SQLite that
-lock would stall every C-STORE). ``osteoflag.db.outbound.add_pending`` then adds one
-``pending`` outbound row per object and destination to that transaction. Committing it
-makes result and delivery obligation durable together; a crash before the commit leaves
-only files, rewritten with the same UIDs on the next attempt.
+``write_objects`` builds the SR (and the presentation state and summary image) and writes
+them atomically under the outgoing folder with owner-only permissions
+(``storage.write_atomically``), before the transaction that records the result, holding no
+database lock while it does (on SQLite that lock would stall every C-STORE).
+``osteoflag.db.outbound.add_pending`` then adds one ``pending`` outbound row per object and
+destination that takes its kind to that transaction. Committing it makes result and
+delivery obligation durable together; a crash before the commit leaves only files,
+rewritten with the same UIDs on the next attempt.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
+from osteoflag.pacs.gsps import build_gsps
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
+
+_KINDS = {"SR": Kind.SR, "PR": Kind.GSPS}
 
 
 def destination_key(destination: Destination) -> str:
@@ -37,6 +41,14 @@ def destination_key(destination: Destination) -> str:
 def destination_keys(settings: Settings) -> list[str]:
     """The ``destination`` of every configured destination."""
     return [destination_key(destination) for destination in settings.destinations]
+
+
+def destinations_by_kind(settings: Settings) -> dict[str, list[str]]:
+    """For each kind of object, the destinations that take it (``objects`` of each)."""
+    return {
+        kind.value: [destination_key(d) for d in settings.destinations if kind.value in d.objects]
+        for kind in Kind
+    }
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -56,9 +68,9 @@ def build_objects(
     grey: GreyArray | None = None,
     region: Region | None = None,
 ) -> list[Dataset]:
-    """The SR, then the summary image if configured (and if an undetermined image can show);
-    ``grey`` is the source as already decoded (:meth:`DisplayImage.grey8`), when the caller
-    has it; ``region`` is where a flagged image's finding is."""
+    """The SR, the presentation state of a flagged image with a ``region``, then the summary
+    image if configured (and if an undetermined image can show); ``grey`` is the source as
+    already decoded (:meth:`DisplayImage.grey8`), when the caller has it."""
     objects = [
         build_sr(
             source,
@@ -70,6 +82,9 @@ def build_objects(
             sr_class=settings.report.sr_class,
         )
     ]
+    if result.label is Label.FRACTURE and region is not None:
+        assert result.probability is not None  # guaranteed by Classification
+        objects.append(build_gsps(source, result.probability, region, model=model, created=created))
     if settings.report.summary_image:
         try:
             objects.append(build_summary(source, result, model=model, created=created, grey=grey))
@@ -100,7 +115,7 @@ def write_objects(
     written: list[Produced] = []
     built = build_objects(source, result, model, settings, created, grey=grey, region=region)
     for dataset in built:
-        kind = Kind.SR if dataset.Modality == "SR" else Kind.SUMMARY
+        kind = _KINDS.get(dataset.Modality, Kind.SUMMARY)
         sop_uid = str(dataset.SOPInstanceUID)
         path = settings.outgoing_path / kind.value / f"{sop_uid}.dcm"
         try:

@@ -33,6 +33,7 @@ from osteoflag.pacs.derived import (
     instance_uid,
     mark_research,
     require,
+    series_laterality,
     series_uid,
     study_evidence,
 )
@@ -100,15 +101,6 @@ def banner_image(
     return render(display.grey8(), banner_lines(result, model), result.label)
 
 
-def _laterality(source: Dataset) -> str:
-    """Series Laterality (C.7.3.1, Type 2C for paired body parts): L, R or empty."""
-    for keyword in ("Laterality", "ImageLaterality"):
-        value = str(source.get(keyword) or "")
-        if value in ("L", "R"):
-            return value
-    return ""
-
-
 def build_summary(
     source: Dataset,
     result: Classification,
@@ -173,7 +165,7 @@ def build_summary(
         image.SpecificCharacterSet = source.SpecificCharacterSet
     if source.get("BodyPartExamined"):
         image.BodyPartExamined = source.BodyPartExamined
-        image.Laterality = _laterality(source)
+        image.Laterality = series_laterality(source)
     mark_research(image, Kind.SUMMARY, model)
     logger.debug(
         "summary image built",

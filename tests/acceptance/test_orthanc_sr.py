@@ -1,4 +1,5 @@
-"""Against a real PACS: Orthanc on loopback ports receives osteoflag's SR and summary image.
+"""Against a real PACS: Orthanc on loopback ports receives osteoflag's SR, presentation state
+and summary image.
 
 ``test_delivery_into_orthanc_study`` drives produce + send in-process against Orthanc's
 DICOM port; ``test_end_to_end_through_orthanc`` runs ``osteoflag serve`` as a
@@ -21,6 +22,7 @@ from osteoflag.config import parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.labels import Label
+from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr_read import read_result
@@ -33,6 +35,8 @@ from tests.sr_fixtures import dciodvfy_errors, make_dx, serving
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 
 
@@ -50,9 +54,11 @@ def _encoded(dataset: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def _results_in(orthanc: Orthanc, study_id: str) -> dict[str, dict[str, str]] | None:
+def _results_in(
+    orthanc: Orthanc, study_id: str, wanted: frozenset[str] = frozenset()
+) -> dict[str, dict[str, str]] | None:
     by_class = {tags["SOPClassUID"]: tags for tags in orthanc.study_instances(study_id)}
-    wanted = {COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE}
+    wanted = wanted or frozenset({COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE})
     return by_class if wanted <= by_class.keys() else None
 
 
@@ -87,11 +93,12 @@ def test_delivery_into_orthanc_study(
         session.add(instance)
         session.flush()
         result = Classification(Label.FRACTURE, 0.77)
-        produce(session, instance, source, result, MODEL, settings)
+        produce(session, instance, source, result, MODEL, settings, REGION)
         session.commit()
-    assert send_pending(sessions, settings).sent == 2
+    assert send_pending(sessions, settings).sent == 3
 
-    found = wait_for(lambda: _results_in(orthanc, study_id), timeout=30.0)
+    wanted = frozenset({COMPREHENSIVE_3D_SR, GSPS, SECONDARY_CAPTURE})
+    found = wait_for(lambda: _results_in(orthanc, study_id, wanted), timeout=30.0)
     record_property("orthanc_delivery_seconds", round(time.monotonic() - started, 3))
     assert found[COMPREHENSIVE_3D_SR]["PatientID"] == source.PatientID
     assert found[SECONDARY_CAPTURE]["SeriesDescription"].startswith("RESEARCH USE ONLY")
@@ -99,12 +106,17 @@ def test_delivery_into_orthanc_study(
         assert set(session.scalars(select(Outbound.state))) == {OutboundState.SENT}
     engine.dispose()
 
-    stored = orthanc.folder / "sr-from-orthanc.dcm"
-    stored.write_bytes(orthanc.file(found[COMPREHENSIVE_3D_SR]["ID"]))
-    assert dciodvfy_errors(stored) == []
-    parsed = read_result(pydicom.dcmread(stored))
+    for sop_class in wanted:
+        copy = orthanc.folder / f"{sop_class}-from-orthanc.dcm"
+        copy.write_bytes(orthanc.file(found[sop_class]["ID"]))
+        assert dciodvfy_errors(copy) == [], sop_class
+    parsed = read_result(
+        pydicom.dcmread(orthanc.folder / f"{COMPREHENSIVE_3D_SR}-from-orthanc.dcm")
+    )
     assert parsed.source_sop_instance_uid == source.SOPInstanceUID
     assert parsed.probability == pytest.approx(0.77)
+    assert parsed.region == REGION.box
+    assert found[GSPS]["StudyInstanceUID"] == source.StudyInstanceUID
 
 
 def test_end_to_end_through_orthanc(

@@ -8,8 +8,9 @@ from sqlalchemy.orm import Session
 from osteoflag.config import Settings
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
 from osteoflag.db.outbound import add_pending
+from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import destination_keys, write_objects
+from osteoflag.pacs.outbound import destinations_by_kind, write_objects
 
 
 def produce_for(
@@ -18,6 +19,7 @@ def produce_for(
     result: Classification,
     model: ModelIdentity,
     settings: Settings,
+    region: Region | None = None,
 ) -> list[Outbound]:
     """A ``done`` instance row for ``source`` and its outbound objects, in ``session``."""
     instance = Instance(
@@ -31,7 +33,7 @@ def produce_for(
     )
     session.add(instance)
     session.flush()
-    return produce(session, instance, source, result, model, settings)
+    return produce(session, instance, source, result, model, settings, region)
 
 
 def produce(
@@ -41,7 +43,8 @@ def produce(
     result: Classification,
     model: ModelIdentity,
     settings: Settings,
+    region: Region | None = None,
 ) -> list[Outbound]:
     """The objects of ``result`` written now, and their outbound rows added to ``session``."""
-    written = write_objects(instance, source, result, model, settings, utcnow())
-    return add_pending(session, instance, written, destination_keys(settings))
+    written = write_objects(instance, source, result, model, settings, utcnow(), region=region)
+    return add_pending(session, instance, written, destinations_by_kind(settings))

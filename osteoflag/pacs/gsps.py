@@ -1,0 +1,153 @@
+"""The overlay a viewer can toggle: a Grayscale Softcopy Presentation State per flagged image.
+
+PS3.3 A.33.1: the presentation state references the source image and, on its own graphic
+layer, draws the model's box as a closed POLYLINE and the text "RESEARCH USE ONLY -
+fracture suspected NN%", both in the source's pixel coordinates (C.10.5: the top-left
+corner of the top-left pixel is 0\\0, as for the SR's SCOORD). The source's Modality and
+VOI LUT are copied so that applying the state keeps the image's own windowing; a
+MONOCHROME1 source gets an INVERSE Presentation LUT so that it keeps its polarity. UIDs are
+derived from the source and the model version, like the SR's.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Final
+
+import highdicom as hd
+from pydicom import Dataset
+
+from osteoflag.errors import PermanentError
+from osteoflag.inference.region import Region
+from osteoflag.pacs.derived import (
+    DEVICE_MODEL_NAME,
+    MANUFACTURER,
+    RESEARCH_PREFIX,
+    Kind,
+    ModelIdentity,
+    contributing_equipment,
+    instance_uid,
+    mark_research,
+    require,
+    series_laterality,
+    series_uid,
+)
+from osteoflag.pacs.sr import box_polyline
+
+logger = logging.getLogger(__name__)
+
+GSPS_SERIES_NUMBER: Final = 9903
+CONTENT_LABEL: Final = "OSTEOFLAG"
+LAYER: Final = "OSTEOFLAG"
+# Red on colour displays (CIELab), light grey on grayscale ones.
+_RED: Final = hd.color.CIELabColor(53.24, 80.09, 67.2)
+_GREY_VALUE: Final = 0xDDDD
+
+
+def overlay_text(probability: float) -> str:
+    """The annotation's text: research-only marking, finding and score."""
+    return f"{RESEARCH_PREFIX} - fracture suspected {probability * 100:.0f}%"
+
+
+def text_box(region: Region, rows: int, columns: int) -> tuple[float, float, float, float]:
+    """Where the text goes: a band just above the box (below it when the box touches the
+    top), as wide as half the image or the box, kept inside the image."""
+    x0, y0, _, y1 = region.box
+    height = max(12, rows // 25)
+    width = min(columns, max(columns // 2, region.box[2] - x0))
+    left = max(0, min(x0, columns - width))
+    top = y0 - height if y0 >= height else min(y1, max(0, rows - height))
+    return (float(left), float(top), float(left + width), float(min(rows, top + height)))
+
+
+def _layer() -> hd.pr.GraphicLayer:
+    layer = hd.pr.GraphicLayer(
+        layer_name=LAYER,
+        order=1,
+        description=f"{RESEARCH_PREFIX} suspected fracture region",
+        display_color=_RED,
+    )
+    layer.GraphicLayerRecommendedDisplayGrayscaleValue = _GREY_VALUE
+    return layer
+
+
+def build_gsps(
+    source: Dataset,
+    probability: float,
+    region: Region,
+    *,
+    model: ModelIdentity,
+    created: datetime,
+) -> Dataset:
+    """The presentation state drawing ``region`` and its text over ``source``."""
+    source_uid = require(source, "SOPInstanceUID")
+    rows, columns = int(require(source, "Rows")), int(require(source, "Columns"))
+    if region.box[2] > columns or region.box[3] > rows:
+        raise PermanentError(
+            f"region box {region.box} lies outside source {source_uid} "
+            f"(Columns {columns}, Rows {rows})"
+        )
+    text = overlay_text(probability)
+    annotation = hd.pr.GraphicAnnotation(
+        referenced_images=[source],
+        graphic_layer=_layer(),
+        graphic_objects=[
+            hd.pr.GraphicObject(
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline(region.box),
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+            )
+        ],
+        text_objects=[
+            hd.pr.TextObject(
+                text_value=text,
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                bounding_box=text_box(region, rows, columns),
+                text_justification=hd.pr.TextJustificationValues.LEFT,
+            )
+        ],
+    )
+    inverse = source.get("PhotometricInterpretation") == "MONOCHROME1"
+    try:
+        state = hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=[source],
+            series_instance_uid=series_uid(
+                require(source, "SeriesInstanceUID"), model.version, Kind.GSPS
+            ),
+            series_number=GSPS_SERIES_NUMBER,
+            sop_instance_uid=instance_uid(source_uid, model.version, Kind.GSPS),
+            instance_number=int(source.get("InstanceNumber") or 1),
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=DEVICE_MODEL_NAME,
+            software_versions=model.tag,
+            device_serial_number="",
+            content_label=CONTENT_LABEL,
+            content_description=text[:64],
+            graphic_annotations=[annotation],
+            graphic_layers=[_layer()],
+            presentation_lut_transformation=hd.PresentationLUTTransformation(
+                presentation_lut_shape="INVERSE" if inverse else "IDENTITY"
+            ),
+            contributing_equipment=contributing_equipment(),
+            content_creator_name=None,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise PermanentError(
+            f"cannot build GSPS for source SOPInstanceUID {source_uid}: {exc}"
+        ) from exc
+    state.PresentationCreationDate = created.strftime("%Y%m%d")
+    state.PresentationCreationTime = created.strftime("%H%M%S")
+    state.SeriesDate, state.SeriesTime = (
+        state.PresentationCreationDate,
+        state.PresentationCreationTime,
+    )
+    if source.get("BodyPartExamined"):
+        state.BodyPartExamined = source.BodyPartExamined
+    state.Laterality = series_laterality(source)
+    mark_research(state, Kind.GSPS, model)
+    logger.debug(
+        "GSPS built",
+        extra={"action": "build_gsps", "sop_instance_uid": str(state.SOPInstanceUID)},
+    )
+    return state

@@ -1,0 +1,111 @@
+"""The presentation state of a flagged image: valid (dciodvfy), on the source, the box and
+the research-only text on its own layer, the source's windowing kept, UIDs deterministic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset, config
+
+from osteoflag.errors import PermanentError
+from osteoflag.inference.region import Region
+from osteoflag.pacs.derived import RESEARCH_STATEMENT, ModelIdentity
+from osteoflag.pacs.gsps import build_gsps, text_box
+from tests.sr_fixtures import dciodvfy_errors, make_dx
+
+MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
+REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
+GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+
+
+@pytest.fixture(autouse=True)
+def strict_pydicom() -> Iterator[None]:
+    """pydicom raises on any invalid value, reading and writing."""
+    reading, writing = (
+        config.settings.reading_validation_mode,
+        config.settings.writing_validation_mode,
+    )
+    config.settings.reading_validation_mode = config.RAISE
+    config.settings.writing_validation_mode = config.RAISE
+    yield
+    config.settings.reading_validation_mode = reading
+    config.settings.writing_validation_mode = writing
+
+
+def _gsps(source: Dataset, region: Region = REGION, probability: float = 0.873) -> Dataset:
+    return build_gsps(
+        source, probability, region, model=MODEL, created=datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    )
+
+
+def _monochrome1() -> Dataset:
+    source = make_dx(body_part="HAND")
+    source.PhotometricInterpretation = "MONOCHROME1"
+    return source
+
+
+@pytest.mark.parametrize("source", [make_dx(), _monochrome1(), make_dx(body_part=None)])
+def test_dciodvfy_reports_no_errors_and_strict_round_trip(tmp_path: Path, source: Dataset) -> None:
+    path = tmp_path / "gsps.dcm"
+    _gsps(source).save_as(path, enforce_file_format=True)
+    reloaded = pydicom.dcmread(path)
+    assert reloaded.SOPClassUID == GSPS
+    assert dciodvfy_errors(path) == []
+
+
+def test_box_and_text_on_the_source_image_in_the_same_study() -> None:
+    source = make_dx()
+    state = _gsps(source)
+
+    assert (state.Modality, state.StudyInstanceUID) == ("PR", source.StudyInstanceUID)
+    assert state.PatientID == source.PatientID
+    assert state.SeriesInstanceUID != source.SeriesInstanceUID
+    (series,) = state.ReferencedSeriesSequence
+    (image,) = series.ReferencedImageSequence
+    assert image.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    (annotation,) = state.GraphicAnnotationSequence
+    assert annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert annotation.GraphicLayer == state.GraphicLayerSequence[0].GraphicLayer
+    (box,) = annotation.GraphicObjectSequence
+    assert (box.GraphicType, box.GraphicAnnotationUnits) == ("POLYLINE", "PIXEL")
+    assert list(box.GraphicData) == [40, 90, 110, 90, 110, 170, 40, 170, 40, 90]
+    (text,) = annotation.TextObjectSequence
+    assert text.UnformattedTextValue == "RESEARCH USE ONLY - fracture suspected 87%"
+    assert state.SoftcopyVOILUTSequence[0].WindowCenter == source.WindowCenter
+    assert state.PresentationLUTShape == "IDENTITY"
+    assert state.SeriesDescription.startswith("RESEARCH USE ONLY")
+    assert state.ClinicalTrialSeriesDescription == RESEARCH_STATEMENT
+
+
+def test_monochrome1_source_keeps_its_polarity() -> None:
+    assert _gsps(_monochrome1()).PresentationLUTShape == "INVERSE"
+
+
+def test_uids_are_deterministic_per_source_and_model_version() -> None:
+    source = make_dx()
+    first, again, other = _gsps(source), _gsps(source, probability=0.5), _gsps(make_dx())
+    assert first.SOPInstanceUID == again.SOPInstanceUID
+    assert first.SOPInstanceUID != other.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        REGION,
+        Region(peak=(5, 2), box=(0, 0, 199, 30)),
+        Region(peak=(10, 250), box=(0, 240, 10, 255)),
+    ],
+)
+def test_text_stays_inside_the_image(region: Region) -> None:
+    left, top, right, bottom = text_box(region, rows=256, columns=200)
+    assert 0 <= left < right <= 200 and 0 <= top < bottom <= 256
+
+
+def test_region_outside_the_image_is_a_permanent_error_naming_the_source() -> None:
+    source = make_dx(rows=100, columns=100)
+    with pytest.raises(PermanentError, match=source.SOPInstanceUID):
+        _gsps(source, Region(peak=(50, 50), box=(10, 10, 150, 60)))
