@@ -127,6 +127,21 @@ def _first(value: Any) -> float:
     return float(value)
 
 
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """First value of a DS/IS attribute, or None when it is not a finite number (a sender's
+    ``abc`` in Window Center): the transform it belongs to is then left out, not the image."""
+    try:
+        number = _first(ds[keyword].value)
+    except (ValueError, TypeError, IndexError, OverflowError, KeyError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _usable(ds: Dataset, *keywords: str) -> bool:
+    """True when every one of ``keywords`` present in ``ds`` is a finite number."""
+    return all(_number(ds, keyword) is not None for keyword in keywords if keyword in ds)
+
+
 def _check_geometry(ds: Dataset) -> int:
     """Validate the Image Pixel module before decoding; return the number of frames."""
     if "PixelData" not in ds:
@@ -221,10 +236,10 @@ def _padding_mask(ds: Dataset, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_
     return mask if mask.any() else None
 
 
-def _window(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64]:
+def _window(
+    values: npt.NDArray[np.float64], ds: Dataset, center: float, width: float
+) -> npt.NDArray[np.float64]:
     """Window Center/Width to [0, 1], first window only (PS3.3 C.11.2.1.2 and C.11.2.1.3)."""
-    center = _first(ds.WindowCenter)
-    width = _first(ds.WindowWidth)
     function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
     if function == "SIGMOID":
         if width <= 0:
@@ -303,19 +318,26 @@ def display_from_dataset(ds: Dataset) -> DisplayImage:
         raise PixelDataError(f"(0028,0002) Samples per Pixel must be 1 for {photometric}")
     padding = _padding_mask(ds, stored)
     valid = None if padding is None else ~padding
-    try:
-        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise PixelDataError(f"(0028,3000) Modality LUT / rescale unusable: {exc}") from exc
-    if ds.get("VOILUTSequence"):
+    rescaled = _usable(ds, "RescaleSlope", "RescaleIntercept")
+    if not rescaled:
+        values = stored.astype(np.float64)
+        notes.append("(0028,1053) Rescale Slope / (0028,1052) Rescale Intercept unusable")
+    else:
+        try:
+            values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+            raise PixelDataError(f"(0028,3000) Modality LUT / rescale unusable: {exc}") from exc
+    center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
+    if ds.get("VOILUTSequence") and rescaled:
         display = _voi_lut(values, ds)
         notes.append("voi=lut")
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        display = _window(values, ds)
-        notes.append(f"voi=window {_first(ds.WindowCenter)}/{_first(ds.WindowWidth)}")
+    elif center is not None and width is not None and rescaled:
+        display = _window(values, ds, center, width)
+        notes.append(f"voi=window {center}/{width}")
     else:
         display = _stretch(values, valid)
-        notes.append("voi=min-max")
+        window = "WindowCenter" in ds or "WindowWidth" in ds
+        notes.append("voi=min-max" + (" (window unusable)" if window and rescaled else ""))
     if photometric == "MONOCHROME1":
         display = 1.0 - display
     if padding is not None:

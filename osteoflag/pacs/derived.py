@@ -24,7 +24,7 @@ import osteoflag
 from osteoflag.errors import PermanentError
 from osteoflag.inference.bundle import MANIFEST, Bundle, sha256_file
 from osteoflag.inference.labels import Label
-from osteoflag.pacs import codes
+from osteoflag.pacs import codes, values
 
 RESEARCH_PREFIX: Final = "RESEARCH USE ONLY"
 RESEARCH_STATEMENT: Final = "For research use only. Not for diagnostic use."
@@ -44,13 +44,14 @@ _PATIENT_STUDY_TYPE2: Final = (
     "AccessionNumber",
 )
 _PATIENT_STUDY_OPTIONAL: Final = (
-    "SpecificCharacterSet",
     "IssuerOfPatientID",
     "PatientAge",
     "PatientWeight",
     "PatientSize",
     "StudyDescription",
 )
+#: Every attribute :func:`study_evidence` copies from the source, besides the UIDs.
+COPIED: Final = (*_PATIENT_STUDY_TYPE2, *_PATIENT_STUDY_OPTIONAL)
 
 
 class Kind(StrEnum):
@@ -150,17 +151,24 @@ def _tag(keyword: str) -> str:
 def study_evidence(source: Dataset) -> Dataset:
     """A header-only copy of ``source``: Patient, Study and reference attributes, no pixels.
 
-    Type 2 attributes missing from the source are present and empty (PS3.5 7.4.5), so the
-    derived object's Patient and General Study modules are complete.
+    Type 2 attributes missing from the source, or with an invalid date, time or number
+    (:func:`osteoflag.pacs.values.copied_value`), are present and empty (PS3.5 7.4.5), so the
+    derived object's Patient and General Study modules are complete; such Type 3 ones are
+    left out. The character set is one every writer accepts (:func:`values.character_set`).
     """
     evidence = Dataset()
+    charset = values.character_set(source)
+    if charset is not None:
+        evidence.SpecificCharacterSet = charset
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         setattr(evidence, keyword, require(source, keyword))
     for keyword in _PATIENT_STUDY_TYPE2:
-        setattr(evidence, keyword, source.get(keyword, ""))
+        value = values.copied_value(source, keyword)
+        setattr(evidence, keyword, "" if value is None else value)
     for keyword in _PATIENT_STUDY_OPTIONAL:
-        if keyword in source:
-            setattr(evidence, keyword, source[keyword].value)
+        value = values.copied_value(source, keyword)
+        if value is not None:
+            setattr(evidence, keyword, value)
     return evidence
 
 

@@ -12,6 +12,7 @@ rewritten with the same UIDs on the next attempt.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from io import BytesIO
 
@@ -24,13 +25,15 @@ from osteoflag.errors import PixelDataError, TransientError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.inference.region import Region
-from osteoflag.pacs.derived import Classification, Kind, ModelIdentity, device_uid
+from osteoflag.pacs import values
+from osteoflag.pacs.derived import COPIED, Classification, Kind, ModelIdentity, device_uid
 from osteoflag.pacs.gsps import build_gsps
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
 
 _KINDS = {"SR": Kind.SR, "PR": Kind.GSPS}
+logger = logging.getLogger(__name__)
 
 
 def destination_key(destination: Destination) -> str:
@@ -71,6 +74,16 @@ def build_objects(
     """The SR, the presentation state of a flagged image with a ``region``, then the summary
     image if configured (and if an undetermined image can show); ``grey`` is the source as
     already decoded (:meth:`DisplayImage.grey8`), when the caller has it."""
+    left_out = values.invalid_attributes(source, COPIED)
+    if left_out:
+        logger.warning(
+            "invalid source values left out of the produced objects",
+            extra={
+                "action": "build_objects",
+                "sop_instance_uid": str(source.get("SOPInstanceUID", "")),
+                "attributes": left_out,
+            },
+        )
     objects = [
         build_sr(
             source,

@@ -26,8 +26,9 @@ from osteoflag.config import SRClass
 from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.region import Region
-from osteoflag.pacs import codes
+from osteoflag.pacs import codes, values
 from osteoflag.pacs.derived import (
+    COPIED,
     DEVICE_MODEL_NAME,
     DEVICE_NAME,
     MANUFACTURER,
@@ -270,8 +271,9 @@ def build_sr(
             series_time=created.time(),
         )
     except (ValueError, TypeError, AttributeError) as exc:
+        reason = values.redact(str(exc), source, COPIED)
         raise PermanentError(
-            f"cannot build SR for source SOPInstanceUID {evidence.SOPInstanceUID}: {exc}"
+            f"cannot build SR for source SOPInstanceUID {evidence.SOPInstanceUID}: {reason}"
         ) from exc
     mark_research(sr, Kind.SR, model)
     logger.debug(

@@ -22,7 +22,9 @@ import osteoflag
 from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage, GreyArray, display_from_dataset
+from osteoflag.pacs import values
 from osteoflag.pacs.derived import (
+    COPIED,
     MANUFACTURER,
     RESEARCH_PREFIX,
     RESEARCH_STATEMENT,
@@ -149,8 +151,9 @@ def build_summary(
             series_time=created.time(),
         )
     except (ValueError, TypeError) as exc:
+        reason = values.redact(str(exc), source, COPIED)
         raise PermanentError(
-            f"cannot build summary for source SOPInstanceUID {evidence.SOPInstanceUID}: {exc}"
+            f"cannot build summary for source SOPInstanceUID {evidence.SOPInstanceUID}: {reason}"
         ) from exc
     image.PatientOrientation = source.get("PatientOrientation", "")
     image.DateOfSecondaryCapture = DA(created.date())
@@ -161,8 +164,8 @@ def build_summary(
     reference.ReferencedSOPClassUID = require(source, "SOPClassUID")
     reference.ReferencedSOPInstanceUID = evidence.SOPInstanceUID
     image.SourceImageSequence = [reference]
-    if source.get("SpecificCharacterSet"):
-        image.SpecificCharacterSet = source.SpecificCharacterSet
+    if "SpecificCharacterSet" in evidence:
+        image.SpecificCharacterSet = evidence.SpecificCharacterSet
     if source.get("BodyPartExamined"):
         image.BodyPartExamined = source.BodyPartExamined
         image.Laterality = series_laterality(source)

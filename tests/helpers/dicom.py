@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     JPEG2000,
@@ -108,6 +110,16 @@ def radiograph(
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    return ds
+
+
+def set_raw(ds: Dataset, keyword: str, value: bytes) -> Dataset:
+    """Put ``value`` as the bytes of ``keyword``, unchecked, as a sloppy sender writes it
+    (pydicom refuses to hold an invalid DS such as ``abc``)."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    padded = value + b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(padded), padded, 0, False, True)
     return ds
 
 

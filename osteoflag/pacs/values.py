@@ -1,0 +1,136 @@
+"""Values copied from a received instance into the objects osteoflag produces.
+
+Senders are sloppy: a Patient's Birth Date of ``1945-03-17`` (DA is ``YYYYMMDD``, PS3.5
+6.2), a Patient's Weight of ``70kg``, a Specific Character Set whose first value is empty
+(the usual Japanese form, PS3.3 C.12.1.1.2). A result must never be lost to such a value,
+so each copied date, time and number is checked against its VR and left out when invalid
+(the caller writes a Type 2 attribute empty, omits a Type 3 one), and the character set
+becomes one every writer accepts. Names, IDs and UIDs are copied as received: the PACS
+files the result by them.
+
+Nothing here puts a value in a message: a value may be a patient's birth date. Callers
+name the attribute (:func:`attribute_name`) and pass exception texts through
+:func:`redact`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any, Final
+
+import highdicom as hd
+from pydicom import config as pydicom_config
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import validate_value
+
+#: VRs whose syntax is checked before a value is copied (PS3.5 Table 6.2-1).
+CHECKED_VRS: Final = frozenset({"AS", "DA", "DS", "DT", "IS", "TM"})
+#: Used when the source's character set is unknown or odd: UTF-8 holds any decoded text.
+UTF8: Final = "ISO_IR 192"
+#: The default repertoire, meant by an empty first value of Specific Character Set.
+DEFAULT_EXTENDED: Final = "ISO 2022 IR 6"
+#: Multi-byte character sets that may not be the first of several values (PS3.3 C.12.1.1.2).
+_MULTI_BYTE: Final = frozenset(
+    {"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"}
+)
+_REDACTED_MIN: Final = 2
+
+
+def attribute_name(keyword: str) -> str:
+    """``(0010,0030) PatientBirthDate``: how messages name an attribute, never by value."""
+    tag = tag_for_keyword(keyword)
+    return keyword if tag is None else f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
+
+
+def _is_valid(vr: str, value: Any) -> bool:
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
+    try:
+        for item in values:
+            validate_value(vr, str(item), pydicom_config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def copied_value(source: Dataset, keyword: str) -> Any | None:
+    """The value of ``keyword`` to copy, or None when it is absent, empty or invalid."""
+    if keyword not in source:
+        return None
+    try:
+        value = source[keyword].value  # a DS/IS that is not a number fails right here
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if value is None or value == "":
+        return None
+    vr = dictionary_VR(keyword)
+    if vr in CHECKED_VRS and not _is_valid(vr, value):
+        return None
+    return value
+
+
+def invalid_attributes(source: Dataset, keywords: Iterable[str]) -> list[str]:
+    """The names (:func:`attribute_name`) of ``keywords`` present in ``source`` with a value
+    that :func:`copied_value` leaves out."""
+    invalid = []
+    for keyword in keywords:
+        element = source.get_item(keyword) if keyword in source else None
+        present = element is not None and element.value not in (None, b"", "")
+        if present and copied_value(source, keyword) is None:
+            invalid.append(attribute_name(keyword))
+    return invalid
+
+
+def _values(source: Dataset) -> list[str]:
+    try:
+        value = source.get("SpecificCharacterSet")
+    except (ValueError, TypeError):
+        return ["?"]
+    if value is None:
+        return []
+    items = value if isinstance(value, MultiValue | list | tuple) else [value]
+    return [str(item).strip() for item in items]
+
+
+def _known(value: str) -> bool:
+    try:
+        hd.SpecificCharacterSetValues(value)
+    except ValueError:
+        return False
+    return value in python_encoding
+
+
+def character_set(source: Dataset) -> str | list[str] | None:
+    """Specific Character Set (0008,0005) for a produced object: the source's when it is
+    well formed (an empty first value read as ISO 2022 IR 6), none for the default
+    repertoire, else ISO_IR 192 (UTF-8), which can hold whatever pydicom decoded."""
+    values = _values(source)
+    if not any(values) or values == ["ISO_IR 6"]:
+        return None
+    if len(values) == 1:
+        single = values[0]
+        return single if _known(single) and not single.startswith("ISO 2022") else UTF8
+    if not values[0]:
+        values[0] = DEFAULT_EXTENDED
+    extensions = all(v.startswith("ISO 2022 IR") and _known(v) for v in values)
+    return values if extensions and values[0] not in _MULTI_BYTE else UTF8
+
+
+def redact(text: str, source: Dataset, keywords: Iterable[str]) -> str:
+    """``text`` with every value ``source`` holds for ``keywords`` replaced by the attribute's
+    name: for library messages that quote what they could not convert."""
+    for keyword in keywords:
+        element = source.get_item(keyword) if keyword in source else None
+        if element is None:
+            continue
+        raw = element.value
+        candidates = {raw.decode("latin-1").strip(" \x00")} if isinstance(raw, bytes) else set()
+        with contextlib.suppress(ValueError, TypeError, OverflowError):
+            candidates.add(str(source[keyword].value).strip())
+        for candidate in sorted(candidates, key=len, reverse=True):
+            if len(candidate) >= _REDACTED_MIN:
+                text = text.replace(candidate, f"<{keyword}>")
+    return text
