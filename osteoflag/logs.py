@@ -16,6 +16,20 @@ from typing import Any
 import pydicom.config
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+#: Longest text of one field: a peer's strings (AE titles, UIDs, a library's message quoting
+#: what it received) end up in fields, and one line must stay readable and bounded.
+MAX_FIELD_CHARS = 2000
+#: A traceback gets more room, but a bounded one too.
+MAX_EXCEPTION_CHARS = 20000
+
+
+def capped(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
+    """``value`` with every string in it cut to ``limit`` characters, saying how many were cut."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... [{len(value) - limit} more characters]"
+    if isinstance(value, list | tuple):
+        return [capped(item, limit) for item in value]
+    return value
 
 
 class JSONFormatter(logging.Formatter):
@@ -26,12 +40,12 @@ class JSONFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": capped(record.getMessage()),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        entry.update({k: capped(v) for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["exception"] = capped(self.formatException(record.exc_info), MAX_EXCEPTION_CHARS)
+        return json.dumps(entry, default=lambda value: capped(str(value)))
 
 
 def configure_logging(level: str) -> None:
