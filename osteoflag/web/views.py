@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESULTS_LIMIT = 100
+#: Largest row id a database holds (a signed 64-bit integer): beyond it nothing can exist.
+MAX_ROW_ID = 2**63 - 1
 #: Room for the multipart boundaries and headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -43,6 +45,15 @@ MULTIPART_OVERHEAD = 64 * 1024
 def _context(request: Request) -> WebContext:
     context: WebContext = request.app.state.context
     return context
+
+
+def _instance_id(request: Request) -> int:
+    """The ``{instance_id}`` of the path; 404 when no row could have it (the database
+    cannot even compare a number past 64 bits)."""
+    instance_id = int(request.path_params["instance_id"])
+    if instance_id > MAX_ROW_ID:
+        raise HTTPException(404)
+    return instance_id
 
 
 def _probes(request: Request) -> Probes:
@@ -135,7 +146,7 @@ def _sr_text(path: Path | None) -> str | None:
 
 def result(request: Request) -> Response:
     context = _context(request)
-    instance_id = int(request.path_params["instance_id"])
+    instance_id = _instance_id(request)
     try:
         instance, outbound = queries.detail(context.sessions, instance_id)
     except KeyError:
@@ -157,7 +168,7 @@ def summary_png(request: Request) -> Response:
     """The produced summary Secondary Capture, decoded and re-encoded as PNG."""
     context = _context(request)
     try:
-        _, outbound = queries.detail(context.sessions, int(request.path_params["instance_id"]))
+        _, outbound = queries.detail(context.sessions, _instance_id(request))
     except KeyError:
         raise HTTPException(404) from None
     path = _file_of(outbound, Kind.SUMMARY)
@@ -177,7 +188,7 @@ def summary_png(request: Request) -> Response:
 async def requeue(request: Request) -> Response:
     """POST: put one failed instance back in the queue (CSRF-checked) and wake the worker."""
     context = _context(request)
-    instance_id = int(request.path_params["instance_id"])
+    instance_id = _instance_id(request)
     form = await request.form(max_files=0, max_fields=4)
     if not context.csrf.valid(request, form.get(CSRF_FIELD)):
         return _message(

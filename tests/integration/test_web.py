@@ -228,6 +228,16 @@ def test_requeue_needs_a_valid_csrf_token(serve: Serve) -> None:
     assert _state(sessions, instance_id) is InstanceState.QUEUED
 
 
+def test_an_instance_id_past_64_bits_is_not_found(serve: Serve) -> None:
+    client, _, _ = serve()
+    huge = str(2**63)
+    for path in (f"/results/{huge}", f"/results/{huge}/summary.png", f"/results/{'9' * 40}"):
+        assert client.get(path).status == 404, path
+    token = csrf_token(client.get("/try").text)
+    assert client.post_form(f"/results/{huge}/requeue", {"csrf_token": token}).status == 404
+    assert client.get(f"/results/{2**63 - 1}").status == 404
+
+
 def test_upload_limits_and_non_images(serve: Serve, tmp_path: Path, predictor: Predictor) -> None:
     client, sessions, _ = serve(max_upload_mb=0.05)
     token = csrf_token(client.get("/try").text)
