@@ -20,7 +20,9 @@ from pydicom import Dataset
 
 from osteoflag.errors import PermanentError
 from osteoflag.inference.region import Region
+from osteoflag.pacs import values
 from osteoflag.pacs.derived import (
+    COPIED,
     DEVICE_MODEL_NAME,
     MANUFACTURER,
     RESEARCH_PREFIX,
@@ -89,8 +91,9 @@ def build_gsps(
             f"(Columns {columns}, Rows {rows})"
         )
     text = overlay_text(probability)
+    header = values.cleaned(source)  # highdicom copies its Patient and Study modules
     annotation = hd.pr.GraphicAnnotation(
-        referenced_images=[source],
+        referenced_images=[header],
         graphic_layer=_layer(),
         graphic_objects=[
             hd.pr.GraphicObject(
@@ -111,7 +114,7 @@ def build_gsps(
     inverse = source.get("PhotometricInterpretation") == "MONOCHROME1"
     try:
         state = hd.pr.GrayscaleSoftcopyPresentationState(
-            referenced_images=[source],
+            referenced_images=[header],
             series_instance_uid=series_uid(
                 require(source, "SeriesInstanceUID"), model.version, Kind.GSPS
             ),
@@ -133,8 +136,9 @@ def build_gsps(
             content_creator_name=None,
         )
     except (ValueError, TypeError, AttributeError) as exc:
+        reason = values.redact(str(exc), source, COPIED)
         raise PermanentError(
-            f"cannot build GSPS for source SOPInstanceUID {source_uid}: {exc}"
+            f"cannot build GSPS for source SOPInstanceUID {source_uid}: {reason}"
         ) from exc
     state.PresentationCreationDate = created.strftime("%Y%m%d")
     state.PresentationCreationTime = created.strftime("%H%M%S")

@@ -22,9 +22,11 @@ from typing import Any, Final
 import highdicom as hd
 from pydicom import config as pydicom_config
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import validate_value
 
 #: VRs whose syntax is checked before a value is copied (PS3.5 Table 6.2-1).
@@ -38,6 +40,8 @@ _MULTI_BYTE: Final = frozenset(
     {"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"}
 )
 _REDACTED_MIN: Final = 2
+PIXEL_DATA: Final = Tag(0x7FE0, 0x0010)
+SPECIFIC_CHARACTER_SET: Final = Tag(0x0008, 0x0005)
 
 
 def attribute_name(keyword: str) -> str:
@@ -56,20 +60,52 @@ def _is_valid(vr: str, value: Any) -> bool:
     return True
 
 
+def _valid_element(source: Dataset, tag: BaseTag) -> DataElement | None:
+    """The element at ``tag``, decoded with the source's character set; None when its value
+    cannot be read (a DS that is not a number fails right here) or is not a valid date,
+    time or number."""
+    try:
+        element = source[tag]
+    except Exception:  # pydicom parses lazily: a malformed element fails on first access
+        return None
+    if (
+        element.VR in CHECKED_VRS
+        and element.value not in (None, "")
+        and not _is_valid(element.VR, element.value)
+    ):
+        return None
+    return element
+
+
 def copied_value(source: Dataset, keyword: str) -> Any | None:
     """The value of ``keyword`` to copy, or None when it is absent, empty or invalid."""
-    if keyword not in source:
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in source:
         return None
-    try:
-        value = source[keyword].value  # a DS/IS that is not a number fails right here
-    except (ValueError, TypeError, OverflowError):
+    element = _valid_element(source, Tag(tag))
+    if element is None or element.value is None or element.value == "":
         return None
-    if value is None or value == "":
-        return None
-    vr = dictionary_VR(keyword)
-    if vr in CHECKED_VRS and not _is_valid(vr, value):
-        return None
-    return value
+    return element.value
+
+
+def cleaned(source: Dataset) -> Dataset:
+    """The header of ``source`` for a library that copies whole modules from it (highdicom's
+    presentation state copies the Patient and Study modules): unreadable or invalid values
+    are empty, the character set is :func:`character_set`'s, and Pixel Data is left out."""
+    view = Dataset()
+    for tag in source.keys():  # noqa: SIM118 (iterating a Dataset decodes every element)
+        if tag in (PIXEL_DATA, SPECIFIC_CHARACTER_SET):
+            continue
+        element = _valid_element(source, tag)
+        if element is not None:
+            view[tag] = element
+        else:
+            vr = source.get_item(tag).VR or "UN"
+            view.add(DataElement(tag, vr, None if vr == "SQ" else ""))
+    charset = character_set(source)
+    if charset is not None:
+        view.SpecificCharacterSet = charset
+    return view
 
 
 def invalid_attributes(source: Dataset, keywords: Iterable[str]) -> list[str]:

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from osteoflag.inference.region import Region
 from osteoflag.logs import MAX_FIELD_CHARS, JSONFormatter
+from osteoflag.pacs.derived import ModelIdentity
+from osteoflag.pacs.gsps import build_gsps
 from osteoflag.pacs.values import (
     attribute_name,
     character_set,
@@ -18,6 +24,7 @@ from osteoflag.pacs.values import (
     redact,
 )
 from tests.helpers.dicom import set_raw
+from tests.sr_fixtures import make_dx
 
 
 def _with(**raw: bytes) -> Dataset:
@@ -96,3 +103,22 @@ def test_log_fields_are_capped() -> None:
     assert entry["message"].endswith(f"[{100_000 - MAX_FIELD_CHARS} more characters]")
     assert len(entry["peer"]) < MAX_FIELD_CHARS + 40
     assert len(entry["attributes"][0]) < MAX_FIELD_CHARS + 40
+
+
+def test_presentation_state_of_a_sloppy_source_is_written_without_its_invalid_values(
+    tmp_path: Path,
+) -> None:
+    source = make_dx(body_part="HAND")
+    set_raw(source, "PatientBirthDate", b"1945-03-17")
+    set_raw(source, "PatientWeight", b"70kg")
+    set_raw(source, "SpecificCharacterSet", b"\\ISO 2022 IR 87")
+    model = ModelIdentity("m", "1", "0f" * 32, 0.5)
+    region = Region(peak=(70, 120), box=(40, 90, 110, 170))
+    state = build_gsps(source, 0.9, region, model=model, created=datetime(2026, 1, 2, tzinfo=UTC))
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    reloaded = dcmread(path)
+    assert reloaded.PatientBirthDate == ""
+    assert reloaded.PatientID == source.PatientID
+    assert reloaded.SpecificCharacterSet == ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    assert "1945" not in path.read_bytes().decode("latin-1")
