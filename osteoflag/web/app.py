@@ -1,4 +1,4 @@
-"""The Starlette applications: routes, templates, middleware and the shared context.
+"""The Starlette applications: routes, templates and middleware.
 
 ``create_app`` gets everything it serves from the daemon (sessions, the loaded bundle and
 predictor, liveness probes) so the web layer owns no database engine or model of its own.
@@ -10,13 +10,11 @@ and Prometheus.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,37 +26,11 @@ from osteoflag.config import Settings
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import RESEARCH_STATEMENT, ModelIdentity
 from osteoflag.web import views
+from osteoflag.web.context import Probes, WebContext
 from osteoflag.web.metrics import Liveness, metrics_registry
 from osteoflag.web.security import AuthMiddleware, Csrf, SecurityHeadersMiddleware
 
 HERE: Final = Path(__file__).parent
-
-
-@dataclass(frozen=True)
-class Probes:
-    """What ``/healthz`` and ``/metrics`` need; every process role serves them."""
-
-    sessions: sessionmaker[Session]
-    liveness: Liveness
-    registry: CollectorRegistry
-
-
-@dataclass(frozen=True)
-class WebContext:
-    """What every view needs, built once per app."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    predictor: Predictor
-    model: ModelIdentity
-    liveness: Liveness
-    wake_worker: Callable[[], None]
-    csrf: Csrf
-    templates: Jinja2Templates
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.settings.web.max_upload_mb * 1024 * 1024)
 
 
 def format_age(seconds: float | None) -> str:

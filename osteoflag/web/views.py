@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydicom import dcmread
@@ -27,11 +27,9 @@ from osteoflag.errors import OsteoflagError
 from osteoflag.pacs.derived import Kind
 from osteoflag.pacs.show import render_sr
 from osteoflag.web import queries
+from osteoflag.web.context import Probes, WebContext
 from osteoflag.web.security import CSRF_FIELD
 from osteoflag.web.tryimage import Trial, UploadError, classify_upload, png_bytes
-
-if TYPE_CHECKING:
-    from osteoflag.web.app import Probes, WebContext
 
 logger = logging.getLogger(__name__)
 
