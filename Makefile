@@ -17,8 +17,8 @@ serve: $(VENV)/.installed-runtime
 	$(BIN)/osteoflag serve
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check osteoflag tests
-	$(BIN)/ruff format --check osteoflag tests
+	$(BIN)/ruff check osteoflag tests bench testkit
+	$(BIN)/ruff format --check osteoflag tests bench testkit
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-dev lint

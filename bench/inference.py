@@ -34,8 +34,8 @@ from osteoflag.inference.bundle import Bundle, load_bundle
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor, session_options
-from tests.helpers.inference_data import dataset, radiograph, save
-from tests.helpers.tiny_bundle import build_bundle
+from testkit.inference_data import dataset, radiograph, save
+from testkit.tiny_bundle import build_bundle
 
 DEFAULT_BUNDLE = Path("models/default")
 

@@ -48,12 +48,12 @@ from osteoflag.inference.bundle import Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import FloatArray, display_from_dataset, model_input
 from osteoflag.inference.quantize import CALIBRATION_IMAGES, calibration_inputs, int8_copy
 from osteoflag.pacs.scu import Peer, send_c_store
-from tests.helpers.daemon import DaemonProcess, write_config
-from tests.helpers.inference_data import dataset, radiograph, save
-from tests.helpers.net import free_port
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.tiny_bundle import CAFFE_MEAN, backbone
-from tests.helpers.wait import wait_for
+from testkit.daemon import DaemonProcess, write_config
+from testkit.inference_data import dataset, radiograph, save
+from testkit.net import free_port
+from testkit.postgres import PostgresServer
+from testkit.tiny_bundle import CAFFE_MEAN, backbone
+from testkit.wait import wait_for
 
 DEFAULT_BUNDLE = Path("models/default")
 TRAINING_IMAGES = Path("/work/shared/data/osteoai/train")

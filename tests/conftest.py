@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.pacs.scp import StorageSCP
-from tests.helpers.net import free_port
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.tiny_bundle import build_bundle
+from testkit.net import free_port
+from testkit.postgres import PostgresServer
+from testkit.tiny_bundle import build_bundle
 
 
 def make_settings(folder: Path, **sections: dict[str, Any]) -> Settings:

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.net import free_port
-from tests.helpers.wait import wait_for
+from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.sr_fixtures import require_tool
 
 

@@ -17,7 +17,7 @@ import pytest
 from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tests.helpers.daemon import DaemonProcess
+from testkit.daemon import DaemonProcess
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 FAKE_PATIENT_NAME = "Testpatient^Osteo"

@@ -13,10 +13,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from osteoflag.pacs import status
 from osteoflag.pacs.scu import Peer, StoreOutcome, send_c_store
 from osteoflag.pacs.storage import instance_path
-from tests.helpers.daemon import DaemonProcess, base_sections, osteoflag, write_config
+from testkit.daemon import DaemonProcess, base_sections, osteoflag, write_config
+from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.net import free_port
-from tests.helpers.wait import wait_for
 
 
 def _daemon(tmp_path: Path, bundle: Path, **sections: dict[str, object]) -> DaemonProcess:

@@ -16,12 +16,12 @@ from pynetdicom.dsutils import split_dataset
 
 from osteoflag.pacs import status
 from osteoflag.pacs.scu import Peer, send_c_echo
+from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.wait import wait_for
 from tests.fuzz.cases import EXPECTED, write_cases
 from tests.fuzz.corpus import base_datasets, write_mutants
 from tests.fuzz.send import send_raw
-from tests.helpers.daemon import DaemonProcess, base_sections, write_config
 from tests.helpers.dicom import ACCESSION_NUMBER, PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME
-from tests.helpers.wait import wait_for
 
 MUTANTS = 20
 PEAK_RSS_LIMIT_MB = 1024

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit.tiny_bundle import build_bundle
 from tests.helpers.load import FINAL_STATES, LoadRun, run_load
 from tests.helpers.privacy import loose_modes, private_identifier_lines
-from tests.helpers.tiny_bundle import build_bundle
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)  # the module's load run is set up by its first test

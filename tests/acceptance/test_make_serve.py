@@ -10,9 +10,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.helpers.daemon import write_config
-from tests.helpers.net import free_port, port_open
-from tests.helpers.wait import wait_for
+from testkit.daemon import write_config
+from testkit.net import free_port, port_open
+from testkit.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

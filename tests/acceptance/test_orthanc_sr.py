@@ -26,10 +26,10 @@ from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr_read import read_result
-from tests.helpers.daemon import DaemonProcess, base_sections, write_config
-from tests.helpers.net import free_port
+from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.helpers.rows import produce
-from tests.helpers.wait import wait_for
 from tests.orthanc_sr import Orthanc
 from tests.sr_fixtures import dciodvfy_errors, make_dx, serving
 

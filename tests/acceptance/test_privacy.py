@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.helpers.daemon import DaemonProcess, base_sections, osteoflag, write_config
+from testkit.daemon import DaemonProcess, base_sections, osteoflag, write_config
+from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.privacy import loose_modes, private_identifier_lines
-from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_store
-from tests.helpers.daemon import DaemonProcess, base_sections, write_config
+from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.net import free_port
-from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP
 
 

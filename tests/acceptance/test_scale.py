@@ -24,11 +24,11 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState
 from osteoflag.pacs import status
 from osteoflag.pacs.scu import Peer, send_c_store
-from tests.helpers.daemon import DaemonProcess, write_config
+from testkit.daemon import DaemonProcess, write_config
+from testkit.net import free_port
+from testkit.postgres import PostgresServer
+from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.net import free_port
-from tests.helpers.postgres import PostgresServer
-from tests.helpers.wait import wait_for
 from tests.helpers.web import WebClient
 from tests.sr_fixtures import RecordingSCP
 

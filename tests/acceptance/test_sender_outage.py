@@ -15,10 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.scu import Peer, send_c_store
 from osteoflag.pacs.sr_read import read_result
-from tests.helpers.daemon import DaemonProcess, base_sections, write_config
+from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.net import free_port
-from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, serving
 
 

@@ -10,10 +10,10 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_store
-from tests.helpers.daemon import DaemonProcess, base_sections, write_config
+from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.net import free_port, port_open
+from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, set_raw, write_in_syntax
-from tests.helpers.net import free_port, port_open
-from tests.helpers.wait import wait_for
 from tests.helpers.web import WebClient
 
 BIRTH_DATE = "1945-03-17"

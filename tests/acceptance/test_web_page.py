@@ -20,7 +20,11 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_store
-from tests.helpers.daemon import DaemonProcess, base_sections, osteoflag, write_config
+from testkit.daemon import DaemonProcess, base_sections, osteoflag, write_config
+from testkit.inference_data import dataset, png_of, save
+from testkit.inference_data import radiograph as grey_radiograph
+from testkit.net import free_port, port_open
+from testkit.wait import wait_for
 from tests.helpers.dicom import (
     ACCESSION_NUMBER,
     PATIENT_BIRTH_DATE,
@@ -29,10 +33,6 @@ from tests.helpers.dicom import (
     radiograph,
     write_in_syntax,
 )
-from tests.helpers.inference_data import dataset, png_of, save
-from tests.helpers.inference_data import radiograph as grey_radiograph
-from tests.helpers.net import free_port, port_open
-from tests.helpers.wait import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -29,9 +29,9 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.pacs.derived import Kind, ModelIdentity, instance_uid
-from tests.helpers.daemon import DaemonProcess, base_sections, write_config
+from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.wait import wait_for
 from tests.helpers.dicom import MODALITIES, radiograph
-from tests.helpers.wait import wait_for
 
 SENDERS = 4
 STUDY_SIZE = 20

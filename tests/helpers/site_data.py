@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.helpers.inference_data import dataset, save
+from testkit.inference_data import dataset, save
 
 PARTS = ("HAND", "WRIST")
 

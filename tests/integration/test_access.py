@@ -30,10 +30,10 @@ from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
+from testkit.daemon import base_sections, osteoflag, write_config
+from testkit.net import free_port
 from tests.conftest import make_settings
-from tests.helpers.daemon import base_sections, osteoflag, write_config
 from tests.helpers.dicom import PATIENT_ID, PATIENT_NAME, radiograph, write_in_syntax
-from tests.helpers.net import free_port
 from tests.helpers.pki import Certificates, make_certificates
 
 

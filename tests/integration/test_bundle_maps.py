@@ -20,8 +20,8 @@ from osteoflag.inference.maps import MAPS_OUTPUT, add_maps_to_bundle, expose_map
 from osteoflag.inference.pixels import DisplayImage
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import int8_copy
-from tests.helpers.daemon import osteoflag, write_config
-from tests.helpers.tiny_bundle import _training_images
+from testkit.daemon import osteoflag, write_config
+from testkit.tiny_bundle import _training_images
 
 
 def _inputs(predictor: Predictor, count: int = 6) -> np.ndarray:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers.daemon import base_sections, osteoflag, write_config
-from tests.helpers.inference_data import dataset, dicom_from_png, png_of, radiograph, save
-from tests.helpers.tiny_bundle import build_bundle
+from testkit.daemon import base_sections, osteoflag, write_config
+from testkit.inference_data import dataset, dicom_from_png, png_of, radiograph, save
+from testkit.tiny_bundle import build_bundle
 
 
 @pytest.fixture(scope="module")

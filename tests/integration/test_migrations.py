@@ -15,7 +15,7 @@ from sqlalchemy import Engine, inspect, text
 
 from osteoflag.db.engine import MIGRATIONS, make_engine, migrate, schema_is_current
 from osteoflag.db.models import Base
-from tests.helpers.postgres import PostgresServer
+from testkit.postgres import PostgresServer
 
 
 def _alembic(engine: Engine) -> Config:

@@ -25,9 +25,9 @@ from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
+from testkit.wait import wait_for
 from tests.conftest import make_settings
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.wait import wait_for
 from tests.integration.test_listener import _associate_rq
 
 

@@ -21,10 +21,10 @@ from osteoflag.db.models import Outbound, utcnow
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
-from tests.helpers.daemon import osteoflag, write_config
-from tests.helpers.net import free_port
+from testkit.daemon import osteoflag, write_config
+from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.helpers.rows import produce_for
-from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
 
 MODEL = ModelIdentity("osteoflag-test", "6.0.0", "ab" * 32, 0.5)

@@ -27,10 +27,10 @@ from osteoflag.db.models import Base, Instance, InstanceState, Outbound, Outboun
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
-from tests.helpers.net import free_port
-from tests.helpers.postgres import PostgresServer
+from testkit.net import free_port
+from testkit.postgres import PostgresServer
+from testkit.wait import wait_for
 from tests.helpers.rows import produce
-from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx
 
 MODEL = ModelIdentity("osteoflag-test", "0.0.1", "0f" * 32, 0.5)

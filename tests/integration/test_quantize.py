@@ -26,8 +26,8 @@ from osteoflag.inference.quantize import (
     quantize_backbone,
     quantize_bundle,
 )
-from tests.helpers.daemon import osteoflag, write_config
-from tests.helpers.tiny_bundle import _training_images
+from testkit.daemon import osteoflag, write_config
+from testkit.tiny_bundle import _training_images
 
 
 @pytest.fixture(scope="module")

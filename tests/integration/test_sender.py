@@ -27,9 +27,9 @@ from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
-from tests.helpers.net import free_port, port_open
+from testkit.net import free_port, port_open
+from testkit.wait import wait_for
 from tests.helpers.rows import produce, produce_for
-from tests.helpers.wait import wait_for
 from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.pacs.sender import send_pending
-from tests.helpers.net import free_port, port_open
+from testkit.net import free_port, port_open
+from testkit.wait import wait_for
 from tests.helpers.pki import Certificates, make_certificates
 from tests.helpers.rows import produce_for
-from tests.helpers.wait import wait_for
 from tests.integration.test_sender import FRACTURE, MODEL
 from tests.sr_fixtures import make_dx, require_tool
 

@@ -26,10 +26,10 @@ from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
 from osteoflag.web.app import create_app, create_probe_app
 from osteoflag.web.server import WebServer
+from testkit.daemon import base_sections, osteoflag, write_config
+from testkit.inference_data import png_of, radiograph
+from testkit.net import free_port
 from tests.conftest import make_settings
-from tests.helpers.daemon import base_sections, osteoflag, write_config
-from tests.helpers.inference_data import png_of, radiograph
-from tests.helpers.net import free_port
 from tests.helpers.web import WebClient, csrf_token
 
 TOKEN = "s3cret-token-for-tests"

@@ -21,10 +21,10 @@ from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import GreyArray, display_from_dataset
 from osteoflag.inference.predictor import Predictor
+from testkit.inference_data import dataset, radiograph, save
+from testkit.tiny_bundle import build_bundle
+from testkit.wait import wait_for
 from tests.conftest import make_settings
-from tests.helpers.inference_data import dataset, radiograph, save
-from tests.helpers.tiny_bundle import build_bundle
-from tests.helpers.wait import wait_for
 
 
 @pytest.fixture(scope="module")

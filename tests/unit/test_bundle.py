@@ -11,7 +11,7 @@ import pytest
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import MANIFEST, load_bundle, read_manifest
 from osteoflag.inference.pixels import ResizeMode
-from tests.helpers.tiny_bundle import build_bundle
+from testkit.tiny_bundle import build_bundle
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from osteoflag.daemon.delivery import SenderLoop
-from tests.helpers.wait import wait_for
+from testkit.wait import wait_for
 
 
 def test_a_wake_runs_the_sender_without_waiting_for_the_interval() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from osteoflag.errors import TrainingError
 from osteoflag.training.dataset import discover
-from tests.helpers.inference_data import dataset, radiograph, save
+from testkit.inference_data import dataset, radiograph, save
 
 
 def _dicoms(folder: Path, count: int) -> list[str]:

@@ -32,7 +32,7 @@ from osteoflag.inference.pixels import (
     load_display,
     model_input,
 )
-from tests.helpers.inference_data import (
+from testkit.inference_data import (
     dataset,
     dcmtk,
     dicom_from_png,

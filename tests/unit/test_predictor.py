@@ -13,8 +13,8 @@ from osteoflag.inference.bundle import load_bundle, write_manifest
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage
 from osteoflag.inference.predictor import Predictor
-from tests.helpers.inference_data import radiograph
-from tests.helpers.tiny_bundle import backbone, build_bundle
+from testkit.inference_data import radiograph
+from testkit.tiny_bundle import backbone, build_bundle
 
 
 @pytest.fixture(scope="module")

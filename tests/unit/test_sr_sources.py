@@ -14,8 +14,8 @@ from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.sr_read import read_result
 from osteoflag.pacs.summary import build_summary
+from testkit.tiny_bundle import build_bundle
 from tests.helpers.dicom import MODALITIES, radiograph
-from tests.helpers.tiny_bundle import build_bundle
 from tests.sr_fixtures import dciodvfy_errors
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)

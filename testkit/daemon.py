@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.net import free_port, port_open
-from tests.helpers.wait import wait_for
+from testkit.net import free_port, port_open
+from testkit.wait import wait_for
 
 
 def _toml_value(value: Any) -> str:

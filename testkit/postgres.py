@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.helpers.net import free_port
+from testkit.net import free_port
 
 
 def _server_binaries() -> Path:

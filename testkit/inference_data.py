@@ -16,7 +16,8 @@ import numpy.typing as npt
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -138,7 +139,7 @@ def reference_display(path: Path) -> npt.NDArray[np.float64]:
         stored = stored[0]
     if ds.SamplesPerPixel == 3:
         grey = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        return (grey - grey.min()) / (grey.max() - grey.min())
+        return np.asarray((grey - grey.min()) / (grey.max() - grey.min()), dtype=np.float64)
     values = apply_modality_lut(stored, ds).astype(np.float64)
     padding = np.zeros(stored.shape, dtype=bool)
     if "PixelPaddingValue" in ds:
@@ -150,8 +151,8 @@ def reference_display(path: Path) -> npt.NDArray[np.float64]:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         display = apply_voi_lut(values.astype(np.int64), ds).astype(np.float64) / (2**bits - 1)
     elif "WindowCenter" in ds:
-        low, high = _voi_range(ds)
-        display = (apply_voi_lut(values, ds).astype(np.float64) - low) / (high - low)
+        bottom, top = _voi_range(ds)
+        display = (apply_voi_lut(values, ds).astype(np.float64) - bottom) / (top - bottom)
     else:
         kept = values[~padding]
         display = (values - kept.min()) / (kept.max() - kept.min())

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from osteoflag.inference.bundle import write_manifest
 
-VGG16_CONVS: Final = (
+VGG16_CONVS: Final[tuple[int | str, ...]] = (
     64,
     64,
     "M",
