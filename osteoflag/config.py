@@ -12,11 +12,14 @@ import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -213,21 +216,73 @@ class DestinationTLS(_Section):
 
 
 ObjectKind = Literal["sr", "gsps", "summary"]
+ALL_OBJECTS: tuple[ObjectKind, ...] = ("sr", "gsps", "summary")
 
 
-class Destination(_Section):
-    """A DICOM peer that receives the produced objects of the kinds in ``objects``."""
+class _Destination(_Section):
+    """What every destination has: the kinds of produced object it receives."""
 
-    ae_title: AETitle
-    host: str
-    port: Port
-    tls: DestinationTLS | None = None
-    objects: tuple[ObjectKind, ...] = ("sr", "gsps", "summary")
+    objects: tuple[ObjectKind, ...] = ALL_OBJECTS
 
     @field_validator("objects", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value
+
+
+class Destination(_Destination):
+    """A DICOM peer (C-STORE over DIMSE) that receives the produced objects."""
+
+    type: Literal["dimse"] = "dimse"
+    ae_title: AETitle
+    host: str
+    port: Port
+    tls: DestinationTLS | None = None
+
+
+class DicomWebDestination(_Destination):
+    """A DICOMweb server that receives the produced objects by STOW-RS (PS3.18 10.5).
+
+    ``url`` is the service's base (``.../dicom-web``); objects are POSTed to ``url/studies``.
+    Plain ``http`` is allowed only to a loopback host. ``ca_certificates`` is the PEM bundle
+    that verifies the server (default: the system's); authentication is HTTP basic
+    (``username`` + ``password``) or a bearer ``token``.
+    """
+
+    type: Literal["dicomweb"]
+    url: Annotated[str, Field(min_length=8, max_length=128)]
+    username: Annotated[str, Field(min_length=1)] | None = None
+    password: Annotated[str, Field(min_length=1)] | None = None
+    token: Annotated[str, Field(min_length=1)] | None = None
+    ca_certificates: PathValue | None = None
+
+    @model_validator(mode="after")
+    def _safe(self) -> DicomWebDestination:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {self.url!r} is not an http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("url must not hold credentials; use username/password or token")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(f"url {self.url!r}: plain http only to a loopback host; use https")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.token is not None and self.username is not None:
+            raise ValueError("give either username/password or token, not both")
+        return self
+
+
+def _destination_type(value: Any) -> str:
+    """The ``type`` of a destination table; absent means today's DIMSE destination."""
+    if isinstance(value, dict):
+        return str(value.get("type", "dimse"))
+    return str(getattr(value, "type", "dimse"))
+
+
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_destination_type),
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -281,7 +336,7 @@ class Settings(_Section):
     report: ReportSettings = ReportSettings()
     sender: SenderSettings = SenderSettings()
     retention: RetentionSettings = RetentionSettings()
-    destinations: tuple[Destination, ...] = ()
+    destinations: tuple[AnyDestination, ...] = ()
     web: WebSettings = WebSettings()
     log_level: str = "INFO"
 
@@ -322,7 +377,10 @@ def _resolve_database_url(base: Path, url: str) -> str:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    loc = list(first["loc"])
+    if loc[:1] == ["destinations"] and len(loc) > 2 and loc[2] in ("dimse", "dicomweb"):
+        del loc[2]  # the union's tag is not a key of the file
+    key = ".".join(str(part) for part in loc) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     return f"invalid value for '{key}': {first['msg']}"
@@ -344,10 +402,7 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     listener = raw.listener
     if listener.tls is not None:
         listener = listener.model_copy(update={"tls": _resolve_paths(base, listener.tls)})
-    destinations = tuple(
-        d if d.tls is None else d.model_copy(update={"tls": _resolve_paths(base, d.tls)})
-        for d in raw.destinations
-    )
+    destinations = tuple(_resolve_destination(base, d) for d in raw.destinations)
     return raw.model_copy(
         update={
             "storage": storage,
@@ -356,6 +411,20 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
             "destinations": destinations,
         }
     )
+
+
+def _resolve_destination(
+    base: Path, destination: Destination | DicomWebDestination
+) -> Destination | DicomWebDestination:
+    """``destination`` with its certificate paths resolved against ``base``."""
+    if isinstance(destination, DicomWebDestination):
+        if destination.ca_certificates is None:
+            return destination
+        resolved = _resolve(base, destination.ca_certificates)
+        return destination.model_copy(update={"ca_certificates": resolved})
+    if destination.tls is None:
+        return destination
+    return destination.model_copy(update={"tls": _resolve_paths(base, destination.tls)})
 
 
 _TLS = TypeVar("_TLS", TLSSettings, DestinationTLS)

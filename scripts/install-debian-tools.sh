@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian tools the test suite drives (DCMTK, dicom3tools, Orthanc, PostgreSQL,
-# Chromium) when any is missing. Needs root (CI and the dev machines run as root).
+# Install the Debian tools the test suite drives (DCMTK, dicom3tools, Orthanc and its DICOMweb
+# plugin, PostgreSQL, Chromium) when any is missing. Needs root (CI and the dev machines run as root).
 set -euo pipefail
 
 missing=()
 command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v Orthanc >/dev/null || missing+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null || missing+=(chromium chromium-driver)
 

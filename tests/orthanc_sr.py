@@ -1,12 +1,15 @@
 """Test helper of the SR/delivery work (issue 4): a private Orthanc on loopback ports.
 
 Each instance gets its own JSON config, storage and ports under ``tmp_path``: no
-remote access, no authentication, no plugins, osteoflag registered as a modality.
+remote access, osteoflag registered as a modality; no plugins unless ``dicomweb`` (the
+Debian ``orthanc-dicomweb`` plugin, serving ``/dicom-web``), no authentication unless
+``users``.
 The system Orthanc service is never touched. REST calls use only the standard library.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import urllib.error
@@ -14,15 +17,34 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from testkit.net import free_port
 from testkit.wait import wait_for
 from tests.sr_fixtures import require_tool
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def require_dicomweb_plugin() -> Path:
+    """The DICOMweb plugin's path, or skip the test (``make test`` installs it)."""
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip(f"{DICOMWEB_PLUGIN} is missing (Debian package orthanc-dicomweb)")
+    return DICOMWEB_PLUGIN
 
 
 class Orthanc:
     """An Orthanc process with a REST client for the calls the tests need."""
 
-    def __init__(self, folder: Path, osteoflag_ae: str, osteoflag_port: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        osteoflag_ae: str,
+        osteoflag_port: int,
+        *,
+        dicomweb: bool = False,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.binary = require_tool("Orthanc")
         self.folder = folder
         self.http_port = free_port()
@@ -40,12 +62,21 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "HttpServerEnabled": True,
-            "Plugins": [],
+            "Plugins": [str(require_dicomweb_plugin())] if dicomweb else [],
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {"osteoflag": [osteoflag_ae, "127.0.0.1", osteoflag_port]},
             "StableAge": 1,
         }
+        if dicomweb:
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+        self._authorization = None
+        if users:
+            config["AuthenticationEnabled"] = True
+            config["RegisteredUsers"] = users
+            user, password = next(iter(users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._authorization = f"Basic {token}"
         self.config = folder / "orthanc.json"
         self.config.write_text(json.dumps(config, indent=2))
         self.process: subprocess.Popen[bytes] | None = None
@@ -57,6 +88,11 @@ class Orthanc:
                 [self.binary, str(self.config)], stdout=log, stderr=subprocess.STDOUT
             )
         wait_for(self._alive, timeout=deadline)
+
+    @property
+    def base_url(self) -> str:
+        """The REST API's root (``/dicom-web`` below it with the plugin)."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     def _alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -78,9 +114,9 @@ class Orthanc:
                 self.process.wait(timeout=10)
 
     def _raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method
-        )
+        request = urllib.request.Request(f"{self.base_url}{path}", data=body, method=method)
+        if self._authorization:
+            request.add_header("Authorization", self._authorization)
         with urllib.request.urlopen(request, timeout=30) as response:
             return bytes(response.read())
 

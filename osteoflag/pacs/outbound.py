@@ -18,7 +18,7 @@ from io import BytesIO
 
 from pydicom import Dataset
 
-from osteoflag.config import Destination, Settings
+from osteoflag.config import Destination, DicomWebDestination, Settings
 from osteoflag.db.models import Instance
 from osteoflag.db.outbound import Produced
 from osteoflag.errors import PixelDataError, TransientError
@@ -36,8 +36,10 @@ _KINDS = {"SR": Kind.SR, "PR": Kind.GSPS}
 logger = logging.getLogger(__name__)
 
 
-def destination_key(destination: Destination) -> str:
-    """The outbound row's ``destination``: ``AE@host:port``."""
+def destination_key(destination: Destination | DicomWebDestination) -> str:
+    """The outbound row's ``destination``: ``AE@host:port``, or the DICOMweb base URL."""
+    if isinstance(destination, DicomWebDestination):
+        return destination.url
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -25,18 +26,18 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Destination, Settings
+from osteoflag.config import Destination, DicomWebDestination, Settings
 from osteoflag.db import outbound
 from osteoflag.db.models import Outbound, utcnow
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
+from osteoflag.pacs.status import is_permanent, is_success
+from osteoflag.pacs.stow import store_instance, stow_client
 from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
 _PROPOSED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-# Failure statuses that resending the same object cannot fix (PS3.4 B.2.3, PS3.7 C).
-_PERMANENT_STATUSES = {0x0122, 0x0124, 0x0211, 0x0212}
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,6 @@ class DeliveryReport:
         return DeliveryReport(
             self.sent + other.sent, self.retried + other.retried, self.failed + other.failed
         )
-
-
-def is_permanent(status: int) -> bool:
-    """A C-STORE failure status that retrying cannot cure (A9xx, Cxxx and refusals by class)."""
-    return status in _PERMANENT_STATUSES or status >> 8 == 0xA9 or status >> 12 == 0xC
-
-
-def is_success(status: int) -> bool:
-    """Success (0000) or Warning (B000, B006, B007, 0001...) per PS3.4 B.2.3."""
-    return status == 0x0000 or status == 0x0001 or status >> 12 == 0xB
 
 
 def send_pending(
@@ -96,15 +87,17 @@ def claim_lease(settings: Settings) -> timedelta:
 def deliver(
     sessions: sessionmaker[Session],
     settings: Settings,
-    destination: Destination,
+    destination: Destination | DicomWebDestination,
     policy: RetryPolicy,
     now: datetime,
 ) -> DeliveryReport:
-    """Send the due objects of one destination over one association."""
+    """Send the due objects of one destination: over one association, or by STOW-RS."""
     key = destination_key(destination)
     rows = outbound.claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
     if not rows:
         return DeliveryReport()
+    if isinstance(destination, DicomWebDestination):
+        return _stow_all(sessions, settings, destination, rows, policy, key)
     assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     if assoc is None:
         error = f"no association with {key}"
@@ -162,7 +155,8 @@ def _store_all(
             continue
         status = int(response.Status) if "Status" in response else None
         if status is not None and is_success(status):
-            report += _sent(sessions, row, status, key)
+            warning = None if status == 0 else f"warning 0x{status:04X}"
+            report += _sent(sessions, row, key, f"0x{status:04X}", warning)
         elif status is None:
             report += _failed(sessions, row, policy, f"no C-STORE response from {key}", False)
         else:
@@ -171,8 +165,50 @@ def _store_all(
     return report
 
 
-def _sent(sessions: sessionmaker[Session], row: Outbound, status: int, key: str) -> DeliveryReport:
-    outbound.mark_sent(sessions, row, None if status == 0 else f"warning 0x{status:04X}")
+def _stow_all(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    destination: DicomWebDestination,
+    rows: Sequence[Outbound],
+    policy: RetryPolicy,
+    key: str,
+) -> DeliveryReport:
+    """STOW-RS ``rows`` one by one; a server that does not answer fails the rest of the run."""
+    report = DeliveryReport()
+    stop_at = time.monotonic() + settings.sender.run_seconds
+    with stow_client(destination, settings.sender.timeout_seconds) as client:
+        for index, row in enumerate(rows):
+            if time.monotonic() > stop_at:
+                outbound.release(sessions, rows[index:])
+                break
+            try:
+                dicom = Path(row.file_path).read_bytes()
+            except OSError as exc:
+                report += _failed(
+                    sessions, row, policy, f"cannot read {row.file_path}: {exc}", True
+                )
+                continue
+            outcome = store_instance(client, dicom, row.sop_instance_uid)
+            if outcome.stored:
+                warning = None if outcome.detail == "HTTP 200" else f"warning {outcome.detail}"
+                report += _sent(sessions, row, key, outcome.detail, warning)
+            elif not outcome.answered:
+                logger.warning(
+                    "destination unreachable", extra={"action": "send", "destination": key}
+                )
+                for rest in rows[index:]:
+                    report += _failed(sessions, rest, policy, outcome.detail, False)
+                break
+            else:
+                error = f"{key} answered {outcome.detail}"
+                report += _failed(sessions, row, policy, error, outcome.permanent)
+    return report
+
+
+def _sent(
+    sessions: sessionmaker[Session], row: Outbound, key: str, status: str, warning: str | None
+) -> DeliveryReport:
+    outbound.mark_sent(sessions, row, warning)
     logger.info(
         "object delivered",
         extra={
@@ -180,7 +216,7 @@ def _sent(sessions: sessionmaker[Session], row: Outbound, status: int, key: str)
             "destination": key,
             "kind": row.kind,
             "sop_instance_uid": row.sop_instance_uid,
-            "status": f"0x{status:04X}",
+            "status": status,
         },
     )
     return DeliveryReport(sent=1)

@@ -1,7 +1,20 @@
-"""DIMSE status codes osteoflag returns (PS3.4 Annex B.2.3, PS3.7 Annex C)."""
+"""DIMSE status codes osteoflag returns and reads (PS3.4 Annex B.2.3, PS3.7 Annex C)."""
 
 SUCCESS = 0x0000
 # Refused: Out of Resources. The sender keeps the instance and retries later.
 OUT_OF_RESOURCES = 0xA700
 # Error: Cannot understand. Retrying the same object will not help.
 CANNOT_UNDERSTAND = 0xC211
+
+# Failure statuses that resending the same object cannot fix (PS3.4 B.2.3, PS3.7 C).
+_PERMANENT_STATUSES = {0x0122, 0x0124, 0x0211, 0x0212}
+
+
+def is_permanent(status: int) -> bool:
+    """A C-STORE failure status that retrying cannot cure (A9xx, Cxxx and refusals by class)."""
+    return status in _PERMANENT_STATUSES or status >> 8 == 0xA9 or status >> 12 == 0xC
+
+
+def is_success(status: int) -> bool:
+    """Success (0000) or Warning (B000, B006, B007, 0001...) per PS3.4 B.2.3."""
+    return status == 0x0000 or status == 0x0001 or status >> 12 == 0xB
