@@ -42,6 +42,7 @@ from osteoflag.inference.pixels import (
     model_input,
 )
 from osteoflag.inference.predictor import Predictor
+from osteoflag.pacs.identity import OwnUIDs
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,22 @@ class Silent:
 
     def committed(self) -> None:
         return None
+
+
+def _key_on_stored(ds: Dataset, instance: Instance) -> None:
+    """Give ``ds`` the stored instance's SOP Class and Instance UIDs, which every produced
+    object references and derives its UIDs from. The Storage SCP refuses a data set naming
+    another instance; a file queued before that check (or by hand) may still do so."""
+    mismatch = OwnUIDs.of(ds).mismatch(instance.sop_class_uid, instance.sop_instance_uid)
+    if mismatch is None:
+        return
+    logger.info(
+        "source keyed on the stored instance: %s",
+        mismatch.comment,
+        extra={"action": "key_source", "sop_instance_uid": instance.sop_instance_uid},
+    )
+    ds.SOPInstanceUID = instance.sop_instance_uid
+    ds.SOPClassUID = instance.sop_class_uid
 
 
 @dataclass(frozen=True)
@@ -231,6 +248,7 @@ class InferenceWorker:
             self._refuse(instance, InstanceState.FAILED, str(exc))
             return None
         try:
+            _key_on_stored(ds, instance)
             refusal = domain_refusal(ds, self._settings.model)
             if refusal is not None:
                 self._refuse(instance, InstanceState.SKIPPED, refusal, ds)

@@ -13,9 +13,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from io import BytesIO
 from typing import cast
 
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
@@ -30,6 +32,7 @@ from osteoflag.pacs import status
 from osteoflag.pacs.access import PeerPinning
 from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
 from osteoflag.pacs.guard import DatasetSizeGuard
+from osteoflag.pacs.identity import HEAD_BYTES, Mismatch, read_head
 from osteoflag.pacs.storage import check_uid, free_bytes, instance_path, write_atomically
 from osteoflag.pacs.tls import TLSAssociationServer, server_context
 
@@ -53,6 +56,15 @@ def _start_tls_server(
     # As start_server does: the AE tracks its servers, and server.shutdown() untracks it.
     ae._servers.append(server)
     return server
+
+
+def _failure(code: int, refusal: Mismatch) -> Dataset:
+    """A C-STORE failure status naming the offending attribute (PS3.7 C.4.2)."""
+    response = Dataset()
+    response.Status = code
+    response.ErrorComment = refusal.comment
+    response.OffendingElement = [refusal.tag]
+    return response
 
 
 def _peer(event: Event) -> tuple[str, str]:
@@ -163,7 +175,7 @@ class StorageSCP:
         """C-ECHO: we are alive."""
         return status.SUCCESS
 
-    def handle_store(self, event: Event) -> int:
+    def handle_store(self, event: Event) -> int | Dataset:
         """C-STORE: durable file, committed row, then Success; else a failure status."""
         calling_ae, peer = _peer(event)
         request = cast(C_STORE, event.request)
@@ -175,6 +187,10 @@ class StorageSCP:
         except PermanentError as exc:
             logger.warning("refused: %s", exc, extra=log)
             return status.CANNOT_UNDERSTAND
+        refusal = self._mismatch(event, sop_class_uid, sop_instance_uid)
+        if refusal is not None:
+            logger.warning("refused: %s", refusal.comment, extra=log)
+            return _failure(status.DATASET_MISMATCH, refusal)
         incoming = self._settings.incoming_path
         try:
             if free_bytes(incoming) < self._min_free:
@@ -207,6 +223,16 @@ class StorageSCP:
         else:
             logger.info("duplicate acknowledged", extra=log)
         return status.SUCCESS
+
+    @staticmethod
+    def _mismatch(event: Event, sop_class_uid: str, sop_instance_uid: str) -> Mismatch | None:
+        """The data set or the context contradicting the command's UIDs, if they do."""
+        if sop_class_uid != str(event.context.abstract_syntax):
+            return Mismatch(0x00000002, "(0000,0002) Affected SOP Class UID is not the context's")
+        data = cast(BytesIO, cast(C_STORE, event.request).DataSet)
+        data.seek(0)
+        head = read_head(data.read(HEAD_BYTES), UID(str(event.context.transfer_syntax)))
+        return None if head is None else head.mismatch(sop_class_uid, sop_instance_uid)
 
     def _log_rejected(self, event: Event) -> None:
         calling_ae, peer = _peer(event)

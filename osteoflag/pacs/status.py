@@ -5,6 +5,8 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 # Error: Cannot understand. Retrying the same object will not help.
 CANNOT_UNDERSTAND = 0xC211
+# Error: Data Set does not match SOP Class (also used when it names another instance).
+DATASET_MISMATCH = 0xA900
 
 # Failure statuses that resending the same object cannot fix (PS3.4 B.2.3, PS3.7 C).
 _PERMANENT_STATUSES = {0x0122, 0x0124, 0x0211, 0x0212}

@@ -27,7 +27,8 @@ class SendReport:
 
 
 @contextmanager
-def _chunked() -> Iterator[None]:
+def chunked() -> Iterator[None]:
+    """pynetdicom sends files unparsed while this is active."""
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
@@ -61,7 +62,7 @@ def send_raw(
     for sop_class, syntax in sorted(set(contexts.values())):
         ae.add_requested_context(sop_class, syntax)
     assoc: Association | None = None
-    with _chunked():
+    with chunked():
         for path in contexts:
             if assoc is None or not assoc.is_established:
                 assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)

@@ -107,6 +107,25 @@ class Hooks(Silent):
         self.calls.append("committed")
 
 
+def test_produced_objects_are_keyed_on_the_stored_instance(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    """A file whose data set names another instance (queued before the Storage SCP refused
+    such data sets) still gets objects that reference the instance it was stored as."""
+    sources: list[tuple[str, str]] = []
+
+    class Capture(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record | None:
+            sources.append((source.SOPInstanceUID, source.SOPClassUID))
+            return None
+
+    _enqueue(sessions, _good(tmp_path, "other"), "1.2.3.9")
+    InferenceWorker(settings, sessions, predictor, finishing=Capture()).drain()
+    assert sources == [("1.2.3.9", "1.2.840.10008.5.1.4.1.1.1.1")]
+
+
 def test_the_sweep_alone_picks_up_what_no_wake_announced(
     tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
 ) -> None:
