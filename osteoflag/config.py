@@ -98,10 +98,14 @@ class ListenerSettings(_Section):
     port: Port = 11112
     allowed_calling_aets: tuple[str, ...] = ()
     max_associations: Annotated[int, Field(ge=1)] = 10
+    # Connections whose A-ASSOCIATE-RQ has not arrived yet; past this the oldest is closed.
+    max_pending_associations: Annotated[int, Field(ge=1)] = 16
     acse_timeout: Seconds = 30.0
     dimse_timeout: Seconds = 60.0
     network_timeout: Seconds = 60.0
-    maximum_pdu_size: Annotated[int, Field(ge=0)] = 0
+    # Announced in the A-ASSOCIATE-AC and enforced when each PDU header is read: 1 MiB costs
+    # a 20 MB radiograph 20 PDUs, and bounds what one PDU makes the listener hold.
+    maximum_pdu_size: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 1024 * 1024
     # Larger data sets abort the association while arriving; the worker's own limit is 1 GiB.
     max_dataset_mb: Annotated[int, Field(ge=1, le=1024)] = 1024
     allowed_peers: tuple[AllowedPeer, ...] = ()

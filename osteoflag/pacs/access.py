@@ -1,10 +1,10 @@
-"""Peer-address pinning: a calling AE title may be bound to the addresses it calls from.
+"""Who may associate: the calling AE title allowlist and peer-address pinning.
 
-pynetdicom checks the calling AE title against ``require_calling_aet`` itself; an AE title
-is easy to spoof, so ``listener.allowed_peers`` additionally binds chosen titles to IP
-addresses or networks. The check runs on ``EVT_REQUESTED`` (the A-ASSOCIATE-RQ has
-arrived, nothing is negotiated yet) and refuses with an A-ASSOCIATE-RJ, permanent,
-"calling AE title not recognised" (PS3.8 9.3.4), the same answer as the allowlist gives.
+``listener.allowed_calling_aets`` lists the calling AE titles accepted (empty: any). An AE
+title is easy to spoof, so ``listener.allowed_peers`` additionally binds chosen titles to IP
+addresses or networks. Both are checked as soon as the calling AE title of the A-ASSOCIATE-RQ
+has arrived (see :mod:`osteoflag.pacs.reception`); a refused caller gets A-ASSOCIATE-RJ,
+permanent, "calling AE title not recognised" (PS3.8 9.3.4).
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 
-from pynetdicom.events import Event
-
 from osteoflag.config import AllowedPeer
 
 logger = logging.getLogger(__name__)
-
-# A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling AE title not recognised.
-_REJECT = (0x01, 0x01, 0x03)
 
 
 def peer_allowed(pins: Sequence[AllowedPeer], calling_ae: str, address: str) -> bool:
@@ -37,22 +32,24 @@ def peer_allowed(pins: Sequence[AllowedPeer], calling_ae: str, address: str) -> 
     return any(ip in network for network in networks)
 
 
-class PeerPinning:
-    """``EVT_REQUESTED`` handler that rejects a pinned AE title calling from elsewhere."""
+class CallerPolicy:
+    """The allowlist and the pins of one listener; logs each refusal once."""
 
-    def __init__(self, pins: Sequence[AllowedPeer]) -> None:
+    def __init__(self, allowed_calling_aets: Sequence[str], pins: Sequence[AllowedPeer]) -> None:
+        self._titles = frozenset(title.strip() for title in allowed_calling_aets)
         self._pins = tuple(pins)
 
-    def __call__(self, event: Event) -> None:
-        assoc = event.assoc
-        primitive = assoc.requestor.primitive
-        calling_ae = str(primitive.calling_ae_title if primitive is not None else "").strip()
-        address = str(assoc.requestor.address)
-        if peer_allowed(self._pins, calling_ae, address):
-            return
+    def allows(self, calling_ae: str, address: str) -> bool:
+        """True when ``calling_ae`` may associate from ``address``."""
+        if self._titles and calling_ae not in self._titles:
+            reason = "calling AE title not allowed"
+        elif not peer_allowed(self._pins, calling_ae, address):
+            reason = "calling AE title not allowed from this address"
+        else:
+            return True
         logger.warning(
-            "association rejected: calling AE title not allowed from this address",
-            extra={"action": "reject", "calling_ae": calling_ae, "peer": address},
+            "association rejected: %s",
+            reason,
+            extra={"action": "reject", "calling_ae": calling_ae[:16], "peer": address},
         )
-        assoc.acse.send_reject(*_REJECT)
-        assoc.kill()
+        return False

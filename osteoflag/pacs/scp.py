@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -21,38 +22,49 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Settings, TLSSettings
+from osteoflag.config import ListenerSettings, Settings
 from osteoflag.db import queue
-from osteoflag.errors import PermanentError
+from osteoflag.errors import ConfigError, PermanentError
 from osteoflag.pacs import status
-from osteoflag.pacs.access import PeerPinning
+from osteoflag.pacs.access import CallerPolicy
 from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
 from osteoflag.pacs.guard import DatasetSizeGuard
 from osteoflag.pacs.identity import HEAD_BYTES, Mismatch, read_head
+from osteoflag.pacs.server import GuardedAssociationServer
 from osteoflag.pacs.storage import check_uid, free_bytes, instance_path, write_atomically
-from osteoflag.pacs.tls import TLSAssociationServer, server_context
+from osteoflag.pacs.tls import server_context
 
 logger = logging.getLogger(__name__)
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _start_tls_server(
-    ae: AE, address: tuple[str, int], tls: TLSSettings, handlers: list[EventHandlerType]
-) -> ThreadedAssociationServer:
-    """Like ``AE.start_server(block=False)``, with our TLS server class and context."""
-    server = ae.make_server(
-        address,
-        ssl_context=server_context(tls),
-        evt_handlers=handlers,
-        server_class=TLSAssociationServer,
-    )
-    thread = threading.Thread(target=server.serve_forever, name="osteoflag-tls", daemon=True)
-    thread.start()
+def _start_server(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[EventHandlerType],
+    listener: ListenerSettings,
+    ssl_context: ssl.SSLContext | None,
+) -> GuardedAssociationServer:
+    """Like ``AE.start_server(block=False)``, with reception before pynetdicom (plain or TLS)."""
+    try:
+        server = ae.make_server(
+            address,
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+            server_class=GuardedAssociationServer,
+            callers=CallerPolicy(listener.allowed_calling_aets, listener.allowed_peers),
+            max_pending=listener.max_pending_associations,
+        )
+    except OSError as exc:
+        host, port = address
+        raise ConfigError(f"listener: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    server = cast(GuardedAssociationServer, server)
+    name = "osteoflag-tls" if ssl_context is not None else "osteoflag-listener"
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     # As start_server does: the AE tracks its servers, and server.shutdown() untracks it.
     ae._servers.append(server)
     return server
@@ -84,7 +96,7 @@ class StorageSCP:
         self._settings = settings
         self._sessions = sessions
         self._on_queued = on_queued
-        self._servers: list[ThreadedAssociationServer] = []
+        self._servers: list[GuardedAssociationServer] = []
         self._min_free = settings.storage.min_free_mb * 1024 * 1024
 
     def make_ae(self) -> AE:
@@ -99,7 +111,6 @@ class StorageSCP:
         ae.dimse_timeout = listener.dimse_timeout
         ae.network_timeout = listener.network_timeout
         ae.maximum_pdu_size = listener.maximum_pdu_size
-        ae.require_calling_aet = list(listener.allowed_calling_aets)
         return ae
 
     def start(self) -> None:
@@ -111,19 +122,16 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._log_rejected),
             (evt.EVT_PDU_RECV, DatasetSizeGuard(listener.max_dataset_mb * 1024 * 1024)),
         ]
-        if listener.allowed_peers:
-            handlers.append((evt.EVT_REQUESTED, PeerPinning(listener.allowed_peers)))
         ae = self.make_ae()
         tls = listener.tls
         if tls is None or not tls.required:
-            plain = ae.start_server(
-                (listener.host, listener.port), block=False, evt_handlers=handlers
-            )
-            self._servers.append(cast(ThreadedAssociationServer, plain))
+            address = (listener.host, listener.port)
+            self._servers.append(_start_server(ae, address, handlers, listener, None))
         if tls is not None:
             # TLS beside plain DICOM has its own port; TLS only takes listener.port.
             address = (listener.host, tls.port if tls.port is not None else listener.port)
-            self._servers.append(_start_tls_server(ae, address, tls, handlers))
+            context = server_context(tls)
+            self._servers.append(_start_server(ae, address, handlers, listener, context))
         logger.info(
             "listening",
             extra={

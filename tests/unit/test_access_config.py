@@ -84,3 +84,9 @@ def test_destination_tls_resolves_paths_and_needs_key_with_certificate(tmp_path:
     lone = {"ca_certificates": "ca.pem", "certificate": "me.pem"}
     with pytest.raises(ConfigError, match="certificate and private_key go together"):
         parse_settings({"destinations": [{**destination, "tls": lone}]}, tmp_path)
+
+
+def test_maximum_pdu_size_is_finite(tmp_path: Path) -> None:
+    assert parse_settings({}, tmp_path).listener.maximum_pdu_size == 1024 * 1024
+    with pytest.raises(ConfigError, match=r"listener\.maximum_pdu_size"):
+        parse_settings({"listener": {"maximum_pdu_size": 0}}, tmp_path)
