@@ -106,7 +106,8 @@ class ListenerSettings(_Section):
     # Announced in the A-ASSOCIATE-AC and enforced when each PDU header is read: 1 MiB costs
     # a 20 MB radiograph 20 PDUs, and bounds what one PDU makes the listener hold.
     maximum_pdu_size: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 1024 * 1024
-    # Larger data sets abort the association while arriving; the worker's own limit is 1 GiB.
+    # Larger data sets abort the association while arriving; the worker then applies its
+    # own [worker] decode_budget_mb (to a deflated data set once inflated).
     max_dataset_mb: Annotated[int, Field(ge=1, le=1024)] = 1024
     allowed_peers: tuple[AllowedPeer, ...] = ()
     tls: TLSSettings | None = None
@@ -152,11 +153,17 @@ class ModelSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    """The inference worker's schedule."""
+    """The inference worker's schedule, and what decoding one instance may cost.
+
+    ``decode_budget_mb`` bounds the data set held in memory (a deflated one once inflated)
+    and the frame decoded (about 24 bytes per pixel: 512 MB allow 22 Mpx, 4700 x 4700);
+    "try an image" uploads get the same budget.
+    """
 
     sweep_seconds: Seconds = 30.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
     lease_seconds: Seconds = 600.0
+    decode_budget_mb: Annotated[int, Field(ge=16, le=65536)] = 512
 
 
 class SRClass(StrEnum):
@@ -312,6 +319,7 @@ class WebSettings(_Section):
     username: Annotated[str, Field(min_length=1)] | None = None
     password: Annotated[str, Field(min_length=8)] | None = None
     max_upload_mb: Annotated[float, Field(gt=0)] = 64.0
+    max_concurrent_uploads: Annotated[int, Field(ge=1)] = 2
 
     @model_validator(mode="after")
     def _protected_unless_loopback(self) -> WebSettings:

@@ -34,6 +34,7 @@ from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.errors import OsteoflagError
+from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
     FloatArray,
@@ -42,7 +43,9 @@ from osteoflag.inference.pixels import (
     model_input,
 )
 from osteoflag.inference.predictor import Predictor
+from osteoflag.pacs.derived import COPIED
 from osteoflag.pacs.identity import OwnUIDs
+from osteoflag.pacs.values import redact
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +165,7 @@ class InferenceWorker:
         self._finishing = finishing or Silent()
         self._owner = f"infer:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lease = timedelta(seconds=settings.worker.lease_seconds)
+        self._budget = DecodeBudget(settings.worker.decode_budget_mb)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -243,7 +247,7 @@ class InferenceWorker:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
         started = time.perf_counter()
         try:
-            ds = read_instance(Path(instance.file_path))
+            ds = read_instance(Path(instance.file_path), limit=self._budget.max_dataset_bytes)
         except OsteoflagError as exc:
             self._refuse(instance, InstanceState.FAILED, str(exc))
             return None
@@ -253,13 +257,14 @@ class InferenceWorker:
             if refusal is not None:
                 self._refuse(instance, InstanceState.SKIPPED, refusal, ds)
                 return None
-            display = display_from_dataset(ds)
+            display = display_from_dataset(ds, self._budget)
             tensor = model_input(display, self._predictor.bundle.input_spec)
         except OsteoflagError as exc:
             self._refuse(instance, InstanceState.FAILED, str(exc), ds)
             return None
         except Exception as exc:  # an unforeseen decoder error must not block the batch
-            reason = f"unexpected {type(exc).__name__} while decoding: {exc}"
+            detail = redact(str(exc), ds, COPIED)
+            reason = f"unexpected {type(exc).__name__} while decoding: {detail}"
             self._refuse(instance, InstanceState.FAILED, reason, ds)
             return None
         return _Ready(

@@ -20,9 +20,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.budget import DEFAULT_BUDGET
 
-#: Largest data set we agree to hold in memory, on disk or once inflated (1 GiB).
-MAX_DATASET_BYTES: Final = 2**30
 #: Values larger than this stay on disk until used (pydicom's deferred read), so that a
 #: multi-frame Pixel Data is not held in memory while only its first frame is decoded.
 DEFER_SIZE: Final = "1 MB"
@@ -94,7 +93,7 @@ def _check_inflated_size(path: Path, offset: int, limit: int) -> None:
         raise PixelDataError(f"{path}: deflated data set is corrupt: {exc}") from exc
 
 
-def check_dataset_size(path: Path, limit: int = MAX_DATASET_BYTES) -> None:
+def check_dataset_size(path: Path, limit: int = DEFAULT_BUDGET.max_dataset_bytes) -> None:
     """Refuse a file larger than ``limit``, or a deflated one that inflates beyond it."""
     try:
         size = path.stat().st_size
@@ -114,7 +113,9 @@ def check_dataset_size(path: Path, limit: int = MAX_DATASET_BYTES) -> None:
         _check_inflated_size(path, offset, limit)
 
 
-def read_instance(path: Path, *, force: bool = False, limit: int = MAX_DATASET_BYTES) -> Dataset:
+def read_instance(
+    path: Path, *, force: bool = False, limit: int = DEFAULT_BUDGET.max_dataset_bytes
+) -> Dataset:
     """Read ``path`` with pydicom after :func:`check_dataset_size`; errors name the file."""
     check_dataset_size(path, limit)
     try:

@@ -23,27 +23,18 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import UID
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.budget import DEFAULT_BUDGET, PIXEL_DATA, DecodeBudget, check_geometry
 from osteoflag.inference.dicomfile import read_instance
 
 FloatArray = npt.NDArray[np.float32]
 GreyArray = npt.NDArray[np.uint8]
-PIXEL_DATA: Final = 0x7FE00010
 
-#: Largest frame we agree to decode (Rows x Columns), 33.5 Mpx: twice a 43 x 43 cm detector
-#: at 100 um. Decoding costs about 24 bytes per pixel at peak (float64 LUT and VOI steps), so
-#: this bounds one decode near 800 MB; at 2**27 a hostile header cost 3 GB and a minute.
-MAX_FRAME_PIXELS: Final = 2**25
-#: Largest declared pixel payload (all frames, native encoding) we agree to open; the stored
-#: file is bounded anyway by ``dicomfile.MAX_DATASET_BYTES``.
-MAX_DECLARED_BYTES: Final = 2**30
 #: ITU-R BT.601 luma weights, the ones DICOM uses for YBR_FULL (PS3.3 C.7.6.3.1.2).
 LUMA_WEIGHTS: Final = (0.299, 0.587, 0.114)
 
@@ -142,48 +133,6 @@ def _usable(ds: Dataset, *keywords: str) -> bool:
     return all(_number(ds, keyword) is not None for keyword in keywords if keyword in ds)
 
 
-def _check_geometry(ds: Dataset) -> int:
-    """Validate the Image Pixel module before decoding; return the number of frames."""
-    if "PixelData" not in ds:
-        raise PixelDataError("no (7FE0,0010) Pixel Data")
-    for keyword, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)")):
-        value = ds.get(keyword)
-        if not isinstance(value, int) or value < 1:
-            raise PixelDataError(f"{tag} {keyword} is {value!r}; expected a positive integer")
-    bits = ds.get("BitsAllocated")
-    if bits not in (1, 8, 16, 32, 64):
-        raise PixelDataError(f"(0028,0100) Bits Allocated is {bits!r}")
-    raw_frames = ds.get("NumberOfFrames", 1)
-    try:
-        frames = int(raw_frames or 1)
-    except (TypeError, ValueError) as exc:
-        raise PixelDataError(f"(0028,0008) Number of Frames is {raw_frames!r}") from exc
-    if frames < 1:
-        raise PixelDataError(f"(0028,0008) Number of Frames is {frames}")
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-        samples = 2  # two chroma samples shared by each pair of pixels (PS3.3 C.7.6.3.1.2)
-    frame_pixels = ds.Rows * ds.Columns
-    declared = frame_pixels * samples * frames * bits / 8
-    if frame_pixels > MAX_FRAME_PIXELS or declared > MAX_DECLARED_BYTES:
-        raise PixelDataError(
-            f"image too large: {ds.Rows}x{ds.Columns}x{samples} with {frames} frame(s) "
-            f"exceeds the decoding limit"
-        )
-    syntax = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
-    if syntax is None:
-        raise PixelDataError("no (0002,0010) Transfer Syntax UID in the file meta information")
-    if not UID(syntax).is_compressed:
-        expected = math.ceil(declared)
-        actual = _pixel_data_length(ds)
-        if actual < expected:
-            raise PixelDataError(
-                f"(7FE0,0010) Pixel Data has {actual} bytes, fewer than the {expected} declared "
-                f"by Rows, Columns, Samples per Pixel, Bits Allocated and Number of Frames"
-            )
-    return frames
-
-
 def _deferred_pixels(ds: Dataset) -> str | None:
     """The Part 10 file to decode from when Pixel Data was left on disk by a deferred read
     (:data:`osteoflag.inference.dicomfile.DEFER_SIZE`), so that only frame 1 is ever read."""
@@ -193,16 +142,6 @@ def _deferred_pixels(ds: Dataset) -> str | None:
     if deferred and isinstance(filename, str) and getattr(ds, "preamble", None) is not None:
         return filename
     return None
-
-
-def _pixel_data_length(ds: Dataset) -> int:
-    """Bytes of Pixel Data, without reading a deferred value into memory."""
-    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    if element is None:
-        return 0
-    if element.value is None and isinstance(element, RawDataElement):
-        return int(element.length)
-    return len(element.value)
 
 
 def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
@@ -291,12 +230,12 @@ def grey_from_rgb(rgb: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     return np.asarray(rgb[..., :3], dtype=np.float64) @ weights
 
 
-def display_from_dataset(ds: Dataset) -> DisplayImage:
+def display_from_dataset(ds: Dataset, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayImage:
     """Turn a DICOM dataset's first frame into a display image (PS3.4 N.2.1.1 grayscale pipeline).
 
     Raises :class:`PixelDataError` naming the offending tag when the pixels cannot be used.
     """
-    frames = _check_geometry(ds)
+    frames = check_geometry(ds, budget)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
         raise PixelDataError(f"(0028,0004) Photometric Interpretation {photometric!r} unsupported")
@@ -350,11 +289,8 @@ def _finish(display: npt.NDArray[np.float64], frames: int, notes: list[str]) -> 
     return DisplayImage(display.astype(np.float32), frames=frames, notes=tuple(notes))
 
 
-def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
+def _display_from_picture(image: Image.Image) -> DisplayImage:
     """A PNG/JPEG as a display image: grey (BT.601) and stretched min..max, like DICOM w/o VOI."""
-    width, height = image.size
-    if width * height > MAX_FRAME_PIXELS:
-        raise PixelDataError(f"{path}: image too large ({width}x{height})")
     image = ImageOps.exif_transpose(image)
     if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
         if image.mode in ("1", "LA"):
@@ -365,8 +301,9 @@ def _display_from_picture(path: Path, image: Image.Image) -> DisplayImage:
     return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
-def load_display(path: Path) -> DisplayImage:
-    """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG."""
+def load_display(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayImage:
+    """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG; its size
+    is checked against ``budget`` from the header, before any pixel is decoded."""
     try:
         with path.open("rb") as handle:
             head = handle.read(132)
@@ -375,18 +312,21 @@ def load_display(path: Path) -> DisplayImage:
     forced = head[128:132] != b"DICM"
     if forced:
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # reads the header only
+                budget.check_picture(*image.size)
                 image.load()
-                return _display_from_picture(path, image)
+                return _display_from_picture(image)
         except UnidentifiedImageError:
             pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
+        except PixelDataError as exc:
+            raise PixelDataError(f"{path}: {exc}") from exc
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise PixelDataError(f"{path}: picture cannot be decoded: {exc}") from exc
-    ds = read_instance(path, force=forced)
+    ds = read_instance(path, force=forced, limit=budget.max_dataset_bytes)
     if forced and "PixelData" not in ds:
         raise PixelDataError(f"{path}: not a DICOM, PNG or JPEG image")
     try:
-        return display_from_dataset(ds)
+        return display_from_dataset(ds, budget)
     except PixelDataError as exc:
         raise PixelDataError(f"{path}: {exc}") from exc
     except Exception as exc:  # pydicom parses lazily: a malformed element fails on first access

@@ -26,7 +26,7 @@ from osteoflag.config import Settings
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import RESEARCH_STATEMENT, ModelIdentity
 from osteoflag.web import views
-from osteoflag.web.context import Probes, WebContext
+from osteoflag.web.context import Probes, UploadSlots, WebContext
 from osteoflag.web.metrics import Liveness, metrics_registry
 from osteoflag.web.security import AuthMiddleware, Csrf, SecurityHeadersMiddleware
 
@@ -107,6 +107,7 @@ def create_app(
         wake_worker=wake_worker,
         csrf=Csrf(),
         templates=_templates(),
+        uploads=UploadSlots(settings.web.max_concurrent_uploads),
     )
     app = _starlette(ROUTES, settings, exception_handlers={404: views.not_found})
     app.state.context = context

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from osteoflag.errors import PixelDataError
+from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Prediction, Predictor
 from osteoflag.pacs.derived import Classification, ModelIdentity
@@ -57,10 +58,13 @@ def png_bytes(pixels: NDArray[np.uint8]) -> bytes:
     return buffer.getvalue()
 
 
-def classify_upload(data: bytes, predictor: Predictor, model: ModelIdentity) -> Trial:
-    """Decode ``data`` like ``infer`` does, classify it and draw the PACS banner.
+def classify_upload(
+    data: bytes, predictor: Predictor, model: ModelIdentity, budget: DecodeBudget
+) -> Trial:
+    """Decode ``data`` like ``infer`` does, within ``budget`` (checked from the header, before
+    decoding), classify it and draw the PACS banner.
 
-    Raises :class:`UploadError` for empty or undecodable uploads.
+    Raises :class:`UploadError` for empty, undecodable or too large uploads.
     """
     if not data:
         raise UploadError("the uploaded file is empty")
@@ -68,7 +72,7 @@ def classify_upload(data: bytes, predictor: Predictor, model: ModelIdentity) -> 
         path = Path(folder) / "upload"
         path.write_bytes(data)
         try:
-            display = load_display(path)
+            display = load_display(path, budget)
         except PixelDataError as exc:
             reason = str(exc).replace(str(path), "upload")
             raise UploadError(f"not a PNG, JPEG or DICOM image we can read ({reason})") from exc

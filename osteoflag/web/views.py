@@ -245,8 +245,25 @@ async def _upload(request: Request, limit: int) -> tuple[bytes, object]:
 
 
 async def try_upload(request: Request) -> Response:
-    """POST: classify an uploaded image in memory; nothing is queued, stored or sent."""
+    """POST: classify an uploaded image in memory; nothing is queued, stored or sent.
+
+    At most ``[web] max_concurrent_uploads`` at once: each may hold its decode budget, and
+    a burst of them must not take the daemon's memory; the others get 503 at once.
+    """
     context = _context(request)
+    if not context.uploads.acquire():
+        busy = _message(
+            request, 503, "Busy", "Other images are being classified; try again in a moment."
+        )
+        busy.headers["Retry-After"] = "5"
+        return busy
+    try:
+        return await _try_upload(request, context)
+    finally:
+        context.uploads.release()
+
+
+async def _try_upload(request: Request, context: WebContext) -> Response:
     limit_mb = context.settings.web.max_upload_mb
     values: dict[str, Any] = {"limit_mb": limit_mb}
     try:
@@ -254,7 +271,7 @@ async def try_upload(request: Request) -> Response:
         if not context.csrf.valid(request, token):
             return _message(request, 403, "Refused", "The form's CSRF token is missing or invalid.")
         trial: Trial = await run_in_threadpool(
-            classify_upload, data, context.predictor, context.model
+            classify_upload, data, context.predictor, context.model, context.decode_budget
         )
     except UploadTooLarge:
         values["error"] = f"The file is larger than the {limit_mb:g} MB upload limit."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,8 +30,9 @@ from osteoflag.web.server import WebServer
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.inference_data import png_of, radiograph
 from testkit.net import free_port
+from testkit.wait import wait_for
 from tests.conftest import make_settings
-from tests.helpers.web import WebClient, csrf_token
+from tests.helpers.web import Reply, WebClient, csrf_token
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -236,6 +238,39 @@ def test_an_instance_id_past_64_bits_is_not_found(serve: Serve) -> None:
     token = csrf_token(client.get("/try").text)
     assert client.post_form(f"/results/{huge}/requeue", {"csrf_token": token}).status == 404
     assert client.get(f"/results/{2**63 - 1}").status == 404
+
+
+def _slow_upload(port: int) -> socket.socket:
+    """An upload whose body never finishes: it holds its slot until the socket closes."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    boundary = "slow"
+    sock.sendall(
+        f"POST /try HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+        f"--{boundary}\r\n".encode()
+    )
+    return sock
+
+
+def test_uploads_beyond_the_limit_are_refused_with_503(serve: Serve, tmp_path: Path) -> None:
+    client, _, _ = serve(max_concurrent_uploads=2)
+    port = int(client.base.rsplit(":", 1)[1])
+    token = csrf_token(client.get("/try").text)
+    png = png_of(radiograph(maximum=255, seed=6), tmp_path / "y.png").read_bytes()
+
+    def answered(status: int) -> Reply | None:
+        reply = client.post_file("/try", {"csrf_token": token}, "y.png", png)
+        return reply if reply.status == status else None
+
+    held = [_slow_upload(port), _slow_upload(port)]
+    try:
+        busy = wait_for(lambda: answered(503))
+        assert busy.headers["Retry-After"] == "5"
+        assert "try again in a moment" in busy.text
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_for(lambda: answered(200))
 
 
 def test_upload_limits_and_non_images(serve: Serve, tmp_path: Path, predictor: Predictor) -> None:
