@@ -30,7 +30,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.scale
 
-# Rebuild the committed default model bundle (models/default/) from ../shared/data/ (issue 5).
+# Rebuild the committed default model bundle (models/default/) from ../shared/data/ (see README, Model).
 model: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
 		--other ../shared/data/multiregion --out models/default --work artifacts/train --int8

@@ -1,7 +1,7 @@
 """``make bench``: worker processes on PostgreSQL, float32 vs INT8, and end-to-end latency.
 
 0. Throughput of the predictor alone, float32 vs INT8 (:mod:`bench.precision`): the INT8
-   acceptance figure of issue 7.
+   speed-up the README reports.
 1. Throughput of 1, 2 and 3 ``osteoflag serve --role worker`` processes sharing one private
    PostgreSQL server, with the float32 bundle and its INT8 version: N instances (2048x1664
    12-bit DX files) are queued at once and timed from the commit to the last result,

@@ -1,4 +1,4 @@
-"""The ``osteoflag`` command line (CONTRACT.md): a thin layer over library code.
+"""The ``osteoflag`` command line (README, Command line): a thin layer over library code.
 
 Exit status: 0 success, 2 bad usage or bad config (one line on stderr), 1 otherwise.
 """

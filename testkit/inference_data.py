@@ -1,4 +1,4 @@
-"""Inference test data (owned by the inference work): synthetic radiographs as DICOM and PNG.
+"""Inference test data: synthetic radiographs as DICOM and PNG.
 
 Every dataset is built from a known numpy array, so a test can compute the expected display
 independently of the code under test (see :func:`reference_display`).

@@ -1,4 +1,4 @@
-"""Test helper of the SR/delivery work (issue 4): a private Orthanc on loopback ports.
+"""Test helper of the SR and delivery tests: a private Orthanc on loopback ports.
 
 Each instance gets its own JSON config, storage and ports under ``tmp_path``: no
 remote access, osteoflag registered as a modality; no plugins unless ``dicomweb`` (the

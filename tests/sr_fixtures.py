@@ -1,4 +1,4 @@
-"""Test helpers of the SR/delivery work (issue 4): synthetic DX radiographs, DICOM tools.
+"""Test helpers of the SR and delivery tests: synthetic DX radiographs, DICOM tools.
 
 A DX is built from scratch with pydicom so no test depends on a downloaded file; the
 patient attributes are fixed fake values the privacy tests may grep for.

@@ -54,7 +54,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class InstanceState(enum.StrEnum):
-    """Life of a received instance (CONTRACT.md, ``status --json``)."""
+    """Life of a received instance (the states of ``status --json``)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"

@@ -1,4 +1,4 @@
-"""``osteoflag infer PATH... --json`` (CONTRACT.md): the CLI's two entry points.
+"""``osteoflag infer PATH... --json`` (README, Command line): the CLI's two entry points.
 
 Kept free of heavy imports so that building the parser stays fast; the work is in
 :mod:`osteoflag.inference.infer`.

@@ -1,4 +1,4 @@
-"""Classify local files without the daemon: the body of ``osteoflag infer`` (CONTRACT.md).
+"""Classify local files without the daemon: the body of ``osteoflag infer``.
 
 One JSON object per line and per file, in the order given (directories recursed, sorted):
 ``{"file", "probability", "label", "threshold", "model"}``, or ``{"file", "error"}`` for a

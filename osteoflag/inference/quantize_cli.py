@@ -1,7 +1,8 @@
 """``osteoflag quantize``: the CLI's two entry points, free of heavy imports.
 
-Exit 0 with the INT8 bundle written when its AUC is within 0.005 of float32; exit 1
-with the same figures, and nothing written, when it is not.
+Exit 0 with the INT8 bundle written when its AUC is within
+``osteoflag.inference.quantize.MAX_AUC_DROP`` of float32's (imported only when the command
+runs); exit 1 with the same figures, and nothing written, when it is not.
 """
 
 from __future__ import annotations

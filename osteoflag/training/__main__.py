@@ -21,7 +21,7 @@ from osteoflag.training.commands import (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run, map errors to the contract's exit codes (2 usage, 1 failure)."""
+    """Parse, run, map errors to the CLI's exit codes (2 usage, 1 failure)."""
     parser = argparse.ArgumentParser(prog="python -m osteoflag.training")
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(commands.add_parser("train", help="build a model bundle"))

@@ -205,7 +205,7 @@ def _pick(section: object, key: str) -> object:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``evaluate`` (CONTRACT.md)."""
+    """Options of ``evaluate`` (README, Command line)."""
     parser.add_argument(
         "--bundle", type=Path, metavar="DIR", help="model bundle (default: [model] bundle)"
     )

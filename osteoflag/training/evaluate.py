@@ -1,4 +1,4 @@
-"""``evaluate``: the contract's metrics of a bundle on a labelled folder, through the serving path
+"""``evaluate``: the documented metrics of a bundle on a labelled folder, through the serving path
 (bundle loader, pixels, predictor) that ``validate`` and ``adapt`` share."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from osteoflag.validation.scoring import BATCH, score_samples
 
 
 def evaluate_folder(bundle_dir: Path, data: Path, threads: int = 2) -> dict[str, Any]:
-    """The contract's metrics of ``bundle_dir`` on ``data/{fracture,nofracture}``.
+    """The documented metrics of ``bundle_dir`` on ``data/{fracture,nofracture}``.
 
     Files that cannot be decoded are logged and left out (``n`` counts the scored ones).
     """

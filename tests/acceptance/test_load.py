@@ -2,7 +2,7 @@
 
 The short run (200 instances, 2 kills) is part of ``make test``; the long one (1,000
 instances, at least 5 kills, optionally the real default bundle) is ``make soak``.
-Figures are printed (``-s``) for the issue's closing note.
+Figures are printed (``-s``) for the README's crash-safety figures.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(900)  # the module's load run is set up by its 
 
 
 def check_no_loss_no_repeat(run: LoadRun) -> None:
-    """The crash-safety guarantees of issue 6, on one run's rows and receptions."""
+    """The crash-safety guarantees (README, Guarantees), on one run's rows and receptions."""
     figures = run.figures
     assert figures.acknowledged == figures.sent
     assert figures.lost == 0

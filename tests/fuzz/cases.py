@@ -1,4 +1,4 @@
-"""Named hostile files, each a way a real or malicious sender breaks DICOM (issue 6).
+"""Named hostile files, each a way a real or malicious sender breaks DICOM.
 
 Every case keeps a valid File Meta Information with its own SOP Instance UID, except the
 ones that are about the meta itself, so it can also be sent over DICOM unchanged.

@@ -1,4 +1,4 @@
-"""Seeded fuzzing (issue 6): mutated DX files through the listener, the worker and ``infer``,
+"""Seeded fuzzing: mutated DX files through the listener, the worker and ``infer``,
 and pydicom's own test files through ``infer``.
 
 No crash, no hang (pytest-timeout), and every file accounted for: a DICOM status from the

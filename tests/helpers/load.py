@@ -62,7 +62,7 @@ class Acknowledged:
 
 @dataclass(frozen=True)
 class LoadFigures:
-    """The figures a load run reports (issue 6 closing note)."""
+    """The figures a load run reports."""
 
     sent: int
     store_requests: int

@@ -1,4 +1,4 @@
-"""Access control of the listener (issue 6): peer-address pinning and DICOM TLS.
+"""Access control of the listener: peer-address pinning and DICOM TLS.
 
 Pinning is exercised from two loopback source addresses (127.0.0.1 and 127.0.0.2). TLS
 uses a throwaway CA, server and client certificates made with ``openssl`` per run, and

@@ -1,4 +1,4 @@
-"""Hostile and broken files (issue 6) through ``infer`` (in-process ``classify_files``).
+"""Hostile and broken files through ``infer`` (in-process ``classify_files``).
 
 Each gives a result (odd but usable files) or an error line naming the file and the reason,
 never a crash. The same cases go through a running daemon in

@@ -1,4 +1,4 @@
-"""``osteoflag infer`` as a subprocess (CONTRACT.md) on PNG, DICOM and broken files."""
+"""``osteoflag infer`` as a subprocess (README, Command line) on PNG, DICOM and broken files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Network limits of the Storage SCP (issue 6): ARTIM / ACSE, idle (network) timeouts,
+"""Network limits of the Storage SCP: ARTIM / ACSE, idle (network) timeouts,
 maximum PDU size on the wire, and a flood of associations beyond ``max_associations``.
 
 Timeouts are set small so the tests are quick; every wait polls with a deadline.
