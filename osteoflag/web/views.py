@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from osteoflag.db.models import InstanceState, Outbound
@@ -273,6 +273,9 @@ async def _try_upload(request: Request, context: WebContext) -> Response:
         trial: Trial = await run_in_threadpool(
             classify_upload, data, context.predictor, context.model, context.decode_budget
         )
+    except ClientDisconnect:  # the browser went away mid-upload: nobody to answer
+        logger.info("upload abandoned by the client", extra={"action": "try_image"})
+        return Response(status_code=400)
     except UploadTooLarge:
         values["error"] = f"The file is larger than the {limit_mb:g} MB upload limit."
         return _page(request, "try.html", values, 413)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -252,7 +253,9 @@ def _slow_upload(port: int) -> socket.socket:
     return sock
 
 
-def test_uploads_beyond_the_limit_are_refused_with_503(serve: Serve, tmp_path: Path) -> None:
+def test_uploads_beyond_the_limit_are_refused_with_503(
+    serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     client, _, _ = serve(max_concurrent_uploads=2)
     port = int(client.base.rsplit(":", 1)[1])
     token = csrf_token(client.get("/try").text)
@@ -271,6 +274,8 @@ def test_uploads_beyond_the_limit_are_refused_with_503(serve: Serve, tmp_path: P
         for sock in held:
             sock.close()
     assert wait_for(lambda: answered(200))
+    # The abandoned uploads gave their slots back without a traceback.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_upload_limits_and_non_images(serve: Serve, tmp_path: Path, predictor: Predictor) -> None:
