@@ -25,7 +25,12 @@ from osteoflag.training.commands import (
     run_evaluate,
     run_train,
 )
-from osteoflag.validation.commands import add_validate_arguments, run_validate
+from osteoflag.validation.commands import (
+    add_adapt_arguments,
+    add_validate_arguments,
+    run_adapt,
+    run_validate,
+)
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -174,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_validate_arguments(validate)
     validate.set_defaults(handler=run_validate)
+
+    adapt = commands.add_parser(
+        "adapt", parents=[common], help="refit a bundle's head on a site's labelled images"
+    )
+    add_adapt_arguments(adapt)
+    adapt.set_defaults(handler=run_adapt)
 
     train = commands.add_parser(
         "train", parents=[common], help="build a model bundle (needs the train extra)"

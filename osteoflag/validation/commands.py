@@ -76,15 +76,7 @@ def read_samples(args: argparse.Namespace) -> list[Sample]:
 
 def score_data(predictor: Predictor, args: argparse.Namespace, desc: str) -> Scored:
     """Score the command line's labelled set with ``predictor`` (cached when asked)."""
-    from osteoflag.training.features import FeatureCache
-    from osteoflag.validation.scoring import score_samples
-
-    samples = read_samples(args)
-    cache = None
-    if args.cache is not None:
-        manifest = predictor.bundle.manifest
-        cache = FeatureCache(args.cache, manifest.files[manifest.backbone.file])
-    return score_samples(predictor, samples, cache, desc=desc)
+    return _score(predictor, args, read_samples(args), desc)
 
 
 def run_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,3 +107,116 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
             f"at threshold {result['threshold']:.4f}\n"
         )
     return 0
+
+
+def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``adapt``."""
+    parser.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="base bundle")
+    add_data_arguments(parser)
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="new bundle folder (must not exist)"
+    )
+    parser.add_argument(
+        "--site",
+        required=True,
+        metavar="NAME",
+        help="site name: the version becomes X.Y.Z+site.NAME",
+    )
+    parser.add_argument(
+        "--base-data",
+        type=Path,
+        metavar="DIR",
+        help="the base bundle's training images, mixed into every fit (their train and val "
+        "splits; a test split is only scored, to show the cost on that source)",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="grouped CV folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
+    """Refit the head on the site, write the new bundle, print base against adapted."""
+    from osteoflag.inference.bundle import MANIFEST, load_bundle, sha256_file
+    from osteoflag.inference.predictor import Predictor
+    from osteoflag.training.classifier import BoosterConfig
+    from osteoflag.training.dataset import discover
+    from osteoflag.validation.adapt import BaseRows, adapt_head
+    from osteoflag.validation.adapted_bundle import (
+        adapted_version,
+        check_out,
+        model_card,
+        write_adapted,
+    )
+    from osteoflag.validation.scoring import BATCH
+
+    if args.folds < 2:
+        raise UsageError(f"--folds {args.folds}: needs at least 2")
+    base = load_bundle(args.bundle)
+    version = adapted_version(base.manifest.version, args.site)
+    check_out(args.bundle, args.out)
+    predictor = Predictor(base, threads=args.threads, batch_size=BATCH)
+    site = score_data(predictor, args, "site")
+    rows = None
+    if args.base_data is not None:
+        samples = discover(args.base_data, source="base")
+        fit = [s for s in samples if s.split != "test"]
+        test = [s for s in samples if s.split == "test"]
+        scored_test = _score(predictor, args, test, "base test") if test else None
+        rows = BaseRows(fit=_score(predictor, args, fit, "base fit"), test=scored_test)
+    config = BoosterConfig(seed=args.seed)
+    adapted = adapt_head(site, rows, base.threshold, args.folds, config)
+    y = site.labels
+    training_data = {
+        "adapted_from": {
+            "model": base.model_id,
+            "manifest_sha256": sha256_file(base.path / MANIFEST),
+            "training_data": base.manifest.training_data,
+        },
+        "site": {
+            "name": args.site,
+            "data": str(args.data),
+            "labels": str(args.labels) if args.labels else None,
+            "images": len(y),
+            "fracture": int(y.sum()),
+            "nofracture": int(len(y) - y.sum()),
+            "groups": len(set(site.groups)),
+            "skipped": len(site.skipped),
+        },
+        "mixed_with": None
+        if rows is None
+        else {
+            "data": str(args.base_data),
+            "images": len(rows.fit.samples),
+            "splits": "train and val" if rows.test is not None else "all",
+        },
+        "head": f"LightGBM refitted, {config}; backbone unchanged",
+    }
+    card = model_card(base, version, training_data, adapted)
+    written = write_adapted(base, args.out, adapted, version, training_data, card)
+    cv = adapted.metrics["site_cv"]
+    summary = {
+        "bundle": str(written.path),
+        "model": written.model_id,
+        "site_auc_base": cv["pooled"]["base"]["auc"],
+        "site_auc_adapted": cv["pooled"]["adapted"]["auc"],
+        "site_auc_mean_base": cv["base_auc_mean"],
+        "site_auc_mean_adapted": cv["adapted_auc_mean"],
+        "threshold": adapted.threshold,
+        "base_source_test": adapted.metrics.get("base_source_test"),
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0
+
+
+def _score(
+    predictor: Predictor, args: argparse.Namespace, samples: list[Sample], desc: str
+) -> Scored:
+    from osteoflag.training.features import FeatureCache
+    from osteoflag.validation.scoring import score_samples
+
+    manifest = predictor.bundle.manifest
+    cache = (
+        None
+        if args.cache is None
+        else FeatureCache(args.cache, manifest.files[manifest.backbone.file])
+    )
+    return score_samples(predictor, samples, cache, desc=desc)

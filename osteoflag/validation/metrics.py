@@ -163,3 +163,13 @@ def clinical_metrics(
     result = binary_metrics(y, p, threshold)
     result["sensitivity"] = result["recall"]
     return result
+
+
+def youden_threshold(y: Ints, p: Floats) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (the highest one among ties)."""
+    candidates = np.unique(p)[::-1]
+    positives, negatives = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
+    flagged = p[np.newaxis, :] >= candidates[:, np.newaxis]
+    tpr = (flagged & (y == 1)).sum(axis=1) / positives
+    fpr = (flagged & (y == 0)).sum(axis=1) / negatives
+    return float(candidates[int(np.argmax(tpr - fpr))])

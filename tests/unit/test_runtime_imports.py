@@ -1,4 +1,5 @@
-"""``validate`` and ``evaluate`` run in the runtime install: no torch, scikit-learn, matplotlib.
+"""``validate``, ``adapt`` and ``evaluate`` run in the runtime install: no torch, scikit-learn,
+matplotlib.
 
 The check hides those packages (as the runtime install lacks them) and imports the commands'
 modules in a fresh interpreter; LightGBM copes with a missing scikit-learn on its own.
@@ -15,6 +16,8 @@ MODULES = (
     "osteoflag.validation.scoring",
     "osteoflag.validation.validate",
     "osteoflag.validation.report",
+    "osteoflag.validation.adapt",
+    "osteoflag.validation.adapted_bundle",
     "osteoflag.training.evaluate",
 )
 

@@ -1,0 +1,147 @@
+"""``osteoflag adapt`` as a subprocess: a site where the base head is poor, refitted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from osteoflag.inference.bundle import load_bundle, sha256_file
+from tests.helpers.daemon import base_sections, osteoflag, write_config
+from tests.helpers.site_data import write_site
+from tests.helpers.tiny_bundle import build_bundle
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("adapt")
+    build_bundle(root / "bundle")
+    write_site(root / "site", per_class=40)
+    write_site(root / "small", per_class=12, seed=1)
+    base = root / "base-source"
+    write_site(root / "base-raw", per_class=40, seed=2)
+    for split, (start, stop) in {"train": (0, 30), "test": (30, 40)}.items():
+        for label, name in ((1, "fracture"), (0, "nofracture")):
+            (base / split / name).mkdir(parents=True)
+            for index in range(start, stop):
+                image = root / "base-raw" / "images" / f"{label}-{index:03d}.dcm"
+                shutil.copy(image, base / split / name)
+    write_config(root, base_sections(root, root / "bundle"))
+    return root
+
+
+def _adapt(folder: Path, out: str, *extra: str, data: str = "site") -> Any:
+    return osteoflag(
+        "adapt",
+        "--bundle",
+        str(folder / "bundle"),
+        "--data",
+        str(folder / data / "images"),
+        "--labels",
+        str(folder / data / "labels.csv"),
+        "--out",
+        str(folder / out),
+        "--site",
+        "north",
+        *extra,
+        config=folder / "osteoflag.toml",
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def adapted(folder: Path) -> tuple[dict[str, Any], Path]:
+    done = _adapt(folder, "north", "--base-data", str(folder / "base-source"))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), folder / "north"
+
+
+def test_adapted_bundle_beats_the_base_on_the_site(adapted: tuple[dict[str, Any], Path]) -> None:
+    summary, out = adapted
+    assert summary["site_auc_adapted"] > max(0.9, summary["site_auc_base"] + 0.1)
+    assert summary["site_auc_mean_adapted"] > summary["site_auc_mean_base"]
+    bundle = load_bundle(out)  # every hash verified
+    assert bundle.model_id == "tiny-test@0.0.1+site.north"
+    assert bundle.threshold == pytest.approx(summary["threshold"])
+    assert summary["base_source_test"]["n"] == 20
+
+
+def test_backbone_kept_and_data_stated(adapted: tuple[dict[str, Any], Path], folder: Path) -> None:
+    _, out = adapted
+    manifest = load_bundle(out).manifest
+    assert sha256_file(out / "backbone.onnx") == sha256_file(folder / "bundle" / "backbone.onnx")
+    site = manifest.training_data["site"]
+    assert (site["name"], site["images"], site["fracture"], site["groups"]) == ("north", 80, 40, 40)
+    assert manifest.training_data["mixed_with"]["images"] == 60
+    assert manifest.training_data["adapted_from"]["model"] == "tiny-test@0.0.1"
+    assert len(manifest.metrics["site_cv"]["folds"]) == 5
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "tiny-test 0.0.1+site.north" in card and "For research use only" in card
+    assert "Grouped 5-fold cross-validation on the site" in card
+    assert "On the base bundle's own source" in card
+
+
+def test_validate_reads_the_adapted_bundle(
+    adapted: tuple[dict[str, Any], Path], folder: Path
+) -> None:
+    _, out = adapted
+    done = osteoflag(
+        "validate",
+        "--bundle",
+        str(out),
+        "--data",
+        str(folder / "site" / "images"),
+        "--labels",
+        str(folder / "site" / "labels.csv"),
+        "--json",
+        config=folder / "osteoflag.toml",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"] == "tiny-test@0.0.1+site.north"
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("bundle", "is the base bundle; adapt never overwrites it"),
+        ("site", "already exists; choose a new folder"),
+    ],
+)
+def test_never_overwrites(folder: Path, out: str, message: str) -> None:
+    before = sha256_file(folder / "bundle" / "manifest.json")
+    done = _adapt(folder, out)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"osteoflag: --out {folder / out}: {message}"
+    assert sha256_file(folder / "bundle" / "manifest.json") == before
+
+
+def test_too_few_site_images_refused_in_numbers(folder: Path) -> None:
+    done = _adapt(folder, "never", data="small")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "osteoflag: adapt: the site data have 12 fracture images in 6 groups and 12 nofracture "
+        "images in 6 groups; refitting needs at least 20 images in 10 groups of each label "
+        "(5-fold grouped cross-validation)"
+    )
+    assert not (folder / "never").exists()
+    assert not any(p.name.startswith(".never") for p in folder.iterdir())
+
+
+def test_bad_site_name(folder: Path) -> None:
+    done = osteoflag(
+        "adapt",
+        "--bundle",
+        str(folder / "bundle"),
+        "--data",
+        str(folder / "site" / "images"),
+        "--out",
+        str(folder / "x"),
+        "--site",
+        "North Wing",
+        config=folder / "osteoflag.toml",
+    )
+    assert done.returncode == 2
+    assert "--site 'North Wing': use 1-24 lower-case letters" in done.stderr
