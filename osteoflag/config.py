@@ -34,6 +34,7 @@ AETitle = Annotated[
     str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Seconds = Annotated[float, Field(gt=0, strict=False)]
 PathValue = Annotated[Path, Field(strict=False)]
 
@@ -96,7 +97,7 @@ class ListenerSettings(_Section):
     ae_title: AETitle = "OSTEOFLAG"
     host: str = "127.0.0.1"
     port: Port = 11112
-    allowed_calling_aets: tuple[str, ...] = ()
+    allowed_calling_aets: tuple[AETitle, ...] = ()
     max_associations: Annotated[int, Field(ge=1)] = 10
     # Connections whose A-ASSOCIATE-RQ has not arrived yet; past this the oldest is closed.
     max_pending_associations: Annotated[int, Field(ge=1)] = 16
@@ -350,7 +351,12 @@ class Settings(_Section):
     retention: RetentionSettings = RetentionSettings()
     destinations: tuple[AnyDestination, ...] = ()
     web: WebSettings = WebSettings()
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("destinations", mode="before")
     @classmethod

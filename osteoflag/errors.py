@@ -30,8 +30,9 @@ class StorageFullError(TransientError):
     """The storage volume is below its free-space floor (DICOM status 0xA700)."""
 
 
-class BundleError(PermanentError):
-    """The model bundle is incomplete, tampered with or malformed."""
+class BundleError(ConfigError, PermanentError):
+    """The model bundle is incomplete, tampered with or malformed: the configured
+    ``model.bundle`` (or a command's ``--bundle``) is unusable, so exit status 2."""
 
 
 class PixelDataError(PermanentError):

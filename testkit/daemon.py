@@ -25,9 +25,11 @@ def _toml_value(value: Any) -> str:
 
 
 def write_config(folder: Path, sections: dict[str, Any]) -> Path:
-    """Write a TOML config into ``folder``; tables of lists become arrays of tables."""
-    lines: list[str] = []
-    for name, body in sections.items():
+    """Write a TOML config into ``folder``; tables of lists become arrays of tables, and
+    other values (``log_level``) are top-level keys."""
+    tables = {name: body for name, body in sections.items() if isinstance(body, dict | list)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in sections.items() if k not in tables]
+    for name, body in tables.items():
         if isinstance(body, list):
             for entry in body:
                 lines.append(f"[[{name}]]")

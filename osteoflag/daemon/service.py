@@ -14,10 +14,12 @@ the worker loads the model bundle.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,6 +32,7 @@ from osteoflag.daemon.roles import Role
 from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.errors import ConfigError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import ModelIdentity
@@ -181,10 +184,12 @@ class Daemon:
             queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
 
     def start(self) -> None:
-        """Prepare storage and schema, recover a crash's leftovers, start serving."""
-        storage = self.settings.storage.path
-        for folder in (storage, self.settings.incoming_path, self.settings.outgoing_path):
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Prepare storage and schema, recover a crash's leftovers, start serving.
+
+        A part that cannot start (a busy port) stops the parts already started, so the
+        error ends the process with its one line instead of leaving threads behind.
+        """
+        self._prepare_storage()
         migrate(self.engine)
         self._recover_at_start()
         jobs = []
@@ -197,18 +202,36 @@ class Daemon:
             self.scheduler.add_job(
                 job, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True
             )
-        if self.web is not None:  # first: a port clash must fail before anything runs
-            self.web.start()
-        if self.worker is not None:
-            self.worker.start()
-        if self.sender is not None:
-            self.sender.start()
-        for subscriber in self.subscribers:
-            subscriber.start()
-        self.scheduler.start()
-        if self.listener is not None:
-            self.listener.start()
+        started: list[Callable[[], None]] = []
+        try:
+            if self.web is not None:  # first: a port clash must fail before anything runs
+                self.web.start()
+                started.append(self.web.stop)
+            for part in (self.worker, self.sender, *self.subscribers):
+                if part is not None:
+                    part.start()
+                    started.append(partial(part.stop, SHUTDOWN_GRACE_SECONDS))
+            self.scheduler.start()
+            started.append(partial(self.scheduler.shutdown, wait=True))
+            if self.listener is not None:
+                started.append(partial(self.listener.stop, SHUTDOWN_GRACE_SECONDS))
+                self.listener.start()
+        except BaseException:
+            for stop in reversed(started):
+                stop()
+            raise
         logger.info("daemon started", extra={"action": "start", "role": self.role.value})
+
+    def _prepare_storage(self) -> None:
+        """Create the storage folders; one that cannot be created or written is a config error."""
+        storage = self.settings.storage.path
+        for folder in (storage, self.settings.incoming_path, self.settings.outgoing_path):
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"storage.path: cannot create {folder}: {exc.strerror}") from exc
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(f"storage.path: {folder} is not writable")
 
     def stop(self) -> None:
         """Graceful stop: no new associations, in-flight ones finished, jobs drained."""

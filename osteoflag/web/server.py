@@ -17,7 +17,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from osteoflag.config import WebSettings
-from osteoflag.errors import OsteoflagError
+from osteoflag.errors import ConfigError, OsteoflagError
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ class WebServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
         except OSError as exc:
-            raise OsteoflagError(
-                f"web: cannot listen on web.host {host} port {port}: {exc}"
-            ) from exc
+            raise ConfigError(f"web: cannot listen on web.host {host} port {port}: {exc}") from exc
         return sock
 
     def start(self) -> None:

@@ -53,7 +53,7 @@ def test_cli_adds_maps_to_a_copy_with_the_same_features(tmp_path: Path, tiny_bun
     np.testing.assert_array_equal(before.features(batch), after.features(batch))
 
     again = osteoflag("add-maps", "--bundle", str(out), "--out", str(out), config=config)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr  # usage: exit 2
     assert not list(tmp_path.glob(".*partial*"))
 
 

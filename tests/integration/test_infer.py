@@ -72,7 +72,8 @@ def test_contract_fields_and_error_line(results: tuple[int, dict[str, Any]]) -> 
     assert len(probabilities) > 1, "the test bundle must not answer the same for every image"
 
 
-def test_bad_bundle_exits_1_with_reason(tmp_path: Path) -> None:
+def test_bad_bundle_exits_2_with_reason(tmp_path: Path) -> None:
+    """A tampered ``model.bundle`` is a configuration error."""
     build_bundle(tmp_path / "bundle")
     (tmp_path / "bundle" / "classifier.txt").write_text("tampered")
     png = png_of(radiograph(maximum=255), tmp_path / "a.png")
@@ -82,5 +83,5 @@ def test_bad_bundle_exits_1_with_reason(tmp_path: Path) -> None:
         "--json",
         config=write_config(tmp_path, base_sections(tmp_path, tmp_path / "bundle")),
     )
-    assert done.returncode == 1
-    assert "classifier.txt" in done.stderr
+    assert done.returncode == 2
+    assert "classifier.txt" in done.stderr.strip().splitlines()[-1]

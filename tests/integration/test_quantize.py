@@ -109,7 +109,7 @@ def test_cli_prints_the_figures_and_refuses_an_existing_folder(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["int8"]["accuracy"] == 1.0
     again = osteoflag("quantize", *args, "--out", str(out), config=config)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr  # usage: exit 2
 
 
 def test_leading_convolutions_can_stay_float32(
