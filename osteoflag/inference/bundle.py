@@ -14,9 +14,12 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Final, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from osteoflag.errors import BundleError
@@ -29,6 +32,7 @@ MANIFEST: Final = "manifest.json"
 MODEL_CARD: Final = "MODEL_CARD.md"
 FORMAT_VERSION: Final = 1
 _CHUNK: Final = 1 << 20
+_EPS: Final = 1e-7
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Positive = Annotated[int, Field(ge=1)]
@@ -92,8 +96,46 @@ class ThresholdSection(_Part):
     method: str
 
 
+class CalibrationSection(_Part):
+    """How the classifier's score becomes the served probability, fitted on validation groups.
+
+    ``platt``: ``1 / (1 + exp(-(a * logit(score) + b)))`` (strictly increasing, so ranking and
+    AUC are the classifier's own); ``isotonic``: piecewise linear through the points ``x`` (scores,
+    increasing) and ``y`` (probabilities, non-decreasing), flat beyond the ends. The threshold is
+    on the calibrated scale. A bundle without this section serves the classifier's score as is.
+    """
+
+    method: Literal["platt", "isotonic"]
+    a: float | None = None
+    b: float | None = None
+    x: list[float] | None = None
+    y: list[float] | None = None
+    fitted_on: str = ""
+
+    @model_validator(mode="after")
+    def _parameters_match_the_method(self) -> CalibrationSection:
+        if self.method == "platt":
+            if self.a is None or self.b is None or self.a <= 0:
+                raise ValueError("platt calibration needs a > 0 and b")
+        else:
+            x, y = self.x or [], self.y or []
+            if len(x) < 2 or len(x) != len(y):
+                raise ValueError("isotonic calibration needs x and y of the same length >= 2")
+            if any(b < a for a, b in pairwise(x)) or any(b < a for a, b in pairwise(y)):
+                raise ValueError("isotonic calibration points must be non-decreasing")
+        return self
+
+    def apply(self, scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Calibrated probabilities of classifier scores in [0, 1]."""
+        if self.method == "platt":
+            s = np.clip(scores, _EPS, 1.0 - _EPS)
+            z = float(self.a or 0.0) * np.log(s / (1.0 - s)) + float(self.b or 0.0)
+            return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+        return np.asarray(np.interp(scores, self.x or [], self.y or []), dtype=np.float64)
+
+
 class Manifest(_Part):
-    """``manifest.json``, format version 1."""
+    """``manifest.json``, format version 1 (``calibration`` optional; see its section)."""
 
     format_version: Literal[1]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -107,6 +149,7 @@ class Manifest(_Part):
     threshold: ThresholdSection
     metrics: dict[str, Any]
     files: dict[str, Sha256]
+    calibration: CalibrationSection | None = None
 
     @field_validator("files")
     @classmethod

@@ -72,6 +72,7 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.bundle = bundle
         self.batch_size = batch_size
+        self._calibration = bundle.manifest.calibration
         try:
             self._session = ort.InferenceSession(
                 str(bundle.backbone_path),
@@ -161,8 +162,12 @@ class Predictor:
             raise PermanentError(f"LightGBM failed on a batch of {len(feats)}: {exc}") from exc
 
     def scores(self, features: npt.NDArray[np.float32]) -> list[float]:
-        """Fracture probability of each row of backbone features (the bundle's classifier)."""
-        return [float(score) for score in np.asarray(self._classify(features)).reshape(-1)]
+        """Fracture probability of each row of backbone features (the bundle's classifier,
+        then its calibration when the manifest has one)."""
+        scores = np.asarray(self._classify(features), dtype=np.float64).reshape(-1)
+        if self._calibration is not None:  # the served probability is the calibrated one
+            scores = self._calibration.apply(scores)
+        return [float(score) for score in scores]
 
     def contributions(self, feats: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """TreeSHAP contribution of each feature to each row's log-odds [N, F] (bias left out)."""

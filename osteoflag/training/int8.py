@@ -23,7 +23,7 @@ from osteoflag.inference.quantize import (
     quantize_backbone,
     spread,
 )
-from osteoflag.training import classifier, export, features, metrics
+from osteoflag.training import export, features, metrics
 from osteoflag.training.dataset import Sample
 from osteoflag.training.model import FittedModel
 from osteoflag.training.networks import FeatureGraph, Network
@@ -68,7 +68,7 @@ def compare(
     calibration_images: int,
 ) -> dict[str, Any]:
     """Both precisions' metrics at the model's threshold, and the AUC drop."""
-    int8_p = classifier.predict(model.booster, int8_x)
+    int8_p = model.predict(int8_x)
     f32 = metrics.binary_metrics(y, float_p, model.threshold)
     i8 = metrics.binary_metrics(y, int8_p, model.threshold)
     drop = float(f32["auc"]) - float(i8["auc"])

@@ -15,8 +15,10 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
-from osteoflag.training import classifier, export, features, metrics
+from osteoflag.inference.bundle import CalibrationSection
+from osteoflag.training import calibrate, classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout, combine
+from osteoflag.training.calibrate import Calibration
 from osteoflag.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ class TrunkOutputs:
 
 @dataclass
 class FittedModel:
-    """A head, booster and threshold, plus what fitting them logged."""
+    """A head, booster, calibration and threshold (on the calibrated scale), plus what fitting
+    them logged."""
 
     head: torch.nn.Module
     booster: lgb.Booster
@@ -41,6 +44,12 @@ class FittedModel:
     threshold_method: str
     finetune_log: list[dict[str, float]]
     validation: dict[str, object]
+    calibration: CalibrationSection | None = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Fracture probabilities as served: the booster's score, calibrated."""
+        p = classifier.predict(self.booster, x)
+        return p if self.calibration is None else self.calibration.apply(p)
 
 
 def head_onnx_features(
@@ -72,8 +81,9 @@ def fit_model(
     target_sensitivity: float | None,
     scratch: Path,
     threads: int,
+    calibration: Calibration = Calibration.NONE,
 ) -> tuple[FittedModel, np.ndarray]:
-    """Fit on ``fit_idx``, early-stop and pick the threshold on ``val_idx``.
+    """Fit on ``fit_idx``; early-stop, calibrate and pick the threshold on ``val_idx``.
 
     Returns the model and the feature matrix of *all* samples (so callers can score any set).
     """
@@ -86,7 +96,9 @@ def fit_model(
     booster = classifier.train_booster(
         x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config
     )
-    p_val = classifier.predict(booster, x[val_idx])
-    threshold, method = metrics.choose_threshold(labels[val_idx], p_val, target_sensitivity)
-    validation = metrics.binary_metrics(labels[val_idx], p_val, threshold)
-    return FittedModel(head, booster, threshold, method, log, validation), x
+    y_val, raw_val = labels[val_idx], classifier.predict(booster, x[val_idx])
+    mapping = calibrate.fit(calibration, y_val, raw_val, "validation groups of this fit")
+    p_val = raw_val if mapping is None else mapping.apply(raw_val)
+    threshold, method = metrics.choose_threshold(y_val, p_val, target_sensitivity)
+    validation = metrics.binary_metrics(y_val, p_val, threshold) | calibrate.quality(y_val, p_val)
+    return FittedModel(head, booster, threshold, method, log, validation, mapping), x

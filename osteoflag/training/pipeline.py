@@ -201,6 +201,7 @@ def write_bundle(
         },
         classifier={"file": "classifier.txt", "kind": "lightgbm"},
         threshold={"value": model.threshold, "method": model.threshold_method},
+        calibration=model.calibration,
         metrics={"validation": report.strip_scores(model.validation)},
     )
     shutil.rmtree(options.out, ignore_errors=True)

@@ -16,6 +16,7 @@ import torch
 from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode, load_display
 from osteoflag.training import classifier, export, features, hygiene
 from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
+from osteoflag.training.calibrate import Calibration
 from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.model import TrunkOutputs
@@ -51,6 +52,7 @@ class TrainOptions:
     notes: tuple[str, ...] = ()  # provenance lines for the model card ("Notes on this run")
     width_divisor: int = 1
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
+    calibration: Calibration = Calibration.PLATT  # fitted on each fit's validation groups
 
     @property
     def cache_dir(self) -> Path:
@@ -171,6 +173,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "finetune": str(options.tuning),
         "booster": str(options.booster),
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
+        "calibration": options.calibration.value,
         "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
         f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
     }

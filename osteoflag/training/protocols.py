@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from osteoflag.training import classifier, metrics
+from osteoflag.training import calibrate, classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
 from osteoflag.training.networks import Architecture, Network, layout_text
@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 def evaluate(
     prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
 ) -> dict[str, object]:
-    p = classifier.predict(model.booster, x[idx])
+    p = model.predict(x[idx])
     result = metrics.binary_metrics(prep.labels[idx], p, model.threshold)
+    result |= calibrate.quality(prep.labels[idx], p)
     result["ci95"] = metrics.bootstrap_ci(prep.labels[idx], p, model.threshold, prep.groups[idx])
     result["per_class"] = metrics.per_class(prep.labels[idx], p, model.threshold)
     result["scores"] = {"y": prep.labels[idx].tolist(), "p": p.tolist()}
@@ -40,7 +41,7 @@ def per_cluster(
     prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
 ) -> dict[str, object]:
     """Mean probability per group: one vote per radiograph group, not per augmented copy."""
-    p = classifier.predict(model.booster, x[idx])
+    p = model.predict(x[idx])
     groups = prep.groups[idx]
     uniq = sorted(set(groups.tolist()))
     yg = np.array([prep.labels[idx][groups == g].max() for g in uniq])
@@ -77,6 +78,7 @@ def fit_on(
         options.target_sensitivity,
         options.work,
         options.threads,
+        options.calibration,
     )
 
 
@@ -94,8 +96,8 @@ def cv_fold(prep: Prepared, options: TrainOptions, network: Network, k: int) -> 
     model, x = fit_on(
         prep, options, network.head, fit_idx, idx[tr[b]], options.layout, True, f"cv{k}"
     )
-    p = classifier.predict(model.booster, x[idx[te]])
-    m = metrics.binary_metrics(y[te], p, model.threshold)
+    p = model.predict(x[idx[te]])
+    m = metrics.binary_metrics(y[te], p, model.threshold) | calibrate.quality(y[te], p)
     if options.int8:
         m["int8"] = int8_rows(prep, options, network, model, x, fit_idx, idx[te])
     m["fold"] = k
@@ -119,7 +121,7 @@ def int8_rows(
     int8_x, calibration_images = int8.int8_features(
         network, model, prep.samples, calibration, evaluate, options
     )
-    float_p = classifier.predict(model.booster, x[evaluate])
+    float_p = model.predict(x[evaluate])
     return int8.compare(prep.labels[evaluate], float_p, model, int8_x, calibration_images)
 
 
@@ -153,6 +155,7 @@ def summarise_cv(prep: Prepared, folds: list[dict[str, Any]]) -> dict[str, objec
         "accuracy_mean": acc_mean,
         "accuracy_ci95_t": [acc_lo, acc_hi],
         "pooled_auc_ci95_group_bootstrap": metrics.bootstrap_ci(y, oof, 0.5, g)["auc"],
+        "calibration": calibrate.quality(y, oof),
         "scores": {"y": y.tolist(), "p": oof.tolist()},
     }
 

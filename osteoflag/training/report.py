@@ -17,6 +17,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from osteoflag.inference.bundle import MODEL_CARD
 from osteoflag.inference.quantize import MAX_AUC_DROP
+from osteoflag.training.card_calibration import calibration_lines
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
         f"- Features: {run['layout']}.",
         f"- Fine-tuning: {run['finetune']}.",
         f"- LightGBM: {run['booster']}.",
-        f"- Threshold: chosen on validation only ({rule}).",
+        f"- Threshold: chosen on validation only ({rule}), on the calibrated scale "
+        f"(calibration: {run.get('calibration', 'none')}).",
         f"- Whole `train` run: {results.get('seconds', 0) / 60:.1f} min on this 2-core CPU.",
         "",
     ]
@@ -329,6 +331,7 @@ def write_card(folder: Path, results: Mapping[str, Any]) -> None:
         lines += _cv(folder, results["cv"])
     if (pub and pub.get("other_source")) or results.get("cross"):
         lines += _cross(folder, pub, results.get("cross"))
+    lines += calibration_lines(folder, results)
     lines += _int8(pub, results.get("cv"))
     if results.get("layouts"):
         lines += _layouts(results["layouts"])

@@ -111,6 +111,12 @@ def test_bundle_loads_and_predicts_like_training(
     assert 0.0 <= prediction.probability <= 1.0
     assert results["parity"]["torch_vs_onnxruntime"] <= 1e-4  # type: ignore[index]
     assert {"published", "cv", "cross"} <= set(results)
+    # served probabilities are calibrated on validation groups; the card reports how well
+    assert bundle.manifest.calibration is not None
+    assert bundle.manifest.calibration.method == "platt"
+    assert 0.0 <= results["cv"]["calibration"]["ece"] <= 1.0  # type: ignore[index]
+    card = (bundle_dir / "MODEL_CARD.md").read_text()
+    assert "## Calibration" in card and (bundle_dir / "reliability.png").is_file()
     if not vgg:  # INT8 scored beside float32 on the same held-out images
         published_int8 = results["published"]["int8"]  # type: ignore[index]
         assert published_int8["n"] == 32

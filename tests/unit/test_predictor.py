@@ -78,3 +78,39 @@ def test_unloadable_backbone_is_refused(tmp_path: Path) -> None:
     write_manifest(folder, **fields)
     with pytest.raises(BundleError, match=r"backbone\.onnx"):
         Predictor(load_bundle(folder))
+
+
+def _recalibrated(folder: Path, calibration: dict[str, object]) -> Path:
+    fields = json.loads((folder / "manifest.json").read_text())
+    for key in ("files", "format_version"):
+        fields.pop(key)
+    write_manifest(folder, **(fields | {"calibration": calibration}))
+    return folder
+
+
+def test_served_probability_is_the_calibrated_score(predictor: Predictor, tmp_path: Path) -> None:
+    displays = _displays(5)
+    raw = np.array([p.probability for p in predictor.predict(displays)])
+    folder = _recalibrated(build_bundle(tmp_path / "b"), {"method": "platt", "a": 0.5, "b": -1})
+    served = np.array([p.probability for p in Predictor(load_bundle(folder)).predict(displays)])
+    z = 0.5 * np.log(raw / (1 - raw)) - 1.0
+    assert served == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-6)
+    folder = _recalibrated(folder, {"method": "isotonic", "x": [0.0, 1.0], "y": [0.2, 0.6]})
+    served = np.array([p.probability for p in Predictor(load_bundle(folder)).predict(displays)])
+    assert served == pytest.approx(0.2 + 0.4 * raw, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"method": "platt", "a": -1.0, "b": 0.0},
+        {"method": "platt", "a": 1.0},
+        {"method": "isotonic", "x": [0.0, 0.5], "y": [0.9, 0.1]},
+        {"method": "isotonic", "x": [0.0], "y": [0.5]},
+    ],
+)
+def test_a_calibration_that_is_not_increasing_or_incomplete_is_refused(
+    tmp_path: Path, calibration: dict[str, object]
+) -> None:
+    with pytest.raises(BundleError, match="'calibration'"):
+        _recalibrated(build_bundle(tmp_path / "b"), calibration)
