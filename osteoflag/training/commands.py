@@ -26,6 +26,7 @@ DEFAULT_WORK = Path("artifacts/train")
 #: parsing the command line does not import torch.
 BACKBONES = ("efficientnet_lite0", "vgg16")
 LAYOUTS = ("b5_avg", "b5", "b345")
+CALIBRATIONS = ("platt", "isotonic", "none")
 #: Each backbone's default layout (see the model card's layout table).
 DEFAULT_LAYOUT = {"efficientnet_lite0": "b5", "vgg16": "b345"}
 
@@ -115,6 +116,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="threshold reaching sensitivity S on validation (default: Youden's J)",
     )
     parser.add_argument(
+        "--calibration",
+        choices=CALIBRATIONS,
+        default=CALIBRATIONS[0],
+        help="score-to-probability map fitted on validation groups and stored in the bundle "
+        "(default platt)",
+    )
+    parser.add_argument(
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
     parser.add_argument(
@@ -143,6 +151,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
 
     from osteoflag.inference.pixels import ResizeMode
     from osteoflag.training.backbones import FeatureLayout, Init
+    from osteoflag.training.calibrate import Calibration
     from osteoflag.training.networks import Architecture, default_init, default_name
     from osteoflag.training.prepared import TrainOptions
 
@@ -170,6 +179,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         compare_layouts=not args.no_compare,
         int8=args.int8,
         notes=tuple(args.note),
+        calibration=Calibration(args.calibration),
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}

@@ -8,8 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from osteoflag.training.backbones import FeatureLayout
+from osteoflag.training.calibrate import Calibration
 from osteoflag.training.commands import (
     BACKBONES,
+    CALIBRATIONS,
     DEFAULT_LAYOUT,
     LAYOUTS,
     add_train_arguments,
@@ -25,6 +27,9 @@ def test_command_line_choices_are_the_enums() -> None:
     assert set(LAYOUTS) == {layout.value for layout in FeatureLayout}
     assert set(DEFAULT_LAYOUT) == set(BACKBONES)
     assert set(DEFAULT_LAYOUT.values()) <= set(LAYOUTS)
+    assert set(CALIBRATIONS) == {c.value for c in Calibration}
+    assert train_options(_parsed()).calibration is Calibration.PLATT
+    assert train_options(_parsed("--calibration", "isotonic")).calibration is Calibration.ISOTONIC
 
 
 def test_fine_tuning_defaults_follow_the_architecture_and_seed(tmp_path: Path) -> None:
