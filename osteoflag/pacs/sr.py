@@ -4,11 +4,12 @@ One function per template of PS3.16: TID 1500 Measurement Report at the root, it
 observation context a device (TID 1002 / TID 1004). A flagged image with a region gets a
 TID 1410 Planar ROI group in "Imaging Measurements": the finding, TID 4019 Algorithm
 Identification, the region as a 2D SCOORD box on the source image and a TID 300
-"Certainty of Finding" in percent. Viewers that draw TID 1500 reports (OHIF) reject a
-whole document when one of its groups has no SCOORD, so every other result (not flagged,
-undetermined, flagged without a region) is stated once for the document in TID 1500's
-"Qualitative Evaluations" container, inferred from the source image. :mod:`sr_read`
-parses both forms back.
+"Certainty of Finding" in percent. Viewers that draw TID 1500 reports (OHIF) reject a whole
+document when one of its groups has no SCOORD, and cannot display one without any group, so
+a scored result without a region gets a TID 1501 group whose certainty is inferred from the
+whole image (an SCOORD along its border) and labelled in words. An undetermined result has
+no score and is stated once for the document in TID 1500's "Qualitative Evaluations"
+container. :mod:`sr_read` parses every form back.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from osteoflag.pacs.derived import (
     DEVICE_MODEL_NAME,
     DEVICE_NAME,
     MANUFACTURER,
+    RESEARCH_PREFIX,
     RESEARCH_STATEMENT,
     Classification,
     Kind,
@@ -135,13 +137,65 @@ def fracture_region_group(
     )
 
 
+def statement(result: Classification, region: Region | None) -> str:
+    """The result in words, as a viewer labels a group (research-only marked)."""
+    if result.label is Label.NO_FRACTURE:
+        return f"{RESEARCH_PREFIX} - no fracture suspected"
+    where = "" if region is not None else " (no region)"
+    return f"{RESEARCH_PREFIX} - fracture suspected{where}"
+
+
+def whole_image_group(
+    source: Dataset, result: Classification, model: ModelIdentity
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group for a scored result without a region (not flagged, or flagged where
+    the model gave no region): the certainty is inferred from the whole image (TID 300 / 320,
+    a closed POLYLINE along the image's border), and a Comment states the result in words.
+
+    Viewers that draw TID 1500 reports need an SCOORD in every group and at least one group
+    to open the document at all (OHIF 3.13); this draws the border labelled with the words.
+    """
+    assert result.probability is not None  # guaranteed by Classification
+    rows, columns = int(require(source, "Rows")), int(require(source, "Columns"))
+    site = codes.finding_site(source.get("BodyPartExamined"))
+    certainty = hd.sr.Measurement(
+        name=codes.CERTAINTY_OF_FINDING,
+        value=round(result.probability * 100.0, 4),
+        unit=codes.PERCENT,
+        referenced_coordinates=[
+            hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=box_polyline((0, 0, columns, rows)),
+                source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+            )
+        ],
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking_identifier(require(source, "SOPInstanceUID"), model),
+        finding_type=codes.FRACTURE_OF_BONE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=site)] if site is not None else None,
+        algorithm_id=algorithm_identification(model),
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=codes.FRACTURE_OF_BONE, value=EVALUATIONS[result.label]
+            )
+        ],
+        measurements=[certainty],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+    group[0].ContentSequence.append(
+        _text(statement(result, None), hd.sr.RelationshipTypeValues.CONTAINS)
+    )
+    return group
+
+
 def document_evaluation(
     source: Dataset, result: Classification, model: ModelIdentity
 ) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": the result for the whole image, no region.
+    """TID 1500 "Qualitative Evaluations": an unscored (undetermined) result, no group.
 
-    One CODE item "Fracture of bone" = Present / Absent / Undetermined, modified by the
-    finding site and TID 4019, with the certainty and any reason as its properties and the
+    One CODE item "Fracture of bone" = Undetermined (or the label given), modified by the
+    finding site and TID 4019, with any certainty and reason as its properties and the
     source image it was inferred from.
     """
     site = codes.finding_site(source.get("BodyPartExamined"))
@@ -208,12 +262,15 @@ def measurement_report(
 def report_findings(
     source: Dataset, result: Classification, model: ModelIdentity, region: Region | None
 ) -> hd.sr.ContainerContentItem:
-    """The image group when there is a region to draw, else the document-level evaluation."""
+    """A TID 1410 group around the region; a TID 1501 group for the whole image when a scored
+    result has none; the document-level evaluation for an undetermined one."""
+    if result.label is Label.UNDETERMINED:
+        return document_evaluation(source, result, model)
     if result.label is Label.FRACTURE and region is not None:
         assert result.probability is not None  # guaranteed by Classification
         group = fracture_region_group(source, result.probability, region, model)
         return _container(codes.IMAGING_MEASUREMENTS, group)
-    return document_evaluation(source, result, model)
+    return _container(codes.IMAGING_MEASUREMENTS, whole_image_group(source, result, model))
 
 
 def _container(

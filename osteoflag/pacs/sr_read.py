@@ -143,7 +143,7 @@ def read_result(dataset: Dataset) -> ReportedResult:
         threshold=None if threshold is None else float(threshold),
         model_name=next(iter(texts.get(codes.ALGORITHM_NAME.value, [])), ""),
         model_version=next(iter(texts.get(codes.ALGORITHM_VERSION.value, [])), ""),
-        reason=comments[0] if comments else None,
+        reason=comments[0] if comments and label is Label.UNDETERMINED else None,
         region=region,
         tracking_uid=tracking,
         bundle_sha256=_parameter(parameters, SHA256_PARAMETER),

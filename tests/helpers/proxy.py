@@ -13,13 +13,15 @@ import http.client
 import mimetypes
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host"}
+# Asked of the upstream uncompressed, so that answers can be rewritten.
+_NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -42,7 +44,7 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_FORWARDED}
         connection = http.client.HTTPConnection(
             proxy.upstream_host, proxy.upstream_port, timeout=60
         )
@@ -69,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
         target = (root / path.lstrip("/")).resolve()
         if not target.is_file() or root.resolve() not in target.parents:
             target = root / "index.html"
-        payload = target.read_bytes()
+        payload = self.server.overrides.get(path) or target.read_bytes()
         self.send_response(200)
         self.send_header("Content-Type", mimetypes.guess_type(target.name)[0] or "text/plain")
         self.send_header("Content-Length", str(len(payload)))
@@ -84,6 +86,7 @@ class _ProxyServer(ThreadingHTTPServer):
     static: Path | None
     forward: str
     rewrite: list[tuple[bytes, bytes]]
+    overrides: dict[str, bytes]
 
 
 @contextmanager
@@ -94,17 +97,19 @@ def reverse_proxy(
     static: Path | None = None,
     forward: str = "/",
     rewrite_upstream: bool = False,
+    overrides: Callable[[str], dict[str, bytes]] | None = None,
 ) -> Iterator[str]:
     """Run the proxy on a free loopback port for a block; yields its base URL.
 
     ``certificate`` (PEM certificate, key) makes it HTTPS. ``rewrite_upstream`` replaces
     the upstream's own base URL in answers with the proxy's (DICOMweb answers carry
-    absolute retrieve URLs).
+    absolute retrieve URLs). ``overrides`` maps the proxy's base URL to static paths
+    answered with given bytes instead of the folder's file (a viewer's configuration).
     """
     parts = urlsplit(upstream)
     server = _ProxyServer(("127.0.0.1", 0), _Handler)
     server.upstream_host, server.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
-    server.static, server.forward, server.rewrite = static, forward, []
+    server.static, server.forward, server.rewrite, server.overrides = static, forward, [], {}
     scheme = "http"
     if certificate is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -113,6 +118,8 @@ def reverse_proxy(
         scheme = "https"
     host = "localhost" if certificate is not None else "127.0.0.1"
     base = f"{scheme}://{host}:{server.server_address[1]}"
+    if overrides is not None:
+        server.overrides = overrides(base)
     if rewrite_upstream:
         server.rewrite.append((upstream.rstrip("/").encode(), base.encode()))
     thread = threading.Thread(target=server.serve_forever, name="test-proxy", daemon=True)

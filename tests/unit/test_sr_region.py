@@ -67,33 +67,73 @@ def test_flagged_image_gets_one_planar_roi_group_with_a_closed_box_on_the_source
 
 
 @pytest.mark.parametrize(
-    ("result", "region", "meaning"),
+    ("result", "region"),
     [
-        (Classification(Label.FRACTURE, 0.87), None, "Present"),
-        (Classification(Label.NO_FRACTURE, 0.1), None, "Absent"),
-        (Classification(Label.NO_FRACTURE, 0.1), REGION, "Absent"),
-        (Classification(Label.UNDETERMINED, reason="too small"), None, "Undetermined"),
+        (Classification(Label.FRACTURE, 0.87), REGION),
+        (Classification(Label.FRACTURE, 0.87), None),
+        (Classification(Label.NO_FRACTURE, 0.1), None),
+        (Classification(Label.NO_FRACTURE, 0.1), REGION),
     ],
-    ids=["fracture-no-region", "no_fracture", "no_fracture-region-ignored", "undetermined"],
+    ids=["fracture-region", "fracture-no-region", "no_fracture", "no_fracture-region-ignored"],
 )
-def test_results_without_a_region_are_stated_for_the_document_in_no_group(
-    result: Classification, region: Region | None, meaning: str
+def test_every_scored_result_has_one_group_with_a_2d_scoord_on_the_source(
+    result: Classification, region: Region | None
 ) -> None:
     source = make_dx()
     sr = _sr(source, result, region)
+
+    (measurements,) = _named(sr.ContentSequence, "Imaging Measurements")
+    (group,) = _named(measurements.ContentSequence, "Measurement Group")
+    items = list(group.ContentSequence)
+    assert _named(items, "Tracking Identifier") and _named(items, "Tracking Unique Identifier")
+    scoords = [item for item in _walk(items) if item.ValueType == "SCOORD"]
+    assert len(scoords) == 1
+    (image,) = scoords[0].ContentSequence
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert not _named(sr.ContentSequence, "Qualitative Evaluations")
+
+
+@pytest.mark.parametrize(
+    ("result", "words"),
+    [
+        (
+            Classification(Label.FRACTURE, 0.87),
+            "RESEARCH USE ONLY - fracture suspected (no region)",
+        ),
+        (Classification(Label.NO_FRACTURE, 0.1), "RESEARCH USE ONLY - no fracture suspected"),
+    ],
+)
+def test_without_a_region_the_certainty_is_inferred_from_the_whole_image(
+    result: Classification, words: str
+) -> None:
+    source = make_dx(rows=256, columns=200)
+    (measurements,) = _named(_sr(source, result, None).ContentSequence, "Imaging Measurements")
+    (group,) = measurements.ContentSequence
+    assert group.ContentTemplateSequence[0].TemplateIdentifier == "1501"
+    items = list(group.ContentSequence)
+    (certainty,) = _named(items, "Certainty of Finding")
+    (scoord,) = certainty.ContentSequence
+    assert (scoord.RelationshipType, scoord.GraphicType) == ("INFERRED FROM", "POLYLINE")
+    assert [float(v) for v in scoord.GraphicData] == [0, 0, 200, 0, 200, 256, 0, 256, 0, 0]
+    assert _named(items, "Comment")[0].TextValue == words
+
+
+def test_undetermined_is_stated_for_the_document_in_no_group() -> None:
+    source = make_dx()
+    sr = _sr(source, Classification(Label.UNDETERMINED, reason="too small"), None)
 
     every = list(_walk(sr.ContentSequence))
     assert not _named(every, "Measurement Group")
     assert not [item for item in every if item.ValueType in ("SCOORD", "SCOORD3D")]
     (container,) = _named(sr.ContentSequence, "Qualitative Evaluations")
     (evaluation,) = container.ContentSequence
-    assert evaluation.ConceptCodeSequence[0].CodeMeaning == meaning
+    assert evaluation.ConceptCodeSequence[0].CodeMeaning == "Undetermined"
     children = list(evaluation.ContentSequence)
     (image,) = _named(children, "Source")
     assert image.RelationshipType == "INFERRED FROM"
     assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert _named(children, "Algorithm Name")[0].TextValue == MODEL.name
-    assert bool(_named(children, "Certainty of Finding")) is (result.probability is not None)
+    assert _named(children, "Comment")[0].TextValue == "too small"
 
 
 def test_tracking_uid_is_stable_per_source_and_distinct_between_sources() -> None:
