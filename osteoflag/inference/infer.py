@@ -1,8 +1,10 @@
 """Classify local files without the daemon: the body of ``osteoflag infer``.
 
 One JSON object per line and per file, in the order given (directories recursed, sorted):
-``{"file", "probability", "label", "threshold", "model"}``, or ``{"file", "error"}`` for a
-file that cannot be classified, in which case the exit status is 1 once all are done.
+``{"file", "probability", "label", "threshold", "model"}``, plus ``"region": {"peak": [x, y],
+"box": [x0, y0, x1, y1]}`` (source pixels) for a fracture when the bundle localises, or
+``{"file", "error"}`` for a file that cannot be classified, in which case the exit status is 1
+once all are done.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from osteoflag.config import Settings
 from osteoflag.errors import ConfigError, PixelDataError
 from osteoflag.files import walk_files
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
 
@@ -46,9 +49,12 @@ def classify_files(
         records: list[dict[str, object]] = []
         ready: list[int] = []
         inputs = []
+        sizes: list[tuple[int, int]] = []
         for path in chunk:
             try:
-                inputs.append(model_input(load_display(path), spec))
+                display = load_display(path)
+                inputs.append(model_input(display, spec))
+                sizes.append(display.size)
                 ready.append(len(records))
                 records.append({"file": str(path)})
             except PixelDataError as exc:
@@ -58,13 +64,16 @@ def classify_files(
                 failures += 1
                 error = f"unexpected {type(exc).__name__} while decoding: {exc}"
                 records.append({"file": str(path), "error": error})
-        for index, prediction in zip(ready, predictor.predict_inputs(inputs), strict=True):
+        predictions = predictor.predict_inputs(inputs, sizes)
+        for index, prediction in zip(ready, predictions, strict=True):
             records[index].update(
                 probability=prediction.probability,
                 label=prediction.label.value,
                 threshold=prediction.threshold,
                 model=prediction.model,
             )
+            if prediction.label is Label.FRACTURE and prediction.region is not None:
+                records[index]["region"] = prediction.region.as_json()
         for record in records:
             out.write(_line(record, as_json) + "\n")
         out.flush()

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from osteoflag.inference.maps import add_maps_to_bundle
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.inference_data import dataset, dicom_from_png, png_of, radiograph, save
-from testkit.tiny_bundle import build_bundle
+from testkit.tiny_bundle import _training_images, build_bundle
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,28 @@ def test_bad_bundle_exits_2_with_reason(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "classifier.txt" in done.stderr.strip().splitlines()[-1]
+
+
+def test_region_only_for_fractures_in_source_pixels(tmp_path: Path) -> None:
+    build_bundle(tmp_path / "plain")
+    add_maps_to_bundle(tmp_path / "plain", tmp_path / "bundle")
+    images = tmp_path / "images"
+    images.mkdir()
+    sizes = {}
+    for index, image in enumerate(_training_images((90, 150), 16, seed=7)):
+        path = images / f"{index:02d}.png"
+        Image.fromarray((image * 255).astype(np.uint8)).save(path)
+        sizes[path.name] = (150, 90)
+    config = write_config(tmp_path, base_sections(tmp_path, tmp_path / "bundle"))
+    done = osteoflag("infer", str(images), "--json", config=config, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    labels = {line["label"] for line in lines}
+    assert labels == {"fracture", "no_fracture"}
+    for line in lines:
+        if line["label"] == "no_fracture":
+            assert "region" not in line
+            continue
+        width, height = sizes[Path(line["file"]).name]
+        (x, y), (x0, y0, x1, y1) = line["region"]["peak"], line["region"]["box"]
+        assert 0 <= x0 <= x <= x1 < width and 0 <= y0 <= y <= y1 < height
