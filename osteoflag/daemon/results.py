@@ -55,7 +55,14 @@ class Reporting:
         """The SR (and summary image) of a classified instance, written; their rows to add."""
         classification = Classification(label=Label(result.label), probability=result.probability)
         written = write_objects(
-            instance, source, classification, self._model, self._settings, result.made_at, grey=grey
+            instance,
+            source,
+            classification,
+            self._model,
+            self._settings,
+            result.made_at,
+            grey=grey,
+            region=result.region,
         )
         return self._recording(instance, source, written)
 

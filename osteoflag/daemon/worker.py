@@ -128,6 +128,11 @@ class _Ready:
     prepare_ms: float
 
 
+def _size(grey: GreyArray) -> tuple[int, int]:
+    rows, columns = grey.shape
+    return rows, columns
+
+
 def domain_refusal(ds: Dataset, model: ModelSettings) -> str | None:
     """Why ``ds`` is outside the model's domain, or None when it may be classified."""
     if model.body_parts:
@@ -274,7 +279,9 @@ class InferenceWorker:
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
         try:
-            predictions = self._predictor.predict_inputs([item.tensor for item in ready])
+            predictions = self._predictor.predict_inputs(
+                [item.tensor for item in ready], [_size(item.grey) for item in ready]
+            )
         except OsteoflagError as exc:
             for item in ready:
                 self._refuse(
@@ -289,6 +296,7 @@ class InferenceWorker:
                 threshold=prediction.threshold,
                 model=prediction.model,
                 inference_ms=item.prepare_ms + model_ms,
+                region=prediction.region,
             )
             self._store(item, result)
 

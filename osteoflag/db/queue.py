@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.db import claims
 from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.inference.region import Region
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class Result:
     threshold: float
     model: str
     inference_ms: float
+    #: Where the model points, for a fracture when the bundle localises: handed to the
+    #: objects written for the result (SR, presentation state, summary), not stored here.
+    region: Region | None = None
     #: When the result was made: the instance's ``finished_at`` and the produced objects'
     #: Content and Series Date/Time, so they agree (even after a requeue).
     made_at: datetime = field(default_factory=utcnow)

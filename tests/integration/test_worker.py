@@ -19,6 +19,7 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState
 from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import GreyArray, display_from_dataset
 from osteoflag.inference.predictor import Predictor
 from testkit.inference_data import dataset, radiograph, save
@@ -322,3 +323,33 @@ def test_refused_runs_for_readable_skips_and_failures(
     assert states["1.2.7.3"][0] is InstanceState.SKIPPED
     assert (states["1.2.7.3"][1] or "").endswith("no report produced: disk full")
     assert states["1.2.7.4"][0] is InstanceState.FAILED
+
+
+def test_a_flagged_result_hands_its_region_to_the_objects(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    build_bundle(tmp_path / "plain")
+    add_maps_to_bundle(tmp_path / "plain", tmp_path / "maps")
+    predictor = Predictor(load_bundle(tmp_path / "maps"), threads=1, batch_size=4)
+    results: dict[str, tuple[queue.Result, tuple[int, ...]]] = {}
+
+    class Regions(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record | None:
+            results[instance.sop_instance_uid] = (result, grey.shape)
+            return None
+
+    for seed in range(3):  # seed 0 is flagged by the tiny bundle, 1 and 2 are not
+        image = radiograph(rows=96 + 40 * seed, columns=80, seed=seed)
+        path = save(dataset(image, bits_stored=12), tmp_path / f"r{seed}.dcm")
+        _enqueue(sessions, path, f"1.2.10.{seed}")
+    InferenceWorker(settings, sessions, predictor, Regions()).drain()
+    labels = {uid: result.label for uid, (result, _) in results.items()}
+    assert labels == {"1.2.10.0": "fracture", "1.2.10.1": "no_fracture", "1.2.10.2": "no_fracture"}
+    flagged, (rows, columns) = results["1.2.10.0"]
+    assert flagged.region is not None
+    x0, y0, x1, y1 = flagged.region.box
+    assert 0 <= x0 <= flagged.region.peak[0] <= x1 < columns
+    assert 0 <= y0 <= flagged.region.peak[1] <= y1 < rows
+    assert results["1.2.10.1"][0].region is None and results["1.2.10.2"][0].region is None
