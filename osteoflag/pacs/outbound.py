@@ -102,7 +102,11 @@ def build_objects(
         objects.append(build_gsps(source, result.probability, region, model=model, created=created))
     if settings.report.summary_image:
         try:
-            objects.append(build_summary(source, result, model=model, created=created, grey=grey))
+            objects.append(
+                build_summary(
+                    source, result, model=model, created=created, grey=grey, region=region
+                )
+            )
         except PixelDataError:
             if result.label is not Label.UNDETERMINED:
                 raise

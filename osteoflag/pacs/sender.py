@@ -20,15 +20,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Destination, DicomWebDestination, Settings
 from osteoflag.db import outbound
 from osteoflag.db.models import Outbound, utcnow
+from osteoflag.errors import PixelDataError
+from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
 from osteoflag.pacs.status import is_permanent, is_success
@@ -38,6 +42,9 @@ from osteoflag.pacs.tls import client_context
 logger = logging.getLogger(__name__)
 
 _PROPOSED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+#: Compressed syntaxes proposed, each in a context of its own, for the SOP classes we write
+#: compressed: the summary image. A peer that declines them gets it decompressed.
+_COMPRESSED_SYNTAXES = {SecondaryCaptureImageStorage: summary.TRANSFER_SYNTAX}
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ def _associate(
     ae.connection_timeout = timeout
     for sop_class in sorted(sop_classes):
         ae.add_requested_context(sop_class, _PROPOSED_SYNTAXES)
+        if sop_class in _COMPRESSED_SYNTAXES:
+            ae.add_requested_context(sop_class, _COMPRESSED_SYNTAXES[sop_class])
     tls_args = None
     if destination.tls is not None:
         tls_args = (client_context(destination.tls), destination.host)
@@ -149,8 +158,8 @@ def _store_all(
             report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
             continue
         try:
-            response = assoc.send_c_store(dataset)
-        except (ValueError, RuntimeError, AttributeError) as exc:
+            response = assoc.send_c_store(as_accepted(dataset, assoc))
+        except (ValueError, RuntimeError, AttributeError, PixelDataError) as exc:
             report += _failed(sessions, row, policy, f"{key} cannot take it: {exc}", True)
             continue
         status = int(response.Status) if "Status" in response else None
@@ -163,6 +172,24 @@ def _store_all(
             permanent = is_permanent(status)
             report += _failed(sessions, row, policy, f"{key} answered 0x{status:04X}", permanent)
     return report
+
+
+def as_accepted(dataset: Dataset, assoc: Association) -> Dataset:
+    """``dataset`` in a transfer syntax the peer accepted for its SOP class: a compressed
+    object whose syntax was declined goes decompressed (Explicit VR Little Endian, RGB, same
+    SOP Instance UID; Lossy Image Compression stays "01")."""
+    syntax = UID(dataset.file_meta.TransferSyntaxUID)
+    accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+    if not syntax.is_compressed or (dataset.SOPClassUID, syntax) in accepted:
+        return dataset
+    try:
+        dataset.decompress(generate_instance_uid=False)
+    except Exception as exc:  # pydicom's decoders raise many unrelated types
+        raise PixelDataError(
+            f"(7FE0,0010) cannot decompress {dataset.SOPInstanceUID} ({syntax.name}) for a "
+            f"peer that declined it: {exc}"
+        ) from exc
+    return dataset
 
 
 def _stow_all(

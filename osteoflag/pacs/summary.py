@@ -2,7 +2,8 @@
 
 Many viewers do not render SR, so the result is also sent as a Secondary Capture Image
 (PS3.3 A.8.1) in its own series of the source study (Modality OT), with
-BurnedInAnnotation YES. The banner is added above the image, never over the anatomy.
+BurnedInAnnotation YES. The banner is added above the image, never over the anatomy; a
+flagged image's region and the model's evidence are drawn on it (:mod:`osteoflag.pacs.picture`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from typing import Final
 import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEGBaseline8Bit
 from pydicom.valuerep import DA, TM
 
 import osteoflag
 from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import DisplayImage, GreyArray, display_from_dataset
+from osteoflag.inference.region import Region
 from osteoflag.pacs import values
 from osteoflag.pacs.derived import (
     COPIED,
@@ -39,16 +42,14 @@ from osteoflag.pacs.derived import (
     series_uid,
     study_evidence,
 )
+from osteoflag.pacs.picture import render
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_SERIES_NUMBER: Final = 9902
-MAX_SIDE: Final = 2048
-_COLOURS: Final = {
-    Label.FRACTURE: (200, 30, 30),
-    Label.NO_FRACTURE: (30, 120, 50),
-    Label.UNDETERMINED: (120, 120, 120),
-}
+#: The summary is stored JPEG Baseline (lossy, 8 bits): a pointer to the result, not a
+#: diagnostic image, so a PACS keeps ~0.1-0.3 MB instead of ~3 MB of uncompressed RGB.
+TRANSFER_SYNTAX: Final = JPEGBaseline8Bit
 
 
 def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
@@ -69,38 +70,24 @@ def banner_lines(result: Classification, model: ModelIdentity) -> list[str]:
     ]
 
 
-def render(grey: NDArray[np.uint8], lines: list[str], label: Label) -> NDArray[np.uint8]:
-    """An RGB image: a coloured banner with ``lines`` stacked above the (downscaled) radiograph."""
-    image = Image.fromarray(grey, mode="L")
-    scale = MAX_SIDE / max(image.size)
-    if scale < 1.0:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    width = max(image.width, 480)
-    font_size = max(12, width // 40)
-    font = ImageFont.load_default(size=font_size)
-    line_height = round(font_size * 1.4)
-    banner_height = line_height * len(lines) + font_size
-    canvas = Image.new("RGB", (width, banner_height + image.height), (0, 0, 0))
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle((0, 0, width, banner_height - 1), fill=_COLOURS[label])
-    for index, line in enumerate(lines):
-        draw.text(
-            (font_size // 2, font_size // 2 + index * line_height),
-            line,
-            fill=(255, 255, 255),
-            font=font,
-        )
-    canvas.paste(image.convert("RGB"), (0, banner_height))
-    return np.asarray(canvas, dtype=np.uint8)
-
-
 def banner_image(
-    display: DisplayImage, result: Classification, model: ModelIdentity
+    display: DisplayImage,
+    result: Classification,
+    model: ModelIdentity,
+    region: Region | None = None,
 ) -> NDArray[np.uint8]:
     """The summary's RGB pixels for any display image: the PACS's picture, and the operator
     page's for an uploaded PNG, JPEG or DICOM file."""
-    return render(display.grey8(), banner_lines(result, model), result.label)
+    return render(display.grey8(), banner_lines(result, model), result.label, region)
+
+
+def mark_lossy(image: Dataset, uncompressed_bytes: int) -> None:
+    """Lossy Image Compression "01" with its ratio and method (PS3.3 C.7.6.1.1.5), from the
+    size of the one encapsulated frame."""
+    frame = next(generate_frames(image.PixelData, number_of_frames=1))
+    image.LossyImageCompression = "01"
+    image.LossyImageCompressionRatio = [f"{uncompressed_bytes / len(frame):.2f}"]
+    image.LossyImageCompressionMethod = ["ISO_10918_1"]
 
 
 def build_summary(
@@ -110,8 +97,10 @@ def build_summary(
     model: ModelIdentity,
     created: datetime,
     grey: GreyArray | None = None,
+    region: Region | None = None,
 ) -> Dataset:
-    """The Secondary Capture summary of one classified image, with deterministic UIDs.
+    """The Secondary Capture summary of one classified image, with deterministic UIDs, JPEG
+    Baseline encoded (PS3.5 A.4.1; Lossy Image Compression set, PS3.3 C.7.6.1.1.5).
 
     ``grey`` is ``source`` as displayed, in 8 bits (:meth:`DisplayImage.grey8`), when the
     caller already has it (the worker does: decoding a 2048x1664 image again costs ~20 ms).
@@ -119,13 +108,14 @@ def build_summary(
     evidence = study_evidence(source)
     if grey is None:
         grey = display_from_dataset(source).grey8()
-    pixels = render(grey, banner_lines(result, model), result.label)
+    pixels = render(grey, banner_lines(result, model), result.label, region)
     sop_uid = instance_uid(evidence.SOPInstanceUID, model.version, Kind.SUMMARY)
     try:
         image = hd.sc.SCImage(
             pixel_array=pixels,
-            photometric_interpretation="RGB",
+            photometric_interpretation="YBR_FULL_422",
             bits_allocated=8,
+            transfer_syntax_uid=TRANSFER_SYNTAX,
             coordinate_system="PATIENT",
             study_instance_uid=evidence.StudyInstanceUID,
             series_instance_uid=series_uid(evidence.SeriesInstanceUID, model.version, Kind.SUMMARY),
@@ -159,6 +149,7 @@ def build_summary(
     image.DateOfSecondaryCapture = DA(created.date())
     image.TimeOfSecondaryCapture = TM(created.time())
     image.BurnedInAnnotation = "YES"
+    mark_lossy(image, pixels.nbytes)
     image.ImageComments = RESEARCH_STATEMENT
     reference = Dataset()
     reference.ReferencedSOPClassUID = require(source, "SOPClassUID")

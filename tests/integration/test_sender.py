@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +35,7 @@ from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 FRACTURE = Classification(Label.FRACTURE, 0.91)
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def _settings(tmp_path: Path, ports: list[int], **sender: object) -> Settings:
@@ -227,13 +229,19 @@ def test_past_the_deadline_is_failed_and_requeue_brings_it_back(
     assert send_pending(sessions, live).sent == 2
 
 
-def test_delivers_to_dcmtk_storescp(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+@pytest.mark.parametrize("accept_jpeg", [False, True], ids=["uncompressed-only", "accepts-jpeg"])
+def test_delivers_to_dcmtk_storescp(
+    tmp_path: Path, sessions: sessionmaker[Session], accept_jpeg: bool
+) -> None:
+    """storescp accepts only uncompressed syntaxes unless told ``+xa``: the JPEG summary
+    reaches it either way, decompressed when it must be, with the same SOP Instance UID."""
     tool = require_tool("storescp")
     port = free_port()
     received = tmp_path / "storescp"
     received.mkdir()
+    options = ["+xa"] if accept_jpeg else []
     process = subprocess.Popen(
-        [tool, "--aetitle", "PACS0", "--output-directory", str(received), str(port)],
+        [tool, *options, "--aetitle", "PACS0", "--output-directory", str(received), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -245,8 +253,17 @@ def test_delivers_to_dcmtk_storescp(tmp_path: Path, sessions: sessionmaker[Sessi
     finally:
         process.terminate()
         process.wait(timeout=10)
-    stored = {str(pydicom.dcmread(path).SOPInstanceUID) for path in received.iterdir()}
-    assert stored == {row.sop_instance_uid for row in rows}
+    stored = {str(pydicom.dcmread(path).SOPInstanceUID): path for path in received.iterdir()}
+    assert set(stored) == {row.sop_instance_uid for row in rows}
+    [summary_row] = [row for row in rows if row.sop_class_uid == SECONDARY_CAPTURE]
+    summary = pydicom.dcmread(stored[summary_row.sop_instance_uid])
+    expected = JPEGBaseline8Bit if accept_jpeg else ExplicitVRLittleEndian
+    assert summary.file_meta.TransferSyntaxUID == expected
+    assert summary.LossyImageCompression == "01"
+    assert summary.PhotometricInterpretation == ("YBR_FULL_422" if accept_jpeg else "RGB")
+    assert summary.pixel_array.shape[2] == 3
+    original = pydicom.dcmread(summary_row.file_path)
+    assert original.file_meta.TransferSyntaxUID == JPEGBaseline8Bit  # our copy is unchanged
 
 
 def test_objects_for_a_removed_destination_are_failed(

@@ -1,0 +1,99 @@
+"""The summary's picture: a research-only banner above the radiograph, with the region drawn.
+
+One function for the PACS's Secondary Capture and the web page's "try an image", so the
+operator sees what the PACS gets. The picture is a pointer to the result, not a diagnostic
+image: its longer side is at most :data:`MAX_SIDE` pixels, banner included. The model's
+evidence is blended over the radiograph (hot areas only, so the anatomy stays readable), the
+region's box is outlined and its peak marked.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFont
+
+from osteoflag.inference.labels import Label
+from osteoflag.inference.region import Region
+
+#: Longest side of the picture, banner included.
+MAX_SIDE: Final = 1024
+MIN_WIDTH: Final = 480
+#: Evidence below this fraction of the peak is not coloured; above it, opacity grows to
+#: :data:`HEAT_OPACITY` at the peak.
+HEAT_FLOOR: Final = 0.25
+HEAT_OPACITY: Final = 0.55
+BOX_COLOUR: Final = (255, 220, 0)
+COLOURS: Final = {
+    Label.FRACTURE: (200, 30, 30),
+    Label.NO_FRACTURE: (30, 120, 50),
+    Label.UNDETERMINED: (120, 120, 120),
+}
+
+
+def _fit(image: Image.Image, longest: int) -> Image.Image:
+    scale = longest / max(image.size)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def heat_overlay(grey: Image.Image, heat: NDArray[np.float32]) -> Image.Image:
+    """``grey`` (mode L) in RGB with ``heat`` (0..1, any size, stretched to the image) blended
+    in as red to orange where it is at least :data:`HEAT_FLOOR`."""
+    level = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize(
+        grey.size, Image.Resampling.BILINEAR
+    )
+    h = np.clip(np.asarray(level, dtype=np.float32), 0.0, 1.0)
+    alpha = np.where(h >= HEAT_FLOOR, HEAT_OPACITY * (h - HEAT_FLOOR) / (1 - HEAT_FLOOR), 0.0)
+    colour = np.stack([np.full_like(h, 255.0), 160.0 * h, np.zeros_like(h)], axis=-1)
+    base = np.asarray(grey, dtype=np.float32)[..., np.newaxis]
+    blended = base * (1 - alpha[..., np.newaxis]) + colour * alpha[..., np.newaxis]
+    return Image.fromarray(np.asarray(np.round(blended), dtype=np.uint8), mode="RGB")
+
+
+def _draw_region(draw: ImageDraw.ImageDraw, region: Region, scale: float, top: int) -> None:
+    x0, y0, x1, y1 = (round(v * scale) for v in region.box)
+    width = max(2, round(3 * max(scale, 0.5)))
+    draw.rectangle((x0, top + y0, x1, top + y1), outline=BOX_COLOUR, width=width)
+    px, py = round(region.peak[0] * scale), top + round(region.peak[1] * scale)
+    arm = 4 * width
+    draw.line((px - arm, py, px + arm, py), fill=BOX_COLOUR, width=width)
+    draw.line((px, py - arm, px, py + arm), fill=BOX_COLOUR, width=width)
+
+
+def render(
+    grey: NDArray[np.uint8], lines: list[str], label: Label, region: Region | None = None
+) -> NDArray[np.uint8]:
+    """An RGB picture at most :data:`MAX_SIDE` on its longer side: a banner in the finding's
+    colour with ``lines``, above the radiograph with ``region`` (source pixels) drawn on it."""
+    source = Image.fromarray(grey, mode="L")
+    image = _fit(source, MAX_SIDE)
+    width = max(image.width, MIN_WIDTH)
+    font_size = max(12, width // 40)
+    line_height = round(font_size * 1.4)
+    banner_height = line_height * len(lines) + font_size
+    if banner_height + image.height > MAX_SIDE:
+        image = _fit(source, MAX_SIDE - banner_height)
+    if region is not None and region.heat is not None:
+        picture = heat_overlay(image, region.heat)
+    else:
+        picture = image.convert("RGB")
+    canvas = Image.new("RGB", (width, banner_height + image.height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, width, banner_height - 1), fill=COLOURS[label])
+    font = ImageFont.load_default(size=font_size)
+    for index, line in enumerate(lines):
+        draw.text(
+            (font_size // 2, font_size // 2 + index * line_height),
+            line,
+            fill=(255, 255, 255),
+            font=font,
+        )
+    canvas.paste(picture, (0, banner_height))
+    if region is not None:
+        _draw_region(draw, region, image.width / source.width, banner_height)
+    return np.asarray(canvas, dtype=np.uint8)
