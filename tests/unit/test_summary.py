@@ -16,10 +16,10 @@ from pydicom.uid import JPEGBaseline8Bit
 from osteoflag.errors import PixelDataError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import display_from_dataset
-from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
-from osteoflag.pacs.sr import build_sr
 from osteoflag.inference.region import Region
+from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.picture import BOX_COLOUR, MAX_SIDE
+from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.summary import build_summary
 from tests.sr_fixtures import dciodvfy_errors, make_dx
 
