@@ -1,9 +1,10 @@
 """ "Try an image": classify an uploaded PNG, JPEG or DICOM file exactly as ``infer`` would.
 
 The upload goes through the very functions ``osteoflag infer`` uses (``load_display``,
-``model_input``, ``Predictor.predict_inputs``), so the probability is the same, and its
-banner through the summary image's ``banner_image``, so the picture is the one the PACS
-would get. Nothing enters the queue: the bytes live in memory and, for the decoder, in an
+``model_input``, ``Predictor.predict_inputs``), so the probability and region are the same,
+and its banner through the summary image's ``banner_image``, so the picture is the one the
+PACS would get: for a fracture, with the model's evidence over the image and the region's box.
+Nothing enters the queue: the bytes live in memory and, for the decoder, in an
 owner-only temporary file that is deleted before the response is sent.
 """
 
@@ -22,7 +23,7 @@ from PIL import Image
 
 from osteoflag.errors import PixelDataError
 from osteoflag.inference.budget import DecodeBudget
-from osteoflag.inference.pixels import load_display, model_input
+from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Prediction, Predictor
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.summary import banner_image
@@ -76,9 +77,9 @@ def classify_upload(
         except PixelDataError as exc:
             reason = str(exc).replace(str(path), "upload")
             raise UploadError(f"not a PNG, JPEG or DICOM image we can read ({reason})") from exc
-    [prediction] = predictor.predict_inputs([model_input(display, predictor.bundle.input_spec)])
+    [prediction] = predictor.predict([display])
     result = Classification(label=prediction.label, probability=prediction.probability)
-    banner = png_bytes(banner_image(display, result, model))
+    banner = png_bytes(banner_image(display, result, model, prediction.region))
     logger.info(
         "uploaded image classified",
         extra={

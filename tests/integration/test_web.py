@@ -4,15 +4,19 @@ uploads. Real SQLite in ``tmp_path``, the tiny real bundle, stdlib HTTP on loopb
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +28,7 @@ from osteoflag.db.engine import make_engine, migrate, reading, session_factory
 from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
 from osteoflag.web.app import create_app, create_probe_app
@@ -39,8 +44,11 @@ TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_bundle: Path) -> Predictor:
-    return Predictor(load_bundle(tiny_bundle), threads=1, batch_size=1)
+def predictor(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    """The tiny bundle with its spatial map output, so flagged uploads get a region."""
+    folder = tmp_path_factory.mktemp("web-bundle") / "maps"
+    add_maps_to_bundle(tiny_bundle, folder)
+    return Predictor(load_bundle(folder), threads=1, batch_size=1)
 
 
 @pytest.fixture
@@ -300,6 +308,40 @@ def test_upload_limits_and_non_images(serve: Serve, tmp_path: Path, predictor: P
     assert queue.counts(sessions)["instances"] == dict.fromkeys(
         ("queued", "processing", "done", "skipped", "failed"), 0
     )
+
+
+def _banner(page: str) -> np.ndarray:
+    encoded = re.search(r'id="banner" src="data:image/png;base64,([^"]+)"', page)
+    assert encoded is not None
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded.group(1)))).convert("RGB"))
+
+
+def test_a_flagged_upload_shows_the_evidence_over_the_image(
+    serve: Serve, tmp_path: Path, predictor: Predictor
+) -> None:
+    client, _, _ = serve()
+    token = csrf_token(client.get("/try").text)
+    pages = {}
+    for seed in range(12):
+        png = png_of(radiograph(rows=120, columns=90, maximum=255, seed=seed), tmp_path / "u.png")
+        [prediction] = predictor.predict([load_display(png)])
+        if prediction.label.value not in pages:
+            page = client.post_file("/try", {"csrf_token": token}, "u.png", png.read_bytes())
+            assert page.status == 200
+            pages[prediction.label.value] = (page.text, prediction)
+    flagged_page, flagged = pages["fracture"]
+    negative_page, _ = pages["no_fracture"]
+    assert flagged.region is not None
+    assert f'data-box="{",".join(map(str, flagged.region.box))}"' in flagged_page
+    assert 'id="trial-region"' not in negative_page
+
+    def tinted(picture: np.ndarray) -> int:
+        """Pixels of the radiograph (below the banner) coloured red to orange."""
+        rgb = picture[picture.shape[0] - 120 :, :90].astype(int)
+        return int(((rgb[..., 0] - rgb[..., 2] > 40) & (rgb[..., 0] >= rgb[..., 1])).sum())
+
+    assert tinted(_banner(flagged_page)) > 50  # the evidence, blended in
+    assert tinted(_banner(negative_page)) == 0  # grey only
 
 
 def test_token_protects_everything_but_healthz(serve: Serve) -> None:
