@@ -29,6 +29,7 @@ test: $(VENV)/.installed-dev lint
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.objects
 
 # Rebuild the committed default model bundle (models/default/) from ../shared/data/ (see README, Model).
 model: $(VENV)/.installed-dev

@@ -32,7 +32,8 @@ MANUFACTURER: Final = "osteoflag"
 DEVICE_NAME: Final = "osteoflag RESEARCH USE ONLY"
 DEVICE_MODEL_NAME: Final = "osteoflag fracture flag"
 
-_PATIENT_STUDY_TYPE2: Final = (
+#: Type 2 Patient and General Study attributes: present in what we derive, empty if unknown.
+PATIENT_STUDY_TYPE2: Final = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -51,7 +52,7 @@ _PATIENT_STUDY_OPTIONAL: Final = (
     "StudyDescription",
 )
 #: Every attribute :func:`study_evidence` copies from the source, besides the UIDs.
-COPIED: Final = (*_PATIENT_STUDY_TYPE2, *_PATIENT_STUDY_OPTIONAL)
+COPIED: Final = (*PATIENT_STUDY_TYPE2, *_PATIENT_STUDY_OPTIONAL)
 
 
 class Kind(StrEnum):
@@ -162,7 +163,7 @@ def study_evidence(source: Dataset) -> Dataset:
         evidence.SpecificCharacterSet = charset
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         setattr(evidence, keyword, require(source, keyword))
-    for keyword in _PATIENT_STUDY_TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         value = values.copied_value(source, keyword)
         setattr(evidence, keyword, "" if value is None else value)
     for keyword in _PATIENT_STUDY_OPTIONAL:

@@ -25,6 +25,7 @@ from osteoflag.pacs.derived import (
     COPIED,
     DEVICE_MODEL_NAME,
     MANUFACTURER,
+    PATIENT_STUDY_TYPE2,
     RESEARCH_PREFIX,
     Kind,
     ModelIdentity,
@@ -92,6 +93,9 @@ def build_gsps(
         )
     text = overlay_text(probability)
     header = values.cleaned(source)  # highdicom copies its Patient and Study modules
+    for keyword in PATIENT_STUDY_TYPE2:  # Type 2: present, empty when the source lacks them
+        if keyword not in header:
+            setattr(header, keyword, "")
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[header],
         graphic_layer=_layer(),

@@ -57,6 +57,16 @@ def test_dciodvfy_reports_no_errors_and_strict_round_trip(tmp_path: Path, source
     assert dciodvfy_errors(path) == []
 
 
+def test_source_without_type_2_patient_and_study_attributes(tmp_path: Path) -> None:
+    source = make_dx()
+    for keyword in ("PatientName", "PatientBirthDate", "StudyID", "AccessionNumber", "StudyTime"):
+        delattr(source, keyword)
+    path = tmp_path / "gsps.dcm"
+    _gsps(source).save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).PatientName == ""
+    assert dciodvfy_errors(path) == []
+
+
 def test_box_and_text_on_the_source_image_in_the_same_study() -> None:
     source = make_dx()
     state = _gsps(source)
