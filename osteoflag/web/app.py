@@ -79,9 +79,9 @@ PROBE_ROUTES: Final = [
 ROUTES: Final = [
     Route("/", views.dashboard, name="dashboard"),
     Route("/results", views.results, name="results"),
-    Route("/results/{instance_id:int}", views.result, name="result"),
-    Route("/results/{instance_id:int}/summary.png", views.summary_png, name="summary_png"),
-    Route("/results/{instance_id:int}/requeue", views.requeue, methods=["POST"], name="requeue"),
+    Route("/results/{instance_id}", views.result, name="result"),
+    Route("/results/{instance_id}/summary.png", views.summary_png, name="summary_png"),
+    Route("/results/{instance_id}/requeue", views.requeue, methods=["POST"], name="requeue"),
     Route("/try", views.try_form, name="try"),
     Route("/try", views.try_upload, methods=["POST"], name="try_upload"),
     *PROBE_ROUTES,

@@ -46,9 +46,13 @@ def _context(request: Request) -> WebContext:
 
 
 def _instance_id(request: Request) -> int:
-    """The ``{instance_id}`` of the path; 404 when no row could have it (the database
-    cannot even compare a number past 64 bits)."""
-    instance_id = int(request.path_params["instance_id"])
+    """The ``{instance_id}`` of the path; 404 when no row could have it: not a number, or one
+    past 64 bits (the database cannot even compare it, and Python refuses to convert a
+    string of more than 4,300 digits)."""
+    text = str(request.path_params["instance_id"])
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_ROW_ID)):
+        raise HTTPException(404)
+    instance_id = int(text)
     if instance_id > MAX_ROW_ID:
         raise HTTPException(404)
     return instance_id

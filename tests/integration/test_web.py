@@ -242,7 +242,9 @@ def test_requeue_needs_a_valid_csrf_token(serve: Serve) -> None:
 def test_an_instance_id_past_64_bits_is_not_found(serve: Serve) -> None:
     client, _, _ = serve()
     huge = str(2**63)
-    for path in (f"/results/{huge}", f"/results/{huge}/summary.png", f"/results/{'9' * 40}"):
+    paths = (f"/results/{huge}", f"/results/{huge}/summary.png", f"/results/{'9' * 5000}")
+    others = ("/results/-1", "/results/1e3", "/results/%D9%A1")  # the last: Arabic-Indic one
+    for path in (*paths, *others):
         assert client.get(path).status == 404, path
     token = csrf_token(client.get("/try").text)
     assert client.post_form(f"/results/{huge}/requeue", {"csrf_token": token}).status == 404
