@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from osteoflag.inference.bundle import load_bundle, sha256_file
-from tests.helpers.daemon import base_sections, osteoflag, write_config
+from testkit.daemon import base_sections, osteoflag, write_config
+from testkit.tiny_bundle import build_bundle
 from tests.helpers.site_data import write_site
-from tests.helpers.tiny_bundle import build_bundle
 
 
 @pytest.fixture(scope="module")
