@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import config as pydicom_config
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
@@ -30,6 +31,20 @@ def make_settings(folder: Path, **sections: dict[str, Any]) -> Settings:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return parse_settings(data, folder)
+
+
+@pytest.fixture
+def strict_pydicom() -> Iterator[None]:
+    """pydicom raises on any invalid value, reading and writing (for round-trip tests)."""
+    reading, writing = (
+        pydicom_config.settings.reading_validation_mode,
+        pydicom_config.settings.writing_validation_mode,
+    )
+    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
+    yield
+    pydicom_config.settings.reading_validation_mode = reading
+    pydicom_config.settings.writing_validation_mode = writing
 
 
 @pytest.fixture(scope="session")

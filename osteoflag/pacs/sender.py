@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -147,11 +147,7 @@ def _store_all(
 ) -> DeliveryReport:
     """C-STORE ``rows`` one by one, reading each file just before it is sent."""
     report = DeliveryReport()
-    stop_at = time.monotonic() + settings.sender.run_seconds
-    for index, row in enumerate(rows):
-        if time.monotonic() > stop_at or not assoc.is_established:
-            outbound.release(sessions, rows[index:])
-            break  # left pending, untouched: next run picks it up
+    for _, row in _in_time(sessions, settings, rows, lambda: assoc.is_established):
         try:
             dataset = dcmread(row.file_path)
         except (OSError, InvalidDicomError) as exc:
@@ -172,6 +168,22 @@ def _store_all(
             permanent = is_permanent(status)
             report += _failed(sessions, row, policy, f"{key} answered 0x{status:04X}", permanent)
     return report
+
+
+def _in_time(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    rows: Sequence[Outbound],
+    usable: Callable[[], bool],
+) -> Iterator[tuple[int, Outbound]]:
+    """``rows`` with their index while the run's time box lasts and the connection is
+    ``usable``; the rest are released, left pending and untouched for the next run."""
+    stop_at = time.monotonic() + settings.sender.run_seconds
+    for index, row in enumerate(rows):
+        if time.monotonic() > stop_at or not usable():
+            outbound.release(sessions, rows[index:])
+            return
+        yield index, row
 
 
 def as_accepted(dataset: Dataset, assoc: Association) -> Dataset:
@@ -202,12 +214,8 @@ def _stow_all(
 ) -> DeliveryReport:
     """STOW-RS ``rows`` one by one; a server that does not answer fails the rest of the run."""
     report = DeliveryReport()
-    stop_at = time.monotonic() + settings.sender.run_seconds
     with stow_client(destination, settings.sender.timeout_seconds) as client:
-        for index, row in enumerate(rows):
-            if time.monotonic() > stop_at:
-                outbound.release(sessions, rows[index:])
-                break
+        for index, row in _in_time(sessions, settings, rows, lambda: True):
             try:
                 dicom = Path(row.file_path).read_bytes()
             except OSError as exc:

@@ -21,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Outbound, OutboundState, utcnow
 from osteoflag.inference.labels import Label
 from osteoflag.inference.region import Region
@@ -49,20 +48,15 @@ WANTED = {
 def _settings(tmp_path: Path, destination: dict[str, object]) -> Settings:
     return parse_settings(
         {
-            "storage": {"path": str(tmp_path / "var"), "database_url": "sqlite:///var/db.sqlite"},
+            "storage": {
+                "path": str(tmp_path / "var"),
+                "database_url": "sqlite:///var/osteoflag.db",
+            },
             "sender": {"timeout_seconds": 10.0},
             "destinations": [{"type": "dicomweb", **destination}],
         },
         tmp_path,
     )
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'db.sqlite'}")
-    migrate(engine)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.errors import ConfigError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.region import Region
@@ -27,20 +26,15 @@ GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 def _settings(tmp_path: Path, destinations: list[dict[str, object]]) -> Settings:
     return parse_settings(
         {
-            "storage": {"path": str(tmp_path / "var"), "database_url": "sqlite:///var/db.sqlite"},
+            "storage": {
+                "path": str(tmp_path / "var"),
+                "database_url": "sqlite:///var/osteoflag.db",
+            },
             "sender": {"timeout_seconds": 5.0},
             "destinations": destinations,
         },
         tmp_path,
     )
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'db.sqlite'}")
-    migrate(engine)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@ the research-only text on its own layer, the source's windowing kept, UIDs deter
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom import Dataset, config
+from pydicom import Dataset
 
 from osteoflag.errors import PermanentError
 from osteoflag.inference.region import Region
@@ -22,18 +21,7 @@ REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 
 
-@pytest.fixture(autouse=True)
-def strict_pydicom() -> Iterator[None]:
-    """pydicom raises on any invalid value, reading and writing."""
-    reading, writing = (
-        config.settings.reading_validation_mode,
-        config.settings.writing_validation_mode,
-    )
-    config.settings.reading_validation_mode = config.RAISE
-    config.settings.writing_validation_mode = config.RAISE
-    yield
-    config.settings.reading_validation_mode = reading
-    config.settings.writing_validation_mode = writing
+pytestmark = pytest.mark.usefixtures("strict_pydicom")
 
 
 def _gsps(source: Dataset, region: Region = REGION, probability: float = 0.873) -> Dataset:
