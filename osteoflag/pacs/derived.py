@@ -17,7 +17,6 @@ from typing import Final
 
 import highdicom as hd
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
 from pydicom.uid import UID, generate_uid
 
 import osteoflag
@@ -140,13 +139,8 @@ def require(source: Dataset, keyword: str) -> str:
     """The value of a Type 1 attribute of ``source``, or PermanentError naming it."""
     value = source.get(keyword)
     if value in (None, ""):
-        raise PermanentError(f"source instance lacks {keyword} ({_tag(keyword)})")
+        raise PermanentError(f"source instance lacks {values.attribute_name(keyword)}")
     return str(value)
-
-
-def _tag(keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else keyword
 
 
 def study_evidence(source: Dataset) -> Dataset:
