@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.pacs.storage import conflict_copies
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def remove_expired(
             outbound = session.scalars(
                 select(Outbound).where(Outbound.instance_id == instance.id)
             ).all()
-            paths = {instance.file_path, *(row.file_path for row in outbound)}
+            source = Path(instance.file_path)
+            copies = (str(path) for path in conflict_copies(source))
+            paths = {instance.file_path, *copies, *(row.file_path for row in outbound)}
             removed = sum(_unlink(Path(path)) for path in sorted(paths))
             instance.removed_at = moment
             for row in outbound:

@@ -63,6 +63,34 @@ def is_known(sessions: sessionmaker[Session], sop_instance_uid: str) -> bool:
     return found is not None
 
 
+#: Event action: a copy with a known SOP Instance UID but another data set, kept beside it.
+CONFLICTING_COPY = "conflicting_copy"
+
+
+def accepted_file(sessions: sessionmaker[Session], sop_instance_uid: str) -> tuple[int, str] | None:
+    """The id and file of the instance accepted with this SOP Instance UID, if any."""
+    with reading(sessions) as session:
+        row = session.execute(
+            select(Instance.id, Instance.file_path).where(
+                Instance.sop_instance_uid == sop_instance_uid
+            )
+        ).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def record_conflicting_copy(sessions: sessionmaker[Session], instance_id: int, path: str) -> None:
+    """Note, against the accepted instance, the different copy kept at ``path``."""
+    with sessions() as session:
+        session.add(Event(instance_id=instance_id, action=CONFLICTING_COPY, detail=path))
+        session.commit()
+
+
+def conflicting_copies(session: Session) -> int:
+    """How many different copies of accepted instances have been kept."""
+    count = session.scalar(select(func.count()).where(Event.action == CONFLICTING_COPY))
+    return int(count or 0)
+
+
 def enqueue(sessions: sessionmaker[Session], received: Received) -> bool:
     """Insert and commit a queue row; False when the SOP Instance UID is already known.
 

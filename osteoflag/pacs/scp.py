@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 from typing import cast
 
 from pydicom.dataset import Dataset
@@ -34,7 +35,15 @@ from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORA
 from osteoflag.pacs.guard import DatasetSizeGuard
 from osteoflag.pacs.identity import HEAD_BYTES, Mismatch, read_head
 from osteoflag.pacs.server import GuardedAssociationServer
-from osteoflag.pacs.storage import check_uid, free_bytes, instance_path, write_atomically
+from osteoflag.pacs.storage import (
+    check_uid,
+    conflict_path,
+    data_set_digest,
+    free_bytes,
+    instance_path,
+    stored_data_set_digest,
+    write_atomically,
+)
 from osteoflag.pacs.tls import server_context
 
 logger = logging.getLogger(__name__)
@@ -204,9 +213,9 @@ class StorageSCP:
             if free_bytes(incoming) < self._min_free:
                 logger.error("refused: storage below its free-space floor", extra=log)
                 return status.OUT_OF_RESOURCES
-            if queue.is_known(self._sessions, sop_instance_uid):
-                logger.info("duplicate acknowledged", extra=log)
-                return status.SUCCESS
+            accepted = queue.accepted_file(self._sessions, sop_instance_uid)
+            if accepted is not None:
+                return self._duplicate(event, accepted, log)
             path = instance_path(incoming, sop_instance_uid)
             write_atomically(path, event.encoded_dataset(include_meta=True))
             received = queue.Received(
@@ -230,6 +239,26 @@ class StorageSCP:
             self._on_queued()
         else:
             logger.info("duplicate acknowledged", extra=log)
+        return status.SUCCESS
+
+    def _duplicate(self, event: Event, accepted: tuple[int, str], log: dict[str, str]) -> int:
+        """A known SOP Instance UID: the same data set is acknowledged (queued once); another
+        one is kept beside the first, recorded and counted, never dropped silently. Both are
+        answered Success: the sender has nothing to retry."""
+        instance_id, file_path = accepted
+        received = cast(BytesIO, cast(C_STORE, event.request).DataSet).getvalue()
+        digest = data_set_digest(received)
+        stored = stored_data_set_digest(Path(file_path))
+        if stored is None or stored == digest:  # the first copy's file may be gone (retention)
+            logger.info("duplicate acknowledged", extra=log)
+            return status.SUCCESS
+        path = conflict_path(Path(file_path), digest)
+        if path.exists():
+            logger.info("conflicting copy already kept", extra={**log, "file": path.name})
+            return status.SUCCESS
+        write_atomically(path, event.encoded_dataset(include_meta=True))
+        queue.record_conflicting_copy(self._sessions, instance_id, str(path))
+        logger.warning("conflicting copy kept", extra={**log, "file": path.name})
         return status.SUCCESS
 
     @staticmethod

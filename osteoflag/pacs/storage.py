@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -36,6 +37,34 @@ def instance_path(root: Path, sop_instance_uid: str) -> Path:
     check_uid(sop_instance_uid, "SOPInstanceUID")
     fan = hashlib.sha1(sop_instance_uid.encode("ascii"), usedforsecurity=False).hexdigest()[:2]
     return root / fan / f"{sop_instance_uid}.dcm"
+
+
+def conflict_path(original: Path, data_set_digest: str) -> Path:
+    """Where a different copy of an already accepted instance is kept: beside the first."""
+    return original.with_name(f"{original.stem}.conflict-{data_set_digest[:16]}.dcm")
+
+
+def conflict_copies(original: Path) -> list[Path]:
+    """The different copies kept beside ``original``."""
+    return sorted(original.parent.glob(f"{original.stem}.conflict-*.dcm"))
+
+
+def data_set_digest(data_set: bytes) -> str:
+    """SHA-256 of an encoded data set: what two copies of an instance are compared by."""
+    return hashlib.sha256(data_set).hexdigest()
+
+
+def stored_data_set_digest(path: Path) -> str | None:
+    """:func:`data_set_digest` of the data set in a file we wrote (after its File Meta
+    Information, whose group length comes first, PS3.10 7.1); None when the file is gone."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if data[128:136] != b"DICM\x02\x00\x00\x00":  # not ours: compared whole, so it differs
+        return data_set_digest(data)
+    (meta_length,) = struct.unpack_from("<I", data, 140)
+    return data_set_digest(data[144 + meta_length :])
 
 
 def free_bytes(path: Path) -> int:

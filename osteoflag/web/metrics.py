@@ -78,6 +78,13 @@ class QueueCollector(Collector):
         yield outbound
         with reading(self._sessions) as session:
             age = queries.oldest_queued_age(session, utcnow())
+            conflicts = queue.conflicting_copies(session)
+        copies = CounterMetricFamily(
+            "osteoflag_conflicting_copies",
+            "Copies with an accepted SOP Instance UID but another data set, kept beside it",
+        )
+        copies.add_metric([], float(conflicts))
+        yield copies
         oldest = GaugeMetricFamily(
             "osteoflag_queue_oldest_age_seconds",
             "Age of the oldest queued instance (0 when the queue is empty)",

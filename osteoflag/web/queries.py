@@ -40,6 +40,8 @@ class Overview:
     oldest_queued_age: float | None
     last_hour: dict[str, int]
     destinations: list[DestinationStatus] = field(default_factory=list)
+    #: Different copies of already accepted instances, kept beside them (never dropped).
+    conflicting_copies: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def overview(sessions: sessionmaker[Session]) -> Overview:
             oldest_queued_age=oldest_queued_age(session, now),
             last_hour=_last_hour(session, now),
             destinations=destinations(session),
+            conflicting_copies=queue.conflicting_copies(session),
         )
 
 

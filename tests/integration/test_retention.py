@@ -20,7 +20,7 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
-from osteoflag.pacs.storage import instance_path, write_atomically
+from osteoflag.pacs.storage import conflict_path, instance_path, write_atomically
 
 RETENTION = RetentionSettings(max_age_days=30.0)
 LATER = timedelta(days=31)
@@ -175,3 +175,15 @@ def test_requeue_leaves_removed_rows_alone(
 def test_bad_max_age_is_a_config_error_naming_the_key(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"retention\.max_age_days"):
         parse_settings({"retention": {"max_age_days": value}}, tmp_path)
+
+
+def test_removes_conflicting_copies_with_their_instance(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    instance_id = _instance(sessions, settings, InstanceState.DONE)
+    [source] = _files(sessions, instance_id)
+    copy = conflict_path(source, "ab" * 32)
+    write_atomically(copy, b"another data set with the same SOP Instance UID")
+    report = remove_expired(sessions, RETENTION, now=utcnow() + LATER)
+    assert (report.instances, report.files) == (1, 2)
+    assert _removed(sessions, instance_id) and not copy.exists()
