@@ -22,12 +22,14 @@ from osteoflag.config import parse_settings
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.labels import Label
+from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
 from osteoflag.pacs.sr_read import read_result
 from testkit.daemon import DaemonProcess, base_sections, write_config
 from testkit.net import free_port
+from testkit.tiny_bundle import build_bundle
 from testkit.wait import wait_for
 from tests.helpers.rows import produce
 from tests.orthanc_sr import Orthanc
@@ -119,18 +121,28 @@ def test_delivery_into_orthanc_study(
     assert found[GSPS]["StudyInstanceUID"] == source.StudyInstanceUID
 
 
+@pytest.fixture(scope="module")
+def flagging_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real bundle that flags every image (threshold 0) and localises (``maps``)."""
+    folder = tmp_path_factory.mktemp("flagging")
+    add_maps_to_bundle(build_bundle(folder / "tiny", threshold=0.0), folder / "with-maps")
+    return folder / "with-maps"
+
+
 def test_end_to_end_through_orthanc(
-    tmp_path: Path, tiny_bundle: Path, record_property: pytest.RecordProperty
+    tmp_path: Path, flagging_bundle: Path, record_property: pytest.RecordProperty
 ) -> None:
+    """A DX routed by Orthanc comes back as SR with its region, GSPS and summary image."""
     listener_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", "OSTEOFLAG", listener_port)
-    sections = base_sections(tmp_path, tiny_bundle, listener_port)
+    sections = base_sections(tmp_path, flagging_bundle, listener_port)
     sections["sender"] = {"interval_seconds": 0.5, "timeout_seconds": 10.0}
     sections["destinations"] = [
         {"ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
     ]
     daemon = DaemonProcess(write_config(tmp_path, sections), listener_port)
     source = make_dx(body_part="WRIST")
+    wanted = frozenset({COMPREHENSIVE_3D_SR, GSPS, SECONDARY_CAPTURE})
     orthanc.start()
     try:
         with serving(daemon):
@@ -140,27 +152,36 @@ def test_end_to_end_through_orthanc(
                 "/modalities/osteoflag/store",
                 {"Resources": [uploaded["ID"]], "Synchronous": True},
             )
-            found = wait_for(lambda: _results_in(orthanc, uploaded["ParentStudy"]), timeout=180.0)
+            found = wait_for(
+                lambda: _results_in(orthanc, uploaded["ParentStudy"], wanted), timeout=180.0
+            )
             elapsed = time.monotonic() - started
             record_property("orthanc_round_trip_seconds", round(elapsed, 3))
             counts = wait_for(lambda: _all_sent(daemon), timeout=120.0)
             assert counts["instances"]["done"] == 1
             assert daemon.terminate(timeout=120) == 0
-        stored = tmp_path / "sr-from-orthanc.dcm"
-        stored.write_bytes(orthanc.file(found[COMPREHENSIVE_3D_SR]["ID"]))
-        summary = tmp_path / "summary-from-orthanc.dcm"
-        summary.write_bytes(orthanc.file(found[SECONDARY_CAPTURE]["ID"]))
+        copies = {}
+        for sop_class in wanted:
+            copies[sop_class] = tmp_path / f"{sop_class}-from-orthanc.dcm"
+            copies[sop_class].write_bytes(orthanc.file(found[sop_class]["ID"]))
     finally:
         orthanc.stop()
-    assert dciodvfy_errors(stored) == []
-    assert dciodvfy_errors(summary) == []
-    reported = read_result(pydicom.dcmread(stored))
+    for sop_class, copy in copies.items():
+        assert dciodvfy_errors(copy) == [], sop_class
+    reported = read_result(pydicom.dcmread(copies[COMPREHENSIVE_3D_SR]))
     assert reported.source_sop_instance_uid == source.SOPInstanceUID
     assert reported.model_version == "0.0.1"
-    assert reported.label in (Label.FRACTURE, Label.NO_FRACTURE)
+    assert reported.label is Label.FRACTURE
+    assert reported.region is not None
+    x0, y0, x1, y1 = reported.region
+    assert 0 <= x0 <= x1 <= source.Columns and 0 <= y0 <= y1 <= source.Rows
+    state = pydicom.dcmread(copies[GSPS])
+    box = state.GraphicAnnotationSequence[0].GraphicObjectSequence[0].GraphicData
+    assert [round(v) for v in box] == [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0]
+    assert found[GSPS]["StudyInstanceUID"] == source.StudyInstanceUID
     assert found[SECONDARY_CAPTURE]["StudyInstanceUID"] == source.StudyInstanceUID
 
 
 def _all_sent(daemon: DaemonProcess) -> dict[str, dict[str, int]] | None:
     counts = daemon.status()
-    return counts if counts["outbound"]["sent"] == 2 else None
+    return counts if counts["outbound"]["sent"] == 3 else None
