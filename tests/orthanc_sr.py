@@ -146,6 +146,13 @@ class Orthanc:
             for item in instances
         ]
 
+    def preview(self, instance_id: str) -> bytes | None:
+        """The PNG Orthanc Explorer shows for an instance, or None if it renders none."""
+        try:
+            return self._raw("GET", f"/instances/{instance_id}/preview")
+        except urllib.error.HTTPError:
+            return None
+
     def file(self, instance_id: str) -> bytes:
         """The DICOM file Orthanc stored (``GET /instances/{id}/file``)."""
         return self._raw("GET", f"/instances/{instance_id}/file")

@@ -119,6 +119,12 @@ def test_delivery_into_orthanc_study(
     assert parsed.probability == pytest.approx(0.77)
     assert parsed.region == REGION.box
     assert found[GSPS]["StudyInstanceUID"] == source.StudyInstanceUID
+    # What Orthanc Explorer shows (the viewer table of docs/conformance.md): a preview of the
+    # summary image only.
+    summary_preview = orthanc.preview(found[SECONDARY_CAPTURE]["ID"])
+    assert summary_preview is not None and summary_preview.startswith(b"\x89PNG")
+    assert orthanc.preview(found[COMPREHENSIVE_3D_SR]["ID"]) is None
+    assert orthanc.preview(found[GSPS]["ID"]) is None
 
 
 @pytest.fixture(scope="module")
