@@ -30,6 +30,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.inference
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.objects
+	$(BIN)/python -m bench.region
 
 # Rebuild the committed default model bundle (models/default/) from ../shared/data/ (see README, Model).
 model: $(VENV)/.installed-dev

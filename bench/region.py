@@ -1,0 +1,96 @@
+"""``make bench``: what a flagged image costs on top of its classification.
+
+Prints, for the default bundle on 2048x1664 12-bit DX radiographs: the time of the region
+(classifier contributions, evidence map, peak and box; the map output itself comes with the
+forward pass), and the summary image's time and size, with and without the region drawn.
+Run with ``python -m bench.region`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.labels import Label
+from osteoflag.inference.localise import region_from_map
+from osteoflag.inference.pixels import display_from_dataset, model_input
+from osteoflag.inference.predictor import Predictor
+from osteoflag.pacs.derived import Classification, ModelIdentity
+from osteoflag.pacs.summary import build_summary
+from testkit.inference_data import dataset, radiograph
+
+BUNDLE = Path("models/default")
+IMAGES = 8
+
+
+def _ms(samples: list[float]) -> str:
+    return (
+        f"{1000 * statistics.median(samples):.1f} ms (p95 {1000 * np.percentile(samples, 95):.1f})"
+    )
+
+
+def main() -> int:
+    predictor = Predictor(load_bundle(BUNDLE), threads=0, batch_size=1)
+    if not predictor.localises:
+        print(f"NOTICE: {BUNDLE} has no spatial map output: no region to measure")
+        return 0
+    spec = predictor.bundle.input_spec
+    sources = [dataset(radiograph(2048, 1664, seed=i), bits_stored=12) for i in range(IMAGES)]
+    displays = [display_from_dataset(source) for source in sources]
+    forward, region_times, regions = [], [], []
+    for display in displays:
+        batch = model_input(display, spec)[np.newaxis]
+        started = time.perf_counter()
+        feats, maps = predictor.run(batch)
+        predictor.scores(feats)
+        forward.append(time.perf_counter() - started)
+        assert maps is not None
+        started = time.perf_counter()
+        [heat] = predictor.evidence(feats, maps)
+        region = region_from_map(heat, spec, display.size)
+        region_times.append(time.perf_counter() - started)
+        regions.append(region)
+    print(f"region of a flagged image ({predictor.model_id}, 2048x1664 DX, {IMAGES} images):")
+    print(f"  classification (forward pass + classifier)  {_ms(forward)}")
+    print(f"  region (contributions, evidence map, box)   {_ms(region_times)}")
+
+    model = ModelIdentity(
+        predictor.bundle.manifest.name, predictor.bundle.manifest.version, "0" * 64, 0.5
+    )
+    created = datetime.now(UTC)
+    flagged = Classification(Label.FRACTURE, 0.9)
+    with tempfile.TemporaryDirectory(prefix="osteoflag-bench-") as folder:
+        for name, with_region in (("without region", False), ("with region", True)):
+            times, sizes = [], []
+            for index, (source, display) in enumerate(zip(sources, displays, strict=True)):
+                region = regions[index] if with_region else None
+                started = time.perf_counter()
+                summary = build_summary(
+                    source,
+                    flagged,
+                    model=model,
+                    created=created,
+                    grey=display.grey8(),
+                    region=region,
+                )
+                path = Path(folder) / f"{name}-{index}.dcm"
+                summary.save_as(path, enforce_file_format=True)
+                times.append(time.perf_counter() - started)
+                sizes.append(path.stat().st_size)
+            print(
+                f"summary image {name}: {_ms(times)} per image (build, encode, write), "
+                f"{statistics.median(sizes) / 1e3:.0f} kB ({summary.Columns}x{summary.Rows}, "
+                f"{summary.file_meta.TransferSyntaxUID.name})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
