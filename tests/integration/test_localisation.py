@@ -51,10 +51,8 @@ def _boxes_folder(root: Path) -> Path:
         rows.append([name, f"stem{index // 2}", "test", 90, 120, 2, near])
     with (root / "images.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            ["file", "source_stem", "roboflow_split", "width", "height", "fracture_boxes"]
-            + ["near_duplicate_in_multiregion"]
-        )
+        header = "file,source_stem,roboflow_split,width,height,fracture_boxes"
+        writer.writerow([*header.split(","), "near_duplicate_in_multiregion"])
         writer.writerows(rows)
     return root
 
