@@ -1,6 +1,8 @@
 """The operator page in a real browser: Debian's chromium, headless, driven by Playwright.
 
-One daemon (subprocess, tiny real bundle, a destination that is down) serves every test;
+One daemon (subprocess, the default bundle, a destination that is down) serves every test; the
+classified image and the "try an image" upload are a real forearm radiograph with a fracture
+(``tests/data/osteoai-fracture.jpg``), so the screenshots show a real result and its region;
 screenshots of the dashboard, a result and "try an image" land in a temporary folder, or in
 ``$OSTEOFLAG_SCREENSHOTS`` (``OSTEOFLAG_SCREENSHOTS=docs/screenshots`` refreshes the README's).
 """
@@ -14,14 +16,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_store
 from testkit.daemon import DaemonProcess, base_sections, osteoflag, write_config
-from testkit.inference_data import dataset, png_of, save
+from testkit.inference_data import dataset, save
 from testkit.inference_data import radiograph as grey_radiograph
 from testkit.net import free_port, port_open
 from testkit.wait import wait_for
@@ -35,6 +39,9 @@ from tests.helpers.dicom import (
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BUNDLE = ROOT / "models" / "default"
+FRACTURE_JPEG = ROOT / "tests" / "data" / "osteoai-fracture.jpg"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -79,10 +86,10 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Iterator[Served]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("web")
     web_port = free_port()
-    sections = base_sections(folder, tiny_bundle)
+    sections = base_sections(folder, DEFAULT_BUNDLE)
     sections["web"] = {"port": web_port}
     sections["sender"] = {
         "interval_seconds": 1.0,
@@ -114,9 +121,8 @@ def page(browser: Browser) -> Iterator[Page]:
 
 @pytest.fixture(scope="module")
 def classified(served: Served) -> dict[str, int]:
-    """One good radiograph (done, with SR and summary) and one broken one (failed)."""
-    big = radiograph(rows=480, columns=400, seed=11)
-    good = write_in_syntax(big, ExplicitVRLittleEndian, served.folder / "good.dcm")
+    """One real radiograph (done, with SR and summary) and one broken one (failed)."""
+    good = write_in_syntax(_real_radiograph(), ExplicitVRLittleEndian, served.folder / "good.dcm")
     broken = radiograph(seed=12)
     broken.PixelData = broken.PixelData[:10]
     broken_path = served.folder / "broken.dcm"
@@ -140,6 +146,15 @@ def classified(served: Served) -> dict[str, int]:
         )
     wait_for(lambda: served.rows("SELECT 1 FROM outbound WHERE last_error IS NOT NULL"), 60)
     return ids
+
+
+def _real_radiograph() -> Dataset:
+    """The fracture JPEG as an 8-bit DX carrying the test patient's identifiers."""
+    with Image.open(FRACTURE_JPEG) as picture:
+        grey = np.asarray(picture.convert("L"))
+    ds = radiograph(rows=grey.shape[0], columns=grey.shape[1], seed=11, body_part="ARM")
+    ds.PixelData = grey.tobytes()
+    return ds
 
 
 def _no_identifiers(page: Page) -> None:
@@ -167,7 +182,7 @@ def test_dashboard_counts_change_after_a_c_store(
 
     wait_for(done_after_reload, timeout=60, interval=0.5)
     assert int(page.inner_text("#hour-received")) >= 3
-    assert "tiny-test" in page.inner_text("#model")
+    assert "osteoflag-" in page.inner_text("#model")
     destinations = page.inner_text("#destinations")
     assert "PACS@127.0.0.1" in destinations
     _no_identifiers(page)
@@ -213,13 +228,14 @@ def test_failed_instance_is_requeued_from_the_page(
 def test_try_an_image_matches_osteoflag_infer(
     served: Served, page: Page, screenshots: Path
 ) -> None:
-    png = png_of(grey_radiograph(400, 320, maximum=255, seed=21), served.folder / "try.png")
     dicom = save(dataset(grey_radiograph(seed=22), bits_stored=12), served.folder / "try.dcm")
-    done = osteoflag("infer", str(png), str(dicom), "--json", config=served.daemon.config)
+    jpeg = served.folder / "fracture.jpg"
+    jpeg.write_bytes(FRACTURE_JPEG.read_bytes())
+    done = osteoflag("infer", str(jpeg), str(dicom), "--json", config=served.daemon.config)
     assert done.returncode == 0, done.stderr
     expected = {Path(r["file"]).name: r for r in map(json.loads, done.stdout.splitlines())}
     before = served.rows("SELECT COUNT(*) FROM instances")
-    for path in (dicom, png):
+    for path in (dicom, jpeg):
         page.goto(served.url + "/try")
         page.set_input_files("#image", str(path))
         page.click("#classify")
@@ -228,6 +244,12 @@ def test_try_an_image_matches_osteoflag_infer(
         assert page.inner_text("#trial-probability") == f"{record['probability']:.6f}"
         assert page.inner_text("#trial-label") == record["label"]
         assert page.eval_on_selector("#banner", "img => img.naturalWidth") > 0
+        if "region" in record:  # the real fracture: its box is shown as infer prints it
+            box = ",".join(str(v) for v in record["region"]["box"])
+            assert page.get_attribute("#trial-region", "data-box") == box
+        else:
+            assert page.query_selector("#trial-region") is None
         _no_identifiers(page)
+    assert "region" in expected[jpeg.name]  # the default bundle flags it
     assert served.rows("SELECT COUNT(*) FROM instances") == before
     page.screenshot(path=str(screenshots / "try-an-image.png"), full_page=True)
