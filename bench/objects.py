@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import numpy as np
 from pydicom import Dataset
 
 from osteoflag.inference.labels import Label
@@ -30,7 +31,14 @@ from testkit.inference_data import dataset, radiograph
 
 MODEL = ModelIdentity("bench", "0.0.0", "0" * 64, 0.5)
 CREATED = datetime(2026, 1, 1, tzinfo=UTC)
-REGION = Region(peak=(900, 700), box=(760, 560, 1080, 880))
+#: A region with an evidence map (a blob at the peak, at the model grid's resolution) so the
+#: summary's cost includes drawing it, as for a flagged image.
+_ROWS, _COLUMNS = np.mgrid[0:224, 0:182]
+REGION = Region(
+    peak=(900, 700),
+    box=(760, 560, 1080, 880),
+    heat=np.exp(-((_COLUMNS - 98) ** 2 + (_ROWS - 77) ** 2) / 200.0).astype(np.float32),
+)
 FLAGGED = Classification(Label.FRACTURE, 0.87)
 NEGATIVE = Classification(Label.NO_FRACTURE, 0.12)
 
@@ -66,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             source, NEGATIVE, model=MODEL, device_uid=device, created=CREATED
         ),
         "GSPS, flagged": lambda: build_gsps(source, 0.87, REGION, model=MODEL, created=CREATED),
-        "summary image": lambda: build_summary(
-            source, FLAGGED, model=MODEL, created=CREATED, grey=grey
+        "summary image, not flagged": lambda: build_summary(
+            source, NEGATIVE, model=MODEL, created=CREATED, grey=grey
+        ),
+        "summary image, flagged, region": lambda: build_summary(
+            source, FLAGGED, model=MODEL, created=CREATED, grey=grey, region=REGION
         ),
     }
     print(f"objects per 2048x1664 DX, built and encoded, {args.repeat} runs each:")

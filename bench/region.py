@@ -1,8 +1,9 @@
 """``make bench``: what a flagged image costs on top of its classification.
 
-Prints, for the default bundle on 2048x1664 12-bit DX radiographs: the time of the region
+Prints, for the default bundle on 2048x1664 12-bit DX radiographs, the time of the region
 (classifier contributions, evidence map, peak and box; the map output itself comes with the
-forward pass), and the summary image's time and size, with and without the region drawn.
+forward pass) beside the classification's. The objects that carry it (SR, presentation state,
+summary image with the evidence drawn) are timed by ``bench.objects``.
 Run with ``python -m bench.region`` from the repository root.
 """
 
@@ -10,20 +11,15 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from osteoflag.inference.bundle import load_bundle
-from osteoflag.inference.labels import Label
 from osteoflag.inference.localise import region_from_map
 from osteoflag.inference.pixels import display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor
-from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.summary import build_summary
 from testkit.inference_data import dataset, radiograph
 
 BUNDLE = Path("models/default")
@@ -61,34 +57,6 @@ def main() -> int:
     print(f"  classification (forward pass + classifier)  {_ms(forward)}")
     print(f"  region (contributions, evidence map, box)   {_ms(region_times)}")
 
-    model = ModelIdentity(
-        predictor.bundle.manifest.name, predictor.bundle.manifest.version, "0" * 64, 0.5
-    )
-    created = datetime.now(UTC)
-    flagged = Classification(Label.FRACTURE, 0.9)
-    with tempfile.TemporaryDirectory(prefix="osteoflag-bench-") as folder:
-        for name, with_region in (("without region", False), ("with region", True)):
-            times, sizes = [], []
-            for index, (source, display) in enumerate(zip(sources, displays, strict=True)):
-                region = regions[index] if with_region else None
-                started = time.perf_counter()
-                summary = build_summary(
-                    source,
-                    flagged,
-                    model=model,
-                    created=created,
-                    grey=display.grey8(),
-                    region=region,
-                )
-                path = Path(folder) / f"{name}-{index}.dcm"
-                summary.save_as(path, enforce_file_format=True)
-                times.append(time.perf_counter() - started)
-                sizes.append(path.stat().st_size)
-            print(
-                f"summary image {name}: {_ms(times)} per image (build, encode, write), "
-                f"{statistics.median(sizes) / 1e3:.0f} kB ({summary.Columns}x{summary.Rows}, "
-                f"{summary.file_meta.TransferSyntaxUID.name})"
-            )
     return 0
 
 

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_SERIES_NUMBER: Final = 9902
 #: The summary is stored JPEG Baseline (lossy, 8 bits): a pointer to the result, not a
-#: diagnostic image, so a PACS keeps ~0.1-0.3 MB instead of ~3 MB of uncompressed RGB.
+#: diagnostic image, so a PACS keeps 0.1-0.3 MB instead of up to ~11 MB of uncompressed RGB.
 TRANSFER_SYNTAX: Final = JPEGBaseline8Bit
 
 
