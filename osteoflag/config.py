@@ -232,9 +232,11 @@ ALL_OBJECTS: tuple[ObjectKind, ...] = ("sr", "gsps", "summary")
 
 
 class _Destination(_Section):
-    """What every destination has: the kinds of produced object it receives."""
+    """What every destination has: the kinds of produced object it receives, and whether it
+    is in shadow mode (results made and kept for the operator page, never sent to it)."""
 
     objects: tuple[ObjectKind, ...] = ALL_OBJECTS
+    shadow: bool = False
 
     @field_validator("objects", mode="before")
     @classmethod
@@ -350,6 +352,9 @@ class Settings(_Section):
     sender: SenderSettings = SenderSettings()
     retention: RetentionSettings = RetentionSettings()
     destinations: tuple[AnyDestination, ...] = ()
+    #: Shadow mode for every destination (a validation period): results are made and shown on
+    #: the operator page, nothing is sent.
+    shadow: bool = False
     web: WebSettings = WebSettings()
     log_level: LogLevel = "INFO"
 

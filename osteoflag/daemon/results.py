@@ -9,7 +9,8 @@ whole route of a result in one place:
 2. The record they return joins the worker's transaction that marks the outcome: it notes
    the study, series and body part on the instance row and adds one ``pending`` outbound row
    per object and destination, so result and delivery obligation commit together or not at
-   all.
+   all. A destination in shadow mode gets no row; the objects kept for it are noted in the
+   event log instead (``kept_shadow``), for the operator page.
 3. ``committed``: wake the sender(s) for the new rows (after the commit, not before: a sender
    woken earlier would not see them yet).
 """
@@ -31,7 +32,7 @@ from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import destinations_by_kind, write_objects
+from osteoflag.pacs.outbound import destinations_by_kind, shadow_keys, write_objects
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,16 @@ class Reporting:
     def _recording(
         self, instance: Instance, source: Dataset, written: list[outbound.Produced]
     ) -> Record:
+        withheld = shadow_keys(self._settings)
+
         def record(session: Session) -> None:
             _note_source(session, instance, source)
             if written:
                 outbound.add_pending(
                     session, instance, written, destinations_by_kind(self._settings)
                 )
+                if withheld is not None:
+                    outbound.record_shadow(session, instance, written, withheld)
 
         return record
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.db.outbound import kept_in_shadow
 from osteoflag.pacs.storage import conflict_copies
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def remove_expired(
             ).all()
             source = Path(instance.file_path)
             copies = (str(path) for path in conflict_copies(source))
-            paths = {instance.file_path, *copies, *(row.file_path for row in outbound)}
+            kept = (str(item.path) for item in kept_in_shadow(session, instance.id))
+            paths = {instance.file_path, *copies, *kept, *(row.file_path for row in outbound)}
             removed = sum(_unlink(Path(path)) for path in sorted(paths))
             instance.removed_at = moment
             for row in outbound:

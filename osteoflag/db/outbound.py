@@ -9,6 +9,7 @@ again once the lease has passed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import claims
-from osteoflag.db.models import Instance, Outbound, OutboundState, utcnow
+from osteoflag.db.models import Event, Instance, Outbound, OutboundState, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,54 @@ def add_pending(
         },
     )
     return rows
+
+
+#: The event that records an object kept in shadow mode (made, shown, not sent).
+SHADOW_EVENT = "kept_shadow"
+
+
+def record_shadow(
+    session: Session, instance: Instance, produced: Sequence[Produced], withheld: Sequence[str]
+) -> None:
+    """Record in the event log each object kept in shadow mode and the destinations it was
+    not sent to: no outbound row is made for those, so nothing can ever send it, and the
+    operator page and retention find its file here."""
+    for item in produced:
+        detail = {"kind": item.kind, "path": str(item.path), "not_sent_to": list(withheld)}
+        session.add(Event(instance_id=instance.id, action=SHADOW_EVENT, detail=json.dumps(detail)))
+    logger.info(
+        "outbound objects kept in shadow mode",
+        extra={
+            "action": "shadow",
+            "instance_id": instance.id,
+            "sop_instance_uid": instance.sop_instance_uid,
+            "objects": len(produced),
+            "destinations": len(withheld),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An object kept in shadow mode."""
+
+    kind: str
+    path: Path
+    not_sent_to: tuple[str, ...]
+
+
+def kept_in_shadow(session: Session, instance_id: int) -> list[Kept]:
+    """The objects of an instance kept in shadow mode, in the order they were made."""
+    details = session.scalars(
+        select(Event.detail)
+        .where(Event.instance_id == instance_id, Event.action == SHADOW_EVENT)
+        .order_by(Event.id)
+    )
+    kept = []
+    for text in details:
+        detail = json.loads(text or "{}")
+        kept.append(Kept(detail["kind"], Path(detail["path"]), tuple(detail["not_sent_to"])))
+    return kept
 
 
 def claim_due(

@@ -48,12 +48,30 @@ def destination_keys(settings: Settings) -> list[str]:
     return [destination_key(destination) for destination in settings.destinations]
 
 
+def in_shadow(settings: Settings, destination: Destination | DicomWebDestination) -> bool:
+    """Whether ``destination`` only records results (its own ``shadow`` or the top-level one)."""
+    return settings.shadow or destination.shadow
+
+
 def destinations_by_kind(settings: Settings) -> dict[str, list[str]]:
-    """For each kind of object, the destinations that take it (``objects`` of each)."""
+    """For each kind of object, the destinations that take it (``objects`` of each), leaving
+    out those in shadow mode."""
     return {
-        kind.value: [destination_key(d) for d in settings.destinations if kind.value in d.objects]
+        kind.value: [
+            destination_key(d)
+            for d in settings.destinations
+            if kind.value in d.objects and not in_shadow(settings, d)
+        ]
         for kind in Kind
     }
+
+
+def shadow_keys(settings: Settings) -> list[str] | None:
+    """The destinations results are withheld from, or None when shadow mode is off everywhere
+    (with ``shadow = true`` and no destination at all: an empty list, the results are kept)."""
+    if not settings.shadow and not any(d.shadow for d in settings.destinations):
+        return None
+    return [destination_key(d) for d in settings.destinations if in_shadow(settings, d)]
 
 
 def encode(dataset: Dataset) -> bytes:

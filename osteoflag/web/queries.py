@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.db import queue
 from osteoflag.db.engine import reading
 from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.db.outbound import Kept, kept_in_shadow
 
 #: Inference latency histogram buckets, in seconds (``/metrics``).
 LATENCY_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -145,8 +146,17 @@ def latest(sessions: sessionmaker[Session], limit: int, state: str | None = None
         return list(session.scalars(statement).all())
 
 
-def detail(sessions: sessionmaker[Session], instance_id: int) -> tuple[Instance, list[Outbound]]:
-    """One instance and its outbound rows; KeyError when there is no such instance."""
+@dataclass(frozen=True)
+class Detail:
+    """One instance, its outbound rows and the objects kept for it in shadow mode."""
+
+    instance: Instance
+    outbound: list[Outbound]
+    kept: list[Kept]
+
+
+def detail(sessions: sessionmaker[Session], instance_id: int) -> Detail:
+    """One instance and what became of its objects; KeyError when there is no such instance."""
     with reading(sessions) as session:
         instance = session.get(Instance, instance_id)
         if instance is None:
@@ -158,7 +168,8 @@ def detail(sessions: sessionmaker[Session], instance_id: int) -> tuple[Instance,
                 .order_by(Outbound.kind, Outbound.destination)
             ).all()
         )
-    return instance, rows
+        kept = kept_in_shadow(session, instance_id)
+    return Detail(instance, rows, kept)
 
 
 def latency(sessions: sessionmaker[Session], buckets: Sequence[float] = LATENCY_BUCKETS) -> Latency:

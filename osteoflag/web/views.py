@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from osteoflag.db.models import InstanceState, Outbound
+from osteoflag.db.models import InstanceState
 from osteoflag.db.queue import requeue_failed
 from osteoflag.errors import OsteoflagError
 from osteoflag.pacs.derived import Kind
@@ -130,11 +130,11 @@ def results(request: Request) -> Response:
     )
 
 
-def _file_of(rows: list[Outbound], kind: Kind) -> Path | None:
-    for row in rows:
-        if row.kind == kind.value and Path(row.file_path).is_file():
-            return Path(row.file_path)
-    return None
+def _file_of(found: queries.Detail, kind: Kind) -> Path | None:
+    """The produced object of ``kind``: from an outbound row, or kept in shadow mode."""
+    paths = [Path(row.file_path) for row in found.outbound if row.kind == kind.value]
+    paths += [item.path for item in found.kept if item.kind == kind.value]
+    return next((path for path in paths if path.is_file()), None)
 
 
 def _sr_text(path: Path | None) -> str | None:
@@ -150,17 +150,18 @@ def result(request: Request) -> Response:
     context = _context(request)
     instance_id = _instance_id(request)
     try:
-        instance, outbound = queries.detail(context.sessions, instance_id)
+        found = queries.detail(context.sessions, instance_id)
     except KeyError:
         raise HTTPException(404) from None
     return _page(
         request,
         "result.html",
         {
-            "instance": instance,
-            "outbound": outbound,
-            "has_summary": _file_of(outbound, Kind.SUMMARY) is not None,
-            "sr_text": _sr_text(_file_of(outbound, Kind.SR)),
+            "instance": found.instance,
+            "outbound": found.outbound,
+            "kept": found.kept,
+            "has_summary": _file_of(found, Kind.SUMMARY) is not None,
+            "sr_text": _sr_text(_file_of(found, Kind.SR)),
             "requeued": request.query_params.get("requeued"),
         },
     )
@@ -170,10 +171,10 @@ def summary_png(request: Request) -> Response:
     """The produced summary Secondary Capture, decoded and re-encoded as PNG."""
     context = _context(request)
     try:
-        _, outbound = queries.detail(context.sessions, _instance_id(request))
+        found = queries.detail(context.sessions, _instance_id(request))
     except KeyError:
         raise HTTPException(404) from None
-    path = _file_of(outbound, Kind.SUMMARY)
+    path = _file_of(found, Kind.SUMMARY)
     if path is None:
         raise HTTPException(404)
     try:
