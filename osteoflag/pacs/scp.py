@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import ssl
-import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
@@ -26,15 +24,15 @@ from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import ListenerSettings, Settings
+from osteoflag.config import Settings
 from osteoflag.db import queue
-from osteoflag.errors import ConfigError, PermanentError
+from osteoflag.errors import PermanentError
 from osteoflag.pacs import status
 from osteoflag.pacs.access import CallerPolicy
 from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
 from osteoflag.pacs.guard import DatasetSizeGuard
 from osteoflag.pacs.identity import HEAD_BYTES, Mismatch, read_head
-from osteoflag.pacs.server import GuardedAssociationServer
+from osteoflag.pacs.server import GuardedAssociationServer, start_server
 from osteoflag.pacs.storage import (
     check_uid,
     conflict_path,
@@ -49,34 +47,6 @@ from osteoflag.pacs.tls import server_context
 logger = logging.getLogger(__name__)
 
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
-
-
-def _start_server(
-    ae: AE,
-    address: tuple[str, int],
-    handlers: list[EventHandlerType],
-    listener: ListenerSettings,
-    ssl_context: ssl.SSLContext | None,
-) -> GuardedAssociationServer:
-    """Like ``AE.start_server(block=False)``, with reception before pynetdicom (plain or TLS)."""
-    try:
-        server = ae.make_server(
-            address,
-            ssl_context=ssl_context,
-            evt_handlers=handlers,
-            server_class=GuardedAssociationServer,
-            callers=CallerPolicy(listener.allowed_calling_aets, listener.allowed_peers),
-            max_pending=listener.max_pending_associations,
-        )
-    except OSError as exc:
-        host, port = address
-        raise ConfigError(f"listener: cannot listen on {host}:{port}: {exc.strerror}") from exc
-    server = cast(GuardedAssociationServer, server)
-    name = "osteoflag-tls" if ssl_context is not None else "osteoflag-listener"
-    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    # As start_server does: the AE tracks its servers, and server.shutdown() untracks it.
-    ae._servers.append(server)
-    return server
 
 
 def _failure(code: int, refusal: Mismatch) -> Dataset:
@@ -132,15 +102,17 @@ class StorageSCP:
             (evt.EVT_PDU_RECV, DatasetSizeGuard(listener.max_dataset_mb * 1024 * 1024)),
         ]
         ae = self.make_ae()
+        callers = CallerPolicy(listener.allowed_calling_aets, listener.allowed_peers)
+        max_pending = listener.max_pending_associations
         tls = listener.tls
         if tls is None or not tls.required:
             address = (listener.host, listener.port)
-            self._servers.append(_start_server(ae, address, handlers, listener, None))
+            self._servers.append(start_server(ae, address, handlers, callers, max_pending))
         if tls is not None:
             # TLS beside plain DICOM has its own port; TLS only takes listener.port.
             address = (listener.host, tls.port if tls.port is not None else listener.port)
             context = server_context(tls)
-            self._servers.append(_start_server(ae, address, handlers, listener, context))
+            self._servers.append(start_server(ae, address, handlers, callers, max_pending, context))
         logger.info(
             "listening",
             extra={

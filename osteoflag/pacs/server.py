@@ -9,8 +9,9 @@ connection is closed before its body is read.
 
 This is the one module that relies on pynetdicom internals, checked against pynetdicom 3.0.4
 (``pyproject.toml`` pins ``>=3.0.4,<3.1``): ``RequestHandler._create_association`` builds the
-Association around an ``AssociationSocket`` and ``Association.dul.socket`` is what its DUL reads
-through, by ``AssociationSocket.ready`` and ``AssociationSocket.recv``. The listener's
+Association around an ``AssociationSocket``; ``Association.dul.socket`` is what its DUL reads
+through, by ``AssociationSocket.ready`` and ``AssociationSocket.recv``; ``AE._servers`` lists
+the servers ``AE.shutdown`` stops. The listener's
 integration tests (``tests/integration/test_network_limits.py``) exercise every part of it.
 """
 
@@ -20,12 +21,16 @@ import logging
 import socket
 import ssl
 import struct
+import threading
 import time
 from typing import Any, cast
 
+from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from osteoflag.errors import ConfigError
 from osteoflag.pacs.access import CallerPolicy
 from osteoflag.pacs.reception import (
     MAX_ASSOCIATE_RQ_LENGTH,
@@ -235,3 +240,37 @@ def _handshake(connection: ssl.SSLSocket, deadline: float) -> None:
         connection.do_handshake()
     except OSError as exc:  # ssl.SSLError, a timeout or a reset peer
         raise NotReceived(f"TLS handshake failed: {exc}") from exc
+
+
+def start_server(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[EventHandlerType],
+    callers: CallerPolicy,
+    max_pending: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> GuardedAssociationServer:
+    """Like ``AE.start_server(block=False)``, with a :class:`GuardedAssociationServer`.
+
+    A port that cannot be bound (in use, not ours) is a configuration error.
+    """
+    try:
+        server = cast(
+            GuardedAssociationServer,
+            ae.make_server(
+                address,
+                ssl_context=ssl_context,
+                evt_handlers=handlers,
+                server_class=GuardedAssociationServer,
+                callers=callers,
+                max_pending=max_pending,
+            ),
+        )
+    except OSError as exc:
+        host, port = address
+        raise ConfigError(f"listener: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    name = "osteoflag-tls" if ssl_context is not None else "osteoflag-listener"
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    # As start_server does: the AE tracks its servers, and server.shutdown() untracks it.
+    ae._servers.append(server)
+    return server
