@@ -69,7 +69,7 @@ def test_done_result_commits_with_its_outbound_rows(
     model = _model(settings)
     instance = _claimed(sessions, settings)
     made_at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0, made_at)
+    result = queue.Result(0.8, "fracture", model.threshold, model.tag, 12.0, made_at=made_at)
     source = pydicom.dcmread(instance.file_path)
     record = _reporting(settings).done(
         instance, source, display_from_dataset(source).grey8(), result
