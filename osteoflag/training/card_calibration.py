@@ -46,7 +46,7 @@ def calibration_lines(folder: Path, results: Mapping[str, Any]) -> list[str]:
         ("grouped CV, pooled out-of-fold", results.get("cv")),
         ("published split: test", (results.get("published") or {}).get("test")),
         (
-            "OsteoAI bundle -> multiregion",
+            "OsteoAI-only fit -> multiregion",
             ((results.get("published") or {}).get("other_source") or {}).get("files"),
         ),
         ("multiregion -> all OsteoAI", (results.get("cross") or {}).get("files")),

@@ -27,6 +27,7 @@ DEFAULT_WORK = Path("artifacts/train")
 BACKBONES = ("efficientnet_lite0", "vgg16")
 LAYOUTS = ("b5_avg", "b5", "b345")
 CALIBRATIONS = ("platt", "isotonic", "none")
+SOURCES = ("primary", "both")
 #: Each backbone's default layout (see the model card's layout table).
 DEFAULT_LAYOUT = {"efficientnet_lite0": "b5", "vgg16": "b345"}
 
@@ -123,6 +124,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default platt)",
     )
     parser.add_argument(
+        "--train-on",
+        choices=SOURCES,
+        default=SOURCES[0],
+        help="primary: the bundle and CV folds learn from the primary source only; both: also "
+        "from the --other source (85%% of its groups; the rest joins validation), whose own "
+        "figures then come from primary-only fits",
+    )
+    parser.add_argument(
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
     parser.add_argument(
@@ -153,7 +162,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
     from osteoflag.training.backbones import FeatureLayout, Init
     from osteoflag.training.calibrate import Calibration
     from osteoflag.training.networks import Architecture, default_init, default_name
-    from osteoflag.training.prepared import TrainOptions
+    from osteoflag.training.prepared import Sources, TrainOptions
 
     architecture = Architecture(args.backbone)
     init = Init(args.init) if args.init else default_init(architecture)
@@ -180,6 +189,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         int8=args.int8,
         notes=tuple(args.note),
         calibration=Calibration(args.calibration),
+        train_on=Sources(args.train_on),
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}

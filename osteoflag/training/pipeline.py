@@ -27,6 +27,7 @@ from osteoflag.training.model import FittedModel, head_onnx_features
 from osteoflag.training.networks import HEAD_TEXT, FeatureGraph, Network, build_network, layout_text
 from osteoflag.training.prepared import (
     Prepared,
+    Sources,
     TrainOptions,
     input_spec,
     prepare,
@@ -40,12 +41,21 @@ from osteoflag.training.protocols import (
     evaluate,
     fit_on,
     int8_rows,
+    other_split,
     per_cluster,
     summarise_cv,
 )
 from osteoflag.training.splits import group_holdout
 
 logger = logging.getLogger(__name__)
+
+#: What the bundle is fitted on, as its manifest says.
+FITTED_ON = {
+    Sources.PRIMARY: "primary train split; epoch, early stopping, calibration, threshold: "
+    "primary val",
+    Sources.BOTH: "primary train split + 85% of the other source's groups; epoch, early "
+    "stopping, calibration, threshold: primary val + the other 15%",
+}
 
 
 def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, object]:
@@ -80,7 +90,14 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     train, val, test = (split_indices(prep, s) for s in ("train", "val", "test"))
     if len(train) == 0 or len(val) == 0:
         raise TrainingError(f"{options.data} has no train/ and val/ splits")
-    bundle_model, bundle_x = fit(train, val, options.layout, True, "published")
+    extra_fit, extra_val = other_split(prep, options)
+    bundle_model, bundle_x = fit(
+        np.concatenate([train, extra_fit]),
+        np.concatenate([val, extra_val]),
+        options.layout,
+        True,
+        "published",
+    )
     published: dict[str, object] = {
         "validation": bundle_model.validation,
         "finetune_log": bundle_model.finetune_log,
@@ -89,9 +106,16 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     if options.int8 and len(test):
         published["int8"] = int8_rows(prep, options, network, bundle_model, bundle_x, train, test)
     if len(prep.other):
+        # The other source is scored by a primary-only model: the bundle itself when it was
+        # trained on the primary source alone, else a fit of the same procedure without it.
+        model, x = (
+            (bundle_model, bundle_x)
+            if not len(extra_fit)
+            else fit(train, val, options.layout, True, "primary only")
+        )
         published["other_source"] = {
-            "files": evaluate(prep, bundle_model, bundle_x, prep.other),
-            "per_group": per_cluster(prep, bundle_model, bundle_x, prep.other),
+            "files": evaluate(prep, model, x, prep.other),
+            "per_group": per_cluster(prep, model, x, prep.other),
         }
     results["published"] = published
 
@@ -168,7 +192,7 @@ def write_bundle(
             "primary": str(options.data),
             "other": str(options.other) if options.other else None,
         },
-        "bundle_fitted_on": "primary train split; epoch, early stopping, threshold: primary val",
+        "bundle_fitted_on": FITTED_ON[options.train_on],
         "counts": {s: len(split_indices(prep, s)) for s in ("train", "val", "test")},
         "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
         "hygiene": prep.hygiene,

@@ -8,6 +8,7 @@ only fit heads and boosters on top of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,13 @@ from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.model import TrunkOutputs
 from osteoflag.training.networks import FINETUNE, HEAD_TEXT, Architecture, layout_text
+
+
+class Sources(StrEnum):
+    """What the bundle (and each CV fold) is trained on: the primary source alone, or both."""
+
+    PRIMARY = "primary"
+    BOTH = "both"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class TrainOptions:
     width_divisor: int = 1
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
     calibration: Calibration = Calibration.PLATT  # fitted on each fit's validation groups
+    train_on: Sources = Sources.PRIMARY
 
     @property
     def cache_dir(self) -> Path:
@@ -174,6 +183,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "booster": str(options.booster),
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
+        "train_on": options.train_on.value,
         "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
         f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
     }

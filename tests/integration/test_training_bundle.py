@@ -23,7 +23,7 @@ from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import run
-from osteoflag.training.prepared import TrainOptions
+from osteoflag.training.prepared import Sources, TrainOptions
 
 TAGS = ("frozen", "finetuned")
 CONTRACT_KEYS = {
@@ -202,3 +202,31 @@ def test_vgg16_imagenet_bundle_serves_keras_caffe_input(data: Path) -> None:
     [prediction] = Predictor(bundle, threads=1).predict([load_display(image)])
     assert 0.0 <= prediction.probability <= 1.0
     assert results["parity"]["bundle_vs_training_graphs"] <= 1e-4  # type: ignore[index]
+
+
+def test_training_on_both_sources_keeps_the_other_source_figures_honest(data: Path) -> None:
+    options = TrainOptions(
+        data=data / "primary",
+        other=data / "other",
+        out=data / "bundle-both",
+        work=data / "work-both",
+        architecture=Architecture.VGG16,
+        init=Init.SCRATCH,
+        size=32,
+        width_divisor=16,
+        layout=FeatureLayout.B345,
+        folds=3,
+        finetune=FinetuneConfig(epochs=1, batch_size=8),
+        booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
+        compare_layouts=False,
+        train_on=Sources.BOTH,
+    )
+    results = run(options)
+    bundle = load_bundle(options.out)
+    assert "85% of the other source's groups" in bundle.manifest.training_data["bundle_fitted_on"]
+    # 24 other-source files in 12 groups: ~85% of them join the bundle's fit, the rest validate
+    assert results["published"]["validation"]["n"] > 32  # type: ignore[index]
+    # the other source is scored by a fit that never saw it
+    assert results["published"]["other_source"]["files"]["n"] == 24  # type: ignore[index]
+    assert results["run"]["train_on"] == "both"  # type: ignore[index]
+    assert "plus 85% of the multiregion groups" in (options.out / "MODEL_CARD.md").read_text()

@@ -14,12 +14,13 @@ from osteoflag.training.commands import (
     CALIBRATIONS,
     DEFAULT_LAYOUT,
     LAYOUTS,
+    SOURCES,
     add_train_arguments,
     train_options,
 )
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import FINETUNE, Architecture
-from osteoflag.training.prepared import TrainOptions
+from osteoflag.training.prepared import Sources, TrainOptions
 
 
 def test_command_line_choices_are_the_enums() -> None:
@@ -30,6 +31,9 @@ def test_command_line_choices_are_the_enums() -> None:
     assert set(CALIBRATIONS) == {c.value for c in Calibration}
     assert train_options(_parsed()).calibration is Calibration.PLATT
     assert train_options(_parsed("--calibration", "isotonic")).calibration is Calibration.ISOTONIC
+    assert set(SOURCES) == {s.value for s in Sources}
+    assert train_options(_parsed()).train_on is Sources.PRIMARY
+    assert train_options(_parsed("--train-on", "both")).train_on is Sources.BOTH
 
 
 def test_fine_tuning_defaults_follow_the_architecture_and_seed(tmp_path: Path) -> None:
