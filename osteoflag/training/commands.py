@@ -132,6 +132,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "figures then come from primary-only fits",
     )
     parser.add_argument(
+        "--copies",
+        type=int,
+        default=0,
+        metavar="K",
+        help="fixed augmented copies of every image (crop, rotation, mirror, exposure, blur or "
+        "noise, inverted grey) whose trunk outputs join each fit's training data (default 0)",
+    )
+    parser.add_argument(
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
     parser.add_argument(
@@ -190,6 +198,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         notes=tuple(args.note),
         calibration=Calibration(args.calibration),
         train_on=Sources(args.train_on),
+        copies=args.copies,
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from osteoflag.inference.pixels import InputSpec, load_display, model_input
+from osteoflag.training.augment import augment
 from osteoflag.training.dataset import Sample
 
 logger = logging.getLogger(__name__)
@@ -86,9 +87,13 @@ class FeatureCache:
         os.replace(tmp, path)
 
 
-def prepare(sample: Sample, spec: InputSpec) -> np.ndarray:
-    """The serving preprocessing for one training image."""
-    return model_input(load_display(sample.path), spec)
+def prepare(sample: Sample, spec: InputSpec, copy: int = 0) -> np.ndarray:
+    """The serving preprocessing for one training image, or for its fixed augmented ``copy``
+    (see :mod:`osteoflag.training.augment`; 0 is the image itself)."""
+    display = load_display(sample.path)
+    if copy:
+        display = augment(display, str(sample.path), copy)
+    return model_input(display, spec)
 
 
 def run_images(
@@ -98,8 +103,9 @@ def run_images(
     cache: FeatureCache | None,
     batch_size: int = 16,
     desc: str = "features",
+    copy: int = 0,
 ) -> dict[str, np.ndarray]:
-    """All outputs of ``sess`` for ``samples``, stacked in sample order."""
+    """All outputs of ``sess`` for ``samples`` (or their augmented ``copy``), in sample order."""
     names = [o.name for o in sess.get_outputs()]
     input_name = sess.get_inputs()[0].name
     results: list[dict[str, np.ndarray] | None] = [None] * len(samples)
@@ -116,7 +122,7 @@ def run_images(
         pending.clear()
 
     for i, sample in enumerate(tqdm(samples, desc=desc, mininterval=10)):
-        x = prepare(sample, spec)
+        x = prepare(sample, spec, copy)
         key = sha256_bytes(x.tobytes())
         hit = cache.get(key) if cache is not None else None
         if hit is not None:

@@ -8,6 +8,7 @@ through the exported ONNX graphs with onnxruntime.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,24 @@ class TrunkOutputs:
     b3: np.ndarray
     b4: np.ndarray
     maps: np.ndarray
+
+    def rows(self, idx: np.ndarray) -> TrunkOutputs:
+        return TrunkOutputs(self.b3[idx], self.b4[idx], self.maps[idx])
+
+
+def with_copies(
+    trunk: TrunkOutputs, copies: Sequence[TrunkOutputs], fit_idx: np.ndarray
+) -> tuple[TrunkOutputs, np.ndarray, np.ndarray]:
+    """Every image's outputs followed by the augmented copies of the ``fit_idx`` images; also
+    the rows a fit trains on and, for each row, the image it comes from."""
+    parts = [trunk, *(c.rows(fit_idx) for c in copies)]
+    n = len(trunk.maps)
+    source = np.concatenate([np.arange(n), *(fit_idx for _ in copies)])
+    rows = np.concatenate([fit_idx, n + np.arange(len(copies) * len(fit_idx))])
+    joined = TrunkOutputs(
+        *(np.concatenate([getattr(p, name) for p in parts]) for name in ("b3", "b4", "maps"))
+    )
+    return joined, rows, source
 
 
 @dataclass
@@ -82,13 +101,19 @@ def fit_model(
     scratch: Path,
     threads: int,
     calibration: Calibration = Calibration.NONE,
+    copies: Sequence[TrunkOutputs] = (),
 ) -> tuple[FittedModel, np.ndarray]:
-    """Fit on ``fit_idx``; early-stop, calibrate and pick the threshold on ``val_idx``.
+    """Fit on ``fit_idx`` (and the augmented ``copies`` of those images); early-stop, calibrate
+    and pick the threshold on ``val_idx``.
 
     Returns the model and the feature matrix of *all* samples (so callers can score any set).
     """
     log: list[dict[str, float]] = []
     head = head0
+    n = len(trunk.maps)
+    if copies:
+        trunk, fit_idx, source = with_copies(trunk, copies, fit_idx)
+        labels = labels[source]
     if tune is not None and tune.epochs > 0:
         head, log = finetune(head0, trunk.maps, labels, fit_idx, val_idx, tune)
     b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
@@ -96,6 +121,7 @@ def fit_model(
     booster = classifier.train_booster(
         x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config
     )
+    x = x[:n]
     y_val, raw_val = labels[val_idx], classifier.predict(booster, x[val_idx])
     mapping = calibrate.fit(calibration, y_val, raw_val, "validation groups of this fit")
     p_val = raw_val if mapping is None else mapping.apply(raw_val)

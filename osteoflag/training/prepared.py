@@ -62,6 +62,7 @@ class TrainOptions:
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
     calibration: Calibration = Calibration.PLATT  # fitted on each fit's validation groups
     train_on: Sources = Sources.PRIMARY
+    copies: int = 0  # fixed augmented copies of every image whose trunk outputs train each fit
 
     @property
     def cache_dir(self) -> Path:
@@ -88,6 +89,7 @@ class Prepared:
     other: np.ndarray
     trunk: TrunkOutputs
     hygiene: dict[str, object]
+    copies: list[TrunkOutputs] = field(default_factory=list)  # augmented copies 1..K
 
 
 def input_spec(options: TrainOptions) -> InputSpec:
@@ -146,15 +148,26 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
         [f"{s.source}/{g}" for c in checked for s, g in zip(c.kept, c.groups, strict=True)]
     )
     labels = np.array([s.label for s in samples], dtype=int)
+    names = ("b3", "b4", "map")
+    spec = input_spec(options)
     out, rejected = graph_outputs(
         trunk_model,
         samples,
-        input_spec(options),
+        spec,
         options.work / "trunk.onnx",
         options,
         desc="trunk (onnxruntime)",
-        output_names=("b3", "b4", "map"),
+        output_names=names,
     )
+    copies = []
+    for copy in range(1, options.copies + 1):
+        cache = features.FeatureCache(
+            options.cache_dir, features.sha256_bytes((options.work / "trunk.onnx").read_bytes())
+        )
+        sess = export.session(options.work / "trunk.onnx", options.threads)
+        more = features.run_images(sess, samples, spec, cache, desc=f"copy {copy}", copy=copy)
+        copies.append(TrunkOutputs(*(more[name] for name in names)))
+        rejected += cache.rejected
     n_primary = len(checked[0].kept)
     return Prepared(
         samples=samples,
@@ -162,9 +175,10 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
         labels=labels,
         primary=np.arange(n_primary),
         other=np.arange(n_primary, len(samples)),
-        trunk=TrunkOutputs(out["b3"], out["b4"], out["map"]),
+        trunk=TrunkOutputs(*(out[name] for name in names)),
         hygiene={name: c.summary() for name, c in zip(("primary", "other"), checked, strict=False)}
         | {"cache_entries_rejected": rejected},
+        copies=copies,
     )
 
 
@@ -184,6 +198,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
         "train_on": options.train_on.value,
+        "copies": options.copies,
         "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
         f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
     }

@@ -79,6 +79,7 @@ def fit_on(
         options.work,
         options.threads,
         options.calibration,
+        prep.copies,
     )
 
 

@@ -133,6 +133,8 @@ def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
         f"- Input: {run['input']}; preprocessed by `osteoflag.inference.pixels` (as served).",
         f"- Features: {run['layout']}.",
         f"- Fine-tuning: {run['finetune']}.",
+        f"- Training data: {run.get('train_on', 'primary')} source(s); fixed augmented copies per "
+        f"image: {run.get('copies', 0)} (`osteoflag.training.augment`).",
         f"- LightGBM: {run['booster']}.",
         f"- Threshold: chosen on validation only ({rule}), on the calibrated scale "
         f"(calibration: {run.get('calibration', 'none')}).",

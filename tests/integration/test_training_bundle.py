@@ -204,7 +204,9 @@ def test_vgg16_imagenet_bundle_serves_keras_caffe_input(data: Path) -> None:
     assert results["parity"]["bundle_vs_training_graphs"] <= 1e-4  # type: ignore[index]
 
 
-def test_training_on_both_sources_keeps_the_other_source_figures_honest(data: Path) -> None:
+def test_training_on_both_sources_with_copies_keeps_the_other_source_figures_honest(
+    data: Path,
+) -> None:
     options = TrainOptions(
         data=data / "primary",
         other=data / "other",
@@ -220,6 +222,7 @@ def test_training_on_both_sources_keeps_the_other_source_figures_honest(data: Pa
         booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
         compare_layouts=False,
         train_on=Sources.BOTH,
+        copies=1,
     )
     results = run(options)
     bundle = load_bundle(options.out)
@@ -229,4 +232,5 @@ def test_training_on_both_sources_keeps_the_other_source_figures_honest(data: Pa
     # the other source is scored by a fit that never saw it
     assert results["published"]["other_source"]["files"]["n"] == 24  # type: ignore[index]
     assert results["run"]["train_on"] == "both"  # type: ignore[index]
+    assert results["run"]["copies"] == 1  # type: ignore[index]
     assert "plus 85% of the multiregion groups" in (options.out / "MODEL_CARD.md").read_text()

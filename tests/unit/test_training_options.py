@@ -34,6 +34,7 @@ def test_command_line_choices_are_the_enums() -> None:
     assert set(SOURCES) == {s.value for s in Sources}
     assert train_options(_parsed()).train_on is Sources.PRIMARY
     assert train_options(_parsed("--train-on", "both")).train_on is Sources.BOTH
+    assert train_options(_parsed("--copies", "3")).copies == 3
 
 
 def test_fine_tuning_defaults_follow_the_architecture_and_seed(tmp_path: Path) -> None:
