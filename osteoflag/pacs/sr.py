@@ -22,6 +22,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.coding import Code
+from pydicom.uid import UID
 
 from osteoflag.config import SRClass
 from osteoflag.errors import PermanentError
@@ -287,6 +288,23 @@ def _text(text: str, relationship: hd.sr.RelationshipTypeValues) -> hd.sr.TextCo
     return hd.sr.TextContentItem(name=codes.COMMENT, value=text, relationship_type=relationship)
 
 
+def sr_uids(evidence: Dataset, model: ModelIdentity, sr_class: SRClass) -> tuple[UID, UID]:
+    """Series and SOP Instance UIDs of the SR: derived from the source and the model version,
+    and from the class unless it is the default, so that switching ``report.sr_class`` never
+    sends one SOP Instance UID under two SOP Classes."""
+    source_series, source_uid = evidence.SeriesInstanceUID, evidence.SOPInstanceUID
+    if sr_class is SRClass.COMPREHENSIVE_3D:
+        return (
+            series_uid(source_series, model.version, Kind.SR),
+            instance_uid(source_uid, model.version, Kind.SR),
+        )
+    kind = f"{Kind.SR.value}-{sr_class.value}"
+    return (
+        derived_uid("series", source_series, model.version, kind),
+        derived_uid("instance", source_uid, model.version, kind),
+    )
+
+
 def build_sr(
     source: Dataset,
     result: Classification,
@@ -305,13 +323,13 @@ def build_sr(
     drawn only for a ``fracture`` result.
     """
     evidence = study_evidence(source)
-    sop_uid = instance_uid(evidence.SOPInstanceUID, model.version, Kind.SR)
+    series, sop_uid = sr_uids(evidence, model, sr_class)
     try:
         content = measurement_report(report_findings(source, result, model, region), device_uid)
         sr = _SOP_CLASSES[sr_class](
             evidence=[evidence],
             content=content,
-            series_instance_uid=series_uid(evidence.SeriesInstanceUID, model.version, Kind.SR),
+            series_instance_uid=series,
             series_number=SR_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
             instance_number=int(source.get("InstanceNumber") or 1),

@@ -188,6 +188,15 @@ def test_uids_are_deterministic_per_source_and_model_version() -> None:
     assert other_model.SOPInstanceUID != a.SOPInstanceUID
 
 
+def test_each_sr_class_has_its_own_deterministic_uids() -> None:
+    source = make_dx()
+    three_d = _sr(source, RESULTS[0])
+    plain, again = (_sr(source, RESULTS[0], sr_class=SRClass.COMPREHENSIVE) for _ in range(2))
+    assert plain.SOPInstanceUID == again.SOPInstanceUID
+    assert plain.SOPInstanceUID != three_d.SOPInstanceUID
+    assert plain.SeriesInstanceUID != three_d.SeriesInstanceUID
+
+
 def test_finding_site_from_body_part_and_absent_when_unmapped() -> None:
     mapped = read_content_codes(_sr(make_dx(body_part="WRIST"), RESULTS[0]))
     unmapped = read_content_codes(_sr(make_dx(body_part="BRAIN"), RESULTS[0]))
