@@ -191,30 +191,19 @@ def whole_image_group(
 
 
 def document_evaluation(
-    source: Dataset, result: Classification, model: ModelIdentity
+    source: Dataset, reason: str, model: ModelIdentity
 ) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": an unscored (undetermined) result, no group.
+    """TID 1500 "Qualitative Evaluations": an undetermined result (no score), in no group.
 
-    One CODE item "Fracture of bone" = Undetermined (or the label given), modified by the
-    finding site and TID 4019, with any certainty and reason as its properties and the
-    source image it was inferred from.
+    One CODE item "Fracture of bone" = Undetermined, modified by the finding site and
+    TID 4019, with the reason as its property and the source image it was inferred from.
     """
     site = codes.finding_site(source.get("BodyPartExamined"))
     children = hd.sr.ContentSequence()
     if site is not None:
         children.append(hd.sr.FindingSite(anatomic_location=site))
     children.extend(algorithm_identification(model))
-    if result.probability is not None:
-        children.append(
-            hd.sr.NumContentItem(
-                name=codes.CERTAINTY_OF_FINDING,
-                value=round(result.probability * 100.0, 4),
-                unit=codes.PERCENT,
-                relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
-            )
-        )
-    if result.reason:
-        children.append(_text(result.reason, hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    children.append(_text(reason, hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
     children.append(
         hd.sr.ImageContentItem(
             name=codes.SOURCE,
@@ -225,7 +214,7 @@ def document_evaluation(
     )
     evaluation = hd.sr.CodeContentItem(
         name=codes.FRACTURE_OF_BONE,
-        value=EVALUATIONS[result.label],
+        value=codes.UNDETERMINED,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     evaluation.ContentSequence = children
@@ -266,7 +255,8 @@ def report_findings(
     """A TID 1410 group around the region; a TID 1501 group for the whole image when a scored
     result has none; the document-level evaluation for an undetermined one."""
     if result.label is Label.UNDETERMINED:
-        return document_evaluation(source, result, model)
+        assert result.reason is not None  # guaranteed by Classification
+        return document_evaluation(source, result.reason, model)
     if result.label is Label.FRACTURE and region is not None:
         assert result.probability is not None  # guaranteed by Classification
         group = fracture_region_group(source, result.probability, region, model)
