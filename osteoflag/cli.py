@@ -113,6 +113,17 @@ def _requeue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _feedback_export(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.db.engine import make_engine, migrate, session_factory
+    from osteoflag.validation.export import export_feedback
+
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    counts = export_feedback(session_factory(engine), args.out)
+    print(json.dumps({"out": str(args.out), **counts}))
+    return 0
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -179,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_validate_arguments(validate)
     validate.set_defaults(handler=run_validate)
+
+    feedback = commands.add_parser("feedback", help="radiologists' readings of results")
+    feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
+    export = feedback_commands.add_parser(
+        "export", parents=[common], help="the labelled cases as a set validate and adapt read"
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="new folder: images/ + labels.csv"
+    )
+    export.set_defaults(handler=_feedback_export)
 
     adapt = commands.add_parser(
         "adapt", parents=[common], help="refit a bundle's head on a site's labelled images"

@@ -1,4 +1,5 @@
-"""SQLAlchemy models: the instance queue, outbound objects and an append-only event log.
+"""SQLAlchemy models: the instance queue, outbound objects, an append-only event log and the
+radiologists' feedback on results.
 
 The queue is explicit (state, attempts, next attempt, lease owner and expiry) so a
 crashed or killed process leaves rows that can be recognised and recovered.
@@ -69,6 +70,14 @@ class OutboundState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+
+
+class FeedbackLabel(enum.StrEnum):
+    """A radiologist's reading of an image, recorded beside the model's result."""
+
+    FRACTURE = "fracture"
+    NO_FRACTURE = "no_fracture"
+    UNSURE = "unsure"
 
 
 def _enum(kind: type[enum.StrEnum], name: str) -> Enum:
@@ -156,3 +165,18 @@ class Event(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     action: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Feedback(Base):
+    """A reference label an authenticated user recorded for a result: who (the page's user
+    name) and when, never a patient's data. Rows are only added; an instance's latest row is
+    its current label."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    label: Mapped[FeedbackLabel] = mapped_column(_enum(FeedbackLabel, "feedback_label"))
+    note: Mapped[str | None] = mapped_column(Text)
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -111,7 +111,7 @@ def adapt_head(
     threshold = metrics.youden_threshold(y, out_of_fold)
     final = _fit(site, np.arange(len(y)), base, config)
     report: dict[str, Any] = {
-        "validation": metrics.clinical_metrics(y, out_of_fold, threshold),
+        "site_out_of_fold": metrics.clinical_metrics(y, out_of_fold, threshold),
         "site_cv": _site_cv(site, out_of_fold, fold_rows, (base_threshold, threshold)),
     }
     if base is not None and base.test is not None:

@@ -82,6 +82,12 @@ ROUTES: Final = [
     Route("/results/{instance_id}", views.result, name="result"),
     Route("/results/{instance_id}/summary.png", views.summary_png, name="summary_png"),
     Route("/results/{instance_id}/requeue", views.requeue, methods=["POST"], name="requeue"),
+    Route(
+        "/results/{instance_id}/feedback",
+        views.record_feedback,
+        methods=["POST"],
+        name="record_feedback",
+    ),
     Route("/try", views.try_form, name="try"),
     Route("/try", views.try_upload, methods=["POST"], name="try_upload"),
     *PROBE_ROUTES,

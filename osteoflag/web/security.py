@@ -58,6 +58,18 @@ def authorised(settings: WebSettings, authorization: str | None) -> bool:
     )
 
 
+def user_name(settings: WebSettings, authorization: str | None) -> str | None:
+    """Who an authorised request is: the basic-auth user name (``token`` for a bearer token),
+    or None when the page is not protected and nobody is authenticated."""
+    if not settings.protected or not authorised(settings, authorization) or not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return "token"
+    user = base64.b64decode(credentials.strip()).decode("utf-8").partition(":")[0].strip()
+    return user or "token"
+
+
 class AuthMiddleware:
     """Answer 401 (with a basic-auth challenge) to unauthenticated requests."""
 

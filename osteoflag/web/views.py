@@ -1,4 +1,6 @@
-"""Request handlers: dashboard, results, a result's detail, re-queue, try an image, health.
+"""Request handlers: dashboard, results, a result's detail and feedback, re-queue, try an
+image, health. Feedback is taken only on a protected page: the request's user name is stored
+with the label, so an unprotected page shows no form and refuses the POST.
 
 Database and model work runs in Starlette's thread pool (sync handlers, or
 ``run_in_threadpool``), never on the event loop. No page shows patient name, ID or birth
@@ -21,14 +23,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from osteoflag.db.models import InstanceState
+from osteoflag.db import feedback
+from osteoflag.db.models import FeedbackLabel, InstanceState
 from osteoflag.db.queue import requeue_failed
 from osteoflag.errors import OsteoflagError
 from osteoflag.pacs.derived import Kind
 from osteoflag.pacs.show import render_sr
 from osteoflag.web import queries
 from osteoflag.web.context import Probes, WebContext
-from osteoflag.web.security import CSRF_FIELD
+from osteoflag.web.figures import bundle_figures
+from osteoflag.web.security import CSRF_FIELD, user_name
 from osteoflag.web.tryimage import Trial, UploadError, classify_upload, png_bytes
 
 logger = logging.getLogger(__name__)
@@ -111,7 +115,9 @@ def dashboard(request: Request) -> Response:
             "overview": queries.overview(context.sessions),
             "liveness": context.liveness(),
             "manifest": manifest,
-            "metrics": manifest_metrics(manifest.metrics),
+            "metrics": manifest_metrics({"validation": manifest.metrics.get("validation", {})}),
+            "figures": bundle_figures(context.predictor.bundle),
+            "agreement": feedback.agreement(context.sessions),
             "states": [state.value for state in InstanceState],
         },
     )
@@ -160,6 +166,11 @@ def result(request: Request) -> Response:
             "instance": found.instance,
             "outbound": found.outbound,
             "kept": found.kept,
+            "feedback": feedback.history(context.sessions, instance_id),
+            "feedback_labels": [label.value for label in FeedbackLabel],
+            "can_record": user_name(context.settings.web, request.headers.get("authorization"))
+            is not None,
+            "recorded": request.query_params.get("feedback"),
             "has_summary": _file_of(found, Kind.SUMMARY) is not None,
             "sr_text": _sr_text(_file_of(found, Kind.SR)),
             "requeued": request.query_params.get("requeued"),
@@ -205,6 +216,45 @@ async def requeue(request: Request) -> Response:
         extra={"action": "web_requeue", "instance_id": instance_id, "requeued": count},
     )
     return RedirectResponse(f"/results/{instance_id}?requeued={count}", status_code=303)
+
+
+async def record_feedback(request: Request) -> Response:
+    """POST ``label`` (fracture / no_fracture / unsure) and an optional ``note``."""
+    context = _context(request)
+    instance_id = _instance_id(request)
+    form = await request.form(max_files=0, max_fields=4)
+    if not context.csrf.valid(request, form.get(CSRF_FIELD)):
+        return _message(
+            request, 403, "Refused", "The form's CSRF token is missing or invalid; reload the page."
+        )
+    user = user_name(context.settings.web, request.headers.get("authorization"))
+    if user is None:
+        return _message(
+            request,
+            403,
+            "Refused",
+            "Feedback needs to know who records it: protect the page with web.username and "
+            "web.password (or web.token) first.",
+        )
+    try:
+        label = FeedbackLabel(str(form.get("label", "")))
+    except ValueError:
+        return _message(
+            request, 400, "Refused", "Choose fracture, no fracture or unsure before recording."
+        )
+    note = form.get("note")
+    try:
+        await run_in_threadpool(
+            feedback.record,
+            context.sessions,
+            instance_id,
+            label,
+            note if isinstance(note, str) else None,
+            user,
+        )
+    except KeyError:
+        raise HTTPException(404) from None
+    return RedirectResponse(f"/results/{instance_id}?feedback=recorded", status_code=303)
 
 
 def try_form(request: Request) -> Response:

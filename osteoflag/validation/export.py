@@ -1,0 +1,69 @@
+"""``feedback export``: the cases radiologists labelled, as a set ``validate`` and ``adapt`` read.
+
+The folder holds ``images/<SOPInstanceUID>.dcm`` (the received files, copied from storage,
+owner-only like storage itself: they carry patient data) and ``labels.csv`` with ``file``,
+``sop_instance_uid``, ``label`` (each case's latest reading: fracture, nofracture or unsure,
+which the readers leave out) and ``group`` (the Study Instance UID, so the views of one study
+stay on one side of every fold). It is written under a temporary name and renamed when
+complete; cases whose file retention already removed are counted, not exported.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.db.engine import reading
+from osteoflag.db.feedback import current
+from osteoflag.db.models import FeedbackLabel
+from osteoflag.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+LABELS = {
+    FeedbackLabel.FRACTURE: "fracture",
+    FeedbackLabel.NO_FRACTURE: "nofracture",
+    FeedbackLabel.UNSURE: "unsure",
+}
+
+
+def export_feedback(sessions: sessionmaker[Session], out: Path) -> dict[str, int]:
+    """Write the labelled set to ``out`` (which must not exist); returns the counts."""
+    if out.exists():
+        raise UsageError(f"--out {out}: already exists; choose a new folder")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "images").mkdir(parents=True, mode=0o700)
+    counts = {"cases": 0, "fracture": 0, "nofracture": 0, "unsure": 0, "files_missing": 0}
+    rows: list[list[str]] = []
+    try:
+        with reading(sessions) as session:
+            labelled = current(session)
+        for instance, reading_row in labelled:
+            source = Path(instance.file_path)
+            if instance.removed_at is not None or not source.is_file():
+                counts["files_missing"] += 1
+                continue
+            name = f"images/{instance.sop_instance_uid}.dcm"
+            shutil.copyfile(source, staging / name)
+            os.chmod(staging / name, 0o600)
+            label = LABELS[reading_row.label]
+            group = instance.study_instance_uid or instance.sop_instance_uid
+            rows.append([name, instance.sop_instance_uid, label, group])
+            counts["cases"] += 1
+            counts[label] += 1
+        with (staging / "labels.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", "sop_instance_uid", "label", "group"])
+            writer.writerows(rows)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("feedback exported", extra={"action": "feedback_export", **counts})
+    return counts

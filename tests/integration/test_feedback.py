@@ -1,0 +1,178 @@
+"""Feedback on a real uvicorn server and real SQLite: who may record it, what is stored, the
+live agreement on the dashboard, and ``feedback export`` from storage."""
+
+from __future__ import annotations
+
+import base64
+import csv
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from osteoflag.db import feedback, queue
+from osteoflag.db.engine import make_engine, migrate, reading, session_factory
+from osteoflag.db.models import Feedback, FeedbackLabel, Instance
+from osteoflag.errors import UsageError
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.predictor import Predictor
+from osteoflag.validation.export import export_feedback
+from osteoflag.web.app import create_app
+from osteoflag.web.server import WebServer
+from tests.conftest import make_settings
+from tests.helpers.web import WebClient, csrf_token
+
+USER, PASSWORD = "reader", "pw-for-tests"
+
+
+def _done(sessions: sessionmaker[Session], folder: Path, labels: list[str]) -> list[int]:
+    """Instances classified with ``labels``, each with a real file in ``folder``."""
+    for n, _ in enumerate(labels):
+        path = folder / f"{n}.dcm"
+        path.write_bytes(b"\0" * 128 + b"DICM")
+        queue.enqueue(
+            sessions,
+            queue.Received(
+                f"1.2.3.{n}",
+                "1.2.840.10008.5.1.4.1.1.1.1",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+                "127.0.0.1",
+                str(path),
+            ),
+        )
+    claimed = queue.claim_instances(sessions, "test", len(labels), timedelta(minutes=5))
+    with sessions() as session:
+        for row, label in zip(claimed, labels, strict=True):
+            assert queue.complete(
+                session, row.id, "test", queue.Result(0.7, label, 0.5, "m@1", 10.0)
+            )
+        session.commit()
+    return [row.id for row in claimed]
+
+
+@pytest.fixture
+def server(
+    tmp_path: Path, tiny_bundle: Path
+) -> Iterator[tuple[str, sessionmaker[Session], list[int]]]:
+    settings = make_settings(tmp_path, web={"port": 0, "username": USER, "password": PASSWORD})
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    ids = _done(sessions, tmp_path, ["fracture", "fracture", "no_fracture", "no_fracture"])
+    predictor = Predictor(load_bundle(tiny_bundle), threads=1, batch_size=1)
+    app = create_app(settings, sessions, predictor, liveness=lambda: {}, wake_worker=lambda: None)
+    web = WebServer(app, settings.web)
+    web.start()
+    try:
+        yield f"http://127.0.0.1:{web.port}", sessions, ids
+    finally:
+        web.stop()
+
+
+def _client(base: str, user: str = USER, password: str = PASSWORD) -> WebClient:
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return WebClient(base, {"Authorization": f"Basic {basic}"})
+
+
+def _record(client: WebClient, instance_id: int, label: str, note: str = "") -> int:
+    token = csrf_token(client.get(f"/results/{instance_id}").text)
+    fields = {"csrf_token": token, "label": label, "note": note}
+    return client.post_form(f"/results/{instance_id}/feedback", fields).status
+
+
+def test_recorded_with_user_and_latest_counts(
+    server: tuple[str, sessionmaker[Session], list[int]],
+) -> None:
+    base, sessions, ids = server
+    client = _client(base)
+    assert _record(client, ids[0], "no_fracture") == 303
+    assert _record(client, ids[0], "fracture", "corrected after CT") == 303  # latest wins
+    assert _record(client, ids[1], "no_fracture") == 303  # the model said fracture: a FP
+    assert _record(client, ids[2], "no_fracture") == 303
+    assert _record(client, ids[3], "unsure") == 303
+    with reading(sessions) as session:
+        rows = session.scalars(select(Feedback).order_by(Feedback.id)).all()
+        assert [(r.recorded_by, r.label) for r in rows][:2] == [
+            (USER, FeedbackLabel.NO_FRACTURE),
+            (USER, FeedbackLabel.FRACTURE),
+        ]
+        assert rows[1].note == "corrected after CT"
+    agreement = feedback.agreement(sessions)
+    assert (agreement.tp, agreement.fn, agreement.fp, agreement.tn) == (1, 0, 1, 1)
+    assert agreement.unsure == 1 and agreement.specificity == pytest.approx(0.5)
+    page = client.get("/").text
+    assert 'id="agreement-n">3<' in page
+    assert "0.500 (1 of 2)" in page
+
+
+def test_refused_without_csrf_or_a_valid_label(
+    server: tuple[str, sessionmaker[Session], list[int]],
+) -> None:
+    base, sessions, ids = server
+    client = _client(base)
+    no_csrf = client.post_form(f"/results/{ids[0]}/feedback", {"label": "fracture"})
+    assert no_csrf.status == 403
+    assert _record(client, ids[0], "maybe") == 400
+    token = csrf_token(client.get(f"/results/{ids[0]}").text)
+    missing = client.post_form("/results/999/feedback", {"csrf_token": token, "label": "fracture"})
+    assert missing.status == 404
+    assert feedback.agreement(sessions).n == 0
+
+
+def test_unprotected_page_takes_no_feedback(tmp_path: Path, tiny_bundle: Path) -> None:
+    settings = make_settings(tmp_path, web={"port": 0})
+    engine = make_engine(settings.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    [instance_id] = _done(sessions, tmp_path, ["fracture"])
+    predictor = Predictor(load_bundle(tiny_bundle), threads=1, batch_size=1)
+    web = WebServer(
+        create_app(settings, sessions, predictor, liveness=lambda: {}, wake_worker=lambda: None),
+        settings.web,
+    )
+    web.start()
+    try:
+        client = WebClient(f"http://127.0.0.1:{web.port}")
+        page = client.get(f"/results/{instance_id}").text
+        assert 'id="feedback-form"' not in page and "Protect this page" in page
+        token = csrf_token(client.get("/try").text)
+        reply = client.post_form(
+            f"/results/{instance_id}/feedback", {"csrf_token": token, "label": "fracture"}
+        )
+        assert reply.status == 403
+    finally:
+        web.stop()
+
+
+def test_export_copies_files_and_counts_the_missing(
+    server: tuple[str, sessionmaker[Session], list[int]], tmp_path: Path
+) -> None:
+    base, sessions, ids = server
+    client = _client(base)
+    for instance_id, label in zip(
+        ids, ["fracture", "no_fracture", "unsure", "fracture"], strict=True
+    ):
+        assert _record(client, instance_id, label) == 303
+    with reading(sessions) as session:
+        gone = session.get(Instance, ids[3])
+        assert gone is not None
+        Path(gone.file_path).unlink()
+    counts = export_feedback(sessions, tmp_path / "out")
+    assert counts == {
+        "cases": 3,
+        "fracture": 1,
+        "nofracture": 1,
+        "unsure": 1,
+        "files_missing": 1,
+    }
+    with (tmp_path / "out" / "labels.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["fracture", "nofracture", "unsure"]
+    assert (tmp_path / "out" / rows[0]["file"]).read_bytes().endswith(b"DICM")
+    assert (tmp_path / "out" / rows[0]["file"]).stat().st_mode & 0o777 == 0o600
+    with pytest.raises(UsageError, match="already exists"):
+        export_feedback(sessions, tmp_path / "out")
