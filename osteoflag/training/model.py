@@ -102,9 +102,11 @@ def fit_model(
     threads: int,
     calibration: Calibration = Calibration.NONE,
     copies: Sequence[TrunkOutputs] = (),
+    untuned_b5: np.ndarray | None = None,
 ) -> tuple[FittedModel, np.ndarray]:
     """Fit on ``fit_idx`` (and the augmented ``copies`` of those images); early-stop, calibrate
-    and pick the threshold on ``val_idx``.
+    and pick the threshold on ``val_idx``. ``untuned_b5``, the untuned head's output for every
+    image, spares a frozen fit (no fine-tuning, no copies) recomputing it.
 
     Returns the model and the feature matrix of *all* samples (so callers can score any set).
     """
@@ -116,7 +118,10 @@ def fit_model(
         labels = labels[source]
     if tune is not None and tune.epochs > 0:
         head, log = finetune(head0, trunk.maps, labels, fit_idx, val_idx, tune)
-    b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
+    if untuned_b5 is not None and head is head0 and not copies:
+        b5 = untuned_b5
+    else:
+        b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
     x = layout_features(layout, trunk, b5)
     booster = classifier.train_booster(
         x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config

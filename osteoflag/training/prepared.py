@@ -20,7 +20,7 @@ from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
 from osteoflag.training.calibrate import Calibration
 from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.finetune import FinetuneConfig
-from osteoflag.training.model import TrunkOutputs
+from osteoflag.training.model import TrunkOutputs, head_onnx_features
 from osteoflag.training.networks import FINETUNE, HEAD_TEXT, Architecture, layout_text
 
 
@@ -90,6 +90,13 @@ class Prepared:
     trunk: TrunkOutputs
     hygiene: dict[str, object]
     copies: list[TrunkOutputs] = field(default_factory=list)  # augmented copies 1..K
+    _untuned: np.ndarray | None = field(default=None, repr=False)
+
+    def untuned_b5(self, head: torch.nn.Module, path: Path, threads: int) -> np.ndarray:
+        """The untuned head's output for every image, computed once (frozen fits share it)."""
+        if self._untuned is None:
+            self._untuned = head_onnx_features(head, self.trunk.maps, path, threads)
+        return self._untuned
 
 
 def input_spec(options: TrainOptions) -> InputSpec:

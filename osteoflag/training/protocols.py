@@ -66,6 +66,8 @@ def fit_on(
         "fitting",
         extra={"action": "fit", "protocol": tag, "fit": len(fit_idx), "val": len(val_idx)},
     )
+    frozen = not tune or options.tuning.epochs == 0
+    shared = frozen and not prep.copies
     return fit_model(
         head0,
         prep.trunk,
@@ -80,6 +82,7 @@ def fit_on(
         options.threads,
         options.calibration,
         prep.copies,
+        prep.untuned_b5(head0, options.work / "untuned.onnx", options.threads) if shared else None,
     )
 
 

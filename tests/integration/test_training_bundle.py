@@ -185,8 +185,9 @@ def test_vgg16_imagenet_bundle_serves_keras_caffe_input(data: Path) -> None:
         init=Init.IMAGENET,
         size=32,
         layout=FeatureLayout.B345,
-        protocols=("published",),
-        finetune=FinetuneConfig(epochs=1, batch_size=8),
+        protocols=("published", "cv"),
+        folds=3,
+        finetune=FinetuneConfig(epochs=0),  # frozen: every fit shares the untuned head's output
         booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
         compare_layouts=False,
     )
@@ -202,6 +203,7 @@ def test_vgg16_imagenet_bundle_serves_keras_caffe_input(data: Path) -> None:
     [prediction] = Predictor(bundle, threads=1).predict([load_display(image)])
     assert 0.0 <= prediction.probability <= 1.0
     assert results["parity"]["bundle_vs_training_graphs"] <= 1e-4  # type: ignore[index]
+    assert len(results["cv"]["folds"]) == 3  # type: ignore[index]
 
 
 def test_training_on_both_sources_with_copies_keeps_the_other_source_figures_honest(
