@@ -1,4 +1,4 @@
-"""``python -m osteoflag.training train|evaluate ...``: the training commands without a config file.
+"""``python -m osteoflag.training train|evaluate|recipes``: training commands, no config file.
 
 ``make model`` uses this entry point so that rebuilding the bundle needs no daemon configuration;
 ``osteoflag train`` and ``osteoflag evaluate`` run the same handlers.
@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from osteoflag.errors import OsteoflagError
 from osteoflag.training.commands import (
     add_evaluate_arguments,
+    add_recipes_arguments,
     add_train_arguments,
     run_evaluate,
+    run_recipes,
     run_train,
 )
 
@@ -27,11 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_train_arguments(commands.add_parser("train", help="build a model bundle"))
     evaluate = commands.add_parser("evaluate", help="score a bundle on a labelled folder")
     add_evaluate_arguments(evaluate)
+    add_recipes_arguments(
+        commands.add_parser("recipes", help="frozen-feature experiments (model card table)")
+    )
     args = parser.parse_args(argv)
     if args.command == "evaluate" and args.bundle is None:
         parser.error("evaluate needs --bundle here (no config file is read)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    handler = run_train if args.command == "train" else run_evaluate
+    handler = {"train": run_train, "evaluate": run_evaluate, "recipes": run_recipes}[args.command]
     try:
         return handler(args, None)
     except OsteoflagError as exc:

@@ -33,8 +33,10 @@ def train_booster(
     x_val: np.ndarray,
     y_val: np.ndarray,
     config: BoosterConfig,
+    weight: np.ndarray | None = None,
 ) -> lgb.Booster:
-    """Fit on ``fit``; stop when validation AUC has not improved for ``early_stopping`` rounds."""
+    """Fit on ``fit`` (rows weighted by ``weight`` if given); stop when validation AUC has not
+    improved for ``early_stopping`` rounds."""
     params = {
         "objective": "binary",
         "metric": "auc",
@@ -51,7 +53,7 @@ def train_booster(
         "num_threads": config.threads,
         "verbosity": -1,
     }
-    fit = lgb.Dataset(x_fit, label=y_fit, free_raw_data=True)
+    fit = lgb.Dataset(x_fit, label=y_fit, weight=weight, free_raw_data=True)
     val = lgb.Dataset(x_val, label=y_val, reference=fit)
     booster = lgb.train(
         params,

@@ -140,6 +140,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "noise, inverted grey) whose trunk outputs join each fit's training data (default 0)",
     )
     parser.add_argument(
+        "--recipes",
+        type=Path,
+        metavar="FILE",
+        help="recipes.json written by the recipes command: the model card shows it as a table",
+    )
+    parser.add_argument(
         "--no-compare", action="store_true", help="skip the feature-layout comparison"
     )
     parser.add_argument(
@@ -199,6 +205,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         calibration=Calibration(args.calibration),
         train_on=Sources(args.train_on),
         copies=args.copies,
+        recipes=args.recipes,
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}
@@ -231,6 +238,45 @@ def _pick(section: object, key: str) -> object:
     if isinstance(value, dict):
         return {k: value[k] for k in ("n", "auc", "accuracy") if k in value}
     return value
+
+
+def add_recipes_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``recipes`` (frozen-feature experiments for the model card's recipe table)."""
+    parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="OsteoAI folder")
+    parser.add_argument(
+        "--other", type=Path, required=True, metavar="DIR", help="multiregion folder"
+    )
+    parser.add_argument(
+        "--work", type=Path, default=Path("artifacts/recipes"), metavar="DIR", help="caches"
+    )
+    parser.add_argument(
+        "--only", metavar="NAMES", help="comma list of recipe names (default: every recipe)"
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=0.1,
+        help="LightGBM learning rate (default 0.1, twice the bundles' 0.05, to fit the time)",
+    )
+
+
+def run_recipes(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Score the recipes; one JSON line each on stdout, all of them in WORK/recipes.json."""
+    from osteoflag.training import recipes
+    from osteoflag.training.classifier import BoosterConfig
+
+    names = args.only.split(",") if args.only else list(recipes.RECIPES)
+    unknown = sorted(set(names) - set(recipes.RECIPES))
+    if unknown:
+        raise ConfigError(f"recipes: unknown recipe {unknown[0]!r}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = recipes.load_data(args.data, args.other, args.work)
+    config = BoosterConfig(learning_rate=args.learning_rate)
+    chosen = [recipes.RECIPES[name] for name in names]
+    for row in recipes.run_all(data, chosen, args.work, config, args.folds):
+        sys.stdout.write(json.dumps(row, default=float) + "\n")
+    return 0
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -79,6 +80,8 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
     if options.notes:
         results["notes"] = list(options.notes)
+    if options.recipes is not None:
+        results["recipes"] = read_recipes(options.recipes)
 
     def fit(
         fit_idx: np.ndarray, val_idx: np.ndarray, layout: FeatureLayout, tune: bool, tag: str
@@ -152,6 +155,17 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         results["baselines"] = baselines(prep, options, frozen_b5)
         checkpoint()
     return results
+
+
+def read_recipes(path: Path) -> list[dict[str, object]]:
+    """The rows ``recipes`` wrote (``WORK/recipes.json``), for the model card's table."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{path}: recipe results cannot be read: {exc}") from exc
+    if not isinstance(rows, list):
+        raise TrainingError(f"{path}: expected a list of recipe results")
+    return rows
 
 
 def write_bundle(

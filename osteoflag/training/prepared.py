@@ -62,6 +62,7 @@ class TrainOptions:
     cache: Path | None = None  # default: WORK/cache; shareable between runs and processes
     calibration: Calibration = Calibration.PLATT  # fitted on each fit's validation groups
     train_on: Sources = Sources.PRIMARY
+    recipes: Path | None = None  # recipe results (``recipes`` command) for the card's table
     copies: int = 0  # fixed augmented copies of every image whose trunk outputs train each fit
 
     @property

@@ -18,6 +18,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from osteoflag.inference.bundle import MODEL_CARD
 from osteoflag.inference.quantize import MAX_AUC_DROP
 from osteoflag.training.card_calibration import calibration_lines
+from osteoflag.training.card_recipes import recipe_lines
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +348,7 @@ def write_card(folder: Path, results: Mapping[str, Any]) -> None:
     if (pub and pub.get("other_source")) or results.get("cross"):
         lines += _cross(folder, pub, results.get("cross"))
     lines += calibration_lines(folder, results)
+    lines += recipe_lines(results.get("recipes") or [])
     lines += _int8(pub, results.get("cv"))
     if results.get("layouts"):
         lines += _layouts(results["layouts"])

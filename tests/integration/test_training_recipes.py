@@ -1,0 +1,81 @@
+"""Recipe experiments on tiny data: every kind of change runs on every protocol, and the model
+card renders the rows as a table against the baseline."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from osteoflag.training import recipes
+from osteoflag.training.card_recipes import recipe_lines
+from osteoflag.training.classifier import BoosterConfig
+
+SMALL = recipes.Trunk(size=32)
+PROTOCOLS = ("osteoai_to_multiregion", "multiregion_to_osteoai", "cv_osteoai")
+
+
+def _images(root: Path, splits: tuple[str | None, ...], n: int, seed: int) -> None:
+    """Noise; fractures carry a bright vertical line; pairs of files share a source group, and
+    one primary pair carries both labels (a conflicting group)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split in splits:
+        for label in ("fracture", "nofracture"):
+            folder = root / split / label if split else root / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 200, (40, 36)).astype(np.uint8)
+                if label == "fracture":
+                    pixels[:, 16:19] = 255
+                stem = "shared" if split == "train" and i < 2 else f"{split}-{label}-{i // 2}"
+                name = f"{stem}_png.rf.{rng.integers(1 << 40):012x}.jpg"
+                Image.fromarray(pixels).save(folder / name)
+                rows.append({"file": f"{label}/{name}", "group": f"{label}{i // 2}"})
+    if splits == (None,):
+        with (root / "groups.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["file", "group"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[recipes.RecipeData, Path]:
+    root = tmp_path_factory.mktemp("recipes")
+    _images(root / "osteoai", ("train", "val", "test"), 10, seed=0)
+    _images(root / "multiregion", (None,), 12, seed=1)
+    work = root / "work"
+    work.mkdir()
+    return recipes.load_data(root / "osteoai", root / "multiregion", work), work
+
+
+def test_every_kind_of_recipe_scores_every_protocol(
+    data: tuple[recipes.RecipeData, Path],
+) -> None:
+    loaded, work = data
+    assert loaded.conflicting.any()  # the shared stem carries both labels
+    chosen = [
+        recipes.Recipe(recipes.BASELINE, trunks=(SMALL,)),
+        recipes.Recipe("both", trunks=(SMALL,), both_sources=True, copies=1),
+        recipes.Recipe("drop", trunks=(SMALL,), conflicts=recipes.Conflicts.DROP),
+        recipes.Recipe("majority", trunks=(SMALL,), conflicts=recipes.Conflicts.MAJORITY),
+        recipes.Recipe("lighter", trunks=(SMALL,), conflicts=recipes.Conflicts.DOWNWEIGHT),
+        recipes.Recipe("average", trunks=(SMALL, recipes.Trunk(size=40)), average_scores=True),
+        recipes.Recipe("concat", trunks=(SMALL, recipes.Trunk(size=40)), tta_flip=True),
+    ]
+    config = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10)
+    rows = recipes.run_all(loaded, chosen, work, config, folds=3)
+    assert [r["recipe"]["name"] for r in rows] == [r.name for r in chosen]  # type: ignore[index]
+    for row in rows:
+        for key in PROTOCOLS:
+            assert 0.0 <= float(row[key]) <= 1.0  # type: ignore[arg-type]
+    assert "cv_multiregion" in rows[0] and "cv_multiregion" in rows[1]
+    assert "cv_multiregion" not in rows[2]
+    assert (work / "recipes.json").is_file()
+    table = recipe_lines(rows)
+    assert table[0].startswith("## Recipes")
+    assert sum(line.startswith("| ") for line in table) == 1 + len(chosen)
+    assert "(+" in table[-2] or "(-" in table[-2]  # differences to the baseline
