@@ -14,6 +14,7 @@ from pathlib import Path
 
 from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
+from osteoflag.drift.commands import add_reference_arguments, run_reference
 from osteoflag.errors import ConfigError, OsteoflagError
 from osteoflag.inference.commands import add_infer_arguments, run_infer
 from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
@@ -200,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, metavar="DIR", help="new folder: images/ + labels.csv"
     )
     export.set_defaults(handler=_feedback_export)
+
+    reference = commands.add_parser(
+        "drift-reference",
+        parents=[common],
+        help="give a bundle the reference drift watch compares against",
+    )
+    add_reference_arguments(reference)
+    reference.set_defaults(handler=run_reference)
 
     adapt = commands.add_parser(
         "adapt", parents=[common], help="refit a bundle's head on a site's labelled images"

@@ -153,6 +153,17 @@ class ModelSettings(_Section):
         return tuple(value) if isinstance(value, list) else value
 
 
+class DriftSettings(_Section):
+    """Drift watch: the last ``window`` classified instances against the bundle's reference;
+    the alert fires from ``min_results`` results on, at a score PSI of ``psi_alert`` or an
+    input share change of ``share_alert`` (see ``osteoflag.drift.reference``)."""
+
+    window: Annotated[int, Field(ge=10)] = 500
+    min_results: Annotated[int, Field(ge=1)] = 100
+    psi_alert: Annotated[float, Field(gt=0)] = 0.25
+    share_alert: Annotated[float, Field(gt=0, le=1)] = 0.25
+
+
 class WorkerSettings(_Section):
     """The inference worker's schedule, and what decoding one instance may cost.
 
@@ -351,6 +362,7 @@ class Settings(_Section):
     report: ReportSettings = ReportSettings()
     sender: SenderSettings = SenderSettings()
     retention: RetentionSettings = RetentionSettings()
+    drift: DriftSettings = DriftSettings()
     destinations: tuple[AnyDestination, ...] = ()
     #: Shadow mode for every destination (a validation period): results are made and shown on
     #: the operator page, nothing is sent.

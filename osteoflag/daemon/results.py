@@ -108,9 +108,23 @@ class Reporting:
 
 
 def _note_source(session: Session, instance: Instance, source: Dataset) -> None:
-    """Keep the study, series and body part on the row, for the operator page and retention."""
+    """Keep the study, series and body part on the row, for the operator page and retention,
+    and the input statistics drift watch compares (size, photometric, manufacturer)."""
     row = session.get(Instance, instance.id)
     if row is not None:
         row.study_instance_uid = str(source.get("StudyInstanceUID", "")) or None
         row.series_instance_uid = str(source.get("SeriesInstanceUID", "")) or None
         row.body_part = str(source.get("BodyPartExamined", "")).strip() or None
+        row.rows = _positive(source.get("Rows"))
+        row.columns = _positive(source.get("Columns"))
+        row.photometric = str(source.get("PhotometricInterpretation", "")).strip()[:16] or None
+        row.manufacturer = str(source.get("Manufacturer", "")).strip()[:64] or None
+
+
+def _positive(value: object) -> int | None:
+    """A Rows/Columns value for drift watch, or None when absent or malformed."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

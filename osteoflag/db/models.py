@@ -126,6 +126,11 @@ class Instance(Base):
     inference_ms: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # file gone (retention)
+    # Input statistics for drift watch (device and geometry, no patient data).
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    photometric: Mapped[str | None] = mapped_column(String(16))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
 
 
 class Outbound(Base):

@@ -23,6 +23,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from osteoflag.config import Settings
+from osteoflag.drift.reference import bundle_reference
+from osteoflag.drift.watch import DriftWatch
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import RESEARCH_STATEMENT, ModelIdentity
 from osteoflag.web import views
@@ -104,6 +106,9 @@ def create_app(
     wake_worker: Callable[[], None],
 ) -> Starlette:
     """The operator page for one daemon."""
+    bundle = predictor.bundle
+    reference = bundle_reference(bundle.path, bundle.manifest.files)
+    drift = DriftWatch(reference, settings.drift) if reference is not None else None
     context = WebContext(
         settings=settings,
         sessions=sessions,
@@ -114,10 +119,11 @@ def create_app(
         csrf=Csrf(),
         templates=_templates(),
         uploads=UploadSlots(settings.web.max_concurrent_uploads),
+        drift=drift,
     )
     app = _starlette(ROUTES, settings, exception_handlers={404: views.not_found})
     app.state.context = context
-    app.state.probes = Probes(sessions, liveness, metrics_registry(sessions, liveness))
+    app.state.probes = Probes(sessions, liveness, metrics_registry(sessions, liveness, drift))
     return app
 
 

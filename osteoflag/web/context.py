@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.templating import Jinja2Templates
 
 from osteoflag.config import Settings
+from osteoflag.drift.watch import DriftWatch
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import ModelIdentity
@@ -68,6 +69,7 @@ class WebContext:
     csrf: Csrf
     templates: Jinja2Templates
     uploads: UploadSlots
+    drift: DriftWatch | None = None
 
     @property
     def max_upload_bytes(self) -> int:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.db import queue
 from osteoflag.db.engine import reading
 from osteoflag.db.models import utcnow
+from osteoflag.drift.watch import DriftWatch
 from osteoflag.web import queries
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,52 @@ class QueueCollector(Collector):
         yield histogram
 
 
-def metrics_registry(sessions: sessionmaker[Session], liveness: Liveness) -> CollectorRegistry:
-    """A private registry holding only the queue collector."""
+class DriftCollector(Collector):
+    """Drift watch against the bundle's reference, computed from the database at each scrape."""
+
+    def __init__(self, sessions: sessionmaker[Session], drift: DriftWatch) -> None:
+        self._sessions = sessions
+        self._drift = drift
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            report = self._drift.report(self._sessions)
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "metrics: drift unavailable", extra={"action": "metrics", "error": str(exc)}
+            )
+            return
+        window = GaugeMetricFamily(
+            "osteoflag_drift_window_results", "Classified instances in the drift window"
+        )
+        window.add_metric([], float(report.n))
+        yield window
+        if report.score_psi is not None:
+            score = GaugeMetricFamily(
+                "osteoflag_drift_score_psi", "Population stability index of the window's scores"
+            )
+            score.add_metric([], report.score_psi)
+            yield score
+        shares = GaugeMetricFamily(
+            "osteoflag_drift_share_change",
+            "Share change of an input statistic against the reference (0 same, 1 disjoint)",
+            labels=["statistic"],
+        )
+        for name, value in report.share_changes.items():
+            shares.add_metric([name], value)
+        yield shares
+        alert = GaugeMetricFamily("osteoflag_drift_alert", "1 when the drift alert rule fires")
+        alert.add_metric([], 1.0 if report.alert else 0.0)
+        yield alert
+
+
+def metrics_registry(
+    sessions: sessionmaker[Session], liveness: Liveness, drift: DriftWatch | None = None
+) -> CollectorRegistry:
+    """A private registry: the queue collector, and drift watch when the bundle has a
+    reference."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector(sessions, liveness))
+    if drift is not None:
+        registry.register(DriftCollector(sessions, drift))
     return registry

@@ -118,6 +118,8 @@ def dashboard(request: Request) -> Response:
             "metrics": manifest_metrics({"validation": manifest.metrics.get("validation", {})}),
             "figures": bundle_figures(context.predictor.bundle),
             "agreement": feedback.agreement(context.sessions),
+            "drift": context.drift.report(context.sessions) if context.drift else None,
+            "drift_settings": context.settings.drift,
             "states": [state.value for state in InstanceState],
         },
     )

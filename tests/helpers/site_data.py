@@ -27,16 +27,32 @@ def site_image(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarr
     return np.rint(picture * 4095).astype(np.int64)
 
 
-def write_site(folder: Path, per_class: int, seed: int = 0, per_group: int = 2) -> Path:
+def write_site(
+    folder: Path,
+    per_class: int,
+    seed: int = 0,
+    per_group: int = 2,
+    size: int = 48,
+    parts: tuple[str, ...] = PARTS,
+    inverted: bool = False,
+    nofracture: int | None = None,
+) -> Path:
     """``per_class`` DICOM files of each label under ``folder/images`` and ``folder/labels.csv``
-    (sop_instance_uid, label, group: ``per_group`` images of one label per patient group)."""
+    (sop_instance_uid, label, group: ``per_group`` images of one label per patient group);
+    ``inverted`` stores negatives under MONOCHROME2, as a misconfigured modality would;
+    ``nofracture`` sets that label's count apart (a clinic's mix rather than half and half)."""
     rng = np.random.default_rng(seed)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows = []
-    for label in (1, 0):
-        for index in range(per_class):
-            ds = dataset(site_image(label, rng), bits_stored=12, BodyPartExamined=PARTS[index % 2])
+    for label, count in ((1, per_class), (0, per_class if nofracture is None else nofracture)):
+        for index in range(count):
+            pixels = site_image(label, rng, size)
+            ds = dataset(
+                4095 - pixels if inverted else pixels,
+                bits_stored=12,
+                BodyPartExamined=parts[index % len(parts)],
+            )
             save(ds, images / f"{label}-{index:03d}.dcm")
             name = "fracture" if label else "nofracture"
             rows.append([ds.SOPInstanceUID, name, f"p{label}-{index // per_group:03d}"])
