@@ -17,6 +17,7 @@ from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, 
 from osteoflag.drift.commands import add_reference_arguments, run_reference
 from osteoflag.errors import ConfigError, OsteoflagError
 from osteoflag.inference.commands import add_infer_arguments, run_infer
+from osteoflag.inference.ood_cli import add_ood_arguments, run_ood_reference
 from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
 from osteoflag.logs import configure_logging
 from osteoflag.pacs.tls_options import add_tls_arguments, peer_tls
@@ -209,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_reference_arguments(reference)
     reference.set_defaults(handler=run_reference)
+
+    ood = commands.add_parser(
+        "ood-reference",
+        parents=[common],
+        help="give a bundle its out-of-distribution guard (images far from its training ones)",
+    )
+    add_ood_arguments(ood)
+    ood.set_defaults(handler=run_ood_reference)
 
     adapt = commands.add_parser(
         "adapt", parents=[common], help="refit a bundle's head on a site's labelled images"

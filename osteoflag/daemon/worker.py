@@ -7,7 +7,8 @@ sets too, so an instance is picked up at once but never forgotten. Each wake-up 
 queue batch by batch; a claim is one atomic statement with a lease (``osteoflag.db.queue``).
 
 Per instance the outcome is ``done`` (probability, label, threshold, model, time),
-``skipped`` (outside the model's domain: BodyPartExamined allowlist, minimum size) or
+``skipped`` (outside the model's domain: BodyPartExamined allowlist, minimum size, or features
+far from the training images' when the bundle has an out-of-distribution guard) or
 ``failed`` with the reason; one bad instance never stops the others in its batch. What
 finishing an instance produces (the SR, the summary image, their outbound rows) is the
 :class:`Finishing` hook's business (``osteoflag.daemon.results``).
@@ -290,6 +291,9 @@ class InferenceWorker:
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
+            if prediction.outside is not None:
+                self._refuse(item.instance, InstanceState.SKIPPED, prediction.outside, item.source)
+                continue
             result = queue.Result(
                 probability=prediction.probability,
                 label=prediction.label.value,

@@ -23,6 +23,7 @@ from osteoflag.inference.bundle import Bundle
 from osteoflag.inference.labels import Label
 from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
 from osteoflag.inference.maps import MAPS_OUTPUT
+from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
 from osteoflag.inference.region import Region
 
@@ -45,6 +46,9 @@ class Prediction:
     threshold: float
     model: str
     region: Region | None = None
+    #: Why the image lies outside the training images' domain (the bundle's
+    #: out-of-distribution guard), or None; such an image is not to be reported.
+    outside: str | None = None
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -73,6 +77,11 @@ class Predictor:
         self.bundle = bundle
         self.batch_size = batch_size
         self._calibration = bundle.manifest.calibration
+        self._ood = (
+            OodReference.read(bundle.path / OOD_FILE, bundle.manifest.features.count)
+            if OOD_FILE in bundle.manifest.files
+            else None
+        )
         try:
             self._session = ort.InferenceSession(
                 str(bundle.backbone_path),
@@ -185,14 +194,27 @@ class Predictor:
 
     def probabilities(self, inputs: Sequence[FloatArray]) -> list[float]:
         """Fracture probability for each (3, H, W) input, run ``batch_size`` at a time."""
-        return [p for p, _ in self._evaluate(inputs, None)]
+        return [p for p, _, _ in self._evaluate(inputs, None)]
+
+    def _outside(self, feats: npt.NDArray[np.float32]) -> list[str | None]:
+        """The out-of-distribution reason of each row, when the bundle has a guard."""
+        if self._ood is None:
+            return [None] * len(feats)
+        limit = self._ood.threshold
+        return [
+            f"outside the model's training images: feature distance {d:.4f} > {limit:.4f}"
+            if d > limit
+            else None
+            for d in self._ood.distances(feats)
+        ]
 
     def _evaluate(
         self, inputs: Sequence[FloatArray], sizes: Sequence[tuple[int, int]] | None
-    ) -> list[tuple[float, Region | None]]:
+    ) -> list[tuple[float, Region | None, str | None]]:
         """Probability of each input and, when ``sizes`` (source rows, columns) are given and
-        the bundle localises, the region of each input at or above the threshold."""
-        out: list[tuple[float, Region | None]] = []
+        the bundle localises, the region of each input at or above the threshold; and the
+        out-of-distribution reason of each input, if any."""
+        out: list[tuple[float, Region | None, str | None]] = []
         for start in range(0, len(inputs), self.batch_size):
             batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
             feats, maps = self.run(batch)
@@ -203,7 +225,7 @@ class Predictor:
                 heats = self.evidence(feats[flagged], maps[flagged])
                 for heat, i in zip(heats, flagged, strict=True):
                     regions[i] = region_from_map(heat, self.bundle.input_spec, sizes[start + i])
-            out.extend(zip(scores, regions, strict=True))
+            out.extend(zip(scores, regions, self._outside(feats), strict=True))
         return out
 
     def predict_inputs(
@@ -221,8 +243,9 @@ class Predictor:
                 threshold=threshold,
                 model=self.model_id,
                 region=region,
+                outside=outside,
             )
-            for p, region in self._evaluate(inputs, sizes)
+            for p, region, outside in self._evaluate(inputs, sizes)
         ]
 
     def predict(self, displays: Sequence[DisplayImage]) -> list[Prediction]:
