@@ -201,15 +201,19 @@ def summary_png(request: Request) -> Response:
     return Response(png_bytes(pixels), media_type="image/png")
 
 
+def _csrf_refused(request: Request) -> Response:
+    return _message(
+        request, 403, "Refused", "The form's CSRF token is missing or invalid; reload the page."
+    )
+
+
 async def requeue(request: Request) -> Response:
     """POST: put one failed instance back in the queue (CSRF-checked) and wake the worker."""
     context = _context(request)
     instance_id = _instance_id(request)
     form = await request.form(max_files=0, max_fields=4)
     if not context.csrf.valid(request, form.get(CSRF_FIELD)):
-        return _message(
-            request, 403, "Refused", "The form's CSRF token is missing or invalid; reload the page."
-        )
+        return _csrf_refused(request)
     count = await run_in_threadpool(requeue_failed, context.sessions, [instance_id])
     if count:
         context.wake_worker()
@@ -226,9 +230,7 @@ async def record_feedback(request: Request) -> Response:
     instance_id = _instance_id(request)
     form = await request.form(max_files=0, max_fields=4)
     if not context.csrf.valid(request, form.get(CSRF_FIELD)):
-        return _message(
-            request, 403, "Refused", "The form's CSRF token is missing or invalid; reload the page."
-        )
+        return _csrf_refused(request)
     user = user_name(context.settings.web, request.headers.get("authorization"))
     if user is None:
         return _message(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pydicom
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
+from osteoflag.db import queue
+from osteoflag.db.engine import reading
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
 from osteoflag.db.outbound import add_pending
 from osteoflag.inference.region import Region
@@ -48,3 +53,21 @@ def produce(
     """The objects of ``result`` written now, and their outbound rows added to ``session``."""
     written = write_objects(instance, source, result, model, settings, utcnow(), region=region)
     return add_pending(session, instance, written, destinations_by_kind(settings))
+
+
+def received(sessions: sessionmaker[Session], paths: Sequence[str]) -> list[int]:
+    """One queued instance per file path (SOP Instance UIDs 1.2.3.N); every instance id."""
+    for n, path in enumerate(paths):
+        queue.enqueue(
+            sessions,
+            queue.Received(
+                f"1.2.3.{n}",
+                "1.2.840.10008.5.1.4.1.1.1.1",
+                "1.2.840.10008.1.2.1",
+                "MOD",
+                "127.0.0.1",
+                path,
+            ),
+        )
+    with reading(sessions) as session:
+        return list(session.scalars(select(Instance.id).order_by(Instance.id)))

@@ -23,6 +23,7 @@ from osteoflag.validation.export import export_feedback
 from osteoflag.web.app import create_app
 from osteoflag.web.server import WebServer
 from tests.conftest import make_settings
+from tests.helpers.rows import received
 from tests.helpers.web import WebClient, csrf_token
 
 USER, PASSWORD = "reader", "pw-for-tests"
@@ -30,20 +31,10 @@ USER, PASSWORD = "reader", "pw-for-tests"
 
 def _done(sessions: sessionmaker[Session], folder: Path, labels: list[str]) -> list[int]:
     """Instances classified with ``labels``, each with a real file in ``folder``."""
-    for n, _ in enumerate(labels):
-        path = folder / f"{n}.dcm"
+    paths = [folder / f"{n}.dcm" for n in range(len(labels))]
+    for path in paths:
         path.write_bytes(b"\0" * 128 + b"DICM")
-        queue.enqueue(
-            sessions,
-            queue.Received(
-                f"1.2.3.{n}",
-                "1.2.840.10008.5.1.4.1.1.1.1",
-                "1.2.840.10008.1.2.1",
-                "MOD",
-                "127.0.0.1",
-                str(path),
-            ),
-        )
+    received(sessions, [str(path) for path in paths])
     claimed = queue.claim_instances(sessions, "test", len(labels), timedelta(minutes=5))
     with sessions() as session:
         for row, label in zip(claimed, labels, strict=True):

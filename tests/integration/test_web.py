@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 
@@ -38,6 +37,7 @@ from testkit.inference_data import png_of, radiograph
 from testkit.net import free_port
 from testkit.wait import wait_for
 from tests.conftest import make_settings
+from tests.helpers.rows import received
 from tests.helpers.web import Reply, WebClient, csrf_token
 
 TOKEN = "s3cret-token-for-tests"
@@ -90,20 +90,7 @@ def _empty_app() -> Starlette:
 
 
 def _received(sessions: sessionmaker[Session], count: int) -> list[int]:
-    for n in range(count):
-        queue.enqueue(
-            sessions,
-            queue.Received(
-                f"1.2.3.{n}",
-                "1.2.840.10008.5.1.4.1.1.1.1",
-                "1.2.840.10008.1.2.1",
-                "MOD",
-                "127.0.0.1",
-                f"/nonexistent/{n}.dcm",
-            ),
-        )
-    with reading(sessions) as session:
-        return list(session.scalars(select(Instance.id).order_by(Instance.id)))
+    return received(sessions, [f"/nonexistent/{n}.dcm" for n in range(count)])
 
 
 def _failed_instance(sessions: sessionmaker[Session]) -> int:
