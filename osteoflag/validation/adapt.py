@@ -6,7 +6,9 @@ its held-out groups beside the base bundle on the same images. The head is Light
 backbone's features (:func:`osteoflag.training.classifier.train_booster`), early-stopped on a
 grouped hold-out of the site's fitting groups; when the base bundle's own training images are
 given, their features join every fit so the head keeps what it knew. The threshold is Youden's
-J on the pooled out-of-fold site scores, i.e. chosen for the site's images.
+J on the pooled out-of-fold site scores, i.e. chosen for the site's images; when the base
+bundle has a calibration, the adapted one gets a Platt calibration fitted on those same scores
+(the threshold is then on the calibrated scale, as the predictor serves it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from osteoflag.errors import UsageError
+from osteoflag.inference.bundle import CalibrationSection
 from osteoflag.training.classifier import BoosterConfig, predict, train_booster
 from osteoflag.validation import metrics
 from osteoflag.validation.folds import group_folds, group_holdout
@@ -48,11 +51,32 @@ class BaseRows:
 
 @dataclass(frozen=True)
 class Adapted:
-    """The refitted head and the evidence for it."""
+    """The refitted head, its calibration (when the base bundle had one) and the evidence."""
 
     booster: lgb.Booster
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    calibration: CalibrationSection | None = None
+
+
+def platt(y: Labels, scores: npt.NDArray[np.float64]) -> CalibrationSection:
+    """Platt scaling of ``scores`` (``sigmoid(a * logit(score) + b)``) fitted by Newton's
+    method on out-of-fold site scores: numpy alone, so ``adapt`` needs no scikit-learn."""
+    s = np.clip(scores, 1e-7, 1.0 - 1e-7)
+    x = np.log(s / (1.0 - s))
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        w = p * (1.0 - p) + 1e-9
+        gradient = np.array([((p - y) * x).sum(), (p - y).sum()])
+        hessian = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]])
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
+        a, b = a - float(step[0]), b - float(step[1])
+        if np.abs(step).max() < 1e-9:
+            break
+    if not a > 0:  # scores unrelated to the labels: keep the ranking
+        a, b = 1.0, 0.0
+    return CalibrationSection(method="platt", a=a, b=b, fitted_on="site out-of-fold scores")
 
 
 def check_enough(labels: Labels, groups: list[str], folds: int) -> None:
@@ -88,9 +112,15 @@ def _fit(
 
 
 def adapt_head(
-    site: Scored, base: BaseRows | None, base_threshold: float, folds: int, config: BoosterConfig
+    site: Scored,
+    base: BaseRows | None,
+    base_threshold: float,
+    folds: int,
+    config: BoosterConfig,
+    calibrate: bool = False,
 ) -> Adapted:
-    """Cross-validate on the site, choose the threshold, fit the final head, report both."""
+    """Cross-validate on the site, calibrate (when asked) and choose the threshold on the
+    pooled out-of-fold scores, fit the final head, report both."""
     y, groups = site.labels, site.groups
     check_enough(y, groups, folds)
     out_of_fold = np.zeros(len(y), dtype=float)
@@ -108,6 +138,9 @@ def adapt_head(
             }
         )
         logger.info("adapt fold done", extra={"action": "adapt_fold", **fold_rows[-1]})
+    calibration = platt(y, out_of_fold) if calibrate else None
+    if calibration is not None:  # served probabilities, threshold and figures: calibrated
+        out_of_fold = calibration.apply(out_of_fold)
     threshold = metrics.youden_threshold(y, out_of_fold)
     final = _fit(site, np.arange(len(y)), base, config)
     report: dict[str, Any] = {
@@ -121,7 +154,7 @@ def adapt_head(
             "base_auc": metrics.auc(test.labels, test.probabilities),
             "adapted_auc": metrics.auc(test.labels, predict(final, test.features)),
         }
-    return Adapted(booster=final, threshold=threshold, metrics=report)
+    return Adapted(booster=final, threshold=threshold, metrics=report, calibration=calibration)
 
 
 def _site_cv(

@@ -18,6 +18,7 @@ from osteoflag.validation.adapt import Adapted
 
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
 CLASSIFIER = "classifier.txt"
+CALIBRATED = "; probabilities Platt-calibrated on those scores"
 
 
 def adapted_version(base_version: str, site: str) -> str:
@@ -74,6 +75,9 @@ def write_adapted(
             classifier={"file": CLASSIFIER, "kind": "lightgbm"},
             threshold={"value": adapted.threshold, "method": "youden_j_on_site_out_of_fold"},
             metrics=adapted.metrics,
+            calibration=None
+            if adapted.calibration is None
+            else adapted.calibration.model_dump(mode="json"),
         )
         Predictor(load_bundle(staging), threads=1, batch_size=1)
         staging.rename(out)
@@ -145,7 +149,8 @@ def model_card(base: Bundle, version: str, training_data: dict[str, Any], adapte
         "",
         f"At their thresholds (base {base_p['threshold']:.4f}; adapted {new_p['threshold']:.4f}, "
         "Youden's J on the pooled out-of-fold scores, so its figures here are slightly "
-        f"optimistic): sensitivity {_num(base_p['sensitivity'])} -> {_num(new_p['sensitivity'])},"
+        f"optimistic{CALIBRATED if adapted.calibration else ''}"
+        f"): sensitivity {_num(base_p['sensitivity'])} -> {_num(new_p['sensitivity'])},"
         f" specificity {_num(base_p['specificity'])} -> {_num(new_p['specificity'])}, accuracy "
         f"{_num(base_p['accuracy'])} -> {_num(new_p['accuracy'])}.",
     ]

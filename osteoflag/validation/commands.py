@@ -163,7 +163,8 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
         scored_test = _score(predictor, args, test, "base test") if test else None
         rows = BaseRows(fit=_score(predictor, args, fit, "base fit"), test=scored_test)
     config = BoosterConfig(seed=args.seed)
-    adapted = adapt_head(site, rows, base.threshold, args.folds, config)
+    calibrate = base.manifest.calibration is not None
+    adapted = adapt_head(site, rows, base.threshold, args.folds, config, calibrate)
     y = site.labels
     training_data = {
         "adapted_from": {

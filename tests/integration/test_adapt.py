@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from osteoflag.inference.bundle import load_bundle, sha256_file
+from osteoflag.inference.bundle import load_bundle, sha256_file, write_manifest
+from osteoflag.validation.adapt import platt
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
 from tests.helpers.site_data import write_site
@@ -145,3 +147,45 @@ def test_bad_site_name(folder: Path) -> None:
     )
     assert done.returncode == 2
     assert "--site 'North Wing': use 1-24 lower-case letters" in done.stderr
+
+
+def test_a_calibrated_base_gives_a_calibrated_adapted_bundle(folder: Path) -> None:
+    calibrated = folder / "calibrated"
+    shutil.copytree(folder / "bundle", calibrated)
+    manifest = load_bundle(calibrated).manifest.model_dump(
+        mode="json", exclude={"files", "format_version"}
+    )
+    manifest["calibration"] = {"method": "platt", "a": 2.0, "b": -0.5, "fitted_on": "test"}
+    write_manifest(calibrated, **manifest)
+    done = osteoflag(
+        "adapt",
+        "--bundle",
+        str(calibrated),
+        "--data",
+        str(folder / "site" / "images"),
+        "--labels",
+        str(folder / "site" / "labels.csv"),
+        "--out",
+        str(folder / "north-calibrated"),
+        "--site",
+        "north",
+        config=folder / "osteoflag.toml",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    adapted = load_bundle(folder / "north-calibrated").manifest
+    assert adapted.calibration is not None and adapted.calibration.method == "platt"
+    assert adapted.calibration.fitted_on == "site out-of-fold scores"
+    assert (adapted.calibration.a or 0) > 0
+    pooled = adapted.metrics["site_cv"]["pooled"]["adapted"]
+    assert pooled["threshold"] == adapted.threshold.value
+
+
+def test_platt_recovers_a_known_map() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.01, 0.99, 20000)
+    logit = np.log(scores / (1 - scores))
+    truth = 1 / (1 + np.exp(-(1.5 * logit - 0.3)))
+    y = (rng.uniform(size=scores.size) < truth).astype(int)
+    fitted = platt(y, scores)
+    assert fitted.a == pytest.approx(1.5, abs=0.1) and fitted.b == pytest.approx(-0.3, abs=0.1)
