@@ -102,6 +102,14 @@ def _add_maps(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _add_localiser(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.training.add_localiser import add_localiser_to_bundle
+
+    figures = add_localiser_to_bundle(args.bundle, args.boxes, args.out)
+    print(json.dumps({"bundle": str(args.out), "cross_validation": figures}))
+    return 0
+
+
 def _requeue(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.db import outbound, queue
     from osteoflag.db.engine import make_engine, migrate, session_factory
@@ -245,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_maps.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle")
     add_maps.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
     add_maps.set_defaults(handler=_add_maps)
+
+    add_localiser = commands.add_parser(
+        "add-localiser",
+        parents=[common],
+        help="copy a bundle, adding a localiser fitted on fracture boxes (needs the train extra)",
+    )
+    add_localiser.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle")
+    add_localiser.add_argument(
+        "--boxes", type=Path, required=True, metavar="DIR", help="images/, labels/, images.csv"
+    )
+    add_localiser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
+    add_localiser.set_defaults(handler=_add_localiser)
 
     show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
     show.add_argument("file", type=Path, metavar="FILE")

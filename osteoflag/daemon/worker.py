@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from apscheduler.schedulers.base import BaseScheduler
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +39,7 @@ from osteoflag.errors import OsteoflagError
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
+    DisplayImage,
     FloatArray,
     GreyArray,
     display_from_dataset,
@@ -132,6 +134,11 @@ class _Ready:
 def _size(grey: GreyArray) -> tuple[int, int]:
     rows, columns = grey.shape
     return rows, columns
+
+
+def _display(grey: GreyArray) -> DisplayImage:
+    """The kept 8-bit grey as a display image again, for the localiser's enlarged input."""
+    return DisplayImage(np.asarray(grey, dtype=np.float32) / np.float32(255.0))
 
 
 def domain_refusal(ds: Dataset, model: ModelSettings) -> str | None:
@@ -280,8 +287,13 @@ class InferenceWorker:
     def _classify(self, ready: list[_Ready]) -> None:
         started = time.perf_counter()
         try:
+            displays = (
+                [_display(item.grey) for item in ready]
+                if self._predictor.localiser is not None
+                else None
+            )
             predictions = self._predictor.predict_inputs(
-                [item.tensor for item in ready], [_size(item.grey) for item in ready]
+                [item.tensor for item in ready], [_size(item.grey) for item in ready], displays
             )
         except OsteoflagError as exc:
             for item in ready:

@@ -134,8 +134,21 @@ class CalibrationSection(_Part):
         return np.asarray(np.interp(scores, self.x or [], self.y or []), dtype=np.float64)
 
 
+class LocaliserSection(_Part):
+    """An optional model for *where* on a flagged image: ``file`` (``localiser.json``, kind
+    ``cell-logistic``, see :mod:`osteoflag.inference.localiser`), what it was ``trained_on`` and
+    its grouped cross-validated pointing-game figures. Without it, regions come from the
+    classifier's evidence map."""
+
+    file: str
+    kind: Literal["cell-logistic"]
+    trained_on: str
+    cross_validation: dict[str, Any] = Field(default_factory=dict)
+
+
 class Manifest(_Part):
-    """``manifest.json``, format version 1 (``calibration`` optional; see its section)."""
+    """``manifest.json``, format version 1 (``calibration`` and ``localiser`` optional; see
+    their sections)."""
 
     format_version: Literal[1]
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -150,6 +163,7 @@ class Manifest(_Part):
     metrics: dict[str, Any]
     files: dict[str, Sha256]
     calibration: CalibrationSection | None = None
+    localiser: LocaliserSection | None = None
 
     @field_validator("files")
     @classmethod
@@ -161,7 +175,10 @@ class Manifest(_Part):
 
     @model_validator(mode="after")
     def _parts_are_listed(self) -> Manifest:
-        for role, name in (("backbone", self.backbone.file), ("classifier", self.classifier.file)):
+        parts = [("backbone", self.backbone.file), ("classifier", self.classifier.file)]
+        if self.localiser is not None:
+            parts.append(("localiser", self.localiser.file))
+        for role, name in parts:
             if name not in self.files:
                 raise ValueError(f"{role} file {name!r} has no entry in 'files'")
         return self
@@ -211,6 +228,12 @@ class Bundle:
     @property
     def classifier_path(self) -> Path:
         return self.path / self.manifest.classifier.file
+
+    @property
+    def localiser_path(self) -> Path | None:
+        """The localiser's file, when the bundle has one."""
+        section = self.manifest.localiser
+        return None if section is None else self.path / section.file
 
     @property
     def input_spec(self) -> InputSpec:

@@ -50,11 +50,13 @@ def classify_files(
         ready: list[int] = []
         inputs = []
         sizes: list[tuple[int, int]] = []
+        displays = []
         for path in chunk:
             try:
                 display = load_display(path)
                 inputs.append(model_input(display, spec))
                 sizes.append(display.size)
+                displays.append(display)
                 ready.append(len(records))
                 records.append({"file": str(path)})
             except PixelDataError as exc:
@@ -64,7 +66,7 @@ def classify_files(
                 failures += 1
                 error = f"unexpected {type(exc).__name__} while decoding: {exc}"
                 records.append({"file": str(path), "error": error})
-        predictions = predictor.predict_inputs(inputs, sizes)
+        predictions = predictor.predict_inputs(inputs, sizes, displays)
         for index, prediction in zip(ready, predictions, strict=True):
             records[index].update(
                 probability=prediction.probability,

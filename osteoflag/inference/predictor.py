@@ -22,6 +22,7 @@ from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
 from osteoflag.inference.labels import Label
 from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
+from osteoflag.inference.localiser import Localiser, load_localiser
 from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
@@ -119,6 +120,16 @@ class Predictor:
                 f"the manifest declares {count} features"
             )
         self._layout = None if maps is None else self._check_maps(probe, maps)
+        self._cells = None if maps is None else (maps.shape[2], maps.shape[3])
+        self._localiser = self._load_localiser()
+
+    def _load_localiser(self) -> Localiser | None:
+        path = self.bundle.localiser_path
+        if path is None:
+            return None
+        if self._cells is None:
+            raise BundleError(f"{path}: the localiser needs the backbone's '{MAPS_OUTPUT}' output")
+        return load_localiser(path, self.bundle.input_spec, self._cells)
 
     def _check_maps(self, probe: npt.NDArray[np.float32], maps: FloatArray) -> PooledLayout:
         """The pooled features must be the average (and maximum) of ``maps``: otherwise the
@@ -147,6 +158,24 @@ class Predictor:
     def localises(self) -> bool:
         """Whether the bundle's backbone outputs the spatial map that regions come from."""
         return self._layout is not None
+
+    @property
+    def map_cells(self) -> tuple[int, int]:
+        """(rows, columns) of the backbone's spatial map."""
+        if self._cells is None:
+            raise BundleError(f"{self.bundle.backbone_path}: no '{MAPS_OUTPUT}' output")
+        return self._cells
+
+    @property
+    def localiser(self) -> Localiser | None:
+        """The bundle's trained localiser, when it ships one (regions come from it)."""
+        return self._localiser
+
+    def _maps(self, batch: FloatArray) -> FloatArray:
+        maps = self.run(batch)[1]
+        if maps is None:
+            raise BundleError(f"{self.bundle.backbone_path}: no '{MAPS_OUTPUT}' output")
+        return maps
 
     def run(self, batch: FloatArray) -> tuple[npt.NDArray[np.float32], FloatArray | None]:
         """Features [N, F] and, when the bundle has them, spatial maps [N, C, h, w]."""
@@ -209,11 +238,15 @@ class Predictor:
         ]
 
     def _evaluate(
-        self, inputs: Sequence[FloatArray], sizes: Sequence[tuple[int, int]] | None
+        self,
+        inputs: Sequence[FloatArray],
+        sizes: Sequence[tuple[int, int]] | None,
+        displays: Sequence[DisplayImage] | None = None,
     ) -> list[tuple[float, Region | None, str | None]]:
         """Probability of each input and, when ``sizes`` (source rows, columns) are given and
-        the bundle localises, the region of each input at or above the threshold; and the
-        out-of-distribution reason of each input, if any."""
+        the bundle localises, the region of each input at or above the threshold: from the
+        trained localiser when the bundle has one and ``displays`` are given, else from the
+        classifier's evidence map; and the out-of-distribution reason of each input, if any."""
         out: list[tuple[float, Region | None, str | None]] = []
         for start in range(0, len(inputs), self.batch_size):
             batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
@@ -221,7 +254,11 @@ class Predictor:
             scores = self.scores(feats)
             regions: list[Region | None] = [None] * len(scores)
             flagged = [i for i, p in enumerate(scores) if p >= self.bundle.threshold]
-            if sizes is not None and maps is not None and flagged:
+            if self._localiser is not None and displays is not None:
+                spec = self.bundle.input_spec
+                for i in flagged:
+                    regions[i] = self._localiser.region(displays[start + i], spec, self._maps)
+            elif sizes is not None and maps is not None and flagged:
                 heats = self.evidence(feats[flagged], maps[flagged])
                 for heat, i in zip(heats, flagged, strict=True):
                     regions[i] = region_from_map(heat, self.bundle.input_spec, sizes[start + i])
@@ -229,12 +266,18 @@ class Predictor:
         return out
 
     def predict_inputs(
-        self, inputs: Sequence[FloatArray], sizes: Sequence[tuple[int, int]] | None = None
+        self,
+        inputs: Sequence[FloatArray],
+        sizes: Sequence[tuple[int, int]] | None = None,
+        displays: Sequence[DisplayImage] | None = None,
     ) -> list[Prediction]:
         """Probability, label (fracture when probability >= threshold) and model of each input;
-        with ``sizes`` (each source image's rows, columns), the region of each fracture."""
+        with ``sizes`` (each source image's rows, columns), the region of each fracture, and
+        with the ``displays`` the inputs were made from, the trained localiser's region."""
         if sizes is not None and len(sizes) != len(inputs):
             raise ValueError(f"{len(sizes)} sizes for {len(inputs)} inputs")
+        if displays is not None and len(displays) != len(inputs):
+            raise ValueError(f"{len(displays)} displays for {len(inputs)} inputs")
         threshold = self.bundle.threshold
         return [
             Prediction(
@@ -245,7 +288,7 @@ class Predictor:
                 region=region,
                 outside=outside,
             )
-            for p, region, outside in self._evaluate(inputs, sizes)
+            for p, region, outside in self._evaluate(inputs, sizes, displays)
         ]
 
     def predict(self, displays: Sequence[DisplayImage]) -> list[Prediction]:
@@ -254,4 +297,5 @@ class Predictor:
         return self.predict_inputs(
             [model_input(display, spec) for display in displays],
             [display.size for display in displays],
+            displays,
         )

@@ -311,10 +311,13 @@ def report(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(
+    summary: dict[str, Any],
+    subsets: Sequence[str] = ("all", "no_multiregion_duplicates", "flagged"),
+) -> str:
     """The tables of docs/localisation.md."""
     lines = []
-    for subset in ("all", "no_multiregion_duplicates", "flagged"):
+    for subset in subsets:
         part = summary[subset]
         lines.append(f"\n{subset}: {part['n']} images from {part['sources']} source images\n")
         lines.append(

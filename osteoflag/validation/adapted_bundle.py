@@ -63,6 +63,9 @@ def write_adapted(
             str(staging / CLASSIFIER), num_iteration=adapted.booster.best_iteration
         )
         (staging / MODEL_CARD).write_text(card, encoding="utf-8")
+        localiser = base.manifest.localiser  # same backbone, so its localiser still reads it
+        if localiser is not None:
+            shutil.copyfile(base.path / localiser.file, staging / localiser.file)
         write_manifest(
             staging,
             name=manifest.name,
@@ -78,6 +81,7 @@ def write_adapted(
             calibration=None
             if adapted.calibration is None
             else adapted.calibration.model_dump(mode="json"),
+            localiser=None if localiser is None else localiser.model_dump(mode="json"),
         )
         Predictor(load_bundle(staging), threads=1, batch_size=1)
         staging.rename(out)

@@ -1,0 +1,122 @@
+"""A localiser trained on fracture boxes: a per-cell logistic model over the backbone's grid.
+
+The classifier's own evidence points at film edges and markers more than at fractures
+(``docs/localisation.md``), so a bundle may carry a second, small model trained for *where*:
+the bundle's backbone is run on tiles of an enlarged image (:mod:`osteoflag.inference.cells`),
+every cell's feature vector, plus its position in the image, goes through a logistic model
+fitted on cells labelled by hand-drawn fracture boxes, and the cell probabilities are the map
+the region is taken from (peak, and the hot area around it as the box) like the evidence map.
+The file is JSON (``localiser.json``: standardisation, weights, intercept, tiling), so serving
+needs only numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from osteoflag.errors import BundleError
+from osteoflag.inference.cells import MapRunner, Tiling, cell_features
+from osteoflag.inference.localise import FloatMap, region_from_map
+from osteoflag.inference.pixels import DisplayImage, InputSpec
+from osteoflag.inference.region import Region
+
+LOCALISER_FILE: Final = "localiser.json"
+KIND: Final = "cell-logistic"
+#: Position features appended to each cell's channels: row and column (0..1 over the image)
+#: and the distance to the image centre.
+POSITION_FEATURES: Final = 3
+
+
+def cell_inputs(grid: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The (rows * columns, C + 3) model inputs of a (C, rows, columns) feature grid."""
+    channels, rows, columns = grid.shape
+    yy, xx = np.meshgrid(np.linspace(0, 1, rows), np.linspace(0, 1, columns), indexing="ij")
+    position = np.stack([yy, xx, np.hypot(yy - 0.5, xx - 0.5)]).astype(np.float32)
+    stacked = np.concatenate([grid, position])
+    return np.ascontiguousarray(stacked.reshape(channels + POSITION_FEATURES, -1).T)
+
+
+@dataclass(frozen=True)
+class CellModel:
+    """Logistic regression on standardised cell inputs."""
+
+    mean: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+    weights: npt.NDArray[np.float64]
+    intercept: float
+
+    def __post_init__(self) -> None:
+        sizes = {self.mean.shape, self.scale.shape, self.weights.shape}
+        if len(sizes) != 1 or self.mean.ndim != 1:
+            raise ValueError(f"mean, scale and weights differ in shape: {sorted(sizes)}")
+        if not np.all(self.scale > 0):
+            raise ValueError("every scale must be positive")
+
+    def probabilities(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Fracture probability of each row of cell inputs."""
+        z = ((inputs - self.mean) / self.scale) @ self.weights + self.intercept
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Localiser:
+    """A cell model and the tiling whose grid it reads."""
+
+    tiling: Tiling
+    model: CellModel
+
+    def heat(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> FloatMap:
+        """The (rows, columns) map of cell fracture probabilities of one image."""
+        grid = cell_features(display, spec, self.tiling, run)
+        if grid.shape[0] + POSITION_FEATURES != self.model.weights.shape[0]:
+            raise BundleError(
+                f"localiser expects {self.model.weights.shape[0] - POSITION_FEATURES} channels, "
+                f"the backbone's map has {grid.shape[0]}"
+            )
+        rows, columns = self.tiling.grid
+        return self.model.probabilities(cell_inputs(grid)).reshape(rows, columns).astype(np.float32)
+
+    def region(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> Region | None:
+        """The region of one image, in its own pixels."""
+        return region_from_map(self.heat(display, spec, run), self.tiling.spec(spec), display.size)
+
+    def to_json(self) -> dict[str, Any]:
+        """The document ``localiser.json`` holds."""
+        return {
+            "kind": KIND,
+            "tiles": self.tiling.tiles,
+            "stride": self.tiling.stride,
+            "mean": self.model.mean.tolist(),
+            "scale": self.model.scale.tolist(),
+            "weights": self.model.weights.tolist(),
+            "intercept": self.model.intercept,
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json()) + "\n", encoding="utf-8")
+
+
+def load_localiser(path: Path, spec: InputSpec, cells: tuple[int, int]) -> Localiser:
+    """Read ``localiser.json`` for a backbone of input ``spec`` whose map has ``cells``."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document["kind"] != KIND:
+            raise ValueError(f"kind {document['kind']!r} is not {KIND!r}")
+        tiling = Tiling(int(document["tiles"]), int(document["stride"]), spec.size, cells)
+        model = CellModel(
+            np.asarray(document["mean"], dtype=np.float64),
+            np.asarray(document["scale"], dtype=np.float64),
+            np.asarray(document["weights"], dtype=np.float64),
+            float(document["intercept"]),
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: localiser cannot be read: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: invalid localiser: {exc}") from exc
+    return Localiser(tiling, model)

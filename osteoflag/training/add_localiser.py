@@ -1,0 +1,90 @@
+"""``osteoflag add-localiser``: a copy of a bundle with a localiser fitted on fracture boxes.
+
+Like ``add-maps``, it never changes the bundle it reads: the copy is staged beside ``--out``,
+verified like any bundle, then renamed, and ``--out`` must not exist. The localiser is fitted
+on every boxed image; its grouped cross-validated figures (same procedure, every source image
+scored by a fit that never saw it) go into the manifest's ``localiser`` section and the card.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Final
+
+from osteoflag.errors import UsageError
+from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
+from osteoflag.inference.localiser import KIND, LOCALISER_FILE
+from osteoflag.inference.predictor import Predictor
+from osteoflag.training.localisation import read_cases
+from osteoflag.training.localiser import (
+    compact,
+    cross_validate,
+    feature_grids,
+    fit_localiser,
+    tiling_for,
+)
+
+logger = logging.getLogger(__name__)
+
+_CARD_HEADING: Final = "\n## Localiser\n"
+
+
+def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
+    part = figures["all"]
+    rows = "".join(
+        f"| {method} | {f['hit']:.3f} [{f['hit_ci95'][0]:.3f}, {f['hit_ci95'][1]:.3f}] |\n"
+        for method, f in part.items()
+        if isinstance(f, dict)
+    )
+    return (
+        f"{_CARD_HEADING}\n"
+        f"Regions of flagged images come from `{LOCALISER_FILE}`: a logistic model on the "
+        f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus cell "
+        f"position, fitted on the fracture boxes of `{boxes}` ({part['n']} images, "
+        f"{part['sources']} source images). Pointing game ({figures['folds']}-fold CV grouped "
+        "by source image, 95 % bootstrap interval over sources):\n\n"
+        f"| method | hit [95% CI] |\n|---|---|\n{rows}"
+    )
+
+
+def add_localiser_to_bundle(bundle_dir: Path, boxes: Path, out: Path) -> dict[str, Any]:
+    """Write the bundle at ``bundle_dir`` with a localiser fitted on ``boxes`` to the new folder
+    ``out``; returns the cross-validated figures recorded in its manifest."""
+    if out.exists():
+        raise UsageError(f"--out {out}: already exists; choose a new folder for the bundle")
+    if not (boxes / "images.csv").is_file():
+        raise UsageError(f"--boxes {boxes}: no images.csv (fracture-boxes layout expected)")
+    source = load_bundle(bundle_dir)
+    predictor = Predictor(source, threads=0, batch_size=16)
+    cases = read_cases(boxes)
+    tiling = tiling_for(predictor)
+    grids = feature_grids(predictor, cases, tiling)
+    figures = compact(cross_validate(grids, cases, predictor, tiling))
+    localiser = fit_localiser(grids, cases, tiling)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(MANIFEST))
+        localiser.save(staging / LOCALISER_FILE)
+        card = staging / MODEL_CARD
+        if card.exists():
+            text = card.read_text(encoding="utf-8").split(_CARD_HEADING)[0]
+            card.write_text(text + _card_section(boxes, figures), encoding="utf-8")
+        fields = source.manifest.model_dump(mode="json", exclude={"files", "format_version"})
+        fields["localiser"] = {
+            "file": LOCALISER_FILE,
+            "kind": KIND,
+            "trained_on": f"{boxes.name}: {len(cases)} images with fracture boxes",
+            "cross_validation": figures,
+        }
+        write_manifest(staging, **fields)
+        Predictor(load_bundle(staging), threads=1, batch_size=1)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("localiser added", extra={"action": "add_localiser", "bundle": str(out)})
+    return figures

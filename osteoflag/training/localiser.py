@@ -1,0 +1,277 @@
+"""Fit, cross-validate and ship the cell localiser (:mod:`osteoflag.inference.localiser`).
+
+Cells of the tiled grid are labelled by the fracture boxes: a cell is positive when a box
+covers at least :data:`COVERED` of it or holds a box's centre (so every box has a cell). The
+logistic model is fitted on every positive cell and a fixed random share of the negatives
+(they are ~98 % of the cells). Figures are grouped K-fold over source images: the augmented
+copies of one radiograph are never on both sides. The pointing game and its baselines are
+those of :mod:`osteoflag.training.localisation`.
+
+``python -m osteoflag.training.localiser --bundle DIR --data DIR`` prints the cross-validated
+tables (``--tiles``, ``--stride``, ``--no-position``, ``--c`` reproduce the variants in
+``docs/localisation.md``); ``osteoflag add-localiser`` fits on every image and ships it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from osteoflag.errors import BundleError
+from osteoflag.inference.cells import Tiling, cell_features
+from osteoflag.inference.localiser import POSITION_FEATURES, CellModel, Localiser, cell_inputs
+from osteoflag.inference.maps import MAPS_OUTPUT
+from osteoflag.inference.pixels import load_display
+from osteoflag.inference.predictor import Predictor
+from osteoflag.training.localisation import (
+    Box,
+    Case,
+    baselines,
+    region_score,
+    summarise,
+)
+
+#: A cell is positive when a box covers at least this fraction of it (or holds a box centre).
+COVERED: Final = 0.3
+#: Share of the negative cells the model is fitted on (all positives are kept).
+NEGATIVE_SHARE: Final = 0.3
+#: Inverse L2 strength of the logistic model (chosen by grouped CV, docs/localisation.md).
+INVERSE_L2: Final = 0.001
+#: Tiles per side, adjacent (stride = the backbone's input side): 28x28 cells at 224 px.
+TILES: Final = 4
+FOLDS: Final = 5
+
+
+@dataclass(frozen=True)
+class Grids:
+    """Every case's (C, rows, columns) feature grid and its source image size."""
+
+    features: npt.NDArray[np.float32]  # (N, C, rows, columns)
+    sizes: list[tuple[int, int]]
+    seconds_per_image: float
+
+
+def tiling_for(predictor: Predictor, tiles: int = TILES, stride: int | None = None) -> Tiling:
+    """The tiling of ``predictor``'s backbone: ``tiles`` per side, adjacent unless ``stride``."""
+    size = predictor.bundle.input_spec.size
+    return Tiling(tiles, size[0] if stride is None else stride, size, predictor.map_cells)
+
+
+def cell_targets(
+    boxes: Sequence[Box], size: tuple[int, int], grid: tuple[int, int]
+) -> npt.NDArray[np.bool_]:
+    """(rows, columns) booleans: the cells a box covers enough of, or whose cell holds its
+    centre; ``size`` is the source image's (rows, columns), boxes in its pixels."""
+    rows, columns = size
+    grid_rows, grid_columns = grid
+    ys = np.arange(grid_rows + 1) * rows / grid_rows
+    xs = np.arange(grid_columns + 1) * columns / grid_columns
+    covered = np.zeros(grid, dtype=np.float64)
+    centres = np.zeros(grid, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        over_y = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None) / ys[1]
+        over_x = np.clip(np.minimum(xs[1:], x1) - np.maximum(xs[:-1], x0), 0, None) / xs[1]
+        covered = np.maximum(covered, np.outer(over_y, over_x))
+        r = min(max(int((y0 + y1) / 2 / rows * grid_rows), 0), grid_rows - 1)
+        c = min(max(int((x0 + x1) / 2 / columns * grid_columns), 0), grid_columns - 1)
+        centres[r, c] = True
+    return np.asarray((covered >= COVERED) | centres, dtype=bool)
+
+
+def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -> Grids:
+    """Run the tiled backbone on every case."""
+    if not predictor.localises:
+        raise BundleError(
+            f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
+        )
+    spec = predictor.bundle.input_spec
+
+    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        maps = predictor.run(batch)[1]
+        assert maps is not None  # checked above: the bundle localises
+        return maps
+
+    grids, sizes = [], []
+    started = time.perf_counter()
+    for case in cases:
+        display = load_display(case.path)
+        grids.append(cell_features(display, spec, tiling, run))
+        sizes.append(display.size)
+    elapsed = (time.perf_counter() - started) / max(1, len(cases))
+    return Grids(np.stack(grids), sizes, elapsed)
+
+
+def fit_cells(
+    inputs: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.bool_],
+    *,
+    inverse_l2: float = INVERSE_L2,
+    seed: int = 0,
+) -> CellModel:
+    """Standardise, then L2 logistic regression on all positives and a share of negatives."""
+    from sklearn.linear_model import LogisticRegression  # the train extra
+
+    keep = targets | (np.random.default_rng(seed).random(len(targets)) < NEGATIVE_SHARE)
+    x, y = inputs[keep].astype(np.float64), targets[keep]
+    if y.all() or not y.any():
+        raise ValueError("the cells need both positive and negative examples")
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    model = LogisticRegression(C=inverse_l2, max_iter=500).fit((x - mean) / scale, y)
+    return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
+
+
+def _dataset(
+    grids: Grids, cases: Sequence[Case], position: bool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """(N, cells, inputs) and (N, cells) targets."""
+    _, _, rows, columns = grids.features.shape
+    inputs = np.stack([cell_inputs(grid) for grid in grids.features])
+    if not position:  # the position columns are zeroed, so the fit gives them no weight
+        inputs[:, :, -POSITION_FEATURES:] = 0.0
+    targets = np.stack(
+        [
+            cell_targets(case.boxes, size, (rows, columns)).reshape(-1)
+            for case, size in zip(cases, grids.sizes, strict=True)
+        ]
+    )
+    return inputs, targets
+
+
+def fit_localiser(
+    grids: Grids,
+    cases: Sequence[Case],
+    tiling: Tiling,
+    *,
+    position: bool = True,
+    inverse_l2: float = INVERSE_L2,
+) -> Localiser:
+    """The localiser fitted on every cell of every case."""
+    inputs, targets = _dataset(grids, cases, position)
+    model = fit_cells(
+        inputs.reshape(-1, inputs.shape[-1]), targets.reshape(-1), inverse_l2=inverse_l2
+    )
+    return Localiser(tiling, model)
+
+
+def cross_validate(
+    grids: Grids,
+    cases: Sequence[Case],
+    predictor: Predictor,
+    tiling: Tiling,
+    *,
+    folds: int = FOLDS,
+    position: bool = True,
+    inverse_l2: float = INVERSE_L2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Grouped K-fold pointing game: every image scored by a fit that never saw its source."""
+    from sklearn.model_selection import GroupKFold  # the train extra
+
+    from osteoflag.inference.localise import region_from_map
+
+    inputs, targets = _dataset(grids, cases, position)
+    _, _, rows, columns = grids.features.shape
+    groups = [case.stem for case in cases]
+    if len(set(groups)) < folds:
+        raise ValueError(f"{len(set(groups))} source images cannot make {folds} folds")
+    heats = np.zeros((len(cases), rows, columns), dtype=np.float32)
+    for train, test in GroupKFold(folds).split(inputs, groups=groups):
+        model = fit_cells(
+            inputs[train].reshape(-1, inputs.shape[-1]),
+            targets[train].reshape(-1),
+            inverse_l2=inverse_l2,
+            seed=seed,
+        )
+        for i in test:
+            heats[i] = model.probabilities(inputs[i]).reshape(rows, columns)
+    spec = tiling.spec(predictor.bundle.input_spec)
+    rng = np.random.default_rng(seed)
+    scored: list[dict[str, Any]] = []
+    model_seconds = []
+    for heat, case, size in zip(heats, cases, grids.sizes, strict=True):
+        started = time.perf_counter()
+        region = region_from_map(heat, spec, size)
+        model_seconds.append(time.perf_counter() - started)
+        if region is None:  # probabilities are positive: never, but the type says it may
+            raise ValueError(f"{case.path}: localiser map has no positive cell")
+        scores = {"localiser": vars(region_score(region, case, size))}
+        scores.update({name: vars(s) for name, s in baselines(region, case, size, rng).items()})
+        scored.append({"file": case.path.name, "scores": scores})
+    subsets = {
+        "all": list(range(len(cases))),
+        "no_multiregion_duplicates": [i for i, c in enumerate(cases) if not c.near_duplicate],
+    }
+    out: dict[str, Any] = {
+        name: summarise([scored[i] for i in picks], [cases[i] for i in picks], seed)
+        for name, picks in subsets.items()
+    }
+    out["folds"] = folds
+    out["grid"] = [rows, columns]
+    out["ms_per_image"] = {
+        "tiled_backbone": 1000 * grids.seconds_per_image,
+        "region": 1000 * float(np.mean(model_seconds)),
+    }
+    return out
+
+
+def compact(summary: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's copy of the figures: hit and its interval per method and subset."""
+    out: dict[str, Any] = {"folds": summary["folds"], "grid": summary["grid"]}
+    for subset in ("all", "no_multiregion_duplicates"):
+        part = summary[subset]
+        out[subset] = {"n": part["n"], "sources": part["sources"]} | {
+            method: {
+                "hit": round(f["hit"]["mean"], 4),
+                "hit_ci95": [round(v, 4) for v in f["hit"]["ci95"]],
+            }
+            for method, f in part["methods"].items()
+        }
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the cross-validated tables (markdown, or ``--json``)."""
+    import json
+    from pathlib import Path
+
+    from osteoflag.inference.bundle import load_bundle
+    from osteoflag.training.localisation import markdown, read_cases
+
+    parser = argparse.ArgumentParser(prog="python -m osteoflag.training.localiser")
+    parser.add_argument("--bundle", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="fracture-boxes")
+    parser.add_argument("--tiles", type=int, default=TILES, help="tiles per side")
+    parser.add_argument("--stride", type=int, help="input pixels between tiles (default: adjacent)")
+    parser.add_argument("--no-position", action="store_true", help="cell features only")
+    parser.add_argument("--c", type=float, default=INVERSE_L2, help="inverse L2 strength")
+    parser.add_argument("--folds", type=int, default=FOLDS)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    predictor = Predictor(load_bundle(args.bundle), threads=1, batch_size=16)
+    cases = read_cases(args.data)
+    tiling = tiling_for(predictor, args.tiles, args.stride)
+    grids = feature_grids(predictor, cases, tiling)
+    summary = cross_validate(
+        grids,
+        cases,
+        predictor,
+        tiling,
+        folds=args.folds,
+        position=not args.no_position,
+        inverse_l2=args.c,
+    )
+    subsets = ("all", "no_multiregion_duplicates")
+    text = json.dumps(summary, indent=2) if args.json else markdown(summary, subsets)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""``osteoflag add-localiser``: a localiser fitted on boxes finds a bright blob where the box is.
+
+A tiny real bundle (ONNX backbone with its map output, LightGBM) and synthetic radiographs:
+ramps and noise with one bright blob inside each image's only box. The localiser fitted on
+them must point at the blob on images it never saw, the copy must be hash-pinned like every
+bundle file, and the predictor must take its regions from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from osteoflag.errors import BundleError
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.cells import Tiling, cell_features
+from osteoflag.inference.localiser import LOCALISER_FILE
+from osteoflag.inference.maps import add_maps_to_bundle
+from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, model_input
+from osteoflag.inference.predictor import Predictor
+from osteoflag.training.add_localiser import add_localiser_to_bundle
+from testkit.daemon import osteoflag, write_config
+from testkit.tiny_bundle import build_bundle
+
+ROWS, COLUMNS = 120, 160
+HALF_BOX = 10  # pixels either side of the blob's centre
+
+
+def _radiograph(rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float]]:
+    """A dim ramp with noise and one bright blob; returns the image and the blob's centre."""
+    y, x = np.mgrid[0:ROWS, 0:COLUMNS].astype(np.float32)
+    cx, cy = rng.uniform(20, COLUMNS - 20), rng.uniform(20, ROWS - 20)
+    image = 0.15 + 0.1 * x / COLUMNS + 0.05 * rng.standard_normal((ROWS, COLUMNS))
+    image += 0.8 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 4.0**2))
+    return np.clip(image, 0, 1).astype(np.float32), (cx, cy)
+
+
+def _boxes_folder(root: Path, count: int, seed: int) -> list[tuple[Path, tuple[float, float]]]:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(seed)
+    written, rows = [], []
+    for index in range(count):
+        image, (cx, cy) = _radiograph(rng)
+        name = f"case{index}.png"
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "images" / name)
+        w, h = 2 * HALF_BOX / COLUMNS, 2 * HALF_BOX / ROWS
+        line = f"1 {cx / COLUMNS:.5f} {cy / ROWS:.5f} {w:.5f} {h:.5f}\n"
+        (root / "labels" / f"case{index}.txt").write_text(line)
+        rows.append([name, f"stem{index // 2}", "train", COLUMNS, ROWS, 1, ""])
+        written.append((root / "images" / name, (cx, cy)))
+    with (root / "images.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = "file source_stem roboflow_split width height fracture_boxes"
+        writer.writerow([*header.split(), "near_duplicate_in_multiregion"])
+        writer.writerows(rows)
+    return written
+
+
+@pytest.fixture(scope="module")
+def localised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, object]]:
+    """A flag-everything tiny bundle with maps, and its copy with a localiser."""
+    root = tmp_path_factory.mktemp("localiser")
+    add_maps_to_bundle(build_bundle(root / "tiny", threshold=0.0), root / "maps")
+    _boxes_folder(root / "boxes", 40, seed=1)
+    figures = add_localiser_to_bundle(root / "maps", root / "boxes", root / "localised")
+    return root / "maps", root / "localised", figures
+
+
+def test_the_localiser_finds_the_blob_on_unseen_images(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    _, bundle, figures = localised
+    cv = figures["all"]
+    assert isinstance(cv, dict)
+    assert cv["localiser"]["hit"] >= 0.8 > cv["centre"]["hit"]  # cross-validated, grouped
+    predictor = Predictor(load_bundle(bundle))
+    assert predictor.localiser is not None
+    hits = 0
+    for path, (cx, cy) in _boxes_folder(tmp_path / "unseen", 12, seed=7):
+        pixels = np.asarray(Image.open(path), dtype=np.float32) / 255.0
+        [prediction] = predictor.predict([DisplayImage(pixels)])
+        assert prediction.region is not None
+        x0, y0, x1, y1 = prediction.region.box
+        assert 0 <= x0 <= x1 < COLUMNS and 0 <= y0 <= y1 < ROWS
+        px, py = prediction.region.peak
+        hits += abs(px - cx) <= HALF_BOX and abs(py - cy) <= HALF_BOX
+    assert hits >= 10
+
+
+def test_the_predictor_takes_regions_from_the_localiser(
+    localised: tuple[Path, Path, dict[str, object]],
+) -> None:
+    maps, bundle, _ = localised
+    with_localiser, evidence_only = Predictor(load_bundle(bundle)), Predictor(load_bundle(maps))
+    assert with_localiser.localiser is not None and evidence_only.localiser is None
+    spec = with_localiser.bundle.input_spec
+    displays = [DisplayImage(_radiograph(np.random.default_rng(seed))[0]) for seed in range(8)]
+    served = with_localiser.predict(displays)
+    for display, prediction in zip(displays, served, strict=True):
+        expected = with_localiser.localiser.region(
+            display, spec, lambda b: with_localiser.run(b)[1]
+        )
+        assert prediction.region == expected and expected is not None
+    # without the displays (sizes only), the classifier's evidence map gives the region
+    inputs = [model_input(display, spec) for display in displays]
+    fallback = with_localiser.predict_inputs(inputs, [display.size for display in displays])
+    evidence = evidence_only.predict(displays)
+    assert [p.region for p in fallback] == [p.region for p in evidence]
+    assert any(p.region is not None for p in evidence)
+    assert [p.region for p in served] != [p.region for p in evidence]
+
+
+def test_the_localiser_file_is_pinned_by_the_manifest(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    _, bundle, _ = localised
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["localiser"]["file"] == LOCALISER_FILE
+    assert manifest["localiser"]["cross_validation"]["folds"] == 5
+    assert LOCALISER_FILE in manifest["files"]
+    assert "## Localiser" in (bundle / "MODEL_CARD.md").read_text()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in bundle.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    document = json.loads((copy / LOCALISER_FILE).read_text())
+    document["intercept"] += 1.0
+    (copy / LOCALISER_FILE).write_text(json.dumps(document))
+    with pytest.raises(BundleError, match=r"localiser\.json: SHA-256"):
+        load_bundle(copy)
+    del manifest["files"][LOCALISER_FILE]
+    (copy / LOCALISER_FILE).unlink()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"localiser file 'localiser\.json' has no entry"):
+        load_bundle(copy)
+
+
+def test_cli_refuses_bad_usage_with_one_line(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    maps, bundle, _ = localised
+    config = write_config(tmp_path, {"model": {"bundle": str(maps)}})
+    boxes = tmp_path / "boxes"
+    _boxes_folder(boxes, 2, seed=3)
+    exists = osteoflag(
+        "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out", str(bundle),
+        config=config,
+    )  # fmt: skip
+    assert exists.returncode == 2 and "already exists" in exists.stderr
+    assert len(exists.stderr.strip().splitlines()) == 1
+    no_boxes = osteoflag(
+        "add-localiser", "--bundle", str(maps), "--boxes", str(tmp_path), "--out",
+        str(tmp_path / "new"), config=config,
+    )  # fmt: skip
+    assert no_boxes.returncode == 2 and "images.csv" in no_boxes.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_tiles_are_assembled_on_one_grid() -> None:
+    """Each tile's map lands at its place: with a 'backbone' that average-pools every cell,
+    the tiled grid is the pooled enlarged image, overlaps included."""
+    spec = InputSpec(size=(16, 16), resize_mode=ResizeMode.STRETCH)
+    rng = np.random.default_rng(0)
+    display = DisplayImage(rng.uniform(0, 1, (50, 70)).astype(np.float32))
+
+    def pool(batch: np.ndarray) -> np.ndarray:
+        n, c, h, w = batch.shape
+        return batch.reshape(n, c, h // 4, 4, w // 4, 4).mean(axis=(3, 5))
+
+    for tiles, stride in ((1, 16), (3, 16), (3, 8)):
+        tiling = Tiling(tiles, stride, (16, 16), (4, 4))
+        grid = cell_features(display, spec, tiling, pool)
+        whole = model_input(display, tiling.spec(spec))[np.newaxis]
+        assert grid.shape == (3, *tiling.grid)
+        np.testing.assert_allclose(grid, pool(whole)[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of a cell"):
+        Tiling(2, 6, (16, 16), (4, 4))
+    with pytest.raises(ValueError, match="gaps"):
+        Tiling(2, 20, (16, 16), (4, 4))
