@@ -26,10 +26,6 @@ class PermanentError(OsteoflagError):
     """A failure that retrying cannot fix (undecodable pixels, bad bundle)."""
 
 
-class StorageFullError(TransientError):
-    """The storage volume is below its free-space floor (DICOM status 0xA700)."""
-
-
 class BundleError(ConfigError, PermanentError):
     """The model bundle is incomplete, tampered with or malformed: the configured
     ``model.bundle`` (or a command's ``--bundle``) is unusable, so exit status 2."""
