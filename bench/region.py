@@ -2,7 +2,9 @@
 
 Prints, for the default bundle on 2048x1664 12-bit DX radiographs, the time of the region
 (classifier contributions, evidence map, peak and box; the map output itself comes with the
-forward pass) beside the classification's. The objects that carry it (SR, presentation state,
+forward pass) beside the classification's, and, when the bundle has a trained localiser, the
+localiser's region (its tiled forward passes, cell model, peak and box), which replaces the
+evidence map's for fracture results. The objects that carry it (SR, presentation state,
 summary image with the evidence drawn) are timed by ``bench.objects``.
 Run with ``python -m bench.region`` from the repository root.
 """
@@ -56,6 +58,15 @@ def main() -> int:
     print(f"region of a flagged image ({predictor.model_id}, 2048x1664 DX, {IMAGES} images):")
     print(f"  classification (forward pass + classifier)  {_ms(forward)}")
     print(f"  region (contributions, evidence map, box)   {_ms(region_times)}")
+    localiser = predictor.localiser
+    if localiser is not None:
+        localiser_times = []
+        for display in displays:
+            started = time.perf_counter()
+            localiser.region(display, spec, predictor.maps)
+            localiser_times.append(time.perf_counter() - started)
+        tiles = localiser.tiling.tiles**2
+        print(f"  localiser region ({tiles} tiled passes, cells)  {_ms(localiser_times)}")
 
     return 0
 

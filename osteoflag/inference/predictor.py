@@ -171,7 +171,8 @@ class Predictor:
         """The bundle's trained localiser, when it ships one (regions come from it)."""
         return self._localiser
 
-    def _maps(self, batch: FloatArray) -> FloatArray:
+    def maps(self, batch: FloatArray) -> FloatArray:
+        """Spatial maps [N, C, h, w] of a batch; a bundle without them is refused."""
         maps = self.run(batch)[1]
         if maps is None:
             raise BundleError(f"{self.bundle.backbone_path}: no '{MAPS_OUTPUT}' output")
@@ -257,7 +258,7 @@ class Predictor:
             if self._localiser is not None and displays is not None:
                 spec = self.bundle.input_spec
                 for i in flagged:
-                    regions[i] = self._localiser.region(displays[start + i], spec, self._maps)
+                    regions[i] = self._localiser.region(displays[start + i], spec, self.maps)
             elif sizes is not None and maps is not None and flagged:
                 heats = self.evidence(feats[flagged], maps[flagged])
                 for heat, i in zip(heats, flagged, strict=True):

@@ -43,7 +43,7 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
         f"{_CARD_HEADING}\n"
         f"Regions of flagged images come from `{LOCALISER_FILE}`: a logistic model on the "
         f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus cell "
-        f"position, fitted on the fracture boxes of `{boxes}` ({part['n']} images, "
+        f"position, fitted on the fracture boxes of `{boxes.name}` ({part['n']} images, "
         f"{part['sources']} source images). Pointing game ({figures['folds']}-fold CV grouped "
         "by source image, 95 % bootstrap interval over sources):\n\n"
         f"| method | hit [95% CI] |\n|---|---|\n{rows}"

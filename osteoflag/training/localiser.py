@@ -92,17 +92,11 @@ def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -
             f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
         )
     spec = predictor.bundle.input_spec
-
-    def run(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        maps = predictor.run(batch)[1]
-        assert maps is not None  # checked above: the bundle localises
-        return maps
-
     grids, sizes = [], []
     started = time.perf_counter()
     for case in cases:
         display = load_display(case.path)
-        grids.append(cell_features(display, spec, tiling, run))
+        grids.append(cell_features(display, spec, tiling, predictor.maps))
         sizes.append(display.size)
     elapsed = (time.perf_counter() - started) / max(1, len(cases))
     return Grids(np.stack(grids), sizes, elapsed)
@@ -222,7 +216,8 @@ def cross_validate(
 
 
 def compact(summary: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's copy of the figures: hit and its interval per method and subset."""
+    """The manifest's copy of the figures per method and subset: hit and its interval, the
+    interval of its paired difference to the centre, and the box IoU."""
     out: dict[str, Any] = {"folds": summary["folds"], "grid": summary["grid"]}
     for subset in ("all", "no_multiregion_duplicates"):
         part = summary[subset]
@@ -230,6 +225,8 @@ def compact(summary: dict[str, Any]) -> dict[str, Any]:
             method: {
                 "hit": round(f["hit"]["mean"], 4),
                 "hit_ci95": [round(v, 4) for v in f["hit"]["ci95"]],
+                "hit_minus_centre_ci95": [round(v, 4) for v in f["hit_minus_centre"]["ci95"]],
+                "iou": round(f["iou"]["mean"], 4),
             }
             for method, f in part["methods"].items()
         }
