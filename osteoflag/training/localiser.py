@@ -28,7 +28,7 @@ from osteoflag.errors import BundleError
 from osteoflag.inference.cells import Tiling, cell_features
 from osteoflag.inference.localiser import POSITION_FEATURES, CellModel, Localiser, cell_inputs
 from osteoflag.inference.maps import MAPS_OUTPUT
-from osteoflag.inference.pixels import load_display
+from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import (
     Box,
@@ -47,15 +47,18 @@ INVERSE_L2: Final = 0.001
 #: Tiles per side, adjacent (stride = the backbone's input side): 28x28 cells at 224 px.
 TILES: Final = 4
 FOLDS: Final = 5
+SUBSETS: Final = ("all", "no_multiregion_duplicates", "flagged")
 
 
 @dataclass(frozen=True)
 class Grids:
-    """Every case's (C, rows, columns) feature grid and its source image size."""
+    """Every case's (C, rows, columns) feature grid, its source image size and whether the
+    bundle flags it (only flagged images get a region when served)."""
 
     features: npt.NDArray[np.float32]  # (N, C, rows, columns)
     sizes: list[tuple[int, int]]
     seconds_per_image: float
+    flagged: list[bool]
 
 
 def tiling_for(predictor: Predictor, tiles: int = TILES, stride: int | None = None) -> Tiling:
@@ -92,14 +95,17 @@ def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -
             f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
         )
     spec = predictor.bundle.input_spec
-    grids, sizes = [], []
-    started = time.perf_counter()
+    grids, sizes, flagged = [], [], []
+    seconds = 0.0
     for case in cases:
         display = load_display(case.path)
+        started = time.perf_counter()
         grids.append(cell_features(display, spec, tiling, predictor.maps))
+        seconds += time.perf_counter() - started
         sizes.append(display.size)
-    elapsed = (time.perf_counter() - started) / max(1, len(cases))
-    return Grids(np.stack(grids), sizes, elapsed)
+        [probability] = predictor.probabilities([model_input(display, spec)])
+        flagged.append(probability >= predictor.bundle.threshold)
+    return Grids(np.stack(grids), sizes, seconds / max(1, len(cases)), flagged)
 
 
 def fit_cells(
@@ -201,10 +207,12 @@ def cross_validate(
     subsets = {
         "all": list(range(len(cases))),
         "no_multiregion_duplicates": [i for i, c in enumerate(cases) if not c.near_duplicate],
+        "flagged": [i for i, flagged in enumerate(grids.flagged) if flagged],
     }
     out: dict[str, Any] = {
         name: summarise([scored[i] for i in picks], [cases[i] for i in picks], seed)
         for name, picks in subsets.items()
+        if picks  # no flagged image: no such table
     }
     out["folds"] = folds
     out["grid"] = [rows, columns]
@@ -219,7 +227,7 @@ def compact(summary: dict[str, Any]) -> dict[str, Any]:
     """The manifest's copy of the figures per method and subset: hit and its interval, the
     interval of its paired difference to the centre, and the box IoU."""
     out: dict[str, Any] = {"folds": summary["folds"], "grid": summary["grid"]}
-    for subset in ("all", "no_multiregion_duplicates"):
+    for subset in (name for name in SUBSETS if name in summary):
         part = summary[subset]
         out[subset] = {"n": part["n"], "sources": part["sources"]} | {
             method: {
@@ -264,8 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         position=not args.no_position,
         inverse_l2=args.c,
     )
-    subsets = ("all", "no_multiregion_duplicates")
-    text = json.dumps(summary, indent=2) if args.json else markdown(summary, subsets)
+    text = (
+        json.dumps(summary, indent=2)
+        if args.json
+        else markdown(summary, [n for n in SUBSETS if n in summary])
+    )
     sys.stdout.write(text + "\n")
     return 0
 

@@ -79,6 +79,8 @@ def test_the_localiser_finds_the_blob_on_unseen_images(
     cv = figures["all"]
     assert isinstance(cv, dict)
     assert cv["localiser"]["hit"] >= 0.8 > cv["centre"]["hit"]  # cross-validated, grouped
+    flagged = figures["flagged"]  # the bundle flags everything (threshold 0)
+    assert isinstance(flagged, dict) and flagged["n"] == cv["n"] == 40
     predictor = Predictor(load_bundle(bundle))
     assert predictor.localiser is not None
     hits = 0
