@@ -8,7 +8,6 @@ bundle file, and the predictor must take its regions from it.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -24,42 +23,9 @@ from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.add_localiser import add_localiser_to_bundle
+from testkit.boxes import COLUMNS, HALF_BOX, ROWS, blob_radiograph, boxes_folder
 from testkit.daemon import osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
-
-ROWS, COLUMNS = 120, 160
-HALF_BOX = 10  # pixels either side of the blob's centre
-
-
-def _radiograph(rng: np.random.Generator) -> tuple[np.ndarray, tuple[float, float]]:
-    """A dim ramp with noise and one bright blob; returns the image and the blob's centre."""
-    y, x = np.mgrid[0:ROWS, 0:COLUMNS].astype(np.float32)
-    cx, cy = rng.uniform(20, COLUMNS - 20), rng.uniform(20, ROWS - 20)
-    image = 0.15 + 0.1 * x / COLUMNS + 0.05 * rng.standard_normal((ROWS, COLUMNS))
-    image += 0.8 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 4.0**2))
-    return np.clip(image, 0, 1).astype(np.float32), (cx, cy)
-
-
-def _boxes_folder(root: Path, count: int, seed: int) -> list[tuple[Path, tuple[float, float]]]:
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    rng = np.random.default_rng(seed)
-    written, rows = [], []
-    for index in range(count):
-        image, (cx, cy) = _radiograph(rng)
-        name = f"case{index}.png"
-        Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "images" / name)
-        w, h = 2 * HALF_BOX / COLUMNS, 2 * HALF_BOX / ROWS
-        line = f"1 {cx / COLUMNS:.5f} {cy / ROWS:.5f} {w:.5f} {h:.5f}\n"
-        (root / "labels" / f"case{index}.txt").write_text(line)
-        rows.append([name, f"stem{index // 2}", "train", COLUMNS, ROWS, 1, ""])
-        written.append((root / "images" / name, (cx, cy)))
-    with (root / "images.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = "file source_stem roboflow_split width height fracture_boxes"
-        writer.writerow([*header.split(), "near_duplicate_in_multiregion"])
-        writer.writerows(rows)
-    return written
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +33,7 @@ def localised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
     """A flag-everything tiny bundle with maps, and its copy with a localiser."""
     root = tmp_path_factory.mktemp("localiser")
     add_maps_to_bundle(build_bundle(root / "tiny", threshold=0.0), root / "maps")
-    _boxes_folder(root / "boxes", 40, seed=1)
+    boxes_folder(root / "boxes", 40, seed=1)
     figures = add_localiser_to_bundle(root / "maps", root / "boxes", root / "localised")
     return root / "maps", root / "localised", figures
 
@@ -84,7 +50,7 @@ def test_the_localiser_finds_the_blob_on_unseen_images(
     predictor = Predictor(load_bundle(bundle))
     assert predictor.localiser is not None
     hits = 0
-    for path, (cx, cy) in _boxes_folder(tmp_path / "unseen", 12, seed=7):
+    for path, (cx, cy) in boxes_folder(tmp_path / "unseen", 12, seed=7):
         pixels = np.asarray(Image.open(path), dtype=np.float32) / 255.0
         [prediction] = predictor.predict([DisplayImage(pixels)])
         assert prediction.region is not None
@@ -102,7 +68,7 @@ def test_the_predictor_takes_regions_from_the_localiser(
     with_localiser, evidence_only = Predictor(load_bundle(bundle)), Predictor(load_bundle(maps))
     assert with_localiser.localiser is not None and evidence_only.localiser is None
     spec = with_localiser.bundle.input_spec
-    displays = [DisplayImage(_radiograph(np.random.default_rng(seed))[0]) for seed in range(8)]
+    displays = [DisplayImage(blob_radiograph(np.random.default_rng(seed))[0]) for seed in range(8)]
     served = with_localiser.predict(displays)
     for display, prediction in zip(displays, served, strict=True):
         expected = with_localiser.localiser.region(
@@ -149,7 +115,7 @@ def test_cli_refuses_bad_usage_with_one_line(
     maps, bundle, _ = localised
     config = write_config(tmp_path, {"model": {"bundle": str(maps)}})
     boxes = tmp_path / "boxes"
-    _boxes_folder(boxes, 2, seed=3)
+    boxes_folder(boxes, 2, seed=3)
     exists = osteoflag(
         "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out", str(bundle),
         config=config,

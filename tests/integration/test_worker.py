@@ -20,8 +20,10 @@ from osteoflag.db.models import Event, Instance, InstanceState
 from osteoflag.errors import DeliveryError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.maps import add_maps_to_bundle
-from osteoflag.inference.pixels import GreyArray, display_from_dataset
+from osteoflag.inference.pixels import DisplayImage, GreyArray, display_from_dataset
 from osteoflag.inference.predictor import Predictor
+from osteoflag.training.add_localiser import add_localiser_to_bundle
+from testkit.boxes import HALF_BOX, blob_radiograph, boxes_folder
 from testkit.inference_data import dataset, radiograph, save
 from testkit.tiny_bundle import build_bundle
 from testkit.wait import wait_for
@@ -353,3 +355,40 @@ def test_a_flagged_result_hands_its_region_to_the_objects(
     assert 0 <= x0 <= flagged.region.peak[0] <= x1 < columns
     assert 0 <= y0 <= flagged.region.peak[1] <= y1 < rows
     assert results["1.2.10.1"][0].region is None and results["1.2.10.2"][0].region is None
+
+
+def test_a_bundle_with_a_localiser_gives_the_worker_its_region(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """The worker hands the localiser the display it kept (8-bit grey), so a flagged DX gets
+    the localiser's region, on the blob its boxes taught it."""
+    add_maps_to_bundle(build_bundle(tmp_path / "plain", threshold=0.0), tmp_path / "maps")
+    boxes_folder(tmp_path / "boxes", 40, seed=1)
+    add_localiser_to_bundle(tmp_path / "maps", tmp_path / "boxes", tmp_path / "localised")
+    predictor = Predictor(load_bundle(tmp_path / "localised"), threads=1, batch_size=4)
+    assert predictor.localiser is not None
+    seen: dict[str, tuple[queue.Result, GreyArray]] = {}
+
+    class Regions(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record | None:
+            seen[instance.sop_instance_uid] = (result, grey)
+            return None
+
+    centres = {}
+    for seed in range(3):
+        image, centres[f"1.2.11.{seed}"] = blob_radiograph(np.random.default_rng(20 + seed))
+        pixels = np.rint(image * 4095).astype(np.int64)
+        path = save(dataset(pixels, bits_stored=12), tmp_path / f"b{seed}.dcm")
+        _enqueue(sessions, path, f"1.2.11.{seed}")
+    InferenceWorker(settings, sessions, predictor, Regions()).drain()
+    assert set(seen) == set(centres)
+    spec = predictor.bundle.input_spec
+    for uid, (result, grey) in seen.items():
+        display = DisplayImage(grey.astype(np.float32) / np.float32(255.0))
+        assert result.region == predictor.localiser.region(display, spec, predictor.maps)
+        assert result.region is not None
+        cx, cy = centres[uid]
+        px, py = result.region.peak
+        assert abs(px - cx) <= HALF_BOX and abs(py - cy) <= HALF_BOX
