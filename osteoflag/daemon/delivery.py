@@ -38,6 +38,8 @@ class SenderLoop:
         return self._thread.is_alive()
 
     def start(self) -> None:
+        """Start the thread with a run at once: what a previous process left is due now."""
+        self._wake.set()
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:

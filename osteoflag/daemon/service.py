@@ -1,8 +1,8 @@
 """``osteoflag serve``: wire the listener, the queue and the scheduled jobs together.
 
-Lifecycle: load the model bundle, migrate the schema, recover work a crash left
-``processing``, start the inference worker, the sender thread, the scheduler (worker
-sweep, lease recovery, retention) and the Storage SCP, then wait for SIGTERM/SIGINT.
+Lifecycle: load the model bundle, migrate the schema, recover work a crash left claimed,
+start the inference worker, the sender thread, the scheduler (heartbeat, worker sweep, lease
+recovery, retention) and the Storage SCP, then wait for SIGTERM/SIGINT.
 Shutdown refuses new associations first, lets in-flight ones finish, then stops the
 jobs; whatever is not finished stays safely queued for the next start.
 
@@ -30,8 +30,10 @@ from osteoflag.daemon.delivery import SenderLoop
 from osteoflag.daemon.results import Reporting
 from osteoflag.daemon.roles import Role
 from osteoflag.daemon.worker import InferenceWorker
-from osteoflag.db import notify, queue
+from osteoflag.db import notify, outbound, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.db.models import Outbound
+from osteoflag.db.processes import HEARTBEAT_SECONDS, Heartbeat, owner_name
 from osteoflag.errors import ConfigError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
@@ -70,6 +72,9 @@ class Daemon:
         self.sessions = session_factory(self.engine)
         self.stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.heartbeat = Heartbeat(
+            self.sessions, owner_name(role.value), role.value, settings.worker.max_attempts
+        )
         self.sender = self._build_sender()
         model = self._load_model()
         self.worker = None if model is None else self._build_worker(model, self.sender)
@@ -99,7 +104,9 @@ class Daemon:
         if notify.supported(self.engine):
             announce.append(notify.notifier(self.engine, notify.OUTBOUND))
         reporting = Reporting(self.settings, model.identity, announce)
-        return InferenceWorker(self.settings, self.sessions, model.predictor, reporting)
+        return InferenceWorker(
+            self.settings, self.sessions, model.predictor, reporting, self.heartbeat.owner
+        )
 
     def _build_listener(self, worker: InferenceWorker | None) -> StorageSCP | None:
         """The Storage SCP; after each committed store it wakes ``worker`` and, on
@@ -160,7 +167,7 @@ class Daemon:
         return parts
 
     def _send(self) -> bool:
-        return send_pending(self.sessions, self.settings).sent > 0
+        return send_pending(self.sessions, self.settings, owner=self.heartbeat.owner).sent > 0
 
     def _retain(self) -> None:
         retention.remove_expired(self.sessions, self.settings.retention)
@@ -171,17 +178,19 @@ class Daemon:
             self.worker.wake()
 
     def _recover_at_start(self) -> None:
-        """Take back what a crash left ``processing``, without stealing live leases.
+        """Take back what a crash left claimed, without stealing live claims.
 
-        Only the all-in-one process on SQLite can be sure no other worker is alive, so only
-        it re-queues every ``processing`` row; any other worker re-queues expired leases.
+        Only the all-in-one process on SQLite can be sure no other process is alive, so
+        only it re-queues every ``processing`` row and releases every outbound claim. Any
+        other process releases the claims of processes whose heartbeat has stopped (its own
+        predecessor's, after a crash), and a worker re-queues expired leases.
         """
-        if self.worker is None:
-            return
         if self.role is Role.ALL and self.engine.dialect.name == "sqlite":
             queue.recover_all(self.sessions, self.settings.worker.max_attempts)
-        else:
+            outbound.release_claims(self.sessions, Outbound.lease_owner.is_not(None))
+        elif self.worker is not None:
             queue.recover_expired(self.sessions, self.settings.worker.max_attempts)
+        self.heartbeat.beat()
 
     def start(self) -> None:
         """Prepare storage and schema, recover a crash's leftovers, start serving.
@@ -192,7 +201,7 @@ class Daemon:
         self._prepare_storage()
         migrate(self.engine)
         self._recover_at_start()
-        jobs = []
+        jobs = [(self.heartbeat.beat, HEARTBEAT_SECONDS, "heartbeat")]
         if self.worker is not None:
             self.worker.schedule(self.scheduler)
             jobs.append((self._recover, self.settings.worker.lease_seconds / 4, "recover"))
@@ -246,6 +255,7 @@ class Daemon:
         self.scheduler.shutdown(wait=True)
         if self.web is not None:
             self.web.stop()
+        self.heartbeat.stop()
         self.engine.dispose()
         logger.info("daemon stopped", extra={"action": "stop"})
 

@@ -17,8 +17,6 @@ finishing an instance produces (the SR, the summary image, their outbound rows) 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState, utcnow
+from osteoflag.db.processes import owner_name
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
@@ -171,12 +170,14 @@ class InferenceWorker:
         sessions: sessionmaker[Session],
         predictor: Predictor,
         finishing: Finishing | None = None,
+        owner: str | None = None,
     ) -> None:
+        """``owner`` names this process on its claims (``osteoflag.db.processes``)."""
         self._settings = settings
         self._sessions = sessions
         self._predictor = predictor
         self._finishing = finishing or Silent()
-        self._owner = f"infer:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._owner = owner or owner_name("worker")
         self._lease = timedelta(seconds=settings.worker.lease_seconds)
         self._budget = DecodeBudget(settings.worker.decode_budget_mb)
         self._wake = threading.Event()

@@ -154,6 +154,7 @@ class Outbound(Base):
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))  # the claiming process
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -185,3 +186,19 @@ class Feedback(Base):
     note: Mapped[str | None] = mapped_column(Text)
     recorded_by: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Process(Base):
+    """A running ``osteoflag serve`` process, as far as its heartbeats say.
+
+    Claims (``lease_owner`` on instances and outbound objects) name the process holding
+    them; once its heartbeat is stale the process is taken for dead and its claims are
+    released, in seconds rather than at the end of their lease.
+    """
+
+    __tablename__ = "processes"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

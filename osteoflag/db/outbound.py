@@ -1,10 +1,11 @@
 """The outbound queue: produced objects owed to destinations, ``pending`` -> ``sent`` / ``failed``.
 
 Its state machine is changed only here, as the instance one is only in ``osteoflag.db.queue``;
-the sender is a DICOM client that calls these. A claim (``osteoflag.db.claims``) pushes
-``next_attempt_at`` past the claim's lease in the statement that takes the rows, so two
-senders never send the same object, and a sender that dies mid-run leaves its rows due
-again once the lease has passed.
+the sender is a DICOM client that calls these. A claim (``osteoflag.db.claims``) names the
+sending process and pushes ``next_attempt_at`` past the claim's lease in the statement that
+takes the rows, so two senders never send the same object. The rows of a sender that dies
+mid-run are released once its heartbeat stops (``osteoflag.db.processes``), and are due
+again at the end of the lease in any case.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import claims
@@ -133,9 +134,15 @@ def kept_in_shadow(session: Session, instance_id: int) -> list[Kept]:
 
 
 def claim_due(
-    sessions: sessionmaker[Session], destination: str, now: datetime, limit: int, lease: timedelta
+    sessions: sessionmaker[Session],
+    owner: str,
+    destination: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
 ) -> list[Outbound]:
-    """Atomically take up to ``limit`` due ``pending`` objects of one destination."""
+    """Atomically take up to ``limit`` due ``pending`` objects of one destination for
+    ``owner`` (the sending process), until ``now + lease`` at the latest."""
     return claims.claim(
         sessions,
         Outbound,
@@ -146,7 +153,7 @@ def claim_due(
         ],
         order=[Outbound.next_attempt_at, Outbound.id],
         limit=limit,
-        values={"next_attempt_at": now + lease},
+        values={"next_attempt_at": now + lease, "lease_owner": owner},
     )
 
 
@@ -158,9 +165,26 @@ def release(sessions: sessionmaker[Session], rows: Sequence[Outbound]) -> None:
             .where(
                 Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
             )
-            .values(next_attempt_at=utcnow())
+            .values(next_attempt_at=utcnow(), lease_owner=None)
         )
         session.commit()
+
+
+def release_claims(sessions: sessionmaker[Session], condition: ColumnElement[bool]) -> int:
+    """Make the claimed ``pending`` rows matching ``condition`` (e.g. claimed by a dead
+    process) due again at once; return how many."""
+    with sessions() as session:
+        count = session.execute(
+            update(Outbound)
+            .where(
+                Outbound.state == OutboundState.PENDING,
+                Outbound.lease_owner.is_not(None),
+                condition,
+            )
+            .values(next_attempt_at=utcnow(), lease_owner=None)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    return int(count)
 
 
 def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | None) -> None:
@@ -174,6 +198,7 @@ def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | Non
                 attempts=Outbound.attempts + 1,
                 sent_at=utcnow(),
                 last_error=warning,
+                lease_owner=None,
             )
         )
         session.commit()
@@ -190,7 +215,7 @@ def mark_attempt_failed(
         session.execute(
             update(Outbound)
             .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
-            .values(attempts=Outbound.attempts + 1, last_error=error, **values)
+            .values(attempts=Outbound.attempts + 1, last_error=error, lease_owner=None, **values)
         )
         session.commit()
 

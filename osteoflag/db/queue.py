@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -203,16 +203,20 @@ def recover_expired(sessions: sessionmaker[Session], max_attempts: int) -> int:
     An instance that has taken down its worker ``max_attempts`` times is a poison
     pill: it is failed with a reason instead of crashing the next worker too.
     """
-    return _recover(sessions, max_attempts, Instance.lease_expires_at < utcnow())
+    return recover(sessions, max_attempts, Instance.lease_expires_at < utcnow())
 
 
 def recover_all(sessions: sessionmaker[Session], max_attempts: int) -> int:
     """Re-queue every ``processing`` row: for a single daemon restarting after a crash."""
-    return _recover(sessions, max_attempts, Instance.lease_owner.is_not(None))
+    return recover(sessions, max_attempts, Instance.lease_owner.is_not(None))
 
 
-def _recover(sessions: sessionmaker[Session], max_attempts: int, condition: object) -> int:
-    base = update(Instance).where(Instance.state == InstanceState.PROCESSING, condition)  # type: ignore[arg-type]
+def recover(
+    sessions: sessionmaker[Session], max_attempts: int, condition: ColumnElement[bool]
+) -> int:
+    """Re-queue the ``processing`` rows matching ``condition`` (e.g. claimed by a dead
+    process), or fail those out of attempts; return how many."""
+    base = update(Instance).where(Instance.state == InstanceState.PROCESSING, condition)
     with sessions() as session:
         failed = session.execute(
             base.where(Instance.attempts >= max_attempts).values(

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import Destination, DicomWebDestination, Settings
 from osteoflag.db import outbound
 from osteoflag.db.models import Outbound, utcnow
+from osteoflag.db.processes import owner_name
 from osteoflag.errors import PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
@@ -62,14 +63,18 @@ class DeliveryReport:
 
 
 def send_pending(
-    sessions: sessionmaker[Session], settings: Settings, now: datetime | None = None
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    now: datetime | None = None,
+    owner: str | None = None,
 ) -> DeliveryReport:
     """One sender run: deliver every due ``pending`` object to its destination.
 
     The sender thread (``osteoflag.daemon.delivery.SenderLoop``) runs it when woken and
-    every ``[sender] interval_seconds``, one run at a time. Destinations are served in
-    parallel.
+    every ``[sender] interval_seconds``, one run at a time, as ``owner`` (the process
+    whose heartbeat vouches for its claims). Destinations are served in parallel.
     """
+    claimant = owner or owner_name("sender")
     orphaned = outbound.fail_unconfigured(sessions, destination_keys(settings))
     if not settings.destinations:
         return DeliveryReport(failed=orphaned)
@@ -79,7 +84,7 @@ def send_pending(
         max_workers=len(settings.destinations), thread_name_prefix="sender"
     ) as pool:
         reports = pool.map(
-            lambda destination: deliver(sessions, settings, destination, policy, moment),
+            lambda destination: deliver(sessions, settings, destination, policy, moment, claimant),
             settings.destinations,
         )
         return sum(reports, DeliveryReport(failed=orphaned))
@@ -97,10 +102,14 @@ def deliver(
     destination: Destination | DicomWebDestination,
     policy: RetryPolicy,
     now: datetime,
+    owner: str,
 ) -> DeliveryReport:
-    """Send the due objects of one destination: over one association, or by STOW-RS."""
+    """Send the due objects of one destination (over one association, or by STOW-RS), claimed
+    for ``owner``."""
     key = destination_key(destination)
-    rows = outbound.claim_due(sessions, key, now, settings.sender.batch_size, claim_lease(settings))
+    rows = outbound.claim_due(
+        sessions, owner, key, now, settings.sender.batch_size, claim_lease(settings)
+    )
     if not rows:
         return DeliveryReport()
     if isinstance(destination, DicomWebDestination):

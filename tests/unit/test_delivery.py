@@ -1,30 +1,27 @@
-"""The sender thread runs when woken, once at a time, and survives a failing run."""
+"""The sender thread runs at start and when woken, once at a time, and survives a failing run."""
 
 from __future__ import annotations
-
-import threading
 
 from osteoflag.daemon.delivery import SenderLoop
 from testkit.wait import wait_for
 
 
-def test_a_wake_runs_the_sender_without_waiting_for_the_interval() -> None:
+def test_the_start_and_each_wake_run_the_sender_without_waiting_for_the_interval() -> None:
     runs: list[int] = []
-    ran = threading.Event()
 
     def send() -> bool:
         runs.append(1)
-        ran.set()
         return False
 
     loop = SenderLoop(send, interval=600.0)
     loop.start()
     try:
+        wait_for(lambda: len(runs) == 1, timeout=10)
         loop.wake()
-        wait_for(ran.is_set, timeout=10)
+        wait_for(lambda: len(runs) == 2, timeout=10)
     finally:
         loop.stop(timeout=10)
-    assert runs == [1]
+    assert runs == [1, 1]
 
 
 def test_a_failing_run_does_not_stop_the_loop() -> None:
@@ -37,7 +34,6 @@ def test_a_failing_run_does_not_stop_the_loop() -> None:
     loop = SenderLoop(send, interval=600.0)
     loop.start()
     try:
-        loop.wake()
         wait_for(lambda: len(calls) == 1, timeout=10)
         loop.wake()
         wait_for(lambda: len(calls) == 2, timeout=10)
@@ -56,7 +52,6 @@ def test_runs_repeat_while_they_deliver_something() -> None:
     loop = SenderLoop(send, interval=600.0)
     loop.start()
     try:
-        loop.wake()
         wait_for(lambda: len(runs) == 3, timeout=10)
     finally:
         loop.stop(timeout=10)
