@@ -34,7 +34,7 @@ from osteoflag.config import ModelSettings, Settings
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.db.processes import owner_name
-from osteoflag.errors import OsteoflagError
+from osteoflag.errors import OsteoflagError, TransientError
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
@@ -50,6 +50,9 @@ from osteoflag.pacs.identity import OwnUIDs
 from osteoflag.pacs.values import redact
 
 logger = logging.getLogger(__name__)
+
+#: How long an instance waits after a transient error (a full disk) before it is tried again.
+TRANSIENT_RETRY_SECONDS = 60.0
 
 #: What a hook returns: run in the transaction that records the outcome (e.g. to add the
 #: outbound rows of the objects the hook wrote), so both commit together or not at all.
@@ -327,6 +330,9 @@ class InferenceWorker:
                 lambda session: queue.complete(session, instance.id, self._owner, result),
                 record,
             )
+        except TransientError as exc:
+            self._retry_later(instance, f"result not recorded, will retry: {exc}")
+            return
         except OsteoflagError as exc:
             self._refuse(instance, InstanceState.FAILED, f"result not recorded: {exc}")
             return
@@ -340,6 +346,26 @@ class InferenceWorker:
                     "label": result.label,
                     "model": result.model,
                     "inference_ms": round(result.inference_ms, 1),
+                },
+            )
+
+    def _retry_later(self, instance: Instance, reason: str) -> None:
+        """Re-queue after a transient error (a full disk): it clears by itself, so the
+        instance is tried again in :data:`TRANSIENT_RETRY_SECONDS` instead of failing."""
+        when = utcnow() + timedelta(seconds=TRANSIENT_RETRY_SECONDS)
+        marked = self._commit(
+            instance,
+            lambda session: queue.retry_later(session, instance.id, self._owner, reason, when),
+            None,
+        )
+        if marked:
+            logger.warning(
+                "instance re-queued after a transient error",
+                extra={
+                    "action": "retry",
+                    "sop_instance_uid": instance.sop_instance_uid,
+                    "reason": reason,
+                    "retry_seconds": TRANSIENT_RETRY_SECONDS,
                 },
             )
 

@@ -197,6 +197,34 @@ def refuse(
     return _finish(session, instance_id, owner, state, finished_at, error=reason)
 
 
+def retry_later(
+    session: Session, instance_id: int, owner: str, reason: str, when: datetime
+) -> bool:
+    """Back to ``queued`` until ``when`` after a transient failure (e.g. a full disk), with
+    ``reason`` shown meanwhile; the attempt is not counted against ``worker.max_attempts``,
+    which is about attempts a crash interrupted. False if the lease was lost."""
+    statement = (
+        update(Instance)
+        .where(
+            Instance.id == instance_id,
+            Instance.state == InstanceState.PROCESSING,
+            Instance.lease_owner == owner,
+        )
+        .values(
+            state=InstanceState.QUEUED,
+            attempts=Instance.attempts - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=when,
+            error=reason,
+        )
+    )
+    changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
+    if changed:
+        session.add(Event(instance_id=instance_id, action="retry", detail=reason))
+    return changed
+
+
 def recover_expired(sessions: sessionmaker[Session], max_attempts: int) -> int:
     """Re-queue ``processing`` rows whose lease has expired, or fail those out of attempts.
 

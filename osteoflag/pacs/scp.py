@@ -46,6 +46,10 @@ from osteoflag.pacs.tls import server_context
 
 logger = logging.getLogger(__name__)
 
+#: What the worker writes for an instance (SR and summary image), as a multiple of the
+#: instance's own size: ~1.7 for radiographs, rounded up.
+WORKER_OUTPUT_RATIO = 2
+
 _OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -182,14 +186,18 @@ class StorageSCP:
             return _failure(status.DATASET_MISMATCH, refusal)
         incoming = self._settings.incoming_path
         try:
-            if free_bytes(incoming) < self._min_free:
+            encoded = event.encoded_dataset(include_meta=True)
+            # Room for the file and for what the worker will write for it (SR and summary
+            # image), on top of the floor: an acknowledged instance must be able to finish.
+            needed = self._min_free + len(encoded) * (1 + WORKER_OUTPUT_RATIO)
+            if free_bytes(incoming) < needed:
                 logger.error("refused: storage below its free-space floor", extra=log)
                 return status.OUT_OF_RESOURCES
             accepted = queue.accepted_file(self._sessions, sop_instance_uid)
             if accepted is not None:
                 return self._duplicate(event, accepted, log)
             path = instance_path(incoming, sop_instance_uid)
-            write_atomically(path, event.encoded_dataset(include_meta=True))
+            write_atomically(path, encoded)
             received = queue.Received(
                 sop_instance_uid=sop_instance_uid,
                 sop_class_uid=sop_class_uid,

@@ -17,7 +17,7 @@ from osteoflag.daemon.worker import InferenceWorker, Record, Silent
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState
-from osteoflag.errors import DeliveryError
+from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, GreyArray, display_from_dataset
@@ -246,7 +246,7 @@ def test_done_failure_fails_that_instance_only(
             self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
         ) -> Record:
             if instance.sop_instance_uid.endswith(".1"):
-                raise DeliveryError("cannot build the SR")
+                raise PermanentError("cannot build the SR")
             return lambda session: None
 
     _enqueue(sessions, _good(tmp_path, "a"), "1.2.6.1")
@@ -267,7 +267,7 @@ def test_a_record_that_fails_rolls_back_done_and_what_it_added(
             def record(session: Session) -> None:
                 session.add(Event(instance_id=instance.id, action="half-recorded"))
                 session.flush()  # in the transaction, beside the 'done' update
-                raise DeliveryError("destination row refused")
+                raise PermanentError("destination row refused")
 
             return record
 
