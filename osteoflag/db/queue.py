@@ -136,6 +136,27 @@ def claim_instances(
     )
 
 
+def _release_claim(
+    session: Session, instance_id: int, owner: str, action: str, **values: object
+) -> bool:
+    """Set ``values`` on a row ``owner`` still holds, drop the lease, log ``action``; False
+    (nothing changed) if the lease was lost."""
+    statement = (
+        update(Instance)
+        .where(
+            Instance.id == instance_id,
+            Instance.state == InstanceState.PROCESSING,
+            Instance.lease_owner == owner,
+        )
+        .values(lease_owner=None, lease_expires_at=None, **values)
+    )
+    changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
+    if changed:
+        detail = values.get("error")
+        session.add(Event(instance_id=instance_id, action=action, detail=detail))
+    return changed
+
+
 def _finish(
     session: Session,
     instance_id: int,
@@ -144,21 +165,9 @@ def _finish(
     finished_at: datetime,
     **values: object,
 ) -> bool:
-    statement = (
-        update(Instance)
-        .where(
-            Instance.id == instance_id,
-            Instance.state == InstanceState.PROCESSING,
-            Instance.lease_owner == owner,
-        )
-        .values(
-            state=state, lease_owner=None, lease_expires_at=None, finished_at=finished_at, **values
-        )
+    return _release_claim(
+        session, instance_id, owner, state.value, state=state, finished_at=finished_at, **values
     )
-    changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
-    if changed:
-        session.add(Event(instance_id=instance_id, action=state.value, detail=values.get("error")))
-    return changed
 
 
 def complete(session: Session, instance_id: int, owner: str, result: Result) -> bool:
@@ -203,26 +212,16 @@ def retry_later(
     """Back to ``queued`` until ``when`` after a transient failure (e.g. a full disk), with
     ``reason`` shown meanwhile; the attempt is not counted against ``worker.max_attempts``,
     which is about attempts a crash interrupted. False if the lease was lost."""
-    statement = (
-        update(Instance)
-        .where(
-            Instance.id == instance_id,
-            Instance.state == InstanceState.PROCESSING,
-            Instance.lease_owner == owner,
-        )
-        .values(
-            state=InstanceState.QUEUED,
-            attempts=Instance.attempts - 1,
-            lease_owner=None,
-            lease_expires_at=None,
-            next_attempt_at=when,
-            error=reason,
-        )
+    return _release_claim(
+        session,
+        instance_id,
+        owner,
+        "retry",
+        state=InstanceState.QUEUED,
+        attempts=Instance.attempts - 1,
+        next_attempt_at=when,
+        error=reason,
     )
-    changed = bool(session.execute(statement).rowcount == 1)  # type: ignore[attr-defined]
-    if changed:
-        session.add(Event(instance_id=instance_id, action="retry", detail=reason))
-    return changed
 
 
 def recover_expired(sessions: sessionmaker[Session], max_attempts: int) -> int:

@@ -67,7 +67,7 @@ def _victim_rows(sessions: sessionmaker[Session], pid: int) -> list[int]:
             session.scalars(
                 select(Instance.id).where(
                     Instance.state == InstanceState.PROCESSING,
-                    Instance.lease_owner.like(f"infer:%:{pid}:%"),
+                    Instance.lease_owner.like(f"worker:%:{pid}:%"),
                 )
             )
         )
