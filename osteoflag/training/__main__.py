@@ -1,4 +1,4 @@
-"""``python -m osteoflag.training train|evaluate|recipes``: training commands, no config file.
+"""``python -m osteoflag.training train|evaluate|recipes|card``: training commands, no config.
 
 ``make model`` uses this entry point so that rebuilding the bundle needs no daemon configuration;
 ``osteoflag train`` and ``osteoflag evaluate`` run the same handlers.
@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 from osteoflag.errors import OsteoflagError
 from osteoflag.training.commands import (
+    add_card_arguments,
     add_evaluate_arguments,
     add_recipes_arguments,
     add_train_arguments,
+    run_card,
     run_evaluate,
     run_recipes,
     run_train,
@@ -32,11 +34,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_recipes_arguments(
         commands.add_parser("recipes", help="frozen-feature experiments (model card table)")
     )
+    add_card_arguments(commands.add_parser("card", help="re-render a bundle's model card"))
     args = parser.parse_args(argv)
     if args.command == "evaluate" and args.bundle is None:
         parser.error("evaluate needs --bundle here (no config file is read)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    handler = {"train": run_train, "evaluate": run_evaluate, "recipes": run_recipes}[args.command]
+    handler = {
+        "train": run_train,
+        "evaluate": run_evaluate,
+        "recipes": run_recipes,
+        "card": run_card,
+    }[args.command]
     try:
         return handler(args, None)
     except OsteoflagError as exc:

@@ -279,6 +279,26 @@ def run_recipes(args: argparse.Namespace, settings: Settings | None) -> int:
     return 0
 
 
+def add_card_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``card`` (re-render a bundle's model card from its run's results)."""
+    parser.add_argument("--bundle", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--results", type=Path, required=True, metavar="FILE", help="WORK/results.json of its run"
+    )
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT")
+    parser.add_argument("--recipes", type=Path, metavar="FILE", help="recipes.json for the table")
+
+
+def run_card(args: argparse.Namespace, settings: Settings | None) -> int:
+    """Rewrite the card, plots and metrics of a bundle; the manifest re-hashes them."""
+    from osteoflag.training.pipeline import read_recipes
+    from osteoflag.training.recard import recard
+
+    recipes = read_recipes(args.recipes) if args.recipes else None
+    recard(args.bundle, args.results, args.note, recipes)
+    return 0
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``evaluate`` (README, Command line)."""
     parser.add_argument(

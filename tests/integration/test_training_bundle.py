@@ -236,3 +236,24 @@ def test_training_on_both_sources_with_copies_keeps_the_other_source_figures_hon
     assert results["run"]["train_on"] == "both"  # type: ignore[index]
     assert results["run"]["copies"] == 1  # type: ignore[index]
     assert "plus 85% of the multiregion groups" in (options.out / "MODEL_CARD.md").read_text()
+
+
+def test_card_is_rerendered_from_the_run_results(
+    trained: tuple[Path, Path, dict[str, object]], tmp_path: Path
+) -> None:
+    root, bundle_dir, results = trained
+    work = root / f"work-{bundle_dir.name.removeprefix('bundle-')}"
+    recipes = tmp_path / "recipes.json"
+    row = {"recipe": {"name": "base"}, "osteoai_to_multiregion": 0.6, "cv_osteoai": 0.7}
+    recipes.write_text(json.dumps([row]))
+    backbone = (bundle_dir / "backbone.onnx").read_bytes()
+    argv = ["card", "--bundle", str(bundle_dir), "--results", str(work / "results.json")]
+    assert training_main([*argv, "--note", "re-rendered", "--recipes", str(recipes)]) == 0
+    card = (bundle_dir / "MODEL_CARD.md").read_text()
+    assert "- re-rendered" in card and "| base | 0.600 |" in card
+    assert load_bundle(bundle_dir).manifest.name == results["run"]["name"]  # type: ignore[index]
+    assert (bundle_dir / "backbone.onnx").read_bytes() == backbone
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"run": {"name": "someone-else", "version": "9"}}))
+    argv = ["card", "--bundle", str(bundle_dir), "--results", str(other)]
+    assert training_main(argv) == 1

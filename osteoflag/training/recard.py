@@ -1,0 +1,46 @@
+"""Re-render a bundle's model card from its training run's full results (``WORK/results.json``),
+with new notes or recipe rows, without retraining: the card, its plots and ``metrics.json`` are
+rewritten and the manifest re-hashes them; backbone, classifier and every figure stay as trained.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from osteoflag.inference.bundle import load_bundle, write_manifest
+from osteoflag.training import report
+from osteoflag.training.backbones import TrainingError
+
+
+def recard(
+    bundle_dir: Path,
+    results_path: Path,
+    notes: Sequence[str] = (),
+    recipes: list[dict[str, object]] | None = None,
+) -> None:
+    """Rewrite the card of ``bundle_dir`` from ``results_path`` (its own run's results)."""
+    bundle = load_bundle(bundle_dir)
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{results_path}: run results cannot be read: {exc}") from exc
+    run = results.get("run", {})
+    if (run.get("name"), run.get("version")) != (bundle.manifest.name, bundle.manifest.version):
+        raise TrainingError(
+            f"{results_path}: results of {run.get('name')} {run.get('version')}, "
+            f"not of the bundle {bundle.model_id}"
+        )
+    if notes:
+        results["notes"] = list(notes)
+    if recipes is not None:
+        results["recipes"] = recipes
+    metrics_doc = report.strip_scores(results)
+    (bundle_dir / "metrics.json").write_text(
+        json.dumps(metrics_doc, indent=2, default=float) + "\n"
+    )
+    report.write_card(bundle_dir, results)
+    results_path.write_text(json.dumps(results, default=float))
+    fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
+    write_manifest(bundle_dir, **fields)
