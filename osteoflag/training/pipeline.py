@@ -114,7 +114,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         model, x = (
             (bundle_model, bundle_x)
             if not len(extra_fit)
-            else fit(train, val, options.layout, True, "primary only")
+            else fit(train, val, options.layout, True, "published, primary only")
         )
         published["other_source"] = {
             "files": evaluate(prep, model, x, prep.other),
