@@ -140,6 +140,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "noise, inverted grey) whose trunk outputs join each fit's training data (default 0)",
     )
     parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=0.05,
+        metavar="LR",
+        help="LightGBM learning rate (default 0.05; the recipe table and bundles use 0.1 to fit "
+        "this CPU)",
+    )
+    parser.add_argument(
         "--recipes",
         type=Path,
         metavar="FILE",
@@ -175,6 +183,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
     from osteoflag.inference.pixels import ResizeMode
     from osteoflag.training.backbones import FeatureLayout, Init
     from osteoflag.training.calibrate import Calibration
+    from osteoflag.training.classifier import BoosterConfig
     from osteoflag.training.networks import Architecture, default_init, default_name
     from osteoflag.training.prepared import Sources, TrainOptions
 
@@ -206,6 +215,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         train_on=Sources(args.train_on),
         copies=args.copies,
         recipes=args.recipes,
+        booster=BoosterConfig(learning_rate=args.learning_rate),
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}
