@@ -120,6 +120,12 @@ def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _tuning(run: Mapping[str, Any]) -> str:
+    if "epochs=0," in str(run.get("finetune")):
+        return "frozen: no layer fine-tuned"
+    return f"{run['head']} fine-tuned on cached trunk maps"
+
+
 def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
     rule = run["threshold_rule"]
     return [
@@ -128,8 +134,8 @@ def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
         "**For research use only. Not for diagnostic use.**",
         "",
         "Fracture / no-fracture classifier for single radiographs. Convolutional features of "
-        f"`{run['architecture']}` (init `{run['init']}`; {run['head']} fine-tuned on cached trunk "
-        "maps), pooled inside the ONNX graph, then LightGBM.",
+        f"`{run['architecture']}` (init `{run['init']}`; {_tuning(run)}), pooled inside the ONNX "
+        "graph, then LightGBM.",
         "",
         f"- Input: {run['input']}; preprocessed by `osteoflag.inference.pixels` (as served).",
         f"- Features: {run['layout']}.",
@@ -242,6 +248,7 @@ def _cross(
         "",
         *HEADER,
     ]
+    plotted: list[str] = []
     for title, stem, section in (
         (
             "OsteoAI-only fit -> multiregion",
@@ -254,6 +261,7 @@ def _cross(
             continue
         files = section["files"]
         _plot(folder, stem, title, files, files["threshold"])
+        plotted.append(stem)
         lines += [
             _row(f"{title} (files)", files),
             _row(f"{title} (per group)", section["per_group"]),
@@ -264,8 +272,7 @@ def _cross(
         "Thresholds come from the training source's validation set, so accuracy here also shows "
         "the threshold shift between sources.",
         "",
-        "![to multiregion](cross_osteoai_to_multiregion.png)",
-        "![to OsteoAI](cross_multiregion_to_osteoai.png)",
+        *(f"![{stem}]({stem}.png)" for stem in plotted),
         "",
     ]
 
