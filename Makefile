@@ -34,9 +34,9 @@ bench: $(VENV)/.installed-dev
 
 # Rebuild the committed bundles from ../shared/data/ (each well under 90 minutes on 2 cores):
 # `model` the default (frozen EfficientNet-Lite0 + LightGBM), `model-vgg16` the VGG16 one
-# (frozen ImageNet VGG16 + LightGBM, models/vgg16/; 160 px, since its 224 px trunk pass alone
-# took ~50 minutes beside another build here). Both learn from both sources; the model
-# card's recipe table comes from models/recipes.json, which `make recipes` re-measures.
+# (frozen ImageNet VGG16, block-5 average + max pool, LightGBM; models/vgg16/; 160 px, since its
+# 224 px trunk pass alone took ~50 minutes beside another build here). Both learn from both
+# sources; the cards' recipe table comes from models/recipes.json (`make recipes` re-measures).
 TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
 	--other ../shared/data/multiregion --train-on both --epochs 0 --no-compare \
 	--recipes models/recipes.json --learning-rate 0.1
@@ -45,7 +45,7 @@ model: $(VENV)/.installed-dev
 	$(TRAIN) --out models/default --work artifacts/train --version 3.0.0
 
 model-vgg16: $(VENV)/.installed-dev
-	$(TRAIN) --backbone vgg16 --init imagenet --layout b345 --size 160 --out models/vgg16 \
+	$(TRAIN) --backbone vgg16 --init imagenet --layout b5 --size 160 --out models/vgg16 \
 		--work artifacts/train-vgg16 --version 1.0.0
 
 recipes: $(VENV)/.installed-dev
