@@ -20,11 +20,12 @@ from pynetdicom.association import Association
 from osteoflag.config import DestinationTLS
 from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.pacs.contexts import VERIFICATION
+from osteoflag.pacs.status import is_success
 from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,21 @@ class StoreOutcome:
     @property
     def ok(self) -> bool:
         """True for Success and Warning statuses (PS3.4 B.2.3)."""
-        return self.status is not None and (self.status == 0 or self.status >> 12 == 0xB)
+        return self.status is not None and is_success(self.status)
 
 
-def _associate(ae: AE, peer: Peer) -> Association:
+def client_ae(calling_ae: str, timeout: float) -> AE:
+    """An AE for one outgoing association: connection, ACSE, DIMSE and network timeouts
+    all ``timeout`` seconds (the sender and the ``echo``/``send`` commands alike)."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    return ae
+
+
+def associate(ae: AE, peer: Peer) -> Association:
+    """Associate with ``peer`` (over TLS when it has TLS settings); DeliveryError if refused
+    or unreachable."""
     tls_args = None if peer.tls is None else (client_context(peer.tls), peer.host)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -63,10 +75,9 @@ def _associate(ae: AE, peer: Peer) -> Association:
 
 def send_c_echo(peer: Peer, calling_ae: str, timeout: float = 30.0) -> int:
     """C-ECHO ``peer``; return its status, raise DeliveryError if no association."""
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = client_ae(calling_ae, timeout)
     ae.add_requested_context(VERIFICATION)
-    assoc = _associate(ae, peer)
+    assoc = associate(ae, peer)
     try:
         response = assoc.send_c_echo()
     finally:
@@ -88,22 +99,24 @@ def _contexts(paths: list[Path]) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def send_c_store(paths: list[Path], peer: Peer, calling_ae: str) -> list[StoreOutcome]:
+def send_c_store(
+    paths: list[Path], peer: Peer, calling_ae: str, timeout: float = 30.0
+) -> list[StoreOutcome]:
     """C-STORE every file in ``paths`` over one association.
 
     Each file's own transfer syntax gets its own presentation context, so the peer
     receives it unchanged when it accepts that syntax.
     """
-    ae = AE(ae_title=calling_ae)
+    ae = client_ae(calling_ae, timeout)
     requested: set[tuple[str, str]] = set()
     for sop_class_uid, transfer_syntax in _contexts(paths):
-        fallbacks = _UNCOMPRESSED if transfer_syntax in _UNCOMPRESSED else ()
+        fallbacks = UNCOMPRESSED if transfer_syntax in UNCOMPRESSED else ()
         for syntax in (transfer_syntax, *fallbacks):
             if (sop_class_uid, syntax) not in requested:
                 requested.add((sop_class_uid, syntax))
                 ae.add_requested_context(sop_class_uid, syntax)
     outcomes: list[StoreOutcome] = []
-    assoc = _associate(ae, peer)
+    assoc = associate(ae, peer)
     try:
         for path in paths:
             try:

@@ -22,8 +22,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,17 +31,16 @@ from osteoflag.config import Destination, DicomWebDestination, Settings
 from osteoflag.db import outbound
 from osteoflag.db.models import Outbound, utcnow
 from osteoflag.db.processes import owner_name
-from osteoflag.errors import PixelDataError
+from osteoflag.errors import DeliveryError, PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
+from osteoflag.pacs.scu import UNCOMPRESSED, Peer, associate, client_ae
 from osteoflag.pacs.status import is_permanent, is_success
 from osteoflag.pacs.stow import store_instance, stow_client
-from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
-_PROPOSED_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 #: Compressed syntaxes proposed, each in a context of its own, for the SOP classes we write
 #: compressed: the summary image. A peer that declines them gets it decompressed.
 _COMPRESSED_SYNTAXES = {SecondaryCaptureImageStorage: summary.TRANSFER_SYNTAX}
@@ -129,21 +127,16 @@ def deliver(
 def _associate(
     settings: Settings, destination: Destination, sop_classes: set[str]
 ) -> Association | None:
-    ae = AE(ae_title=settings.listener.ae_title)
-    timeout = settings.sender.timeout_seconds
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
+    ae = client_ae(settings.listener.ae_title, settings.sender.timeout_seconds)
     for sop_class in sorted(sop_classes):
-        ae.add_requested_context(sop_class, _PROPOSED_SYNTAXES)
+        ae.add_requested_context(sop_class, list(UNCOMPRESSED))
         if sop_class in _COMPRESSED_SYNTAXES:
             ae.add_requested_context(sop_class, _COMPRESSED_SYNTAXES[sop_class])
-    tls_args = None
-    if destination.tls is not None:
-        tls_args = (client_context(destination.tls), destination.host)
-    assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
-    )
-    return assoc if assoc.is_established else None
+    peer = Peer(destination.host, destination.port, destination.ae_title, destination.tls)
+    try:
+        return associate(ae, peer)
+    except DeliveryError:
+        return None
 
 
 def _store_all(

@@ -1,5 +1,7 @@
 """DIMSE status codes osteoflag returns and reads (PS3.4 Annex B.2.3, PS3.7 Annex C)."""
 
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
 SUCCESS = 0x0000
 # Refused: Out of Resources. The sender keeps the instance and retries later.
 OUT_OF_RESOURCES = 0xA700
@@ -18,5 +20,6 @@ def is_permanent(status: int) -> bool:
 
 
 def is_success(status: int) -> bool:
-    """Success (0000) or Warning (B000, B006, B007, 0001...) per PS3.4 B.2.3."""
-    return status == 0x0000 or status == 0x0001 or status >> 12 == 0xB
+    """Delivered: a Success or Warning status (0000; B000, B006, B007, 0001...), by
+    pynetdicom's status categories (PS3.4 B.2.3), the one rule the sender and ``send`` use."""
+    return code_to_category(status) in (STATUS_SUCCESS, STATUS_WARNING)
