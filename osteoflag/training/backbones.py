@@ -10,7 +10,7 @@ The serving graph is ``image -> features``: the pooling of the chosen blocks liv
 exported ONNX model, so the daemon only runs the session and the booster. VGG16 is split into a
 frozen *trunk* (blocks 1-4) and a *head* (block 5): training caches the trunk's output once and
 fine-tunes only the head, which is what makes fine-tuning affordable on a 2-core CPU. The
-EfficientNet-Lite0 counterpart is in :mod:`osteoflag.training.efficientnet`; both are put
+EfficientNet-Lite counterparts are in :mod:`osteoflag.training.efficientnet`; all are put
 together in :mod:`osteoflag.training.networks`.
 """
 
@@ -61,7 +61,7 @@ class Normalisation:
 
 def normalisation_for(architecture: str, init: Init) -> Normalisation:
     """The input convention the weights were trained with; wrong conventions silently hurt."""
-    if architecture == "efficientnet_lite0":
+    if architecture.startswith("efficientnet_lite"):
         return Normalisation("RGB", (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
     if init is Init.IMAGENET:
         return Normalisation("BGR", KERAS_BGR_MEAN, (1.0, 1.0, 1.0))
@@ -129,7 +129,7 @@ class VGGHead(nn.Module):
 class FeatureLayout(StrEnum):
     """Which feature levels feed LightGBM; each is global avg+max pooled (except ``B5_AVG``).
 
-    The names are VGG16's blocks 3, 4 and 5; for EfficientNet-Lite0 the three levels are
+    The names are VGG16's blocks 3, 4 and 5; for EfficientNet-Lite the three levels are
     stage 4, stage 5 and the head convolution (see ``networks.LEVELS``).
     """
 

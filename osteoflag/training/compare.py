@@ -51,7 +51,8 @@ def lightgbm_protocols(prep: Prepared, options: TrainOptions, x: np.ndarray) -> 
     return out
 
 
-#: The layout each architecture is compared with when it is not the bundle's own.
+#: The model card's comparison backbones, with the layout each is compared with when it is not
+#: the bundle's own (EfficientNet-Lite1/2 are measured by the recipe table, not on every run).
 BASELINE_LAYOUT = {
     Architecture.VGG16: FeatureLayout.B345,
     Architecture.EFFICIENTNET_LITE0: FeatureLayout.B5_AVG,

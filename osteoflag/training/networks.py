@@ -1,6 +1,6 @@
 """The feature networks behind one interface: a frozen trunk and a fine-tuned head.
 
-Both architectures are cut the same way so that the pipeline does not care which one it trains:
+Every architecture is cut the same way so that the pipeline does not care which one it trains:
 the *trunk* returns two pooled feature levels and the map the *head* starts from; the head
 returns the pooled last level. Training caches the trunk's outputs once per image and only ever
 runs the head, and the served graph (:class:`FeatureGraph`) is trunk + head + the chosen layout.
@@ -25,24 +25,38 @@ class Architecture(StrEnum):
 
     VGG16 = "vgg16"
     EFFICIENTNET_LITE0 = "efficientnet_lite0"
+    EFFICIENTNET_LITE1 = "efficientnet_lite1"
+    EFFICIENTNET_LITE2 = "efficientnet_lite2"
+
+
+#: The EfficientNet-Lite sizes; they share everything but their scaling and weights.
+LITES = (
+    Architecture.EFFICIENTNET_LITE0,
+    Architecture.EFFICIENTNET_LITE1,
+    Architecture.EFFICIENTNET_LITE2,
+)
 
 
 #: The three feature levels each architecture pools, in the order of the feature vector.
 LEVELS = {
     Architecture.VGG16: ("conv3_3", "conv4_3", "conv5_3"),
-    Architecture.EFFICIENTNET_LITE0: ("stage 4", "stage 5", "head conv"),
+    **{lite: ("stage 4", "stage 5", "head conv") for lite in LITES},
 }
 #: What fine-tuning trains, as the model card says it.
 HEAD_TEXT = {
     Architecture.VGG16: "the last {head_convs} block-5 convolution(s)",
-    Architecture.EFFICIENTNET_LITE0: "stages 6-7 and the 1x1 head convolution",
+    **{lite: "stages 6-7 and the 1x1 head convolution" for lite in LITES},
 }
 
 
 def layout_text(architecture: Architecture, layout: FeatureLayout) -> str:
     """Human-readable feature layout, with the channel counts of the full-width network."""
     low, mid, last = LEVELS[architecture]
-    widths = (256, 512, 512) if architecture is Architecture.VGG16 else (80, 112, 1280)
+    widths = (
+        (256, 512, 512)
+        if architecture is Architecture.VGG16
+        else efficientnet.VARIANTS[architecture.value].level_widths()
+    )
     if layout is FeatureLayout.B5_AVG:
         return f"{last} global average pool ({widths[2]})"
     if layout is FeatureLayout.B5:
@@ -57,13 +71,17 @@ def default_init(architecture: Architecture) -> Init:
 
 
 #: Fine-tuning that fits this CPU: VGG16's block 5 costs ~70 ms per image and epoch, so it gets
-#: a short, gentle run; EfficientNet-Lite0's head costs ~9 ms, so it can train for longer.
+#: a short, gentle run; EfficientNet-Lite0's head costs ~9 ms, so it can train for longer (Lite1
+#: and Lite2 take Lite0's settings: their heads are one block deeper, not different in kind).
 FINETUNE = {
     Architecture.VGG16: FinetuneConfig(),
-    Architecture.EFFICIENTNET_LITE0: FinetuneConfig(epochs=8, lr_backbone=3e-4),
+    **{lite: FinetuneConfig(epochs=8, lr_backbone=3e-4) for lite in LITES},
 }
 
-SHORT_NAME = {Architecture.VGG16: "vgg16", Architecture.EFFICIENTNET_LITE0: "effnetlite0"}
+SHORT_NAME = {
+    Architecture.VGG16: "vgg16",
+    **{lite: lite.value.replace("efficientnet_", "effnet") for lite in LITES},
+}
 
 
 def default_name(architecture: Architecture, init: Init) -> str:
@@ -97,7 +115,8 @@ def build_network(
             f"--backbone {architecture.value} takes --init imagenet or scratch at full width, "
             f"not --init {init.value}" + (f" with width divisor {divisor}" if divisor != 1 else "")
         )
-    e_trunk, e_head = efficientnet.build(init is Init.IMAGENET, weights, seed)
+    variant = efficientnet.VARIANTS[architecture.value]
+    e_trunk, e_head = efficientnet.build(variant, init is Init.IMAGENET, weights, seed)
     return Network(architecture, e_trunk, e_head)
 
 

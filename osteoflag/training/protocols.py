@@ -18,7 +18,7 @@ import torch
 from osteoflag.training import calibrate, classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
-from osteoflag.training.networks import Architecture, Network, layout_text
+from osteoflag.training.networks import Network, layout_text
 from osteoflag.training.prepared import Prepared, Sources, TrainOptions
 from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
 
@@ -222,7 +222,7 @@ def compare_layouts(
 
 def baselines(prep: Prepared, options: TrainOptions, frozen_b5: np.ndarray) -> dict[str, object]:
     """Frozen-feature baselines on the same protocols: this backbone (its untuned head's output
-    ``frozen_b5``) and the other one."""
+    ``frozen_b5``) and the comparison backbones (``compare.BASELINE_LAYOUT``) it is not."""
     from osteoflag.training import compare
 
     this = options.architecture
@@ -231,9 +231,8 @@ def baselines(prep: Prepared, options: TrainOptions, frozen_b5: np.ndarray) -> d
             prep, options, layout_features(options.layout, prep.trunk, frozen_b5)
         )
     }
-    for other in Architecture:
+    for other, layout in compare.BASELINE_LAYOUT.items():
         if other is not this:
-            layout = compare.BASELINE_LAYOUT[other]
             out[f"{other.value}_{layout.value}_frozen"] = compare.lightgbm_protocols(
                 prep, options, compare.frozen_features(prep, options, other)
             )

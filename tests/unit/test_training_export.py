@@ -69,14 +69,23 @@ def test_hed_keras_kernels_become_torch_oihw(tmp_path: Path) -> None:
     assert np.array_equal(last[7, 3, 2, 2], expected["block5/layers/conv2d_2"][2, 2, 3, 7])
 
 
-def test_efficientnet_split_computes_the_whole_network() -> None:
+@pytest.mark.parametrize(
+    ("name", "widths"),
+    [
+        ("efficientnet_lite0", (80, 112)),
+        ("efficientnet_lite1", (80, 112)),
+        ("efficientnet_lite2", (88, 120)),
+    ],
+)
+def test_efficientnet_split_computes_the_whole_network(name: str, widths: tuple[int, int]) -> None:
     """Trunk + head is the packaged network: the head's average pool equals a plain forward."""
-    trunk, head = efficientnet.build()
-    net = efficientnet.EfficientNetLite0()
+    variant = efficientnet.VARIANTS[name]
+    trunk, head = efficientnet.build(variant)
+    net = efficientnet.EfficientNetLite(variant)
     net.load_state_dict(
         {
             k: v
-            for k, v in torch.load(efficientnet.default_weights(), weights_only=True).items()
+            for k, v in torch.load(efficientnet.default_weights(variant), weights_only=True).items()
             if not k.startswith("_fc.")
         }
     )
@@ -88,5 +97,36 @@ def test_efficientnet_split_computes_the_whole_network() -> None:
             x = block(x)
         expected = torch.nn.functional.relu6(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
         got = FeatureGraph(trunk, head, FeatureLayout.B5_AVG)(image)
+        _, _, start = trunk(image)
     assert torch.allclose(got, expected, atol=1e-5)
-    assert FeatureGraph(trunk, head, FeatureLayout.B345)(image).shape == (2, 160 + 224 + 2560)
+    assert variant.level_widths() == (*widths, 1280)
+    assert start.shape == (2, widths[1], 4, 4)  # the trunk ends after stage 5 (stride 16)
+    assert FeatureGraph(trunk, head, FeatureLayout.B345)(image).shape == (
+        2,
+        2 * (widths[0] + widths[1] + 1280),
+    )
+
+
+def test_efficientnet_layout_is_the_weight_files() -> None:
+    """Block count and every block's widths follow the files; a wrong variant's file fails."""
+    for name, variant in efficientnet.VARIANTS.items():
+        state = torch.load(efficientnet.default_weights(variant), weights_only=True)
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
+        assert len(blocks) == sum(s[0] for s in variant.stages()), name
+        assert state["_conv_head.weight"].shape[1] == variant.stages()[-1][5], name
+    lite1, lite2 = (
+        efficientnet.VARIANTS["efficientnet_lite1"],
+        efficientnet.VARIANTS["efficientnet_lite2"],
+    )
+    with pytest.raises(TrainingError, match="does not fit EfficientNet-Lite2"):
+        efficientnet.build(lite2, weights=efficientnet.default_weights(lite1))
+
+
+def test_efficientnet_lite2_exports_with_parity(tmp_path: Path) -> None:
+    trunk, head = efficientnet.build(efficientnet.VARIANTS["efficientnet_lite2"])
+    model = FeatureGraph(trunk, head, FeatureLayout.B5).eval()
+    path = tmp_path / "backbone.onnx"
+    export_onnx(model, torch.zeros(1, 3, 64, 64), path)
+    inputs = np.random.default_rng(0).normal(0, 1, (4, 3, 64, 64)).astype(np.float32)
+    assert check_parity(model, path, inputs) <= 1e-4
+    assert session(path).run(["features"], {"image": inputs})[0].shape == (4, 2560)

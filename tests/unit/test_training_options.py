@@ -19,7 +19,7 @@ from osteoflag.training.commands import (
     train_options,
 )
 from osteoflag.training.finetune import FinetuneConfig
-from osteoflag.training.networks import FINETUNE, Architecture
+from osteoflag.training.networks import FINETUNE, Architecture, layout_text
 from osteoflag.training.prepared import Sources, TrainOptions
 
 
@@ -66,3 +66,14 @@ def test_command_line_fine_tuning_overrides_keep_the_backbone_defaults() -> None
     defaults = FINETUNE[Architecture.EFFICIENTNET_LITE0]
     assert tuned.tuning == replace(defaults, epochs=2, lr_backbone=0.001, seed=3)
     assert tuned.layout is FeatureLayout.B5 and tuned.name == "osteoflag-effnetlite0-imagenet"
+
+
+def test_larger_efficientnet_lites_are_backbones_like_lite0() -> None:
+    for size in ("1", "2"):
+        options = train_options(_parsed("--backbone", f"efficientnet_lite{size}"))
+        assert options.architecture is Architecture(f"efficientnet_lite{size}")
+        assert options.layout is FeatureLayout.B5
+        assert options.name == f"osteoflag-effnetlite{size}-imagenet"
+        assert options.tuning == replace(FINETUNE[Architecture.EFFICIENTNET_LITE0], seed=0)
+    assert "(160+224+2560)" in layout_text(Architecture.EFFICIENTNET_LITE1, FeatureLayout.B345)
+    assert "(176+240+2560)" in layout_text(Architecture.EFFICIENTNET_LITE2, FeatureLayout.B345)
