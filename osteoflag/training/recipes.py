@@ -37,6 +37,7 @@ from osteoflag.training import classifier, export, features, hygiene, metrics
 from osteoflag.training.augment import FLIP
 from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
 from osteoflag.training.dataset import Sample, discover
+from osteoflag.training.efficientnet import VARIANTS
 from osteoflag.training.networks import Architecture, FeatureGraph, build_network
 from osteoflag.training.splits import group_folds, group_holdout
 
@@ -302,6 +303,9 @@ def _flat(result: dict[str, object]) -> dict[str, object]:
 
 BASELINE = "base"
 _VGG16 = Trunk(Architecture.VGG16, 224, ResizeMode.STRETCH, FeatureLayout.B345)
+#: The larger EfficientNet-Lite sizes at their native input sizes (240 and 260 px).
+_LITE1 = Trunk(Architecture.EFFICIENTNET_LITE1, VARIANTS["efficientnet_lite1"].native_size)
+_LITE2 = Trunk(Architecture.EFFICIENTNET_LITE2, VARIANTS["efficientnet_lite2"].native_size)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
 #: ``size320_copies2``, which combines the two changes that raised grouped CV most.
@@ -322,6 +326,8 @@ RECIPES = {
         Recipe("vgg16", trunks=(_VGG16,)),
         Recipe("vgg16_concat_lite0", trunks=(_VGG16, Trunk())),
         Recipe("vgg16_average_lite0", trunks=(_VGG16, Trunk()), average_scores=True),
+        Recipe("lite1", trunks=(_LITE1,)),
+        Recipe("lite2", trunks=(_LITE2,)),
     )
 }
 

@@ -4,6 +4,7 @@ card renders the rows as a table against the baseline."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,14 @@ def test_every_kind_of_recipe_scores_every_protocol(
     assert table[0].startswith("## Recipes")
     assert sum(line.startswith("| ") for line in table) == 1 + len(chosen)
     assert "(+" in table[-2] or "(-" in table[-2]  # differences to the baseline
+
+
+def test_larger_lite_recipes_change_only_the_backbone_and_size() -> None:
+    base = recipes.RECIPES[recipes.BASELINE]
+    for name, size in (("lite1", 240), ("lite2", 260)):
+        recipe = recipes.RECIPES[name]
+        assert replace(recipe, name=base.name, trunks=base.trunks) == base
+        (trunk,) = recipe.trunks
+        assert trunk.architecture.value == f"efficientnet_{name}" and trunk.size == size
+        assert replace(trunk, architecture=base.trunks[0].architecture, size=224) == base.trunks[0]
+        assert trunk.tag == f"efficientnet_{name}_{size}_stretch_b5"
