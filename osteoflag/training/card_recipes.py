@@ -33,7 +33,8 @@ def recipe_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "## Recipes: each change measured on its own",
         "",
         "Frozen ImageNet features and LightGBM (`python -m osteoflag.training recipes`; boosters "
-        "at learning rate 0.1), each row one change from the first. OsteoAI -> multiregion: fit "
+        "at learning rate 0.1), each row one change from the first (size320_copies2 combines "
+        "two). OsteoAI -> multiregion: fit "
         "on all OsteoAI, scored on the 354 multiregion radiographs (one per near-duplicate "
         "cluster); multiregion -> OsteoAI: the reverse, scored on every OsteoAI image; grouped "
         "CV: source groups never straddle folds, and with both sources the other source joins "
@@ -42,7 +43,7 @@ def recipe_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "multiregion figures and low multiregion -> OsteoAI figures are what it predicts. "
         "An OsteoAI -> multiregion cell (one fit, 354 radiographs) has a 95% interval of about "
         "+-0.05 (group bootstrap), a multiregion -> OsteoAI cell about +-0.025 and a grouped-CV "
-        "mean about +-0.01 (t-interval over folds); smaller differences are not evidence."
+        "mean about +-0.01 (t-interval over folds); smaller differences are not evidence.",
         "",
         "| recipe | " + " | ".join(title for _, title in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
