@@ -33,20 +33,25 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.region
 
 # Rebuild the committed bundles from ../shared/data/ (each well under 90 minutes on 2 cores):
-# `model` the default (frozen EfficientNet-Lite0 + LightGBM), `model-vgg16` the VGG16 one
-# (frozen ImageNet VGG16, block-5 average + max pool, LightGBM; models/vgg16/; 160 px, since its
-# 224 px trunk pass alone took ~50 minutes beside another build here). Both learn from both
-# sources; the cards' recipe table comes from models/recipes.json (`make recipes` re-measures).
+# `model` the default (frozen EfficientNet-Lite0 at 384 px + LightGBM), `model-vgg16` the VGG16 one
+# (frozen ImageNet VGG16, blocks 3-5 average + max pool at 224 px, LightGBM; models/vgg16/; its
+# trunk pass is ~25 minutes here). Both learn from both sources; the cards' recipe table comes
+# from models/recipes.json (`make recipes` re-measures). The default also gets its localiser,
+# fitted on ../shared/data/fracture-boxes.
 TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
 	--other ../shared/data/multiregion --train-on both --epochs 0 --no-compare \
 	--recipes models/recipes.json --learning-rate 0.1
 
 model: $(VENV)/.installed-dev
-	$(TRAIN) --out models/default --work artifacts/train --version 3.0.0
+	rm -rf artifacts/default-trained artifacts/default-localised
+	$(TRAIN) --size 384 --out artifacts/default-trained --work artifacts/train --version 4.0.0
+	$(BIN)/osteoflag add-localiser --bundle artifacts/default-trained \
+		--boxes ../shared/data/fracture-boxes --out artifacts/default-localised
+	rm -rf models/default && mv artifacts/default-localised models/default
 
 model-vgg16: $(VENV)/.installed-dev
-	$(TRAIN) --backbone vgg16 --init imagenet --layout b5 --size 160 --out models/vgg16 \
-		--work artifacts/train-vgg16 --version 1.0.0
+	$(TRAIN) --backbone vgg16 --init imagenet --layout b345 --size 224 --out models/vgg16 \
+		--work artifacts/train-vgg16 --version 1.1.0
 
 recipes: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training recipes --data ../shared/data/osteoai \

@@ -44,8 +44,10 @@ COVERED: Final = 0.3
 NEGATIVE_SHARE: Final = 0.3
 #: Inverse L2 strength of the logistic model (chosen by grouped CV, docs/localisation.md).
 INVERSE_L2: Final = 0.001
-#: Tiles per side, adjacent (stride = the backbone's input side): 28x28 cells at 224 px.
-TILES: Final = 4
+#: Cells per side the tiling aims at: 4 adjacent tiles of 7 cells at 224 px (the grid chosen
+#: in docs/localisation.md); a backbone with a larger map gets fewer tiles, which also bounds
+#: the grids' memory (4 tiles at 384 px, 48x48 cells, needed over 20 GB for 531 images).
+GRID_CELLS: Final = 28
 FOLDS: Final = 5
 SUBSETS: Final = ("all", "no_multiregion_duplicates", "flagged")
 
@@ -61,10 +63,17 @@ class Grids:
     flagged: list[bool]
 
 
-def tiling_for(predictor: Predictor, tiles: int = TILES, stride: int | None = None) -> Tiling:
-    """The tiling of ``predictor``'s backbone: ``tiles`` per side, adjacent unless ``stride``."""
-    size = predictor.bundle.input_spec.size
-    return Tiling(tiles, size[0] if stride is None else stride, size, predictor.map_cells)
+def default_tiles(cells: tuple[int, int]) -> int:
+    """Tiles per side that bring a map of ``cells`` closest to :data:`GRID_CELLS` per side."""
+    return max(1, round(GRID_CELLS / max(cells)))
+
+
+def tiling_for(predictor: Predictor, tiles: int | None = None, stride: int | None = None) -> Tiling:
+    """The tiling of ``predictor``'s backbone: ``tiles`` per side (by default
+    :func:`default_tiles`), adjacent unless ``stride``."""
+    size, cells = predictor.bundle.input_spec.size, predictor.map_cells
+    count = default_tiles(cells) if tiles is None else tiles
+    return Tiling(count, size[0] if stride is None else stride, size, cells)
 
 
 def cell_targets(
@@ -252,7 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m osteoflag.training.localiser")
     parser.add_argument("--bundle", type=Path, required=True, metavar="DIR")
     parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="fracture-boxes")
-    parser.add_argument("--tiles", type=int, default=TILES, help="tiles per side")
+    parser.add_argument(
+        "--tiles", type=int, help="tiles per side (default: a grid of about 28 cells per side)"
+    )
     parser.add_argument("--stride", type=int, help="input pixels between tiles (default: adjacent)")
     parser.add_argument("--no-position", action="store_true", help="cell features only")
     parser.add_argument("--c", type=float, default=INVERSE_L2, help="inverse L2 strength")

@@ -23,6 +23,7 @@ from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.add_localiser import add_localiser_to_bundle
+from osteoflag.training.localiser import default_tiles
 from testkit.boxes import COLUMNS, HALF_BOX, ROWS, blob_radiograph, boxes_folder
 from testkit.daemon import osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
@@ -151,3 +152,9 @@ def test_tiles_are_assembled_on_one_grid() -> None:
         Tiling(2, 6, (16, 16), (4, 4))
     with pytest.raises(ValueError, match="gaps"):
         Tiling(2, 20, (16, 16), (4, 4))
+
+
+def test_default_tiling_keeps_the_grid_near_28_cells_per_side() -> None:
+    # 4 tiles of EfficientNet-Lite0's 7x7 map at 224 px, 2 of its 12x12 map at 384 px: a
+    # larger input keeps the grid (and the grids' memory) near the one measured.
+    assert [default_tiles((c, c)) for c in (7, 12, 14, 28, 40)] == [4, 2, 2, 1, 1]
