@@ -17,6 +17,7 @@ from PIL import Image
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import (
@@ -85,6 +86,23 @@ def test_int8_bundle_is_written_verified_and_recorded(
     assert not list(tmp_path.glob(".*partial*"))
     with pytest.raises(BundleError, match="already int8"):
         quantize_bundle(out, calibration, labelled, tmp_path / "again", count=8)
+
+
+def test_int8_keeps_the_spatial_map_the_classifier_sees(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    # Regions need the INT8 backbone's map to be the one its pooled features come from.
+    calibration, labelled = folders
+    mapped = tmp_path / "tiny-maps"
+    add_maps_to_bundle(tiny_bundle, mapped)
+    out = tmp_path / "tiny-maps-int8"
+    figures = quantize_bundle(mapped, calibration, labelled, out, count=40)
+
+    assert figures["usable"] is True
+    predictor = Predictor(load_bundle(out))
+    assert predictor.localises
+    inputs = np.stack(calibration_inputs(calibration, predictor.bundle.input_spec, 4))
+    assert predictor.maps(inputs).min() >= 0.0
 
 
 def test_int8_outside_the_auc_margin_writes_nothing(
