@@ -20,6 +20,7 @@ from osteoflag.training.__main__ import main as training_main
 from osteoflag.training.backbones import KERAS_BGR_MEAN, FeatureLayout, Init
 from osteoflag.training.classifier import BoosterConfig
 from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
+from osteoflag.training.compare import BASELINE_LAYOUT
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import run
@@ -145,8 +146,14 @@ def test_bundle_loads_and_predicts_like_training(
         assert set(layouts) == {f"{lay.value}_{tag}" for lay in FeatureLayout for tag in TAGS}
         assert layouts["b5_finetuned"]["test"]["auc"] == test["auc"]
         baselines = results["baselines"]  # type: ignore[index]
-        assert set(baselines) == {"efficientnet_lite0_b5_frozen", "vgg16_b345_frozen"}
-        own = baselines["efficientnet_lite0_b5_frozen"]["published_test"]
+        own_name = f"{bundle.manifest.backbone.architecture}_b5_frozen"
+        others = {
+            f"{other.value}_{layout.value}_frozen"
+            for other, layout in BASELINE_LAYOUT.items()
+            if other.value != bundle.manifest.backbone.architecture
+        }
+        assert set(baselines) == {own_name, *others}
+        own = baselines[own_name]["published_test"]
         assert own == layouts["b5_frozen"]["test"]
 
 
