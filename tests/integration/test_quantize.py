@@ -145,3 +145,4 @@ def test_leading_convolutions_can_stay_float32(
     producers = {o: node.op_type for node in graph.node for o in node.output}
     assert all(producers.get(c.input[1]) == "DequantizeLinear" for c in convs[1:])
     assert float_convs_for("efficientnet_lite0") == 8 and float_convs_for("vgg16") == 0
+    assert float_convs_for("efficientnet_lite1") == float_convs_for("efficientnet_lite2") == 8
