@@ -146,3 +146,45 @@ def test_leading_convolutions_can_stay_float32(
     assert all(producers.get(c.input[1]) == "DequantizeLinear" for c in convs[1:])
     assert float_convs_for("efficientnet_lite0") == 8 and float_convs_for("vgg16") == 0
     assert float_convs_for("efficientnet_lite1") == float_convs_for("efficientnet_lite2") == 8
+
+
+def _two_scale_backbone(path: Path) -> None:
+    """image -> Conv -> Relu -> [spatial average, 1000 x spatial maximum] -> features: pooled
+    features three orders of magnitude apart, as VGG16's block-3 maxima beside block-5 averages."""
+    rng = np.random.default_rng(5)
+    h = onnx.helper
+    weights = onnx.numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    scale = onnx.numpy_helper.from_array(np.array(1000.0, dtype=np.float32), "scale")
+    nodes = [
+        h.make_node("Conv", ["image", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["conv"], ["map"]),
+        h.make_node("ReduceMean", ["map"], ["average"], axes=[2, 3], keepdims=0),
+        h.make_node("Mul", ["map", "scale"], ["loud"]),
+        h.make_node("ReduceMax", ["loud"], ["maximum"], axes=[2, 3], keepdims=0),
+        h.make_node("Concat", ["average", "maximum"], ["features"], axis=1),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "two-scale",
+        [h.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [h.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["batch", 16])],
+        [weights, scale],
+    )
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
+
+
+def test_pooled_features_of_different_scales_survive_quantisation(tmp_path: Path) -> None:
+    # One 8-bit scale for the whole feature vector rounded every average to 0.
+    import onnxruntime as ort
+
+    source, target = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    _two_scale_backbone(source)
+    rng = np.random.default_rng(6)
+    inputs = [rng.normal(size=(3, 16, 16)).astype(np.float32) for _ in range(8)]
+    quantize_backbone(source, target, inputs)
+    batch = np.stack(inputs[:4])
+    (expected,) = ort.InferenceSession(str(source)).run(None, {"image": batch})
+    (got,) = ort.InferenceSession(str(target)).run(None, {"image": batch})
+    assert expected[:, :8].max() < 10 < 1000 < expected[:, 8:].max()
+    np.testing.assert_allclose(got[:, :8], expected[:, :8], rtol=0.1, atol=0.05)
+    np.testing.assert_allclose(got[:, 8:], expected[:, 8:], rtol=0.1)
