@@ -1,6 +1,6 @@
 """How the daemon finishes an instance: from a worker outcome to the objects owed to the PACS.
 
-:class:`Reporting` is the worker's :class:`~osteoflag.daemon.worker.Finishing` hook, and the
+:class:`Reporting` is the worker's :class:`~osteoflag.daemon.finishing.Finishing` hook, and the
 whole route of a result in one place:
 
 1. ``done`` / ``refused`` (no transaction open): build the SR, and the summary image when
@@ -25,7 +25,7 @@ from pydicom import Dataset
 from sqlalchemy.orm import Session
 
 from osteoflag.config import Settings
-from osteoflag.daemon.worker import Record
+from osteoflag.daemon.finishing import Record
 from osteoflag.db import outbound, queue
 from osteoflag.db.models import Instance
 from osteoflag.errors import PermanentError

@@ -11,7 +11,7 @@ Per instance the outcome is ``done`` (probability, label, threshold, model, time
 far from the training images' when the bundle has an out-of-distribution guard) or
 ``failed`` with the reason; one bad instance never stops the others in its batch. What
 finishing an instance produces (the SR, the summary image, their outbound rows) is the
-:class:`Finishing` hook's business (``osteoflag.daemon.results``).
+:class:`~osteoflag.daemon.finishing.Finishing` hook's business (``osteoflag.daemon.results``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from apscheduler.schedulers.base import BaseScheduler
@@ -31,6 +30,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import ModelSettings, Settings
+from osteoflag.daemon.finishing import Finishing, Record, Silent
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.db.processes import owner_name
@@ -53,56 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: How long an instance waits after a transient error (a full disk) before it is tried again.
 TRANSIENT_RETRY_SECONDS = 60.0
-
-#: What a hook returns: run in the transaction that records the outcome (e.g. to add the
-#: outbound rows of the objects the hook wrote), so both commit together or not at all.
-Record = Callable[[Session], None]
-
-
-class Finishing(Protocol):
-    """How an instance is finished: the worker's one extension point, called in this order.
-
-    1. :meth:`done` (classified) or :meth:`refused` (a readable instance ``skipped`` or
-       ``failed``), before any database work: building and writing files takes tens of ms,
-       and on SQLite a transaction held meanwhile would stall every C-STORE. Each returns
-       what to record, or None.
-    2. One transaction: the outcome (``done`` / ``skipped`` / ``failed``) plus that record.
-    3. :meth:`committed`, after that transaction commits (never after a rollback), e.g. to
-       wake the sender for the new objects.
-
-    An :class:`OsteoflagError` from ``done`` or its record fails the instance; from
-    ``refused`` or its record, it is noted in the reason.
-    """
-
-    def done(
-        self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record | None:
-        """``grey`` is the image the model saw, in 8 bits; ``result.made_at`` dates the result."""
-
-    def refused(
-        self, instance: Instance, source: Dataset, reason: str, made_at: datetime
-    ) -> Record | None:
-        """``reason`` is the one recorded on the instance."""
-
-    def committed(self) -> None:
-        """The outcome and its record are durable."""
-
-
-class Silent:
-    """:class:`Finishing` that produces nothing (tests, benchmarks)."""
-
-    def done(
-        self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
-    ) -> Record | None:
-        return None
-
-    def refused(
-        self, instance: Instance, source: Dataset, reason: str, made_at: datetime
-    ) -> Record | None:
-        return None
-
-    def committed(self) -> None:
-        return None
 
 
 def _key_on_stored(ds: Dataset, instance: Instance) -> None:

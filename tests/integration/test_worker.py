@@ -13,7 +13,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
-from osteoflag.daemon.worker import InferenceWorker, Record, Silent
+from osteoflag.daemon.finishing import Record, Silent
+from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState
