@@ -11,39 +11,37 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from osteoflag.destination_settings import (
+    AnyDestination,
+    Destination,
+    DestinationTLS,
+    DicomWebDestination,
+)
 from osteoflag.errors import ConfigError
+from osteoflag.settings_fields import (
+    AETitle,
+    LogLevel,
+    PathValue,
+    Port,
+    Seconds,
+    Section,
+    is_loopback,
+)
 
 CONFIG_ENV = "OSTEOFLAG_CONFIG"
 DEFAULT_CONFIG = Path("config/osteoflag.toml")
 
-AETitle = Annotated[
-    str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")
-]
-Port = Annotated[int, Field(ge=1, le=65535)]
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Seconds = Annotated[float, Field(gt=0, strict=False)]
-PathValue = Annotated[Path, Field(strict=False)]
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class AllowedPeer(_Section):
+class AllowedPeer(Section):
     """A calling AE title pinned to an address: from elsewhere it is rejected.
 
     ``address`` is one IP address or a network in CIDR notation (``10.1.2.0/24``); an AE
@@ -68,7 +66,7 @@ class AllowedPeer(_Section):
         return ipaddress.ip_network(self.address, strict=False)
 
 
-class TLSSettings(_Section):
+class TLSSettings(Section):
     """DICOM TLS on the listener (PS3.15 B.1, BCP 195): server certificate, optional client CA.
 
     ``required = true``: ``listener.port`` speaks TLS only, plain connections are dropped.
@@ -91,7 +89,7 @@ class TLSSettings(_Section):
         return self
 
 
-class ListenerSettings(_Section):
+class ListenerSettings(Section):
     """The Storage SCP: who we are and who may talk to us (PS3.8 association policy)."""
 
     ae_title: AETitle = "OSTEOFLAG"
@@ -129,7 +127,7 @@ class ListenerSettings(_Section):
         return self
 
 
-class StorageSettings(_Section):
+class StorageSettings(Section):
     """Where received instances, produced objects and the queue live."""
 
     path: PathValue = Path("../var")
@@ -137,7 +135,7 @@ class StorageSettings(_Section):
     min_free_mb: Annotated[int, Field(ge=0)] = 500
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     """The served bundle and its domain (what we refuse to classify)."""
 
     bundle: PathValue = Path("../models/default")
@@ -153,7 +151,7 @@ class ModelSettings(_Section):
         return tuple(value) if isinstance(value, list) else value
 
 
-class DriftSettings(_Section):
+class DriftSettings(Section):
     """Drift watch: the last ``window`` classified instances against the bundle's reference;
     the alert fires from ``min_results`` results on, at a score PSI of ``psi_alert`` or an
     input share change of ``share_alert`` (see ``osteoflag.drift.reference``)."""
@@ -164,7 +162,7 @@ class DriftSettings(_Section):
     share_alert: Annotated[float, Field(gt=0, le=1)] = 0.25
 
 
-class WorkerSettings(_Section):
+class WorkerSettings(Section):
     """The inference worker's schedule, and what decoding one instance may cost.
 
     ``decode_budget_mb`` bounds the data set held in memory (a deflated one once inflated)
@@ -190,7 +188,7 @@ class SRClass(StrEnum):
     COMPREHENSIVE = "comprehensive"
 
 
-class ReportSettings(_Section):
+class ReportSettings(Section):
     """What is produced for each result: summary image, undetermined SRs, the SR's class."""
 
     summary_image: bool = True
@@ -198,7 +196,7 @@ class ReportSettings(_Section):
     sr_class: Annotated[SRClass, Field(strict=False)] = SRClass.COMPREHENSIVE_3D
 
 
-class SenderSettings(_Section):
+class SenderSettings(Section):
     """Delivery of produced objects: schedule, timeouts, exponential backoff and deadline."""
 
     interval_seconds: Seconds = 10.0
@@ -210,7 +208,7 @@ class SenderSettings(_Section):
     deadline_seconds: Seconds = 259200.0
 
 
-class RetentionSettings(_Section):
+class RetentionSettings(Section):
     """Removal of received and produced files once their work is over (rows are kept).
 
     Files of an instance are removed when it was received more than ``max_age_days``
@@ -223,104 +221,7 @@ class RetentionSettings(_Section):
     batch_size: Annotated[int, Field(ge=1)] = 500
 
 
-class DestinationTLS(_Section):
-    """DICOM TLS towards a destination (BCP 195): the CA that signed its certificate (checked
-    against ``host``), and our own certificate and key when it asks for one."""
-
-    ca_certificates: PathValue
-    certificate: PathValue | None = None
-    private_key: PathValue | None = None
-
-    @model_validator(mode="after")
-    def _certificate_with_key(self) -> DestinationTLS:
-        if (self.certificate is None) != (self.private_key is None):
-            raise ValueError("certificate and private_key go together")
-        return self
-
-
-ObjectKind = Literal["sr", "gsps", "summary"]
-ALL_OBJECTS: tuple[ObjectKind, ...] = ("sr", "gsps", "summary")
-
-
-class _Destination(_Section):
-    """What every destination has: the kinds of produced object it receives, and whether it
-    is in shadow mode (results made and kept for the operator page, never sent to it)."""
-
-    objects: tuple[ObjectKind, ...] = ALL_OBJECTS
-    shadow: bool = False
-
-    @field_validator("objects", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
-
-
-class Destination(_Destination):
-    """A DICOM peer (C-STORE over DIMSE) that receives the produced objects."""
-
-    type: Literal["dimse"] = "dimse"
-    ae_title: AETitle
-    host: str
-    port: Port
-    tls: DestinationTLS | None = None
-
-
-class DicomWebDestination(_Destination):
-    """A DICOMweb server that receives the produced objects by STOW-RS (PS3.18 10.5).
-
-    ``url`` is the service's base (``.../dicom-web``); objects are POSTed to ``url/studies``.
-    Plain ``http`` is allowed only to a loopback host. ``ca_certificates`` is the PEM bundle
-    that verifies the server (default: the system's); authentication is HTTP basic
-    (``username`` + ``password``) or a bearer ``token``.
-    """
-
-    type: Literal["dicomweb"]
-    url: Annotated[str, Field(min_length=8, max_length=128)]
-    username: Annotated[str, Field(min_length=1)] | None = None
-    password: Annotated[str, Field(min_length=1)] | None = None
-    token: Annotated[str, Field(min_length=1)] | None = None
-    ca_certificates: PathValue | None = None
-
-    @model_validator(mode="after")
-    def _safe(self) -> DicomWebDestination:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url {self.url!r} is not an http(s) URL")
-        if parts.username or parts.password:
-            raise ValueError("url must not hold credentials; use username/password or token")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ValueError(f"url {self.url!r}: plain http only to a loopback host; use https")
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        if self.token is not None and self.username is not None:
-            raise ValueError("give either username/password or token, not both")
-        return self
-
-
-def _destination_type(value: Any) -> str:
-    """The ``type`` of a destination table; absent means today's DIMSE destination."""
-    if isinstance(value, dict):
-        return str(value.get("type", "dimse"))
-    return str(getattr(value, "type", "dimse"))
-
-
-AnyDestination = Annotated[
-    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
-    Discriminator(_destination_type),
-]
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class WebSettings(_Section):
+class WebSettings(Section):
     """The operator's page with ``/healthz`` and ``/metrics`` (port 0: any free port, logged).
 
     Without ``token`` or ``username``/``password`` it may only listen on loopback.
@@ -352,7 +253,7 @@ class WebSettings(_Section):
         return self.token is not None or self.username is not None
 
 
-class Settings(_Section):
+class Settings(Section):
     """Everything the daemon and the commands need, built once in ``main()``."""
 
     listener: ListenerSettings = ListenerSettings()

@@ -18,9 +18,10 @@ from io import BytesIO
 
 from pydicom import Dataset
 
-from osteoflag.config import Destination, DicomWebDestination, Settings
+from osteoflag.config import Settings
 from osteoflag.db.models import Instance
 from osteoflag.db.outbound import Produced
+from osteoflag.destination_settings import Destination, DicomWebDestination
 from osteoflag.errors import PixelDataError, TransientError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray

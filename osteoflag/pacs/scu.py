@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from osteoflag.config import DestinationTLS
+from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.status import is_success

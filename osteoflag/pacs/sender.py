@@ -27,10 +27,11 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Destination, DicomWebDestination, Settings
+from osteoflag.config import Settings
 from osteoflag.db import outbound
 from osteoflag.db.models import Outbound, utcnow
 from osteoflag.db.processes import owner_name
+from osteoflag.destination_settings import Destination, DicomWebDestination
 from osteoflag.errors import DeliveryError, PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import httpx
 
-from osteoflag.config import DicomWebDestination
+from osteoflag.destination_settings import DicomWebDestination
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.status import is_permanent
 

@@ -9,7 +9,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from osteoflag.config import DestinationTLS, TLSSettings
+from osteoflag.config import TLSSettings
+from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from osteoflag.config import DestinationTLS
+from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import ConfigError
 
 

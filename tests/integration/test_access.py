@@ -23,9 +23,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import DestinationTLS
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scp import StorageSCP

@@ -14,12 +14,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Destination, Settings
+from osteoflag.config import Settings
 from osteoflag.daemon.results import Reporting
 from osteoflag.daemon.worker import TRANSIENT_RETRY_SECONDS, InferenceWorker
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
+from osteoflag.destination_settings import Destination
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import ModelIdentity

@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Destination, Settings
+from osteoflag.config import Settings
 from osteoflag.db import outbound, queue
 from osteoflag.db.models import Instance, InstanceState, Outbound, Process, utcnow
 from osteoflag.db.processes import STALE_SECONDS, Heartbeat, owner_name
+from osteoflag.destination_settings import Destination
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.config import Destination, Settings
+from osteoflag.config import Settings
 from osteoflag.daemon.results import Reporting
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
+from osteoflag.destination_settings import Destination
 from osteoflag.errors import OsteoflagError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import display_from_dataset

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from osteoflag.config import DicomWebDestination, parse_settings
+from osteoflag.config import parse_settings
+from osteoflag.destination_settings import DicomWebDestination
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.outbound import destination_key
 from osteoflag.pacs.stow import StowOutcome, interpret, multipart

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from osteoflag.config import WebSettings, is_loopback, parse_settings
+from osteoflag.config import WebSettings, parse_settings
 from osteoflag.errors import ConfigError
+from osteoflag.settings_fields import is_loopback
 from osteoflag.web.security import Csrf, authorised
 
 TOKEN = "a-token-of-sixteen-chars"
