@@ -18,12 +18,13 @@ from PIL import Image
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.maps import add_maps_to_bundle
-from osteoflag.inference.pixels import load_display, model_input
+from osteoflag.inference.pixels import DisplayImage, load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import (
     auc,
     calibration_inputs,
     float_convs_for,
+    int8_copy,
     quantize_backbone,
     quantize_bundle,
 )
@@ -188,3 +189,22 @@ def test_pooled_features_of_different_scales_survive_quantisation(tmp_path: Path
     assert expected[:, :8].max() < 10 < 1000 < expected[:, 8:].max()
     np.testing.assert_allclose(got[:, :8], expected[:, :8], rtol=0.1, atol=0.05)
     np.testing.assert_allclose(got[:, 8:], expected[:, 8:], rtol=0.1)
+
+
+@pytest.mark.parametrize("name", ["default", "vgg16"])
+def test_every_shipped_bundle_has_a_working_int8_copy(tmp_path: Path, name: str) -> None:
+    # The INT8 copy must load (its map still the one its pooled features come from) and give
+    # the float32 features back: a few calibration images suffice for that, not for the AUC.
+    source = load_bundle(Path(__file__).resolve().parents[2] / "models" / name)
+    spec = source.input_spec
+    inputs = [
+        model_input(DisplayImage(image), spec)
+        for image in _training_images((spec.size[0], spec.size[1]), 6, seed=13)
+    ]
+    int8_copy(source, tmp_path / "int8", inputs[:4])
+    quantised = Predictor(load_bundle(tmp_path / "int8"))
+    assert quantised.localises
+    batch = np.stack(inputs[4:])
+    expected, got = Predictor(source).features(batch), quantised.features(batch)
+    for row in range(len(batch)):
+        assert np.corrcoef(expected[row], got[row])[0, 1] > 0.99
