@@ -308,7 +308,8 @@ _LITE1 = Trunk(Architecture.EFFICIENTNET_LITE1, VARIANTS["efficientnet_lite1"].n
 _LITE2 = Trunk(Architecture.EFFICIENTNET_LITE2, VARIANTS["efficientnet_lite2"].native_size)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
-#: ``size320_copies2``, which combines the two changes that raised grouped CV most.
+#: ``size320_copies2``, which combines the two changes that raised grouped CV most, and the
+#: two ``multiscale`` rows, which add the 384 px trunk to the baseline's 224 px one.
 RECIPES = {
     r.name: r
     for r in (
@@ -328,6 +329,8 @@ RECIPES = {
         Recipe("vgg16_average_lite0", trunks=(_VGG16, Trunk()), average_scores=True),
         Recipe("lite1", trunks=(_LITE1,)),
         Recipe("lite2", trunks=(_LITE2,)),
+        Recipe("multiscale_concat", trunks=(Trunk(), Trunk(size=384))),
+        Recipe("multiscale_average", trunks=(Trunk(), Trunk(size=384)), average_scores=True),
     )
 }
 
