@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ from osteoflag.files import walk_files
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, Bundle, load_bundle, write_manifest
 from osteoflag.inference.pixels import FloatArray, InputSpec, load_display, model_input
 from osteoflag.inference.predictor import INPUT_NAME, Predictor
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +48,11 @@ MAX_AUC_DROP = 0.005
 #: kept, 0.0020 at 1.6x. Lite1 and Lite2 begin with the same layers as Lite0 (stem, stage 1 and
 #: stage 2's first blocks keep Lite0's widths), so they keep the same 8 (not measured).
 FLOAT_CONVS = {"efficientnet_lite0": 8, "efficientnet_lite1": 8, "efficientnet_lite2": 8}
-#: Operators of the pooling tail (feature vector) that stay float32. One 8-bit scale per tensor
-#: cannot hold a concatenation of global averages (~10) and maxima (~10,000, VGG16 block 3):
-#: quantised, the averages all became 0. They cost nothing next to the convolutions.
-FLOAT_TAIL_OPS = frozenset(
-    {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Concat", "Flatten"}
-)
+#: Global poolings; they and every node that reads only their outputs (the feature vector's
+#: concatenation) form the pooling tail, which stays float32. One 8-bit scale per tensor cannot
+#: hold a concatenation of global averages (~10) and maxima (~10,000, VGG16 block 3):
+#: quantised, the averages all became 0. The tail costs nothing next to the convolutions.
+POOLING_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"})
 INT8_BACKBONE = "backbone.int8.onnx"
 CALIBRATION_BATCH = 4
 #: Calibration images by default: with 128 the EfficientNet bundle's AUC drop was over MAX_AUC_DROP.
@@ -150,8 +152,8 @@ def quantize_backbone(
 ) -> None:
     """Write the statically quantised (QDQ, per-channel U8S8) version of ``source``.
 
-    The first ``float_convs`` Conv nodes (in graph order) and the pooling tail
-    (``FLOAT_TAIL_OPS``) are left in float32.
+    The first ``float_convs`` Conv nodes (in graph order) and the pooling tail (see
+    ``POOLING_OPS``) are left in float32.
     """
     try:
         from onnxruntime.quantization import (
@@ -207,8 +209,22 @@ def _float_nodes(model_path: Path, float_convs: int) -> list[str]:
     if unnamed:
         onnx.save(model, str(model_path))
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    tail = [node.name for node in model.graph.node if node.op_type in FLOAT_TAIL_OPS]
-    return convs[: max(float_convs, 0)] + tail
+    return convs[: max(float_convs, 0)] + _pooling_tail(model.graph)
+
+
+def _pooling_tail(graph: onnx.GraphProto) -> list[str]:
+    """Names of the global poolings and of the nodes (in topological order) whose every
+    non-constant input is one of their outputs."""
+    constant = {init.name for init in graph.initializer}
+    constant.update(o for node in graph.node if node.op_type == "Constant" for o in node.output)
+    pooled: set[str] = set()
+    tail = []
+    for node in graph.node:
+        inputs = [i for i in node.input if i and i not in constant]
+        if node.op_type in POOLING_OPS or (inputs and all(i in pooled for i in inputs)):
+            tail.append(node.name)
+            pooled.update(node.output)
+    return tail
 
 
 def int8_copy(source: Bundle, folder: Path, calibration: list[FloatArray]) -> dict[str, Any]:
@@ -229,6 +245,13 @@ def int8_copy(source: Bundle, folder: Path, calibration: list[FloatArray]) -> di
     return fields
 
 
+def _kept_float(float_convs: int) -> str:
+    """What of the backbone stays float32, as a clause of the card."""
+    if float_convs <= 0:
+        return "the pooling tail stays float32"
+    return f"the first {float_convs} convolutions and the pooling tail stay float32"
+
+
 def _card_section(figures: dict[str, Any]) -> str:
     f32, i8 = figures["float32"], figures["int8"]
     calibration = figures["calibration"]
@@ -237,8 +260,8 @@ def _card_section(figures: dict[str, Any]) -> str:
         f"Backbone statically quantised with onnxruntime ({calibration['format']}, weights "
         f"{calibration['weights']} per channel, activations {calibration['activations']}), "
         f"{calibration['method']} ranges from {calibration['images']} training images through the "
-        f"serving pixel path; the first {calibration['float32_leading_convs']} convolutions and "
-        "the pooling tail stay float32. Same classifier and threshold. Scored on "
+        f"serving pixel path; {_kept_float(calibration['float32_leading_convs'])}. "
+        "Same classifier and threshold. Scored on "
         f"`{figures['data']}` (n = {figures['n']}):\n\n"
         "| precision | AUC | accuracy | images/s (this run) |\n|---|---|---|---|\n"
         f"| float32 | {f32['auc']:.4f} | {f32['accuracy']:.4f} | {f32['images_per_second']:.2f} |\n"

@@ -83,7 +83,8 @@ def test_int8_bundle_is_written_verified_and_recorded(
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     weights = onnx.load(str(bundle.backbone_path)).graph.initializer
     assert any(w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4 for w in weights)
-    assert "## INT8" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## INT8" in card and "the pooling tail stays float32." in card
     assert not list(tmp_path.glob(".*partial*"))
     with pytest.raises(BundleError, match="already int8"):
         quantize_bundle(out, calibration, labelled, tmp_path / "again", count=8)
@@ -189,6 +190,12 @@ def test_pooled_features_of_different_scales_survive_quantisation(tmp_path: Path
     assert expected[:, :8].max() < 10 < 1000 < expected[:, 8:].max()
     np.testing.assert_allclose(got[:, :8], expected[:, :8], rtol=0.1, atol=0.05)
     np.testing.assert_allclose(got[:, 8:], expected[:, 8:], rtol=0.1)
+    graph = onnx.load(str(target)).graph
+    producers = {o: node.op_type for node in graph.node for o in node.output}
+    (conv,) = [node for node in graph.node if node.op_type == "Conv"]
+    assert producers[conv.input[1]] == "DequantizeLinear"  # the convolution is still INT8
+    (concat,) = [node for node in graph.node if node.op_type == "Concat"]
+    assert all(producers[i].startswith("Reduce") for i in concat.input)  # fed float32
 
 
 @pytest.mark.parametrize("name", ["default", "vgg16"])
