@@ -306,6 +306,8 @@ _VGG16 = Trunk(Architecture.VGG16, 224, ResizeMode.STRETCH, FeatureLayout.B345)
 #: The larger EfficientNet-Lite sizes at their native input sizes (240 and 260 px).
 _LITE1 = Trunk(Architecture.EFFICIENTNET_LITE1, VARIANTS["efficientnet_lite1"].native_size)
 _LITE2 = Trunk(Architecture.EFFICIENTNET_LITE2, VARIANTS["efficientnet_lite2"].native_size)
+#: The default bundle's trunk: Lite0 at 384 px.
+_LITE0_384 = Trunk(size=384)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
 #: ``size320_copies2``, which combines the two changes that raised grouped CV most, and the
@@ -318,7 +320,7 @@ RECIPES = {
         Recipe("copies2", copies=2),
         Recipe("letterbox", trunks=(Trunk(resize_mode=ResizeMode.LETTERBOX),)),
         Recipe("size320", trunks=(Trunk(size=320),)),
-        Recipe("size384", trunks=(Trunk(size=384),)),
+        Recipe("size384", trunks=(_LITE0_384,)),
         Recipe("size320_copies2", trunks=(Trunk(size=320),), copies=2),
         Recipe("conflicts_drop", conflicts=Conflicts.DROP),
         Recipe("conflicts_majority", conflicts=Conflicts.MAJORITY),
@@ -329,8 +331,8 @@ RECIPES = {
         Recipe("vgg16_average_lite0", trunks=(_VGG16, Trunk()), average_scores=True),
         Recipe("lite1", trunks=(_LITE1,)),
         Recipe("lite2", trunks=(_LITE2,)),
-        Recipe("multiscale_concat", trunks=(Trunk(), Trunk(size=384))),
-        Recipe("multiscale_average", trunks=(Trunk(), Trunk(size=384)), average_scores=True),
+        Recipe("multiscale_concat", trunks=(Trunk(), _LITE0_384)),
+        Recipe("multiscale_average", trunks=(Trunk(), _LITE0_384), average_scores=True),
     )
 }
 
