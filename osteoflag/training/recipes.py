@@ -311,7 +311,8 @@ _LITE0_384 = Trunk(size=384)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
 #: ``size320_copies2``, which combines the two changes that raised grouped CV most, and the
-#: two ``multiscale`` rows, which add the 384 px trunk to the baseline's 224 px one.
+#: two ``multiscale`` rows, which add the 384 px trunk to the baseline's 224 px one, and
+#: ``size384_levels``, which pools stages 4 and 5 beside the head convolution at 384 px.
 RECIPES = {
     r.name: r
     for r in (
@@ -333,6 +334,8 @@ RECIPES = {
         Recipe("lite2", trunks=(_LITE2,)),
         Recipe("multiscale_concat", trunks=(Trunk(), _LITE0_384)),
         Recipe("multiscale_average", trunks=(Trunk(), _LITE0_384), average_scores=True),
+        Recipe("levels", trunks=(Trunk(layout=FeatureLayout.B345),)),
+        Recipe("size384_levels", trunks=(Trunk(size=384, layout=FeatureLayout.B345),)),
     )
 }
 

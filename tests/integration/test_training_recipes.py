@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from osteoflag.training import recipes
+from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.card_recipes import recipe_lines
 from osteoflag.training.classifier import BoosterConfig
 
@@ -66,6 +67,7 @@ def test_every_kind_of_recipe_scores_every_protocol(
         recipes.Recipe("lighter", trunks=(SMALL,), conflicts=recipes.Conflicts.DOWNWEIGHT),
         recipes.Recipe("average", trunks=(SMALL, recipes.Trunk(size=40)), average_scores=True),
         recipes.Recipe("concat", trunks=(SMALL, recipes.Trunk(size=40)), tta_flip=True),
+        recipes.Recipe("levels", trunks=(replace(SMALL, layout=FeatureLayout.B345),)),
     ]
     config = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10)
     rows = recipes.run_all(loaded, chosen, work, config, folds=3)
