@@ -308,10 +308,11 @@ _LITE1 = Trunk(Architecture.EFFICIENTNET_LITE1, VARIANTS["efficientnet_lite1"].n
 _LITE2 = Trunk(Architecture.EFFICIENTNET_LITE2, VARIANTS["efficientnet_lite2"].native_size)
 #: The default bundle's trunk: Lite0 at 384 px.
 _LITE0_384 = Trunk(size=384)
+_LITE0_512 = Trunk(size=512)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
 #: ``size320_copies2``, which combines the two changes that raised grouped CV most, and the
-#: two ``multiscale`` rows, which add the 384 px trunk to the baseline's 224 px one, and
+#: ``multiscale`` rows, which average or join two input sizes, and
 #: ``size384_levels``, which pools stages 4 and 5 beside the head convolution at 384 px.
 RECIPES = {
     r.name: r
@@ -322,6 +323,8 @@ RECIPES = {
         Recipe("letterbox", trunks=(Trunk(resize_mode=ResizeMode.LETTERBOX),)),
         Recipe("size320", trunks=(Trunk(size=320),)),
         Recipe("size384", trunks=(_LITE0_384,)),
+        Recipe("size448", trunks=(Trunk(size=448),)),
+        Recipe("size512", trunks=(_LITE0_512,)),
         Recipe("size320_copies2", trunks=(Trunk(size=320),), copies=2),
         Recipe("conflicts_drop", conflicts=Conflicts.DROP),
         Recipe("conflicts_majority", conflicts=Conflicts.MAJORITY),
@@ -334,6 +337,8 @@ RECIPES = {
         Recipe("lite2", trunks=(_LITE2,)),
         Recipe("multiscale_concat", trunks=(Trunk(), _LITE0_384)),
         Recipe("multiscale_average", trunks=(Trunk(), _LITE0_384), average_scores=True),
+        Recipe("multiscale512_average", trunks=(Trunk(), _LITE0_512), average_scores=True),
+        Recipe("multiscale384_512_average", trunks=(_LITE0_384, _LITE0_512), average_scores=True),
         Recipe("levels", trunks=(Trunk(layout=FeatureLayout.B345),)),
         Recipe("size384_levels", trunks=(Trunk(size=384, layout=FeatureLayout.B345),)),
     )
