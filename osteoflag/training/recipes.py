@@ -341,6 +341,11 @@ RECIPES = {
         Recipe("multiscale384_512_average", trunks=(_LITE0_384, _LITE0_512), average_scores=True),
         Recipe("levels", trunks=(Trunk(layout=FeatureLayout.B345),)),
         Recipe("size384_levels", trunks=(Trunk(size=384, layout=FeatureLayout.B345),)),
+        Recipe(
+            "levels_average_384",
+            trunks=(Trunk(layout=FeatureLayout.B345), _LITE0_384),
+            average_scores=True,
+        ),
     )
 }
 
