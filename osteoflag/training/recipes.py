@@ -309,11 +309,13 @@ _LITE2 = Trunk(Architecture.EFFICIENTNET_LITE2, VARIANTS["efficientnet_lite2"].n
 #: The default bundle's trunk: Lite0 at 384 px.
 _LITE0_384 = Trunk(size=384)
 _LITE0_512 = Trunk(size=512)
+#: Lite0 at 224 px with stages 4 and 5 pooled beside the head convolution.
+_LEVELS = Trunk(layout=FeatureLayout.B345)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
-#: ``size320_copies2``, which combines the two changes that raised grouped CV most, and the
-#: ``multiscale`` rows, which average or join two input sizes, and
-#: ``size384_levels``, which pools stages 4 and 5 beside the head convolution at 384 px.
+#: ``size320_copies2``, which combines the two changes that raised grouped CV most,
+#: ``size384_levels``, and the rows that average or join two trunks (``multiscale*``,
+#: ``levels_average_384``).
 RECIPES = {
     r.name: r
     for r in (
@@ -339,13 +341,9 @@ RECIPES = {
         Recipe("multiscale_average", trunks=(Trunk(), _LITE0_384), average_scores=True),
         Recipe("multiscale512_average", trunks=(Trunk(), _LITE0_512), average_scores=True),
         Recipe("multiscale384_512_average", trunks=(_LITE0_384, _LITE0_512), average_scores=True),
-        Recipe("levels", trunks=(Trunk(layout=FeatureLayout.B345),)),
+        Recipe("levels", trunks=(_LEVELS,)),
         Recipe("size384_levels", trunks=(Trunk(size=384, layout=FeatureLayout.B345),)),
-        Recipe(
-            "levels_average_384",
-            trunks=(Trunk(layout=FeatureLayout.B345), _LITE0_384),
-            average_scores=True,
-        ),
+        Recipe("levels_average_384", trunks=(_LEVELS, _LITE0_384), average_scores=True),
     )
 }
 

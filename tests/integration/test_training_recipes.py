@@ -17,6 +17,7 @@ from osteoflag.training.card_recipes import recipe_lines
 from osteoflag.training.classifier import BoosterConfig
 
 SMALL = recipes.Trunk(size=32)
+LEVELS = replace(SMALL, layout=FeatureLayout.B345)
 PROTOCOLS = ("osteoai_to_multiregion", "multiregion_to_osteoai", "cv_osteoai")
 
 
@@ -67,7 +68,7 @@ def test_every_kind_of_recipe_scores_every_protocol(
         recipes.Recipe("lighter", trunks=(SMALL,), conflicts=recipes.Conflicts.DOWNWEIGHT),
         recipes.Recipe("average", trunks=(SMALL, recipes.Trunk(size=40)), average_scores=True),
         recipes.Recipe("concat", trunks=(SMALL, recipes.Trunk(size=40)), tta_flip=True),
-        recipes.Recipe("levels", trunks=(replace(SMALL, layout=FeatureLayout.B345),)),
+        recipes.Recipe("levels", trunks=(LEVELS,)),
     ]
     config = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10)
     rows = recipes.run_all(loaded, chosen, work, config, folds=3)
@@ -82,6 +83,10 @@ def test_every_kind_of_recipe_scores_every_protocol(
     assert table[0].startswith("## Recipes")
     assert sum(line.startswith("| ") for line in table) == 1 + len(chosen)
     assert "(+" in table[-2] or "(-" in table[-2]  # differences to the baseline
+    store = recipes.FeatureStore(loaded, work, threads=1)  # the run's graphs and cache
+    rows_all = np.arange(len(loaded.samples))
+    widths = {t.layout: store.get(t, 0, rows_all).shape[1] for t in (SMALL, LEVELS)}
+    assert widths == {FeatureLayout.B5: 2 * 1280, FeatureLayout.B345: 2 * (80 + 112 + 1280)}
 
 
 def test_larger_lite_recipes_change_only_the_backbone_and_size() -> None:
