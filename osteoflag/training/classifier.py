@@ -25,6 +25,9 @@ class BoosterConfig:
     early_stopping: int = 50
     seed: int = 0
     threads: int = 2
+    #: Columns where each separately boosted view of the features starts (``ensemble``); empty:
+    #: one booster on all columns.
+    view_starts: tuple[int, ...] = ()
 
 
 def train_booster(

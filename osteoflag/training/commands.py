@@ -86,6 +86,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=224, help="input size in pixels (default 224)")
     parser.add_argument("--resize-mode", choices=["stretch", "letterbox"], default="stretch")
     parser.add_argument(
+        "--small-view",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="also pool stage 4, stage 5 and the head of the image resized to PX inside the "
+        "graph, ahead of the full-size head (needs --layout b345; default 0: off)",
+    )
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         help="pooled levels fed to LightGBM: b5_avg (last level, average), b5 (average + max) "
@@ -205,6 +213,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         init=init,
         weights=args.weights,
         size=args.size,
+        small_view=args.small_view,
         resize_mode=ResizeMode(args.resize_mode),
         head_convs=args.head_convs,
         layout=FeatureLayout(args.layout or DEFAULT_LAYOUT[architecture.value]),

@@ -8,7 +8,8 @@ runs the head, and the served graph (:class:`FeatureGraph`) is trunk + head + th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -49,14 +50,29 @@ HEAD_TEXT = {
 }
 
 
-def layout_text(architecture: Architecture, layout: FeatureLayout) -> str:
+def level_widths(architecture: Architecture) -> tuple[int, int, int]:
+    """Channels of the three pooled levels of the full-width network."""
+    if architecture is Architecture.VGG16:
+        return (256, 512, 512)
+    return efficientnet.VARIANTS[architecture.value].level_widths()
+
+
+def view_starts(architecture: Architecture, small_view: int) -> tuple[int, ...]:
+    """Where each view's columns start in the features of :class:`TwoViewTrunk` under layout
+    ``b345`` (the small view's three levels, then the full-size head); empty without one."""
+    return (0, 2 * sum(level_widths(architecture))) if small_view else ()
+
+
+def layout_text(architecture: Architecture, layout: FeatureLayout, small_view: int = 0) -> str:
     """Human-readable feature layout, with the channel counts of the full-width network."""
     low, mid, last = LEVELS[architecture]
-    widths = (
-        (256, 512, 512)
-        if architecture is Architecture.VGG16
-        else efficientnet.VARIANTS[architecture.value].level_widths()
-    )
+    widths = level_widths(architecture)
+    if small_view:
+        return (
+            f"global average + max pool of {low}, {mid} and {last} of the image resized to "
+            f"{small_view} px inside the graph ({2 * sum(widths)}), then of {last} at full size "
+            f"({2 * widths[2]}); one LightGBM booster per view, raw scores averaged"
+        )
     if layout is FeatureLayout.B5_AVG:
         return f"{last} global average pool ({widths[2]})"
     if layout is FeatureLayout.B5:
@@ -132,3 +148,37 @@ class FeatureGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         low, mid, start = self.trunk(image)
         return combine(self.layout, low, mid, self.head(start))
+
+
+class TwoViewTrunk(nn.Module):
+    """A trunk that also sees the image at ``small_view`` px, resized inside the graph.
+
+    Pooled earlier levels carried across sources at 224 px but not at 384 px, where the last
+    level did better in-source (the recipe table), so the small view gives all three of its
+    levels (its head frozen) and the full-size image only the map the head starts from. The
+    small view is a bilinear resize to twice its size (for 224 px from 384 px, an upscale to
+    448) and a 2x2 average: a low-pass downscale that ONNX opset 17 can express. Returns
+    (small stage 4 + 5, small head, map), so that layout ``b345`` yields all four levels and the
+    head's map stays the last one pooled.
+    """
+
+    def __init__(self, trunk: nn.Module, head: nn.Module, small_view: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.small_head = copy.deepcopy(head).eval().requires_grad_(False)
+        self.small_view = small_view
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        double = (2 * self.small_view, 2 * self.small_view)
+        upscaled = nn.functional.interpolate(image, size=double, mode="bilinear")
+        low, mid, start = self.trunk(nn.functional.avg_pool2d(upscaled, 2))
+        _, _, full = self.trunk(image)
+        return torch.cat([low, mid], dim=1), self.small_head(start), full
+
+
+def with_small_view(network: Network, small_view: int) -> Network:
+    """``network`` with :class:`TwoViewTrunk` around its trunk (unchanged if ``small_view`` is
+    0); the head stays the one fine-tuning trains."""
+    if not small_view:
+        return network
+    return replace(network, trunk=TwoViewTrunk(network.trunk, network.head, small_view).eval())

@@ -25,7 +25,14 @@ from osteoflag.inference.bundle import write_manifest
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
 from osteoflag.training.model import FittedModel, head_onnx_features
-from osteoflag.training.networks import HEAD_TEXT, FeatureGraph, Network, build_network, layout_text
+from osteoflag.training.networks import (
+    HEAD_TEXT,
+    FeatureGraph,
+    Network,
+    build_network,
+    layout_text,
+    with_small_view,
+)
 from osteoflag.training.prepared import (
     Prepared,
     Sources,
@@ -66,6 +73,11 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     """
     torch.set_num_threads(options.threads)
     started = time.monotonic()
+    if options.small_view and options.layout is not FeatureLayout.B345:
+        raise TrainingError(
+            f"--small-view {options.small_view} needs --layout b345: its levels are pooled "
+            f"ahead of the head's, not instead of them (got --layout {options.layout.value})"
+        )
     options.work.mkdir(parents=True, exist_ok=True)
     network = build_network(
         options.architecture,
@@ -75,6 +87,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         options.seed,
         options.width_divisor,
     )
+    network = with_small_view(network, options.small_view)
     head0 = network.head
     prep = prepared if prepared is not None else prepare(options, network.trunk)
     results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
@@ -233,7 +246,7 @@ def write_bundle(
         },
         features={
             "count": int(served.shape[1]),
-            "layout": layout_text(options.architecture, options.layout)
+            "layout": layout_text(options.architecture, options.layout, options.small_view)
             + "; fine-tuned: "
             + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
         },

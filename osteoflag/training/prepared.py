@@ -43,6 +43,7 @@ class TrainOptions:
     init: Init = Init.IMAGENET
     weights: Path | None = None
     size: int = 224
+    small_view: int = 0  # also pool every level of the image resized to this size (0: off)
     resize_mode: ResizeMode = ResizeMode.STRETCH
     head_convs: int = 1
     layout: FeatureLayout = FeatureLayout.B5
@@ -200,7 +201,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "architecture": options.architecture.value,
         "init": options.init.value,
         "head": HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
-        "layout": layout_text(options.architecture, options.layout),
+        "layout": layout_text(options.architecture, options.layout, options.small_view),
         "finetune": str(options.tuning),
         "booster": str(options.booster),
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",

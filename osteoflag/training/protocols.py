@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,9 @@ def fit_on(
     )
     frozen = not tune or options.tuning.epochs == 0
     shared = frozen and not prep.copies
+    booster = options.booster
+    if options.small_view:  # one booster for the small view's levels, one for the head's
+        booster = replace(booster, view_starts=(0, prep.trunk.b3.shape[1] + prep.trunk.b4.shape[1]))
     return fit_model(
         head0,
         prep.trunk,
@@ -76,7 +80,7 @@ def fit_on(
         val_idx,
         layout,
         options.tuning if tune else None,
-        options.booster,
+        booster,
         options.target_sensitivity,
         options.work,
         options.threads,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -33,12 +33,18 @@ import numpy as np
 import torch
 
 from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode, load_display
-from osteoflag.training import classifier, export, features, hygiene, metrics
+from osteoflag.training import classifier, ensemble, export, features, hygiene, metrics
 from osteoflag.training.augment import FLIP
 from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
 from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.efficientnet import VARIANTS
-from osteoflag.training.networks import Architecture, FeatureGraph, build_network
+from osteoflag.training.networks import (
+    Architecture,
+    FeatureGraph,
+    build_network,
+    view_starts,
+    with_small_view,
+)
 from osteoflag.training.splits import group_folds, group_holdout
 
 logger = logging.getLogger(__name__)
@@ -65,10 +71,12 @@ class Trunk:
     size: int = 224
     resize_mode: ResizeMode = ResizeMode.STRETCH
     layout: FeatureLayout = FeatureLayout.B5
+    small_view: int = 0  # networks.TwoViewTrunk: also every level at this size (0: off)
 
     @property
     def tag(self) -> str:
-        return f"{self.architecture.value}_{self.size}_{self.resize_mode.value}_{self.layout.value}"
+        tag = f"{self.architecture.value}_{self.size}_{self.resize_mode.value}_{self.layout.value}"
+        return tag + (f"_view{self.small_view}" if self.small_view else "")
 
     def spec(self) -> InputSpec:
         norm = normalisation_for(self.architecture.value, Init.IMAGENET)
@@ -142,7 +150,9 @@ class FeatureStore:
     def _graph(self, trunk: Trunk) -> Path:
         path = self.work / f"{trunk.tag}.onnx"
         if not path.is_file():
-            network = build_network(trunk.architecture, Init.IMAGENET)
+            network = with_small_view(
+                build_network(trunk.architecture, Init.IMAGENET), trunk.small_view
+            )
             graph = FeatureGraph(network.trunk, network.head, trunk.layout).eval()
             inputs = np.stack([features.prepare(s, trunk.spec()) for s in self.data.samples[:4]])
             export.export_onnx(graph, torch.from_numpy(inputs[:1]), path)
@@ -223,6 +233,11 @@ def _fit_scorer(
 
     boosters = []
     for trunks in per_trunk:
+        # A two-view trunk, alone, is boosted per view as the bundle does (ensemble).
+        alone = trunks[0] if isinstance(trunks, tuple) and len(trunks) == 1 else trunks
+        views = (
+            view_starts(alone.architecture, alone.small_view) if isinstance(alone, Trunk) else ()
+        )
         xs, ys, ws = [], [], []
         for copy in copies:
             xs.append(matrix(trunks, copy, fit.rows))
@@ -231,12 +246,12 @@ def _fit_scorer(
         boosters.append(
             (
                 trunks,
-                classifier.train_booster(
+                ensemble.train_views(
                     np.vstack(xs),
                     np.concatenate(ys),
                     matrix(trunks, 0, stop),
                     data.labels[stop],
-                    booster_config,
+                    replace(booster_config, view_starts=views),
                     weight=np.concatenate(ws),
                 ),
             )
@@ -311,11 +326,13 @@ _LITE0_384 = Trunk(size=384)
 _LITE0_512 = Trunk(size=512)
 #: Lite0 at 224 px with stages 4 and 5 pooled beside the head convolution.
 _LEVELS = Trunk(layout=FeatureLayout.B345)
+#: ``levels_average_384`` as one graph (the default bundle's): the 224 px view resized inside it.
+_TWO_VIEW = Trunk(size=384, layout=FeatureLayout.B345, small_view=224)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
 #: ``size320_copies2``, which combines the two changes that raised grouped CV most,
 #: ``size384_levels``, and the rows that average or join two trunks (``multiscale*``,
-#: ``levels_average_384``).
+#: ``levels_average_384``, ``two_view``).
 RECIPES = {
     r.name: r
     for r in (
@@ -344,6 +361,7 @@ RECIPES = {
         Recipe("levels", trunks=(_LEVELS,)),
         Recipe("size384_levels", trunks=(Trunk(size=384, layout=FeatureLayout.B345),)),
         Recipe("levels_average_384", trunks=(_LEVELS, _LITE0_384), average_scores=True),
+        Recipe("two_view", trunks=(_TWO_VIEW,)),
     )
 }
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 from PIL import Image
 
+from osteoflag.errors import TrainingError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
@@ -25,6 +28,7 @@ from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import run
 from osteoflag.training.prepared import Sources, TrainOptions
+from tests.helpers.trees import split_columns
 
 TAGS = ("frozen", "finetuned")
 CONTRACT_KEYS = {
@@ -264,3 +268,43 @@ def test_card_is_rerendered_from_the_run_results(
     other.write_text(json.dumps({"run": {"name": "someone-else", "version": "9"}}))
     argv = ["card", "--bundle", str(bundle_dir), "--results", str(other)]
     assert training_main(argv) == 1
+
+
+def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view(
+    data: Path,
+) -> None:
+    options = TrainOptions(
+        data=data / "primary",
+        out=data / "bundle-two-view",
+        work=data / "work-two-view",
+        architecture=Architecture.VGG16,
+        init=Init.SCRATCH,
+        size=32,
+        small_view=16,
+        width_divisor=16,
+        layout=FeatureLayout.B345,
+        protocols=("published", "cv"),
+        folds=3,
+        finetune=FinetuneConfig(epochs=1, batch_size=8),
+        booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
+        compare_layouts=False,
+    )
+    results = run(options)
+    bundle = load_bundle(options.out)
+    # narrow VGG16: conv3_3, conv4_3, conv5_3 of the 16 px view (16+32+32 channels), then
+    # conv5_3 of the 32 px image (32 channels), each average + max pooled
+    small, full = 2 * (16 + 32 + 32), 2 * 32
+    assert bundle.manifest.features.count == small + full
+    assert "resized to 16 px inside the graph" in bundle.manifest.features.layout
+    booster = lgb.Booster(model_file=str(bundle.classifier_path))
+    trees = [t for t in split_columns(booster) if t]
+    assert all(max(t) < small or min(t) >= small for t in trees)  # one view per tree
+    predictor = Predictor(bundle, threads=1)
+    assert predictor.localises
+    image = next((data / "primary" / "test" / "fracture").iterdir())
+    [prediction] = predictor.predict([load_display(image)])
+    assert 0.0 <= prediction.probability <= 1.0
+    assert results["parity"]["bundle_vs_training_graphs"] <= 1e-4  # type: ignore[index]
+    assert len(results["cv"]["folds"]) == 3  # type: ignore[index]
+    with pytest.raises(TrainingError, match="--small-view 16 needs --layout b345"):
+        run(replace(options, layout=FeatureLayout.B5, out=data / "never"))

@@ -18,6 +18,7 @@ from osteoflag.training.classifier import BoosterConfig
 
 SMALL = recipes.Trunk(size=32)
 LEVELS = replace(SMALL, layout=FeatureLayout.B345)
+TWO_VIEW = replace(LEVELS, size=40, small_view=32)
 PROTOCOLS = ("osteoai_to_multiregion", "multiregion_to_osteoai", "cv_osteoai")
 
 
@@ -69,6 +70,7 @@ def test_every_kind_of_recipe_scores_every_protocol(
         recipes.Recipe("average", trunks=(SMALL, recipes.Trunk(size=40)), average_scores=True),
         recipes.Recipe("concat", trunks=(SMALL, recipes.Trunk(size=40)), tta_flip=True),
         recipes.Recipe("levels", trunks=(LEVELS,)),
+        recipes.Recipe("two_view", trunks=(TWO_VIEW,)),
     ]
     config = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10)
     rows = recipes.run_all(loaded, chosen, work, config, folds=3)
@@ -85,8 +87,9 @@ def test_every_kind_of_recipe_scores_every_protocol(
     assert "(+" in table[-2] or "(-" in table[-2]  # differences to the baseline
     store = recipes.FeatureStore(loaded, work, threads=1)  # the run's graphs and cache
     rows_all = np.arange(len(loaded.samples))
-    widths = {t.layout: store.get(t, 0, rows_all).shape[1] for t in (SMALL, LEVELS)}
-    assert widths == {FeatureLayout.B5: 2 * 1280, FeatureLayout.B345: 2 * (80 + 112 + 1280)}
+    widths = {t.tag: store.get(t, 0, rows_all).shape[1] for t in (SMALL, LEVELS, TWO_VIEW)}
+    levels = 2 * (80 + 112 + 1280)
+    assert widths == {SMALL.tag: 2 * 1280, LEVELS.tag: levels, TWO_VIEW.tag: levels + 2 * 1280}
 
 
 def test_larger_lite_recipes_change_only_the_backbone_and_size() -> None:
