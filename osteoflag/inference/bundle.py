@@ -76,10 +76,26 @@ class BackboneSection(_Part):
 
 
 class FeaturesSection(_Part):
-    """What the backbone emits: ``count`` values per image, arranged as ``layout`` says."""
+    """What the backbone emits: ``count`` values per image, arranged as ``layout`` says.
+
+    ``views``: the columns where each view starts whose booster was fitted apart from the
+    others' before their scores were averaged (empty: one booster on every column); ``adapt``
+    refits the same way.
+    """
 
     count: Positive
     layout: str
+    views: tuple[Annotated[int, Field(ge=0)], ...] = ()
+
+    @model_validator(mode="after")
+    def _views_inside(self) -> FeaturesSection:
+        if self.views and (
+            self.views[0] != 0
+            or list(self.views) != sorted(set(self.views))
+            or self.views[-1] >= self.count
+        ):
+            raise ValueError(f"views {list(self.views)} must rise from 0 below count {self.count}")
+        return self
 
 
 class ClassifierSection(_Part):

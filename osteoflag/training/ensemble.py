@@ -143,3 +143,8 @@ def train_views(
     merged = merge_average(members, starts, x_fit.shape[1])
     check_merge(merged, members, starts, x_val)
     return merged
+
+
+def rounds(booster: lgb.Booster) -> int:
+    """The trees a booster scores with: its early-stopped rounds, or all of a merged one."""
+    return booster.best_iteration if booster.best_iteration > 0 else booster.num_trees()

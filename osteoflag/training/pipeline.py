@@ -37,6 +37,7 @@ from osteoflag.training.prepared import (
     Prepared,
     Sources,
     TrainOptions,
+    booster_views,
     input_spec,
     prepare,
     run_facts,
@@ -249,6 +250,7 @@ def write_bundle(
             "layout": layout_text(options.architecture, options.layout, options.small_view)
             + "; fine-tuned: "
             + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
+            "views": list(booster_views(options, prep)),
         },
         classifier={"file": "classifier.txt", "kind": "lightgbm"},
         threshold={"value": model.threshold, "method": model.threshold_method},

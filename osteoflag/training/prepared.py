@@ -213,5 +213,13 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
     }
 
 
+def booster_views(options: TrainOptions, prep: Prepared) -> tuple[int, ...]:
+    """Where each separately boosted view starts in the features (``ensemble``): the small
+    view's levels, then the full-size head; empty without ``small_view``."""
+    if not options.small_view:
+        return ()
+    return (0, prep.trunk.b3.shape[1] + prep.trunk.b4.shape[1])
+
+
 def split_indices(prep: Prepared, split: str) -> np.ndarray:
     return np.array([i for i in prep.primary if prep.samples[i].split == split], dtype=int)

@@ -20,7 +20,7 @@ from osteoflag.training import calibrate, classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
 from osteoflag.training.networks import Network, layout_text
-from osteoflag.training.prepared import Prepared, Sources, TrainOptions
+from osteoflag.training.prepared import Prepared, Sources, TrainOptions, booster_views
 from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ def fit_on(
     )
     frozen = not tune or options.tuning.epochs == 0
     shared = frozen and not prep.copies
-    booster = options.booster
-    if options.small_view:  # one booster for the small view's levels, one for the head's
-        booster = replace(booster, view_starts=(0, prep.trunk.b3.shape[1] + prep.trunk.b4.shape[1]))
+    booster = replace(options.booster, view_starts=booster_views(options, prep))
     return fit_model(
         head0,
         prep.trunk,

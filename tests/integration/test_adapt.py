@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from osteoflag.validation.adapt import platt
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
 from tests.helpers.site_data import write_site
+from tests.helpers.trees import split_columns
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +37,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _adapt(folder: Path, out: str, *extra: str, data: str = "site") -> Any:
+def _adapt(folder: Path, out: str, *extra: str, data: str = "site", bundle: str = "bundle") -> Any:
     return osteoflag(
         "adapt",
         "--bundle",
-        str(folder / "bundle"),
+        str(folder / bundle),
         "--data",
         str(folder / data / "images"),
         "--labels",
@@ -149,29 +151,20 @@ def test_bad_site_name(folder: Path) -> None:
     assert "--site 'North Wing': use 1-24 lower-case letters" in done.stderr
 
 
-def test_a_calibrated_base_gives_a_calibrated_adapted_bundle(folder: Path) -> None:
-    calibrated = folder / "calibrated"
-    shutil.copytree(folder / "bundle", calibrated)
-    manifest = load_bundle(calibrated).manifest.model_dump(
+def _variant(folder: Path, name: str, **sections: Any) -> str:
+    """A copy of the tiny bundle with manifest ``sections`` replaced; its folder name."""
+    shutil.copytree(folder / "bundle", folder / name)
+    manifest = load_bundle(folder / name).manifest.model_dump(
         mode="json", exclude={"files", "format_version"}
     )
-    manifest["calibration"] = {"method": "platt", "a": 2.0, "b": -0.5, "fitted_on": "test"}
-    write_manifest(calibrated, **manifest)
-    done = osteoflag(
-        "adapt",
-        "--bundle",
-        str(calibrated),
-        "--data",
-        str(folder / "site" / "images"),
-        "--labels",
-        str(folder / "site" / "labels.csv"),
-        "--out",
-        str(folder / "north-calibrated"),
-        "--site",
-        "north",
-        config=folder / "osteoflag.toml",
-        timeout=300,
-    )
+    write_manifest(folder / name, **(manifest | sections))
+    return name
+
+
+def test_a_calibrated_base_gives_a_calibrated_adapted_bundle(folder: Path) -> None:
+    calibration = {"method": "platt", "a": 2.0, "b": -0.5, "fitted_on": "test"}
+    calibrated = _variant(folder, "calibrated", calibration=calibration)
+    done = _adapt(folder, "north-calibrated", bundle=calibrated)
     assert done.returncode == 0, done.stderr
     adapted = load_bundle(folder / "north-calibrated").manifest
     assert adapted.calibration is not None and adapted.calibration.method == "platt"
@@ -179,6 +172,19 @@ def test_a_calibrated_base_gives_a_calibrated_adapted_bundle(folder: Path) -> No
     assert (adapted.calibration.a or 0) > 0
     pooled = adapted.metrics["site_cv"]["pooled"]["adapted"]
     assert pooled["threshold"] == adapted.threshold.value
+
+
+def test_a_base_boosted_by_views_is_refitted_by_the_same_views(folder: Path) -> None:
+    features = load_bundle(folder / "bundle").manifest.features
+    start = features.count // 2
+    views = _variant(folder, "views", features=features.model_dump() | {"views": [0, start]})
+    done = _adapt(folder, "north-views", bundle=views)
+    assert done.returncode == 0, done.stderr
+    adapted = load_bundle(folder / "north-views")
+    assert adapted.manifest.features.views == (0, start)
+    trees = [t for t in split_columns(lgb.Booster(model_file=str(adapted.classifier_path))) if t]
+    assert trees and all(max(t) < start or min(t) >= start for t in trees)
+    assert all(fold["rounds"] > 0 for fold in adapted.manifest.metrics["site_cv"]["folds"])
 
 
 def test_platt_recovers_a_known_map() -> None:

@@ -74,3 +74,12 @@ def test_path_escaping_file_name_is_refused(bundle_dir: Path) -> None:
     (bundle_dir / MANIFEST).write_text(json.dumps(document))
     with pytest.raises(BundleError, match="relative path inside the bundle"):
         read_manifest(bundle_dir)
+
+
+@pytest.mark.parametrize("views", [[4, 8], [0, 8, 8], [0, 10_000]])
+def test_feature_views_outside_the_features_are_named(bundle_dir: Path, views: list[int]) -> None:
+    document = json.loads((bundle_dir / MANIFEST).read_text())
+    document["features"]["views"] = views
+    (bundle_dir / MANIFEST).write_text(json.dumps(document))
+    with pytest.raises(BundleError, match=r"features.*views"):
+        read_manifest(bundle_dir)
