@@ -44,7 +44,8 @@ TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai
 
 model: $(VENV)/.installed-dev
 	rm -rf artifacts/default-trained artifacts/default-localised
-	$(TRAIN) --size 384 --out artifacts/default-trained --work artifacts/train --version 4.0.0
+	$(TRAIN) --size 384 --small-view 224 --layout b345 --out artifacts/default-trained \
+		--work artifacts/train --version 5.0.0
 	$(BIN)/osteoflag add-localiser --bundle artifacts/default-trained \
 		--boxes ../shared/data/fracture-boxes --out artifacts/default-localised
 	rm -rf models/default && mv artifacts/default-localised models/default

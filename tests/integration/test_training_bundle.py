@@ -295,6 +295,7 @@ def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view
     # conv5_3 of the 32 px image (32 channels), each average + max pooled
     small, full = 2 * (16 + 32 + 32), 2 * 32
     assert bundle.manifest.features.count == small + full
+    assert bundle.manifest.features.views == (0, small)
     assert "resized to 16 px inside the graph" in bundle.manifest.features.layout
     booster = lgb.Booster(model_file=str(bundle.classifier_path))
     trees = [t for t in split_columns(booster) if t]
