@@ -152,8 +152,8 @@ def quantize_backbone(
 ) -> None:
     """Write the statically quantised (QDQ, per-channel U8S8) version of ``source``.
 
-    The first ``float_convs`` Conv nodes (in graph order) and the pooling tail (see
-    ``POOLING_OPS``) are left in float32.
+    The first ``float_convs`` Conv nodes of each view (:func:`_leading_convs`) and the pooling
+    tail (see ``POOLING_OPS``) are left in float32.
     """
     try:
         from onnxruntime.quantization import (
@@ -198,8 +198,8 @@ def quantize_backbone(
 
 
 def _float_nodes(model_path: Path, float_convs: int) -> list[str]:
-    """Names of the first ``float_convs`` Conv nodes and of the pooling tail's nodes; unnamed
-    nodes are named (in place) first."""
+    """Names of the leading ``float_convs`` Conv nodes of each view and of the pooling tail's
+    nodes; unnamed nodes are named (in place) first."""
     import onnx
 
     model = onnx.load(str(model_path))
@@ -208,8 +208,23 @@ def _float_nodes(model_path: Path, float_convs: int) -> list[str]:
         node.name = f"{node.op_type}_{index}"
     if unnamed:
         onnx.save(model, str(model_path))
-    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    return convs[: max(float_convs, 0)] + _pooling_tail(model.graph)
+    return _leading_convs(model.graph, float_convs) + _pooling_tail(model.graph)
+
+
+def _leading_convs(graph: onnx.GraphProto, float_convs: int) -> list[str]:
+    """Names of the Conv nodes with at most ``float_convs`` convolutions (themselves included)
+    on any path from the input: the first layers of every view a graph runs (a two-view
+    backbone has two stems), which for a single chain are its first ``float_convs`` Convs."""
+    depth: dict[str, int] = {}  # tensor -> convolutions on the longest path that makes it
+    kept = []
+    for node in graph.node:  # topological order
+        here = max((depth.get(name, 0) for name in node.input), default=0)
+        if node.op_type == "Conv":
+            here += 1
+            if here <= float_convs:
+                kept.append(node.name)
+        depth.update((name, here) for name in node.output)
+    return kept
 
 
 def _pooling_tail(graph: onnx.GraphProto) -> list[str]:
@@ -249,7 +264,7 @@ def _kept_float(float_convs: int) -> str:
     """What of the backbone stays float32, as a clause of the card."""
     if float_convs <= 0:
         return "the pooling tail stays float32"
-    return f"the first {float_convs} convolutions and the pooling tail stay float32"
+    return f"the first {float_convs} convolutions of each view and the pooling tail stay float32"
 
 
 def _card_section(figures: dict[str, Any]) -> str:

@@ -150,6 +150,36 @@ def test_leading_convolutions_can_stay_float32(
     assert float_convs_for("efficientnet_lite1") == float_convs_for("efficientnet_lite2") == 8
 
 
+def test_each_view_of_a_two_view_backbone_keeps_its_leading_convolutions(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from osteoflag.training import export
+    from osteoflag.training.backbones import FeatureLayout, Init
+    from osteoflag.training.networks import (
+        Architecture,
+        FeatureGraph,
+        build_network,
+        with_small_view,
+    )
+
+    network = build_network(Architecture.VGG16, Init.SCRATCH, divisor=16)
+    network = with_small_view(network, 16)
+    graph = FeatureGraph(network.trunk, network.head, FeatureLayout.B345)
+    rng = np.random.default_rng(7)
+    inputs = [rng.normal(size=(3, 32, 32)).astype(np.float32) for _ in range(8)]
+    source, target = tmp_path / "two-view.onnx", tmp_path / "two-view-int8.onnx"
+    export.export_onnx(graph, torch.from_numpy(inputs[0][None]), source)
+    quantize_backbone(source, target, inputs, float_convs=2)
+    quantised = onnx.load(str(target)).graph
+    weights = {w.name: w.data_type for w in quantised.initializer}
+    convs = [node for node in quantised.node if node.op_type == "Conv"]
+    kept = [c for c in convs if weights.get(c.input[1]) == onnx.TensorProto.FLOAT]
+    assert len(convs) == 2 * 13  # each view runs all 13 VGG16 convolutions
+    assert len(kept) == 4  # conv1_1 and conv1_2 of the 16 px view and of the 32 px image
+
+
 def _two_scale_backbone(path: Path) -> None:
     """image -> Conv -> Relu -> [spatial average, 1000 x spatial maximum] -> features: pooled
     features three orders of magnitude apart, as VGG16's block-3 maxima beside block-5 averages."""
