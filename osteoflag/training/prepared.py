@@ -191,7 +191,7 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
     )
 
 
-def run_facts(options: TrainOptions) -> dict[str, object]:
+def run_facts(options: TrainOptions, prep: Prepared) -> dict[str, object]:
     """The settings the model card states (kept in the results so a card can be re-rendered)."""
     spec = input_spec(options)
     rule = options.target_sensitivity
@@ -203,7 +203,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "head": HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
         "layout": layout_text(options.architecture, options.layout, options.small_view),
         "finetune": str(options.tuning),
-        "booster": str(options.booster),
+        "booster": str(replace(options.booster, view_starts=booster_views(options, prep))),
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
         "train_on": options.train_on.value,

@@ -296,6 +296,7 @@ def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view
     small, full = 2 * (16 + 32 + 32), 2 * 32
     assert bundle.manifest.features.count == small + full
     assert bundle.manifest.features.views == (0, small)
+    assert f"view_starts=(0, {small})" in results["run"]["booster"]  # type: ignore[index]
     assert "resized to 16 px inside the graph" in bundle.manifest.features.layout
     booster = lgb.Booster(model_file=str(bundle.classifier_path))
     trees = [t for t in split_columns(booster) if t]
