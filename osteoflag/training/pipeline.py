@@ -159,7 +159,14 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
             "validation": model.validation,
         }
     checkpoint()
-    if options.compare_layouts:
+    if options.compare_layouts and options.small_view:
+        # The comparison's layouts are those of one view; with two they would mislabel the
+        # views' levels and fit one booster where the bundle averages two.
+        logger.info(
+            "layout comparison skipped: two views",
+            extra={"action": "compare_layouts", "small_view": options.small_view},
+        )
+    elif options.compare_layouts:
         frozen_b5 = head_onnx_features(
             head0, prep.trunk.maps, options.work / "compare.onnx", options.threads
         )

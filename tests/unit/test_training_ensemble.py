@@ -69,3 +69,13 @@ def test_a_merge_that_does_not_fit_its_columns_is_refused() -> None:
     merged = ensemble.merge_average([a, b], [0, 20], 30)
     with pytest.raises(TrainingError, match="members' mean raw score"):
         ensemble.check_merge(merged, [b, a], [0, 10], x)
+
+
+def test_members_of_single_leaf_trees_merge_too() -> None:
+    x, y = _data()
+    stump = replace(CONFIG, min_data_in_leaf=10_000, max_rounds=5, early_stopping=5)
+    a = train_booster(x[:400, :20], y[:400], x[400:, :20], y[400:], stump)
+    b = train_booster(x[:400, 20:], y[:400], x[400:, 20:], y[400:], CONFIG)
+    assert not any(split_columns(a))  # no tree of ``a`` splits
+    merged = ensemble.merge_average([a, b], [0, 20], 30)
+    assert ensemble.check_merge(merged, [a, b], [0, 20], x) <= ensemble.MERGE_MAX_ERROR
