@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, numpy_helper
 
 from osteoflag.config import parse_settings
 from osteoflag.daemon.worker import InferenceWorker
@@ -41,25 +41,31 @@ DEFAULT_BUNDLE = Path("models/default")
 
 
 def backbone_flops(model_path: Path, height: int, width: int) -> float:
-    """FLOPs of one image: 2 x MACs of every Conv, MatMul and Gemm (shapes inferred at N=1)."""
+    """FLOPs of one image: 2 x MACs of every Conv, MatMul and Gemm. Their shapes are read off
+    one run of a zero image with every such node's tensors exposed as outputs: static shape
+    inference cannot follow a Resize inside the graph (a two-view backbone), and it would
+    count the convolutions behind it as zero."""
     model = onnx.load(str(model_path))
-    image = model.graph.input[0].type.tensor_type.shape
-    for dim, value in zip(image.dim, (1, 3, height, width), strict=True):
-        dim.ClearField("dim_param")
-        dim.dim_value = value
-    inferred = shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int]] = {}
-    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        shapes[info.name] = [d.dim_value for d in info.type.tensor_type.shape.dim]
-    for init in inferred.graph.initializer:
-        shapes[init.name] = list(init.dims)
+    counted = [node for node in model.graph.node if node.op_type in ("Conv", "MatMul", "Gemm")]
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    exposed = {output.name for output in model.graph.output}
+    for node in counted:
+        for name in (*node.input[:2], node.output[0]):
+            if name not in exposed and name not in weights:
+                model.graph.output.append(helper.make_empty_tensor_value_info(name))
+                exposed.add(name)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    image = np.zeros((1, 3, height, width), dtype=np.float32)
+    values = session.run(names, {session.get_inputs()[0].name: image})
+    shapes = weights | {name: list(value.shape) for name, value in zip(names, values, strict=True)}
     macs = 0
-    for node in inferred.graph.node:
+    for node in counted:
         if node.op_type == "Conv":
             weight, out = shapes[node.input[1]], shapes[node.output[0]]
             # weight is (Cout, Cin / group, kH, kW): MACs per output value = its last 3 dims
             macs += int(np.prod(out)) * int(np.prod(weight[1:]))
-        elif node.op_type in ("MatMul", "Gemm"):
+        else:
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             transposed = any(x.name == "transA" and x.i for x in node.attribute)
             inner = a[-2] if transposed else a[-1]
