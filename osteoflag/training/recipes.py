@@ -234,10 +234,8 @@ def _fit_scorer(
     boosters = []
     for trunks in per_trunk:
         # A two-view trunk, alone, is boosted per view as the bundle does (ensemble).
-        alone = trunks[0] if isinstance(trunks, tuple) and len(trunks) == 1 else trunks
-        views = (
-            view_starts(alone.architecture, alone.small_view) if isinstance(alone, Trunk) else ()
-        )
+        group = trunks if isinstance(trunks, tuple) else (trunks,)
+        views = view_starts(group[0].architecture, group[0].small_view) if len(group) == 1 else ()
         xs, ys, ws = [], [], []
         for copy in copies:
             xs.append(matrix(trunks, copy, fit.rows))
