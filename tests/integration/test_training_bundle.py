@@ -9,6 +9,7 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -217,14 +218,13 @@ def test_vgg16_imagenet_bundle_serves_keras_caffe_input(data: Path) -> None:
     assert len(results["cv"]["folds"]) == 3  # type: ignore[index]
 
 
-def test_training_on_both_sources_with_copies_keeps_the_other_source_figures_honest(
-    data: Path,
-) -> None:
+def _narrow_vgg16(data: Path, name: str, **changes: Any) -> TrainOptions:
+    """A scratch VGG16 at 1/16 width on 32 px images, fine-tuned for one epoch: a whole run in
+    seconds; ``changes`` set what a test varies."""
     options = TrainOptions(
         data=data / "primary",
-        other=data / "other",
-        out=data / "bundle-both",
-        work=data / "work-both",
+        out=data / f"bundle-{name}",
+        work=data / f"work-{name}",
         architecture=Architecture.VGG16,
         init=Init.SCRATCH,
         size=32,
@@ -233,6 +233,17 @@ def test_training_on_both_sources_with_copies_keeps_the_other_source_figures_hon
         folds=3,
         finetune=FinetuneConfig(epochs=1, batch_size=8),
         booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
+    )
+    return replace(options, **changes)
+
+
+def test_training_on_both_sources_with_copies_keeps_the_other_source_figures_honest(
+    data: Path,
+) -> None:
+    options = _narrow_vgg16(
+        data,
+        "both",
+        other=data / "other",
         compare_layouts=False,
         train_on=Sources.BOTH,
         copies=1,
@@ -273,21 +284,7 @@ def test_card_is_rerendered_from_the_run_results(
 def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view(
     data: Path,
 ) -> None:
-    options = TrainOptions(
-        data=data / "primary",
-        out=data / "bundle-two-view",
-        work=data / "work-two-view",
-        architecture=Architecture.VGG16,
-        init=Init.SCRATCH,
-        size=32,
-        small_view=16,
-        width_divisor=16,
-        layout=FeatureLayout.B345,
-        protocols=("published", "cv"),
-        folds=3,
-        finetune=FinetuneConfig(epochs=1, batch_size=8),
-        booster=BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10),
-    )
+    options = _narrow_vgg16(data, "two-view", small_view=16, protocols=("published", "cv"))
     results = run(options)
     assert "layouts" not in results  # one view's layout comparison: skipped for two
     bundle = load_bundle(options.out)
