@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 
+from osteoflag.training import ensemble
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,8 +40,33 @@ def train_booster(
     config: BoosterConfig,
     weight: np.ndarray | None = None,
 ) -> lgb.Booster:
-    """Fit on ``fit`` (rows weighted by ``weight`` if given); stop when validation AUC has not
-    improved for ``early_stopping`` rounds."""
+    """Fit on ``fit`` (rows weighted by ``weight`` if given), early-stopped on validation AUC.
+
+    With ``config.view_starts``, one booster per view, each stopped on its own, merged into one
+    whose raw score is their mean and checked on the validation rows (:mod:`ensemble`)."""
+    starts = config.view_starts
+    if len(starts) < 2:
+        return _fit_one(x_fit, y_fit, x_val, y_val, config, weight)
+    ends = [*starts[1:], x_fit.shape[1]]
+    members = [
+        _fit_one(x_fit[:, a:b], y_fit, x_val[:, a:b], y_val, config, weight)
+        for a, b in zip(starts, ends, strict=True)
+    ]
+    merged = ensemble.merge_average(members, starts, x_fit.shape[1])
+    ensemble.check_merge(merged, members, starts, x_val)
+    return merged
+
+
+def _fit_one(
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: BoosterConfig,
+    weight: np.ndarray | None,
+) -> lgb.Booster:
+    """One booster on all of ``x``; stop when validation AUC has not improved for
+    ``early_stopping`` rounds."""
     params = {
         "objective": "binary",
         "metric": "auc",

@@ -21,7 +21,6 @@ import lightgbm as lgb
 import numpy as np
 
 from osteoflag.errors import TrainingError
-from osteoflag.training.classifier import BoosterConfig, train_booster
 
 logger = logging.getLogger(__name__)
 
@@ -120,29 +119,6 @@ def check_merge(
             f"the averaged booster differs from its members' mean raw score by {error:.3g}"
         )
     return error
-
-
-def train_views(
-    x_fit: np.ndarray,
-    y_fit: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    config: BoosterConfig,
-    weight: np.ndarray | None = None,
-) -> lgb.Booster:
-    """One booster per view of ``config.view_starts`` (each early-stopped on its own), averaged
-    and checked on the validation rows; one plain booster when no views are set."""
-    starts = config.view_starts
-    if len(starts) < 2:
-        return train_booster(x_fit, y_fit, x_val, y_val, config, weight)
-    ends = [*starts[1:], x_fit.shape[1]]
-    members = [
-        train_booster(x_fit[:, a:b], y_fit, x_val[:, a:b], y_val, config, weight)
-        for a, b in zip(starts, ends, strict=True)
-    ]
-    merged = merge_average(members, starts, x_fit.shape[1])
-    check_merge(merged, members, starts, x_val)
-    return merged
 
 
 def rounds(booster: lgb.Booster) -> int:

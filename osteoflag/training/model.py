@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from osteoflag.inference.bundle import CalibrationSection
-from osteoflag.training import calibrate, classifier, ensemble, export, features, metrics
+from osteoflag.training import calibrate, classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout, combine
 from osteoflag.training.calibrate import Calibration
 from osteoflag.training.finetune import FinetuneConfig, finetune
@@ -123,7 +123,7 @@ def fit_model(
     else:
         b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
     x = layout_features(layout, trunk, b5)
-    booster = ensemble.train_views(
+    booster = classifier.train_booster(
         x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config
     )
     x = x[:n]

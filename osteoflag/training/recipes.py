@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from osteoflag.inference.pixels import ColourOrder, InputSpec, ResizeMode, load_display
-from osteoflag.training import classifier, ensemble, export, features, hygiene, metrics
+from osteoflag.training import classifier, export, features, hygiene, metrics
 from osteoflag.training.augment import FLIP
 from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
 from osteoflag.training.dataset import Sample, discover
@@ -233,7 +233,7 @@ def _fit_scorer(
 
     boosters = []
     for trunks in per_trunk:
-        # A two-view trunk, alone, is boosted per view as the bundle does (ensemble).
+        # A two-view trunk, alone, is boosted per view as the bundle does.
         group = trunks if isinstance(trunks, tuple) else (trunks,)
         views = view_starts(group[0].architecture, group[0].small_view) if len(group) == 1 else ()
         xs, ys, ws = [], [], []
@@ -244,7 +244,7 @@ def _fit_scorer(
         boosters.append(
             (
                 trunks,
-                ensemble.train_views(
+                classifier.train_booster(
                     np.vstack(xs),
                     np.concatenate(ys),
                     matrix(trunks, 0, stop),

@@ -3,7 +3,7 @@
 The site data are judged by grouped cross-validation (no patient or near-duplicate cluster on
 both sides of a fold): each fold refits the head exactly as the final fit does and is scored on
 its held-out groups beside the base bundle on the same images. The head is LightGBM on the
-backbone's features (:func:`osteoflag.training.ensemble.train_views`: one booster per view of
+backbone's features (:func:`osteoflag.training.classifier.train_booster`: one booster per view of
 the manifest's ``features.views``, averaged, as the bundle was built), early-stopped on a
 grouped hold-out of the site's fitting groups; when the base bundle's own training images are
 given, their features join every fit so the head keeps what it knew. The threshold is Youden's
@@ -24,8 +24,8 @@ import numpy.typing as npt
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import CalibrationSection
-from osteoflag.training.classifier import BoosterConfig, predict
-from osteoflag.training.ensemble import rounds, train_views
+from osteoflag.training.classifier import BoosterConfig, predict, train_booster
+from osteoflag.training.ensemble import rounds
 from osteoflag.validation import metrics
 from osteoflag.validation.folds import group_folds, group_holdout
 from osteoflag.validation.scoring import Scored
@@ -110,7 +110,7 @@ def _fit(
     if base is not None:
         x_fit = np.concatenate([x_fit, base.fit.features])
         y_fit = np.concatenate([y_fit, base.fit.labels])
-    return train_views(x_fit, y_fit, site.features[rows[inner_val]], y[inner_val], config)
+    return train_booster(x_fit, y_fit, site.features[rows[inner_val]], y[inner_val], config)
 
 
 def adapt_head(

@@ -49,12 +49,12 @@ def test_the_merged_model_scores_the_members_mean_and_keeps_their_contributions(
 def test_training_by_views_never_mixes_views_in_one_tree() -> None:
     x, y = _data()
     config = replace(CONFIG, view_starts=(0, 20))
-    booster = ensemble.train_views(x[:400], y[:400], x[400:], y[400:], config)
+    booster = train_booster(x[:400], y[:400], x[400:], y[400:], config)
     columns = [c for c in split_columns(booster) if c]
     assert all(max(c) < 20 or min(c) >= 20 for c in columns)
     assert any(max(c) < 20 for c in columns) and any(min(c) >= 20 for c in columns)
     assert booster.num_feature() == 30
-    plain = ensemble.train_views(x[:400], y[:400], x[400:], y[400:], CONFIG)
+    plain = train_booster(x[:400], y[:400], x[400:], y[400:], CONFIG)
     assert any(max(c) >= 20 and min(c) < 20 for c in split_columns(plain) if c)
 
 
