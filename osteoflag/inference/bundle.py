@@ -99,10 +99,12 @@ class FeaturesSection(_Part):
 
 
 class ClassifierSection(_Part):
-    """The classifier on top of the features; only LightGBM text models for now."""
+    """The classifier on top of the features: a LightGBM text model and, when ``linear`` names
+    one, a linear term added to its raw score (:mod:`osteoflag.inference.linear`)."""
 
     file: str
     kind: Literal["lightgbm"]
+    linear: str | None = None
 
 
 class ThresholdSection(_Part):
@@ -192,6 +194,8 @@ class Manifest(_Part):
     @model_validator(mode="after")
     def _parts_are_listed(self) -> Manifest:
         parts = [("backbone", self.backbone.file), ("classifier", self.classifier.file)]
+        if self.classifier.linear is not None:
+            parts.append(("linear term", self.classifier.linear))
         if self.localiser is not None:
             parts.append(("localiser", self.localiser.file))
         for role, name in parts:
@@ -244,6 +248,12 @@ class Bundle:
     @property
     def classifier_path(self) -> Path:
         return self.path / self.manifest.classifier.file
+
+    @property
+    def linear_path(self) -> Path | None:
+        """The classifier's linear term, when the bundle has one."""
+        name = self.manifest.classifier.linear
+        return None if name is None else self.path / name
 
     @property
     def localiser_path(self) -> Path | None:

@@ -21,6 +21,7 @@ import onnxruntime as ort
 from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
 from osteoflag.inference.labels import Label
+from osteoflag.inference.linear import LinearTerm, read_linear
 from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
 from osteoflag.inference.localiser import Localiser, load_localiser
 from osteoflag.inference.maps import MAPS_OUTPUT
@@ -95,6 +96,9 @@ class Predictor:
             self._booster = lgb.Booster(model_file=str(bundle.classifier_path))
         except lgb.basic.LightGBMError as exc:
             raise BundleError(f"{bundle.classifier_path}: LightGBM cannot load it: {exc}") from exc
+        linear = bundle.linear_path
+        count = bundle.manifest.features.count
+        self._linear: LinearTerm | None = None if linear is None else read_linear(linear, count)
         self._check_interfaces()
 
     def _check_interfaces(self) -> None:
@@ -191,26 +195,36 @@ class Predictor:
         """Backbone features of a (N, 3, H, W) float32 batch."""
         return self.run(batch)[0]
 
-    def _classify(self, feats: npt.NDArray[np.float32], contributions: bool = False) -> Any:
+    def _classify(
+        self, feats: npt.NDArray[np.float32], *, raw: bool = False, contributions: bool = False
+    ) -> npt.NDArray[np.float64]:
         try:
             # One LightGBM thread: a batch of a few rows gains nothing from more, and its
             # OpenMP threads fought onnxruntime's spinning ones (EfficientNet bundle,
             # 2 cores: 126 -> 184 img/s float32, 226 -> 389 img/s INT8).
-            return self._booster.predict(feats, num_threads=1, pred_contrib=contributions)
+            out = self._booster.predict(
+                feats, num_threads=1, raw_score=raw, pred_contrib=contributions
+            )
         except lgb.basic.LightGBMError as exc:
             raise PermanentError(f"LightGBM failed on a batch of {len(feats)}: {exc}") from exc
+        return np.asarray(out, dtype=np.float64)
 
     def scores(self, features: npt.NDArray[np.float32]) -> list[float]:
         """Fracture probability of each row of backbone features (the bundle's classifier,
-        then its calibration when the manifest has one)."""
-        scores = np.asarray(self._classify(features), dtype=np.float64).reshape(-1)
+        with its linear term when it has one, then its calibration when it has one)."""
+        if self._linear is None:
+            scores = self._classify(features).reshape(-1)
+        else:
+            scores = self._linear.probabilities(self._classify(features, raw=True), features)
         if self._calibration is not None:  # the served probability is the calibrated one
             scores = self._calibration.apply(scores)
         return [float(score) for score in scores]
 
     def contributions(self, feats: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """TreeSHAP contribution of each feature to each row's log-odds [N, F] (bias left out)."""
-        return np.asarray(self._classify(feats, contributions=True), dtype=np.float64)[:, :-1]
+        """Contribution of each feature to each row's log-odds [N, F] (bias left out): the
+        booster's TreeSHAP values plus the linear term's exact shares."""
+        phi = self._classify(feats, contributions=True)[:, :-1]
+        return phi if self._linear is None else phi + self._linear.contributions(feats)
 
     def evidence(self, feats: npt.NDArray[np.float32], maps: FloatArray) -> list[FloatMap]:
         """Each row's evidence map (h, w) over its spatial map, in log-odds toward fracture."""

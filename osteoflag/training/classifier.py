@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
 
 import lightgbm as lgb
 import numpy as np
 
+from osteoflag.inference.linear import LinearTerm, fit_views
 from osteoflag.training import ensemble
 
 logger = logging.getLogger(__name__)
+
+#: The bundle's files for the booster and the linear term.
+BOOSTER_FILE: Final = "classifier.txt"
+LINEAR_FILE: Final = "linear.json"
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,52 @@ class BoosterConfig:
     #: Columns where each separately boosted view of the features starts (``ensemble``); empty:
     #: one booster on all columns.
     view_starts: tuple[int, ...] = ()
+    #: Also fit a logistic probe (per view) and average its log-odds with the booster's
+    #: (:mod:`osteoflag.inference.linear`).
+    linear: bool = False
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A booster and, when the config asked for one, the linear term added to its raw score."""
+
+    booster: lgb.Booster
+    linear: LinearTerm | None = None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Fracture probabilities, as the daemon computes them."""
+        return predict(self.booster, x, self.linear)
+
+    def save(self, folder: Path) -> dict[str, str]:
+        """Write the booster (its scoring rounds) and the linear term into a bundle folder;
+        returns the manifest's ``classifier`` section."""
+        self.booster.save_model(
+            str(folder / BOOSTER_FILE), num_iteration=self.booster.best_iteration
+        )
+        section = {"file": BOOSTER_FILE, "kind": "lightgbm"}
+        if self.linear is not None:
+            self.linear.write(folder / LINEAR_FILE)
+            section["linear"] = LINEAR_FILE
+        return section
+
+
+def train_classifier(
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: BoosterConfig,
+    weight: np.ndarray | None = None,
+) -> Classifier:
+    """:func:`train_booster`, then with ``config.linear`` the probe on the same rows and views;
+    the booster's node values and the probe are both halved so their log-odds average."""
+    booster = train_booster(x_fit, y_fit, x_val, y_val, config, weight)
+    if not config.linear:
+        return Classifier(booster)
+    term = fit_views(x_fit, y_fit, x_val, y_val, config.view_starts or (0,), weight)
+    half = ensemble.merge_average([booster], [0], x_fit.shape[1], weight=0.5)
+    ensemble.check_merge(half, [booster], [0], x_val, weight=0.5)
+    return Classifier(half, term.scaled(0.5))
 
 
 def train_booster(
@@ -103,6 +156,9 @@ def _fit_one(
     return booster
 
 
-def predict(booster: lgb.Booster, x: np.ndarray) -> np.ndarray:
-    """Fracture probabilities at the early-stopped iteration."""
+def predict(booster: lgb.Booster, x: np.ndarray, linear: LinearTerm | None = None) -> np.ndarray:
+    """Fracture probabilities at the early-stopped iteration, with ``linear`` if given."""
+    if linear is not None:
+        raw = booster.predict(x, num_iteration=booster.best_iteration, raw_score=True)
+        return linear.probabilities(np.asarray(raw, dtype=float), x)
     return np.asarray(booster.predict(x, num_iteration=booster.best_iteration), dtype=float)

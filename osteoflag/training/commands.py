@@ -94,6 +94,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "graph, ahead of the full-size head (needs --layout b345; default 0: off)",
     )
     parser.add_argument(
+        "--linear",
+        action="store_true",
+        help="also fit a logistic probe on the features (one per view) and average its "
+        "log-odds with LightGBM's; the bundle then carries linear.json",
+    )
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         help="pooled levels fed to LightGBM: b5_avg (last level, average), b5 (average + max) "
@@ -231,7 +237,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         train_on=Sources(args.train_on),
         copies=args.copies,
         recipes=args.recipes,
-        booster=BoosterConfig(learning_rate=args.learning_rate),
+        booster=BoosterConfig(learning_rate=args.learning_rate, linear=args.linear),
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}

@@ -23,14 +23,12 @@ def lightgbm_protocols(prep: Prepared, options: TrainOptions, x: np.ndarray) -> 
     out: dict[str, object] = {}
     train, val, test = (np.flatnonzero(split[prep.primary] == s) for s in ("train", "val", "test"))
     if len(train) and len(val) and len(test):
-        booster = classifier.train_booster(
+        fitted = classifier.train_classifier(
             x[train], prep.labels[train], x[val], prep.labels[val], options.booster
         )
-        thr, _ = metrics.choose_threshold(
-            prep.labels[val], classifier.predict(booster, x[val]), None
-        )
+        thr, _ = metrics.choose_threshold(prep.labels[val], fitted.predict(x[val]), None)
         out["published_test"] = metrics.binary_metrics(
-            prep.labels[test], classifier.predict(booster, x[test]), thr
+            prep.labels[test], fitted.predict(x[test]), thr
         )
     idx = prep.primary
     y, g = prep.labels[idx], prep.groups[idx]
@@ -38,14 +36,10 @@ def lightgbm_protocols(prep: Prepared, options: TrainOptions, x: np.ndarray) -> 
     for k, (tr, te) in enumerate(group_folds(y, g, options.folds, options.seed)):
         a, b = group_holdout(y[tr], g[tr], 0.15, options.seed + k)
         fit, stop = idx[tr[a]], idx[tr[b]]
-        booster = classifier.train_booster(
+        fitted = classifier.train_classifier(
             x[fit], prep.labels[fit], x[stop], prep.labels[stop], options.booster
         )
-        aucs.append(
-            float(
-                metrics.binary_metrics(y[te], classifier.predict(booster, x[idx[te]]), 0.5)["auc"]
-            )
-        )
+        aucs.append(float(metrics.binary_metrics(y[te], fitted.predict(x[idx[te]]), 0.5)["auc"]))
     mean, lo, hi = metrics.mean_ci(aucs)
     out["cv_auc_mean"], out["cv_auc_ci95_t"], out["cv_fold_aucs"] = mean, [lo, hi], aucs
     return out

@@ -59,9 +59,12 @@ def _moved(block: str, offset: int, scale: float) -> str:
     return "\n".join(lines)
 
 
-def merge_average(members: Sequence[lgb.Booster], starts: Sequence[int], width: int) -> lgb.Booster:
-    """One booster whose raw score is the mean of ``members``' raw scores, member ``i`` reading
-    columns ``starts[i]`` up to the next start (or ``width``) of the joined feature matrix."""
+def merge_average(
+    members: Sequence[lgb.Booster], starts: Sequence[int], width: int, weight: float = 1.0
+) -> lgb.Booster:
+    """One booster whose raw score is ``weight`` times the mean of ``members``' raw scores,
+    member ``i`` reading columns ``starts[i]`` up to the next start (or ``width``) of the
+    joined feature matrix."""
     if len(members) != len(starts) or list(starts) != sorted(starts) or starts[0] != 0:
         raise TrainingError(f"view starts {list(starts)} do not fit {len(members)} boosters")
     ends = [*starts[1:], width]
@@ -77,7 +80,7 @@ def merge_average(members: Sequence[lgb.Booster], starts: Sequence[int], width: 
                 f"are {end - start}"
             )
         infos += member_infos
-        trees += [_moved(block, start, 1.0 / len(members)) for block in blocks]
+        trees += [_moved(block, start, weight / len(members)) for block in blocks]
     head, _, tail = _tree_blocks(texts[0])
     head = re.sub(r"^tree_sizes=.*\n", "", head, flags=re.MULTILINE)
     head = re.sub(r"^max_feature_idx=.*$", f"max_feature_idx={width - 1}", head, flags=re.MULTILINE)
@@ -101,10 +104,14 @@ def merge_average(members: Sequence[lgb.Booster], starts: Sequence[int], width: 
 
 
 def check_merge(
-    merged: lgb.Booster, members: Sequence[lgb.Booster], starts: Sequence[int], x: np.ndarray
+    merged: lgb.Booster,
+    members: Sequence[lgb.Booster],
+    starts: Sequence[int],
+    x: np.ndarray,
+    weight: float = 1.0,
 ) -> float:
-    """The largest difference between the merged raw score and the members' mean on ``x``;
-    raise when it exceeds :data:`MERGE_MAX_ERROR`."""
+    """The largest difference between the merged raw score and ``weight`` times the members'
+    mean on ``x``; raise when it exceeds :data:`MERGE_MAX_ERROR`."""
     ends = [*starts[1:], x.shape[1]]
     mean = np.mean(
         [
@@ -113,7 +120,7 @@ def check_merge(
         ],
         axis=0,
     )
-    error = float(np.max(np.abs(merged.predict(x, raw_score=True) - mean)))
+    error = float(np.max(np.abs(merged.predict(x, raw_score=True) - weight * mean)))
     if not error <= MERGE_MAX_ERROR:
         raise TrainingError(
             f"the averaged booster differs from its members' mean raw score by {error:.3g}"

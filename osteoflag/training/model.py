@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import torch
 
@@ -20,6 +19,7 @@ from osteoflag.inference.bundle import CalibrationSection
 from osteoflag.training import calibrate, classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout, combine
 from osteoflag.training.calibrate import Calibration
+from osteoflag.training.classifier import Classifier
 from osteoflag.training.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class FittedModel:
     them logged."""
 
     head: torch.nn.Module
-    booster: lgb.Booster
+    classifier: Classifier
     threshold: float
     threshold_method: str
     finetune_log: list[dict[str, float]]
@@ -66,8 +66,8 @@ class FittedModel:
     calibration: CalibrationSection | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Fracture probabilities as served: the booster's score, calibrated."""
-        p = classifier.predict(self.booster, x)
+        """Fracture probabilities as served: the classifier's score, calibrated."""
+        p = self.classifier.predict(x)
         return p if self.calibration is None else self.calibration.apply(p)
 
 
@@ -123,13 +123,13 @@ def fit_model(
     else:
         b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
     x = layout_features(layout, trunk, b5)
-    booster = classifier.train_booster(
+    fitted = classifier.train_classifier(
         x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config
     )
     x = x[:n]
-    y_val, raw_val = labels[val_idx], classifier.predict(booster, x[val_idx])
+    y_val, raw_val = labels[val_idx], fitted.predict(x[val_idx])
     mapping = calibrate.fit(calibration, y_val, raw_val, "validation groups of this fit")
     p_val = raw_val if mapping is None else mapping.apply(raw_val)
     threshold, method = metrics.choose_threshold(y_val, p_val, target_sensitivity)
     validation = metrics.binary_metrics(y_val, p_val, threshold) | calibrate.quality(y_val, p_val)
-    return FittedModel(head, booster, threshold, method, log, validation, mapping), x
+    return FittedModel(head, fitted, threshold, method, log, validation, mapping), x

@@ -216,9 +216,7 @@ def write_bundle(
         )
     maps.expose_maps(staging / "backbone.onnx")
     results["parity"] = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
-    model.booster.save_model(
-        str(staging / "classifier.txt"), num_iteration=model.booster.best_iteration
-    )
+    classifier_section = model.classifier.save(staging)
     metrics_doc = report.strip_scores(results)
     (staging / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=float) + "\n")
     report.write_card(staging, results)
@@ -259,7 +257,7 @@ def write_bundle(
             + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
             "views": list(booster_views(options, prep)),
         },
-        classifier={"file": "classifier.txt", "kind": "lightgbm"},
+        classifier=classifier_section,
         threshold={"value": model.threshold, "method": model.threshold_method},
         calibration=model.calibration,
         metrics={"validation": report.strip_scores(model.validation)},

@@ -204,6 +204,7 @@ def run_facts(options: TrainOptions, prep: Prepared) -> dict[str, object]:
         "layout": layout_text(options.architecture, options.layout, options.small_view),
         "finetune": str(options.tuning),
         "booster": str(replace(options.booster, view_starts=booster_views(options, prep))),
+        "linear": options.booster.linear,
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
         "train_on": options.train_on.value,

@@ -206,17 +206,17 @@ def compare_layouts(
     for tag, b5 in (("frozen", frozen_b5), ("finetuned", tuned_b5)):
         for layout in FeatureLayout:
             x = layout_features(layout, prep.trunk, b5)
-            booster = classifier.train_booster(
+            fitted = classifier.train_classifier(
                 x[train], prep.labels[train], x[val], prep.labels[val], options.booster
             )
             threshold, _ = metrics.choose_threshold(
-                prep.labels[val], classifier.predict(booster, x[val]), options.target_sensitivity
+                prep.labels[val], fitted.predict(x[val]), options.target_sensitivity
             )
             table[f"{layout.value}_{tag}"] = {
                 "layout": layout_text(options.architecture, layout),
                 "head": tag,
                 "test": metrics.binary_metrics(
-                    prep.labels[test], classifier.predict(booster, x[test]), threshold
+                    prep.labels[test], fitted.predict(x[test]), threshold
                 ),
             }
     return table

@@ -100,6 +100,7 @@ class Recipe:
     conflicts: Conflicts = Conflicts.KEEP
     both_sources: bool = False
     tta_flip: bool = False
+    linear: bool = False  # a logistic probe's log-odds averaged with LightGBM's (classifier)
 
 
 @dataclass
@@ -244,12 +245,12 @@ def _fit_scorer(
         boosters.append(
             (
                 trunks,
-                classifier.train_booster(
+                classifier.train_classifier(
                     np.vstack(xs),
                     np.concatenate(ys),
                     matrix(trunks, 0, stop),
                     data.labels[stop],
-                    replace(booster_config, view_starts=views),
+                    replace(booster_config, view_starts=views, linear=recipe.linear),
                     weight=np.concatenate(ws),
                 ),
             )
@@ -258,8 +259,8 @@ def _fit_scorer(
     def score(rows: np.ndarray) -> np.ndarray:
         views = [0, FLIP] if recipe.tta_flip else [0]
         out = [
-            classifier.predict(booster, matrix(trunks, copy, rows))
-            for trunks, booster in boosters
+            fitted.predict(matrix(trunks, copy, rows))
+            for trunks, fitted in boosters
             for copy in views
         ]
         return np.mean(out, axis=0)
@@ -360,6 +361,9 @@ RECIPES = {
         Recipe("size384_levels", trunks=(Trunk(size=384, layout=FeatureLayout.B345),)),
         Recipe("levels_average_384", trunks=(_LEVELS, _LITE0_384), average_scores=True),
         Recipe("two_view", trunks=(_TWO_VIEW,)),
+        Recipe("linear", linear=True),
+        Recipe("size384_linear", trunks=(_LITE0_384,), linear=True),
+        Recipe("two_view_linear", trunks=(_TWO_VIEW,), linear=True),
     )
 }
 

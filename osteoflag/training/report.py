@@ -135,7 +135,13 @@ def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
         "",
         "Fracture / no-fracture classifier for single radiographs. Convolutional features of "
         f"`{run['architecture']}` (init `{run['init']}`; {_tuning(run)}), pooled inside the ONNX "
-        "graph, then LightGBM.",
+        "graph, then LightGBM"
+        + (
+            ", its log-odds averaged with those of a logistic probe on the same features "
+            "(`linear.json`, one probe per view)."
+            if run.get("linear")
+            else "."
+        ),
         "",
         f"- Input: {run['input']}; preprocessed by `osteoflag.inference.pixels` (as served).",
         f"- Features: {run['layout']}.",

@@ -3,8 +3,9 @@
 The site data are judged by grouped cross-validation (no patient or near-duplicate cluster on
 both sides of a fold): each fold refits the head exactly as the final fit does and is scored on
 its held-out groups beside the base bundle on the same images. The head is LightGBM on the
-backbone's features (:func:`osteoflag.training.classifier.train_booster`: one booster per view of
-the manifest's ``features.views``, averaged, as the bundle was built), early-stopped on a
+backbone's features (:func:`osteoflag.training.classifier.train_classifier`: one booster per view
+of the manifest's ``features.views``, averaged, and the linear term when the base bundle has one,
+as the bundle was built), early-stopped on a
 grouped hold-out of the site's fitting groups; when the base bundle's own training images are
 given, their features join every fit so the head keeps what it knew. The threshold is Youden's
 J on the pooled out-of-fold site scores, i.e. chosen for the site's images; when the base
@@ -18,13 +19,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import CalibrationSection
-from osteoflag.training.classifier import BoosterConfig, predict, train_booster
+from osteoflag.training.classifier import BoosterConfig, Classifier, train_classifier
 from osteoflag.training.ensemble import rounds
 from osteoflag.validation import metrics
 from osteoflag.validation.folds import group_folds, group_holdout
@@ -55,7 +55,7 @@ class BaseRows:
 class Adapted:
     """The refitted head, its calibration (when the base bundle had one) and the evidence."""
 
-    booster: lgb.Booster
+    classifier: Classifier
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
     calibration: CalibrationSection | None = None
@@ -102,7 +102,7 @@ def check_enough(labels: Labels, groups: list[str], folds: int) -> None:
 
 def _fit(
     site: Scored, rows: npt.NDArray[np.int_], base: BaseRows | None, config: BoosterConfig
-) -> lgb.Booster:
+) -> Classifier:
     """One head: site ``rows`` (+ base rows) fitted, a grouped site hold-out for early stopping."""
     y = site.labels[rows]
     inner_fit, inner_val = group_holdout(y, [site.groups[i] for i in rows], seed=config.seed)
@@ -110,7 +110,7 @@ def _fit(
     if base is not None:
         x_fit = np.concatenate([x_fit, base.fit.features])
         y_fit = np.concatenate([y_fit, base.fit.labels])
-    return train_booster(x_fit, y_fit, site.features[rows[inner_val]], y[inner_val], config)
+    return train_classifier(x_fit, y_fit, site.features[rows[inner_val]], y[inner_val], config)
 
 
 def adapt_head(
@@ -128,15 +128,15 @@ def adapt_head(
     out_of_fold = np.zeros(len(y), dtype=float)
     fold_rows: list[dict[str, Any]] = []
     for number, (fit_rows, test_rows) in enumerate(group_folds(y, groups, folds, config.seed)):
-        booster = _fit(site, fit_rows, base, config)
-        out_of_fold[test_rows] = predict(booster, site.features[test_rows])
+        fitted = _fit(site, fit_rows, base, config)
+        out_of_fold[test_rows] = fitted.predict(site.features[test_rows])
         fold_rows.append(
             {
                 "fold": number,
                 "n": len(test_rows),
                 "base_auc": metrics.auc(y[test_rows], site.probabilities[test_rows]),
                 "adapted_auc": metrics.auc(y[test_rows], out_of_fold[test_rows]),
-                "rounds": rounds(booster),
+                "rounds": rounds(fitted.booster),
             }
         )
         logger.info("adapt fold done", extra={"action": "adapt_fold", **fold_rows[-1]})
@@ -154,9 +154,9 @@ def adapt_head(
         report["base_source_test"] = {
             "n": len(test.samples),
             "base_auc": metrics.auc(test.labels, test.probabilities),
-            "adapted_auc": metrics.auc(test.labels, predict(final, test.features)),
+            "adapted_auc": metrics.auc(test.labels, final.predict(test.features)),
         }
-    return Adapted(booster=final, threshold=threshold, metrics=report, calibration=calibration)
+    return Adapted(classifier=final, threshold=threshold, metrics=report, calibration=calibration)
 
 
 def _site_cv(

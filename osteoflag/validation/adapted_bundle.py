@@ -17,7 +17,6 @@ from osteoflag.inference.predictor import Predictor
 from osteoflag.validation.adapt import Adapted
 
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
-CLASSIFIER = "classifier.txt"
 CALIBRATED = "; probabilities Platt-calibrated on those scores"
 
 
@@ -59,9 +58,7 @@ def write_adapted(
     try:
         manifest = base.manifest
         shutil.copyfile(base.backbone_path, staging / manifest.backbone.file)
-        adapted.booster.save_model(
-            str(staging / CLASSIFIER), num_iteration=adapted.booster.best_iteration
-        )
+        classifier = adapted.classifier.save(staging)
         (staging / MODEL_CARD).write_text(card, encoding="utf-8")
         localiser = base.manifest.localiser  # same backbone, so its localiser still reads it
         if localiser is not None:
@@ -75,7 +72,7 @@ def write_adapted(
             input=manifest.input.model_dump(mode="json"),
             backbone=manifest.backbone.model_dump(mode="json"),
             features=manifest.features.model_dump(mode="json"),
-            classifier={"file": CLASSIFIER, "kind": "lightgbm"},
+            classifier=classifier,
             threshold={"value": adapted.threshold, "method": "youden_j_on_site_out_of_fold"},
             metrics=adapted.metrics,
             calibration=None

@@ -162,7 +162,11 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
         test = [s for s in samples if s.split == "test"]
         scored_test = _score(predictor, args, test, "base test") if test else None
         rows = BaseRows(fit=_score(predictor, args, fit, "base fit"), test=scored_test)
-    config = BoosterConfig(seed=args.seed, view_starts=base.manifest.features.views)
+    config = BoosterConfig(
+        seed=args.seed,
+        view_starts=base.manifest.features.views,
+        linear=base.manifest.classifier.linear is not None,
+    )
     calibrate = base.manifest.calibration is not None
     adapted = adapt_head(site, rows, base.threshold, args.folds, config, calibrate)
     y = site.labels

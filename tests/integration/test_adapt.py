@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from osteoflag.inference.bundle import load_bundle, sha256_file, write_manifest
+from osteoflag.inference.linear import LinearTerm, read_linear
 from osteoflag.validation.adapt import platt
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
@@ -185,6 +186,25 @@ def test_a_base_boosted_by_views_is_refitted_by_the_same_views(folder: Path) -> 
     trees = [t for t in split_columns(lgb.Booster(model_file=str(adapted.classifier_path))) if t]
     assert trees and all(max(t) < start or min(t) >= start for t in trees)
     assert all(fold["rounds"] > 0 for fold in adapted.manifest.metrics["site_cv"]["folds"])
+
+
+def test_a_base_with_a_linear_term_gets_a_refitted_one(folder: Path) -> None:
+    base = load_bundle(folder / "bundle").manifest
+    count = base.features.count
+    shutil.copytree(folder / "bundle", folder / "linear")
+    flat = LinearTerm(0.0, np.zeros(count), np.zeros(count))  # adds nothing: the base's scores
+    flat.write(folder / "linear" / "linear.json")
+    sections = base.model_dump(mode="json", exclude={"files", "format_version"})
+    sections["classifier"]["linear"] = "linear.json"
+    write_manifest(folder / "linear", **sections)
+    done = _adapt(folder, "north-linear", bundle="linear")
+    assert done.returncode == 0, done.stderr
+    adapted = load_bundle(folder / "north-linear")
+    assert adapted.manifest.classifier.linear == "linear.json"
+    term = read_linear(folder / "north-linear" / "linear.json", count)
+    assert np.abs(term.coef).max() > 0  # fitted on the site, not copied
+    pooled = adapted.manifest.metrics["site_cv"]["pooled"]
+    assert pooled["adapted"]["auc"] > pooled["base"]["auc"]
 
 
 def test_platt_recovers_a_known_map() -> None:

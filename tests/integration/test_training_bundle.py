@@ -282,9 +282,12 @@ def test_card_is_rerendered_from_the_run_results(
 
 
 def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view(
-    data: Path,
+    data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    options = _narrow_vgg16(data, "two-view", small_view=16, protocols=("published", "cv"))
+    booster = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10, linear=True)
+    options = _narrow_vgg16(
+        data, "two-view", small_view=16, protocols=("published", "cv"), booster=booster
+    )
     results = run(options)
     assert "layouts" not in results  # one view's layout comparison: skipped for two
     bundle = load_bundle(options.out)
@@ -305,5 +308,18 @@ def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view
     assert 0.0 <= prediction.probability <= 1.0
     assert results["parity"]["bundle_vs_training_graphs"] <= 1e-4  # type: ignore[index]
     assert len(results["cv"]["folds"]) == 3  # type: ignore[index]
+    # the linear term (one probe per view) ships beside the booster; served as trained
+    assert bundle.manifest.classifier.linear == "linear.json"
+    assert "linear=True" in results["run"]["booster"]  # type: ignore[index]
+    assert "averaged with those of a logistic probe" in (options.out / "MODEL_CARD.md").read_text()
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    test = str(data / "primary" / "test")
+    args = parser.parse_args(["--bundle", str(options.out), "--data", test, "--json"])
+    assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
+    served = json.loads(capsys.readouterr().out.strip())
+    trained = results["published"]["test"]  # type: ignore[index]
+    assert served["auc"] == pytest.approx(trained["auc"], abs=1e-9)
+    assert served["confusion"] == trained["confusion"]
     with pytest.raises(TrainingError, match="--small-view 16 needs --layout b345"):
         run(replace(options, layout=FeatureLayout.B5, out=data / "never"))

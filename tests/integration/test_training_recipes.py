@@ -71,6 +71,7 @@ def test_every_kind_of_recipe_scores_every_protocol(
         recipes.Recipe("concat", trunks=(SMALL, recipes.Trunk(size=40)), tta_flip=True),
         recipes.Recipe("levels", trunks=(LEVELS,)),
         recipes.Recipe("two_view", trunks=(TWO_VIEW,)),
+        recipes.Recipe("two_view_linear", trunks=(TWO_VIEW,), linear=True),
     ]
     config = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10)
     rows = recipes.run_all(loaded, chosen, work, config, folds=3)

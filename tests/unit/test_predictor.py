@@ -11,7 +11,7 @@ import pytest
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle, write_manifest
 from osteoflag.inference.labels import Label
-from osteoflag.inference.pixels import DisplayImage
+from osteoflag.inference.pixels import DisplayImage, model_input
 from osteoflag.inference.predictor import Predictor
 from testkit.inference_data import radiograph
 from testkit.tiny_bundle import backbone, build_bundle
@@ -114,3 +114,71 @@ def test_a_calibration_that_is_not_increasing_or_incomplete_is_refused(
 ) -> None:
     with pytest.raises(BundleError, match="'calibration'"):
         _recalibrated(build_bundle(tmp_path / "b"), calibration)
+
+
+def _with_linear(folder: Path, term: dict[str, object]) -> Path:
+    (folder / "linear.json").write_text(json.dumps(term))
+    fields = json.loads((folder / "manifest.json").read_text())
+    for key in ("files", "format_version"):
+        fields.pop(key)
+    fields["classifier"]["linear"] = "linear.json"
+    write_manifest(folder, **fields)
+    return folder
+
+
+def _term(count: int, seed: int = 0) -> dict[str, object]:
+    rng = np.random.default_rng(seed)
+    return {
+        "kind": "logistic",
+        "intercept": 0.3,
+        "mean": rng.normal(size=count).tolist(),
+        "coef": rng.normal(scale=0.5, size=count).tolist(),
+    }
+
+
+def test_a_linear_term_adds_to_the_booster_log_odds_and_to_its_contributions(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    displays = _displays(5)
+    raw = np.array([p.probability for p in predictor.predict(displays)])
+    count = predictor.bundle.manifest.features.count
+    term = _term(count)
+    linear = Predictor(load_bundle(_with_linear(build_bundle(tmp_path / "b"), term)))
+    served = np.array([p.probability for p in linear.predict(displays)])
+    spec = linear.bundle.input_spec
+    feats = linear.features(np.stack([model_input(d, spec) for d in displays]))
+    added = (feats - np.array(term["mean"])) @ np.array(term["coef"]) + 0.3
+    z = np.log(raw / (1 - raw)) + added
+    assert served == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-6)
+    assert not np.allclose(served, raw, atol=1e-3)
+    # contributions: the booster's TreeSHAP values plus the term's exact shares
+    shares = linear.contributions(feats) - predictor.contributions(feats)
+    expected = (feats - np.array(term["mean"])) * np.array(term["coef"])
+    np.testing.assert_allclose(shares, expected, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "svm"}, "kind 'svm'"),
+        ({"coef": [0.1, 0.2]}, "2 coefficients"),
+        ({"intercept": float("nan")}, "not finite"),
+        ({"mean": "zero"}, "cannot be read"),
+    ],
+)
+def test_a_bad_linear_term_is_refused_naming_its_file(
+    predictor: Predictor, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    term = _term(predictor.bundle.manifest.features.count) | change
+    folder = _with_linear(build_bundle(tmp_path / "b"), term)
+    with pytest.raises(BundleError, match=rf"linear\.json.*{message}"):
+        Predictor(load_bundle(folder))
+
+
+def test_a_linear_term_missing_from_the_files_is_refused(tmp_path: Path) -> None:
+    folder = build_bundle(tmp_path / "b")
+    fields = json.loads((folder / "manifest.json").read_text())
+    fields["classifier"]["linear"] = "linear.json"
+    (folder / "manifest.json").write_text(json.dumps(fields))
+    with pytest.raises(BundleError, match=r"linear term file 'linear\.json'"):
+        load_bundle(folder)

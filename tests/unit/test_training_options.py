@@ -39,6 +39,8 @@ def test_command_line_choices_are_the_enums() -> None:
     assert train_options(_parsed("--learning-rate", "0.1")).booster.learning_rate == 0.1
     assert train_options(_parsed()).small_view == 0
     assert train_options(_parsed("--small-view", "224")).small_view == 224
+    assert not train_options(_parsed()).booster.linear
+    assert train_options(_parsed("--linear")).booster.linear
 
 
 def test_fine_tuning_defaults_follow_the_architecture_and_seed(tmp_path: Path) -> None:
