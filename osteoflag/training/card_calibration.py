@@ -71,10 +71,11 @@ def calibration_lines(folder: Path, results: Mapping[str, Any]) -> list[str]:
             "met." if ece <= ECE_TARGET else "**not met**."
         )
     method = results["run"].get("calibration", "none")
+    score = "LightGBM + logistic probe" if results["run"].get("linear") else "LightGBM"
     return [
         "## Calibration",
         "",
-        f"Served probability = the LightGBM score mapped by `{method}` calibration fitted on each "
+        f"Served probability = the {score} score mapped by `{method}` calibration fitted on each "
         "fit's validation groups (the bundle's map is in its manifest; the threshold is on this "
         f"scale). ECE: {ECE_BINS} equal-width bins, weighted by count.{verdict}",
         "",

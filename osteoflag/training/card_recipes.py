@@ -33,8 +33,10 @@ def recipe_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "## Recipes: each change measured on its own",
         "",
         "Frozen ImageNet features and LightGBM (`python -m osteoflag.training recipes`; boosters "
-        "at learning rate 0.1), each row one change from the first (size320_copies2 combines "
-        "two). OsteoAI -> multiregion: fit "
+        "at learning rate 0.1), each row one change from the first, except size320_copies2, "
+        "size384_levels, the rows that join or average two trunks and the *_linear rows on "
+        "larger trunks, which combine a named row with one more change. OsteoAI -> "
+        "multiregion: fit "
         "on all OsteoAI, scored on the 354 multiregion radiographs (one per near-duplicate "
         "cluster); multiregion -> OsteoAI: the reverse, scored on every OsteoAI image; grouped "
         "CV: source groups never straddle folds, and with both sources the other source joins "

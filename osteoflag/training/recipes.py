@@ -330,8 +330,9 @@ _TWO_VIEW = Trunk(size=384, layout=FeatureLayout.B345, small_view=224)
 #: The recipes of the model card's table, each one change from the baseline (frozen
 #: EfficientNet-Lite0, 224 px stretched, head conv average + max pool, OsteoAI only), except
 #: ``size320_copies2``, which combines the two changes that raised grouped CV most,
-#: ``size384_levels``, and the rows that average or join two trunks (``multiscale*``,
-#: ``levels_average_384``, ``two_view``).
+#: ``size384_levels``, the rows that average or join two trunks (``multiscale*``,
+#: ``levels_average_384``, ``two_view``), and ``size384_linear`` / ``two_view_linear``, the
+#: logistic probe added to those rows' trunks.
 RECIPES = {
     r.name: r
     for r in (
