@@ -1,4 +1,5 @@
-"""LightGBM on backbone features, early-stopped on validation groups, fixed seeds."""
+"""The classifier on backbone features: LightGBM (one booster per view, averaged) and, when asked,
+a logistic probe averaged with it; early-stopped on validation groups, fixed seeds."""
 
 from __future__ import annotations
 
@@ -50,8 +51,12 @@ class Classifier:
     linear: LinearTerm | None = None
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Fracture probabilities, as the daemon computes them."""
-        return predict(self.booster, x, self.linear)
+        """Fracture probabilities at the early-stopped iteration, as the daemon computes them."""
+        rounds = self.booster.best_iteration
+        if self.linear is None:
+            return np.asarray(self.booster.predict(x, num_iteration=rounds), dtype=float)
+        raw = self.booster.predict(x, num_iteration=rounds, raw_score=True)
+        return self.linear.probabilities(np.asarray(raw, dtype=float), x)
 
     def save(self, folder: Path) -> dict[str, str]:
         """Write the booster (its scoring rounds) and the linear term into a bundle folder;
@@ -154,11 +159,3 @@ def _fit_one(
         },
     )
     return booster
-
-
-def predict(booster: lgb.Booster, x: np.ndarray, linear: LinearTerm | None = None) -> np.ndarray:
-    """Fracture probabilities at the early-stopped iteration, with ``linear`` if given."""
-    if linear is not None:
-        raw = booster.predict(x, num_iteration=booster.best_iteration, raw_score=True)
-        return linear.probabilities(np.asarray(raw, dtype=float), x)
-    return np.asarray(booster.predict(x, num_iteration=booster.best_iteration), dtype=float)
