@@ -52,8 +52,8 @@ model: $(VENV)/.installed-dev
 	rm -rf models/default && mv artifacts/default-localised models/default
 
 model-vgg16: $(VENV)/.installed-dev
-	$(TRAIN) --backbone vgg16 --init imagenet --layout b345 --size 224 --out models/vgg16 \
-		--work artifacts/train-vgg16 --version 1.1.0
+	$(TRAIN) --backbone vgg16 --init imagenet --layout b345 --size 224 --linear --out models/vgg16 \
+		--work artifacts/train-vgg16 --version 1.2.0
 
 recipes: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training recipes --data ../shared/data/osteoai \
