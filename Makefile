@@ -34,9 +34,9 @@ bench: $(VENV)/.installed-dev
 
 # Rebuild the committed bundles from ../shared/data/ (each well under 90 minutes on 2 cores):
 # `model` the default (frozen EfficientNet-Lite0 at 384 px and a 224 px view, a LightGBM booster
-# and a logistic probe each, all averaged; about 23 minutes here with its localiser), `model-vgg16` the VGG16 one
-# (frozen ImageNet VGG16, blocks 3-5 average + max pool at 224 px, LightGBM; models/vgg16/; its
-# trunk pass is ~25 minutes here). Both learn from both sources; the cards' recipe table comes
+# and a logistic probe each, all averaged; about 23 minutes here with its localiser),
+# `model-vgg16` the VGG16 one (frozen ImageNet VGG16, blocks 3-5 average + max pool at 224 px,
+# LightGBM and a logistic probe averaged; models/vgg16/; about 16 minutes here). Both learn from both sources; the cards' recipe table comes
 # from models/recipes.json (`make recipes` re-measures). The default also gets its localiser,
 # fitted on ../shared/data/fracture-boxes.
 TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
