@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from osteoflag.training import efficientnet
-from osteoflag.training.backbones import FeatureLayout, Init, TrainingError, build_vgg, combine
+from osteoflag.training.backbones import (
+    FeatureLayout,
+    Init,
+    TrainingError,
+    build_vgg,
+    combine,
+    vgg_channels,
+)
 from osteoflag.training.finetune import FinetuneConfig
 
 
@@ -50,17 +57,18 @@ HEAD_TEXT = {
 }
 
 
-def level_widths(architecture: Architecture) -> tuple[int, int, int]:
-    """Channels of the three pooled levels of the full-width network."""
+def level_widths(architecture: Architecture, divisor: int = 1) -> tuple[int, int, int]:
+    """Channels of the three pooled levels (``divisor``: a narrow scratch VGG16's)."""
     if architecture is Architecture.VGG16:
-        return (256, 512, 512)
+        low, mid, last = (block[-1] for block in vgg_channels(divisor)[2:])
+        return (low, mid, last)
     return efficientnet.VARIANTS[architecture.value].level_widths()
 
 
-def view_starts(architecture: Architecture, small_view: int) -> tuple[int, ...]:
+def view_starts(architecture: Architecture, small_view: int, divisor: int = 1) -> tuple[int, ...]:
     """Where each view's columns start in the features of :class:`TwoViewTrunk` under layout
     ``b345`` (the small view's three levels, then the full-size head); empty without one."""
-    return (0, 2 * sum(level_widths(architecture))) if small_view else ()
+    return (0, 2 * sum(level_widths(architecture, divisor))) if small_view else ()
 
 
 def layout_text(architecture: Architecture, layout: FeatureLayout, small_view: int = 0) -> str:

@@ -91,7 +91,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     network = with_small_view(network, options.small_view)
     head0 = network.head
     prep = prepared if prepared is not None else prepare(options, network.trunk)
-    results: dict[str, object] = {"run": run_facts(options, prep), "hygiene": prep.hygiene}
+    results: dict[str, object] = {"run": run_facts(options), "hygiene": prep.hygiene}
     if options.notes:
         results["notes"] = list(options.notes)
     if options.recipes is not None:
@@ -255,7 +255,7 @@ def write_bundle(
             "layout": layout_text(options.architecture, options.layout, options.small_view)
             + "; fine-tuned: "
             + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
-            "views": list(booster_views(options, prep)),
+            "views": list(booster_views(options)),
         },
         classifier=classifier_section,
         threshold={"value": model.threshold, "method": model.threshold_method},

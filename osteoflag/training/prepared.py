@@ -21,7 +21,7 @@ from osteoflag.training.calibrate import Calibration
 from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.model import TrunkOutputs, head_onnx_features
-from osteoflag.training.networks import FINETUNE, HEAD_TEXT, Architecture, layout_text
+from osteoflag.training.networks import FINETUNE, HEAD_TEXT, Architecture, layout_text, view_starts
 
 
 class Sources(StrEnum):
@@ -191,7 +191,7 @@ def prepare(options: TrainOptions, trunk_model: torch.nn.Module) -> Prepared:
     )
 
 
-def run_facts(options: TrainOptions, prep: Prepared) -> dict[str, object]:
+def run_facts(options: TrainOptions) -> dict[str, object]:
     """The settings the model card states (kept in the results so a card can be re-rendered)."""
     spec = input_spec(options)
     rule = options.target_sensitivity
@@ -203,7 +203,7 @@ def run_facts(options: TrainOptions, prep: Prepared) -> dict[str, object]:
         "head": HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
         "layout": layout_text(options.architecture, options.layout, options.small_view),
         "finetune": str(options.tuning),
-        "booster": str(replace(options.booster, view_starts=booster_views(options, prep))),
+        "booster": str(replace(options.booster, view_starts=booster_views(options))),
         "linear": options.booster.linear,
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
@@ -214,12 +214,11 @@ def run_facts(options: TrainOptions, prep: Prepared) -> dict[str, object]:
     }
 
 
-def booster_views(options: TrainOptions, prep: Prepared) -> tuple[int, ...]:
-    """Where each separately boosted view starts in the features (``ensemble``): the small
-    view's levels, then the full-size head; empty without ``small_view``."""
-    if not options.small_view:
-        return ()
-    return (0, prep.trunk.b3.shape[1] + prep.trunk.b4.shape[1])
+def booster_views(options: TrainOptions) -> tuple[int, ...]:
+    """Where each separately boosted view starts in the features: the small view's levels, then
+    the full-size head (:func:`networks.view_starts`, as the recipes compute it); empty without
+    ``small_view``."""
+    return view_starts(options.architecture, options.small_view, options.width_divisor)
 
 
 def split_indices(prep: Prepared, split: str) -> np.ndarray:

@@ -69,7 +69,7 @@ def fit_on(
     )
     frozen = not tune or options.tuning.epochs == 0
     shared = frozen and not prep.copies
-    booster = replace(options.booster, view_starts=booster_views(options, prep))
+    booster = replace(options.booster, view_starts=booster_views(options))
     return fit_model(
         head0,
         prep.trunk,
