@@ -11,8 +11,9 @@ from typing import Final
 import lightgbm as lgb
 import numpy as np
 
-from osteoflag.inference.linear import LinearTerm, fit_views
+from osteoflag.inference.linear import LinearTerm
 from osteoflag.training import ensemble
+from osteoflag.training.probe import fit_views
 
 logger = logging.getLogger(__name__)
 

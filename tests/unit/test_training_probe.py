@@ -10,8 +10,8 @@ import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
-from osteoflag.inference import linear
 from osteoflag.inference.linear import read_linear
+from osteoflag.training import probe
 from osteoflag.training.classifier import BoosterConfig, train_booster, train_classifier
 from tests.helpers.trees import split_columns
 
@@ -28,8 +28,8 @@ def _data(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
 
 def test_the_probe_is_scikit_learns_logistic_regression_on_standardised_features() -> None:
     x, y = _data()
-    term, strength = linear.fit_view(x[:400], y[:400], x[400:], y[400:])
-    assert strength in linear.STRENGTHS
+    term, strength = probe.fit_view(x[:400], y[:400], x[400:], y[400:])
+    assert strength in probe.STRENGTHS
     mean, scale = x[:400].mean(axis=0), x[:400].std(axis=0)
     reference = LogisticRegression(C=strength, tol=1e-10, max_iter=10_000)
     reference.fit((x[:400] - mean) / scale, y[:400])
@@ -40,9 +40,9 @@ def test_the_probe_is_scikit_learns_logistic_regression_on_standardised_features
 
 def test_views_get_one_probe_each_and_their_log_odds_are_averaged() -> None:
     x, y = _data()
-    both = linear.fit_views(x[:400], y[:400], x[400:], y[400:], (0, 20))
-    first, _ = linear.fit_view(x[:400, :20], y[:400], x[400:, :20], y[400:])
-    second, _ = linear.fit_view(x[:400, 20:], y[:400], x[400:, 20:], y[400:])
+    both = probe.fit_views(x[:400], y[:400], x[400:], y[400:], (0, 20))
+    first, _ = probe.fit_view(x[:400, :20], y[:400], x[400:, :20], y[400:])
+    second, _ = probe.fit_view(x[:400, 20:], y[:400], x[400:, 20:], y[400:])
     np.testing.assert_allclose(both.raw(x), (first.raw(x[:, :20]) + second.raw(x[:, 20:])) / 2)
 
 
@@ -53,9 +53,9 @@ def test_the_classifier_averages_booster_and_probe_log_odds_and_saves_both(
     config = replace(CONFIG, view_starts=(0, 20), linear=True)
     fitted = train_classifier(x[:400], y[:400], x[400:], y[400:], config)
     booster = train_booster(x[:400], y[:400], x[400:], y[400:], config)
-    probe = linear.fit_views(x[:400], y[:400], x[400:], y[400:], (0, 20))
+    term = probe.fit_views(x[:400], y[:400], x[400:], y[400:], (0, 20))
     raw = booster.predict(x, num_iteration=booster.best_iteration, raw_score=True)
-    np.testing.assert_allclose(fitted.predict(x), expit((raw + probe.raw(x)) / 2), atol=1e-9)
+    np.testing.assert_allclose(fitted.predict(x), expit((raw + term.raw(x)) / 2), atol=1e-9)
     assert all(max(c) < 20 or min(c) >= 20 for c in split_columns(fitted.booster) if c)
 
     section = fitted.save(tmp_path)
