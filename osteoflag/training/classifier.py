@@ -80,40 +80,27 @@ def train_classifier(
     config: BoosterConfig,
     weight: np.ndarray | None = None,
 ) -> Classifier:
-    """:func:`train_booster`, then with ``config.linear`` the probe on the same rows and views;
-    the booster's node values and the probe are both halved so their log-odds average."""
-    booster = train_booster(x_fit, y_fit, x_val, y_val, config, weight)
-    if not config.linear:
-        return Classifier(booster)
-    term = fit_views(x_fit, y_fit, x_val, y_val, config.view_starts or (0,), weight)
-    half = ensemble.merge_average([booster], [0], x_fit.shape[1], weight=0.5)
-    ensemble.check_merge(half, [booster], [0], x_val, weight=0.5)
-    return Classifier(half, term.scaled(0.5))
-
-
-def train_booster(
-    x_fit: np.ndarray,
-    y_fit: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    config: BoosterConfig,
-    weight: np.ndarray | None = None,
-) -> lgb.Booster:
     """Fit on ``fit`` (rows weighted by ``weight`` if given), early-stopped on validation AUC.
 
-    With ``config.view_starts``, one booster per view, each stopped on its own, merged into one
-    whose raw score is their mean and checked on the validation rows (:mod:`ensemble`)."""
-    starts = config.view_starts
-    if len(starts) < 2:
-        return _fit_one(x_fit, y_fit, x_val, y_val, config, weight)
-    ends = [*starts[1:], x_fit.shape[1]]
+    One booster per view of ``config.view_starts`` (all columns without views), each stopped
+    on its own; with ``config.linear`` also one logistic probe per view. The boosters are merged
+    into one whose raw score is their mean, halved when the probes' mean (halved too) is added,
+    so the served log-odds average the two models; the merge is checked on the validation rows
+    (:mod:`ensemble`)."""
+    starts = config.view_starts or (0,)
     members = [
-        _fit_one(x_fit[:, a:b], y_fit, x_val[:, a:b], y_val, config, weight)
-        for a, b in zip(starts, ends, strict=True)
+        _fit_one(x_fit[:, view], y_fit, x_val[:, view], y_val, config, weight)
+        for view in ensemble.view_columns(starts, x_fit.shape[1])
     ]
-    merged = ensemble.merge_average(members, starts, x_fit.shape[1])
-    ensemble.check_merge(merged, members, starts, x_val)
-    return merged
+    share = 0.5 if config.linear else 1.0
+    if len(members) == 1 and share == 1.0:
+        return Classifier(members[0])
+    booster = ensemble.merge_average(members, starts, x_fit.shape[1], weight=share)
+    ensemble.check_merge(booster, members, starts, x_val, weight=share)
+    if not config.linear:
+        return Classifier(booster)
+    term = fit_views(x_fit, y_fit, x_val, y_val, starts, weight)
+    return Classifier(booster, term.scaled(share))
 
 
 def _fit_one(
@@ -124,7 +111,7 @@ def _fit_one(
     config: BoosterConfig,
     weight: np.ndarray | None,
 ) -> lgb.Booster:
-    """One booster on all of ``x``; stop when validation AUC has not improved for
+    """One booster on all of ``x_fit``'s columns; stop when validation AUC has not improved for
     ``early_stopping`` rounds."""
     params = {
         "objective": "binary",

@@ -59,6 +59,11 @@ def _moved(block: str, offset: int, scale: float) -> str:
     return "\n".join(lines)
 
 
+def view_columns(starts: Sequence[int], width: int) -> list[slice]:
+    """Each view's columns of a ``width``-column matrix: from its start up to the next start."""
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], width], strict=True)]
+
+
 def merge_average(
     members: Sequence[lgb.Booster], starts: Sequence[int], width: int, weight: float = 1.0
 ) -> lgb.Booster:
@@ -67,20 +72,19 @@ def merge_average(
     joined feature matrix."""
     if len(members) != len(starts) or list(starts) != sorted(starts) or starts[0] != 0:
         raise TrainingError(f"view starts {list(starts)} do not fit {len(members)} boosters")
-    ends = [*starts[1:], width]
     texts = [m.model_to_string(num_iteration=m.best_iteration) for m in members]
     infos: list[str] = []
     trees: list[str] = []
-    for text, start, end in zip(texts, starts, ends, strict=True):
+    for text, view in zip(texts, view_columns(starts, width), strict=True):
         head, blocks, _ = _tree_blocks(text)
         member_infos = _header_value(head, "feature_infos").split()
-        if len(member_infos) != end - start:
+        if len(member_infos) != view.stop - view.start:
             raise TrainingError(
-                f"a view booster has {len(member_infos)} features, its columns {start}-{end} "
-                f"are {end - start}"
+                f"a view booster has {len(member_infos)} features, its columns "
+                f"{view.start}-{view.stop} are {view.stop - view.start}"
             )
         infos += member_infos
-        trees += [_moved(block, start, weight / len(members)) for block in blocks]
+        trees += [_moved(block, view.start, weight / len(members)) for block in blocks]
     head, _, tail = _tree_blocks(texts[0])
     head = re.sub(r"^tree_sizes=.*\n", "", head, flags=re.MULTILINE)
     head = re.sub(r"^max_feature_idx=.*$", f"max_feature_idx={width - 1}", head, flags=re.MULTILINE)
@@ -112,11 +116,10 @@ def check_merge(
 ) -> float:
     """The largest difference between the merged raw score and ``weight`` times the members'
     mean on ``x``; raise when it exceeds :data:`MERGE_MAX_ERROR`."""
-    ends = [*starts[1:], x.shape[1]]
     mean = np.mean(
         [
-            m.predict(x[:, a:b], num_iteration=m.best_iteration, raw_score=True)
-            for m, a, b in zip(members, starts, ends, strict=True)
+            m.predict(x[:, view], num_iteration=m.best_iteration, raw_score=True)
+            for m, view in zip(members, view_columns(starts, x.shape[1]), strict=True)
         ],
         axis=0,
     )

@@ -17,6 +17,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from osteoflag.inference.linear import LinearTerm
+from osteoflag.training.ensemble import view_columns
 from osteoflag.validation import metrics
 
 #: Inverse L2 strengths tried per view (scikit-learn's ``C``: the log loss summed over rows
@@ -71,10 +72,9 @@ def fit_views(
     weight: Floats | None = None,
 ) -> LinearTerm:
     """One probe per view (columns from each start to the next), their log-odds averaged."""
-    ends = [*starts[1:], x_fit.shape[1]]
     views = [
-        fit_view(x_fit[:, a:b], y_fit, x_val[:, a:b], y_val, weight)[0]
-        for a, b in zip(starts, ends, strict=True)
+        fit_view(x_fit[:, view], y_fit, x_val[:, view], y_val, weight)[0]
+        for view in view_columns(starts, x_fit.shape[1])
     ]
     n = len(views)
     return LinearTerm(

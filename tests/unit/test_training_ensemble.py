@@ -10,7 +10,7 @@ import pytest
 
 from osteoflag.errors import TrainingError
 from osteoflag.training import ensemble
-from osteoflag.training.classifier import BoosterConfig, train_booster
+from osteoflag.training.classifier import BoosterConfig, train_classifier
 from tests.helpers.trees import split_columns
 
 CONFIG = BoosterConfig(min_data_in_leaf=5, max_rounds=60, early_stopping=10)
@@ -26,8 +26,8 @@ def _data(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
 def test_the_merged_model_scores_the_members_mean_and_keeps_their_contributions() -> None:
     x, y = _data()
     fit, val = slice(0, 400), slice(400, None)
-    a = train_booster(x[fit, :20], y[fit], x[val, :20], y[val], CONFIG)
-    b = train_booster(x[fit, 20:], y[fit], x[val, 20:], y[val], CONFIG)
+    a = train_classifier(x[fit, :20], y[fit], x[val, :20], y[val], CONFIG).booster
+    b = train_classifier(x[fit, 20:], y[fit], x[val, 20:], y[val], CONFIG).booster
     merged = ensemble.merge_average([a, b], [0, 20], 30)
     assert ensemble.check_merge(merged, [a, b], [0, 20], x) <= ensemble.MERGE_MAX_ERROR
     # served probability: the sigmoid of the mean raw score, through a save and load
@@ -49,19 +49,19 @@ def test_the_merged_model_scores_the_members_mean_and_keeps_their_contributions(
 def test_training_by_views_never_mixes_views_in_one_tree() -> None:
     x, y = _data()
     config = replace(CONFIG, view_starts=(0, 20))
-    booster = train_booster(x[:400], y[:400], x[400:], y[400:], config)
+    booster = train_classifier(x[:400], y[:400], x[400:], y[400:], config).booster
     columns = [c for c in split_columns(booster) if c]
     assert all(max(c) < 20 or min(c) >= 20 for c in columns)
     assert any(max(c) < 20 for c in columns) and any(min(c) >= 20 for c in columns)
     assert booster.num_feature() == 30
-    plain = train_booster(x[:400], y[:400], x[400:], y[400:], CONFIG)
+    plain = train_classifier(x[:400], y[:400], x[400:], y[400:], CONFIG).booster
     assert any(max(c) >= 20 and min(c) < 20 for c in split_columns(plain) if c)
 
 
 def test_a_merge_that_does_not_fit_its_columns_is_refused() -> None:
     x, y = _data()
-    a = train_booster(x[:400, :20], y[:400], x[400:, :20], y[400:], CONFIG)
-    b = train_booster(x[:400, 20:], y[:400], x[400:, 20:], y[400:], CONFIG)
+    a = train_classifier(x[:400, :20], y[:400], x[400:, :20], y[400:], CONFIG).booster
+    b = train_classifier(x[:400, 20:], y[:400], x[400:, 20:], y[400:], CONFIG).booster
     with pytest.raises(TrainingError, match="its columns 0-25 are 25"):
         ensemble.merge_average([a, b], [0, 25], 30)
     with pytest.raises(TrainingError, match="view starts"):
@@ -74,8 +74,8 @@ def test_a_merge_that_does_not_fit_its_columns_is_refused() -> None:
 def test_members_of_single_leaf_trees_merge_too() -> None:
     x, y = _data()
     stump = replace(CONFIG, min_data_in_leaf=10_000, max_rounds=5, early_stopping=5)
-    a = train_booster(x[:400, :20], y[:400], x[400:, :20], y[400:], stump)
-    b = train_booster(x[:400, 20:], y[:400], x[400:, 20:], y[400:], CONFIG)
+    a = train_classifier(x[:400, :20], y[:400], x[400:, :20], y[400:], stump).booster
+    b = train_classifier(x[:400, 20:], y[:400], x[400:, 20:], y[400:], CONFIG).booster
     assert not any(split_columns(a))  # no tree of ``a`` splits
     merged = ensemble.merge_average([a, b], [0, 20], 30)
     assert ensemble.check_merge(merged, [a, b], [0, 20], x) <= ensemble.MERGE_MAX_ERROR

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 from osteoflag.inference.linear import read_linear
 from osteoflag.training import probe
-from osteoflag.training.classifier import BoosterConfig, train_booster, train_classifier
+from osteoflag.training.classifier import BoosterConfig, train_classifier
 from tests.helpers.trees import split_columns
 
 CONFIG = BoosterConfig(min_data_in_leaf=5, max_rounds=60, early_stopping=10)
@@ -52,7 +52,8 @@ def test_the_classifier_averages_booster_and_probe_log_odds_and_saves_both(
     x, y = _data()
     config = replace(CONFIG, view_starts=(0, 20), linear=True)
     fitted = train_classifier(x[:400], y[:400], x[400:], y[400:], config)
-    booster = train_booster(x[:400], y[:400], x[400:], y[400:], config)
+    trees = replace(config, linear=False)
+    booster = train_classifier(x[:400], y[:400], x[400:], y[400:], trees).booster
     term = probe.fit_views(x[:400], y[:400], x[400:], y[400:], (0, 20))
     raw = booster.predict(x, num_iteration=booster.best_iteration, raw_score=True)
     np.testing.assert_allclose(fitted.predict(x), expit((raw + term.raw(x)) / 2), atol=1e-9)
