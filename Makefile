@@ -36,9 +36,9 @@ bench: $(VENV)/.installed-dev
 # `model` the default (frozen EfficientNet-Lite0 at 384 px and a 224 px view, a LightGBM booster
 # and a logistic probe each, all averaged; about 23 minutes here with its localiser),
 # `model-vgg16` the VGG16 one (frozen ImageNet VGG16, blocks 3-5 average + max pool at 224 px,
-# LightGBM and a logistic probe averaged; models/vgg16/; about 16 minutes here). Both learn from both sources; the cards' recipe table comes
-# from models/recipes.json (`make recipes` re-measures). The default also gets its localiser,
-# fitted on ../shared/data/fracture-boxes.
+# LightGBM and a logistic probe averaged; models/vgg16/; about 16 minutes here). Both learn from
+# both sources; the cards' recipe table comes from models/recipes.json (`make recipes`
+# re-measures). The default also gets its localiser, fitted on ../shared/data/fracture-boxes.
 TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
 	--other ../shared/data/multiregion --train-on both --epochs 0 --no-compare \
 	--recipes models/recipes.json --learning-rate 0.1

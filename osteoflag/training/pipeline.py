@@ -37,7 +37,6 @@ from osteoflag.training.prepared import (
     Prepared,
     Sources,
     TrainOptions,
-    booster_views,
     input_spec,
     prepare,
     run_facts,
@@ -255,7 +254,7 @@ def write_bundle(
             "layout": layout_text(options.architecture, options.layout, options.small_view)
             + "; fine-tuned: "
             + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
-            "views": list(booster_views(options)),
+            "views": list(options.bundle_booster.view_starts),
         },
         classifier=classifier_section,
         threshold={"value": model.threshold, "method": model.threshold_method},

@@ -79,6 +79,13 @@ class TrainOptions:
             return self.finetune
         return replace(FINETUNE[self.architecture], seed=self.seed)
 
+    @property
+    def bundle_booster(self) -> classifier.BoosterConfig:
+        """The LightGBM settings of the bundle's own fits: ``booster`` with the view starts of
+        the bundle's features (:func:`networks.view_starts`; none without ``small_view``)."""
+        starts = view_starts(self.architecture, self.small_view, self.width_divisor)
+        return replace(self.booster, view_starts=starts)
+
 
 @dataclass
 class Prepared:
@@ -203,7 +210,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "head": HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
         "layout": layout_text(options.architecture, options.layout, options.small_view),
         "finetune": str(options.tuning),
-        "booster": str(replace(options.booster, view_starts=booster_views(options))),
+        "booster": str(options.bundle_booster),
         "linear": options.booster.linear,
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
@@ -212,13 +219,6 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "input": f"{spec.size[0]}x{spec.size[1]} {spec.resize_mode.value}, grey in 3 channels, "
         f"{spec.colour_order.value} mean {list(spec.mean)} std {list(spec.std)} on 0-255 values",
     }
-
-
-def booster_views(options: TrainOptions) -> tuple[int, ...]:
-    """Where each separately boosted view starts in the features: the small view's levels, then
-    the full-size head (:func:`networks.view_starts`, as the recipes compute it); empty without
-    ``small_view``."""
-    return view_starts(options.architecture, options.small_view, options.width_divisor)
 
 
 def split_indices(prep: Prepared, split: str) -> np.ndarray:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from osteoflag.training import calibrate, classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
 from osteoflag.training.networks import Network, layout_text
-from osteoflag.training.prepared import Prepared, Sources, TrainOptions, booster_views
+from osteoflag.training.prepared import Prepared, Sources, TrainOptions
 from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ def fit_on(
     )
     frozen = not tune or options.tuning.epochs == 0
     shared = frozen and not prep.copies
-    booster = replace(options.booster, view_starts=booster_views(options))
     return fit_model(
         head0,
         prep.trunk,
@@ -78,7 +76,7 @@ def fit_on(
         val_idx,
         layout,
         options.tuning if tune else None,
-        booster,
+        options.bundle_booster,
         options.target_sensitivity,
         options.work,
         options.threads,
