@@ -100,11 +100,14 @@ class FeaturesSection(_Part):
 
 class ClassifierSection(_Part):
     """The classifier on top of the features: a LightGBM text model and, when ``linear`` names
-    one, a linear term added to its raw score (:mod:`osteoflag.inference.linear`)."""
+    one, a linear term added to its raw score (:mod:`osteoflag.inference.linear`); when
+    ``cells`` names one, a cell probe on the backbone's map adds its share too
+    (:mod:`osteoflag.inference.cellterm`)."""
 
     file: str
     kind: Literal["lightgbm"]
     linear: str | None = None
+    cells: str | None = None
 
 
 class ThresholdSection(_Part):
@@ -196,6 +199,8 @@ class Manifest(_Part):
         parts = [("backbone", self.backbone.file), ("classifier", self.classifier.file)]
         if self.classifier.linear is not None:
             parts.append(("linear term", self.classifier.linear))
+        if self.classifier.cells is not None:
+            parts.append(("cell term", self.classifier.cells))
         if self.localiser is not None:
             parts.append(("localiser", self.localiser.file))
         for role, name in parts:
@@ -253,6 +258,12 @@ class Bundle:
     def linear_path(self) -> Path | None:
         """The classifier's linear term, when the bundle has one."""
         name = self.manifest.classifier.linear
+        return None if name is None else self.path / name
+
+    @property
+    def cells_path(self) -> Path | None:
+        """The classifier's cell term, when the bundle has one."""
+        name = self.manifest.classifier.cells
         return None if name is None else self.path / name
 
     @property

@@ -17,9 +17,11 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from scipy.special import expit
 
 from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
+from osteoflag.inference.cellterm import CellTerm, read_cells
 from osteoflag.inference.labels import Label
 from osteoflag.inference.linear import LinearTerm, read_linear
 from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
@@ -125,7 +127,16 @@ class Predictor:
             )
         self._layout = None if maps is None else self._check_maps(probe, maps)
         self._cells = None if maps is None else (maps.shape[2], maps.shape[3])
+        self._cell_term = self._load_cell_term(None if maps is None else maps.shape[1])
         self._localiser = self._load_localiser()
+
+    def _load_cell_term(self, channels: int | None) -> CellTerm | None:
+        path = self.bundle.cells_path
+        if path is None:
+            return None
+        if channels is None or self._cells is None:
+            raise BundleError(f"{path}: the cell term needs the backbone's '{MAPS_OUTPUT}' output")
+        return read_cells(path, channels, self._cells[0] * self._cells[1])
 
     def _load_localiser(self) -> Localiser | None:
         path = self.bundle.localiser_path
@@ -209,13 +220,30 @@ class Predictor:
             raise PermanentError(f"LightGBM failed on a batch of {len(feats)}: {exc}") from exc
         return np.asarray(out, dtype=np.float64)
 
-    def scores(self, features: npt.NDArray[np.float32]) -> list[float]:
+    @property
+    def uses_maps(self) -> bool:
+        """Whether scoring needs the backbone's map beside its features (a cell term)."""
+        return self._cell_term is not None
+
+    def scores(
+        self, features: npt.NDArray[np.float32], maps: npt.NDArray[np.floating] | None = None
+    ) -> list[float]:
         """Fracture probability of each row of backbone features (the bundle's classifier,
-        with its linear term when it has one, then its calibration when it has one)."""
-        if self._linear is None:
+        with its linear term and its cell term on ``maps`` when it has them, then its
+        calibration when it has one)."""
+        if self._linear is None and self._cell_term is None:
             scores = self._classify(features).reshape(-1)
         else:
-            scores = self._linear.probabilities(self._classify(features, raw=True), features)
+            raw = self._classify(features, raw=True)
+            if self._linear is not None:
+                raw = raw + self._linear.raw(features)
+            if self._cell_term is not None:
+                if maps is None or len(maps) != len(features):
+                    raise BundleError(
+                        f"{self.bundle.cells_path}: the cell term needs each row's map"
+                    )
+                raw = raw + self._cell_term.raw(maps)
+            scores = np.asarray(expit(raw), dtype=np.float64)
         if self._calibration is not None:  # the served probability is the calibrated one
             scores = self._calibration.apply(scores)
         return [float(score) for score in scores]
@@ -227,13 +255,19 @@ class Predictor:
         return phi if self._linear is None else phi + self._linear.contributions(feats)
 
     def evidence(self, feats: npt.NDArray[np.float32], maps: FloatArray) -> list[FloatMap]:
-        """Each row's evidence map (h, w) over its spatial map, in log-odds toward fracture."""
+        """Each row's evidence map (h, w) over its spatial map, in log-odds toward fracture
+        (the cell term's shares added when the bundle has one)."""
         if self._layout is None:
             raise BundleError(f"{self.bundle.backbone_path}: no '{MAPS_OUTPUT}' output")
         layout = self._layout
-        return [
+        heats = [
             evidence_map(m, phi, layout)
             for m, phi in zip(maps, self.contributions(feats), strict=True)
+        ]
+        if self._cell_term is None:
+            return heats
+        return [
+            heat + share for heat, share in zip(heats, self._cell_term.shares(maps), strict=True)
         ]
 
     def probabilities(self, inputs: Sequence[FloatArray]) -> list[float]:
@@ -266,7 +300,7 @@ class Predictor:
         for start in range(0, len(inputs), self.batch_size):
             batch = np.stack(inputs[start : start + self.batch_size]).astype(np.float32, copy=False)
             feats, maps = self.run(batch)
-            scores = self.scores(feats)
+            scores = self.scores(feats, maps)
             regions: list[Region | None] = [None] * len(scores)
             flagged = [i for i, p in enumerate(scores) if p >= self.bundle.threshold]
             if self._localiser is not None and displays is not None:

@@ -71,7 +71,10 @@ def calibration_lines(folder: Path, results: Mapping[str, Any]) -> list[str]:
             "met." if ece <= ECE_TARGET else "**not met**."
         )
     method = results["run"].get("calibration", "none")
-    score = "LightGBM + logistic probe" if results["run"].get("linear") else "LightGBM"
+    members = ["LightGBM"]
+    members += ["logistic probe"] * bool(results["run"].get("linear"))
+    members += ["cell probe"] * bool(results["run"].get("cells"))
+    score = " + ".join(members)
     return [
         "## Calibration",
         "",

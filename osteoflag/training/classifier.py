@@ -1,5 +1,6 @@
 """The classifier on backbone features: LightGBM (one booster per view, averaged) and, when asked,
-a logistic probe averaged with it; early-stopped on validation groups, fixed seeds."""
+a logistic probe and a cell probe on the backbone's map averaged with it; early-stopped on
+validation groups, fixed seeds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Final
 
 import lightgbm as lgb
 import numpy as np
+from scipy.special import expit
 
+from osteoflag.errors import TrainingError
+from osteoflag.inference.cellterm import CellTerm
 from osteoflag.inference.linear import LinearTerm
 from osteoflag.training import ensemble
+from osteoflag.training.cellfit import fit_cells
 from osteoflag.training.probe import fit_views
 
 logger = logging.getLogger(__name__)
@@ -20,6 +25,11 @@ logger = logging.getLogger(__name__)
 #: The bundle's files for the booster and the linear term.
 BOOSTER_FILE: Final = "classifier.txt"
 LINEAR_FILE: Final = "linear.json"
+CELLS_FILE: Final = "cells.json"
+#: Weights of the members' log-odds when the cell probe joins (trees, probe, cells), each
+#: member's log-odds first standardised on the validation rows: the mix measured best across
+#: sources without giving up the trees (README).
+MEMBER_WEIGHTS: Final = (1.0, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -42,22 +52,34 @@ class BoosterConfig:
     #: Also fit a logistic probe (per view) and average its log-odds with the booster's
     #: (:mod:`osteoflag.inference.linear`).
     linear: bool = False
+    #: Also fit a cell probe on the backbone's map (:mod:`osteoflag.inference.cellterm`) and
+    #: mix every member's standardised log-odds by :data:`MEMBER_WEIGHTS`.
+    cells: bool = False
 
 
 @dataclass(frozen=True)
 class Classifier:
-    """A booster and, when the config asked for one, the linear term added to its raw score."""
+    """A booster and, when the config asked for them, the linear and cell terms added to its
+    raw score."""
 
     booster: lgb.Booster
     linear: LinearTerm | None = None
+    cells: CellTerm | None = None
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Fracture probabilities at the early-stopped iteration, as the daemon computes them."""
+    def predict(self, x: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
+        """Fracture probabilities at the early-stopped iteration, as the daemon computes them
+        (``maps``, each row's backbone map, for the cell term)."""
         rounds = self.booster.best_iteration
-        if self.linear is None:
+        if self.linear is None and self.cells is None:
             return np.asarray(self.booster.predict(x, num_iteration=rounds), dtype=float)
-        raw = self.booster.predict(x, num_iteration=rounds, raw_score=True)
-        return self.linear.probabilities(np.asarray(raw, dtype=float), x)
+        raw = np.asarray(self.booster.predict(x, num_iteration=rounds, raw_score=True), dtype=float)
+        if self.linear is not None:
+            raw = raw + self.linear.raw(x)
+        if self.cells is not None:
+            if maps is None or len(maps) != len(x):
+                raise TrainingError("the classifier's cell term needs each row's map")
+            raw = raw + self.cells.raw(maps)
+        return np.asarray(expit(raw), dtype=float)
 
     def save(self, folder: Path) -> dict[str, str]:
         """Write the booster (its scoring rounds) and the linear term into a bundle folder;
@@ -69,6 +91,9 @@ class Classifier:
         if self.linear is not None:
             self.linear.write(folder / LINEAR_FILE)
             section["linear"] = LINEAR_FILE
+        if self.cells is not None:
+            self.cells.write(folder / CELLS_FILE)
+            section["cells"] = CELLS_FILE
         return section
 
 
@@ -79,6 +104,7 @@ def train_classifier(
     y_val: np.ndarray,
     config: BoosterConfig,
     weight: np.ndarray | None = None,
+    maps: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Classifier:
     """Fit on ``fit`` (rows weighted by ``weight`` if given), early-stopped on validation AUC.
 
@@ -86,12 +112,19 @@ def train_classifier(
     on its own; with ``config.linear`` also one logistic probe per view. The boosters are merged
     into one whose raw score is their mean, halved when the probes' mean (halved too) is added,
     so the served log-odds average the two models; the merge is checked on the validation rows
-    (:mod:`ensemble`)."""
+    (:mod:`ensemble`). With ``config.cells`` a cell probe is fitted on ``maps`` (the fit and
+    validation rows' backbone maps) and the members mixed by :func:`_mixed`."""
     starts = config.view_starts or (0,)
     members = [
         _fit_one(x_fit[:, view], y_fit, x_val[:, view], y_val, config, weight)
         for view in ensemble.view_columns(starts, x_fit.shape[1])
     ]
+    if config.cells:
+        if maps is None or len(maps[0]) != len(x_fit) or len(maps[1]) != len(x_val):
+            raise TrainingError("the cell probe needs the map of every fit and validation row")
+        term = fit_views(x_fit, y_fit, x_val, y_val, starts, weight) if config.linear else None
+        cells = fit_cells(maps[0], y_fit, maps[1], y_val, weight)
+        return _mixed(members, starts, term, cells, x_val, maps[1])
     share = 0.5 if config.linear else 1.0
     if len(members) == 1 and share == 1.0:
         return Classifier(members[0])
@@ -101,6 +134,48 @@ def train_classifier(
         return Classifier(booster)
     term = fit_views(x_fit, y_fit, x_val, y_val, starts, weight)
     return Classifier(booster, term.scaled(share))
+
+
+def _spread(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of a member's validation log-odds (deviation 1 if flat)."""
+    deviation = float(np.std(values))
+    return float(np.mean(values)), deviation if deviation > 1e-9 else 1.0
+
+
+def _mixed(
+    members: list[lgb.Booster],
+    starts: tuple[int, ...],
+    term: LinearTerm | None,
+    cells: CellTerm,
+    x_val: np.ndarray,
+    maps_val: np.ndarray,
+) -> Classifier:
+    """One classifier whose log-odds are the :data:`MEMBER_WEIGHTS` mix of the members' own,
+    each standardised on the validation rows (their scales are free: a top-k of cell logits
+    runs wider than a mean of trees). The offsets go into the cell term's intercept."""
+    width = x_val.shape[1]
+    trees = ensemble.merge_average(members, starts, width)
+    tree_raw = np.asarray(trees.predict(x_val, raw_score=True), dtype=float)
+    parts = [_spread(tree_raw), _spread(cells.raw(maps_val))]
+    weights = [MEMBER_WEIGHTS[0], MEMBER_WEIGHTS[2]]
+    if term is not None:
+        parts.insert(1, _spread(term.raw(x_val)))
+        weights.insert(1, MEMBER_WEIGHTS[1])
+    factors = [
+        w / sum(weights) / deviation for w, (_, deviation) in zip(weights, parts, strict=True)
+    ]
+    shift = -sum(f * mean for f, (mean, _) in zip(factors, parts, strict=True))
+    booster = ensemble.merge_average(members, starts, width, weight=factors[0])
+    ensemble.check_merge(booster, members, starts, x_val, weight=factors[0])
+    logger.info(
+        "members mixed",
+        extra={"action": "mix", "weights": weights, "factors": [round(f, 4) for f in factors]},
+    )
+    return Classifier(
+        booster,
+        None if term is None else term.scaled(factors[1]),
+        cells.scaled(factors[-1], shift),
+    )
 
 
 def _fit_one(

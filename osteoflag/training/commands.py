@@ -100,6 +100,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "log-odds with LightGBM's; the bundle then carries linear.json",
     )
     parser.add_argument(
+        "--cells",
+        action="store_true",
+        help="also fit a cell probe on the backbone's last map (the mean of each image's 8 "
+        "highest cell logits) and mix it with the other members' log-odds; the bundle then "
+        "carries cells.json",
+    )
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         help="pooled levels fed to LightGBM: b5_avg (last level, average), b5 (average + max) "
@@ -238,6 +245,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
         copies=args.copies,
         recipes=args.recipes,
         booster=BoosterConfig(learning_rate=args.learning_rate, linear=args.linear),
+        cells=args.cells,
     )
     overrides = {"epochs": args.epochs, "lr_backbone": args.lr_backbone}
     given = {key: value for key, value in overrides.items() if value is not None}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from osteoflag.inference import maps
 from osteoflag.inference.quantize import (
     CALIBRATION_IMAGES,
     MAX_AUC_DROP,
@@ -25,7 +26,7 @@ from osteoflag.inference.quantize import (
 )
 from osteoflag.training import export, features, metrics
 from osteoflag.training.dataset import Sample
-from osteoflag.training.model import FittedModel
+from osteoflag.training.model import FittedModel, Inputs
 from osteoflag.training.networks import FeatureGraph, Network
 from osteoflag.training.prepared import TrainOptions, cached_outputs, input_spec
 
@@ -39,14 +40,17 @@ def int8_features(
     calibration: np.ndarray,
     evaluate: np.ndarray,
     options: TrainOptions,
-) -> tuple[np.ndarray, int]:
-    """Features of ``samples[evaluate]`` through the INT8 version of this model's graph, and
-    how many calibration images were used."""
+) -> tuple[Inputs, int]:
+    """Inputs of ``samples[evaluate]`` through the INT8 version of this model's graph (its map
+    too, for a cell term), and how many calibration images were used."""
     spec = input_spec(options)
     graph = FeatureGraph(network.trunk, model.head, options.layout).eval()
     source, target = options.work / "int8_source.onnx", options.work / "int8.onnx"
     example = torch.from_numpy(features.prepare(samples[int(evaluate[0])], spec)[None])
     export.export_onnx(graph, example, source)
+    spatial = model.classifier.cells is not None
+    if spatial:
+        maps.expose_maps(source)
     picks = calibration[spread(len(calibration), CALIBRATION_IMAGES)]
     quantize_backbone(
         source,
@@ -57,14 +61,14 @@ def int8_features(
     out, _ = cached_outputs(
         target, [samples[int(i)] for i in evaluate], spec, options, desc="int8 features"
     )
-    return out["features"], len(picks)
+    return Inputs(out["features"], out[maps.MAPS_OUTPUT] if spatial else None), len(picks)
 
 
 def compare(
     y: np.ndarray,
     float_p: np.ndarray,
     model: FittedModel,
-    int8_x: np.ndarray,
+    int8_x: Inputs,
     calibration_images: int,
 ) -> dict[str, Any]:
     """Both precisions' metrics at the model's threshold, and the AUC drop."""

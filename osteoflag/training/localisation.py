@@ -259,7 +259,7 @@ def evaluate(
         feats, maps = predictor.run(image[np.newaxis])
         if maps is None:
             raise BundleError(f"{predictor.bundle.backbone_path}: the bundle has no spatial map")
-        probability = predictor.scores(feats)[0]
+        probability = predictor.scores(feats, maps)[0]
         started = time.perf_counter()
         [heat] = predictor.evidence(feats, maps)
         region = region_from_map(heat, spec, size)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osteoflag.inference import maps as map_output
 from osteoflag.inference.bundle import CalibrationSection
 from osteoflag.training import calibrate, classifier, export, features, metrics
 from osteoflag.training.backbones import FeatureLayout, combine
@@ -52,6 +53,21 @@ def with_copies(
     return joined, rows, source
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The classifier's inputs of a set of images: pooled features ``x`` and, when the
+    classifier has a cell term, the head's last maps (float16, [N, C, h, w])."""
+
+    x: np.ndarray
+    maps: np.ndarray | None = None
+
+    def __getitem__(self, rows: np.ndarray | slice) -> Inputs:
+        return Inputs(self.x[rows], None if self.maps is None else self.maps[rows])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
 @dataclass
 class FittedModel:
     """A head, booster, calibration and threshold (on the calibrated scale), plus what fitting
@@ -65,9 +81,9 @@ class FittedModel:
     validation: dict[str, object]
     calibration: CalibrationSection | None = None
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, inputs: Inputs) -> np.ndarray:
         """Fracture probabilities as served: the classifier's score, calibrated."""
-        p = self.classifier.predict(x)
+        p = self.classifier.predict(inputs.x, inputs.maps)
         return p if self.calibration is None else self.calibration.apply(p)
 
 
@@ -79,6 +95,28 @@ def head_onnx_features(
     export.export_onnx(head, example, path, input_name="map", output_names=("b5",))
     export.check_parity(head, path, maps[: export.PARITY_IMAGES].astype(np.float32), threads)
     return features.run_arrays(export.session(path, threads), maps)
+
+
+def head_onnx_outputs(
+    head: torch.nn.Module, maps: np.ndarray, path: Path, threads: int, spatial: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`head_onnx_features` and, when ``spatial``, the head's last map of every image in
+    float16 (the graph given the bundle's own ``maps`` output, so the cell term trains on the
+    tensor the daemon serves)."""
+    if not spatial:
+        return head_onnx_features(head, maps, path, threads), None
+    example = torch.from_numpy(maps[:1].astype(np.float32))
+    export.export_onnx(head, example, path, input_name="map", output_names=("b5",))
+    export.check_parity(head, path, maps[: export.PARITY_IMAGES].astype(np.float32), threads)
+    map_output.expose_maps(path)
+    session = export.session(path, threads)
+    pooled, spatial_maps = [], []
+    for start in range(0, len(maps), 64):
+        batch = np.ascontiguousarray(maps[start : start + 64], dtype=np.float32)
+        b5, last = session.run(["b5", map_output.MAPS_OUTPUT], {"map": batch})
+        pooled.append(b5)
+        spatial_maps.append(np.asarray(last, dtype=np.float16))
+    return np.concatenate(pooled), np.concatenate(spatial_maps)
 
 
 def layout_features(layout: FeatureLayout, trunk: TrunkOutputs, b5: np.ndarray) -> np.ndarray:
@@ -102,13 +140,14 @@ def fit_model(
     threads: int,
     calibration: Calibration = Calibration.NONE,
     copies: Sequence[TrunkOutputs] = (),
-    untuned_b5: np.ndarray | None = None,
-) -> tuple[FittedModel, np.ndarray]:
+    untuned: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> tuple[FittedModel, Inputs]:
     """Fit on ``fit_idx`` (and the augmented ``copies`` of those images); early-stop, calibrate
-    and pick the threshold on ``val_idx``. ``untuned_b5``, the untuned head's output for every
-    image, spares a frozen fit (no fine-tuning, no copies) recomputing it.
+    and pick the threshold on ``val_idx``. ``untuned``, the untuned head's output (and maps,
+    for a cell term) for every image, spares a frozen fit (no fine-tuning, no copies)
+    recomputing it.
 
-    Returns the model and the feature matrix of *all* samples (so callers can score any set).
+    Returns the model and the inputs of *all* samples (so callers can score any set).
     """
     log: list[dict[str, float]] = []
     head = head0
@@ -118,18 +157,26 @@ def fit_model(
         labels = labels[source]
     if tune is not None and tune.epochs > 0:
         head, log = finetune(head0, trunk.maps, labels, fit_idx, val_idx, tune)
-    if untuned_b5 is not None and head is head0 and not copies:
-        b5 = untuned_b5
+    if untuned is not None and head is head0 and not copies:
+        b5, head_maps = untuned
     else:
-        b5 = head_onnx_features(head, trunk.maps, scratch / "head.onnx", threads)
+        b5, head_maps = head_onnx_outputs(
+            head, trunk.maps, scratch / "head.onnx", threads, booster_config.cells
+        )
     x = layout_features(layout, trunk, b5)
     fitted = classifier.train_classifier(
-        x[fit_idx], labels[fit_idx], x[val_idx], labels[val_idx], booster_config
+        x[fit_idx],
+        labels[fit_idx],
+        x[val_idx],
+        labels[val_idx],
+        booster_config,
+        maps=None if head_maps is None else (head_maps[fit_idx], head_maps[val_idx]),
     )
-    x = x[:n]
-    y_val, raw_val = labels[val_idx], fitted.predict(x[val_idx])
+    inputs = Inputs(x, head_maps)[:n]
+    y_val, val = labels[val_idx], inputs[val_idx]
+    raw_val = fitted.predict(val.x, val.maps)
     mapping = calibrate.fit(calibration, y_val, raw_val, "validation groups of this fit")
     p_val = raw_val if mapping is None else mapping.apply(raw_val)
     threshold, method = metrics.choose_threshold(y_val, p_val, target_sensitivity)
     validation = metrics.binary_metrics(y_val, p_val, threshold) | calibrate.quality(y_val, p_val)
-    return FittedModel(head, fitted, threshold, method, log, validation, mapping), x
+    return FittedModel(head, fitted, threshold, method, log, validation, mapping), inputs

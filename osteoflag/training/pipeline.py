@@ -24,7 +24,7 @@ from osteoflag.inference import maps
 from osteoflag.inference.bundle import write_manifest
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
-from osteoflag.training.model import FittedModel, head_onnx_features
+from osteoflag.training.model import FittedModel, Inputs, head_onnx_features
 from osteoflag.training.networks import (
     HEAD_TEXT,
     FeatureGraph,
@@ -56,6 +56,10 @@ from osteoflag.training.protocols import (
 from osteoflag.training.splits import group_holdout
 
 logger = logging.getLogger(__name__)
+
+#: How far (relative to the largest value) the bundle's ``maps`` output may be from the maps
+#: the cell term trained on, which training keeps in float16 (11 significant bits: 4.9e-4).
+MAPS_MAX_RELATIVE_ERROR = 1e-3
 
 #: What the bundle is fitted on, as its manifest says.
 FITTED_ON = {
@@ -98,7 +102,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
 
     def fit(
         fit_idx: np.ndarray, val_idx: np.ndarray, layout: FeatureLayout, tune: bool, tag: str
-    ) -> tuple[FittedModel, np.ndarray]:
+    ) -> tuple[FittedModel, Inputs]:
         return fit_on(prep, options, head0, fit_idx, val_idx, layout, tune, tag)
 
     if "published" not in options.protocols:
@@ -193,7 +197,7 @@ def write_bundle(
     prep: Prepared,
     network: Network,
     model: FittedModel,
-    trained_x: np.ndarray,
+    trained_x: Inputs,
     results: dict[str, object],
 ) -> None:
     """Export the full graph, verify it against the split graphs, write files and manifest."""
@@ -208,13 +212,24 @@ def write_bundle(
     export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
     parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
     served = features.run_arrays(export.session(staging / "backbone.onnx", options.threads), inputs)
-    split_error = export.max_relative_error(served, trained_x[: len(served)])
+    split_error = export.max_relative_error(served, trained_x.x[: len(served)])
     if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
         raise TrainingError(
             f"bundle graph differs from the graphs training used: {split_error:.3g}"
         )
     maps.expose_maps(staging / "backbone.onnx")
-    results["parity"] = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
+    parity_figures = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
+    if trained_x.maps is not None:
+        session = export.session(staging / "backbone.onnx", options.threads)
+        [served_maps] = session.run([maps.MAPS_OUTPUT], {"image": inputs})
+        map_error = export.max_relative_error(served_maps, trained_x.maps[: len(inputs)])
+        if not map_error <= MAPS_MAX_RELATIVE_ERROR:
+            raise TrainingError(
+                f"bundle's '{maps.MAPS_OUTPUT}' output differs from the maps the cell term "
+                f"trained on: {map_error:.3g}"
+            )
+        parity_figures["bundle_maps_vs_training_maps"] = map_error
+    results["parity"] = parity_figures
     classifier_section = model.classifier.save(staging)
     metrics_doc = report.strip_scores(results)
     (staging / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=float) + "\n")

@@ -20,7 +20,7 @@ from osteoflag.training.backbones import FeatureLayout, Init, normalisation_for
 from osteoflag.training.calibrate import Calibration
 from osteoflag.training.dataset import Sample, discover
 from osteoflag.training.finetune import FinetuneConfig
-from osteoflag.training.model import TrunkOutputs, head_onnx_features
+from osteoflag.training.model import TrunkOutputs, head_onnx_outputs
 from osteoflag.training.networks import FINETUNE, HEAD_TEXT, Architecture, layout_text, view_starts
 
 
@@ -49,6 +49,7 @@ class TrainOptions:
     layout: FeatureLayout = FeatureLayout.B5
     finetune: FinetuneConfig | None = None  # None: the architecture's defaults (FINETUNE)
     booster: classifier.BoosterConfig = field(default_factory=classifier.BoosterConfig)
+    cells: bool = False  # the bundle's fits add a cell probe on the head's map (classifier)
     protocols: tuple[str, ...] = ("published", "cv", "cross")
     folds: int = 5
     seed: int = 0
@@ -82,9 +83,10 @@ class TrainOptions:
     @property
     def bundle_booster(self) -> classifier.BoosterConfig:
         """The LightGBM settings of the bundle's own fits: ``booster`` with the view starts of
-        the bundle's features (:func:`networks.view_starts`; none without ``small_view``)."""
+        the bundle's features (:func:`networks.view_starts`; none without ``small_view``) and
+        the cell probe when ``cells``."""
         starts = view_starts(self.architecture, self.small_view, self.width_divisor)
-        return replace(self.booster, view_starts=starts)
+        return replace(self.booster, view_starts=starts, cells=self.cells)
 
 
 @dataclass
@@ -99,12 +101,15 @@ class Prepared:
     trunk: TrunkOutputs
     hygiene: dict[str, object]
     copies: list[TrunkOutputs] = field(default_factory=list)  # augmented copies 1..K
-    _untuned: np.ndarray | None = field(default=None, repr=False)
+    _untuned: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
 
-    def untuned_b5(self, head: torch.nn.Module, path: Path, threads: int) -> np.ndarray:
-        """The untuned head's output for every image, computed once (frozen fits share it)."""
-        if self._untuned is None:
-            self._untuned = head_onnx_features(head, self.trunk.maps, path, threads)
+    def untuned(
+        self, head: torch.nn.Module, path: Path, threads: int, spatial: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The untuned head's output for every image and, when ``spatial``, its last maps;
+        computed once (frozen fits share them)."""
+        if self._untuned is None or (spatial and self._untuned[1] is None):
+            self._untuned = head_onnx_outputs(head, self.trunk.maps, path, threads, spatial)
         return self._untuned
 
 
@@ -212,6 +217,7 @@ def run_facts(options: TrainOptions) -> dict[str, object]:
         "finetune": str(options.tuning),
         "booster": str(options.bundle_booster),
         "linear": options.booster.linear,
+        "cells": options.cells,
         "threshold_rule": "Youden's J" if rule is None else f"sensitivity >= {rule}",
         "calibration": options.calibration.value,
         "train_on": options.train_on.value,

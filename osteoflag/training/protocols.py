@@ -17,7 +17,13 @@ import torch
 
 from osteoflag.training import calibrate, classifier, metrics
 from osteoflag.training.backbones import FeatureLayout
-from osteoflag.training.model import FittedModel, fit_model, head_onnx_features, layout_features
+from osteoflag.training.model import (
+    FittedModel,
+    Inputs,
+    fit_model,
+    head_onnx_features,
+    layout_features,
+)
 from osteoflag.training.networks import Network, layout_text
 from osteoflag.training.prepared import Prepared, Sources, TrainOptions
 from osteoflag.training.splits import assert_disjoint, group_folds, group_holdout
@@ -25,9 +31,7 @@ from osteoflag.training.splits import assert_disjoint, group_folds, group_holdou
 logger = logging.getLogger(__name__)
 
 
-def evaluate(
-    prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
-) -> dict[str, object]:
+def evaluate(prep: Prepared, model: FittedModel, x: Inputs, idx: np.ndarray) -> dict[str, object]:
     p = model.predict(x[idx])
     result = metrics.binary_metrics(prep.labels[idx], p, model.threshold)
     result |= calibrate.quality(prep.labels[idx], p)
@@ -38,7 +42,7 @@ def evaluate(
 
 
 def per_cluster(
-    prep: Prepared, model: FittedModel, x: np.ndarray, idx: np.ndarray
+    prep: Prepared, model: FittedModel, x: Inputs, idx: np.ndarray
 ) -> dict[str, object]:
     """Mean probability per group: one vote per radiograph group, not per augmented copy."""
     p = model.predict(x[idx])
@@ -58,7 +62,7 @@ def fit_on(
     layout: FeatureLayout,
     tune: bool,
     tag: str,
-) -> tuple[FittedModel, np.ndarray]:
+) -> tuple[FittedModel, Inputs]:
     """One fit of the bundle's procedure (see :func:`fit_model`), logged with its protocol."""
     if not tag.startswith("published"):  # the published split is honoured, leaks included
         assert_disjoint(prep.groups, fit_idx, val_idx)
@@ -82,7 +86,9 @@ def fit_on(
         options.threads,
         options.calibration,
         prep.copies,
-        prep.untuned_b5(head0, options.work / "untuned.onnx", options.threads) if shared else None,
+        prep.untuned(head0, options.work / "untuned.onnx", options.threads, options.cells)
+        if shared
+        else None,
     )
 
 
@@ -133,7 +139,7 @@ def int8_rows(
     options: TrainOptions,
     network: Network,
     model: FittedModel,
-    x: np.ndarray,
+    x: Inputs,
     calibration: np.ndarray,
     evaluate: np.ndarray,
 ) -> dict[str, Any]:

@@ -126,6 +126,25 @@ def _tuning(run: Mapping[str, Any]) -> str:
     return f"{run['head']} fine-tuned on cached trunk maps"
 
 
+def _members(run: Mapping[str, Any]) -> str:
+    """What joins LightGBM in the classifier, as the card's first paragraph ends."""
+    if run.get("cells"):
+        linear = bool(run.get("linear"))
+        probe = "a logistic probe on the same features (`linear.json`, one per view) and "
+        return (
+            f", mixed with {probe if linear else ''}a cell probe on the backbone's last map "
+            "(`cells.json`: one logistic model on every cell, the image's score the mean of its "
+            "8 highest cell logits); each member's log-odds standardised on the validation "
+            "rows, then weighted " + ("1 : 1 : 2." if linear else "1 : 2.")
+        )
+    if run.get("linear"):
+        return (
+            ", its log-odds averaged with those of a logistic probe on the same features "
+            "(`linear.json`, one probe per view)."
+        )
+    return "."
+
+
 def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
     rule = run["threshold_rule"]
     return [
@@ -135,13 +154,7 @@ def _intro(run: Mapping[str, Any], results: Mapping[str, Any]) -> list[str]:
         "",
         "Fracture / no-fracture classifier for single radiographs. Convolutional features of "
         f"`{run['architecture']}` (init `{run['init']}`; {_tuning(run)}), pooled inside the ONNX "
-        "graph, then LightGBM"
-        + (
-            ", its log-odds averaged with those of a logistic probe on the same features "
-            "(`linear.json`, one probe per view)."
-            if run.get("linear")
-            else "."
-        ),
+        "graph, then LightGBM" + _members(run),
         "",
         f"- Input: {run['input']}; preprocessed by `osteoflag.inference.pixels` (as served).",
         f"- Features: {run['layout']}.",

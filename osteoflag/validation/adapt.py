@@ -4,8 +4,8 @@ The site data are judged by grouped cross-validation (no patient or near-duplica
 both sides of a fold): each fold refits the head exactly as the final fit does and is scored on
 its held-out groups beside the base bundle on the same images. The head is LightGBM on the
 backbone's features (:func:`osteoflag.training.classifier.train_classifier`: one booster per view
-of the manifest's ``features.views``, averaged, and the linear term when the base bundle has one,
-as the bundle was built), early-stopped on a
+of the manifest's ``features.views``, averaged, and the linear and cell terms when the base
+bundle has them, as the bundle was built), early-stopped on a
 grouped hold-out of the site's fitting groups; when the base bundle's own training images are
 given, their features join every fit so the head keeps what it knew. The threshold is Youden's
 J on the pooled out-of-fold site scores, i.e. chosen for the site's images; when the base
@@ -106,11 +106,34 @@ def _fit(
     """One head: site ``rows`` (+ base rows) fitted, a grouped site hold-out for early stopping."""
     y = site.labels[rows]
     inner_fit, inner_val = group_holdout(y, [site.groups[i] for i in rows], seed=config.seed)
-    x_fit, y_fit = site.features[rows[inner_fit]], y[inner_fit]
+    fit_rows, val_rows = rows[inner_fit], rows[inner_val]
+    x_fit, y_fit = site.features[fit_rows], y[inner_fit]
     if base is not None:
         x_fit = np.concatenate([x_fit, base.fit.features])
         y_fit = np.concatenate([y_fit, base.fit.labels])
-    return train_classifier(x_fit, y_fit, site.features[rows[inner_val]], y[inner_val], config)
+    maps = None
+    if config.cells:
+        site_maps, base_maps = _maps(site), None if base is None else _maps(base.fit)
+        maps_fit = site_maps[fit_rows]
+        if base_maps is not None:
+            maps_fit = np.concatenate([maps_fit, base_maps])
+        maps = (maps_fit, site_maps[val_rows])
+    return train_classifier(x_fit, y_fit, site.features[val_rows], y[inner_val], config, maps=maps)
+
+
+def _maps(scored: Scored) -> npt.NDArray[np.float16]:
+    if scored.maps is None:
+        raise UsageError("adapt: the bundle's cell term needs the backbone's map of every image")
+    return scored.maps
+
+
+def _predict(
+    classifier: Classifier, scored: Scored, rows: npt.NDArray[np.int_] | None = None
+) -> npt.NDArray[np.float64]:
+    """The classifier's probabilities of ``scored``'s ``rows`` (all when None)."""
+    picked = np.arange(len(scored.features)) if rows is None else rows
+    maps = None if scored.maps is None else scored.maps[picked]
+    return classifier.predict(scored.features[picked], maps)
 
 
 def adapt_head(
@@ -129,7 +152,7 @@ def adapt_head(
     fold_rows: list[dict[str, Any]] = []
     for number, (fit_rows, test_rows) in enumerate(group_folds(y, groups, folds, config.seed)):
         fitted = _fit(site, fit_rows, base, config)
-        out_of_fold[test_rows] = fitted.predict(site.features[test_rows])
+        out_of_fold[test_rows] = _predict(fitted, site, test_rows)
         fold_rows.append(
             {
                 "fold": number,
@@ -154,7 +177,7 @@ def adapt_head(
         report["base_source_test"] = {
             "n": len(test.samples),
             "base_auc": metrics.auc(test.labels, test.probabilities),
-            "adapted_auc": metrics.auc(test.labels, final.predict(test.features)),
+            "adapted_auc": metrics.auc(test.labels, _predict(final, test)),
         }
     return Adapted(classifier=final, threshold=threshold, metrics=report, calibration=calibration)
 

@@ -166,6 +166,7 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         view_starts=base.manifest.features.views,
         linear=base.manifest.classifier.linear is not None,
+        cells=base.manifest.classifier.cells is not None,
     )
     calibrate = base.manifest.calibration is not None
     adapted = adapt_head(site, rows, base.threshold, args.folds, config, calibrate)

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from osteoflag.inference.bundle import load_bundle, sha256_file, write_manifest
+from osteoflag.inference.cellterm import CellTerm, read_cells
 from osteoflag.inference.linear import LinearTerm, read_linear
+from osteoflag.inference.maps import add_maps_to_bundle
+from osteoflag.inference.predictor import Predictor
 from osteoflag.validation.adapt import platt
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
@@ -205,6 +208,34 @@ def test_a_base_with_a_linear_term_gets_a_refitted_one(folder: Path) -> None:
     assert np.abs(term.coef).max() > 0  # fitted on the site, not copied
     pooled = adapted.manifest.metrics["site_cv"]["pooled"]
     assert pooled["adapted"]["auc"] > pooled["base"]["auc"]
+
+
+def test_a_base_with_a_cell_term_gets_a_refitted_one(folder: Path) -> None:
+    add_maps_to_bundle(folder / "bundle", folder / "cells")
+    predictor = Predictor(load_bundle(folder / "cells"))
+    height, width = predictor.bundle.input_spec.size
+    channels = predictor.maps(np.zeros((1, 3, height, width), dtype=np.float32)).shape[1]
+    flat = CellTerm(0.0, np.zeros(channels), np.zeros(channels), top=1)  # adds nothing
+    flat.write(folder / "cells" / "cells.json")
+    sections = predictor.bundle.manifest.model_dump(
+        mode="json", exclude={"files", "format_version"}
+    )
+    sections["classifier"]["cells"] = "cells.json"
+    write_manifest(folder / "cells", **sections)
+    done = _adapt(folder, "north-cells", "--base-data", str(folder / "base-source"), bundle="cells")
+    assert done.returncode == 0, done.stderr
+    adapted = load_bundle(folder / "north-cells")
+    assert adapted.manifest.classifier.cells == "cells.json"
+    term = read_cells(
+        folder / "north-cells" / "cells.json",
+        channels,
+        predictor.map_cells[0] * predictor.map_cells[1],
+    )
+    assert np.abs(term.coef).max() > 0  # fitted on the site, not copied
+    pooled = adapted.manifest.metrics["site_cv"]["pooled"]
+    assert pooled["adapted"]["auc"] > pooled["base"]["auc"]
+    summary = json.loads(done.stdout)
+    assert summary["base_source_test"]["n"] == 20
 
 
 def test_platt_recovers_a_known_map() -> None:

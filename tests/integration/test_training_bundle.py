@@ -323,3 +323,38 @@ def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view
     assert served["confusion"] == trained["confusion"]
     with pytest.raises(TrainingError, match="--small-view 16 needs --layout b345"):
         run(replace(options, layout=FeatureLayout.B5, out=data / "never"))
+
+
+def test_a_cell_probe_bundle_serves_what_training_scored(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    booster = BoosterConfig(min_data_in_leaf=3, max_rounds=30, early_stopping=10, linear=True)
+    options = _narrow_vgg16(
+        data,
+        "cells",
+        protocols=("published",),
+        booster=booster,
+        cells=True,
+        finetune=FinetuneConfig(epochs=0),
+    )
+    results = run(options)
+    bundle = load_bundle(options.out)
+    assert bundle.manifest.classifier.cells == "cells.json"
+    assert bundle.manifest.classifier.linear == "linear.json"
+    cells = json.loads((options.out / "cells.json").read_text())
+    assert cells["kind"] == "cell-topk-logistic"
+    assert cells["top"] == 4  # the narrow network's 2 x 2 map at 32 px: every cell
+    assert len(cells["coef"]) == 32  # conv5_3's channels at 1/16 width
+    parity = results["parity"]
+    assert parity["bundle_maps_vs_training_maps"] <= 1e-3  # type: ignore[index]
+    assert "a cell probe on the backbone's last map" in (options.out / "MODEL_CARD.md").read_text()
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    test = str(data / "primary" / "test")
+    args = parser.parse_args(["--bundle", str(options.out), "--data", test, "--json"])
+    assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
+    served = json.loads(capsys.readouterr().out.strip())
+    trained = results["published"]["test"]  # type: ignore[index]
+    # training keeps the maps in float16; served from float32, the AUC stays the trained one
+    assert served["auc"] == pytest.approx(trained["auc"], abs=1e-3)
+    assert served["confusion"] == trained["confusion"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle, write_manifest
+from osteoflag.inference.cellterm import CellTerm
 from osteoflag.inference.labels import Label
+from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, model_input
 from osteoflag.inference.predictor import Predictor
 from testkit.inference_data import radiograph
@@ -182,3 +185,61 @@ def test_a_linear_term_missing_from_the_files_is_refused(tmp_path: Path) -> None
     (folder / "manifest.json").write_text(json.dumps(fields))
     with pytest.raises(BundleError, match=r"linear term file 'linear\.json'"):
         load_bundle(folder)
+
+
+def _with_cells(folder: Path, out: Path, text: str, *, maps: bool = True) -> Path:
+    """``folder`` copied to ``out`` (with the ``maps`` output unless told not to) and
+    ``cells.json`` holding ``text``, named in the manifest."""
+    if maps:
+        add_maps_to_bundle(folder, out)
+    else:
+        shutil.copytree(folder, out)
+    (out / "cells.json").write_text(text)
+    fields = json.loads((out / "manifest.json").read_text())
+    for key in ("files", "format_version"):
+        fields.pop(key)
+    fields["classifier"]["cells"] = "cells.json"
+    write_manifest(out, **fields)
+    return out
+
+
+def test_a_cell_term_adds_its_top_cells_to_the_log_odds_and_to_the_evidence(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    mapped = tmp_path / "maps"
+    add_maps_to_bundle(predictor.bundle.path, mapped)
+    plain = Predictor(load_bundle(mapped))
+    displays = _displays(5)
+    spec = plain.bundle.input_spec
+    feats, maps = plain.run(np.stack([model_input(d, spec) for d in displays]))
+    assert maps is not None
+    rng = np.random.default_rng(2)
+    channels = maps.shape[1]
+    term = CellTerm(-0.2, rng.normal(size=channels), rng.normal(size=channels), top=2)
+    term.write(tmp_path / "cells.json")
+    text = (tmp_path / "cells.json").read_text()
+    cells = Predictor(load_bundle(_with_cells(predictor.bundle.path, tmp_path / "c", text)))
+    assert cells.uses_maps and not plain.uses_maps
+    base = np.array(plain.scores(feats))
+    expected = 1 / (1 + np.exp(-(np.log(base / (1 - base)) + term.raw(maps))))
+    served = np.array([p.probability for p in cells.predict(displays)])
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    for heat, before, share in zip(
+        cells.evidence(feats, maps), plain.evidence(feats, maps), term.shares(maps), strict=True
+    ):
+        np.testing.assert_allclose(heat, before + share, atol=1e-5)
+    with pytest.raises(BundleError, match=r"cells\.json: the cell term needs each row's map"):
+        cells.scores(feats)
+
+
+def test_a_cell_term_needs_the_maps_output_and_a_readable_file(tmp_path: Path) -> None:
+    folder = build_bundle(tmp_path / "b")
+    bad = _with_cells(folder, tmp_path / "bad", '{"kind": "cell-topk-logistic"}')
+    with pytest.raises(BundleError, match=r"cells\.json: cell term cannot be read"):
+        Predictor(load_bundle(bad))
+    term = CellTerm(0.0, np.zeros(4), np.zeros(4), top=1)
+    term.write(tmp_path / "cells.json")
+    text = (tmp_path / "cells.json").read_text()
+    unmapped = _with_cells(folder, tmp_path / "unmapped", text, maps=False)
+    with pytest.raises(BundleError, match=r"cells\.json: the cell term needs the backbone's"):
+        Predictor(load_bundle(unmapped))
