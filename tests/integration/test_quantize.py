@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from osteoflag.errors import BundleError
-from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.bundle import load_bundle, write_manifest
+from osteoflag.inference.cellterm import CellTerm
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, load_display, model_input
 from osteoflag.inference.predictor import Predictor
@@ -105,6 +106,35 @@ def test_int8_keeps_the_spatial_map_the_classifier_sees(
     assert predictor.localises
     inputs = np.stack(calibration_inputs(calibration, predictor.bundle.input_spec, 4))
     assert predictor.maps(inputs).min() >= 0.0
+
+
+def test_int8_copy_of_a_bundle_with_a_cell_term_scores_with_it(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    calibration, labelled = folders
+    mapped = tmp_path / "tiny-cells"
+    add_maps_to_bundle(tiny_bundle, mapped)
+    predictor = Predictor(load_bundle(mapped))
+    inputs = np.stack(calibration_inputs(calibration, predictor.bundle.input_spec, 4))
+    channels = predictor.maps(inputs).shape[1]
+    rng = np.random.default_rng(0)
+    CellTerm(0.1, rng.normal(size=channels), rng.normal(size=channels), top=2).write(
+        mapped / "cells.json"
+    )
+    fields = predictor.bundle.manifest.model_dump(mode="json", exclude={"files", "format_version"})
+    fields["classifier"]["cells"] = "cells.json"
+    write_manifest(mapped, **fields)
+    out = tmp_path / "tiny-cells-int8"
+    figures = quantize_bundle(mapped, calibration, labelled, out, count=40)
+
+    # the AUC gate scored both precisions through the cell term and passed
+    assert figures["usable"] is True and figures["bundle"] is not None
+    quantised = Predictor(load_bundle(out))
+    assert quantised.uses_maps
+    assert (out / "cells.json").read_bytes() == (mapped / "cells.json").read_bytes()
+    without = Predictor(load_bundle(tiny_bundle)).probabilities(list(inputs))
+    with_term = quantised.probabilities(list(inputs))
+    assert not np.allclose(with_term, without, atol=1e-3)
 
 
 def test_int8_outside_the_auc_margin_writes_nothing(
