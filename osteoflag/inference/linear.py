@@ -20,7 +20,6 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import expit
 
 from osteoflag.errors import BundleError
 
@@ -44,10 +43,6 @@ class LinearTerm:
     def contributions(self, x: npt.NDArray[np.floating]) -> Floats:
         """Each feature's share of :meth:`raw` (rows x features), intercept left out."""
         return np.asarray((x - self.mean) * self.coef, dtype=np.float64)
-
-    def probabilities(self, booster_raw: Floats, x: npt.NDArray[np.floating]) -> Floats:
-        """Fracture probabilities from the booster's raw scores of ``x`` plus this term."""
-        return np.asarray(expit(booster_raw + self.raw(x)), dtype=np.float64)
 
     def scaled(self, factor: float) -> LinearTerm:
         """The same term with its log-odds multiplied by ``factor``."""

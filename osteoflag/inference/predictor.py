@@ -30,6 +30,7 @@ from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
 from osteoflag.inference.region import Region
+from osteoflag.inference.terms import Terms
 
 logger = logging.getLogger(__name__)
 
@@ -231,18 +232,14 @@ class Predictor:
         """Fracture probability of each row of backbone features (the bundle's classifier,
         with its linear term and its cell term on ``maps`` when it has them, then its
         calibration when it has one)."""
-        if self._linear is None and self._cell_term is None:
+        terms = Terms(self._linear, self._cell_term)
+        if terms.empty:
             scores = self._classify(features).reshape(-1)
         else:
-            raw = self._classify(features, raw=True)
-            if self._linear is not None:
-                raw = raw + self._linear.raw(features)
-            if self._cell_term is not None:
-                if maps is None or len(maps) != len(features):
-                    raise BundleError(
-                        f"{self.bundle.cells_path}: the cell term needs each row's map"
-                    )
-                raw = raw + self._cell_term.raw(maps)
+            try:
+                raw = terms.log_odds(self._classify(features, raw=True), features, maps)
+            except ValueError as exc:
+                raise BundleError(f"{self.bundle.cells_path}: {exc}") from exc
             scores = np.asarray(expit(raw), dtype=np.float64)
         if self._calibration is not None:  # the served probability is the calibrated one
             scores = self._calibration.apply(scores)

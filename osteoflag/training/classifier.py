@@ -16,6 +16,7 @@ from scipy.special import expit
 from osteoflag.errors import TrainingError
 from osteoflag.inference.cellterm import CellTerm
 from osteoflag.inference.linear import LinearTerm
+from osteoflag.inference.terms import Terms
 from osteoflag.training import ensemble
 from osteoflag.training.cellfit import fit_cells
 from osteoflag.training.probe import fit_views
@@ -70,16 +71,11 @@ class Classifier:
         """Fracture probabilities at the early-stopped iteration, as the daemon computes them
         (``maps``, each row's backbone map, for the cell term)."""
         rounds = self.booster.best_iteration
-        if self.linear is None and self.cells is None:
+        terms = Terms(self.linear, self.cells)
+        if terms.empty:
             return np.asarray(self.booster.predict(x, num_iteration=rounds), dtype=float)
-        raw = np.asarray(self.booster.predict(x, num_iteration=rounds, raw_score=True), dtype=float)
-        if self.linear is not None:
-            raw = raw + self.linear.raw(x)
-        if self.cells is not None:
-            if maps is None or len(maps) != len(x):
-                raise TrainingError("the classifier's cell term needs each row's map")
-            raw = raw + self.cells.raw(maps)
-        return np.asarray(expit(raw), dtype=float)
+        raw = self.booster.predict(x, num_iteration=rounds, raw_score=True)
+        return np.asarray(expit(terms.log_odds(np.asarray(raw), x, maps)), dtype=float)
 
     def save(self, folder: Path) -> dict[str, str]:
         """Write the booster (its scoring rounds) and the linear term into a bundle folder;
