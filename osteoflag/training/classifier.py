@@ -1,6 +1,6 @@
 """The classifier on backbone features: LightGBM (one booster per view, averaged) and, when asked,
-a logistic probe and a cell probe on the backbone's map averaged with it; early-stopped on
-validation groups, fixed seeds."""
+a logistic probe averaged with it, or a logistic probe and a cell probe on the backbone's map
+mixed with it; early-stopped on validation groups, fixed seeds."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from osteoflag.training.probe import fit_views
 
 logger = logging.getLogger(__name__)
 
-#: The bundle's files for the booster and the linear term.
+#: The bundle's files for the booster, the linear term and the cell term.
 BOOSTER_FILE: Final = "classifier.txt"
 LINEAR_FILE: Final = "linear.json"
 CELLS_FILE: Final = "cells.json"
@@ -78,7 +78,7 @@ class Classifier:
         return np.asarray(expit(terms.log_odds(np.asarray(raw), x, maps)), dtype=float)
 
     def save(self, folder: Path) -> dict[str, str]:
-        """Write the booster (its scoring rounds) and the linear term into a bundle folder;
+        """Write the booster (its scoring rounds) and its terms into a bundle folder;
         returns the manifest's ``classifier`` section."""
         self.booster.save_model(
             str(folder / BOOSTER_FILE), num_iteration=self.booster.best_iteration
