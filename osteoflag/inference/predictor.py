@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightgbm as lgb
@@ -23,14 +23,14 @@ from osteoflag.errors import BundleError, PermanentError
 from osteoflag.inference.bundle import Bundle
 from osteoflag.inference.cellterm import CellTerm, read_cells
 from osteoflag.inference.labels import Label
-from osteoflag.inference.linear import LinearTerm, read_linear
+from osteoflag.inference.linear import read_linear
 from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
 from osteoflag.inference.localiser import Localiser, load_localiser
 from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, FloatArray, model_input
 from osteoflag.inference.region import Region
-from osteoflag.inference.terms import Terms
+from osteoflag.inference.terms import MissingMaps, Terms
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Predictor:
             raise BundleError(f"{bundle.classifier_path}: LightGBM cannot load it: {exc}") from exc
         linear = bundle.linear_path
         count = bundle.manifest.features.count
-        self._linear: LinearTerm | None = None if linear is None else read_linear(linear, count)
+        self._terms = Terms(linear=None if linear is None else read_linear(linear, count))
         self._check_interfaces()
 
     def _check_interfaces(self) -> None:
@@ -128,7 +128,8 @@ class Predictor:
             )
         self._layout = None if maps is None else self._check_maps(probe, maps)
         self._cells = None if maps is None else (maps.shape[2], maps.shape[3])
-        self._cell_term = self._load_cell_term(None if maps is None else maps.shape[1])
+        cells = self._load_cell_term(None if maps is None else maps.shape[1])
+        self._terms = replace(self._terms, cells=cells)
         self._localiser = self._load_localiser()
 
     def _load_cell_term(self, channels: int | None) -> CellTerm | None:
@@ -224,7 +225,7 @@ class Predictor:
     @property
     def uses_maps(self) -> bool:
         """Whether scoring needs the backbone's map beside its features (a cell term)."""
-        return self._cell_term is not None
+        return self._terms.cells is not None
 
     def scores(
         self, features: npt.NDArray[np.float32], maps: npt.NDArray[np.floating] | None = None
@@ -232,13 +233,12 @@ class Predictor:
         """Fracture probability of each row of backbone features (the bundle's classifier,
         with its linear term and its cell term on ``maps`` when it has them, then its
         calibration when it has one)."""
-        terms = Terms(self._linear, self._cell_term)
-        if terms.empty:
+        if self._terms.empty:
             scores = self._classify(features).reshape(-1)
         else:
             try:
-                raw = terms.log_odds(self._classify(features, raw=True), features, maps)
-            except ValueError as exc:
+                raw = self._terms.log_odds(self._classify(features, raw=True), features, maps)
+            except MissingMaps as exc:
                 raise BundleError(f"{self.bundle.cells_path}: {exc}") from exc
             scores = np.asarray(expit(raw), dtype=np.float64)
         if self._calibration is not None:  # the served probability is the calibrated one
@@ -249,7 +249,8 @@ class Predictor:
         """Contribution of each feature to each row's log-odds [N, F] (bias left out): the
         booster's TreeSHAP values plus the linear term's exact shares."""
         phi = self._classify(feats, contributions=True)[:, :-1]
-        return phi if self._linear is None else phi + self._linear.contributions(feats)
+        linear = self._terms.linear
+        return phi if linear is None else phi + linear.contributions(feats)
 
     def evidence(self, feats: npt.NDArray[np.float32], maps: FloatArray) -> list[FloatMap]:
         """Each row's evidence map (h, w) over its spatial map, in log-odds toward fracture
@@ -261,10 +262,10 @@ class Predictor:
             evidence_map(m, phi, layout)
             for m, phi in zip(maps, self.contributions(feats), strict=True)
         ]
-        if self._cell_term is None:
+        if self._terms.cells is None:
             return heats
         return [
-            heat + share for heat, share in zip(heats, self._cell_term.shares(maps), strict=True)
+            heat + share for heat, share in zip(heats, self._terms.cells.shares(maps), strict=True)
         ]
 
     def probabilities(self, inputs: Sequence[FloatArray]) -> list[float]:

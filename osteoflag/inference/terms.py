@@ -20,6 +20,10 @@ from osteoflag.inference.linear import LinearTerm
 Floats = npt.NDArray[np.float64]
 
 
+class MissingMaps(ValueError):
+    """The cell term was asked to score rows without their maps."""
+
+
 @dataclass(frozen=True)
 class Terms:
     """A bundle's linear and cell terms, either of them absent."""
@@ -39,12 +43,12 @@ class Terms:
         maps: npt.NDArray[np.floating] | None,
     ) -> Floats:
         """The booster's raw scores of ``features`` plus every term; the cell term reads each
-        row's map in ``maps`` (a :class:`ValueError` when they are missing)."""
+        row's map in ``maps`` (:class:`MissingMaps` when they are missing)."""
         raw = np.asarray(booster_raw, dtype=np.float64)
         if self.linear is not None:
             raw = raw + self.linear.raw(features)
         if self.cells is not None:
             if maps is None or len(maps) != len(features):
-                raise ValueError("the cell term needs each row's map")
+                raise MissingMaps("the cell term needs each row's map")
             raw = raw + self.cells.raw(maps)
         return raw
