@@ -13,7 +13,6 @@ sources in the README; the file is JSON, so serving needs only numpy.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from osteoflag.errors import BundleError
+from osteoflag.inference.linear import TermFile
 
 KIND: Final = "cell-topk-logistic"
 #: Rows whose cells are scored at once (a 384 px EfficientNet map is 144 cells x 1280
@@ -93,22 +93,9 @@ class CellTerm:
 def read_cells(path: Path, channels: int, cells: int) -> CellTerm:
     """Load and check a term for a map of ``channels`` x ``cells``; a bad file is a
     :class:`BundleError` naming it."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        kind, intercept, top = document["kind"], float(document["intercept"]), document["top"]
-        mean = np.asarray(document["mean"], dtype=np.float64)
-        coef = np.asarray(document["coef"], dtype=np.float64)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise BundleError(f"{path}: cell term cannot be read: {exc!r}") from exc
-    if kind != KIND:
-        raise BundleError(f"{path}: cell term kind {kind!r}, expected {KIND!r}")
-    if mean.shape != (channels,) or coef.shape != (channels,):
-        raise BundleError(
-            f"{path}: cell term has {mean.size} means and {coef.size} coefficients, "
-            f"the backbone's map has {channels} channels"
-        )
+    found = TermFile.read(path, KIND, "cell term")
+    found.sized(channels, f"the backbone's map has {channels} channels")
+    top = found.document.get("top")
     if not isinstance(top, int) or not 1 <= top <= cells:
         raise BundleError(f"{path}: cell term 'top' {top!r} is not a count from 1 to {cells}")
-    if not (math.isfinite(intercept) and np.isfinite(mean).all() and np.isfinite(coef).all()):
-        raise BundleError(f"{path}: cell term holds a value that is not finite")
-    return CellTerm(intercept, mean, coef, top)
+    return CellTerm(found.intercept, found.mean, found.coef, top)

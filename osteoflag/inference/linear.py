@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -59,22 +59,47 @@ class LinearTerm:
         path.write_text(json.dumps(document) + "\n", encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class TermFile:
+    """What a logistic term's JSON file at ``path`` holds (``role`` names it in errors): its
+    ``kind``-checked document and its finite ``intercept``, ``mean`` and ``coef``."""
+
+    path: Path
+    role: str
+    document: dict[str, Any]
+    intercept: float
+    mean: Floats
+    coef: Floats
+
+    @classmethod
+    def read(cls, path: Path, kind: str, role: str) -> TermFile:
+        """Read ``path`` as the ``role`` (e.g. "linear term") of kind ``kind``; a bad file is
+        a :class:`BundleError` naming it."""
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            found, intercept = document["kind"], float(document["intercept"])
+            mean = np.asarray(document["mean"], dtype=np.float64)
+            coef = np.asarray(document["coef"], dtype=np.float64)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise BundleError(f"{path}: {role} cannot be read: {exc!r}") from exc
+        if found != kind:
+            raise BundleError(f"{path}: {role} kind {found!r}, expected {kind!r}")
+        if not (math.isfinite(intercept) and np.isfinite(mean).all() and np.isfinite(coef).all()):
+            raise BundleError(f"{path}: {role} holds a value that is not finite")
+        return cls(path, role, document, intercept, mean, coef)
+
+    def sized(self, count: int, what: str) -> None:
+        """Refuse means or coefficients that are not ``count`` long (``what``: where that count
+        comes from, for the message)."""
+        if self.mean.shape != (count,) or self.coef.shape != (count,):
+            raise BundleError(
+                f"{self.path}: {self.role} has {self.mean.size} means and {self.coef.size} "
+                f"coefficients, {what}"
+            )
+
+
 def read_linear(path: Path, count: int) -> LinearTerm:
     """Load and check a term for ``count`` features; a bad file is a :class:`BundleError`."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        kind, intercept = document["kind"], float(document["intercept"])
-        mean = np.asarray(document["mean"], dtype=np.float64)
-        coef = np.asarray(document["coef"], dtype=np.float64)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise BundleError(f"{path}: linear term cannot be read: {exc!r}") from exc
-    if kind != KIND:
-        raise BundleError(f"{path}: linear term kind {kind!r}, expected {KIND!r}")
-    if mean.shape != (count,) or coef.shape != (count,):
-        raise BundleError(
-            f"{path}: linear term has {mean.size} means and {coef.size} coefficients, "
-            f"the manifest declares {count} features"
-        )
-    if not (math.isfinite(intercept) and np.isfinite(mean).all() and np.isfinite(coef).all()):
-        raise BundleError(f"{path}: linear term holds a value that is not finite")
-    return LinearTerm(intercept, mean, coef)
+    found = TermFile.read(path, KIND, "linear term")
+    found.sized(count, f"the manifest declares {count} features")
+    return LinearTerm(found.intercept, found.mean, found.coef)
