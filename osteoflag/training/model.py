@@ -91,23 +91,20 @@ def head_onnx_features(
     head: torch.nn.Module, maps: np.ndarray, path: Path, threads: int
 ) -> np.ndarray:
     """Export the head, check parity, and compute pooled block-5 features with onnxruntime."""
-    example = torch.from_numpy(maps[:1].astype(np.float32))
-    export.export_onnx(head, example, path, input_name="map", output_names=("b5",))
-    export.check_parity(head, path, maps[: export.PARITY_IMAGES].astype(np.float32), threads)
-    return features.run_arrays(export.session(path, threads), maps)
+    return head_onnx_outputs(head, maps, path, threads, spatial=False)[0]
 
 
 def head_onnx_outputs(
     head: torch.nn.Module, maps: np.ndarray, path: Path, threads: int, spatial: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`head_onnx_features` and, when ``spatial``, the head's last map of every image in
-    float16 (the graph given the bundle's own ``maps`` output, so the cell term trains on the
-    tensor the daemon serves)."""
-    if not spatial:
-        return head_onnx_features(head, maps, path, threads), None
+    """Export the head to ``path``, check parity, and compute its pooled output for every
+    image with onnxruntime and, when ``spatial``, its last map in float16 (the graph given the
+    bundle's own ``maps`` output, so the cell term trains on the tensor the daemon serves)."""
     example = torch.from_numpy(maps[:1].astype(np.float32))
     export.export_onnx(head, example, path, input_name="map", output_names=("b5",))
     export.check_parity(head, path, maps[: export.PARITY_IMAGES].astype(np.float32), threads)
+    if not spatial:
+        return features.run_arrays(export.session(path, threads), maps), None
     map_output.expose_maps(path)
     session = export.session(path, threads)
     pooled, spatial_maps = [], []
