@@ -19,6 +19,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from osteoflag.inference.cellterm import CellTerm, cell_inputs
+from osteoflag.training.probe import moments
 from osteoflag.validation import metrics
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,24 @@ def _top(z: npt.NDArray[np.float32], top: int) -> npt.NDArray[np.intp]:
     return np.argpartition(-z, top - 1, axis=1)[:, :top]
 
 
+def _start(cells: npt.NDArray[np.float32], y: Floats, w: Floats) -> Floats:
+    """Where L-BFGS starts: from zero every cell ties and the top-k gradient points nowhere in
+    particular (it can stop at once), so along the difference of the labels' mean cells."""
+    means = cells.mean(axis=1, dtype=np.float64)
+    positive, negative = y == 1, y == 0
+    direction = np.average(means[positive], axis=0, weights=w[positive]) - np.average(
+        means[negative], axis=0, weights=w[negative]
+    )
+    return np.concatenate([[0.0], 0.1 * direction / max(float(np.linalg.norm(direction)), 1e-12)])
+
+
 def _fit(
-    cells: npt.NDArray[np.float32], y: Floats, w: Floats, strength: float, top: int
+    cells: npt.NDArray[np.float32],
+    y: Floats,
+    w: Floats,
+    strength: float,
+    top: int,
+    start: Floats,
 ) -> tuple[float, Floats]:
     """Intercept and coefficients on standardised ``cells`` (N, k, C) for one strength."""
 
@@ -54,14 +71,6 @@ def _fit(
         gradient = np.einsum("n,nkc->c", share, inputs).astype(np.float64)
         return float(value), np.concatenate([[residual.sum()], gradient + theta[1:] / strength])
 
-    # From zero every cell ties and the top-k gradient points nowhere in particular (L-BFGS
-    # can stop at once); start along the difference of the labels' mean cells instead.
-    start = np.zeros(cells.shape[2] + 1)
-    weighted = w[:, None] * cells.mean(axis=1, dtype=np.float64)
-    direction = weighted[y == 1].sum(axis=0) / max(w[y == 1].sum(), 1e-12) - weighted[y == 0].sum(
-        axis=0
-    ) / max(w[y == 0].sum(), 1e-12)
-    start[1:] = 0.1 * direction / max(float(np.linalg.norm(direction)), 1e-12)
     found = minimize(
         loss,
         start,
@@ -87,17 +96,15 @@ def fit_cells(
     if top < 1:
         raise ValueError(f"top {top} is not a count of cells")
     top = min(top, cells.shape[1])
-    flat = cells.reshape(-1, cells.shape[2])
-    mean = flat.mean(axis=0, dtype=np.float64)
-    scale = flat.std(axis=0, dtype=np.float64)
-    scale[scale == 0] = 1.0
+    mean, scale = moments(cells.reshape(-1, cells.shape[2]))
     cells -= mean.astype(np.float32)
     cells /= scale.astype(np.float32)
     y = y_fit.astype(np.float64)
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+    start = _start(cells, y, w)
     terms = []
     for strength in STRENGTHS:
-        intercept, coef = _fit(cells, y, w, strength, top)
+        intercept, coef = _fit(cells, y, w, strength, top, start)
         terms.append(CellTerm(intercept, mean, coef / scale, top))
     aucs = [metrics.auc(y_val, term.raw(maps_val)) for term in terms]
     logger.info(

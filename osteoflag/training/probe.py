@@ -42,6 +42,14 @@ def _logistic(x: Floats, y: Floats, w: Floats, strength: float) -> tuple[float, 
     return float(found.x[0]), np.asarray(found.x[1:], dtype=np.float64)
 
 
+def moments(x: npt.NDArray[np.floating]) -> tuple[Floats, Floats]:
+    """Each column's mean and standard deviation (1 for a constant column), to standardise by."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    scale = x.std(axis=0, dtype=np.float64)
+    scale[scale == 0] = 1.0
+    return mean, scale
+
+
 def fit_view(
     x_fit: npt.NDArray[np.floating],
     y_fit: npt.NDArray[np.int_],
@@ -51,9 +59,7 @@ def fit_view(
 ) -> tuple[LinearTerm, float]:
     """The probe on one view (rows weighted by ``weight`` if given), its strength chosen by
     validation AUC; also that strength."""
-    mean = x_fit.mean(axis=0, dtype=np.float64)
-    scale = x_fit.std(axis=0, dtype=np.float64)
-    scale[scale == 0] = 1.0
+    mean, scale = moments(x_fit)
     z_fit, z_val = (x_fit - mean) / scale, (x_val - mean) / scale
     y = y_fit.astype(np.float64)
     w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
