@@ -19,6 +19,7 @@ from osteoflag.inference.predictor import Predictor
 from osteoflag.validation.adapt import platt
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
+from tests.helpers.bundles import name_classifier_part
 from tests.helpers.site_data import write_site
 from tests.helpers.trees import split_columns
 
@@ -197,9 +198,7 @@ def test_a_base_with_a_linear_term_gets_a_refitted_one(folder: Path) -> None:
     shutil.copytree(folder / "bundle", folder / "linear")
     flat = LinearTerm(0.0, np.zeros(count), np.zeros(count))  # adds nothing: the base's scores
     flat.write(folder / "linear" / "linear.json")
-    sections = base.model_dump(mode="json", exclude={"files", "format_version"})
-    sections["classifier"]["linear"] = "linear.json"
-    write_manifest(folder / "linear", **sections)
+    name_classifier_part(folder / "linear", "linear", "linear.json")
     done = _adapt(folder, "north-linear", bundle="linear")
     assert done.returncode == 0, done.stderr
     adapted = load_bundle(folder / "north-linear")
@@ -217,11 +216,7 @@ def test_a_base_with_a_cell_term_gets_a_refitted_one(folder: Path) -> None:
     channels = predictor.maps(np.zeros((1, 3, height, width), dtype=np.float32)).shape[1]
     flat = CellTerm(0.0, np.zeros(channels), np.zeros(channels), top=1)  # adds nothing
     flat.write(folder / "cells" / "cells.json")
-    sections = predictor.bundle.manifest.model_dump(
-        mode="json", exclude={"files", "format_version"}
-    )
-    sections["classifier"]["cells"] = "cells.json"
-    write_manifest(folder / "cells", **sections)
+    name_classifier_part(folder / "cells", "cells", "cells.json")
     done = _adapt(folder, "north-cells", "--base-data", str(folder / "base-source"), bundle="cells")
     assert done.returncode == 0, done.stderr
     adapted = load_bundle(folder / "north-cells")

@@ -281,6 +281,16 @@ def test_card_is_rerendered_from_the_run_results(
     assert training_main(argv) == 1
 
 
+def _evaluated(bundle: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """What ``evaluate --json`` prints for ``bundle`` on the primary test split."""
+    parser = argparse.ArgumentParser()
+    add_evaluate_arguments(parser)
+    test = str(data / "primary" / "test")
+    args = parser.parse_args(["--bundle", str(bundle), "--data", test, "--json"])
+    assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
+    return json.loads(capsys.readouterr().out.strip())
+
+
 def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -312,12 +322,7 @@ def test_two_view_bundle_averages_a_booster_per_view_and_maps_the_full_size_view
     assert bundle.manifest.classifier.linear == "linear.json"
     assert "linear=True" in results["run"]["booster"]  # type: ignore[index]
     assert "averaged with those of a logistic probe" in (options.out / "MODEL_CARD.md").read_text()
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    test = str(data / "primary" / "test")
-    args = parser.parse_args(["--bundle", str(options.out), "--data", test, "--json"])
-    assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
-    served = json.loads(capsys.readouterr().out.strip())
+    served = _evaluated(options.out, data, capsys)
     trained = results["published"]["test"]  # type: ignore[index]
     assert served["auc"] == pytest.approx(trained["auc"], abs=1e-9)
     assert served["confusion"] == trained["confusion"]
@@ -348,12 +353,7 @@ def test_a_cell_probe_bundle_serves_what_training_scored(
     parity = results["parity"]
     assert parity["bundle_maps_vs_training_maps"] <= 1e-3  # type: ignore[index]
     assert "a cell probe on the backbone's last map" in (options.out / "MODEL_CARD.md").read_text()
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
-    test = str(data / "primary" / "test")
-    args = parser.parse_args(["--bundle", str(options.out), "--data", test, "--json"])
-    assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
-    served = json.loads(capsys.readouterr().out.strip())
+    served = _evaluated(options.out, data, capsys)
     trained = results["published"]["test"]  # type: ignore[index]
     # training keeps the maps in float16; served from float32, the AUC stays the trained one
     assert served["auc"] == pytest.approx(trained["auc"], abs=1e-3)

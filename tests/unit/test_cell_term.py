@@ -13,6 +13,7 @@ from scipy.special import expit
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.cellterm import KIND, CellTerm, read_cells
+from osteoflag.inference.terms import MissingMaps
 from osteoflag.training import cellfit, probe
 from osteoflag.training.classifier import MEMBER_WEIGHTS, BoosterConfig, train_classifier
 from osteoflag.validation import metrics
@@ -121,7 +122,7 @@ def test_the_mix_weighs_each_members_standardised_log_odds(tmp_path: Path) -> No
     assert sum(np.mean(p) for p in parts) == pytest.approx(0.0, abs=1e-6)
     expected = expit(sum(parts))
     np.testing.assert_allclose(fitted.predict(x[val], maps[val]), expected, atol=1e-9)
-    with pytest.raises(Exception, match="needs each row's map"):
+    with pytest.raises(MissingMaps, match="needs each row's map"):
         fitted.predict(x[val])
     section = fitted.save(tmp_path)
     assert section["cells"] == "cells.json"

@@ -18,6 +18,7 @@ from osteoflag.inference.pixels import DisplayImage, model_input
 from osteoflag.inference.predictor import Predictor
 from testkit.inference_data import radiograph
 from testkit.tiny_bundle import backbone, build_bundle
+from tests.helpers.bundles import name_classifier_part
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +122,7 @@ def test_a_calibration_that_is_not_increasing_or_incomplete_is_refused(
 
 def _with_linear(folder: Path, term: dict[str, object]) -> Path:
     (folder / "linear.json").write_text(json.dumps(term))
-    fields = json.loads((folder / "manifest.json").read_text())
-    for key in ("files", "format_version"):
-        fields.pop(key)
-    fields["classifier"]["linear"] = "linear.json"
-    write_manifest(folder, **fields)
-    return folder
+    return name_classifier_part(folder, "linear", "linear.json")
 
 
 def _term(count: int, seed: int = 0) -> dict[str, object]:
@@ -195,12 +191,7 @@ def _with_cells(folder: Path, out: Path, text: str, *, maps: bool = True) -> Pat
     else:
         shutil.copytree(folder, out)
     (out / "cells.json").write_text(text)
-    fields = json.loads((out / "manifest.json").read_text())
-    for key in ("files", "format_version"):
-        fields.pop(key)
-    fields["classifier"]["cells"] = "cells.json"
-    write_manifest(out, **fields)
-    return out
+    return name_classifier_part(out, "cells", "cells.json")
 
 
 def test_a_cell_term_adds_its_top_cells_to_the_log_odds_and_to_the_evidence(
