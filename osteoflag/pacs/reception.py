@@ -33,6 +33,8 @@ _CALLING_AE = slice(26, 42)
 # A-ASSOCIATE-RJ: rejected-permanent, DICOM UL service-user, calling AE title not recognised.
 _REJECT_CALLING_AE = struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 0x01, 0x01, 0x03)
 _DRAIN_LIMIT = MAX_ASSOCIATE_RQ_LENGTH
+# A peer that has read its A-ASSOCIATE-RJ closes at once; one that does not is not waited for.
+_LINGER_SECONDS = 2.0
 
 
 class NotReceived(Exception):
@@ -117,18 +119,22 @@ def _check_header(header: bytes) -> int:
     return PDU_HEADER_LENGTH + length
 
 
-def _reject(connection: socket.socket, calling_ae: str) -> Rejected:
-    """Send A-ASSOCIATE-RJ, discard what the peer already sent (closing over unread data
-    would reset the connection before the peer reads the RJ), and say why."""
+def _reject(connection: socket.socket, calling_ae: str, deadline: float) -> Rejected:
+    """Send A-ASSOCIATE-RJ, then read until the peer closes (by ``deadline``, at most
+    ``_LINGER_SECONDS``): closing over data still in flight, such as the rest of the request,
+    would reset the connection and the peer could lose the RJ before reading it."""
     try:
         connection.sendall(_REJECT_CALLING_AE)
         connection.shutdown(socket.SHUT_WR)
-        connection.settimeout(0.0)
+        linger = min(deadline, time.monotonic() + _LINGER_SECONDS)
         drained = 0
-        while drained < _DRAIN_LIMIT and (chunk := connection.recv(65536)):
+        while drained < _DRAIN_LIMIT and (remaining := linger - time.monotonic()) > 0:
+            connection.settimeout(remaining)
+            if not (chunk := connection.recv(65536)):
+                break
             drained += len(chunk)
     except OSError:
-        pass  # nothing more to read now, or the peer is gone
+        pass  # the peer lingered past the limit, or is gone
     return Rejected(f"calling AE title {calling_ae!r} refused")
 
 
@@ -155,6 +161,6 @@ def receive_associate_rq(
         if not checked and len(pdu) >= _CALLING_AE.stop:
             calling_ae = pdu[_CALLING_AE].decode("ascii", "replace").strip()
             if not allowed(calling_ae):
-                raise _reject(connection, calling_ae)
+                raise _reject(connection, calling_ae, deadline)
             checked = True
     return bytes(pdu)

@@ -94,6 +94,23 @@ def test_refused_caller_is_rejected_before_its_request_is_complete(tmp_path: Pat
         assert send_c_echo(Peer("127.0.0.1", scp.port, "OSTEOFLAG"), "RADIOLOGY") == 0
 
 
+def test_refused_caller_sending_the_rest_of_its_request_late_sees_an_orderly_close(
+    tmp_path: Path,
+) -> None:
+    # The rest of the request arriving after the rejection must be read, not answered with a
+    # reset that can destroy the A-ASSOCIATE-RJ before the peer reads it.
+    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as scp:
+        request = _associate_rq(b"OSTEOFLAG", b"INTRUDER")
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
+                sock.sendall(request[:42])
+                reply = sock.recv(10, socket.MSG_WAITALL)
+                sock.sendall(request[42:])
+                sock.sendall(request)  # a confused peer tries again on the same connection
+                assert reply == struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
+                assert _closed_by_peer(sock) == b""  # end of stream, not ECONNRESET
+
+
 def test_associate_rq_announcing_300_mb_is_closed_after_its_header(tmp_path: Path) -> None:
     with listening(tmp_path) as scp:
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
