@@ -27,6 +27,8 @@ from osteoflag.inference.pixels import DisplayImage, InputSpec
 from osteoflag.inference.region import Region
 
 LOCALISER_FILE: Final = "localiser.json"
+#: The model card's section on the localiser, which re-rendering the card keeps.
+LOCALISER_HEADING: Final = "\n## Localiser\n"
 KIND: Final = "cell-logistic"
 #: Position features appended to each cell's channels: row and column (0..1 over the image)
 #: and the distance to the image centre.

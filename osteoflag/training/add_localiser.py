@@ -12,11 +12,11 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
-from osteoflag.inference.localiser import KIND, LOCALISER_FILE
+from osteoflag.inference.localiser import KIND, LOCALISER_FILE, LOCALISER_HEADING
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
@@ -29,8 +29,6 @@ from osteoflag.training.localiser import (
 
 logger = logging.getLogger(__name__)
 
-_CARD_HEADING: Final = "\n## Localiser\n"
-
 
 def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
     part = figures["all"]
@@ -40,7 +38,7 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
         if isinstance(f, dict)
     )
     return (
-        f"{_CARD_HEADING}\n"
+        f"{LOCALISER_HEADING}\n"
         f"Regions of flagged images come from `{LOCALISER_FILE}`: a logistic model on the "
         f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus cell "
         f"position, fitted on the fracture boxes of `{boxes.name}` ({part['n']} images, "
@@ -71,7 +69,7 @@ def add_localiser_to_bundle(bundle_dir: Path, boxes: Path, out: Path) -> dict[st
         localiser.save(staging / LOCALISER_FILE)
         card = staging / MODEL_CARD
         if card.exists():
-            text = card.read_text(encoding="utf-8").split(_CARD_HEADING)[0]
+            text = card.read_text(encoding="utf-8").split(LOCALISER_HEADING)[0]
             card.write_text(text + _card_section(boxes, figures), encoding="utf-8")
         fields = source.manifest.model_dump(mode="json", exclude={"files", "format_version"})
         fields["localiser"] = {

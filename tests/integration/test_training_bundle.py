@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from osteoflag.errors import TrainingError
-from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.bundle import load_bundle, write_manifest
+from osteoflag.inference.localiser import LOCALISER_HEADING
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.__main__ import main as training_main
@@ -269,10 +270,17 @@ def test_card_is_rerendered_from_the_run_results(
     row = {"recipe": {"name": "base"}, "osteoai_to_multiregion": 0.6, "cv_osteoai": 0.7}
     recipes.write_text(json.dumps([row]))
     backbone = (bundle_dir / "backbone.onnx").read_bytes()
+    # add-localiser's section of the card holds figures the run's results do not: it stays.
+    fields = load_bundle(bundle_dir).manifest.model_dump(exclude={"files", "format_version"})
+    card_file = bundle_dir / "MODEL_CARD.md"
+    card_file.write_text(card_file.read_text() + LOCALISER_HEADING + "\nhit 0.5 [0.4, 0.6]\n")
+    write_manifest(bundle_dir, **fields)
     argv = ["card", "--bundle", str(bundle_dir), "--results", str(work / "results.json")]
     assert training_main([*argv, "--note", "re-rendered", "--recipes", str(recipes)]) == 0
-    card = (bundle_dir / "MODEL_CARD.md").read_text()
+    card = card_file.read_text()
     assert "- re-rendered" in card and "| base | 0.600 |" in card
+    assert card.endswith(LOCALISER_HEADING + "\nhit 0.5 [0.4, 0.6]\n")
+    assert card.count("## Localiser") == 1 and "## Data hygiene" in card
     assert load_bundle(bundle_dir).manifest.name == results["run"]["name"]  # type: ignore[index]
     assert (bundle_dir / "backbone.onnx").read_bytes() == backbone
     other = tmp_path / "other.json"

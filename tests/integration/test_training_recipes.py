@@ -84,8 +84,14 @@ def test_every_kind_of_recipe_scores_every_protocol(
     assert (work / "recipes.json").is_file()
     table = recipe_lines(rows)
     assert table[0].startswith("## Recipes")
-    assert sum(line.startswith("| ") for line in table) == 1 + len(chosen)
-    assert "(+" in table[-2] or "(-" in table[-2]  # differences to the baseline
+    body = [line for line in table if line.startswith("| ")]
+    assert len(body) == 1 + len(chosen)
+    assert "(+" in body[-1] or "(-" in body[-1]  # differences to the baseline
+    judged = [line for line in table if line.startswith("- ")]
+    named = [line.rsplit(": ", 1)[1].rstrip(".").split(", ") for line in judged]
+    assert sorted(n for names in named for n in names if n != "none") == sorted(
+        r.name for r in chosen[1:]
+    )  # every change under exactly one verdict
     store = recipes.FeatureStore(loaded, work, threads=1)  # the run's graphs and cache
     rows_all = np.arange(len(loaded.samples))
     widths = {t.tag: store.get(t, 0, rows_all).shape[1] for t in (SMALL, LEVELS, TWO_VIEW)}
