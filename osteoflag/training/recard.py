@@ -10,8 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from osteoflag.inference.bundle import MODEL_CARD, load_bundle, write_manifest
-from osteoflag.inference.localiser import LOCALISER_HEADING
+from osteoflag.inference.bundle import load_bundle, write_manifest
 from osteoflag.training import report
 from osteoflag.training.backbones import TrainingError
 
@@ -42,11 +41,7 @@ def recard(
     (bundle_dir / "metrics.json").write_text(
         json.dumps(metrics_doc, indent=2, default=float) + "\n"
     )
-    card = bundle_dir / MODEL_CARD
-    _, heading, localiser = card.read_text(encoding="utf-8").partition(LOCALISER_HEADING)
     report.write_card(bundle_dir, results)
-    if heading:  # add-localiser's section: its figures are not in the run's results
-        card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n" + heading + localiser)
     results_path.write_text(json.dumps(results, default=float))
     fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
     write_manifest(bundle_dir, **fields)

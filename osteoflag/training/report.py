@@ -16,6 +16,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from osteoflag.inference.bundle import MODEL_CARD
+from osteoflag.inference.localiser import LOCALISER_HEADING
 from osteoflag.inference.quantize import MAX_AUC_DROP
 from osteoflag.training.card_calibration import calibration_lines
 from osteoflag.training.card_recipes import recipe_lines
@@ -364,7 +365,8 @@ def _baselines(base: Mapping[str, Any]) -> list[str]:
 
 
 def write_card(folder: Path, results: Mapping[str, Any]) -> None:
-    """``MODEL_CARD.md`` plus plots, from a run's full results (scores included)."""
+    """``MODEL_CARD.md`` plus plots, from a run's full results (scores included); an existing
+    card's localiser section (``add-localiser``) is kept."""
     lines = _intro(results["run"], results)
     pub = results.get("published")
     if pub and pub.get("test"):
@@ -399,4 +401,9 @@ def write_card(folder: Path, results: Mapping[str, Any]) -> None:
         f"- ONNX parity (max relative error): {results.get('parity')}.",
         "",
     ]
-    (folder / MODEL_CARD).write_text("\n".join(lines))
+    card = folder / MODEL_CARD
+    # add-localiser's section of an existing card: its figures are not in the run's results.
+    kept = (
+        card.read_text(encoding="utf-8").partition(LOCALISER_HEADING)[1:] if card.exists() else ()
+    )
+    card.write_text("\n".join(lines) + "".join(kept))
