@@ -14,8 +14,9 @@ COLUMNS = (
     ("cv_multiregion", "grouped CV multiregion (pooled)"),
 )
 
-#: Differences to the baseline smaller than these are not evidence (the intervals the card's
-#: text gives); multiregion's in-source CV mostly measures its shortcut and is not judged.
+#: Differences to the baseline smaller than these are not evidence (about each cell's 95%
+#: interval, which the card states); multiregion's in-source CV mostly measures its shortcut
+#: and is not judged.
 NOISE = {"osteoai_to_multiregion": 0.05, "multiregion_to_osteoai": 0.025, "cv_osteoai": 0.01}
 
 
@@ -76,8 +77,10 @@ def recipe_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         "wrists, so any score involving it partly measures that shortcut: high in-source "
         "multiregion figures and low multiregion -> OsteoAI figures are what it predicts. "
         "An OsteoAI -> multiregion cell (one fit, 354 radiographs) has a 95% interval of about "
-        "+-0.05 (group bootstrap), a multiregion -> OsteoAI cell about +-0.025 and a grouped-CV "
-        "mean about +-0.01 (t-interval over folds); smaller differences are not evidence.",
+        f"+-{NOISE['osteoai_to_multiregion']:g} (group bootstrap), a multiregion -> OsteoAI "
+        f"cell about +-{NOISE['multiregion_to_osteoai']:g} and a grouped-CV mean about "
+        f"+-{NOISE['cv_osteoai']:g} (t-interval over folds); smaller differences are not "
+        "evidence.",
         "",
         "| recipe | " + " | ".join(title for _, title in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
