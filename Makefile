@@ -52,23 +52,26 @@ CELLS_NOTE := The cell probe's top 8 cells and the members' weights (trees 1, pr
 VGG16_CELLS_NOTE := The top 8 cells and the 1 : 1 : 2 weights were chosen on the default \
 	EfficientNet-Lite0 bundle's features (README) and used here unchanged, not tuned on VGG16's.
 
+# $(call localise_and_install,NAME): artifacts/NAME-trained plus its localiser becomes models/NAME.
+define localise_and_install
+	$(BIN)/osteoflag add-localiser --bundle artifacts/$(1)-trained \
+		--boxes ../shared/data/fracture-boxes --out artifacts/$(1)-localised
+	rm -rf models/$(1) && mv artifacts/$(1)-localised models/$(1)
+endef
+
 model: $(VENV)/.installed-dev
 	rm -rf artifacts/default-trained artifacts/default-localised
 	$(TRAIN) --size 384 --small-view 224 --layout b345 --linear --cells \
 		--out artifacts/default-trained --work artifacts/train --version 7.0.0 \
 		--note "$(CELLS_NOTE)"
-	$(BIN)/osteoflag add-localiser --bundle artifacts/default-trained \
-		--boxes ../shared/data/fracture-boxes --out artifacts/default-localised
-	rm -rf models/default && mv artifacts/default-localised models/default
+	$(call localise_and_install,default)
 
 model-vgg16: $(VENV)/.installed-dev
 	rm -rf artifacts/vgg16-trained artifacts/vgg16-localised
 	$(TRAIN) --backbone vgg16 --init imagenet --layout b345 --size 224 --linear --cells \
 		--out artifacts/vgg16-trained --work artifacts/train-vgg16 --version 1.3.0 \
 		--note "$(VGG16_CELLS_NOTE)"
-	$(BIN)/osteoflag add-localiser --bundle artifacts/vgg16-trained \
-		--boxes ../shared/data/fracture-boxes --out artifacts/vgg16-localised
-	rm -rf models/vgg16 && mv artifacts/vgg16-localised models/vgg16
+	$(call localise_and_install,vgg16)
 
 recipes: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training recipes --data ../shared/data/osteoai \
