@@ -105,7 +105,7 @@ def _add_maps(args: argparse.Namespace, settings: Settings) -> int:
 def _add_localiser(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.training.add_localiser import add_localiser_to_bundle
 
-    figures = add_localiser_to_bundle(args.bundle, args.boxes, args.out)
+    figures = add_localiser_to_bundle(args.bundle, args.boxes, args.out, args.tiles)
     print(json.dumps({"bundle": str(args.out), "cross_validation": figures}))
     return 0
 
@@ -264,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--boxes", type=Path, required=True, metavar="DIR", help="images/, labels/, images.csv"
     )
     add_localiser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
+    add_localiser.add_argument(
+        "--tiles",
+        type=int,
+        metavar="N",
+        help="backbone tiles per side (default: a grid of about 28 cells a side); "
+        "each flagged image costs N*N backbone passes",
+    )
     add_localiser.set_defaults(handler=_add_localiser)
 
     show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")

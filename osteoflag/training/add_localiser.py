@@ -48,9 +48,15 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
     )
 
 
-def add_localiser_to_bundle(bundle_dir: Path, boxes: Path, out: Path) -> dict[str, Any]:
+def add_localiser_to_bundle(
+    bundle_dir: Path, boxes: Path, out: Path, tiles: int | None = None
+) -> dict[str, Any]:
     """Write the bundle at ``bundle_dir`` with a localiser fitted on ``boxes`` to the new folder
-    ``out``; returns the cross-validated figures recorded in its manifest."""
+    ``out``; returns the cross-validated figures recorded in its manifest. ``tiles`` per side
+    (by default a grid of about 28 cells a side) trades region time for a finer grid: the
+    served localiser runs the backbone ``tiles`` squared times per flagged image."""
+    if tiles is not None and tiles < 1:
+        raise UsageError(f"--tiles {tiles}: must be 1 or more")
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose a new folder for the bundle")
     if not (boxes / "images.csv").is_file():
@@ -58,7 +64,7 @@ def add_localiser_to_bundle(bundle_dir: Path, boxes: Path, out: Path) -> dict[st
     source = load_bundle(bundle_dir)
     predictor = Predictor(source, threads=0, batch_size=16)
     cases = read_cases(boxes)
-    tiling = tiling_for(predictor)
+    tiling = tiling_for(predictor, tiles)
     grids = feature_grids(predictor, cases, tiling)
     figures = compact(cross_validate(grids, cases, predictor, tiling))
     localiser = fit_localiser(grids, cases, tiling)

@@ -128,7 +128,28 @@ def test_cli_refuses_bad_usage_with_one_line(
         str(tmp_path / "new"), config=config,
     )  # fmt: skip
     assert no_boxes.returncode == 2 and "images.csv" in no_boxes.stderr
+    no_tiles = osteoflag(
+        "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out",
+        str(tmp_path / "new"), "--tiles", "0", config=config,
+    )  # fmt: skip
+    assert no_tiles.returncode == 2 and "--tiles 0" in no_tiles.stderr
+    assert len(no_tiles.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_tiles_set_the_grid_the_served_localiser_runs_on(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    maps, bundle, figures = localised
+    default = Predictor(load_bundle(bundle)).localiser
+    assert default is not None
+    tiles = default.tiling.tiles + 1
+    finer = add_localiser_to_bundle(maps, maps.parent / "boxes", tmp_path / "finer", tiles)
+    served = Predictor(load_bundle(tmp_path / "finer")).localiser
+    assert served is not None and served.tiling.tiles == tiles
+    assert finer["grid"] == [side // default.tiling.tiles * tiles for side in figures["grid"]]
+    manifest = json.loads((tmp_path / "finer" / "manifest.json").read_text())
+    assert manifest["localiser"]["cross_validation"]["grid"] == finer["grid"]
 
 
 def test_tiles_are_assembled_on_one_grid() -> None:
