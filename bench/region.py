@@ -1,6 +1,6 @@
 """``make bench``: what a flagged image costs on top of its classification.
 
-Prints, for the default bundle on 2048x1664 12-bit DX radiographs, the time of the region
+Prints, for each shipped bundle on 2048x1664 12-bit DX radiographs, the time of the region
 (classifier contributions, evidence map, peak and box; the map output itself comes with the
 forward pass) beside the classification's, and, when the bundle has a trained localiser, the
 localiser's region (its tiled forward passes, cell model, peak and box), which replaces the
@@ -20,11 +20,11 @@ import numpy as np
 
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.localise import region_from_map
-from osteoflag.inference.pixels import display_from_dataset, model_input
+from osteoflag.inference.pixels import DisplayImage, display_from_dataset, model_input
 from osteoflag.inference.predictor import Predictor
 from testkit.inference_data import dataset, radiograph
 
-BUNDLE = Path("models/default")
+BUNDLES = (Path("models/default"), Path("models/vgg16"))
 IMAGES = 8
 
 
@@ -35,26 +35,31 @@ def _ms(samples: list[float]) -> str:
 
 
 def main() -> int:
-    predictor = Predictor(load_bundle(BUNDLE), threads=0, batch_size=1)
-    if not predictor.localises:
-        print(f"NOTICE: {BUNDLE} has no spatial map output: no region to measure")
-        return 0
-    spec = predictor.bundle.input_spec
     sources = [dataset(radiograph(2048, 1664, seed=i), bits_stored=12) for i in range(IMAGES)]
     displays = [display_from_dataset(source) for source in sources]
-    forward, region_times, regions = [], [], []
+    for bundle in BUNDLES:
+        _measure(bundle, displays)
+    return 0
+
+
+def _measure(bundle: Path, displays: list[DisplayImage]) -> None:
+    predictor = Predictor(load_bundle(bundle), threads=0, batch_size=1)
+    if not predictor.localises:
+        print(f"NOTICE: {bundle} has no spatial map output: no region to measure")
+        return
+    spec = predictor.bundle.input_spec
+    forward, region_times = [], []
     for display in displays:
         batch = model_input(display, spec)[np.newaxis]
         started = time.perf_counter()
         feats, maps = predictor.run(batch)
-        predictor.scores(feats)
+        predictor.scores(feats, maps)
         forward.append(time.perf_counter() - started)
         assert maps is not None
         started = time.perf_counter()
         [heat] = predictor.evidence(feats, maps)
-        region = region_from_map(heat, spec, display.size)
+        region_from_map(heat, spec, display.size)
         region_times.append(time.perf_counter() - started)
-        regions.append(region)
     print(f"region of a flagged image ({predictor.model_id}, 2048x1664 DX, {IMAGES} images):")
     print(f"  classification (forward pass + classifier)  {_ms(forward)}")
     print(f"  region (contributions, evidence map, box)   {_ms(region_times)}")
@@ -67,8 +72,6 @@ def main() -> int:
             localiser_times.append(time.perf_counter() - started)
         tiles = localiser.tiling.tiles**2
         print(f"  localiser region ({tiles} tiled passes, cells)  {_ms(localiser_times)}")
-
-    return 0
 
 
 if __name__ == "__main__":
