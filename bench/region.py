@@ -53,9 +53,9 @@ def _measure(bundle: Path, displays: list[DisplayImage]) -> None:
         batch = model_input(display, spec)[np.newaxis]
         started = time.perf_counter()
         feats, maps = predictor.run(batch)
+        assert maps is not None
         predictor.scores(feats, maps)
         forward.append(time.perf_counter() - started)
-        assert maps is not None
         started = time.perf_counter()
         [heat] = predictor.evidence(feats, maps)
         region_from_map(heat, spec, display.size)

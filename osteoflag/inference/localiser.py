@@ -35,6 +35,13 @@ KIND: Final = "cell-logistic"
 POSITION_FEATURES: Final = 3
 
 
+def split_card(text: str) -> tuple[str, str]:
+    """The model card ``text`` as (the training run's part, the localiser's section or ""):
+    ``add-localiser`` replaces the section, re-rendering the card from a run keeps it."""
+    body, heading, section = text.partition(LOCALISER_HEADING)
+    return body, heading + section
+
+
 def cell_inputs(grid: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The (rows * columns, C + 3) model inputs of a (C, rows, columns) feature grid."""
     channels, rows, columns = grid.shape

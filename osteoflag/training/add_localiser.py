@@ -16,7 +16,7 @@ from typing import Any
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
-from osteoflag.inference.localiser import KIND, LOCALISER_FILE, LOCALISER_HEADING
+from osteoflag.inference.localiser import KIND, LOCALISER_FILE, LOCALISER_HEADING, split_card
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
@@ -75,8 +75,8 @@ def add_localiser_to_bundle(
         localiser.save(staging / LOCALISER_FILE)
         card = staging / MODEL_CARD
         if card.exists():
-            text = card.read_text(encoding="utf-8").split(LOCALISER_HEADING)[0]
-            card.write_text(text + _card_section(boxes, figures), encoding="utf-8")
+            body, _ = split_card(card.read_text(encoding="utf-8"))
+            card.write_text(body + _card_section(boxes, figures), encoding="utf-8")
         fields = source.manifest.model_dump(mode="json", exclude={"files", "format_version"})
         fields["localiser"] = {
             "file": LOCALISER_FILE,

@@ -22,6 +22,7 @@ import torch
 
 from osteoflag.inference import maps
 from osteoflag.inference.bundle import write_manifest
+from osteoflag.inference.predictor import OUTPUT_NAME
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
 from osteoflag.training.model import FittedModel, Inputs, head_onnx_features
@@ -211,17 +212,16 @@ def write_bundle(
     )
     export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
     parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
-    served = features.run_arrays(export.session(staging / "backbone.onnx", options.threads), inputs)
+    maps.expose_maps(staging / "backbone.onnx")
+    session = export.session(staging / "backbone.onnx", options.threads)
+    served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {"image": inputs})
     split_error = export.max_relative_error(served, trained_x.x[: len(served)])
     if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
         raise TrainingError(
             f"bundle graph differs from the graphs training used: {split_error:.3g}"
         )
-    maps.expose_maps(staging / "backbone.onnx")
     parity_figures = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
     if trained_x.maps is not None:
-        session = export.session(staging / "backbone.onnx", options.threads)
-        [served_maps] = session.run([maps.MAPS_OUTPUT], {"image": inputs})
         map_error = export.max_relative_error(served_maps, trained_x.maps[: len(inputs)])
         if not map_error <= MAPS_MAX_RELATIVE_ERROR:
             raise TrainingError(

@@ -16,7 +16,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from osteoflag.inference.bundle import MODEL_CARD
-from osteoflag.inference.localiser import LOCALISER_HEADING
+from osteoflag.inference.localiser import split_card
 from osteoflag.inference.quantize import MAX_AUC_DROP
 from osteoflag.training.card_calibration import calibration_lines
 from osteoflag.training.card_recipes import recipe_lines
@@ -403,7 +403,5 @@ def write_card(folder: Path, results: Mapping[str, Any]) -> None:
     ]
     card = folder / MODEL_CARD
     # add-localiser's section of an existing card: its figures are not in the run's results.
-    kept = (
-        card.read_text(encoding="utf-8").partition(LOCALISER_HEADING)[1:] if card.exists() else ()
-    )
-    card.write_text("\n".join(lines) + "".join(kept))
+    _, kept = split_card(card.read_text(encoding="utf-8")) if card.exists() else ("", "")
+    card.write_text("\n".join(lines) + kept)

@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.predictor import Predictor
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,4 +32,8 @@ def test_region_bench_measures_every_shipped_bundle_and_its_localiser() -> None:
     for model in ("osteoflag-effnetlite0-imagenet@", "osteoflag-vgg16-imagenet@"):
         assert f"region of a flagged image ({model}" in out
     assert out.count("classification (forward pass + classifier)") == 2
-    assert out.count("localiser region (4 tiled passes, cells)") == 2
+    assert out.count("localiser region (") == 2
+    for name in ("default", "vgg16"):
+        localiser = Predictor(load_bundle(ROOT / "models" / name), threads=1).localiser
+        assert localiser is not None
+        assert f"localiser region ({localiser.tiling.tiles**2} tiled passes, cells)" in out
