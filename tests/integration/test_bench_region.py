@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from osteoflag.inference.bundle import load_bundle
+from bench.region import BUNDLES
+from osteoflag.inference.bundle import MANIFEST, load_bundle
 from osteoflag.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,11 +30,13 @@ def test_region_bench_measures_every_shipped_bundle_and_its_localiser() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    for model in ("osteoflag-effnetlite0-imagenet@", "osteoflag-vgg16-imagenet@"):
-        assert f"region of a flagged image ({model}" in out
-    assert out.count("classification (forward pass + classifier)") == 2
-    assert out.count("localiser region (") == 2
-    for name in ("default", "vgg16"):
-        localiser = Predictor(load_bundle(ROOT / "models" / name), threads=1).localiser
-        assert localiser is not None
-        assert f"localiser region ({localiser.tiling.tiles**2} tiled passes, cells)" in out
+    shipped = {path.relative_to(ROOT) for path in (ROOT / "models").glob(f"*/{MANIFEST}")}
+    assert {bundle / MANIFEST for bundle in BUNDLES} == shipped
+    assert out.count("classification (forward pass + classifier)") == len(BUNDLES)
+    assert out.count("localiser region (") == len(BUNDLES)
+    for bundle in BUNDLES:
+        predictor = Predictor(load_bundle(ROOT / bundle), threads=1)
+        assert f"region of a flagged image ({predictor.model_id}, " in out
+        assert predictor.localiser is not None
+        tiles = predictor.localiser.tiling.tiles**2
+        assert f"localiser region ({tiles} tiled passes, cells)" in out
