@@ -12,7 +12,7 @@ import pytest
 from osteoflag.pacs.scu import Peer, send_c_echo
 from testkit.daemon import DaemonProcess, base_sections, write_config
 from tests.acceptance.test_hostile_daemon import _peak_rss_mb
-from tests.integration.test_listener import _associate_rq
+from tests.helpers.ul import associate_rq
 
 GROWTH_LIMIT_MB = 100
 MB = 1_000_000
@@ -35,7 +35,7 @@ def _stream(sock: socket.socket, header: bytes, announced: int) -> int:
 
 def _associated(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(_associate_rq(b"OSTEOFLAG", b"BIGPDU"))
+    sock.sendall(associate_rq(b"OSTEOFLAG", b"BIGPDU"))
     header = sock.recv(6, socket.MSG_WAITALL)
     assert header[:1] == b"\x02", header  # A-ASSOCIATE-AC
     sock.recv(struct.unpack_from(">I", header, 2)[0], socket.MSG_WAITALL)

@@ -41,6 +41,7 @@ from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.conftest import make_settings
 from tests.helpers.dicom import MODALITIES, TRANSFER_SYNTAXES, radiograph, write_in_syntax
+from tests.helpers.ul import associate_rj, associate_rq, first_reply
 
 SYNTAXES = list(TRANSFER_SYNTAXES)
 
@@ -174,11 +175,8 @@ def test_caller_not_on_allowlist_gets_associate_rj(tmp_path: Path) -> None:
     listener = StorageSCP(settings, session_factory(engine))
     listener.start()
     try:
-        ae = AE(ae_title="INTRUDER")
-        ae.add_requested_context(VERIFICATION)
-        assoc = ae.associate("127.0.0.1", listener.port, ae_title=settings.listener.ae_title)
-        assert assoc.is_rejected
-        assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (1, 3)
+        # Rejected permanent, service user, calling AE title not recognised.
+        assert first_reply(listener.port, b"INTRUDER") == associate_rj(1, 1, 3)
         peer = Peer("127.0.0.1", listener.port, settings.listener.ae_title)
         assert send_c_echo(peer, "RADIOLOGY") == status.SUCCESS
     finally:
@@ -204,31 +202,6 @@ def test_storage_below_free_space_floor_answers_out_of_resources(tmp_path: Path)
         engine.dispose()
 
 
-def _associate_rq(called: bytes, calling: bytes) -> bytes:
-    """A minimal A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification."""
-
-    def item(kind: int, body: bytes) -> bytes:
-        return struct.pack(">BBH", kind, 0, len(body)) + body
-
-    context = item(
-        0x20,
-        bytes([1, 0, 0, 0])
-        + item(0x30, VERIFICATION.encode())
-        + item(0x40, ExplicitVRLittleEndian.encode()),
-    )
-    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.ljust(16)
-        + calling.ljust(16)
-        + bytes(32)
-        + item(0x10, b"1.2.840.10008.3.1.1.1")
-        + context
-        + user
-    )
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
-
-
 @pytest.mark.parametrize(
     "stream",
     [
@@ -245,9 +218,9 @@ def test_garbage_or_truncated_stream_does_not_crash_the_listener(
 ) -> None:
     with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
         if stream.startswith(b"ASSOC"):
-            sock.sendall(_associate_rq(b"OSTEOFLAG", b"FUZZ")[:40])
+            sock.sendall(associate_rq(b"OSTEOFLAG", b"FUZZ")[:40])
         elif stream.startswith(b"PDATA"):
-            sock.sendall(_associate_rq(b"OSTEOFLAG", b"FUZZ"))
+            sock.sendall(associate_rq(b"OSTEOFLAG", b"FUZZ"))
             assert sock.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
             if stream.endswith(b"TRUNCATED"):
                 sock.sendall(struct.pack(">BBI", 0x04, 0, 1000) + b"\x00\x00\x00\x10\x01\x03")

@@ -28,7 +28,7 @@ from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from testkit.wait import wait_for
 from tests.conftest import make_settings
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.integration.test_listener import _associate_rq
+from tests.helpers.ul import associate_rj, associate_rq, first_reply
 
 
 @contextmanager
@@ -88,7 +88,7 @@ def test_association_that_goes_quiet_is_aborted(tmp_path: Path) -> None:
 def test_half_sent_message_is_dropped(tmp_path: Path) -> None:
     with listening(tmp_path, network_timeout=0.5, dimse_timeout=0.5) as scp:
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
-            sock.sendall(_associate_rq(b"OSTEOFLAG", b"SLOWLORIS"))
+            sock.sendall(associate_rq(b"OSTEOFLAG", b"SLOWLORIS"))
             assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
             # A command fragment that is not the last one, then silence.
             pdv = struct.pack(">IB", 6, 1) + b"\x01\x00\x00\x00\x00"
@@ -118,7 +118,7 @@ def _ac_maximum_length(ac: bytes) -> int:
 def test_maximum_pdu_size_is_announced_in_associate_ac(tmp_path: Path) -> None:
     with listening(tmp_path, maximum_pdu_size=32768) as scp:
         with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
-            sock.sendall(_associate_rq(b"OSTEOFLAG", b"PDUCHECK"))
+            sock.sendall(associate_rq(b"OSTEOFLAG", b"PDUCHECK"))
             header = sock.recv(6, socket.MSG_WAITALL)
             assert header[0] == 0x02
             body = sock.recv(struct.unpack_from(">I", header, 2)[0], socket.MSG_WAITALL)
@@ -134,16 +134,13 @@ def test_flood_beyond_max_associations_is_rejected_and_echo_recovers(tmp_path: P
     with listening(tmp_path, max_associations=2, acse_timeout=1.0) as scp:
         held = [_associate(scp.port, f"HOLD{i}") for i in range(2)]
         assert all(assoc.is_established for assoc in held)
-        results: list[tuple[int, int, int]] = []
+        results: list[bytes] = []
         lock = threading.Lock()
 
         def attempt(index: int) -> None:
-            assoc = _associate(scp.port, f"FLOOD{index}")
-            primitive = assoc.acceptor.primitive
+            reply = first_reply(scp.port, f"FLOOD{index}".encode())
             with lock:
-                results.append((primitive.result, primitive.result_source, primitive.diagnostic))
-            if assoc.is_established:
-                assoc.release()
+                results.append(reply)
 
         threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
         for thread in threads:
@@ -151,7 +148,7 @@ def test_flood_beyond_max_associations_is_rejected_and_echo_recovers(tmp_path: P
         for thread in threads:
             thread.join(30)
         # Rejected transient, service-provider (presentation), local limit exceeded (PS3.8 9.3.4).
-        assert results == [(2, 3, 2)] * 12
+        assert results == [associate_rj(2, 3, 2)] * 12
         for assoc in held:
             assoc.release()
         wait_for(lambda: _echo_ok(scp.port), timeout=15)

@@ -15,14 +15,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.integration.test_listener import _associate_rq
+from tests.helpers.ul import ASSOCIATE_RJ_LENGTH, associate_rj, associate_rq
 from tests.integration.test_network_limits import _closed_by_peer, _echo_ok, listening
 
 
 @contextmanager
 def dribbling(port: int, count: int, interval: float = 0.2) -> Iterator[list[socket.socket]]:
     """``count`` peers that send an A-ASSOCIATE-RQ header, then one byte every ``interval`` s."""
-    request = _associate_rq(b"OSTEOFLAG", b"SLOWLORIS")
+    request = associate_rq(b"OSTEOFLAG", b"SLOWLORIS")
     peers = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
     for peer in peers:
         peer.sendall(request[:6])
@@ -76,7 +76,7 @@ def test_request_must_arrive_whole_within_acse_timeout(tmp_path: Path) -> None:
 
 def test_closed_connections_free_their_slot_at_once(tmp_path: Path) -> None:
     with listening(tmp_path, max_associations=2, acse_timeout=30) as scp:
-        request = _associate_rq(b"OSTEOFLAG", b"QUITTER")
+        request = associate_rq(b"OSTEOFLAG", b"QUITTER")
         for _ in range(4):
             with socket.create_connection(("127.0.0.1", scp.port)) as sock:
                 sock.sendall(request[:40])
@@ -85,12 +85,12 @@ def test_closed_connections_free_their_slot_at_once(tmp_path: Path) -> None:
 
 def test_refused_caller_is_rejected_before_its_request_is_complete(tmp_path: Path) -> None:
     with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as scp:
-        request = _associate_rq(b"OSTEOFLAG", b"INTRUDER")
+        request = associate_rq(b"OSTEOFLAG", b"INTRUDER")
         with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
             sock.sendall(request[:42])  # header, fixed fields up to the calling AE title
-            reply = sock.recv(10, socket.MSG_WAITALL)
+            reply = sock.recv(ASSOCIATE_RJ_LENGTH, socket.MSG_WAITALL)
         # A-ASSOCIATE-RJ: rejected permanent, service user, calling AE title not recognised.
-        assert reply == struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
+        assert reply == associate_rj(1, 1, 3)
         assert send_c_echo(Peer("127.0.0.1", scp.port, "OSTEOFLAG"), "RADIOLOGY") == 0
 
 
@@ -100,14 +100,14 @@ def test_refused_caller_sending_the_rest_of_its_request_late_sees_an_orderly_clo
     # The rest of the request arriving after the rejection must be read, not answered with a
     # reset that can destroy the A-ASSOCIATE-RJ before the peer reads it.
     with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as scp:
-        request = _associate_rq(b"OSTEOFLAG", b"INTRUDER")
+        request = associate_rq(b"OSTEOFLAG", b"INTRUDER")
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
                 sock.sendall(request[:42])
-                reply = sock.recv(10, socket.MSG_WAITALL)
+                reply = sock.recv(ASSOCIATE_RJ_LENGTH, socket.MSG_WAITALL)
                 sock.sendall(request[42:])
                 sock.sendall(request)  # a confused peer tries again on the same connection
-                assert reply == struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 1, 1, 3)
+                assert reply == associate_rj(1, 1, 3)
                 assert _closed_by_peer(sock) == b""  # end of stream, not ECONNRESET
 
 
@@ -122,7 +122,7 @@ def test_associate_rq_announcing_300_mb_is_closed_after_its_header(tmp_path: Pat
 def _associated(port: int) -> socket.socket:
     """A raw connection with an established association (the A-ASSOCIATE-AC read)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(_associate_rq(b"OSTEOFLAG", b"RAWPEER"))
+    sock.sendall(associate_rq(b"OSTEOFLAG", b"RAWPEER"))
     header = sock.recv(6, socket.MSG_WAITALL)
     assert header[0] == 0x02, header  # A-ASSOCIATE-AC
     sock.recv(struct.unpack_from(">I", header, 2)[0], socket.MSG_WAITALL)

@@ -1,0 +1,56 @@
+"""Upper-layer PDUs (PS3.8 9.3) built and read byte by byte, for tests that check the wire.
+
+A refusal is read off the wire rather than from pynetdicom's requestor: when the
+A-ASSOCIATE-RJ and the close that follows it arrive before the requesting thread has looked at
+its socket, pynetdicom reports an abort and keeps no A-ASSOCIATE primitive.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from pydicom.uid import ExplicitVRLittleEndian
+
+from osteoflag.pacs.contexts import VERIFICATION
+
+ASSOCIATE_RJ_LENGTH = 10
+
+
+def associate_rq(called: bytes, calling: bytes) -> bytes:
+    """A minimal A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification."""
+
+    def item(kind: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    context = item(
+        0x20,
+        bytes([1, 0, 0, 0])
+        + item(0x30, VERIFICATION.encode())
+        + item(0x40, ExplicitVRLittleEndian.encode()),
+    )
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16)
+        + calling.ljust(16)
+        + bytes(32)
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + context
+        + user
+    )
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def associate_rj(result: int, source: int, reason: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4) with this result, source and reason/diag."""
+    return struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason)
+
+
+def first_reply(port: int, calling: bytes, source: str = "127.0.0.1") -> bytes:
+    """The first 10 bytes the listener sends back to an A-ASSOCIATE-RQ from ``source``:
+    a whole A-ASSOCIATE-RJ, or the start of an A-ASSOCIATE-AC."""
+    address = ("127.0.0.1", port)
+    with socket.create_connection(address, timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(associate_rq(b"OSTEOFLAG", calling))
+        return sock.recv(ASSOCIATE_RJ_LENGTH, socket.MSG_WAITALL)
