@@ -47,6 +47,11 @@ def associate_rj(result: int, source: int, reason: int) -> bytes:
     return struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason)
 
 
+def a_abort(source: int, reason: int) -> bytes:
+    """An A-ABORT PDU (PS3.8 9.3.8) with this source and reason/diag."""
+    return struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, reason)
+
+
 def first_reply(port: int, calling: bytes, source: str = "127.0.0.1") -> bytes:
     """The first 10 bytes the listener sends back to an A-ASSOCIATE-RQ from ``source``:
     a whole A-ASSOCIATE-RJ, or the start of an A-ASSOCIATE-AC."""
@@ -54,3 +59,12 @@ def first_reply(port: int, calling: bytes, source: str = "127.0.0.1") -> bytes:
     with socket.create_connection(address, timeout=10, source_address=(source, 0)) as sock:
         sock.sendall(associate_rq(b"OSTEOFLAG", calling))
         return sock.recv(ASSOCIATE_RJ_LENGTH, socket.MSG_WAITALL)
+
+
+def closed_by_peer(sock: socket.socket) -> bytes:
+    """Read until the listener closes the connection; return all it sent."""
+    sock.settimeout(15)
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received

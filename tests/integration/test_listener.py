@@ -41,7 +41,7 @@ from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.conftest import make_settings
 from tests.helpers.dicom import MODALITIES, TRANSFER_SYNTAXES, radiograph, write_in_syntax
-from tests.helpers.ul import associate_rj, associate_rq, first_reply
+from tests.helpers.ul import a_abort, associate_rj, associate_rq, closed_by_peer, first_reply
 
 SYNTAXES = list(TRANSFER_SYNTAXES)
 
@@ -224,10 +224,13 @@ def test_garbage_or_truncated_stream_does_not_crash_the_listener(
             assert sock.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
             if stream.endswith(b"TRUNCATED"):
                 sock.sendall(struct.pack(">BBI", 0x04, 0, 1000) + b"\x00\x00\x00\x10\x01\x03")
-            else:
+            else:  # a last command fragment that decodes to no Command Field (0000,0100)
                 sock.sendall(
                     struct.pack(">BBI", 0x04, 0, 12) + b"\x00\x00\x00\x08\x01\x03" + b"\xff" * 6
                 )
+                # After the rest of the A-ASSOCIATE-AC: A-ABORT, source service provider (the
+                # upper layer's answer to an invalid PDU), then the connection closes.
+                assert closed_by_peer(sock).endswith(a_abort(2, 0))
         else:
             sock.sendall(stream)
     peer = Peer("127.0.0.1", scp.port, settings.listener.ae_title)

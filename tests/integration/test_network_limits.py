@@ -28,7 +28,7 @@ from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from testkit.wait import wait_for
 from tests.conftest import make_settings
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.ul import associate_rj, associate_rq, first_reply
+from tests.helpers.ul import associate_rj, associate_rq, closed_by_peer, first_reply
 
 
 @contextmanager
@@ -53,15 +53,6 @@ def _echo_ok(port: int) -> bool:
         return False
 
 
-def _closed_by_peer(sock: socket.socket) -> bytes:
-    """Read until the listener closes the connection; return what it sent first."""
-    sock.settimeout(15)
-    received = b""
-    while chunk := sock.recv(4096):
-        received += chunk
-    return received
-
-
 def _associate(port: int, calling_ae: str = "SCU") -> Association:
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(VERIFICATION)
@@ -73,7 +64,7 @@ def test_peer_that_connects_and_sends_nothing_is_dropped(tmp_path: Path) -> None
     with listening(tmp_path, acse_timeout=0.5) as scp:
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
             # ARTIM expiry (PS3.8 9.1.5): the connection is closed without any PDU.
-            assert _closed_by_peer(sock) == b""
+            assert closed_by_peer(sock) == b""
         assert _echo_ok(scp.port)
 
 
@@ -93,7 +84,7 @@ def test_half_sent_message_is_dropped(tmp_path: Path) -> None:
             # A command fragment that is not the last one, then silence.
             pdv = struct.pack(">IB", 6, 1) + b"\x01\x00\x00\x00\x00"
             sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
-            sent = _closed_by_peer(sock)
+            sent = closed_by_peer(sock)
         # What was left of the AC, then A-ABORT (type 07) before closing.
         assert b"\x07\x00\x00\x00\x00\x04" in sent
         assert _echo_ok(scp.port)

@@ -15,8 +15,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.helpers.dicom import radiograph, write_in_syntax
-from tests.helpers.ul import ASSOCIATE_RJ_LENGTH, associate_rj, associate_rq
-from tests.integration.test_network_limits import _closed_by_peer, _echo_ok, listening
+from tests.helpers.ul import (
+    ASSOCIATE_RJ_LENGTH,
+    a_abort,
+    associate_rj,
+    associate_rq,
+    closed_by_peer,
+)
+from tests.integration.test_network_limits import _echo_ok, listening
 
 
 @contextmanager
@@ -71,7 +77,7 @@ def _open(peer: socket.socket) -> bool:
 def test_request_must_arrive_whole_within_acse_timeout(tmp_path: Path) -> None:
     with listening(tmp_path, acse_timeout=1.0) as scp, dribbling(scp.port, 1, 0.1) as [peer]:
         # A byte every 0.1 s would restart a per-receive timeout forever; the deadline holds.
-        assert _closed_by_peer(peer) == b""
+        assert closed_by_peer(peer) == b""
 
 
 def test_closed_connections_free_their_slot_at_once(tmp_path: Path) -> None:
@@ -108,14 +114,14 @@ def test_refused_caller_sending_the_rest_of_its_request_late_sees_an_orderly_clo
                 sock.sendall(request[42:])
                 sock.sendall(request)  # a confused peer tries again on the same connection
                 assert reply == associate_rj(1, 1, 3)
-                assert _closed_by_peer(sock) == b""  # end of stream, not ECONNRESET
+                assert closed_by_peer(sock) == b""  # end of stream, not ECONNRESET
 
 
 def test_associate_rq_announcing_300_mb_is_closed_after_its_header(tmp_path: Path) -> None:
     with listening(tmp_path) as scp:
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
             sock.sendall(struct.pack(">BBI", 0x01, 0, 300_000_000) + bytes(4096))
-            assert _closed_by_peer(sock) == b""
+            assert closed_by_peer(sock) == b""
         assert _echo_ok(scp.port)
 
 
@@ -134,7 +140,7 @@ def test_p_data_longer_than_maximum_pdu_size_is_aborted_unread(tmp_path: Path) -
         with _associated(scp.port) as sock:
             sock.sendall(struct.pack(">BBI", 0x04, 0, 16385) + bytes(1024))
             # A-ABORT: service provider, invalid PDU parameter value; then the connection ends.
-            assert _closed_by_peer(sock) == struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 2, 6)
+            assert closed_by_peer(sock) == a_abort(2, 6)
         # pynetdicom fills PDUs to exactly the announced maximum: a 40 kB data set passes.
         path = write_in_syntax(
             radiograph(rows=200, columns=200), ExplicitVRLittleEndian, tmp_path / "a.dcm"
