@@ -14,8 +14,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import DeliveryError, PermanentError
@@ -63,14 +64,38 @@ def client_ae(calling_ae: str, timeout: float) -> AE:
 
 def associate(ae: AE, peer: Peer) -> Association:
     """Associate with ``peer`` (over TLS when it has TLS settings); DeliveryError if refused
-    or unreachable."""
+    (saying why, so an operator can fix the AE titles) or unreachable."""
     tls_args = None if peer.tls is None else (client_context(peer.tls), peer.host)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
+    # The A-ASSOCIATE-RJ is taken as its PDU arrives: pynetdicom's requestor reports a
+    # rejection that has already closed the connection as an abort, with no reason.
+    rejections: list[A_ASSOCIATE_RJ] = []
+    handler = (evt.EVT_PDU_RECV, _keep_rejection, [rejections])
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[handler]
+    )
+    assoc.unbind(evt.EVT_PDU_RECV, _keep_rejection)
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if rejections:
+        raise DeliveryError(f"association with {where} rejected: {_reason(rejections[0])}")
     if not assoc.is_established:
         raise DeliveryError(
-            f"association with {peer.ae_title}@{peer.host}:{peer.port} was not established"
+            f"association with {where} was not established (unreachable, aborted or timed out)"
         )
     return assoc
+
+
+def _keep_rejection(event: evt.Event, rejections: list[A_ASSOCIATE_RJ]) -> None:
+    if isinstance(event.pdu, A_ASSOCIATE_RJ):
+        rejections.append(event.pdu)
+
+
+def _reason(pdu: A_ASSOCIATE_RJ) -> str:
+    """Result, source and reason of an A-ASSOCIATE-RJ (PS3.8 9.3.4), in words when valid."""
+    numbers = f"result {pdu.result}, source {pdu.source}, reason {pdu.reason_diagnostic}"
+    try:
+        return f"{pdu.result_str}, {pdu.source_str}: {pdu.reason_str} ({numbers})"
+    except ValueError:  # values outside PS3.8 Table 9-21
+        return numbers
 
 
 def send_c_echo(peer: Peer, calling_ae: str, timeout: float = 30.0) -> int:

@@ -88,6 +88,16 @@ def test_pinned_calling_ae_is_rejected_from_other_addresses(
         ]
 
 
+def test_echo_refused_by_the_peer_says_why(tmp_path: Path) -> None:
+    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"]) as (scp, _):
+        config = write_config(tmp_path, base_sections(tmp_path, tmp_path / "no-bundle"))
+        echo = osteoflag(
+            "echo", "127.0.0.1", str(scp.port), "--called-aet", "OSTEOFLAG", config=config
+        )
+    assert echo.returncode == 1
+    assert "Calling AE title not recognised (result 1, source 1, reason 3)" in echo.stderr
+
+
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("pki"))

@@ -35,6 +35,7 @@ from osteoflag.config import Settings
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance
+from osteoflag.errors import DeliveryError
 from osteoflag.pacs import status
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scp import StorageSCP
@@ -178,6 +179,8 @@ def test_caller_not_on_allowlist_gets_associate_rj(tmp_path: Path) -> None:
         # Rejected permanent, service user, calling AE title not recognised.
         assert first_reply(listener.port, b"INTRUDER") == associate_rj(1, 1, 3)
         peer = Peer("127.0.0.1", listener.port, settings.listener.ae_title)
+        with pytest.raises(DeliveryError, match=r"rejected: .*Calling AE title not recognised"):
+            send_c_echo(peer, "INTRUDER")
         assert send_c_echo(peer, "RADIOLOGY") == status.SUCCESS
     finally:
         listener.stop(timeout=5)
