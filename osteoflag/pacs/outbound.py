@@ -118,7 +118,18 @@ def build_objects(
     ]
     if result.label is Label.FRACTURE and region is not None:
         assert result.probability is not None  # guaranteed by Classification
-        objects.append(build_gsps(source, result.probability, region, model=model, created=created))
+        if _grayscale(source):
+            objects.append(
+                build_gsps(source, result.probability, region, model=model, created=created)
+            )
+        else:
+            logger.info(
+                "no presentation state for a colour source; the SR and summary show the region",
+                extra={
+                    "action": "build_objects",
+                    "sop_instance_uid": str(source.get("SOPInstanceUID", "")),
+                },
+            )
     if settings.report.summary_image:
         try:
             objects.append(
@@ -130,6 +141,12 @@ def build_objects(
             if result.label is not Label.UNDETERMINED:
                 raise
     return objects
+
+
+def _grayscale(source: Dataset) -> bool:
+    """A Grayscale Softcopy Presentation State may reference only images of one sample per
+    pixel (PS3.3 A.33.1); a colour one (a film scanned in colour) would need a colour state."""
+    return int(source.get("SamplesPerPixel") or 1) == 1
 
 
 def write_objects(

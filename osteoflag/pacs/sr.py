@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -109,6 +110,20 @@ def box_polyline(box: tuple[int, int, int, int]) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
 
 
+_Reference = TypeVar("_Reference", hd.sr.SourceImageForRegion, hd.sr.SourceImageForMeasurementGroup)
+
+
+def image_reference(kind: type[_Reference], source: Dataset) -> _Reference:
+    """A reference to ``source`` by its SOP Class and Instance UIDs. highdicom's
+    ``from_source_image`` would also read Modality (0008,0060), only to refuse non-image
+    objects; some converted images (a Secondary Capture from a scanned film) lack it, and the
+    worker has decoded the source's pixels by now."""
+    return kind(
+        referenced_sop_class_uid=require(source, "SOPClassUID"),
+        referenced_sop_instance_uid=require(source, "SOPInstanceUID"),
+    )
+
+
 def tracking_identifier(source_uid: str, model: ModelIdentity) -> hd.sr.TrackingIdentifier:
     """TID 4108 Tracking Identifier and Tracking Unique Identifier, derived from the source."""
     return hd.sr.TrackingIdentifier(
@@ -126,7 +141,7 @@ def fracture_region_group(
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=box_polyline(region.box),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+            source_image=image_reference(hd.sr.SourceImageForRegion, source),
         ),
         finding_type=codes.FRACTURE_OF_BONE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=site)] if site is not None else None,
@@ -167,7 +182,7 @@ def whole_image_group(
             hd.sr.CoordinatesForMeasurement(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                 graphic_data=box_polyline((0, 0, columns, rows)),
-                source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+                source_image=image_reference(hd.sr.SourceImageForRegion, source),
             )
         ],
     )
@@ -182,7 +197,7 @@ def whole_image_group(
             )
         ],
         measurements=[certainty],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        source_images=[image_reference(hd.sr.SourceImageForMeasurementGroup, source)],
     )
     group[0].ContentSequence.append(
         _text(statement(result, None), hd.sr.RelationshipTypeValues.CONTAINS)

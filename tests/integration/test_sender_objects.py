@@ -3,10 +3,15 @@ region, filtered by the destination's ``objects``; delivered to real Storage SCP
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
@@ -86,6 +91,32 @@ def test_no_presentation_state_without_a_region_or_a_flag(
             session, make_dx(), Classification(Label.NO_FRACTURE, 0.1), MODEL, settings, REGION
         )
     assert sorted(row.kind for row in flagged + negative) == ["sr", "sr", "summary", "summary"]
+
+
+def test_colour_film_converted_by_img2dcm_gets_sr_and_summary_without_a_presentation_state(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    # A film scanned in colour and converted with DCMTK: a Secondary Capture with three
+    # samples per pixel and no Modality (0008,0060). A grayscale presentation state cannot
+    # reference it; the SR and the summary image carry the region instead.
+    img2dcm = shutil.which("img2dcm")
+    assert img2dcm, "DCMTK missing: run scripts/install-debian-tools.sh"
+    pixels = np.random.default_rng(0).integers(0, 255, (256, 200, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "film.jpg")
+    command = [img2dcm, str(tmp_path / "film.jpg"), str(tmp_path / "film.dcm")]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    source = dcmread(tmp_path / "film.dcm")
+    assert "Modality" not in source and source.SamplesPerPixel == 3
+    settings = _settings(tmp_path, [{"ae_title": "ALL", "host": "127.0.0.1", "port": 104}])
+    with sessions() as session:
+        rows = produce_for(
+            session, source, Classification(Label.FRACTURE, 0.9), MODEL, settings, REGION
+        )
+    assert sorted(row.kind for row in rows) == ["sr", "summary"]
+    [sr_row] = [row for row in rows if row.kind == "sr"]
+    sr = dcmread(settings.outgoing_path / "sr" / f"{sr_row.sop_instance_uid}.dcm")
+    [evidence] = sr.CurrentRequestedProcedureEvidenceSequence
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
 
 
 def test_unknown_object_kind_is_a_config_error_naming_the_key(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ CASES = {
         set_raw(ds, "WindowWidth", b"wide"),
     ),
     "rescale-not-a-number": lambda ds: set_raw(ds, "RescaleSlope", b"one"),
+    "modality-missing": lambda ds: delattr(ds, "Modality"),
     "japanese-empty-first-value": _japanese,
     "unknown-character-set": lambda ds: set_raw(ds, "SpecificCharacterSet", b"KLINGON"),
     "code-extension-alone": lambda ds: set_raw(ds, "SpecificCharacterSet", b"ISO 2022 IR 100"),
