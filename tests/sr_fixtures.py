@@ -125,12 +125,19 @@ class RecordingSCP:
     Instance UIDs of every C-STORE request, duplicates included.
     """
 
-    def __init__(self, port: int = 0, ae_title: str = "PACS", status: int = 0x0000) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        ae_title: str = "PACS",
+        status: int = 0x0000,
+        calling_aets: list[str] | None = None,
+    ) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         self.status = status
         self.received: list[str] = []
         self.ae = AE(ae_title=ae_title)
+        self.ae.require_calling_aet = calling_aets or []  # others are rejected (1/1/3)
         self.ae.supported_contexts = AllStoragePresentationContexts
         self.ae.add_supported_context("1.2.840.10008.1.1")
         self.server = self.ae.start_server(

@@ -113,10 +113,14 @@ def deliver(
         return DeliveryReport()
     if isinstance(destination, DicomWebDestination):
         return _stow_all(sessions, settings, destination, rows, policy, key)
-    assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
-    if assoc is None:
-        error = f"no association with {key}"
-        logger.warning("destination unreachable", extra={"action": "send", "destination": key})
+    try:
+        assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
+    except DeliveryError as exc:  # refused (saying why) or unreachable: every row waits
+        error = str(exc)
+        logger.warning(
+            "destination refused or unreachable",
+            extra={"action": "send", "destination": key, "reason": error},
+        )
         return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
     try:
         return _store_all(sessions, settings, assoc, rows, policy, key)
@@ -125,19 +129,14 @@ def deliver(
             assoc.release()
 
 
-def _associate(
-    settings: Settings, destination: Destination, sop_classes: set[str]
-) -> Association | None:
+def _associate(settings: Settings, destination: Destination, sop_classes: set[str]) -> Association:
     ae = client_ae(settings.listener.ae_title, settings.sender.timeout_seconds)
     for sop_class in sorted(sop_classes):
         ae.add_requested_context(sop_class, list(UNCOMPRESSED))
         if sop_class in _COMPRESSED_SYNTAXES:
             ae.add_requested_context(sop_class, _COMPRESSED_SYNTAXES[sop_class])
     peer = Peer(destination.host, destination.port, destination.ae_title, destination.tls)
-    try:
-        return associate(ae, peer)
-    except DeliveryError:
-        return None
+    return associate(ae, peer)
 
 
 def _store_all(

@@ -102,7 +102,11 @@ def test_outage_backs_off_exponentially_up_to_the_cap_then_delivers_once(
         assert before + timedelta(seconds=delay) <= moment <= after + timedelta(seconds=delay)
     rows = _rows(sessions)
     assert {(row.state.value, row.attempts) for row in rows} == {("pending", 6)}
-    assert all(row.last_error == f"no association with PACS@127.0.0.1:{port}" for row in rows)
+    unreachable = (
+        f"association with PACS@127.0.0.1:{port} was not established"
+        " (unreachable, aborted or timed out)"
+    )
+    assert all(row.last_error == unreachable for row in rows)
 
     pacs = RecordingSCP(port=port, ae_title="PACS")
     try:
@@ -112,6 +116,26 @@ def test_outage_backs_off_exponentially_up_to_the_cap_then_delivers_once(
         pacs.stop()
     assert sorted(pacs.received) == sorted(produced)
     assert {row.state.value for row in _rows(sessions)} == {"sent"}
+
+
+def test_a_pacs_that_refuses_our_ae_title_is_named_in_the_rows_error(
+    tmp_path: Path, port: int, sessions: sessionmaker[Session]
+) -> None:
+    settings = load_settings(_config(tmp_path, port))
+    _produce(sessions, settings)
+    pacs = RecordingSCP(port=port, ae_title="PACS", calling_aets=["SOMEONE-ELSE"])
+    try:
+        assert send_pending(sessions, settings).retried == 2 * 2  # SR and summary of each
+    finally:
+        pacs.stop()
+    assert pacs.received == []
+    for row in _rows(sessions):
+        assert row.state.value == "pending"
+        assert row.last_error is not None
+        assert "rejected: " in row.last_error
+        assert row.last_error.endswith(
+            "Calling AE title not recognised (result 1, source 1, reason 3)"
+        )
 
 
 def test_past_the_deadline_fails_with_the_reason_and_cli_requeue_delivers(
@@ -130,7 +154,7 @@ def test_past_the_deadline_fails_with_the_reason_and_cli_requeue_delivers(
         assert row.attempts >= 2, "it was retried before the deadline"
         assert row.last_error is not None
         assert row.last_error.startswith("delivery deadline of 0:00:01 passed")
-        assert row.last_error.endswith(f"no association with PACS@127.0.0.1:{port}")
+        assert row.last_error.endswith("was not established (unreachable, aborted or timed out)")
     assert send_pending(sessions, settings, now=utcnow() + timedelta(days=1)).sent == 0
 
     pacs = RecordingSCP(port=port, ae_title="PACS")
