@@ -18,6 +18,8 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 
+from osteoflag.pacs.peers import requestor_fields
+
 logger = logging.getLogger(__name__)
 
 _COMMAND = 0x01
@@ -54,14 +56,9 @@ class DatasetSizeGuard:
             else:
                 self._received[assoc] = size
                 return
-        requestor = assoc.requestor
         logger.warning(
             "association aborted: data set larger than %d bytes",
             self._limit,
-            extra={
-                "action": "abort",
-                "calling_ae": str(requestor.ae_title).strip(),
-                "peer": f"{requestor.address}:{requestor.port}",
-            },
+            extra={"action": "abort", **requestor_fields(assoc)},
         )
         assoc.abort()

@@ -32,6 +32,7 @@ from osteoflag.pacs.access import CallerPolicy
 from osteoflag.pacs.contexts import ACCEPTED_TRANSFER_SYNTAXES, RADIOGRAPH_STORAGE, VERIFICATION
 from osteoflag.pacs.guard import DatasetSizeGuard
 from osteoflag.pacs.identity import HEAD_BYTES, Mismatch, read_head
+from osteoflag.pacs.peers import requestor_fields
 from osteoflag.pacs.server import GuardedAssociationServer, start_server
 from osteoflag.pacs.storage import (
     check_uid,
@@ -63,8 +64,8 @@ def _failure(code: int, refusal: Mismatch) -> Dataset:
 
 
 def _peer(event: Event) -> tuple[str, str]:
-    requestor = event.assoc.requestor
-    return requestor.ae_title.strip(), f"{requestor.address}:{requestor.port}"
+    fields = requestor_fields(event.assoc)
+    return fields["calling_ae"], fields["peer"]
 
 
 class StorageSCP:

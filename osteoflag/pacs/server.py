@@ -41,6 +41,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.access import CallerPolicy
+from osteoflag.pacs.peers import requestor_fields
 from osteoflag.pacs.reception import (
     MAX_ASSOCIATE_RQ_LENGTH,
     PDU_HEADER_LENGTH,
@@ -130,17 +131,12 @@ class BoundedAssociationSocket(AssociationSocket):
     def _abort(self, kind: int, length: int) -> None:
         """A-ABORT and close: the DUL then sees the connection end (Evt17), as on a reset."""
         self._aborted = True
-        requestor = self.assoc.requestor
         logger.warning(
             "association aborted: PDU type 0x%02X announces %d bytes, more than %d",
             kind,
             length,
             self._limit(kind),
-            extra={
-                "action": "abort",
-                "calling_ae": str(requestor.ae_title).strip(),
-                "peer": f"{requestor.address}:{requestor.port}",
-            },
+            extra={"action": "abort", **requestor_fields(self.assoc)},
         )
         raw = self.socket
         if raw is None:
@@ -163,16 +159,11 @@ class CommandCheckingDIMSE(DIMSEServiceProvider):
             super().receive_primitive(primitive)
         except Exception as exc:  # pydicom and pynetdicom raise many kinds on a garbled set
             self.message = None
-            requestor = self.assoc.requestor
             logger.warning(
                 "association aborted: DIMSE message not decodable: %s: %s",
                 type(exc).__name__,
                 exc,
-                extra={
-                    "action": "abort",
-                    "calling_ae": str(requestor.ae_title).strip(),
-                    "peer": f"{requestor.address}:{requestor.port}",
-                },
+                extra={"action": "abort", **requestor_fields(self.assoc)},
             )
             self.dul.event_queue.put("Evt19")
 

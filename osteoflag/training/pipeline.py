@@ -22,7 +22,7 @@ import torch
 
 from osteoflag.inference import maps
 from osteoflag.inference.bundle import write_manifest
-from osteoflag.inference.predictor import OUTPUT_NAME
+from osteoflag.inference.predictor import INPUT_NAME, OUTPUT_NAME
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
 from osteoflag.training.model import FittedModel, Inputs, head_onnx_features
@@ -214,7 +214,7 @@ def write_bundle(
     parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
     maps.expose_maps(staging / "backbone.onnx")
     session = export.session(staging / "backbone.onnx", options.threads)
-    served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {"image": inputs})
+    served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {INPUT_NAME: inputs})
     split_error = export.max_relative_error(served, trained_x.x[: len(served)])
     if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
         raise TrainingError(
