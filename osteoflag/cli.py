@@ -141,6 +141,147 @@ def _port(text: str) -> int:
     return value
 
 
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--role",
+        choices=["listener", "worker", "sender", "all"],
+        default="all",
+        help="parts this process runs (default all; see README, Deployment)",
+    )
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def _echo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host")
+    parser.add_argument("port", type=_port)
+    parser.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    add_tls_arguments(parser)
+
+
+def _send_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", required=True, type=_port)
+    parser.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    add_tls_arguments(parser)
+
+
+def _feedback_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="new folder: images/ + labels.csv"
+    )
+
+
+def _add_maps_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
+
+
+def _add_localiser_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_maps_arguments(parser)
+    parser.add_argument(
+        "--boxes", type=Path, required=True, metavar="DIR", help="images/, labels/, images.csv"
+    )
+    parser.add_argument(
+        "--tiles",
+        type=int,
+        metavar="N",
+        help="backbone tiles per side (default: a grid of about 28 cells a side); "
+        "each flagged image costs N*N backbone passes",
+    )
+
+
+def _show_sr_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, metavar="FILE")
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """For a command that reads nothing but its configuration."""
+
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+#: (name, help, arguments, handler) of each command, in the order ``--help`` lists them; the
+#: library commands' arguments live beside the code they run.
+COMMANDS: tuple[tuple[str, str, Arguments, Command], ...] = (
+    ("serve", "run the daemon", _serve_arguments, _serve),
+    ("status", "queue counts per state", _status_arguments, _status),
+    ("echo", "C-ECHO a DICOM peer", _echo_arguments, _echo),
+    ("send", "C-STORE files to a DICOM peer", _send_arguments, _send),
+    ("infer", "classify local image files", add_infer_arguments, run_infer),
+    ("evaluate", "score a bundle on a labelled folder", add_evaluate_arguments, run_evaluate),
+    (
+        "validate",
+        "score a bundle on a site's labelled images, with a report",
+        add_validate_arguments,
+        run_validate,
+    ),
+    (
+        "drift-reference",
+        "give a bundle the reference drift watch compares against",
+        add_reference_arguments,
+        run_reference,
+    ),
+    (
+        "ood-reference",
+        "give a bundle its out-of-distribution guard (images far from its training ones)",
+        add_ood_arguments,
+        run_ood_reference,
+    ),
+    (
+        "adapt",
+        "refit a bundle's head on a site's labelled images",
+        add_adapt_arguments,
+        run_adapt,
+    ),
+    ("train", "build a model bundle (needs the train extra)", add_train_arguments, run_train),
+    (
+        "quantize",
+        "INT8 backbone bundle, kept only if as good",
+        add_quantize_arguments,
+        run_quantize,
+    ),
+    (
+        "add-maps",
+        "copy a bundle, adding the spatial map output that regions need (needs onnx)",
+        _add_maps_arguments,
+        _add_maps,
+    ),
+    (
+        "add-localiser",
+        "copy a bundle, adding a localiser fitted on fracture boxes (needs the train extra)",
+        _add_localiser_arguments,
+        _add_localiser,
+    ),
+    ("show-sr", "print an SR as a tree", _show_sr_arguments, _show_sr),
+    ("requeue", "retry failed instances and failed deliveries", _no_arguments, _requeue),
+)
+
+#: The ``feedback`` command's subcommands, in the same form.
+FEEDBACK_COMMANDS: tuple[tuple[str, str, Arguments, Command], ...] = (
+    (
+        "export",
+        "the labelled cases as a set validate and adapt read",
+        _feedback_export_arguments,
+        _feedback_export,
+    ),
+)
+
+
+def _add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    table: tuple[tuple[str, str, Arguments, Command], ...],
+    common: argparse.ArgumentParser,
+) -> None:
+    for name, summary, arguments, handler in table:
+        parser = commands.add_parser(name, parents=[common], help=summary)
+        arguments(parser)
+        parser.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; every command takes ``--config``."""
     common = argparse.ArgumentParser(add_help=False)
@@ -154,133 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"osteoflag {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser("serve", parents=[common], help="run the daemon")
-    serve.add_argument(
-        "--role",
-        choices=["listener", "worker", "sender", "all"],
-        default="all",
-        help="parts this process runs (default all; see README, Deployment)",
-    )
-    serve.set_defaults(handler=_serve)
-
-    status = commands.add_parser("status", parents=[common], help="queue counts per state")
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    status.set_defaults(handler=_status)
-
-    echo = commands.add_parser("echo", parents=[common], help="C-ECHO a DICOM peer")
-    echo.add_argument("host")
-    echo.add_argument("port", type=_port)
-    echo.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
-    add_tls_arguments(echo)
-    echo.set_defaults(handler=_echo)
-
-    send = commands.add_parser("send", parents=[common], help="C-STORE files to a DICOM peer")
-    send.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
-    send.add_argument("--host", required=True)
-    send.add_argument("--port", required=True, type=_port)
-    send.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
-    add_tls_arguments(send)
-    send.set_defaults(handler=_send)
-
-    infer = commands.add_parser("infer", parents=[common], help="classify local image files")
-    add_infer_arguments(infer)
-    infer.set_defaults(handler=run_infer)
-
-    evaluate = commands.add_parser(
-        "evaluate", parents=[common], help="score a bundle on a labelled folder"
-    )
-    add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(handler=run_evaluate)
-
-    validate = commands.add_parser(
-        "validate",
-        parents=[common],
-        help="score a bundle on a site's labelled images, with a report",
-    )
-    add_validate_arguments(validate)
-    validate.set_defaults(handler=run_validate)
-
+    _add_commands(commands, COMMANDS, common)
     feedback = commands.add_parser("feedback", help="radiologists' readings of results")
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
-    export = feedback_commands.add_parser(
-        "export", parents=[common], help="the labelled cases as a set validate and adapt read"
-    )
-    export.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="new folder: images/ + labels.csv"
-    )
-    export.set_defaults(handler=_feedback_export)
-
-    reference = commands.add_parser(
-        "drift-reference",
-        parents=[common],
-        help="give a bundle the reference drift watch compares against",
-    )
-    add_reference_arguments(reference)
-    reference.set_defaults(handler=run_reference)
-
-    ood = commands.add_parser(
-        "ood-reference",
-        parents=[common],
-        help="give a bundle its out-of-distribution guard (images far from its training ones)",
-    )
-    add_ood_arguments(ood)
-    ood.set_defaults(handler=run_ood_reference)
-
-    adapt = commands.add_parser(
-        "adapt", parents=[common], help="refit a bundle's head on a site's labelled images"
-    )
-    add_adapt_arguments(adapt)
-    adapt.set_defaults(handler=run_adapt)
-
-    train = commands.add_parser(
-        "train", parents=[common], help="build a model bundle (needs the train extra)"
-    )
-    add_train_arguments(train)
-    train.set_defaults(handler=run_train)
-
-    quantize = commands.add_parser(
-        "quantize", parents=[common], help="INT8 backbone bundle, kept only if as good"
-    )
-    add_quantize_arguments(quantize)
-    quantize.set_defaults(handler=run_quantize)
-
-    add_maps = commands.add_parser(
-        "add-maps",
-        parents=[common],
-        help="copy a bundle, adding the spatial map output that regions need (needs onnx)",
-    )
-    add_maps.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle")
-    add_maps.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
-    add_maps.set_defaults(handler=_add_maps)
-
-    add_localiser = commands.add_parser(
-        "add-localiser",
-        parents=[common],
-        help="copy a bundle, adding a localiser fitted on fracture boxes (needs the train extra)",
-    )
-    add_localiser.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="bundle")
-    add_localiser.add_argument(
-        "--boxes", type=Path, required=True, metavar="DIR", help="images/, labels/, images.csv"
-    )
-    add_localiser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle")
-    add_localiser.add_argument(
-        "--tiles",
-        type=int,
-        metavar="N",
-        help="backbone tiles per side (default: a grid of about 28 cells a side); "
-        "each flagged image costs N*N backbone passes",
-    )
-    add_localiser.set_defaults(handler=_add_localiser)
-
-    show = commands.add_parser("show-sr", parents=[common], help="print an SR as a tree")
-    show.add_argument("file", type=Path, metavar="FILE")
-    show.set_defaults(handler=_show_sr)
-
-    requeue = commands.add_parser(
-        "requeue", parents=[common], help="retry failed instances and failed deliveries"
-    )
-    requeue.set_defaults(handler=_requeue)
+    _add_commands(feedback_commands, FEEDBACK_COMMANDS, common)
     return parser
 
 

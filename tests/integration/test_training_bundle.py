@@ -5,7 +5,6 @@ the contract's JSON for them."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
-from PIL import Image
 
 from osteoflag.errors import TrainingError
 from osteoflag.inference.bundle import load_bundle, write_manifest
@@ -30,6 +28,7 @@ from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import run
 from osteoflag.training.prepared import Sources, TrainOptions
+from tests.helpers.training_data import write_images
 from tests.helpers.trees import split_columns
 
 TAGS = ("frozen", "finetuned")
@@ -46,33 +45,11 @@ CONTRACT_KEYS = {
 }
 
 
-def _images(root: Path, splits: tuple[str | None, ...], n: int, seed: int) -> None:
-    """Noise images; fractures carry a bright vertical line. Two files per source group."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split in splits:
-        for label in ("fracture", "nofracture"):
-            folder = root / split / label if split else root / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = rng.integers(0, 200, (40, 36)).astype(np.uint8)
-                if label == "fracture":
-                    pixels[:, 16:19] = 255
-                name = f"{split}-{label}-{i // 2}_png.rf.{rng.integers(1 << 40):012x}.jpg"
-                Image.fromarray(pixels).save(folder / name)
-                rows.append({"file": f"{label}/{name}", "group": f"{label}{i // 2}"})
-    if splits == (None,):
-        with (root / "groups.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["file", "group"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train")
-    _images(root / "primary", ("train", "val", "test"), 16, seed=0)
-    _images(root / "other", (None,), 12, seed=1)
+    write_images(root / "primary", ("train", "val", "test"), 16, seed=0)
+    write_images(root / "other", (None,), 12, seed=1)
     return root
 
 

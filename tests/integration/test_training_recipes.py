@@ -3,18 +3,17 @@ card renders the rows as a table against the baseline."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from osteoflag.training import recipes
 from osteoflag.training.backbones import FeatureLayout
 from osteoflag.training.card_recipes import recipe_lines
 from osteoflag.training.classifier import BoosterConfig
+from tests.helpers.training_data import write_images
 
 SMALL = recipes.Trunk(size=32)
 LEVELS = replace(SMALL, layout=FeatureLayout.B345)
@@ -22,35 +21,11 @@ TWO_VIEW = replace(LEVELS, size=40, small_view=32)
 PROTOCOLS = ("osteoai_to_multiregion", "multiregion_to_osteoai", "cv_osteoai")
 
 
-def _images(root: Path, splits: tuple[str | None, ...], n: int, seed: int) -> None:
-    """Noise; fractures carry a bright vertical line; pairs of files share a source group, and
-    one primary pair carries both labels (a conflicting group)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split in splits:
-        for label in ("fracture", "nofracture"):
-            folder = root / split / label if split else root / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = rng.integers(0, 200, (40, 36)).astype(np.uint8)
-                if label == "fracture":
-                    pixels[:, 16:19] = 255
-                stem = "shared" if split == "train" and i < 2 else f"{split}-{label}-{i // 2}"
-                name = f"{stem}_png.rf.{rng.integers(1 << 40):012x}.jpg"
-                Image.fromarray(pixels).save(folder / name)
-                rows.append({"file": f"{label}/{name}", "group": f"{label}{i // 2}"})
-    if splits == (None,):
-        with (root / "groups.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["file", "group"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[recipes.RecipeData, Path]:
     root = tmp_path_factory.mktemp("recipes")
-    _images(root / "osteoai", ("train", "val", "test"), 10, seed=0)
-    _images(root / "multiregion", (None,), 12, seed=1)
+    write_images(root / "osteoai", ("train", "val", "test"), 10, seed=0, conflicting=True)
+    write_images(root / "multiregion", (None,), 12, seed=1)
     work = root / "work"
     work.mkdir()
     return recipes.load_data(root / "osteoai", root / "multiregion", work), work
