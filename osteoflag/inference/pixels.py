@@ -15,6 +15,7 @@ CR IODs it only restates the polarity of the Photometric Interpretation (PS3.3 C
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -312,7 +313,11 @@ def load_display(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayIm
     forced = head[128:132] != b"DICM"
     if forced:
         try:
-            with Image.open(path) as image:  # reads the header only
+            with warnings.catch_warnings():
+                # the decode budget, checked next, is the limit: not Pillow's warning on stderr
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads the header only
+            with opened as image:
                 budget.check_picture(*image.size)
                 image.load()
                 return _display_from_picture(image)
