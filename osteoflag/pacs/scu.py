@@ -21,6 +21,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.pacs.contexts import VERIFICATION
+from osteoflag.pacs.dimse_check import check_commands
 from osteoflag.pacs.status import is_success
 from osteoflag.pacs.tls import client_context
 
@@ -81,6 +82,7 @@ def associate(ae: AE, peer: Peer) -> Association:
         raise DeliveryError(
             f"association with {where} was not established (unreachable, aborted or timed out)"
         )
+    check_commands(assoc)  # a response that cannot be decoded: A-ABORT, not a dead thread
     return assoc
 
 

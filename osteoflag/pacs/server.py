@@ -7,19 +7,16 @@ longer than the Maximum Length we announced in the A-ASSOCIATE-AC (``listener.ma
 PS3.8 D.1), or any other PDU longer than an A-ASSOCIATE-RQ may be, gets A-ABORT and the
 connection is closed before its body is read.
 
-pynetdicom also decodes each DIMSE command set in its DUL thread, outside that thread's error
-handling: a command set it cannot decode would end the thread with a bare traceback and leave
-the peer without an A-ABORT. :class:`CommandCheckingDIMSE` turns that into A-ABORT and a log line.
+Each association also gets :func:`~osteoflag.pacs.dimse_check.check_commands`: a DIMSE
+command set that cannot be decoded gets A-ABORT and a log line.
 
-This is the one module that relies on pynetdicom internals, checked against pynetdicom 3.0.4
-(``pyproject.toml`` pins ``>=3.0.4,<3.1``): ``RequestHandler._create_association`` builds the
-Association around an ``AssociationSocket``; ``Association.dul.socket`` is what its DUL reads
-through, by ``AssociationSocket.ready`` and ``AssociationSocket.recv``;
-``Association.dimse.receive_primitive`` is what its DUL hands each P-DATA to, and
-``"Evt19"`` on ``DULServiceProvider.event_queue`` is its invalid-PDU event (PS3.8 9.2);
-``AE._servers`` lists the servers ``AE.shutdown`` stops. The listener's integration tests
-(``tests/integration/test_network_limits.py``, ``tests/integration/test_listener.py``) exercise
-every part of it.
+This module and :mod:`~osteoflag.pacs.dimse_check` are the two that rely on pynetdicom
+internals, checked against pynetdicom 3.0.4 (``pyproject.toml`` pins ``>=3.0.4,<3.1``):
+``RequestHandler._create_association`` builds the Association around an ``AssociationSocket``;
+``Association.dul.socket`` is what its DUL reads through, by ``AssociationSocket.ready`` and
+``AssociationSocket.recv``; ``AE._servers`` lists the servers ``AE.shutdown`` stops. The
+listener's integration tests (``tests/integration/test_network_limits.py``,
+``tests/integration/test_listener.py``) exercise every part of it.
 """
 
 from __future__ import annotations
@@ -34,13 +31,12 @@ from typing import Any, cast
 
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.events import EventHandlerType
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.access import CallerPolicy
+from osteoflag.pacs.dimse_check import check_commands
 from osteoflag.pacs.peers import requestor_fields
 from osteoflag.pacs.reception import (
     MAX_ASSOCIATE_RQ_LENGTH,
@@ -148,26 +144,6 @@ class BoundedAssociationSocket(AssociationSocket):
             pass  # the peer is gone already
 
 
-class CommandCheckingDIMSE(DIMSEServiceProvider):
-    """A DIMSE provider whose peer is A-ABORTed when its message cannot be decoded."""
-
-    def receive_primitive(self, primitive: P_DATA) -> None:
-        """Decode ``primitive`` as pynetdicom does; on failure log, then raise the state
-        machine's invalid-PDU event: A-ABORT (source: service provider) and the end of the
-        association, as for any other malformed PDU."""
-        try:
-            super().receive_primitive(primitive)
-        except Exception as exc:  # pydicom and pynetdicom raise many kinds on a garbled set
-            self.message = None
-            logger.warning(
-                "association aborted: DIMSE message not decodable: %s: %s",
-                type(exc).__name__,
-                exc,
-                extra={"action": "abort", **requestor_fields(self.assoc)},
-            )
-            self.dul.event_queue.put("Evt19")
-
-
 class BoundedRequestHandler(RequestHandler):
     """pynetdicom's handler, given the request reception read and a bounded socket."""
 
@@ -185,7 +161,7 @@ class BoundedRequestHandler(RequestHandler):
         assoc.dul.socket = BoundedAssociationSocket.take_over(
             plain, self._associate_rq, self.ae.maximum_pdu_size
         )
-        assoc.dimse = CommandCheckingDIMSE(assoc)
+        check_commands(assoc)
         return assoc
 
 

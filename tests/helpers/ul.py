@@ -68,3 +68,32 @@ def closed_by_peer(sock: socket.socket) -> bytes:
     while chunk := sock.recv(4096):
         received += chunk
     return received
+
+
+def associate_ac(context_id: int, transfer_syntax: str) -> bytes:
+    """An A-ASSOCIATE-AC (PS3.8 9.3.3) accepting one presentation context."""
+
+    def item(kind: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(body)) + body
+
+    context = item(0x21, bytes([context_id, 0, 0, 0]) + item(0x40, transfer_syntax.encode()))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + b"PEER".ljust(16)
+        + b"OSTEOFLAG".ljust(16)
+        + bytes(32)
+        + item(0x10, b"1.2.840.10008.3.1.1.1")
+        + context
+        + user
+    )
+    return struct.pack(">BBI", 0x02, 0, len(body)) + body
+
+
+def read_pdu(sock: socket.socket) -> bytes:
+    """One whole PDU from ``sock`` (empty when the peer has closed)."""
+    header = sock.recv(6, socket.MSG_WAITALL)
+    if len(header) < 6:
+        return b""
+    (length,) = struct.unpack(">I", header[2:])
+    return header + sock.recv(length, socket.MSG_WAITALL)
