@@ -27,19 +27,10 @@ from osteoflag.inference.pixels import DisplayImage, InputSpec
 from osteoflag.inference.region import Region
 
 LOCALISER_FILE: Final = "localiser.json"
-#: The model card's section on the localiser, which re-rendering the card keeps.
-LOCALISER_HEADING: Final = "\n## Localiser\n"
 KIND: Final = "cell-logistic"
 #: Position features appended to each cell's channels: row and column (0..1 over the image)
 #: and the distance to the image centre.
 POSITION_FEATURES: Final = 3
-
-
-def split_card(text: str) -> tuple[str, str]:
-    """The model card ``text`` as (the training run's part, the localiser's section or ""):
-    ``add-localiser`` replaces the section, re-rendering the card from a run keeps it."""
-    body, heading, section = text.partition(LOCALISER_HEADING)
-    return body, heading + section
 
 
 def cell_inputs(grid: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -12,11 +12,11 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
-from osteoflag.inference.localiser import KIND, LOCALISER_FILE, LOCALISER_HEADING, split_card
+from osteoflag.inference.localiser import KIND, LOCALISER_FILE
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
@@ -28,6 +28,16 @@ from osteoflag.training.localiser import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: The model card's section on the localiser, which re-rendering the card keeps.
+LOCALISER_HEADING: Final = "\n## Localiser\n"
+
+
+def split_card(text: str) -> tuple[str, str]:
+    """The model card ``text`` as (the training run's part, the localiser's section or ""):
+    ``add-localiser`` replaces the section, re-rendering the card from a run keeps it."""
+    body, heading, section = text.partition(LOCALISER_HEADING)
+    return body, heading + section
 
 
 def _card_section(boxes: Path, figures: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from osteoflag.inference.bundle import MODEL_CARD
-from osteoflag.inference.localiser import split_card
 from osteoflag.inference.quantize import MAX_AUC_DROP
+from osteoflag.training.add_localiser import split_card
 from osteoflag.training.card_calibration import calibration_lines
 from osteoflag.training.card_recipes import recipe_lines
 

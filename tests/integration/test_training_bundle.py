@@ -16,10 +16,10 @@ import pytest
 
 from osteoflag.errors import TrainingError
 from osteoflag.inference.bundle import load_bundle, write_manifest
-from osteoflag.inference.localiser import LOCALISER_HEADING
 from osteoflag.inference.pixels import load_display
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.__main__ import main as training_main
+from osteoflag.training.add_localiser import LOCALISER_HEADING
 from osteoflag.training.backbones import KERAS_BGR_MEAN, FeatureLayout, Init
 from osteoflag.training.classifier import BoosterConfig
 from osteoflag.training.commands import add_evaluate_arguments, run_evaluate
