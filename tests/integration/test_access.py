@@ -12,8 +12,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +19,18 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import queue
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
-from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.net import free_port
-from tests.conftest import make_settings
 from tests.helpers.dicom import PATIENT_ID, PATIENT_NAME, radiograph, write_in_syntax
+from tests.helpers.listener import listening
 from tests.helpers.pki import Certificates, make_certificates
 from tests.helpers.ul import associate_rj, first_reply
-
-
-@contextmanager
-def listening(
-    tmp_path: Path, **listener: Any
-) -> Iterator[tuple[StorageSCP, sessionmaker[Session]]]:
-    settings = make_settings(tmp_path, listener=listener)
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    scp = StorageSCP(settings, sessions)
-    scp.start()
-    try:
-        yield scp, sessions
-    finally:
-        scp.stop(timeout=5)
-        engine.dispose()
 
 
 def _established_from(source: str, port: int, calling_ae: str) -> bool:

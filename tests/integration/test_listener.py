@@ -33,7 +33,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
 from osteoflag.db import queue
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance
 from osteoflag.errors import DeliveryError
 from osteoflag.pacs import status
@@ -42,6 +41,7 @@ from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.conftest import make_settings
 from tests.helpers.dicom import MODALITIES, TRANSFER_SYNTAXES, radiograph, write_in_syntax
+from tests.helpers.listener import listening, serving
 from tests.helpers.ul import a_abort, associate_rj, associate_rq, closed_by_peer, first_reply
 
 SYNTAXES = list(TRANSFER_SYNTAXES)
@@ -170,39 +170,23 @@ def test_non_radiograph_class_is_refused_at_negotiation(
 
 
 def test_caller_not_on_allowlist_gets_associate_rj(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, listener={"allowed_calling_aets": ["RADIOLOGY"]})
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    listener = StorageSCP(settings, session_factory(engine))
-    listener.start()
-    try:
+    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"]) as (listener, _):
         # Rejected permanent, service user, calling AE title not recognised.
         assert first_reply(listener.port, b"INTRUDER") == associate_rj(1, 1, 3)
-        peer = Peer("127.0.0.1", listener.port, settings.listener.ae_title)
+        peer = Peer("127.0.0.1", listener.port, "OSTEOFLAG")
         with pytest.raises(DeliveryError, match=r"rejected: .*Calling AE title not recognised"):
             send_c_echo(peer, "INTRUDER")
         assert send_c_echo(peer, "RADIOLOGY") == status.SUCCESS
-    finally:
-        listener.stop(timeout=5)
-        engine.dispose()
 
 
 def test_storage_below_free_space_floor_answers_out_of_resources(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, storage={"min_free_mb": 1 << 40})
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    listener = StorageSCP(settings, sessions)
-    listener.start()
-    try:
+    with serving(settings) as (listener, sessions):
         path = write_in_syntax(radiograph(), ExplicitVRLittleEndian, tmp_path / "dx.dcm")
         peer = Peer("127.0.0.1", listener.port, settings.listener.ae_title)
         [outcome] = send_c_store([path], peer, "MODALITY")
         assert outcome.status == status.OUT_OF_RESOURCES
         assert queue.counts(sessions)["instances"]["queued"] == 0
-    finally:
-        listener.stop(timeout=5)
-        engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -10,47 +10,19 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from osteoflag.db.engine import make_engine, migrate, session_factory
-from osteoflag.errors import DeliveryError
 from osteoflag.pacs.contexts import VERIFICATION
-from osteoflag.pacs.scp import StorageSCP
-from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
+from osteoflag.pacs.scu import Peer, send_c_store
 from testkit.wait import wait_for
-from tests.conftest import make_settings
 from tests.helpers.dicom import radiograph, write_in_syntax
+from tests.helpers.listener import echo_ok, listening
 from tests.helpers.ul import associate_rj, associate_rq, closed_by_peer, first_reply
-
-
-@contextmanager
-def listening(tmp_path: Path, **listener: Any) -> Iterator[StorageSCP]:
-    """A Storage SCP with these ``[listener]`` settings, stopped afterwards."""
-    settings = make_settings(tmp_path, listener=listener)
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    scp = StorageSCP(settings, session_factory(engine))
-    scp.start()
-    try:
-        yield scp
-    finally:
-        scp.stop(timeout=5)
-        engine.dispose()
-
-
-def _echo_ok(port: int) -> bool:
-    try:
-        return send_c_echo(Peer("127.0.0.1", port, "OSTEOFLAG"), "CHECK", timeout=5) == 0
-    except DeliveryError:
-        return False
 
 
 def _associate(port: int, calling_ae: str = "SCU") -> Association:
@@ -61,23 +33,23 @@ def _associate(port: int, calling_ae: str = "SCU") -> Association:
 
 
 def test_peer_that_connects_and_sends_nothing_is_dropped(tmp_path: Path) -> None:
-    with listening(tmp_path, acse_timeout=0.5) as scp:
+    with listening(tmp_path, acse_timeout=0.5) as (scp, _):
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
             # ARTIM expiry (PS3.8 9.1.5): the connection is closed without any PDU.
             assert closed_by_peer(sock) == b""
-        assert _echo_ok(scp.port)
+        assert echo_ok(scp.port)
 
 
 def test_association_that_goes_quiet_is_aborted(tmp_path: Path) -> None:
-    with listening(tmp_path, network_timeout=0.5) as scp:
+    with listening(tmp_path, network_timeout=0.5) as (scp, _):
         assoc = _associate(scp.port)
         assert assoc.is_established
         wait_for(lambda: assoc.is_aborted, timeout=15)
-        assert _echo_ok(scp.port)
+        assert echo_ok(scp.port)
 
 
 def test_half_sent_message_is_dropped(tmp_path: Path) -> None:
-    with listening(tmp_path, network_timeout=0.5, dimse_timeout=0.5) as scp:
+    with listening(tmp_path, network_timeout=0.5, dimse_timeout=0.5) as (scp, _):
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
             sock.sendall(associate_rq(b"OSTEOFLAG", b"SLOWLORIS"))
             assert sock.recv(1) == b"\x02"  # A-ASSOCIATE-AC
@@ -87,7 +59,7 @@ def test_half_sent_message_is_dropped(tmp_path: Path) -> None:
             sent = closed_by_peer(sock)
         # What was left of the AC, then A-ABORT (type 07) before closing.
         assert b"\x07\x00\x00\x00\x00\x04" in sent
-        assert _echo_ok(scp.port)
+        assert echo_ok(scp.port)
 
 
 def _ac_maximum_length(ac: bytes) -> int:
@@ -107,7 +79,7 @@ def _ac_maximum_length(ac: bytes) -> int:
 
 
 def test_maximum_pdu_size_is_announced_in_associate_ac(tmp_path: Path) -> None:
-    with listening(tmp_path, maximum_pdu_size=32768) as scp:
+    with listening(tmp_path, maximum_pdu_size=32768) as (scp, _):
         with socket.create_connection(("127.0.0.1", scp.port), timeout=10) as sock:
             sock.sendall(associate_rq(b"OSTEOFLAG", b"PDUCHECK"))
             header = sock.recv(6, socket.MSG_WAITALL)
@@ -122,7 +94,7 @@ def test_maximum_pdu_size_is_announced_in_associate_ac(tmp_path: Path) -> None:
 
 
 def test_flood_beyond_max_associations_is_rejected_and_echo_recovers(tmp_path: Path) -> None:
-    with listening(tmp_path, max_associations=2, acse_timeout=1.0) as scp:
+    with listening(tmp_path, max_associations=2, acse_timeout=1.0) as (scp, _):
         held = [_associate(scp.port, f"HOLD{i}") for i in range(2)]
         assert all(assoc.is_established for assoc in held)
         results: list[bytes] = []
@@ -142,12 +114,12 @@ def test_flood_beyond_max_associations_is_rejected_and_echo_recovers(tmp_path: P
         assert results == [associate_rj(2, 3, 2)] * 12
         for assoc in held:
             assoc.release()
-        wait_for(lambda: _echo_ok(scp.port), timeout=15)
+        wait_for(lambda: echo_ok(scp.port), timeout=15)
 
         # Silent connections hold slots only until ARTIM expires.
         silent = [socket.create_connection(("127.0.0.1", scp.port)) for _ in range(6)]
         try:
-            wait_for(lambda: _echo_ok(scp.port), timeout=15)
+            wait_for(lambda: echo_ok(scp.port), timeout=15)
         finally:
             for sock in silent:
                 sock.close()
@@ -162,7 +134,7 @@ def test_data_set_over_max_dataset_mb_aborts_while_arriving(
         write_in_syntax(ds, ExplicitVRLittleEndian, tmp_path / f"{name}.dcm")
         for name, ds in (("large", large), ("small", small))
     ]
-    with listening(tmp_path, max_dataset_mb=1, maximum_pdu_size=16384) as scp:
+    with listening(tmp_path, max_dataset_mb=1, maximum_pdu_size=16384) as (scp, _):
         peer = Peer("127.0.0.1", scp.port, "OSTEOFLAG")
         with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.guard"):
             [outcome] = send_c_store(files[:1], peer, "BIGSENDER")
@@ -170,4 +142,4 @@ def test_data_set_over_max_dataset_mb_aborts_while_arriving(
         assert any("larger than 1048576 bytes" in r.getMessage() for r in caplog.records)
         [outcome] = send_c_store(files[1:], peer, "BIGSENDER")
         assert outcome.status == 0
-        assert _echo_ok(scp.port)
+        assert echo_ok(scp.port)

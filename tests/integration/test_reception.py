@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from tests.helpers.dicom import radiograph, write_in_syntax
+from tests.helpers.listener import echo_ok, listening
 from tests.helpers.ul import (
     ASSOCIATE_RJ_LENGTH,
     a_abort,
@@ -22,7 +23,6 @@ from tests.helpers.ul import (
     associate_rq,
     closed_by_peer,
 )
-from tests.integration.test_network_limits import _echo_ok, listening
 
 
 @contextmanager
@@ -55,9 +55,9 @@ def dribbling(port: int, count: int, interval: float = 0.2) -> Iterator[list[soc
 
 def test_slow_peers_do_not_lock_out_a_legitimate_echo(tmp_path: Path) -> None:
     limits = {"max_associations": 2, "max_pending_associations": 4, "acse_timeout": 30}
-    with listening(tmp_path, **limits) as scp, dribbling(scp.port, count=8) as peers:
+    with listening(tmp_path, **limits) as (scp, _), dribbling(scp.port, count=8) as peers:
         # Within the slow peers' 30 s, while they still send: every echo gets through.
-        assert all(_echo_ok(scp.port) for _ in range(3))
+        assert all(echo_ok(scp.port) for _ in range(3))
         still_sending = sum(1 for peer in peers if _open(peer))
     assert still_sending >= 1  # some slow peers were still connected during the echoes
 
@@ -75,22 +75,22 @@ def _open(peer: socket.socket) -> bool:
 
 
 def test_request_must_arrive_whole_within_acse_timeout(tmp_path: Path) -> None:
-    with listening(tmp_path, acse_timeout=1.0) as scp, dribbling(scp.port, 1, 0.1) as [peer]:
+    with listening(tmp_path, acse_timeout=1.0) as (scp, _), dribbling(scp.port, 1, 0.1) as [peer]:
         # A byte every 0.1 s would restart a per-receive timeout forever; the deadline holds.
         assert closed_by_peer(peer) == b""
 
 
 def test_closed_connections_free_their_slot_at_once(tmp_path: Path) -> None:
-    with listening(tmp_path, max_associations=2, acse_timeout=30) as scp:
+    with listening(tmp_path, max_associations=2, acse_timeout=30) as (scp, _):
         request = associate_rq(b"OSTEOFLAG", b"QUITTER")
         for _ in range(4):
             with socket.create_connection(("127.0.0.1", scp.port)) as sock:
                 sock.sendall(request[:40])
-        assert _echo_ok(scp.port)
+        assert echo_ok(scp.port)
 
 
 def test_refused_caller_is_rejected_before_its_request_is_complete(tmp_path: Path) -> None:
-    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as scp:
+    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as (scp, _):
         request = associate_rq(b"OSTEOFLAG", b"INTRUDER")
         with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
             sock.sendall(request[:42])  # header, fixed fields up to the calling AE title
@@ -105,7 +105,7 @@ def test_refused_caller_sending_the_rest_of_its_request_late_sees_an_orderly_clo
 ) -> None:
     # The rest of the request arriving after the rejection must be read, not answered with a
     # reset that can destroy the A-ASSOCIATE-RJ before the peer reads it.
-    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as scp:
+    with listening(tmp_path, allowed_calling_aets=["RADIOLOGY"], acse_timeout=30) as (scp, _):
         request = associate_rq(b"OSTEOFLAG", b"INTRUDER")
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", scp.port), timeout=5) as sock:
@@ -118,11 +118,11 @@ def test_refused_caller_sending_the_rest_of_its_request_late_sees_an_orderly_clo
 
 
 def test_associate_rq_announcing_300_mb_is_closed_after_its_header(tmp_path: Path) -> None:
-    with listening(tmp_path) as scp:
+    with listening(tmp_path) as (scp, _):
         with socket.create_connection(("127.0.0.1", scp.port)) as sock:
             sock.sendall(struct.pack(">BBI", 0x01, 0, 300_000_000) + bytes(4096))
             assert closed_by_peer(sock) == b""
-        assert _echo_ok(scp.port)
+        assert echo_ok(scp.port)
 
 
 def _associated(port: int) -> socket.socket:
@@ -136,7 +136,7 @@ def _associated(port: int) -> socket.socket:
 
 
 def test_p_data_longer_than_maximum_pdu_size_is_aborted_unread(tmp_path: Path) -> None:
-    with listening(tmp_path, maximum_pdu_size=16384) as scp:
+    with listening(tmp_path, maximum_pdu_size=16384) as (scp, _):
         with _associated(scp.port) as sock:
             sock.sendall(struct.pack(">BBI", 0x04, 0, 16385) + bytes(1024))
             # A-ABORT: service provider, invalid PDU parameter value; then the connection ends.
