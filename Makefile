@@ -52,10 +52,11 @@ CELLS_NOTE := The cell probe's top 8 cells and the members' weights (trees 1, pr
 VGG16_CELLS_NOTE := The top 8 cells and the 1 : 1 : 2 weights were chosen on the default \
 	EfficientNet-Lite0 bundle's features (README) and used here unchanged, not tuned on VGG16's.
 
-# $(call localise_and_install,NAME): artifacts/NAME-trained plus its localiser becomes models/NAME.
+# $(call localise_and_install,NAME[,OPTIONS]): artifacts/NAME-trained plus its localiser (with
+# add-localiser OPTIONS) becomes models/NAME.
 define localise_and_install
 	$(BIN)/osteoflag add-localiser --bundle artifacts/$(1)-trained \
-		--boxes ../shared/data/fracture-boxes --out artifacts/$(1)-localised
+		--boxes ../shared/data/fracture-boxes --out artifacts/$(1)-localised $(2)
 	rm -rf models/$(1) && mv artifacts/$(1)-localised models/$(1)
 endef
 
@@ -64,7 +65,7 @@ model: $(VENV)/.installed-dev
 	$(TRAIN) --size 384 --small-view 224 --layout b345 --linear --cells \
 		--out artifacts/default-trained --work artifacts/train --version 7.0.0 \
 		--note "$(CELLS_NOTE)"
-	$(call localise_and_install,default)
+	$(call localise_and_install,default,--tiles 3 --context 5)
 
 model-vgg16: $(VENV)/.installed-dev
 	rm -rf artifacts/vgg16-trained artifacts/vgg16-localised

@@ -105,7 +105,7 @@ def _add_maps(args: argparse.Namespace, settings: Settings) -> int:
 def _add_localiser(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.training.add_localiser import add_localiser_to_bundle
 
-    figures = add_localiser_to_bundle(args.bundle, args.boxes, args.out, args.tiles)
+    figures = add_localiser_to_bundle(args.bundle, args.boxes, args.out, args.tiles, args.context)
     print(json.dumps({"bundle": str(args.out), "cross_validation": figures}))
     return 0
 
@@ -191,6 +191,13 @@ def _add_localiser_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="backbone tiles per side (default: a grid of about 28 cells a side); "
         "each flagged image costs N*N backbone passes",
+    )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        metavar="K",
+        help="each cell also sees the mean of the KxK cells around it (odd; default 0: none)",
     )
 
 

@@ -3,11 +3,12 @@
 The classifier's own evidence points at film edges and markers more than at fractures
 (``docs/localisation.md``), so a bundle may carry a second, small model trained for *where*:
 the bundle's backbone is run on tiles of an enlarged image (:mod:`osteoflag.inference.cells`),
-every cell's feature vector, plus its position in the image, goes through a logistic model
+every cell's feature vector, with (when the localiser has a ``context``) the mean feature
+vector of the cells around it and its position in the image, goes through a logistic model
 fitted on cells labelled by hand-drawn fracture boxes, and the cell probabilities are the map
 the region is taken from (peak, and the hot area around it as the box) like the evidence map.
-The file is JSON (``localiser.json``: standardisation, weights, intercept, tiling), so serving
-needs only numpy.
+The file is JSON (``localiser.json``: standardisation, weights, intercept, tiling, context), so
+serving needs only numpy and SciPy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from scipy.ndimage import uniform_filter
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.cells import MapRunner, Tiling, cell_features
@@ -33,13 +35,23 @@ KIND: Final = "cell-logistic"
 POSITION_FEATURES: Final = 3
 
 
-def cell_inputs(grid: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The (rows * columns, C + 3) model inputs of a (C, rows, columns) feature grid."""
-    channels, rows, columns = grid.shape
+def cell_inputs(grid: npt.NDArray[np.float32], context: int = 0) -> npt.NDArray[np.float32]:
+    """The model inputs of a (C, rows, columns) feature grid, one row per cell: its C
+    channels, with ``context`` their mean over the ``context`` x ``context`` cells around it
+    (edges repeated) as C more, then its position."""
+    features = [grid]
+    if context:
+        features.append(uniform_filter(grid, size=(1, context, context), mode="nearest"))
+    _, rows, columns = grid.shape
     yy, xx = np.meshgrid(np.linspace(0, 1, rows), np.linspace(0, 1, columns), indexing="ij")
-    position = np.stack([yy, xx, np.hypot(yy - 0.5, xx - 0.5)]).astype(np.float32)
-    stacked = np.concatenate([grid, position])
-    return np.ascontiguousarray(stacked.reshape(channels + POSITION_FEATURES, -1).T)
+    features.append(np.stack([yy, xx, np.hypot(yy - 0.5, xx - 0.5)]).astype(np.float32))
+    stacked = np.concatenate(features)
+    return np.ascontiguousarray(stacked.reshape(len(stacked), -1).T)
+
+
+def input_count(channels: int, context: int) -> int:
+    """How many inputs :func:`cell_inputs` gives a cell of a map with ``channels``."""
+    return channels * (2 if context else 1) + POSITION_FEATURES
 
 
 @dataclass(frozen=True)
@@ -66,21 +78,28 @@ class CellModel:
 
 @dataclass(frozen=True)
 class Localiser:
-    """A cell model and the tiling whose grid it reads."""
+    """A cell model, the tiling whose grid it reads and the neighbourhood it also sees
+    (``context`` cells a side, 0 for none)."""
 
     tiling: Tiling
     model: CellModel
+    context: int = 0
+
+    def __post_init__(self) -> None:
+        if self.context < 0 or (self.context and self.context % 2 == 0):
+            raise ValueError(f"context must be 0 or an odd number of cells, got {self.context}")
 
     def heat(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> FloatMap:
         """The (rows, columns) map of cell fracture probabilities of one image."""
         grid = cell_features(display, spec, self.tiling, run)
-        if grid.shape[0] + POSITION_FEATURES != self.model.weights.shape[0]:
+        if input_count(grid.shape[0], self.context) != self.model.weights.shape[0]:
             raise BundleError(
-                f"localiser expects {self.model.weights.shape[0] - POSITION_FEATURES} channels, "
-                f"the backbone's map has {grid.shape[0]}"
+                f"localiser expects {self.model.weights.shape[0]} inputs a cell, the backbone's "
+                f"map of {grid.shape[0]} channels gives {input_count(grid.shape[0], self.context)}"
             )
         rows, columns = self.tiling.grid
-        return self.model.probabilities(cell_inputs(grid)).reshape(rows, columns).astype(np.float32)
+        inputs = cell_inputs(grid, self.context)
+        return self.model.probabilities(inputs).reshape(rows, columns).astype(np.float32)
 
     def region(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> Region | None:
         """The region of one image, in its own pixels."""
@@ -92,6 +111,7 @@ class Localiser:
             "kind": KIND,
             "tiles": self.tiling.tiles,
             "stride": self.tiling.stride,
+            "context": self.context,
             "mean": self.model.mean.tolist(),
             "scale": self.model.scale.tolist(),
             "weights": self.model.weights.tolist(),
@@ -115,8 +135,10 @@ def load_localiser(path: Path, spec: InputSpec, cells: tuple[int, int]) -> Local
             np.asarray(document["weights"], dtype=np.float64),
             float(document["intercept"]),
         )
+        context = int(document.get("context", 0))  # absent in localisers before it existed
+        localiser = Localiser(tiling, model, context)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: localiser cannot be read: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: invalid localiser: {exc}") from exc
-    return Localiser(tiling, model)
+    return localiser

@@ -20,6 +20,7 @@ from osteoflag.inference.localiser import KIND, LOCALISER_FILE
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
+    CONTEXT,
     compact,
     cross_validate,
     feature_grids,
@@ -50,23 +51,31 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
     return (
         f"{LOCALISER_HEADING}\n"
         f"Regions of flagged images come from `{LOCALISER_FILE}`: a logistic model on the "
-        f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus cell "
-        f"position, fitted on the fracture boxes of `{boxes.name}` ({part['n']} images, "
+        f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus "
+        f"{_context_words(figures.get('context', 0))}cell position, fitted on the fracture "
+        f"boxes of `{boxes.name}` ({part['n']} images, "
         f"{part['sources']} source images). Pointing game ({figures['folds']}-fold CV grouped "
         "by source image, 95 % bootstrap interval over sources):\n\n"
         f"| method | hit [95% CI] |\n|---|---|\n{rows}"
     )
 
 
+def _context_words(context: int) -> str:
+    return f"the mean of each cell's {context}x{context} neighbourhood and " if context else ""
+
+
 def add_localiser_to_bundle(
-    bundle_dir: Path, boxes: Path, out: Path, tiles: int | None = None
+    bundle_dir: Path, boxes: Path, out: Path, tiles: int | None = None, context: int = CONTEXT
 ) -> dict[str, Any]:
     """Write the bundle at ``bundle_dir`` with a localiser fitted on ``boxes`` to the new folder
     ``out``; returns the cross-validated figures recorded in its manifest. ``tiles`` per side
     (by default a grid of about 28 cells a side) trades region time for a finer grid: the
-    served localiser runs the backbone ``tiles`` squared times per flagged image."""
+    served localiser runs the backbone ``tiles`` squared times per flagged image. ``context``
+    (odd, cells a side) lets each cell also see its neighbourhood's mean."""
     if tiles is not None and tiles < 1:
         raise UsageError(f"--tiles {tiles}: must be 1 or more")
+    if context < 0 or (context and context % 2 == 0):
+        raise UsageError(f"--context {context}: must be 0 or an odd number of cells")
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose a new folder for the bundle")
     if not (boxes / "images.csv").is_file():
@@ -76,8 +85,8 @@ def add_localiser_to_bundle(
     cases = read_cases(boxes)
     tiling = tiling_for(predictor, tiles)
     grids = feature_grids(predictor, cases, tiling)
-    figures = compact(cross_validate(grids, cases, predictor, tiling))
-    localiser = fit_localiser(grids, cases, tiling)
+    figures = compact(cross_validate(grids, cases, predictor, tiling, context=context))
+    localiser = fit_localiser(grids, cases, tiling, context=context)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -8,8 +8,9 @@ copies of one radiograph are never on both sides. The pointing game and its base
 those of :mod:`osteoflag.training.localisation`.
 
 ``python -m osteoflag.training.localiser --bundle DIR --data DIR`` prints the cross-validated
-tables (``--tiles``, ``--stride``, ``--no-position``, ``--c`` reproduce the variants in
-``docs/localisation.md``); ``osteoflag add-localiser`` fits on every image and ships it.
+tables (``--tiles``, ``--stride``, ``--no-position``, ``--c``, ``--context`` reproduce the
+variants in ``docs/localisation.md``); ``osteoflag add-localiser`` fits on every image and
+ships it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import numpy.typing as npt
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.cells import Tiling, cell_features
-from osteoflag.inference.localiser import POSITION_FEATURES, CellModel, Localiser, cell_inputs
+from osteoflag.inference.localiser import (
+    POSITION_FEATURES,
+    CellModel,
+    Localiser,
+    cell_inputs,
+    input_count,
+)
 from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
@@ -44,6 +51,9 @@ COVERED: Final = 0.3
 NEGATIVE_SHARE: Final = 0.3
 #: Inverse L2 strength of the logistic model (chosen by grouped CV, docs/localisation.md).
 INVERSE_L2: Final = 0.001
+#: Cells a side of the neighbourhood whose mean each cell also sees (0: none; the default
+#: bundle's localiser uses 5, docs/localisation.md).
+CONTEXT: Final = 0
 #: Cells per side the tiling aims at: 4 adjacent tiles of 7 cells at 224 px (the grid chosen
 #: in docs/localisation.md); a backbone with a larger map gets fewer tiles, which also bounds
 #: the grids' memory (4 tiles at 384 px, 48x48 cells, needed over 20 GB for 531 images).
@@ -118,7 +128,7 @@ def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -
 
 
 def fit_cells(
-    inputs: npt.NDArray[np.float32],
+    inputs: npt.NDArray[np.floating],
     targets: npt.NDArray[np.bool_],
     *,
     inverse_l2: float = INVERSE_L2,
@@ -132,16 +142,22 @@ def fit_cells(
     if y.all() or not y.any():
         raise ValueError("the cells need both positive and negative examples")
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    model = LogisticRegression(C=inverse_l2, max_iter=500).fit((x - mean) / scale, y)
+    x -= mean  # in place: a fine grid with context is gigabytes
+    x /= scale
+    model = LogisticRegression(C=inverse_l2, max_iter=500).fit(x, y)
     return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
 
 
 def _dataset(
-    grids: Grids, cases: Sequence[Case], position: bool
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """(N, cells, inputs) and (N, cells) targets."""
-    _, _, rows, columns = grids.features.shape
-    inputs = np.stack([cell_inputs(grid) for grid in grids.features])
+    grids: Grids, cases: Sequence[Case], position: bool, context: int
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
+    """(N, cells, inputs) and (N, cells) targets; inputs kept as float16, which halves the
+    memory of a fine grid with context (36x36 cells of 2 x 1,280 channels: 3.5 GB for 531
+    images) and is far finer than the standardised inputs' spread."""
+    count, channels, rows, columns = grids.features.shape
+    inputs = np.empty((count, rows * columns, input_count(channels, context)), dtype=np.float16)
+    for row, grid in zip(inputs, grids.features, strict=True):
+        row[:] = cell_inputs(grid, context)
     if not position:  # the position columns are zeroed, so the fit gives them no weight
         inputs[:, :, -POSITION_FEATURES:] = 0.0
     targets = np.stack(
@@ -160,13 +176,14 @@ def fit_localiser(
     *,
     position: bool = True,
     inverse_l2: float = INVERSE_L2,
+    context: int = CONTEXT,
 ) -> Localiser:
     """The localiser fitted on every cell of every case."""
-    inputs, targets = _dataset(grids, cases, position)
+    inputs, targets = _dataset(grids, cases, position, context)
     model = fit_cells(
         inputs.reshape(-1, inputs.shape[-1]), targets.reshape(-1), inverse_l2=inverse_l2
     )
-    return Localiser(tiling, model)
+    return Localiser(tiling, model, context)
 
 
 def cross_validate(
@@ -178,6 +195,7 @@ def cross_validate(
     folds: int = FOLDS,
     position: bool = True,
     inverse_l2: float = INVERSE_L2,
+    context: int = CONTEXT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Grouped K-fold pointing game: every image scored by a fit that never saw its source."""
@@ -185,7 +203,7 @@ def cross_validate(
 
     from osteoflag.inference.localise import region_from_map
 
-    inputs, targets = _dataset(grids, cases, position)
+    inputs, targets = _dataset(grids, cases, position, context)
     _, _, rows, columns = grids.features.shape
     groups = [case.stem for case in cases]
     if len(set(groups)) < folds:
@@ -225,6 +243,7 @@ def cross_validate(
     }
     out["folds"] = folds
     out["grid"] = [rows, columns]
+    out["context"] = context
     out["ms_per_image"] = {
         "tiled_backbone": 1000 * grids.seconds_per_image,
         "region": 1000 * float(np.mean(model_seconds)),
@@ -235,7 +254,11 @@ def cross_validate(
 def compact(summary: dict[str, Any]) -> dict[str, Any]:
     """The manifest's copy of the figures per method and subset: hit and its interval, the
     interval of its paired difference to the centre, and the box IoU."""
-    out: dict[str, Any] = {"folds": summary["folds"], "grid": summary["grid"]}
+    out: dict[str, Any] = {
+        "folds": summary["folds"],
+        "grid": summary["grid"],
+        "context": summary["context"],
+    }
     for subset in (name for name in SUBSETS if name in summary):
         part = summary[subset]
         out[subset] = {"n": part["n"], "sources": part["sources"]} | {
@@ -267,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, help="input pixels between tiles (default: adjacent)")
     parser.add_argument("--no-position", action="store_true", help="cell features only")
     parser.add_argument("--c", type=float, default=INVERSE_L2, help="inverse L2 strength")
+    parser.add_argument(
+        "--context", type=int, default=CONTEXT, help="neighbourhood cells a side (odd; 0: none)"
+    )
     parser.add_argument("--folds", type=int, default=FOLDS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -282,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folds=args.folds,
         position=not args.no_position,
         inverse_l2=args.c,
+        context=args.context,
     )
     text = (
         json.dumps(summary, indent=2)

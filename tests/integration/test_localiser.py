@@ -18,7 +18,7 @@ from PIL import Image
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.cells import Tiling, cell_features
-from osteoflag.inference.localiser import LOCALISER_FILE
+from osteoflag.inference.localiser import LOCALISER_FILE, POSITION_FEATURES, load_localiser
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, model_input
 from osteoflag.inference.predictor import Predictor
@@ -134,7 +134,50 @@ def test_cli_refuses_bad_usage_with_one_line(
     )  # fmt: skip
     assert no_tiles.returncode == 2 and "--tiles 0" in no_tiles.stderr
     assert len(no_tiles.stderr.strip().splitlines()) == 1
+    even_context = osteoflag(
+        "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out",
+        str(tmp_path / "new"), "--context", "4", config=config,
+    )  # fmt: skip
+    assert even_context.returncode == 2 and "--context 4" in even_context.stderr
+    assert len(even_context.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_a_localiser_with_context_sees_each_cells_neighbourhood(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    maps, bundle, _ = localised
+    figures = add_localiser_to_bundle(maps, maps.parent / "boxes", tmp_path / "ctx", context=3)
+    assert figures["context"] == 3
+    cv = figures["all"]
+    assert isinstance(cv, dict) and cv["localiser"]["hit"] >= 0.8 > cv["centre"]["hit"]
+    manifest = json.loads((tmp_path / "ctx" / "manifest.json").read_text())
+    assert manifest["localiser"]["cross_validation"]["context"] == 3
+    assert "3x3 neighbourhood" in (tmp_path / "ctx" / "MODEL_CARD.md").read_text()
+    predictor = Predictor(load_bundle(tmp_path / "ctx"))
+    plain = Predictor(load_bundle(bundle)).localiser
+    assert predictor.localiser is not None and plain is not None
+    assert predictor.localiser.context == 3 and plain.context == 0
+    channels = plain.model.weights.shape[0] - POSITION_FEATURES
+    assert predictor.localiser.model.weights.shape[0] == 2 * channels + POSITION_FEATURES
+    display = DisplayImage(blob_radiograph(np.random.default_rng(5))[0])
+    [prediction] = predictor.predict([display])
+    assert prediction.region is not None
+
+
+def test_a_localiser_file_from_before_context_loads_without_it(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    _, bundle, _ = localised
+    document = json.loads((bundle / LOCALISER_FILE).read_text())
+    assert document.pop("context") == 0
+    (tmp_path / LOCALISER_FILE).write_text(json.dumps(document))
+    served = Predictor(load_bundle(bundle)).localiser
+    assert served is not None
+    spec = load_bundle(bundle).input_spec
+    older = load_localiser(tmp_path / LOCALISER_FILE, spec, served.tiling.cells)
+    assert older.context == 0 and older.tiling == served.tiling
+    assert np.array_equal(older.model.weights, served.model.weights)
 
 
 def test_tiles_set_the_grid_the_served_localiser_runs_on(
