@@ -72,7 +72,7 @@ model-vgg16: $(VENV)/.installed-dev
 	$(TRAIN) --backbone vgg16 --init imagenet --layout b345 --size 224 --linear --cells \
 		--out artifacts/vgg16-trained --work artifacts/train-vgg16 --version 1.3.0 \
 		--note "$(VGG16_CELLS_NOTE)"
-	$(call localise_and_install,vgg16)
+	$(call localise_and_install,vgg16,--context 5)
 
 recipes: $(VENV)/.installed-dev
 	$(BIN)/python -m osteoflag.training recipes --data ../shared/data/osteoai \
