@@ -110,36 +110,36 @@ def test_the_localiser_file_is_pinned_by_the_manifest(
         load_bundle(copy)
 
 
+@pytest.mark.parametrize(
+    ("boxes_from", "out", "extra", "says"),
+    [
+        ("boxes", "bundle", (), "already exists"),
+        ("tmp", "new", (), "images.csv"),
+        ("boxes", "new", ("--tiles", "0"), "--tiles 0"),
+        ("boxes", "new", ("--context", "4"), "--context 4"),
+    ],
+    ids=["out-exists", "no-images-csv", "no-tiles", "even-context"],
+)
 def test_cli_refuses_bad_usage_with_one_line(
-    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+    tmp_path: Path,
+    localised: tuple[Path, Path, dict[str, object]],
+    boxes_from: str,
+    out: str,
+    extra: tuple[str, ...],
+    says: str,
 ) -> None:
     maps, bundle, _ = localised
     config = write_config(tmp_path, {"model": {"bundle": str(maps)}})
     boxes = tmp_path / "boxes"
     boxes_folder(boxes, 2, seed=3)
-    exists = osteoflag(
-        "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out", str(bundle),
+    target = bundle if out == "bundle" else tmp_path / "new"
+    refused = osteoflag(
+        "add-localiser", "--bundle", str(maps), "--boxes",
+        str(boxes if boxes_from == "boxes" else tmp_path), "--out", str(target), *extra,
         config=config,
     )  # fmt: skip
-    assert exists.returncode == 2 and "already exists" in exists.stderr
-    assert len(exists.stderr.strip().splitlines()) == 1
-    no_boxes = osteoflag(
-        "add-localiser", "--bundle", str(maps), "--boxes", str(tmp_path), "--out",
-        str(tmp_path / "new"), config=config,
-    )  # fmt: skip
-    assert no_boxes.returncode == 2 and "images.csv" in no_boxes.stderr
-    no_tiles = osteoflag(
-        "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out",
-        str(tmp_path / "new"), "--tiles", "0", config=config,
-    )  # fmt: skip
-    assert no_tiles.returncode == 2 and "--tiles 0" in no_tiles.stderr
-    assert len(no_tiles.stderr.strip().splitlines()) == 1
-    even_context = osteoflag(
-        "add-localiser", "--bundle", str(maps), "--boxes", str(boxes), "--out",
-        str(tmp_path / "new"), "--context", "4", config=config,
-    )  # fmt: skip
-    assert even_context.returncode == 2 and "--context 4" in even_context.stderr
-    assert len(even_context.stderr.strip().splitlines()) == 1
+    assert refused.returncode == 2 and says in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
 
 
