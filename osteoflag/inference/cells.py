@@ -22,6 +22,12 @@ from osteoflag.inference.pixels import DisplayImage, FloatArray, InputSpec, mode
 MapRunner = Callable[[FloatArray], FloatArray]
 
 
+def check_tiles(tiles: int) -> None:
+    """Refuse a tiling without a tile."""
+    if tiles < 1:
+        raise ValueError(f"tiles {tiles}: must be 1 or more")
+
+
 @dataclass(frozen=True)
 class Tiling:
     """``tiles`` per side, ``stride`` input pixels apart, over the backbone's input ``tile``
@@ -33,8 +39,7 @@ class Tiling:
     cells: tuple[int, int]
 
     def __post_init__(self) -> None:
-        if self.tiles < 1:
-            raise ValueError(f"tiles must be >= 1, got {self.tiles}")
+        check_tiles(self.tiles)
         if self.tiles > 1 and self.stride > min(self.tile):
             raise ValueError(f"stride {self.stride} leaves gaps between {self.tile} tiles")
         for side, cells in zip(self.tile, self.cells, strict=True):

@@ -76,6 +76,12 @@ class CellModel:
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
+def check_context(context: int) -> None:
+    """Refuse a neighbourhood without a middle cell: ``context`` is 0 (none) or odd."""
+    if context < 0 or (context and context % 2 == 0):
+        raise ValueError(f"context {context}: must be 0 or an odd number of cells")
+
+
 @dataclass(frozen=True)
 class Localiser:
     """A cell model, the tiling whose grid it reads and the neighbourhood it also sees
@@ -86,8 +92,7 @@ class Localiser:
     context: int = 0
 
     def __post_init__(self) -> None:
-        if self.context < 0 or (self.context and self.context % 2 == 0):
-            raise ValueError(f"context must be 0 or an odd number of cells, got {self.context}")
+        check_context(self.context)
 
     def heat(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> FloatMap:
         """The (rows, columns) map of cell fracture probabilities of one image."""

@@ -16,11 +16,13 @@ from typing import Any, Final
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
-from osteoflag.inference.localiser import KIND, LOCALISER_FILE
+from osteoflag.inference.cells import check_tiles
+from osteoflag.inference.localiser import KIND, LOCALISER_FILE, check_context
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
     CONTEXT,
+    cell_dataset,
     compact,
     cross_validate,
     feature_grids,
@@ -72,10 +74,11 @@ def add_localiser_to_bundle(
     (by default a grid of about 28 cells a side) trades region time for a finer grid: the
     served localiser runs the backbone ``tiles`` squared times per flagged image. ``context``
     (odd, cells a side) lets each cell also see its neighbourhood's mean."""
-    if tiles is not None and tiles < 1:
-        raise UsageError(f"--tiles {tiles}: must be 1 or more")
-    if context < 0 or (context and context % 2 == 0):
-        raise UsageError(f"--context {context}: must be 0 or an odd number of cells")
+    try:
+        check_tiles(1 if tiles is None else tiles)
+        check_context(context)
+    except ValueError as error:
+        raise UsageError(f"--{error}") from error
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose a new folder for the bundle")
     if not (boxes / "images.csv").is_file():
@@ -84,9 +87,10 @@ def add_localiser_to_bundle(
     predictor = Predictor(source, threads=0, batch_size=16)
     cases = read_cases(boxes)
     tiling = tiling_for(predictor, tiles)
-    grids = feature_grids(predictor, cases, tiling)
-    figures = compact(cross_validate(grids, cases, predictor, tiling, context=context))
-    localiser = fit_localiser(grids, cases, tiling, context=context)
+    dataset = cell_dataset(feature_grids(predictor, cases, tiling), cases, context=context)
+    figures = compact(cross_validate(dataset, cases, predictor, tiling))
+    localiser = fit_localiser(dataset, tiling)
+    del dataset  # gigabytes for a fine grid; the copy below needs none of it
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -108,52 +108,52 @@ def cell_targets(
 
 
 def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -> Grids:
-    """Run the tiled backbone on every case."""
+    """Run the tiled backbone on every case, into one array filled in place (a list of grids
+    stacked at the end would hold them twice)."""
     if not predictor.localises:
         raise BundleError(
             f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
         )
     spec = predictor.bundle.input_spec
-    grids, sizes, flagged = [], [], []
+    features: npt.NDArray[np.float32] | None = None
+    sizes, flagged = [], []
     seconds = 0.0
-    for case in cases:
+    for index, case in enumerate(cases):
         display = load_display(case.path)
         started = time.perf_counter()
-        grids.append(cell_features(display, spec, tiling, predictor.maps))
+        grid = cell_features(display, spec, tiling, predictor.maps)
         seconds += time.perf_counter() - started
+        if features is None:
+            features = np.empty((len(cases), *grid.shape), dtype=np.float32)
+        features[index] = grid
         sizes.append(display.size)
         [probability] = predictor.probabilities([model_input(display, spec)])
         flagged.append(probability >= predictor.bundle.threshold)
-    return Grids(np.stack(grids), sizes, seconds / max(1, len(cases)), flagged)
+    if features is None:
+        raise ValueError("no boxed images to run the backbone on")
+    return Grids(features, sizes, seconds / len(cases), flagged)
 
 
-def fit_cells(
-    inputs: npt.NDArray[np.floating],
-    targets: npt.NDArray[np.bool_],
-    *,
-    inverse_l2: float = INVERSE_L2,
-    seed: int = 0,
-) -> CellModel:
-    """Standardise, then L2 logistic regression on all positives and a share of negatives."""
-    from sklearn.linear_model import LogisticRegression  # the train extra
+@dataclass(frozen=True)
+class CellDataset:
+    """What the fits read, built once from the grids: every case's cell inputs
+    (N, cells, inputs) and targets (N, cells), with the grids' metadata. The inputs are
+    float16, which halves the memory of a fine grid with context (36x36 cells of 2 x 1,280
+    channels: 3.5 GB for 531 images) and is far finer than the standardised inputs' spread."""
 
-    keep = targets | (np.random.default_rng(seed).random(len(targets)) < NEGATIVE_SHARE)
-    x, y = inputs[keep].astype(np.float64), targets[keep]
-    if y.all() or not y.any():
-        raise ValueError("the cells need both positive and negative examples")
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    x -= mean  # in place: a fine grid with context is gigabytes
-    x /= scale
-    model = LogisticRegression(C=inverse_l2, max_iter=500).fit(x, y)
-    return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
+    inputs: npt.NDArray[np.float16]
+    targets: npt.NDArray[np.bool_]
+    grid: tuple[int, int]
+    context: int
+    sizes: list[tuple[int, int]]
+    flagged: list[bool]
+    seconds_per_image: float
 
 
-def _dataset(
-    grids: Grids, cases: Sequence[Case], position: bool, context: int
-) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
-    """(N, cells, inputs) and (N, cells) targets; inputs kept as float16, which halves the
-    memory of a fine grid with context (36x36 cells of 2 x 1,280 channels: 3.5 GB for 531
-    images) and is far finer than the standardised inputs' spread."""
+def cell_dataset(
+    grids: Grids, cases: Sequence[Case], *, position: bool = True, context: int = CONTEXT
+) -> CellDataset:
+    """The cell inputs and targets of every case; ``grids`` are not needed after it."""
     count, channels, rows, columns = grids.features.shape
     inputs = np.empty((count, rows * columns, input_count(channels, context)), dtype=np.float16)
     for row, grid in zip(inputs, grids.features, strict=True):
@@ -166,36 +166,60 @@ def _dataset(
             for case, size in zip(cases, grids.sizes, strict=True)
         ]
     )
-    return inputs, targets
+    return CellDataset(
+        inputs,
+        targets,
+        (rows, columns),
+        context,
+        grids.sizes,
+        grids.flagged,
+        grids.seconds_per_image,
+    )
+
+
+def fit_cells(
+    dataset: CellDataset,
+    images: npt.NDArray[np.intp] | None = None,
+    *,
+    inverse_l2: float = INVERSE_L2,
+    seed: int = 0,
+) -> CellModel:
+    """Standardise, then L2 logistic regression on all positive cells of ``images`` (by
+    default every case) and a share of their negatives. Only the kept cells are copied out
+    of the dataset."""
+    from sklearn.linear_model import LogisticRegression  # the train extra
+
+    count, cells, width = dataset.inputs.shape
+    picked = np.arange(count) if images is None else np.asarray(images)
+    rows = (picked[:, None] * cells + np.arange(cells)).reshape(-1)
+    targets = dataset.targets.reshape(-1)[rows]
+    keep = targets | (np.random.default_rng(seed).random(len(targets)) < NEGATIVE_SHARE)
+    x = dataset.inputs.reshape(-1, width)[rows[keep]].astype(np.float64)
+    y = targets[keep]
+    if y.all() or not y.any():
+        raise ValueError("the cells need both positive and negative examples")
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    x -= mean  # in place: a fine grid with context is gigabytes
+    x /= scale
+    model = LogisticRegression(C=inverse_l2, max_iter=500).fit(x, y)
+    return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
 
 
 def fit_localiser(
-    grids: Grids,
-    cases: Sequence[Case],
-    tiling: Tiling,
-    *,
-    position: bool = True,
-    inverse_l2: float = INVERSE_L2,
-    context: int = CONTEXT,
+    dataset: CellDataset, tiling: Tiling, *, inverse_l2: float = INVERSE_L2
 ) -> Localiser:
     """The localiser fitted on every cell of every case."""
-    inputs, targets = _dataset(grids, cases, position, context)
-    model = fit_cells(
-        inputs.reshape(-1, inputs.shape[-1]), targets.reshape(-1), inverse_l2=inverse_l2
-    )
-    return Localiser(tiling, model, context)
+    return Localiser(tiling, fit_cells(dataset, inverse_l2=inverse_l2), dataset.context)
 
 
 def cross_validate(
-    grids: Grids,
+    dataset: CellDataset,
     cases: Sequence[Case],
     predictor: Predictor,
     tiling: Tiling,
     *,
     folds: int = FOLDS,
-    position: bool = True,
     inverse_l2: float = INVERSE_L2,
-    context: int = CONTEXT,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Grouped K-fold pointing game: every image scored by a fit that never saw its source."""
@@ -203,26 +227,20 @@ def cross_validate(
 
     from osteoflag.inference.localise import region_from_map
 
-    inputs, targets = _dataset(grids, cases, position, context)
-    _, _, rows, columns = grids.features.shape
+    rows, columns = dataset.grid
     groups = [case.stem for case in cases]
     if len(set(groups)) < folds:
         raise ValueError(f"{len(set(groups))} source images cannot make {folds} folds")
     heats = np.zeros((len(cases), rows, columns), dtype=np.float32)
-    for train, test in GroupKFold(folds).split(inputs, groups=groups):
-        model = fit_cells(
-            inputs[train].reshape(-1, inputs.shape[-1]),
-            targets[train].reshape(-1),
-            inverse_l2=inverse_l2,
-            seed=seed,
-        )
+    for train, test in GroupKFold(folds).split(dataset.targets, groups=groups):
+        model = fit_cells(dataset, train, inverse_l2=inverse_l2, seed=seed)
         for i in test:
-            heats[i] = model.probabilities(inputs[i]).reshape(rows, columns)
+            heats[i] = model.probabilities(dataset.inputs[i]).reshape(rows, columns)
     spec = tiling.spec(predictor.bundle.input_spec)
     rng = np.random.default_rng(seed)
     scored: list[dict[str, Any]] = []
     model_seconds = []
-    for heat, case, size in zip(heats, cases, grids.sizes, strict=True):
+    for heat, case, size in zip(heats, cases, dataset.sizes, strict=True):
         started = time.perf_counter()
         region = region_from_map(heat, spec, size)
         model_seconds.append(time.perf_counter() - started)
@@ -234,7 +252,7 @@ def cross_validate(
     subsets = {
         "all": list(range(len(cases))),
         "no_multiregion_duplicates": [i for i, c in enumerate(cases) if not c.near_duplicate],
-        "flagged": [i for i, flagged in enumerate(grids.flagged) if flagged],
+        "flagged": [i for i, flagged in enumerate(dataset.flagged) if flagged],
     }
     out: dict[str, Any] = {
         name: summarise([scored[i] for i in picks], [cases[i] for i in picks], seed)
@@ -243,9 +261,9 @@ def cross_validate(
     }
     out["folds"] = folds
     out["grid"] = [rows, columns]
-    out["context"] = context
+    out["context"] = dataset.context
     out["ms_per_image"] = {
-        "tiled_backbone": 1000 * grids.seconds_per_image,
+        "tiled_backbone": 1000 * dataset.seconds_per_image,
         "region": 1000 * float(np.mean(model_seconds)),
     }
     return out
@@ -300,16 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = read_cases(args.data)
     tiling = tiling_for(predictor, args.tiles, args.stride)
     grids = feature_grids(predictor, cases, tiling)
-    summary = cross_validate(
-        grids,
-        cases,
-        predictor,
-        tiling,
-        folds=args.folds,
-        position=not args.no_position,
-        inverse_l2=args.c,
-        context=args.context,
-    )
+    dataset = cell_dataset(grids, cases, position=not args.no_position, context=args.context)
+    del grids  # gigabytes for a fine grid, and the dataset holds what the fits need
+    summary = cross_validate(dataset, cases, predictor, tiling, folds=args.folds, inverse_l2=args.c)
     text = (
         json.dumps(summary, indent=2)
         if args.json

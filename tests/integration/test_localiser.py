@@ -18,12 +18,18 @@ from PIL import Image
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.cells import Tiling, cell_features
-from osteoflag.inference.localiser import LOCALISER_FILE, POSITION_FEATURES, load_localiser
+from osteoflag.inference.localiser import (
+    LOCALISER_FILE,
+    POSITION_FEATURES,
+    input_count,
+    load_localiser,
+)
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.add_localiser import add_localiser_to_bundle
-from osteoflag.training.localiser import default_tiles
+from osteoflag.training.localisation import Case
+from osteoflag.training.localiser import Grids, cell_dataset, default_tiles, fit_cells
 from testkit.boxes import COLUMNS, HALF_BOX, ROWS, blob_radiograph, boxes_folder
 from testkit.daemon import osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
@@ -222,3 +228,26 @@ def test_default_tiling_keeps_the_grid_near_28_cells_per_side() -> None:
     # 4 tiles of EfficientNet-Lite0's 7x7 map at 224 px, 2 of its 12x12 map at 384 px: a
     # larger input keeps the grid (and the grids' memory) near the one measured.
     assert [default_tiles((c, c)) for c in (7, 12, 14, 28, 40)] == [4, 2, 2, 1, 1]
+
+
+def test_a_fold_fits_only_its_own_images_cells_from_the_shared_dataset() -> None:
+    # add-localiser builds the cell inputs once; each fold picks its images' cells out of
+    # them, which must give the fit a dataset of those images alone would give.
+    rng = np.random.default_rng(3)
+    features = rng.random((6, 4, 5, 5), dtype=np.float32)
+    cases = [
+        Case(Path(f"{i}.png"), f"s{i}", False, ((10.0 * i, 10.0, 10.0 * i + 20, 30.0),))
+        for i in range(6)
+    ]
+    grids = Grids(features, [(50, 60)] * 6, 0.0, [True] * 6)
+    images = np.array([0, 2, 3, 5])
+    shared = fit_cells(cell_dataset(grids, cases, context=3), images)
+    alone = cell_dataset(
+        Grids(features[images], [(50, 60)] * 4, 0.0, [True] * 4),
+        [cases[i] for i in images],
+        context=3,
+    )
+    own = fit_cells(alone)
+    assert np.array_equal(shared.weights, own.weights)
+    assert np.array_equal(shared.mean, own.mean) and shared.intercept == own.intercept
+    assert alone.inputs.shape == (4, 25, input_count(4, 3))
