@@ -8,9 +8,11 @@ A-ABORT and a log line, on the listener's associations and on the ones we reques
 
 Relies on pynetdicom internals, checked against pynetdicom 3.0.4 (``pyproject.toml`` pins
 ``>=3.0.4,<3.1``): ``Association.dimse.receive_primitive`` is what its DUL hands each P-DATA
-to, and ``"Evt19"`` on ``DULServiceProvider.event_queue`` is its invalid-PDU event (PS3.8
-9.2). ``tests/integration/test_listener.py`` and ``tests/integration/test_scu_garbled.py``
-exercise both sides.
+to, ``"Evt19"`` on ``DULServiceProvider.event_queue`` is its invalid-PDU event (PS3.8
+9.2), and ``(None, None)`` on ``DIMSEServiceProvider.msg_queue`` is how its state machine
+tells a waiting request that the association has ended.
+``tests/integration/test_listener.py`` and ``tests/integration/test_scu_garbled.py`` exercise
+both sides.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.events import EVT_FSM_TRANSITION, Event
 from pynetdicom.pdu_primitives import P_DATA
 
 from osteoflag.pacs.peers import peer_fields
@@ -46,8 +49,19 @@ class CommandCheckingDIMSE(DIMSEServiceProvider):
             self.dul.event_queue.put("Evt19")
 
 
+def _wake_request(event: Event) -> None:
+    """pynetdicom wakes a request waiting for its response when the peer aborts or the
+    connection drops, but not when our own upper layer aborts on an invalid PDU (AA-8, after
+    its A-P-ABORT indication is queued): without this the request waits out its DIMSE
+    timeout."""
+    if event.action == "AA-8":
+        event.assoc.dimse.msg_queue.put((None, None))
+
+
 def check_commands(assoc: Association) -> None:
     """Give ``assoc`` a :class:`CommandCheckingDIMSE`: before it starts (an acceptor), or once
     it is established and before its first request (a requestor), when no message is under
-    way."""
+    way. A requestor's waiting request also ends as soon as our side aborts."""
     assoc.dimse = CommandCheckingDIMSE(assoc)
+    if assoc.is_requestor:
+        assoc.bind(EVT_FSM_TRANSITION, _wake_request)

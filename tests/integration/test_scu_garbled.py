@@ -1,6 +1,7 @@
 """Our side as requestor (``echo``, ``send``, the sender): a peer that answers with a DIMSE
 command set that cannot be decoded gets A-ABORT and a closed connection, and the call fails
-with a DeliveryError instead of leaving a dead association thread and an open socket.
+with a DeliveryError as soon as we abort, instead of leaving a dead association thread and an
+open socket and waiting out the DIMSE timeout.
 
 The peer is a raw socket speaking the upper layer byte by byte (``tests/helpers/ul.py``):
 no DICOM library sends a garbled command set on purpose.
@@ -47,6 +48,8 @@ class GarblingPeer:
         self.server.close()
 
 
+# The call's timeouts are ten times the test's own: only our abort can end the wait in time.
+@pytest.mark.timeout(60)
 def test_a_garbled_response_gets_a_abort_and_a_delivery_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -55,7 +58,7 @@ def test_a_garbled_response_gets_a_abort_and_a_delivery_error(
         caplog.at_level(logging.WARNING, logger="osteoflag.pacs.dimse_check"),
         pytest.raises(DeliveryError, match=r"no C-ECHO response from PEER@127\.0\.0\.1"),
     ):
-        send_c_echo(Peer("127.0.0.1", peer.port, "PEER"), "OSTEOFLAG", timeout=5.0)
+        send_c_echo(Peer("127.0.0.1", peer.port, "PEER"), "OSTEOFLAG", timeout=600.0)
     peer.thread.join(timeout=30)
     assert not peer.thread.is_alive()
     assert peer.request[0] == 0x04  # the C-ECHO-RQ went out as P-DATA-TF
