@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
@@ -278,8 +279,17 @@ FEEDBACK_COMMANDS: tuple[tuple[str, str, Arguments, Command], ...] = (
 )
 
 
+class _Subcommands(Protocol):
+    """What ``add_subparsers`` returns, as far as :func:`_add_commands` uses it (argparse
+    names its class only privately)."""
+
+    def add_parser(
+        self, name: str, *, parents: Sequence[argparse.ArgumentParser], help: str
+    ) -> argparse.ArgumentParser: ...
+
+
 def _add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: _Subcommands,
     table: tuple[tuple[str, str, Arguments, Command], ...],
     common: argparse.ArgumentParser,
 ) -> None:
