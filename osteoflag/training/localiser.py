@@ -56,7 +56,8 @@ INVERSE_L2: Final = 0.001
 CONTEXT: Final = 0
 #: Cells per side the tiling aims at: 4 adjacent tiles of 7 cells at 224 px (the grid chosen
 #: in docs/localisation.md); a backbone with a larger map gets fewer tiles, which also bounds
-#: the grids' memory (4 tiles at 384 px, 48x48 cells, needed over 20 GB for 531 images).
+#: the grids' memory (4 tiles at 384 px, 48x48 cells with context 5, peaked at 19 GB for 531
+#: images).
 GRID_CELLS: Final = 28
 FOLDS: Final = 5
 SUBSETS: Final = ("all", "no_multiregion_duplicates", "flagged")
