@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from tqdm import tqdm
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.cells import Tiling, cell_features
@@ -119,7 +120,7 @@ def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -
     features: npt.NDArray[np.float32] | None = None
     sizes, flagged = [], []
     seconds = 0.0
-    for index, case in enumerate(cases):
+    for index, case in enumerate(tqdm(cases, desc="tiled grids", unit="img", mininterval=10)):
         display = load_display(case.path)
         started = time.perf_counter()
         grid = cell_features(display, spec, tiling, predictor.maps)
@@ -233,7 +234,8 @@ def cross_validate(
     if len(set(groups)) < folds:
         raise ValueError(f"{len(set(groups))} source images cannot make {folds} folds")
     heats = np.zeros((len(cases), rows, columns), dtype=np.float32)
-    for train, test in GroupKFold(folds).split(dataset.targets, groups=groups):
+    splits = GroupKFold(folds).split(dataset.targets, groups=groups)
+    for train, test in tqdm(splits, desc="localiser CV", unit="fold", total=folds):
         model = fit_cells(dataset, train, inverse_l2=inverse_l2, seed=seed)
         for i in test:
             heats[i] = model.probabilities(dataset.inputs[i]).reshape(rows, columns)
