@@ -158,7 +158,8 @@ def claim_due(
 
 
 def release(sessions: sessionmaker[Session], rows: Sequence[Outbound]) -> None:
-    """Make claimed but unattempted rows due again at once (the run ran out of time)."""
+    """Make claimed but unattempted rows due again at once (the run ran out of time, or its
+    association ended)."""
     with sessions() as session:
         session.execute(
             update(Outbound)

@@ -144,6 +144,7 @@ def send_c_store(
                 ae.add_requested_context(sop_class_uid, syntax)
     outcomes: list[StoreOutcome] = []
     assoc = associate(ae, peer)
+    answered = True
     try:
         for path in paths:
             try:
@@ -152,12 +153,15 @@ def send_c_store(
                 outcomes.append(StoreOutcome(path, None, str(exc)))
                 continue
             code = int(response.Status) if "Status" in response else None
-            error = None if code is not None else "no response (association aborted?)"
+            answered = code is not None
+            error = None if answered else "no response (association aborted?)"
             outcomes.append(StoreOutcome(path, code, error))
-            if not assoc.is_established:
+            # No response means the association was aborted (by either side) or timed out,
+            # even while pynetdicom's thread has yet to mark it so: send nothing more on it.
+            if not answered or not assoc.is_established:
                 break
     finally:
-        if assoc.is_established:
+        if answered and assoc.is_established:
             assoc.release()
     outcomes.extend(
         StoreOutcome(p, None, "not sent: association ended") for p in paths[len(outcomes) :]

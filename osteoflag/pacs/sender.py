@@ -122,10 +122,12 @@ def deliver(
             extra={"action": "send", "destination": key, "reason": error},
         )
         return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
+    answered = False
     try:
-        return _store_all(sessions, settings, assoc, rows, policy, key)
+        report, answered = _store_all(sessions, settings, assoc, rows, policy, key)
+        return report
     finally:
-        if assoc.is_established:
+        if answered and assoc.is_established:
             assoc.release()
 
 
@@ -146,10 +148,12 @@ def _store_all(
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
-) -> DeliveryReport:
-    """C-STORE ``rows`` one by one, reading each file just before it is sent."""
+) -> tuple[DeliveryReport, bool]:
+    """C-STORE ``rows`` one by one, reading each file just before it is sent; also whether
+    every request sent was answered (if not, the association is over: nothing more is sent on
+    it, the rest wait for the next run, and it is not released)."""
     report = DeliveryReport()
-    for _, row in _in_time(sessions, settings, rows, lambda: assoc.is_established):
+    for index, row in _in_time(sessions, settings, rows, lambda: assoc.is_established):
         try:
             dataset = dcmread(row.file_path)
         except (OSError, InvalidDicomError) as exc:
@@ -166,10 +170,14 @@ def _store_all(
             report += _sent(sessions, row, key, f"0x{status:04X}", warning)
         elif status is None:
             report += _failed(sessions, row, policy, f"no C-STORE response from {key}", False)
+            # Aborted (by either side) or timed out, even while pynetdicom's thread has yet
+            # to mark the association so.
+            outbound.release(sessions, rows[index + 1 :])
+            return report, False
         else:
             permanent = is_permanent(status)
             report += _failed(sessions, row, policy, f"{key} answered 0x{status:04X}", permanent)
-    return report
+    return report, True
 
 
 def _in_time(

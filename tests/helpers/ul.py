@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from osteoflag.pacs.contexts import VERIFICATION
 
@@ -97,3 +98,31 @@ def read_pdu(sock: socket.socket) -> bytes:
         return b""
     (length,) = struct.unpack(">I", header[2:])
     return header + sock.recv(length, socket.MSG_WAITALL)
+
+
+# A P-DATA-TF whose one PDV is a last command fragment that decodes to no Command Field.
+GARBLED_COMMAND = struct.pack(">BBI", 0x04, 0, 12) + b"\x00\x00\x00\x08\x01\x03" + b"\xff" * 6
+
+
+class GarblingPeer:
+    """Accepts one association (presentation context 1 in ``transfer_syntax``), answers its
+    first P-DATA with :data:`GARBLED_COMMAND`, and keeps what came after it."""
+
+    def __init__(self, transfer_syntax: str = ImplicitVRLittleEndian) -> None:
+        self.transfer_syntax = transfer_syntax
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.request = b""
+        self.after_reply = b""
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self.server.accept()
+        with connection:
+            read_pdu(connection)  # A-ASSOCIATE-RQ
+            connection.sendall(associate_ac(1, self.transfer_syntax))
+            self.request = read_pdu(connection)
+            connection.sendall(GARBLED_COMMAND)
+            self.after_reply = closed_by_peer(connection)
+        self.server.close()

@@ -3,49 +3,22 @@ command set that cannot be decoded gets A-ABORT and a closed connection, and the
 with a DeliveryError as soon as we abort, instead of leaving a dead association thread and an
 open socket and waiting out the DIMSE timeout.
 
-The peer is a raw socket speaking the upper layer byte by byte (``tests/helpers/ul.py``):
-no DICOM library sends a garbled command set on purpose.
+The peer is a raw socket speaking the upper layer byte by byte (``tests/helpers/ul.py``,
+``GarblingPeer``): no DICOM library sends a garbled command set on purpose.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import struct
-import threading
+from pathlib import Path
 
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
 from osteoflag.errors import DeliveryError
-from osteoflag.pacs.scu import Peer, send_c_echo
-from tests.helpers.ul import a_abort, associate_ac, closed_by_peer, read_pdu
-
-# A P-DATA-TF whose one PDV is a last command fragment that decodes to no Command Field.
-GARBLED_COMMAND = struct.pack(">BBI", 0x04, 0, 12) + b"\x00\x00\x00\x08\x01\x03" + b"\xff" * 6
-
-
-class GarblingPeer:
-    """Accepts one association (presentation context 1, Implicit VR Little Endian), answers
-    its first P-DATA with :data:`GARBLED_COMMAND`, and keeps what came after it."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.server.getsockname()[1]
-        self.request = b""
-        self.after_reply = b""
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        connection, _ = self.server.accept()
-        with connection:
-            read_pdu(connection)  # A-ASSOCIATE-RQ
-            connection.sendall(associate_ac(1, ImplicitVRLittleEndian))
-            self.request = read_pdu(connection)
-            connection.sendall(GARBLED_COMMAND)
-            self.after_reply = closed_by_peer(connection)
-        self.server.close()
+from osteoflag.pacs.scu import Peer, StoreOutcome, send_c_echo, send_c_store
+from tests.helpers.dicom import radiograph, write_in_syntax
+from tests.helpers.ul import GarblingPeer, a_abort
 
 
 # The call's timeouts are ten times the test's own: only our abort can end the wait in time.
@@ -68,3 +41,25 @@ def test_a_garbled_response_gets_a_abort_and_a_delivery_error(
     assert record.getMessage().startswith("association aborted: DIMSE message not decodable")
     assert record.called_ae == "PEER"
     assert record.peer == f"127.0.0.1:{peer.port}"
+
+
+@pytest.mark.timeout(60)
+def test_a_garbled_store_response_fails_the_object_and_ends_the_association(
+    tmp_path: Path,
+) -> None:
+    # The sender's path: the object gets no status (so it waits for its retry) and the next
+    # one is not sent on the aborted association; neither waits out the 600 s timeout.
+    files = [
+        write_in_syntax(radiograph(seed=i), ImplicitVRLittleEndian, tmp_path / f"{i}.dcm")
+        for i in range(2)
+    ]
+    peer = GarblingPeer()
+    outcomes = send_c_store(files, Peer("127.0.0.1", peer.port, "PEER"), "OSTEOFLAG", 600.0)
+    assert outcomes == [
+        StoreOutcome(files[0], None, "no response (association aborted?)"),
+        StoreOutcome(files[1], None, "not sent: association ended"),
+    ]
+    peer.thread.join(timeout=30)
+    assert not peer.thread.is_alive()
+    # Whatever was left of the data set's P-DATA, then A-ABORT (service provider) and close.
+    assert peer.after_reply.endswith(a_abort(2, 0))

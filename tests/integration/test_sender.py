@@ -31,6 +31,7 @@ from osteoflag.pacs.sender import send_pending
 from testkit.net import free_port, port_open
 from testkit.wait import wait_for
 from tests.helpers.rows import produce, produce_for
+from tests.helpers.ul import GarblingPeer, a_abort
 from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
@@ -172,6 +173,32 @@ def test_dead_destination_does_not_block_a_live_one(
     assert (report.sent, report.retried) == (2, 2)
     assert len(pacs.received) == 2
     assert elapsed < 5.0
+
+
+# The association's timeouts are ten times the test's own: only our abort ends the run in time.
+@pytest.mark.timeout(60)
+def test_a_garbled_response_fails_that_object_and_leaves_the_rest_for_the_next_run(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    peer = GarblingPeer(ExplicitVRLittleEndian)
+    settings = _settings(tmp_path, [peer.port], timeout_seconds=600.0)
+    settings = settings.model_copy(
+        update={"report": settings.report.model_copy(update={"summary_image": False})}
+    )
+    _produce(sessions, settings)
+    _produce(sessions, settings)
+
+    report = send_pending(sessions, settings)
+    # The first object is retried later; the second was never sent on the aborted association
+    # and is due again at once, its attempts untouched.
+    assert (report.sent, report.retried) == (0, 1)
+    assert _states(sessions) == [(f"PACS0@127.0.0.1:{peer.port}", "pending", n) for n in (1, 0)]
+    with sessions() as session:
+        rows = session.scalars(select(Outbound).order_by(Outbound.id)).all()
+        assert "no C-STORE response" in (rows[0].last_error or "")
+        assert rows[1].lease_owner is None and rows[1].next_attempt_at <= utcnow()
+    peer.thread.join(timeout=30)
+    assert peer.after_reply.endswith(a_abort(2, 0))
 
 
 def test_permanent_refusal_fails_at_once(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
