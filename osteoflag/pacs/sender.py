@@ -122,7 +122,7 @@ def deliver(
             extra={"action": "send", "destination": key, "reason": error},
         )
         return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
-    answered = False
+    answered = True  # released as before if storing fails unexpectedly
     try:
         report, answered = _store_all(sessions, settings, assoc, rows, policy, key)
         return report
