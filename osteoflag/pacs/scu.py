@@ -86,6 +86,14 @@ def associate(ae: AE, peer: Peer) -> Association:
     return assoc
 
 
+def usable(assoc: Association) -> bool:
+    """Whether more requests may go out on ``assoc``: established, and no abort waiting.
+    A request that ends without a response was aborted (by either side) or timed out, and
+    pynetdicom marks the association ended only once its own thread resumes; the abort's
+    indication is queued before the request returns, so this sees it at once."""
+    return bool(assoc.is_established and not assoc.acse.is_aborted())
+
+
 def _keep_rejection(event: evt.Event, rejections: list[A_ASSOCIATE_RJ]) -> None:
     if isinstance(event.pdu, A_ASSOCIATE_RJ):
         rejections.append(event.pdu)
@@ -144,7 +152,6 @@ def send_c_store(
                 ae.add_requested_context(sop_class_uid, syntax)
     outcomes: list[StoreOutcome] = []
     assoc = associate(ae, peer)
-    answered = True
     try:
         for path in paths:
             try:
@@ -153,15 +160,12 @@ def send_c_store(
                 outcomes.append(StoreOutcome(path, None, str(exc)))
                 continue
             code = int(response.Status) if "Status" in response else None
-            answered = code is not None
-            error = None if answered else "no response (association aborted?)"
+            error = None if code is not None else "no response (association aborted?)"
             outcomes.append(StoreOutcome(path, code, error))
-            # No response means the association was aborted (by either side) or timed out,
-            # even while pynetdicom's thread has yet to mark it so: send nothing more on it.
-            if not answered or not assoc.is_established:
+            if not usable(assoc):
                 break
     finally:
-        if answered and assoc.is_established:
+        if usable(assoc):
             assoc.release()
     outcomes.extend(
         StoreOutcome(p, None, "not sent: association ended") for p in paths[len(outcomes) :]

@@ -36,7 +36,7 @@ from osteoflag.errors import DeliveryError, PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
-from osteoflag.pacs.scu import UNCOMPRESSED, Peer, associate, client_ae
+from osteoflag.pacs.scu import UNCOMPRESSED, Peer, associate, client_ae, usable
 from osteoflag.pacs.status import is_permanent, is_success
 from osteoflag.pacs.stow import store_instance, stow_client
 
@@ -122,12 +122,10 @@ def deliver(
             extra={"action": "send", "destination": key, "reason": error},
         )
         return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
-    answered = True  # released as before if storing fails unexpectedly
     try:
-        report, answered = _store_all(sessions, settings, assoc, rows, policy, key)
-        return report
+        return _store_all(sessions, settings, assoc, rows, policy, key)
     finally:
-        if answered and assoc.is_established:
+        if usable(assoc):
             assoc.release()
 
 
@@ -148,12 +146,11 @@ def _store_all(
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
-) -> tuple[DeliveryReport, bool]:
-    """C-STORE ``rows`` one by one, reading each file just before it is sent; also whether
-    every request sent was answered (if not, the association is over: nothing more is sent on
-    it, the rest wait for the next run, and it is not released)."""
+) -> DeliveryReport:
+    """C-STORE ``rows`` one by one, reading each file just before it is sent; once the
+    association is no longer :func:`usable`, the rest wait for the next run."""
     report = DeliveryReport()
-    for index, row in _in_time(sessions, settings, rows, lambda: assoc.is_established):
+    for _, row in _in_time(sessions, settings, rows, lambda: usable(assoc)):
         try:
             dataset = dcmread(row.file_path)
         except (OSError, InvalidDicomError) as exc:
@@ -170,14 +167,10 @@ def _store_all(
             report += _sent(sessions, row, key, f"0x{status:04X}", warning)
         elif status is None:
             report += _failed(sessions, row, policy, f"no C-STORE response from {key}", False)
-            # Aborted (by either side) or timed out, even while pynetdicom's thread has yet
-            # to mark the association so.
-            outbound.release(sessions, rows[index + 1 :])
-            return report, False
         else:
             permanent = is_permanent(status)
             report += _failed(sessions, row, policy, f"{key} answered 0x{status:04X}", permanent)
-    return report, True
+    return report
 
 
 def _in_time(
