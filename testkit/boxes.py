@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 ROWS, COLUMNS = 120, 160
 HALF_BOX = 10  # pixels either side of the blob's centre
@@ -48,3 +48,20 @@ def boxes_folder(root: Path, count: int, seed: int) -> list[tuple[Path, tuple[fl
         writer.writerow([*header.split(), "near_duplicate_in_multiregion"])
         writer.writerows(rows)
     return written
+
+
+def film(seed: int) -> Image.Image:
+    """A 300x400 grey film with bone-like structure (bright bars and ellipses on a dark field,
+    lightly blurred): enough texture for keypoints, unlike the blob radiographs."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("L", (300, 400), 20)
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        x, y = rng.uniform(0, 300), rng.uniform(0, 400)
+        w, h = rng.uniform(8, 60), rng.uniform(8, 60)
+        shade = int(rng.integers(90, 250))
+        if rng.random() < 0.5:
+            draw.ellipse((x, y, x + w, y + h), fill=shade)
+        else:
+            draw.line((x, y, x + w, y + 3 * h), fill=shade, width=int(rng.integers(3, 12)))
+    return image.filter(ImageFilter.GaussianBlur(1.5))

@@ -2,8 +2,8 @@
 
 Like ``add-maps``, it never changes the bundle it reads: the copy is staged beside ``--out``,
 verified like any bundle, then renamed, and ``--out`` must not exist. The localiser is fitted
-on every boxed image; its grouped cross-validated figures (same procedure, every source image
-scored by a fit that never saw it) go into the manifest's ``localiser`` section and the card.
+on every boxed image; its grouped cross-validated figures (same procedure, every image scored
+by a fit that never saw its radiograph) go into the manifest's ``localiser`` section and the card.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
         f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus "
         f"{_context_words(figures.get('context', 0))}cell position, fitted on the fracture "
         f"boxes of `{boxes.name}` ({part['n']} images, "
-        f"{part['sources']} source images). Pointing game ({figures['folds']}-fold CV grouped "
-        "by source image, 95 % bootstrap interval over sources):\n\n"
+        f"{part['sources']} radiographs). Pointing game ({figures['folds']}-fold CV grouped "
+        "by radiograph, 95 % bootstrap interval over radiographs):\n\n"
         f"| method | hit [95% CI] |\n|---|---|\n{rows}"
     )
 
@@ -75,7 +75,8 @@ def add_localiser_to_bundle(
     served localiser runs the backbone ``tiles`` squared times per flagged image. ``context``
     (odd, cells a side) lets each cell also see its neighbourhood's mean."""
     try:
-        check_tiles(1 if tiles is None else tiles)
+        if tiles is not None:  # None: tiling_for picks the grid
+            check_tiles(tiles)
         check_context(context)
     except ValueError as error:
         raise UsageError(f"--{error}") from error

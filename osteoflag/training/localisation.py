@@ -11,8 +11,8 @@ and scores, per method:
 
 Baselines: the image centre, and a uniformly random point (its expected hit rate is the
 fraction of the image the boxes cover); both get a box of the method's size around the point.
-95 % intervals are percentile bootstraps over source images (copies of one source move
-together), and the same for the paired difference to the centre. Figures go to
+95 % intervals are percentile bootstraps over radiographs (copies of one film move together,
+under whichever source stems), and the same for the paired difference to the centre. Figures go to
 ``docs/localisation.md``.
 """
 
@@ -37,6 +37,7 @@ from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, r
 from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.region import Region
+from osteoflag.training.radiographs import radiograph_groups
 
 Box = tuple[float, float, float, float]
 BOOTSTRAP: Final = 2000
@@ -51,6 +52,7 @@ class Case:
 
     path: Path
     stem: str
+    radiograph: str  # the film the stem is a copy of (:mod:`radiographs`); groups by this
     near_duplicate: bool
     boxes: tuple[Box, ...]  # (x0, y0, x1, y1), source pixels
 
@@ -65,31 +67,36 @@ class Score:
 
 
 def read_cases(folder: Path) -> list[Case]:
-    """The images of ``folder/images.csv`` with their YOLO boxes in pixels."""
-    cases = []
+    """The images of ``folder/images.csv`` with their YOLO boxes in pixels, each with its
+    radiograph (stems that are one film merged)."""
     with (folder / "images.csv").open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            width, height = float(row["width"]), float(row["height"])
-            boxes = []
-            label = folder / "labels" / (Path(row["file"]).stem + ".txt")
-            for line in label.read_text(encoding="utf-8").splitlines():
-                _, xc, yc, w, h = (float(v) for v in line.split())
-                boxes.append(
-                    (
-                        (xc - w / 2) * width,
-                        (yc - h / 2) * height,
-                        (xc + w / 2) * width,
-                        (yc + h / 2) * height,
-                    )
-                )
-            cases.append(
-                Case(
-                    folder / "images" / row["file"],
-                    row["source_stem"],
-                    bool(row["near_duplicate_in_multiregion"]),
-                    tuple(boxes),
+        rows = list(csv.DictReader(handle))
+    paths = [folder / "images" / row["file"] for row in rows]
+    radiographs = radiograph_groups(paths, [row["source_stem"] for row in rows])
+    cases = []
+    for row, path, radiograph in zip(rows, paths, radiographs, strict=True):
+        width, height = float(row["width"]), float(row["height"])
+        boxes = []
+        label = folder / "labels" / (Path(row["file"]).stem + ".txt")
+        for line in label.read_text(encoding="utf-8").splitlines():
+            _, xc, yc, w, h = (float(v) for v in line.split())
+            boxes.append(
+                (
+                    (xc - w / 2) * width,
+                    (yc - h / 2) * height,
+                    (xc + w / 2) * width,
+                    (yc + h / 2) * height,
                 )
             )
+        cases.append(
+            Case(
+                path,
+                row["source_stem"],
+                radiograph,
+                bool(row["near_duplicate_in_multiregion"]),
+                tuple(boxes),
+            )
+        )
     return cases
 
 
@@ -210,7 +217,7 @@ def summarise(rows: list[dict[str, Any]], cases: Sequence[Case], seed: int = 0) 
     """Mean and bootstrap interval of every method's hit, IoU and inside, and the paired
     hit difference to the centre baseline."""
     rng = np.random.default_rng(seed)
-    groups = [case.stem for case in cases]
+    groups = [case.radiograph for case in cases]
     methods = list(rows[0]["scores"])
     out: dict[str, Any] = {"n": len(rows), "sources": len(set(groups)), "methods": {}}
     for method in methods:
@@ -319,7 +326,7 @@ def markdown(
     lines = []
     for subset in subsets:
         part = summary[subset]
-        lines.append(f"\n{subset}: {part['n']} images from {part['sources']} source images\n")
+        lines.append(f"\n{subset}: {part['n']} images from {part['sources']} radiographs\n")
         lines.append(
             "| method | pointing hit [95% CI] | hit - centre [95% CI] | box IoU | inside a box |"
         )

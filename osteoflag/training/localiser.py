@@ -3,9 +3,9 @@
 Cells of the tiled grid are labelled by the fracture boxes: a cell is positive when a box
 covers at least :data:`COVERED` of it or holds a box's centre (so every box has a cell). The
 logistic model is fitted on every positive cell and a fixed random share of the negatives
-(they are ~98 % of the cells). Figures are grouped K-fold over source images: the augmented
-copies of one radiograph are never on both sides. The pointing game and its baselines are
-those of :mod:`osteoflag.training.localisation`.
+(they are ~98 % of the cells). Figures are grouped K-fold over radiographs: the augmented
+copies of one film, under whichever source stems, are never on both sides. The pointing game
+and its baselines are those of :mod:`osteoflag.training.localisation`.
 
 ``python -m osteoflag.training.localiser --bundle DIR --data DIR`` prints the cross-validated
 tables (``--tiles``, ``--stride``, ``--no-position``, ``--c``, ``--context`` reproduce the
@@ -224,15 +224,15 @@ def cross_validate(
     inverse_l2: float = INVERSE_L2,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Grouped K-fold pointing game: every image scored by a fit that never saw its source."""
+    """Grouped K-fold pointing game: every image scored by a fit that never saw its film."""
     from sklearn.model_selection import GroupKFold  # the train extra
 
     from osteoflag.inference.localise import region_from_map
 
     rows, columns = dataset.grid
-    groups = [case.stem for case in cases]
+    groups = [case.radiograph for case in cases]
     if len(set(groups)) < folds:
-        raise ValueError(f"{len(set(groups))} source images cannot make {folds} folds")
+        raise ValueError(f"{len(set(groups))} radiographs cannot make {folds} folds")
     heats = np.zeros((len(cases), rows, columns), dtype=np.float32)
     splits = GroupKFold(folds).split(dataset.targets, groups=groups)
     for train, test in tqdm(splits, desc="localiser CV", unit="fold", total=folds):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.training.localisation import bootstrap, coverage, read_cases, score
+from testkit.boxes import film
 from testkit.tiny_bundle import _training_images
 
 
@@ -55,6 +56,29 @@ def _boxes_folder(root: Path) -> Path:
         writer.writerow([*header.split(","), "near_duplicate_in_multiregion"])
         writer.writerows(rows)
     return root
+
+
+def test_a_film_uploaded_under_two_stems_is_one_radiograph(tmp_path: Path) -> None:
+    # Folds and bootstrap group by radiograph: a second upload of one film (mirrored, turned)
+    # under its own stem must not let that film sit on both sides of a fold.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    uploads = [film(1), film(1).transpose(Image.Transpose.FLIP_LEFT_RIGHT).rotate(5), film(2)]
+    rows = []
+    for index, image in enumerate(uploads):
+        image.save(tmp_path / "images" / f"case{index}.png")
+        (tmp_path / "labels" / f"case{index}.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+        rows.append([f"case{index}.png", f"stem{index}", "train", 300, 400, 1, ""])
+    with (tmp_path / "images.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = "file,source_stem,roboflow_split,width,height,fracture_boxes"
+        writer.writerow([*header.split(","), "near_duplicate_in_multiregion"])
+        writer.writerows(rows)
+
+    cases = read_cases(tmp_path)
+
+    assert [case.stem for case in cases] == ["stem0", "stem1", "stem2"]
+    assert [case.radiograph for case in cases] == ["stem0", "stem0", "stem2"]
 
 
 def test_command_reports_every_method_and_subset(tmp_path: Path, tiny_bundle: Path) -> None:

@@ -236,7 +236,7 @@ def test_a_fold_fits_only_its_own_images_cells_from_the_shared_dataset() -> None
     rng = np.random.default_rng(3)
     features = rng.random((6, 4, 5, 5), dtype=np.float32)
     cases = [
-        Case(Path(f"{i}.png"), f"s{i}", False, ((10.0 * i, 10.0, 10.0 * i + 20, 30.0),))
+        Case(Path(f"{i}.png"), f"s{i}", f"s{i}", False, ((10.0 * i, 10.0, 10.0 * i + 20, 30.0),))
         for i in range(6)
     ]
     grids = Grids(features, [(50, 60)] * 6, 0.0, [True] * 6)
