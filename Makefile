@@ -47,10 +47,10 @@ TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai
 
 CELLS_NOTE := The cell probe's top 8 cells and the members' weights (trees 1, probe 1, cells 2) \
 	were chosen by measuring variants on this recipe's features over these same three protocols \
-	(README), so its figures here lean optimistic; the held-back external test set judges it.
+	(docs/model.md), so its figures here lean optimistic; the held-back external test set judges it.
 
 VGG16_CELLS_NOTE := The top 8 cells and the 1 : 1 : 2 weights were chosen on the default \
-	EfficientNet-Lite0 bundle's features (README) and used here unchanged, not tuned on VGG16's.
+	EfficientNet-Lite0 bundle's features (docs/model.md) and used here unchanged, not tuned on VGG16's.
 
 # $(call localise_and_install,NAME[,OPTIONS]): artifacts/NAME-trained plus its localiser (with
 # add-localiser OPTIONS) becomes models/NAME.
