@@ -1,13 +1,14 @@
 """Which images of a boxes set are one radiograph, whatever their publisher's source stems say.
 
 A publisher's stem groups the augmented copies it made of one upload, but the same film can be
-uploaded twice and get two stems (the fracture-boxes set holds at least 13 such films under 29
+uploaded twice and get two stems (the fracture-boxes set holds 13 such films under 28 of its 182
 stems). Cross-validation and bootstrap intervals grouped by stem would then see one radiograph,
 and its box, on both sides. Two stems are one radiograph when a keypoint match survives the
 near-duplicate test the multiregion set was cleaned with: SIFT on a 320 px CLAHE image (and its
 mirror, since copies may be flipped), an affine fit by RANSAC with at least
 :data:`MIN_INLIERS` inliers, then the aligned images' correlation at least
-:data:`MIN_ALIGNED_CORRELATION`. Candidates are each stem's :data:`CANDIDATES` nearest by
+:data:`MIN_ALIGNED_CORRELATION` where they overlap (at least :data:`MIN_OVERLAP` of the
+other image). Candidates are each stem's :data:`CANDIDATES` nearest by
 thumbnail correlation, so the matching grows with the set, not its square.
 """
 
