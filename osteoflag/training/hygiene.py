@@ -59,7 +59,7 @@ class HygieneReport:
         }
 
 
-class _UnionFind:
+class UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
 
@@ -139,7 +139,7 @@ def check(samples: Sequence[Sample], load: Loader) -> HygieneReport:
         kept.append(sample)
         pixel_hashes.append(digest)
         phashes.append(_dihedral_hashes(grey))
-    uf = _UnionFind(len(kept))
+    uf = UnionFind(len(kept))
     by_key: dict[tuple[str, str], int] = {}
     for i, sample in enumerate(kept):
         keys = [("stem", f"{sample.source}/{source_stem(sample)}")]

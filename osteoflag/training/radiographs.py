@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from osteoflag.training.hygiene import UnionFind
+
 logger = logging.getLogger(__name__)
 
 SIDE: Final = 320  # pixels on the long side for keypoints
@@ -102,28 +104,22 @@ def radiograph_groups(paths: Sequence[Path], stems: Sequence[str]) -> list[str]:
     it (matching every copy finds more, but copies turned by their publisher share black
     corners that keypoints match across different films).
     """
-    order = sorted(set(stems))
-    first = {stem: paths[stems.index(stem)] for stem in order}
+    first: dict[str, Path] = {}
+    for path, stem in zip(paths, stems, strict=True):
+        first.setdefault(stem, path)
+    order = sorted(first)
     sift = cv2.SIFT.create(nfeatures=800)
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     plain = [_describe(_load(first[stem]), sift) for stem in order]
     mirrored = [_describe(np.ascontiguousarray(image.grey[:, ::-1]), sift) for image in plain]
     thumbs = np.stack([image.thumb for image in plain])
-    parent = list(range(len(order)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    films = UnionFind(len(order))  # a root is its film's smallest index: the first stem
     for i in range(len(order)):
         for query in (plain[i], mirrored[i]):
             for j in map(int, np.argsort(-(thumbs @ query.thumb))[: CANDIDATES + 1]):
-                a, b = root(i), root(j)
-                if a != b and same_radiograph(query, plain[j], matcher):
-                    parent[max(a, b)] = min(a, b)
-    merged = {stem: order[root(k)] for k, stem in enumerate(order)}
+                if films.find(i) != films.find(j) and same_radiograph(query, plain[j], matcher):
+                    films.union(i, j)
+    merged = {stem: order[films.find(k)] for k, stem in enumerate(order)}
     logger.info(
         "radiographs grouped",
         extra={
