@@ -73,7 +73,7 @@ def _blurred(grey: Grey) -> npt.NDArray[np.float64]:
     return cv2.GaussianBlur(grey, (5, 5), 0).astype(np.float64)
 
 
-def same_radiograph(a: _Image, b: _Image, matcher: cv2.BFMatcher) -> bool:
+def _same_radiograph(a: _Image, b: _Image, matcher: cv2.BFMatcher) -> bool:
     """Whether ``a`` maps onto ``b`` by an affine transform that makes them look alike."""
     if a.descriptors is None or b.descriptors is None or len(b.keypoints) < 2:
         return False
@@ -117,7 +117,7 @@ def radiograph_groups(paths: Sequence[Path], stems: Sequence[str]) -> list[str]:
     for i in range(len(order)):
         for query in (plain[i], mirrored[i]):
             for j in map(int, np.argsort(-(thumbs @ query.thumb))[: CANDIDATES + 1]):
-                if films.find(i) != films.find(j) and same_radiograph(query, plain[j], matcher):
+                if films.find(i) != films.find(j) and _same_radiograph(query, plain[j], matcher):
                     films.union(i, j)
     merged = {stem: order[films.find(k)] for k, stem in enumerate(order)}
     logger.info(
