@@ -60,6 +60,9 @@ class HygieneReport:
 
 
 class UnionFind:
+    """Disjoint sets over 0..n-1 whose root is always the set's smallest member, so the
+    first item of a sorted order names its set (:mod:`radiographs` relies on it)."""
+
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
 
