@@ -70,8 +70,8 @@ def _measure(bundle: Path, displays: list[DisplayImage]) -> None:
             started = time.perf_counter()
             localiser.region(display, spec, predictor.maps)
             localiser_times.append(time.perf_counter() - started)
-        tiles = localiser.tiling.tiles**2
-        print(f"  localiser region ({tiles} tiled passes, cells)  {_ms(localiser_times)}")
+        passes = localiser.passes
+        print(f"  localiser region ({passes} tiled passes, cells)  {_ms(localiser_times)}")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,15 @@ def _add_maps(args: argparse.Namespace, settings: Settings) -> int:
 def _add_localiser(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.training.add_localiser import add_localiser_to_bundle
 
-    figures = add_localiser_to_bundle(args.bundle, args.boxes, args.out, args.tiles, args.context)
+    figures = add_localiser_to_bundle(
+        args.bundle,
+        args.boxes,
+        args.out,
+        args.tiles,
+        args.context,
+        other_tiles=args.other_tiles,
+        mirror=args.mirror,
+    )
     print(json.dumps({"bundle": str(args.out), "cross_validation": figures}))
     return 0
 
@@ -199,6 +207,20 @@ def _add_localiser_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="K",
         help="each cell also sees the mean of the KxK cells around it (odd; default 0: none)",
+    )
+    parser.add_argument(
+        "--other-tiles",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also average the map of N tiles per side, with its own cell model (repeatable); "
+        "each flagged image costs N*N more passes",
+    )
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="also average every tiling's map of the mirrored image (twice the passes)",
     )
 
 

@@ -7,8 +7,11 @@ every cell's feature vector, with (when the localiser has a ``context``) the mea
 vector of the cells around it and its position in the image, goes through a logistic model
 fitted on cells labelled by hand-drawn fracture boxes, and the cell probabilities are the map
 the region is taken from (peak, and the hot area around it as the box) like the evidence map.
-The file is JSON (``localiser.json``: standardisation, weights, intercept, tiling, context), so
-serving needs only numpy and SciPy.
+A localiser may average several passes: its map of the mirrored image (flipped back), and
+other tilings with their own cell models, resized to its grid; the peak of one pass lands
+where its tile borders and noise favour, the average keeps where the passes agree
+(``docs/localisation.md``). The file is JSON (``localiser.json``: standardisation, weights,
+intercept, tiling, context, mirror, other tilings), so serving needs only numpy and SciPy.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy.ndimage import uniform_filter
+from scipy.ndimage import uniform_filter, zoom
 
 from osteoflag.errors import BundleError
 from osteoflag.inference.cells import MapRunner, Tiling, cell_features
@@ -82,29 +85,76 @@ def check_context(context: int) -> None:
         raise ValueError(f"context {context}: must be 0 or an odd number of cells")
 
 
+def mirrored(display: DisplayImage) -> DisplayImage:
+    """``display`` flipped left to right."""
+    return DisplayImage(
+        np.ascontiguousarray(display.pixels[:, ::-1]), display.frames, display.notes
+    )
+
+
+def resized(heat: FloatMap, grid: tuple[int, int]) -> FloatMap:
+    """A pass's (rows, columns) map brought to ``grid`` (bilinear, corners aligned)."""
+    if heat.shape == grid:
+        return heat
+    factors = (grid[0] / heat.shape[0], grid[1] / heat.shape[1])
+    return np.asarray(zoom(heat, factors, order=1, output=np.float32, grid_mode=False))
+
+
+@dataclass(frozen=True)
+class TiledModel:
+    """A cell model and the tiling whose grid it reads."""
+
+    tiling: Tiling
+    model: CellModel
+
+    def heat(
+        self, display: DisplayImage, spec: InputSpec, run: MapRunner, context: int
+    ) -> FloatMap:
+        """The (rows, columns) map of cell fracture probabilities of one image."""
+        grid = cell_features(display, spec, self.tiling, run)
+        if input_count(grid.shape[0], context) != self.model.weights.shape[0]:
+            raise BundleError(
+                f"localiser expects {self.model.weights.shape[0]} inputs a cell, the backbone's "
+                f"map of {grid.shape[0]} channels gives {input_count(grid.shape[0], context)}"
+            )
+        inputs = cell_inputs(grid, context)
+        return self.model.probabilities(inputs).reshape(self.tiling.grid).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Localiser:
     """A cell model, the tiling whose grid it reads and the neighbourhood it also sees
-    (``context`` cells a side, 0 for none)."""
+    (``context`` cells a side, 0 for none); with ``mirror`` it also reads the mirrored image,
+    and ``others`` are more tilings with their own models, all averaged on this grid."""
 
     tiling: Tiling
     model: CellModel
     context: int = 0
+    mirror: bool = False
+    others: tuple[TiledModel, ...] = ()
 
     def __post_init__(self) -> None:
         check_context(self.context)
 
+    @property
+    def passes(self) -> int:
+        """Tiled backbone runs per image: each tiling's tiles, twice with ``mirror``."""
+        tiles = sum(part.tiling.tiles**2 for part in self._parts())
+        return tiles * (2 if self.mirror else 1)
+
+    def _parts(self) -> tuple[TiledModel, ...]:
+        return (TiledModel(self.tiling, self.model), *self.others)
+
     def heat(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> FloatMap:
-        """The (rows, columns) map of cell fracture probabilities of one image."""
-        grid = cell_features(display, spec, self.tiling, run)
-        if input_count(grid.shape[0], self.context) != self.model.weights.shape[0]:
-            raise BundleError(
-                f"localiser expects {self.model.weights.shape[0]} inputs a cell, the backbone's "
-                f"map of {grid.shape[0]} channels gives {input_count(grid.shape[0], self.context)}"
-            )
-        rows, columns = self.tiling.grid
-        inputs = cell_inputs(grid, self.context)
-        return self.model.probabilities(inputs).reshape(rows, columns).astype(np.float32)
+        """The (rows, columns) map of cell fracture probabilities of one image, averaged
+        over its passes."""
+        heats = []
+        for part in self._parts():
+            heats.append(resized(part.heat(display, spec, run, self.context), self.tiling.grid))
+            if self.mirror:
+                flipped = part.heat(mirrored(display), spec, run, self.context)[:, ::-1]
+                heats.append(resized(np.ascontiguousarray(flipped), self.tiling.grid))
+        return np.asarray(np.mean(heats, axis=0), dtype=np.float32)
 
     def region(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> Region | None:
         """The region of one image, in its own pixels."""
@@ -114,17 +164,37 @@ class Localiser:
         """The document ``localiser.json`` holds."""
         return {
             "kind": KIND,
-            "tiles": self.tiling.tiles,
-            "stride": self.tiling.stride,
+            **_part_json(TiledModel(self.tiling, self.model)),
             "context": self.context,
-            "mean": self.model.mean.tolist(),
-            "scale": self.model.scale.tolist(),
-            "weights": self.model.weights.tolist(),
-            "intercept": self.model.intercept,
+            "mirror": self.mirror,
+            "others": [_part_json(part) for part in self.others],
         }
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json()) + "\n", encoding="utf-8")
+
+
+def _part_json(part: TiledModel) -> dict[str, Any]:
+    return {
+        "tiles": part.tiling.tiles,
+        "stride": part.tiling.stride,
+        "mean": part.model.mean.tolist(),
+        "scale": part.model.scale.tolist(),
+        "weights": part.model.weights.tolist(),
+        "intercept": part.model.intercept,
+    }
+
+
+def _part(document: dict[str, Any], spec: InputSpec, cells: tuple[int, int]) -> TiledModel:
+    return TiledModel(
+        Tiling(int(document["tiles"]), int(document["stride"]), spec.size, cells),
+        CellModel(
+            np.asarray(document["mean"], dtype=np.float64),
+            np.asarray(document["scale"], dtype=np.float64),
+            np.asarray(document["weights"], dtype=np.float64),
+            float(document["intercept"]),
+        ),
+    )
 
 
 def load_localiser(path: Path, spec: InputSpec, cells: tuple[int, int]) -> Localiser:
@@ -133,15 +203,15 @@ def load_localiser(path: Path, spec: InputSpec, cells: tuple[int, int]) -> Local
         document = json.loads(path.read_text(encoding="utf-8"))
         if document["kind"] != KIND:
             raise ValueError(f"kind {document['kind']!r} is not {KIND!r}")
-        tiling = Tiling(int(document["tiles"]), int(document["stride"]), spec.size, cells)
-        model = CellModel(
-            np.asarray(document["mean"], dtype=np.float64),
-            np.asarray(document["scale"], dtype=np.float64),
-            np.asarray(document["weights"], dtype=np.float64),
-            float(document["intercept"]),
+        first = _part(document, spec, cells)
+        # context, mirror and others are absent in localisers from before they existed
+        localiser = Localiser(
+            first.tiling,
+            first.model,
+            int(document.get("context", 0)),
+            bool(document.get("mirror", False)),
+            tuple(_part(other, spec, cells) for other in document.get("others", [])),
         )
-        context = int(document.get("context", 0))  # absent in localisers before it existed
-        localiser = Localiser(tiling, model, context)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: localiser cannot be read: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:

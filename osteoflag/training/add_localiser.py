@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -22,10 +23,9 @@ from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
     CONTEXT,
-    cell_dataset,
+    build_parts,
     compact,
     cross_validate,
-    feature_grids,
     fit_localiser,
     tiling_for,
 )
@@ -54,7 +54,8 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
         f"{LOCALISER_HEADING}\n"
         f"Regions of flagged images come from `{LOCALISER_FILE}`: a logistic model on the "
         f"backbone's {figures['grid'][0]}x{figures['grid'][1]} tiled feature grid plus "
-        f"{_context_words(figures.get('context', 0))}cell position, fitted on the fracture "
+        f"{_context_words(figures.get('context', 0))}cell position"
+        f"{_pass_words(figures)}, fitted on the fracture "
         f"boxes of `{boxes.name}` ({part['n']} images, "
         f"{part['sources']} radiographs). Pointing game ({figures['folds']}-fold CV grouped "
         "by radiograph, 95 % bootstrap interval over radiographs):\n\n"
@@ -62,21 +63,37 @@ def _card_section(boxes: Path, figures: dict[str, Any]) -> str:
     )
 
 
+def _pass_words(figures: dict[str, Any]) -> str:
+    others = "".join(
+        f", averaged with a {n}x{n} tiling's own model" for n in figures["other_tiles"]
+    )
+    return others + (", each also on the mirrored image" if figures["mirror"] else "")
+
+
 def _context_words(context: int) -> str:
     return f"the mean of each cell's {context}x{context} neighbourhood and " if context else ""
 
 
 def add_localiser_to_bundle(
-    bundle_dir: Path, boxes: Path, out: Path, tiles: int | None = None, context: int = CONTEXT
+    bundle_dir: Path,
+    boxes: Path,
+    out: Path,
+    tiles: int | None = None,
+    context: int = CONTEXT,
+    *,
+    other_tiles: Sequence[int] = (),
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle at ``bundle_dir`` with a localiser fitted on ``boxes`` to the new folder
     ``out``; returns the cross-validated figures recorded in its manifest. ``tiles`` per side
     (by default a grid of about 28 cells a side) trades region time for a finer grid: the
     served localiser runs the backbone ``tiles`` squared times per flagged image. ``context``
-    (odd, cells a side) lets each cell also see its neighbourhood's mean."""
+    (odd, cells a side) lets each cell also see its neighbourhood's mean. ``other_tiles`` adds
+    tilings with their own cell models and ``mirror`` the mirrored image, their maps averaged
+    (each pass costs its tiles again)."""
     try:
-        if tiles is not None:  # None: tiling_for picks the grid
-            check_tiles(tiles)
+        for count in (*([] if tiles is None else [tiles]), *other_tiles):  # None: the default
+            check_tiles(count)
         check_context(context)
     except ValueError as error:
         raise UsageError(f"--{error}") from error
@@ -87,11 +104,11 @@ def add_localiser_to_bundle(
     source = load_bundle(bundle_dir)
     predictor = Predictor(source, threads=0, batch_size=16)
     cases = read_cases(boxes)
-    tiling = tiling_for(predictor, tiles)
-    dataset = cell_dataset(feature_grids(predictor, cases, tiling), cases, context=context)
-    figures = compact(cross_validate(dataset, cases, predictor, tiling))
-    localiser = fit_localiser(dataset, tiling)
-    del dataset  # gigabytes for a fine grid; the copy below needs none of it
+    tilings = [tiling_for(predictor, count) for count in (tiles, *other_tiles)]
+    parts = build_parts(predictor, cases, tilings, mirror=mirror, context=context)
+    figures = compact(cross_validate(parts, cases, predictor))
+    localiser = fit_localiser(parts)
+    del parts  # gigabytes for a fine grid; the copy below needs none of it
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -8,9 +8,9 @@ copies of one film, under whichever source stems, are never on both sides. The p
 and its baselines are those of :mod:`osteoflag.training.localisation`.
 
 ``python -m osteoflag.training.localiser --bundle DIR --data DIR`` prints the cross-validated
-tables (``--tiles``, ``--stride``, ``--no-position``, ``--c``, ``--context`` reproduce the
-variants in ``docs/localisation.md``); ``osteoflag add-localiser`` fits on every image and
-ships it.
+tables (``--tiles``, ``--stride``, ``--no-position``, ``--c``, ``--context``, ``--other-tiles``,
+``--mirror`` reproduce the variants in ``docs/localisation.md``); ``osteoflag add-localiser``
+fits on every image and ships it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ from osteoflag.inference.localiser import (
     POSITION_FEATURES,
     CellModel,
     Localiser,
+    TiledModel,
     cell_inputs,
     input_count,
+    mirrored,
+    resized,
 )
 from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.pixels import load_display, model_input
@@ -109,9 +112,11 @@ def cell_targets(
     return np.asarray((covered >= COVERED) | centres, dtype=bool)
 
 
-def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -> Grids:
-    """Run the tiled backbone on every case, into one array filled in place (a list of grids
-    stacked at the end would hold them twice)."""
+def feature_grids(
+    predictor: Predictor, cases: Sequence[Case], tiling: Tiling, *, mirror: bool = False
+) -> Grids:
+    """Run the tiled backbone on every case (mirrored with ``mirror``), into one array filled
+    in place (a list of grids stacked at the end would hold them twice)."""
     if not predictor.localises:
         raise BundleError(
             f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
@@ -123,7 +128,7 @@ def feature_grids(predictor: Predictor, cases: Sequence[Case], tiling: Tiling) -
     for index, case in enumerate(tqdm(cases, desc="tiled grids", unit="img", mininterval=10)):
         display = load_display(case.path)
         started = time.perf_counter()
-        grid = cell_features(display, spec, tiling, predictor.maps)
+        grid = cell_features(mirrored(display) if mirror else display, spec, tiling, predictor.maps)
         seconds += time.perf_counter() - started
         if features is None:
             features = np.empty((len(cases), *grid.shape), dtype=np.float32)
@@ -150,6 +155,16 @@ class CellDataset:
     sizes: list[tuple[int, int]]
     flagged: list[bool]
     seconds_per_image: float
+
+
+@dataclass(frozen=True)
+class Part:
+    """One tiling's cell dataset, and with a mirrored pass the cell inputs of the mirrored
+    images (only scored, never fitted on)."""
+
+    tiling: Tiling
+    dataset: CellDataset
+    mirrored: CellDataset | None = None
 
 
 def cell_dataset(
@@ -207,28 +222,72 @@ def fit_cells(
     return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
 
 
-def fit_localiser(
-    dataset: CellDataset, tiling: Tiling, *, inverse_l2: float = INVERSE_L2
-) -> Localiser:
-    """The localiser fitted on every cell of every case."""
-    return Localiser(tiling, fit_cells(dataset, inverse_l2=inverse_l2), dataset.context)
+def build_parts(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    tilings: Sequence[Tiling],
+    *,
+    mirror: bool = False,
+    context: int = CONTEXT,
+    position: bool = True,
+) -> list[Part]:
+    """Each tiling's cell dataset (and its mirrored images' with ``mirror``); the grids are
+    dropped as soon as their cell inputs are built."""
+    parts = []
+    for tiling in tilings:
+        sets = [
+            cell_dataset(
+                feature_grids(predictor, cases, tiling, mirror=flip),
+                cases,
+                position=position,
+                context=context,
+            )
+            for flip in ((False, True) if mirror else (False,))
+        ]
+        parts.append(Part(tiling, sets[0], sets[1] if mirror else None))
+    return parts
+
+
+def fit_localiser(parts: Sequence[Part], *, inverse_l2: float = INVERSE_L2) -> Localiser:
+    """The localiser fitted on every cell of every case, one cell model per tiling; the first
+    tiling's grid is the one its passes are averaged on."""
+    first, *others = (
+        TiledModel(part.tiling, fit_cells(part.dataset, inverse_l2=inverse_l2)) for part in parts
+    )
+    mirror = parts[0].mirrored is not None
+    return Localiser(first.tiling, first.model, parts[0].dataset.context, mirror, tuple(others))
+
+
+def _heats(
+    parts: Sequence[Part], image: int, fitted: Sequence[CellModel]
+) -> npt.NDArray[np.float32]:
+    """One image's map averaged over its passes, on the first tiling's grid (as served)."""
+    grid = parts[0].dataset.grid
+    heats = []
+    for part, model in zip(parts, fitted, strict=True):
+        for inputs, flip in ((part.dataset, False), (part.mirrored, True)):
+            if inputs is not None:
+                cells = model.probabilities(inputs.inputs[image]).reshape(part.dataset.grid)
+                heat = np.ascontiguousarray(cells[:, ::-1] if flip else cells, dtype=np.float32)
+                heats.append(resized(heat, grid))
+    return np.asarray(np.mean(heats, axis=0), dtype=np.float32)
 
 
 def cross_validate(
-    dataset: CellDataset,
+    parts: Sequence[Part],
     cases: Sequence[Case],
     predictor: Predictor,
-    tiling: Tiling,
     *,
     folds: int = FOLDS,
     inverse_l2: float = INVERSE_L2,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Grouped K-fold pointing game: every image scored by a fit that never saw its film."""
+    """Grouped K-fold pointing game: every image scored by fits that never saw its film."""
     from sklearn.model_selection import GroupKFold  # the train extra
 
     from osteoflag.inference.localise import region_from_map
 
+    dataset, tiling = parts[0].dataset, parts[0].tiling
     rows, columns = dataset.grid
     groups = [case.radiograph for case in cases]
     if len(set(groups)) < folds:
@@ -236,9 +295,11 @@ def cross_validate(
     heats = np.zeros((len(cases), rows, columns), dtype=np.float32)
     splits = GroupKFold(folds).split(dataset.targets, groups=groups)
     for train, test in tqdm(splits, desc="localiser CV", unit="fold", total=folds):
-        model = fit_cells(dataset, train, inverse_l2=inverse_l2, seed=seed)
+        fitted = [
+            fit_cells(part.dataset, train, inverse_l2=inverse_l2, seed=seed) for part in parts
+        ]
         for i in test:
-            heats[i] = model.probabilities(dataset.inputs[i]).reshape(rows, columns)
+            heats[i] = _heats(parts, i, fitted)
     spec = tiling.spec(predictor.bundle.input_spec)
     rng = np.random.default_rng(seed)
     scored: list[dict[str, Any]] = []
@@ -265,8 +326,15 @@ def cross_validate(
     out["folds"] = folds
     out["grid"] = [rows, columns]
     out["context"] = dataset.context
+    out["mirror"] = parts[0].mirrored is not None
+    out["other_tiles"] = [part.tiling.tiles for part in parts[1:]]
     out["ms_per_image"] = {
-        "tiled_backbone": 1000 * dataset.seconds_per_image,
+        "tiled_backbone": 1000
+        * sum(
+            part.dataset.seconds_per_image
+            + (0.0 if part.mirrored is None else part.mirrored.seconds_per_image)
+            for part in parts
+        ),
         "region": 1000 * float(np.mean(model_seconds)),
     }
     return out
@@ -279,6 +347,8 @@ def compact(summary: dict[str, Any]) -> dict[str, Any]:
         "folds": summary["folds"],
         "grid": summary["grid"],
         "context": summary["context"],
+        "mirror": summary["mirror"],
+        "other_tiles": summary["other_tiles"],
     }
     for subset in (name for name in SUBSETS if name in summary):
         part = summary[subset]
@@ -309,6 +379,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tiles", type=int, help="tiles per side (default: a grid of about 28 cells per side)"
     )
     parser.add_argument("--stride", type=int, help="input pixels between tiles (default: adjacent)")
+    parser.add_argument(
+        "--other-tiles", type=int, action="append", default=[], metavar="N",
+        help="also average the map of N tiles per side, with its own cell model (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mirror", action="store_true", help="also average the mirrored image's map"
+    )
     parser.add_argument("--no-position", action="store_true", help="cell features only")
     parser.add_argument("--c", type=float, default=INVERSE_L2, help="inverse L2 strength")
     parser.add_argument(
@@ -319,11 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     predictor = Predictor(load_bundle(args.bundle), threads=1, batch_size=16)
     cases = read_cases(args.data)
-    tiling = tiling_for(predictor, args.tiles, args.stride)
-    grids = feature_grids(predictor, cases, tiling)
-    dataset = cell_dataset(grids, cases, position=not args.no_position, context=args.context)
-    del grids  # gigabytes for a fine grid, and the dataset holds what the fits need
-    summary = cross_validate(dataset, cases, predictor, tiling, folds=args.folds, inverse_l2=args.c)
+    tilings = [tiling_for(predictor, args.tiles, args.stride)]
+    tilings += [tiling_for(predictor, tiles) for tiles in args.other_tiles]
+    parts = build_parts(
+        predictor,
+        cases,
+        tilings,
+        mirror=args.mirror,
+        context=args.context,
+        position=not args.no_position,
+    )
+    summary = cross_validate(parts, cases, predictor, folds=args.folds, inverse_l2=args.c)
     text = (
         json.dumps(summary, indent=2)
         if args.json

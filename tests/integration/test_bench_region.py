@@ -38,5 +38,5 @@ def test_region_bench_measures_every_shipped_bundle_and_its_localiser() -> None:
         predictor = Predictor(load_bundle(ROOT / bundle), threads=1)
         assert f"region of a flagged image ({predictor.model_id}, " in out
         assert predictor.localiser is not None
-        tiles = predictor.localiser.tiling.tiles**2
-        assert f"localiser region ({tiles} tiled passes, cells)" in out
+        passes = predictor.localiser.passes
+        assert f"localiser region ({passes} tiled passes, cells)" in out

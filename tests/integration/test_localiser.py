@@ -23,6 +23,8 @@ from osteoflag.inference.localiser import (
     POSITION_FEATURES,
     input_count,
     load_localiser,
+    mirrored,
+    resized,
 )
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, model_input
@@ -171,19 +173,62 @@ def test_a_localiser_with_context_sees_each_cells_neighbourhood(
     assert prediction.region is not None
 
 
-def test_a_localiser_file_from_before_context_loads_without_it(
+def test_a_localiser_file_from_before_context_and_passes_loads_without_them(
     tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
 ) -> None:
     _, bundle, _ = localised
     document = json.loads((bundle / LOCALISER_FILE).read_text())
     assert document.pop("context") == 0
+    assert document.pop("mirror") is False and document.pop("others") == []
     (tmp_path / LOCALISER_FILE).write_text(json.dumps(document))
     served = Predictor(load_bundle(bundle)).localiser
     assert served is not None
     spec = load_bundle(bundle).input_spec
     older = load_localiser(tmp_path / LOCALISER_FILE, spec, served.tiling.cells)
     assert older.context == 0 and older.tiling == served.tiling
+    assert not older.mirror and older.others == ()
     assert np.array_equal(older.model.weights, served.model.weights)
+
+
+def test_a_localiser_averages_another_tiling_and_the_mirrored_image(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    maps, bundle, _ = localised
+    plain = Predictor(load_bundle(bundle)).localiser
+    assert plain is not None
+    tiles = plain.tiling.tiles
+    figures = add_localiser_to_bundle(
+        maps, maps.parent / "boxes", tmp_path / "avg", other_tiles=[tiles + 1], mirror=True
+    )
+    cv = figures["all"]
+    assert isinstance(cv, dict) and cv["localiser"]["hit"] >= 0.8 > cv["centre"]["hit"]
+    assert (figures["mirror"], figures["other_tiles"]) == (True, [tiles + 1])
+    manifest = json.loads((tmp_path / "avg" / "manifest.json").read_text())
+    assert manifest["localiser"]["cross_validation"]["other_tiles"] == [tiles + 1]
+    card = (tmp_path / "avg" / "MODEL_CARD.md").read_text()
+    assert f"a {tiles + 1}x{tiles + 1} tiling's own model, each also on the mirrored" in card
+    predictor = Predictor(load_bundle(tmp_path / "avg"))
+    served = predictor.localiser
+    assert served is not None and served.mirror and served.tiling == plain.tiling
+    assert [other.tiling.tiles for other in served.others] == [tiles + 1]
+    assert served.passes == 2 * (tiles**2 + (tiles + 1) ** 2)
+    # Every pass is also run on the mirrored image and flipped back, so the averaged map of
+    # a mirrored image is the mirror of the image's map.
+    display = DisplayImage(blob_radiograph(np.random.default_rng(3))[0])
+    spec = predictor.bundle.input_spec
+    heat = served.heat(display, spec, predictor.maps)
+    assert heat.shape == served.tiling.grid
+    flipped = served.heat(mirrored(display), spec, predictor.maps)
+    np.testing.assert_allclose(flipped[:, ::-1], heat, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(heat, plain.heat(display, spec, predictor.maps), atol=1e-4)
+
+
+def test_a_pass_map_is_resized_onto_the_localisers_grid() -> None:
+    ramp = np.tile(np.linspace(0, 1, 4, dtype=np.float32), (4, 1))
+    wider = resized(ramp, (6, 6))
+    assert wider.shape == (6, 6) and wider.dtype == np.float32
+    np.testing.assert_allclose(wider[0], np.linspace(0, 1, 6), atol=1e-6)  # corners aligned
+    assert resized(ramp, (4, 4)) is ramp
 
 
 def test_tiles_set_the_grid_the_served_localiser_runs_on(
