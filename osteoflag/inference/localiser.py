@@ -17,6 +17,7 @@ intercept, tiling, context, mirror, other tilings), so serving needs only numpy 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -100,6 +101,17 @@ def resized(heat: FloatMap, grid: tuple[int, int]) -> FloatMap:
     return np.asarray(zoom(heat, factors, order=1, output=np.float32, grid_mode=False))
 
 
+def averaged(passes: Iterable[tuple[FloatMap, bool]], grid: tuple[int, int]) -> FloatMap:
+    """The localiser's map from its passes' maps, each with whether it read the mirrored
+    image: flipped back where it did, resized onto ``grid``, averaged. Serving and the
+    cross-validation both call it, so the figures are those of the served map."""
+    heats = [
+        resized(np.ascontiguousarray(heat[:, ::-1] if flipped else heat), grid)
+        for heat, flipped in passes
+    ]
+    return np.asarray(np.mean(heats, axis=0), dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class TiledModel:
     """A cell model and the tiling whose grid it reads."""
@@ -148,13 +160,17 @@ class Localiser:
     def heat(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> FloatMap:
         """The (rows, columns) map of cell fracture probabilities of one image, averaged
         over its passes."""
-        heats = []
-        for part in self._parts():
-            heats.append(resized(part.heat(display, spec, run, self.context), self.tiling.grid))
-            if self.mirror:
-                flipped = part.heat(mirrored(display), spec, run, self.context)[:, ::-1]
-                heats.append(resized(np.ascontiguousarray(flipped), self.tiling.grid))
-        return np.asarray(np.mean(heats, axis=0), dtype=np.float32)
+        views = (
+            ((display, False), (mirrored(display), True)) if self.mirror else ((display, False),)
+        )
+        return averaged(
+            (
+                (part.heat(image, spec, run, self.context), flipped)
+                for part in self._parts()
+                for image, flipped in views
+            ),
+            self.tiling.grid,
+        )
 
     def region(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> Region | None:
         """The region of one image, in its own pixels."""

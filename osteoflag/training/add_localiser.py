@@ -92,8 +92,9 @@ def add_localiser_to_bundle(
     tilings with their own cell models and ``mirror`` the mirrored image, their maps averaged
     (each pass costs its tiles again)."""
     try:
-        for count in (*([] if tiles is None else [tiles]), *other_tiles):  # None: the default
-            check_tiles(count)
+        for count in (tiles, *other_tiles):
+            if count is not None:  # None: tiling_for picks the grid
+                check_tiles(count)
         check_context(context)
     except ValueError as error:
         raise UsageError(f"--{error}") from error

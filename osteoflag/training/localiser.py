@@ -33,10 +33,10 @@ from osteoflag.inference.localiser import (
     CellModel,
     Localiser,
     TiledModel,
+    averaged,
     cell_inputs,
     input_count,
     mirrored,
-    resized,
 )
 from osteoflag.inference.maps import MAPS_OUTPUT
 from osteoflag.inference.pixels import load_display, model_input
@@ -113,17 +113,24 @@ def cell_targets(
 
 
 def feature_grids(
-    predictor: Predictor, cases: Sequence[Case], tiling: Tiling, *, mirror: bool = False
+    predictor: Predictor,
+    cases: Sequence[Case],
+    tiling: Tiling,
+    *,
+    mirror: bool = False,
+    flagged: Sequence[bool] | None = None,
 ) -> Grids:
     """Run the tiled backbone on every case (mirrored with ``mirror``), into one array filled
-    in place (a list of grids stacked at the end would hold them twice)."""
+    in place (a list of grids stacked at the end would hold them twice). Which cases the
+    bundle flags is classified here unless another pass of the same cases gave ``flagged``."""
     if not predictor.localises:
         raise BundleError(
             f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
         )
     spec = predictor.bundle.input_spec
     features: npt.NDArray[np.float32] | None = None
-    sizes, flagged = [], []
+    sizes: list[tuple[int, int]] = []
+    labels: list[bool] = []
     seconds = 0.0
     for index, case in enumerate(tqdm(cases, desc="tiled grids", unit="img", mininterval=10)):
         display = load_display(case.path)
@@ -134,11 +141,14 @@ def feature_grids(
             features = np.empty((len(cases), *grid.shape), dtype=np.float32)
         features[index] = grid
         sizes.append(display.size)
-        [probability] = predictor.probabilities([model_input(display, spec)])
-        flagged.append(probability >= predictor.bundle.threshold)
+        if flagged is None:
+            [probability] = predictor.probabilities([model_input(display, spec)])
+            labels.append(probability >= predictor.bundle.threshold)
     if features is None:
         raise ValueError("no boxed images to run the backbone on")
-    return Grids(features, sizes, seconds / len(cases), flagged)
+    return Grids(
+        features, sizes, seconds / len(cases), labels if flagged is None else list(flagged)
+    )
 
 
 @dataclass(frozen=True)
@@ -233,17 +243,15 @@ def build_parts(
 ) -> list[Part]:
     """Each tiling's cell dataset (and its mirrored images' with ``mirror``); the grids are
     dropped as soon as their cell inputs are built."""
+    flagged: list[bool] | None = None  # classified by the first pass, the same for every pass
     parts = []
     for tiling in tilings:
-        sets = [
-            cell_dataset(
-                feature_grids(predictor, cases, tiling, mirror=flip),
-                cases,
-                position=position,
-                context=context,
-            )
-            for flip in ((False, True) if mirror else (False,))
-        ]
+        sets = []
+        for flip in (False, True) if mirror else (False,):
+            grids = feature_grids(predictor, cases, tiling, mirror=flip, flagged=flagged)
+            flagged = grids.flagged
+            sets.append(cell_dataset(grids, cases, position=position, context=context))
+            del grids  # gigabytes for a fine grid; the dataset holds what the fits need
         parts.append(Part(tiling, sets[0], sets[1] if mirror else None))
     return parts
 
@@ -262,15 +270,20 @@ def _heats(
     parts: Sequence[Part], image: int, fitted: Sequence[CellModel]
 ) -> npt.NDArray[np.float32]:
     """One image's map averaged over its passes, on the first tiling's grid (as served)."""
-    grid = parts[0].dataset.grid
-    heats = []
-    for part, model in zip(parts, fitted, strict=True):
-        for inputs, flip in ((part.dataset, False), (part.mirrored, True)):
-            if inputs is not None:
-                cells = model.probabilities(inputs.inputs[image]).reshape(part.dataset.grid)
-                heat = np.ascontiguousarray(cells[:, ::-1] if flip else cells, dtype=np.float32)
-                heats.append(resized(heat, grid))
-    return np.asarray(np.mean(heats, axis=0), dtype=np.float32)
+    return averaged(
+        (
+            (
+                model.probabilities(inputs.inputs[image])
+                .reshape(part.dataset.grid)
+                .astype(np.float32),
+                flipped,
+            )
+            for part, model in zip(parts, fitted, strict=True)
+            for inputs, flipped in ((part.dataset, False), (part.mirrored, True))
+            if inputs is not None
+        ),
+        parts[0].dataset.grid,
+    )
 
 
 def cross_validate(
