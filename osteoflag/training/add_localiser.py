@@ -23,7 +23,6 @@ from osteoflag.inference.predictor import Predictor
 from osteoflag.training.localisation import read_cases
 from osteoflag.training.localiser import (
     CONTEXT,
-    build_parts,
     compact,
     cross_validate,
     fit_localiser,
@@ -106,10 +105,9 @@ def add_localiser_to_bundle(
     predictor = Predictor(source, threads=0, batch_size=16)
     cases = read_cases(boxes)
     tilings = [tiling_for(predictor, count) for count in (tiles, *other_tiles)]
-    parts = build_parts(predictor, cases, tilings, mirror=mirror, context=context)
-    figures = compact(cross_validate(parts, cases, predictor))
-    localiser = fit_localiser(parts)
-    del parts  # gigabytes for a fine grid; the copy below needs none of it
+    fitted = fit_localiser(predictor, cases, tilings, mirror=mirror, context=context)
+    figures = compact(cross_validate(fitted, cases, predictor))
+    localiser = fitted.localiser
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:

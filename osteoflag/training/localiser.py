@@ -167,16 +167,6 @@ class CellDataset:
     seconds_per_image: float
 
 
-@dataclass(frozen=True)
-class Part:
-    """One tiling's cell dataset, and with a mirrored pass the cell inputs of the mirrored
-    images (only scored, never fitted on)."""
-
-    tiling: Tiling
-    dataset: CellDataset
-    mirrored: CellDataset | None = None
-
-
 def cell_dataset(
     grids: Grids, cases: Sequence[Case], *, position: bool = True, context: int = CONTEXT
 ) -> CellDataset:
@@ -232,7 +222,41 @@ def fit_cells(
     return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
 
 
-def build_parts(
+@dataclass(frozen=True)
+class Pass:
+    """Every case's out-of-fold map from one pass: each case scored by its tiling's cell
+    model fitted on the other folds' radiographs; ``flipped`` when it read the mirrored image."""
+
+    heats: npt.NDArray[np.float32]  # (N, rows, columns)
+    flipped: bool
+
+
+@dataclass(frozen=True)
+class LocaliserFit:
+    """The localiser fitted on every case, every pass's out-of-fold maps, and what the first
+    pass learnt of the cases (their sizes, whether the bundle flags them)."""
+
+    localiser: Localiser
+    passes: list[Pass]
+    folds: int
+    sizes: list[tuple[int, int]]
+    flagged: list[bool]
+    seconds_per_image: float
+
+
+def _out_of_fold(
+    dataset: CellDataset,
+    splits: Sequence[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]],
+    models: Sequence[CellModel],
+) -> npt.NDArray[np.float32]:
+    heats = np.zeros((len(dataset.targets), *dataset.grid), dtype=np.float32)
+    for (_, test), model in zip(splits, models, strict=True):
+        for i in test:
+            heats[i] = model.probabilities(dataset.inputs[i]).reshape(dataset.grid)
+    return heats
+
+
+def fit_localiser(
     predictor: Predictor,
     cases: Sequence[Case],
     tilings: Sequence[Tiling],
@@ -240,84 +264,63 @@ def build_parts(
     mirror: bool = False,
     context: int = CONTEXT,
     position: bool = True,
-) -> list[Part]:
-    """Each tiling's cell dataset (and its mirrored images' with ``mirror``); the grids are
-    dropped as soon as their cell inputs are built."""
-    flagged: list[bool] | None = None  # classified by the first pass, the same for every pass
-    parts = []
-    for tiling in tilings:
-        sets = []
-        for flip in (False, True) if mirror else (False,):
-            grids = feature_grids(predictor, cases, tiling, mirror=flip, flagged=flagged)
-            flagged = grids.flagged
-            sets.append(cell_dataset(grids, cases, position=position, context=context))
-            del grids  # gigabytes for a fine grid; the dataset holds what the fits need
-        parts.append(Part(tiling, sets[0], sets[1] if mirror else None))
-    return parts
-
-
-def fit_localiser(parts: Sequence[Part], *, inverse_l2: float = INVERSE_L2) -> Localiser:
-    """The localiser fitted on every cell of every case, one cell model per tiling; the first
-    tiling's grid is the one its passes are averaged on."""
-    first, *others = (
-        TiledModel(part.tiling, fit_cells(part.dataset, inverse_l2=inverse_l2)) for part in parts
-    )
-    mirror = parts[0].mirrored is not None
-    return Localiser(first.tiling, first.model, parts[0].dataset.context, mirror, tuple(others))
-
-
-def _heats(
-    parts: Sequence[Part], image: int, fitted: Sequence[CellModel]
-) -> npt.NDArray[np.float32]:
-    """One image's map averaged over its passes, on the first tiling's grid (as served)."""
-    return averaged(
-        (
-            (
-                model.probabilities(inputs.inputs[image])
-                .reshape(part.dataset.grid)
-                .astype(np.float32),
-                flipped,
-            )
-            for part, model in zip(parts, fitted, strict=True)
-            for inputs, flipped in ((part.dataset, False), (part.mirrored, True))
-            if inputs is not None
-        ),
-        parts[0].dataset.grid,
-    )
-
-
-def cross_validate(
-    parts: Sequence[Part],
-    cases: Sequence[Case],
-    predictor: Predictor,
-    *,
     folds: int = FOLDS,
     inverse_l2: float = INVERSE_L2,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Grouped K-fold pointing game: every image scored by fits that never saw its film."""
+) -> LocaliserFit:
+    """Fit one cell model per tiling on every case, and per grouped fold (by radiograph) for
+    the out-of-fold maps, the mirrored images' (``mirror``) scored by their tiling's models.
+    One pass's cell inputs are held at a time (3.5 GB for a 36x36 grid with context over 531
+    images), so memory does not grow with the passes. The first tiling's grid is the one the
+    passes are averaged on."""
     from sklearn.model_selection import GroupKFold  # the train extra
 
-    from osteoflag.inference.localise import region_from_map
-
-    dataset, tiling = parts[0].dataset, parts[0].tiling
-    rows, columns = dataset.grid
     groups = [case.radiograph for case in cases]
     if len(set(groups)) < folds:
         raise ValueError(f"{len(set(groups))} radiographs cannot make {folds} folds")
-    heats = np.zeros((len(cases), rows, columns), dtype=np.float32)
-    splits = GroupKFold(folds).split(dataset.targets, groups=groups)
-    for train, test in tqdm(splits, desc="localiser CV", unit="fold", total=folds):
-        fitted = [
-            fit_cells(part.dataset, train, inverse_l2=inverse_l2, seed=seed) for part in parts
-        ]
-        for i in test:
-            heats[i] = _heats(parts, i, fitted)
-    spec = tiling.spec(predictor.bundle.input_spec)
+    splits = list(GroupKFold(folds).split(np.zeros(len(cases)), groups=groups))
+    flagged: list[bool] | None = None  # classified by the first pass, the same for every pass
+    sizes: list[tuple[int, int]] = []
+    models: list[TiledModel] = []
+    passes: list[Pass] = []
+    seconds = 0.0
+    for tiling in tilings:
+        fold_models: list[CellModel] = []
+        for flip in (False, True) if mirror else (False,):
+            grids = feature_grids(predictor, cases, tiling, mirror=flip, flagged=flagged)
+            flagged, sizes = grids.flagged, sizes or grids.sizes
+            dataset = cell_dataset(grids, cases, position=position, context=context)
+            del grids  # gigabytes for a fine grid; the dataset holds what the fits need
+            if not flip:  # the mirrored images are only scored, never fitted on
+                fold_models = [
+                    fit_cells(dataset, train, inverse_l2=inverse_l2, seed=seed)
+                    for train, _ in tqdm(splits, desc="localiser CV", unit="fold")
+                ]
+                models.append(TiledModel(tiling, fit_cells(dataset, inverse_l2=inverse_l2)))
+            passes.append(Pass(_out_of_fold(dataset, splits, fold_models), flip))
+            seconds += dataset.seconds_per_image
+            del dataset
+    if flagged is None:
+        raise ValueError("no tiling to fit the localiser on")
+    first, *others = models
+    localiser = Localiser(first.tiling, first.model, context, mirror, tuple(others))
+    return LocaliserFit(localiser, passes, folds, sizes, flagged, seconds)
+
+
+def cross_validate(
+    fitted: LocaliserFit, cases: Sequence[Case], predictor: Predictor, *, seed: int = 0
+) -> dict[str, Any]:
+    """Grouped K-fold pointing game: every image's map averaged over its passes as served,
+    each pass from fits that never saw its film."""
+    from osteoflag.inference.localise import region_from_map
+
+    localiser = fitted.localiser
+    spec = localiser.tiling.spec(predictor.bundle.input_spec)
     rng = np.random.default_rng(seed)
     scored: list[dict[str, Any]] = []
     model_seconds = []
-    for heat, case, size in zip(heats, cases, dataset.sizes, strict=True):
+    for i, (case, size) in enumerate(zip(cases, fitted.sizes, strict=True)):
+        heat = averaged(((p.heats[i], p.flipped) for p in fitted.passes), localiser.tiling.grid)
         started = time.perf_counter()
         region = region_from_map(heat, spec, size)
         model_seconds.append(time.perf_counter() - started)
@@ -329,25 +332,20 @@ def cross_validate(
     subsets = {
         "all": list(range(len(cases))),
         "no_multiregion_duplicates": [i for i, c in enumerate(cases) if not c.near_duplicate],
-        "flagged": [i for i, flagged in enumerate(dataset.flagged) if flagged],
+        "flagged": [i for i, flagged in enumerate(fitted.flagged) if flagged],
     }
     out: dict[str, Any] = {
         name: summarise([scored[i] for i in picks], [cases[i] for i in picks], seed)
         for name, picks in subsets.items()
         if picks  # no flagged image: no such table
     }
-    out["folds"] = folds
-    out["grid"] = [rows, columns]
-    out["context"] = dataset.context
-    out["mirror"] = parts[0].mirrored is not None
-    out["other_tiles"] = [part.tiling.tiles for part in parts[1:]]
+    out["folds"] = fitted.folds
+    out["grid"] = list(localiser.tiling.grid)
+    out["context"] = localiser.context
+    out["mirror"] = localiser.mirror
+    out["other_tiles"] = [part.tiling.tiles for part in localiser.others]
     out["ms_per_image"] = {
-        "tiled_backbone": 1000
-        * sum(
-            part.dataset.seconds_per_image
-            + (0.0 if part.mirrored is None else part.mirrored.seconds_per_image)
-            for part in parts
-        ),
+        "tiled_backbone": 1000 * fitted.seconds_per_image,
         "region": 1000 * float(np.mean(model_seconds)),
     }
     return out
@@ -411,15 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = read_cases(args.data)
     tilings = [tiling_for(predictor, args.tiles, args.stride)]
     tilings += [tiling_for(predictor, tiles) for tiles in args.other_tiles]
-    parts = build_parts(
+    fitted = fit_localiser(
         predictor,
         cases,
         tilings,
         mirror=args.mirror,
         context=args.context,
         position=not args.no_position,
+        folds=args.folds,
+        inverse_l2=args.c,
     )
-    summary = cross_validate(parts, cases, predictor, folds=args.folds, inverse_l2=args.c)
+    summary = cross_validate(fitted, cases, predictor)
     text = (
         json.dumps(summary, indent=2)
         if args.json
