@@ -34,7 +34,7 @@ bench: $(VENV)/.installed-dev
 
 # Rebuild the committed bundles from ../shared/data/ (each well under 90 minutes on 2 cores):
 # `model` the default (frozen EfficientNet-Lite0 at 384 px and a 224 px view, a LightGBM booster
-# and a logistic probe each, and a cell probe on the 384 px map, all mixed; about 41 minutes here
+# and a logistic probe each, and a cell probe on the 384 px map, all mixed; about 57 minutes here
 # with its localiser),
 # `model-vgg16` the VGG16 one (frozen ImageNet VGG16, blocks 3-5 average + max pool at 224 px,
 # LightGBM, a logistic probe and a cell probe on conv5_3's map mixed as in the default;
@@ -65,7 +65,7 @@ model: $(VENV)/.installed-dev
 	$(TRAIN) --size 384 --small-view 224 --layout b345 --linear --cells \
 		--out artifacts/default-trained --work artifacts/train --version 7.0.0 \
 		--note "$(CELLS_NOTE)"
-	$(call localise_and_install,default,--tiles 3 --context 5 --other-tiles 2 --mirror)
+	$(call localise_and_install,default,--tiles 3 --context 5 --other-tiles 2 --other-tiles 4 --mirror)
 
 model-vgg16: $(VENV)/.installed-dev
 	rm -rf artifacts/vgg16-trained artifacts/vgg16-localised

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,22 +60,25 @@ INVERSE_L2: Final = 0.001
 CONTEXT: Final = 0
 #: Cells per side the tiling aims at: 4 adjacent tiles of 7 cells at 224 px (the grid chosen
 #: in docs/localisation.md); a backbone with a larger map gets fewer tiles, which also bounds
-#: the grids' memory (4 tiles at 384 px, 48x48 cells with context 5, peaked at 19 GB for 531
-#: images).
+#: the memory of a fit (4 tiles at 384 px, 48x48 cells with context 5, hold 6.3 GB of cell
+#: inputs for 531 images).
 GRID_CELLS: Final = 28
 FOLDS: Final = 5
+#: Columns of cell inputs whose spread is computed at once (bounds that step's extra memory).
+SPREAD_COLUMNS: Final = 128
 SUBSETS: Final = ("all", "no_multiregion_duplicates", "flagged")
 
 
 @dataclass(frozen=True)
-class Grids:
-    """Every case's (C, rows, columns) feature grid, its source image size and whether the
-    bundle flags it (only flagged images get a region when served)."""
+class Grid:
+    """One case's (C, rows, columns) feature grid, its source image's size, whether the
+    bundle flags it (only flagged images get a region when served) and the seconds the tiled
+    backbone took."""
 
-    features: npt.NDArray[np.float32]  # (N, C, rows, columns)
-    sizes: list[tuple[int, int]]
-    seconds_per_image: float
-    flagged: list[bool]
+    features: npt.NDArray[np.float32]
+    size: tuple[int, int]
+    flagged: bool
+    seconds: float
 
 
 def default_tiles(cells: tuple[int, int]) -> int:
@@ -119,36 +122,36 @@ def feature_grids(
     *,
     mirror: bool = False,
     flagged: Sequence[bool] | None = None,
-) -> Grids:
-    """Run the tiled backbone on every case (mirrored with ``mirror``), into one array filled
-    in place (a list of grids stacked at the end would hold them twice). Which cases the
-    bundle flags is classified here unless another pass of the same cases gave ``flagged``."""
+) -> Iterator[Grid]:
+    """The tiled backbone's grid of every case in turn (mirrored with ``mirror``), so that
+    only one is held at a time. Which cases the bundle flags is classified here unless
+    another pass of the same cases gave ``flagged``."""
     if not predictor.localises:
         raise BundleError(
             f"{predictor.bundle.backbone_path}: no '{MAPS_OUTPUT}' output; run add-maps first"
         )
+    return _grids(predictor, cases, tiling, mirror, flagged)
+
+
+def _grids(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    tiling: Tiling,
+    mirror: bool,
+    flagged: Sequence[bool] | None,
+) -> Iterator[Grid]:
     spec = predictor.bundle.input_spec
-    features: npt.NDArray[np.float32] | None = None
-    sizes: list[tuple[int, int]] = []
-    labels: list[bool] = []
-    seconds = 0.0
     for index, case in enumerate(tqdm(cases, desc="tiled grids", unit="img", mininterval=10)):
         display = load_display(case.path)
         started = time.perf_counter()
         grid = cell_features(mirrored(display) if mirror else display, spec, tiling, predictor.maps)
-        seconds += time.perf_counter() - started
-        if features is None:
-            features = np.empty((len(cases), *grid.shape), dtype=np.float32)
-        features[index] = grid
-        sizes.append(display.size)
+        seconds = time.perf_counter() - started
         if flagged is None:
             [probability] = predictor.probabilities([model_input(display, spec)])
-            labels.append(probability >= predictor.bundle.threshold)
-    if features is None:
-        raise ValueError("no boxed images to run the backbone on")
-    return Grids(
-        features, sizes, seconds / len(cases), labels if flagged is None else list(flagged)
-    )
+            flags = bool(probability >= predictor.bundle.threshold)
+        else:
+            flags = flagged[index]
+        yield Grid(grid, display.size, flags, seconds)
 
 
 @dataclass(frozen=True)
@@ -168,29 +171,38 @@ class CellDataset:
 
 
 def cell_dataset(
-    grids: Grids, cases: Sequence[Case], *, position: bool = True, context: int = CONTEXT
+    grids: Iterable[Grid], cases: Sequence[Case], *, position: bool = True, context: int = CONTEXT
 ) -> CellDataset:
-    """The cell inputs and targets of every case; ``grids`` are not needed after it."""
-    count, channels, rows, columns = grids.features.shape
-    inputs = np.empty((count, rows * columns, input_count(channels, context)), dtype=np.float16)
-    for row, grid in zip(inputs, grids.features, strict=True):
-        row[:] = cell_inputs(grid, context)
+    """The cell inputs and targets of every case, one grid after the other into one array
+    filled in place (the grids are float32 and twice the inputs' size)."""
+    inputs: npt.NDArray[np.float16] | None = None
+    targets: list[npt.NDArray[np.bool_]] = []
+    sizes: list[tuple[int, int]] = []
+    flagged: list[bool] = []
+    seconds = 0.0
+    rows = columns = 0
+    for index, (grid, case) in enumerate(zip(grids, cases, strict=True)):
+        channels, rows, columns = grid.features.shape
+        if inputs is None:
+            width = input_count(channels, context)
+            inputs = np.empty((len(cases), rows * columns, width), dtype=np.float16)
+        inputs[index] = cell_inputs(grid.features, context)
+        targets.append(cell_targets(case.boxes, grid.size, (rows, columns)).reshape(-1))
+        sizes.append(grid.size)
+        flagged.append(grid.flagged)
+        seconds += grid.seconds
+    if inputs is None:
+        raise ValueError("no boxed images to run the backbone on")
     if not position:  # the position columns are zeroed, so the fit gives them no weight
         inputs[:, :, -POSITION_FEATURES:] = 0.0
-    targets = np.stack(
-        [
-            cell_targets(case.boxes, size, (rows, columns)).reshape(-1)
-            for case, size in zip(cases, grids.sizes, strict=True)
-        ]
-    )
     return CellDataset(
         inputs,
-        targets,
+        np.stack(targets),
         (rows, columns),
         context,
-        grids.sizes,
-        grids.flagged,
-        grids.seconds_per_image,
+        sizes,
+        flagged,
+        seconds / len(cases),
     )
 
 
@@ -215,8 +227,11 @@ def fit_cells(
     y = targets[keep]
     if y.all() or not y.any():
         raise ValueError("the cells need both positive and negative examples")
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    x -= mean  # in place: a fine grid with context is gigabytes
+    # The spread a block of columns at a time: numpy's std holds a copy of its input, which for
+    # a fine grid with context is gigabytes; the figures are the same to the bit.
+    spreads = [x[:, j : j + SPREAD_COLUMNS].std(axis=0) for j in range(0, width, SPREAD_COLUMNS)]
+    mean, scale = x.mean(axis=0), np.concatenate(spreads) + 1e-6
+    x -= mean  # in place, for the same reason
     x /= scale
     model = LogisticRegression(C=inverse_l2, max_iter=500).fit(x, y)
     return CellModel(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]))
@@ -288,9 +303,8 @@ def fit_localiser(
         fold_models: list[CellModel] = []
         for flip in (False, True) if mirror else (False,):
             grids = feature_grids(predictor, cases, tiling, mirror=flip, flagged=flagged)
-            flagged, sizes = grids.flagged, sizes or grids.sizes
             dataset = cell_dataset(grids, cases, position=position, context=context)
-            del grids  # gigabytes for a fine grid; the dataset holds what the fits need
+            flagged, sizes = dataset.flagged, dataset.sizes
             if not flip:  # the mirrored images are only scored, never fitted on
                 fold_models = [
                     fit_cells(dataset, train, inverse_l2=inverse_l2, seed=seed)

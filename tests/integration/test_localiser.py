@@ -31,7 +31,7 @@ from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, mode
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.add_localiser import add_localiser_to_bundle
 from osteoflag.training.localisation import Case
-from osteoflag.training.localiser import Grids, cell_dataset, default_tiles, fit_cells
+from osteoflag.training.localiser import Grid, cell_dataset, default_tiles, fit_cells
 from testkit.boxes import COLUMNS, HALF_BOX, ROWS, blob_radiograph, boxes_folder
 from testkit.daemon import osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
@@ -284,11 +284,11 @@ def test_a_fold_fits_only_its_own_images_cells_from_the_shared_dataset() -> None
         Case(Path(f"{i}.png"), f"s{i}", f"s{i}", False, ((10.0 * i, 10.0, 10.0 * i + 20, 30.0),))
         for i in range(6)
     ]
-    grids = Grids(features, [(50, 60)] * 6, 0.0, [True] * 6)
     images = np.array([0, 2, 3, 5])
+    grids = (Grid(grid, (50, 60), True, 0.0) for grid in features)
     shared = fit_cells(cell_dataset(grids, cases, context=3), images)
     alone = cell_dataset(
-        Grids(features[images], [(50, 60)] * 4, 0.0, [True] * 4),
+        (Grid(features[i], (50, 60), True, 0.0) for i in images),
         [cases[i] for i in images],
         context=3,
     )
