@@ -135,27 +135,29 @@ class TiledModel:
 
 @dataclass(frozen=True)
 class Localiser:
-    """A cell model, the tiling whose grid it reads and the neighbourhood it also sees
-    (``context`` cells a side, 0 for none); with ``mirror`` it also reads the mirrored image,
-    and ``others`` are more tilings with their own models, all averaged on this grid."""
+    """Cell models, each with the tiling whose grid it reads, and the neighbourhood they also
+    see (``context`` cells a side, 0 for none); with ``mirror`` each also reads the mirrored
+    image. Every pass's map is averaged on the first part's grid."""
 
-    tiling: Tiling
-    model: CellModel
+    parts: tuple[TiledModel, ...]
     context: int = 0
     mirror: bool = False
-    others: tuple[TiledModel, ...] = ()
 
     def __post_init__(self) -> None:
         check_context(self.context)
+        if not self.parts:
+            raise ValueError("a localiser needs at least one tiling and its model")
+
+    @property
+    def tiling(self) -> Tiling:
+        """The tiling whose grid the passes are averaged on (the first part's)."""
+        return self.parts[0].tiling
 
     @property
     def passes(self) -> int:
         """Tiled backbone runs per image: each tiling's tiles, twice with ``mirror``."""
-        tiles = sum(part.tiling.tiles**2 for part in self._parts())
+        tiles = sum(part.tiling.tiles**2 for part in self.parts)
         return tiles * (2 if self.mirror else 1)
-
-    def _parts(self) -> tuple[TiledModel, ...]:
-        return (TiledModel(self.tiling, self.model), *self.others)
 
     def heat(self, display: DisplayImage, spec: InputSpec, run: MapRunner) -> FloatMap:
         """The (rows, columns) map of cell fracture probabilities of one image, averaged
@@ -166,7 +168,7 @@ class Localiser:
         return averaged(
             (
                 (part.heat(image, spec, run, self.context), flipped)
-                for part in self._parts()
+                for part in self.parts
                 for image, flipped in views
             ),
             self.tiling.grid,
@@ -178,12 +180,13 @@ class Localiser:
 
     def to_json(self) -> dict[str, Any]:
         """The document ``localiser.json`` holds."""
+        first, *others = self.parts
         return {
             "kind": KIND,
-            **_part_json(TiledModel(self.tiling, self.model)),
+            **_part_json(first),
             "context": self.context,
             "mirror": self.mirror,
-            "others": [_part_json(part) for part in self.others],
+            "others": [_part_json(part) for part in others],
         }
 
     def save(self, path: Path) -> None:
@@ -219,14 +222,12 @@ def load_localiser(path: Path, spec: InputSpec, cells: tuple[int, int]) -> Local
         document = json.loads(path.read_text(encoding="utf-8"))
         if document["kind"] != KIND:
             raise ValueError(f"kind {document['kind']!r} is not {KIND!r}")
-        first = _part(document, spec, cells)
         # context, mirror and others are absent in localisers from before they existed
+        others = [_part(other, spec, cells) for other in document.get("others", [])]
         localiser = Localiser(
-            first.tiling,
-            first.model,
+            (_part(document, spec, cells), *others),
             int(document.get("context", 0)),
             bool(document.get("mirror", False)),
-            tuple(_part(other, spec, cells) for other in document.get("others", [])),
         )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: localiser cannot be read: {exc}") from exc

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from osteoflag.inference.localiser import mirrored
 from osteoflag.inference.pixels import DisplayImage, FloatArray
 
 #: Copy number of the plain horizontal mirror.
@@ -63,7 +64,7 @@ def augment(display: DisplayImage, key: str, copy: int) -> DisplayImage:
     if copy == 0:
         return display
     if copy == FLIP:
-        return DisplayImage(np.ascontiguousarray(pixels[:, ::-1]), display.frames, display.notes)
+        return mirrored(display)
     rng = _rng(key, copy)
     pixels = _crop(pixels, rng)
     if rng.random() < 0.5:

@@ -316,8 +316,7 @@ def fit_localiser(
             del dataset
     if flagged is None:
         raise ValueError("no tiling to fit the localiser on")
-    first, *others = models
-    localiser = Localiser(first.tiling, first.model, context, mirror, tuple(others))
+    localiser = Localiser(tuple(models), context, mirror)
     return LocaliserFit(localiser, passes, folds, sizes, flagged, seconds)
 
 
@@ -357,7 +356,7 @@ def cross_validate(
     out["grid"] = list(localiser.tiling.grid)
     out["context"] = localiser.context
     out["mirror"] = localiser.mirror
-    out["other_tiles"] = [part.tiling.tiles for part in localiser.others]
+    out["other_tiles"] = [part.tiling.tiles for part in localiser.parts[1:]]
     out["ms_per_image"] = {
         "tiled_backbone": 1000 * fitted.seconds_per_image,
         "region": 1000 * float(np.mean(model_seconds)),

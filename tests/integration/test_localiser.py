@@ -166,8 +166,8 @@ def test_a_localiser_with_context_sees_each_cells_neighbourhood(
     plain = Predictor(load_bundle(bundle)).localiser
     assert predictor.localiser is not None and plain is not None
     assert predictor.localiser.context == 3 and plain.context == 0
-    channels = plain.model.weights.shape[0] - POSITION_FEATURES
-    assert predictor.localiser.model.weights.shape[0] == 2 * channels + POSITION_FEATURES
+    channels = plain.parts[0].model.weights.shape[0] - POSITION_FEATURES
+    assert predictor.localiser.parts[0].model.weights.shape[0] == 2 * channels + POSITION_FEATURES
     display = DisplayImage(blob_radiograph(np.random.default_rng(5))[0])
     [prediction] = predictor.predict([display])
     assert prediction.region is not None
@@ -186,8 +186,8 @@ def test_a_localiser_file_from_before_context_and_passes_loads_without_them(
     spec = load_bundle(bundle).input_spec
     older = load_localiser(tmp_path / LOCALISER_FILE, spec, served.tiling.cells)
     assert older.context == 0 and older.tiling == served.tiling
-    assert not older.mirror and older.others == ()
-    assert np.array_equal(older.model.weights, served.model.weights)
+    assert not older.mirror and len(older.parts) == 1
+    assert np.array_equal(older.parts[0].model.weights, served.parts[0].model.weights)
 
 
 def test_a_localiser_averages_another_tiling_and_the_mirrored_image(
@@ -210,7 +210,7 @@ def test_a_localiser_averages_another_tiling_and_the_mirrored_image(
     predictor = Predictor(load_bundle(tmp_path / "avg"))
     served = predictor.localiser
     assert served is not None and served.mirror and served.tiling == plain.tiling
-    assert [other.tiling.tiles for other in served.others] == [tiles + 1]
+    assert [part.tiling.tiles for part in served.parts] == [tiles, tiles + 1]
     assert served.passes == 2 * (tiles**2 + (tiles + 1) ** 2)
     # Every pass is also run on the mirrored image and flipped back, so the averaged map of
     # a mirrored image is the mirror of the image's map.
