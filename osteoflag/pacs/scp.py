@@ -63,6 +63,11 @@ def _failure(code: int, refusal: Mismatch) -> Dataset:
     return response
 
 
+def _received(event: Event) -> bytes:
+    """The C-STORE's data set as the peer encoded it (no File Meta Information)."""
+    return cast(BytesIO, cast(C_STORE, event.request).DataSet).getvalue()
+
+
 def _peer(event: Event) -> tuple[str, str]:
     fields = requestor_fields(event.assoc)
     return fields["calling_ae"], fields["peer"]
@@ -197,7 +202,7 @@ class StorageSCP:
             accepted = queue.accepted_file(self._sessions, sop_instance_uid)
             if accepted is not None:
                 return self._duplicate(event, accepted, log)
-            path = instance_path(incoming, sop_instance_uid)
+            path = instance_path(incoming, sop_instance_uid, data_set_digest(_received(event)))
             write_atomically(path, encoded)
             received = queue.Received(
                 sop_instance_uid=sop_instance_uid,
@@ -208,6 +213,8 @@ class StorageSCP:
                 file_path=str(path),
             )
             queued = queue.enqueue(self._sessions, received)
+            if not queued:
+                return self._lost_race(event, sop_instance_uid, path, log)
         except OSError as exc:
             reason = "out of space" if exc.errno in _OUT_OF_SPACE else f"file error {exc.errno}"
             logger.error("refused: %s", reason, extra=log)
@@ -215,20 +222,31 @@ class StorageSCP:
         except SQLAlchemyError as exc:
             logger.error("refused: queue unavailable (%s)", type(exc).__name__, extra=log)
             return status.OUT_OF_RESOURCES
-        if queued:
-            logger.info("queued", extra=log)
-            self._on_queued()
-        else:
-            logger.info("duplicate acknowledged", extra=log)
+        logger.info("queued", extra=log)
+        self._on_queued()
         return status.SUCCESS
+
+    def _lost_race(
+        self, event: Event, sop_instance_uid: str, path: Path, log: dict[str, str]
+    ) -> int | Dataset:
+        """Another association stored this SOP Instance UID between our check and our insert:
+        our file (named by its data set, so nobody wrote over it) is the same copy or a
+        conflicting one, handled as any later duplicate."""
+        accepted = queue.accepted_file(self._sessions, sop_instance_uid)
+        if accepted is None:  # the other row is gone again: let the sender retry
+            path.unlink(missing_ok=True)
+            logger.error("refused: instance row vanished while storing", extra=log)
+            return status.OUT_OF_RESOURCES
+        if Path(accepted[1]) != path:
+            path.unlink(missing_ok=True)
+        return self._duplicate(event, accepted, log)
 
     def _duplicate(self, event: Event, accepted: tuple[int, str], log: dict[str, str]) -> int:
         """A known SOP Instance UID: the same data set is acknowledged (queued once); another
         one is kept beside the first, recorded and counted, never dropped silently. Both are
         answered Success: the sender has nothing to retry."""
         instance_id, file_path = accepted
-        received = cast(BytesIO, cast(C_STORE, event.request).DataSet).getvalue()
-        digest = data_set_digest(received)
+        digest = data_set_digest(_received(event))
         stored = stored_data_set_digest(Path(file_path))
         if stored is None or stored == digest:  # the first copy's file may be gone (retention)
             logger.info("duplicate acknowledged", extra=log)

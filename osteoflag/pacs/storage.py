@@ -32,11 +32,13 @@ def check_uid(value: str, keyword: str) -> str:
     return value
 
 
-def instance_path(root: Path, sop_instance_uid: str) -> Path:
-    """Where an instance lives: fanned out by a hash prefix so no folder grows huge."""
+def instance_path(root: Path, sop_instance_uid: str, data_set_digest: str) -> Path:
+    """Where an instance lives: fanned out by a hash prefix so no folder grows huge, and
+    named by its data set too, so two associations storing different data sets under one
+    SOP Instance UID at the same moment never write over each other's file."""
     check_uid(sop_instance_uid, "SOPInstanceUID")
     fan = hashlib.sha1(sop_instance_uid.encode("ascii"), usedforsecurity=False).hexdigest()[:2]
-    return root / fan / f"{sop_instance_uid}.dcm"
+    return root / fan / f"{sop_instance_uid}.{data_set_digest[:16]}.dcm"
 
 
 def conflict_path(original: Path, data_set_digest: str) -> Path:

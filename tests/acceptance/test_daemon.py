@@ -12,7 +12,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from osteoflag.pacs import status
 from osteoflag.pacs.scu import Peer, StoreOutcome, send_c_store
-from osteoflag.pacs.storage import instance_path
 from testkit.daemon import DaemonProcess, base_sections, osteoflag, write_config
 from testkit.net import free_port
 from testkit.wait import wait_for
@@ -46,7 +45,8 @@ def test_acknowledged_store_survives_sigkill(tmp_path: Path, tiny_bundle: Path) 
         assert rows[uid] in {"queued", "processing", "done", "skipped", "failed"}
         counts = daemon.status()["instances"]
         assert sum(counts.values()) == 1
-        stored = dcmread(instance_path(tmp_path / "var" / "incoming", uid))
+        [stored_path] = (tmp_path / "var" / "incoming").rglob(f"{uid}.*.dcm")
+        stored = dcmread(stored_path)
         assert stored.SOPInstanceUID == uid
 
 
@@ -67,7 +67,7 @@ def test_store_interrupted_before_its_row_is_committed_is_not_acknowledged(
             )
         )
         sender.start()
-        wait_for(instance_path(tmp_path / "var" / "incoming", uid).exists)
+        wait_for(lambda: any((tmp_path / "var" / "incoming").rglob(f"{uid}.*.dcm")))
         daemon.kill()
         sender.join(timeout=60)
         blocker.rollback()

@@ -4,9 +4,11 @@ copy sent again is acknowledged and queued once, as before."""
 
 from __future__ import annotations
 
+import threading
 from copy import deepcopy
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
@@ -14,12 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
+from osteoflag.db import queue
 from osteoflag.db.models import Event, Instance
 from osteoflag.db.queue import CONFLICTING_COPY
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.scp import StorageSCP
-from osteoflag.pacs.scu import Peer, send_c_store
+from osteoflag.pacs.scu import Peer, StoreOutcome, send_c_store
 from osteoflag.pacs.storage import conflict_copies
 from osteoflag.web.app import create_app
 from osteoflag.web.server import WebServer
@@ -77,3 +80,54 @@ def test_a_different_copy_is_kept_beside_the_first_and_counted(
         assert 'id="conflicting-copies" class="bad">1<' in client.get("/").text
     finally:
         server.stop()
+
+
+def test_two_copies_stored_at_the_same_moment_are_both_kept(
+    tmp_path: Path,
+    scp: StorageSCP,
+    sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = radiograph()
+    second = deepcopy(first)
+    second.PixelData = bytes(255 - value for value in first.PixelData)
+    paths = [
+        write_in_syntax(first, ExplicitVRLittleEndian, tmp_path / "first.dcm"),
+        write_in_syntax(second, ExplicitVRLittleEndian, tmp_path / "second.dcm"),
+    ]
+    # Both associations look the UID up before either has written or inserted anything:
+    # the window a busy listener leaves between its check and its committed row.
+    both_checked = threading.Barrier(2)
+    lookup = queue.accepted_file
+
+    def racing_lookup(factory: sessionmaker[Session], uid: str) -> tuple[int, str] | None:
+        found = lookup(factory, uid)
+        if found is None:
+            both_checked.wait(timeout=30)
+        return found
+
+    monkeypatch.setattr(queue, "accepted_file", racing_lookup)
+    outcomes: list[StoreOutcome] = []
+    senders = [
+        threading.Thread(
+            target=lambda path=path: outcomes.extend(
+                send_c_store([path], Peer("127.0.0.1", scp.port, "OSTEOFLAG"), "PACS")
+            )
+        )
+        for path in paths
+    ]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(timeout=60)
+
+    assert sorted(outcome.status for outcome in outcomes) == [0, 0]
+    with sessions() as session:
+        [row] = session.scalars(select(Instance)).all()
+        events = session.scalars(select(Event).where(Event.action == CONFLICTING_COPY)).all()
+    stored = Path(row.file_path)
+    [copy] = conflict_copies(stored)
+    assert [event.detail for event in events] == [str(copy)]
+    kept = {dcmread(stored).PixelData, dcmread(copy).PixelData}
+    assert kept == {first.PixelData, second.PixelData}
+    assert sorted(p.name for p in stored.parent.iterdir()) == sorted([stored.name, copy.name])

@@ -20,7 +20,7 @@ from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
-from osteoflag.pacs.storage import conflict_path, instance_path, write_atomically
+from osteoflag.pacs.storage import conflict_path, data_set_digest, instance_path, write_atomically
 
 RETENTION = RetentionSettings(max_age_days=30.0)
 LATER = timedelta(days=31)
@@ -48,7 +48,7 @@ def _instance(
 ) -> int:
     """An instance row with its received file and one produced file per outbound state."""
     uid = f"1.2.826.0.1.3680043.10.1.{len(list(settings.incoming_path.rglob('*.dcm'))) + 1}"
-    path = instance_path(settings.incoming_path, uid)
+    path = instance_path(settings.incoming_path, uid, data_set_digest(b"received"))
     write_atomically(path, b"received")
     with sessions() as session:
         row = Instance(
