@@ -53,8 +53,9 @@ def remove_expired(
     """Remove the files of up to ``batch_size`` expired, delivered instances; mark their rows.
 
     Selection, removal and marking happen in one write transaction (``BEGIN
-    IMMEDIATE`` on SQLite, row locks on PostgreSQL), so a concurrent ``requeue``
-    cannot make an object pending again between the check and the removal. A crash
+    IMMEDIATE`` on SQLite; on PostgreSQL the instance's and its outbound objects' rows
+    locked, their states checked again once locked), so a concurrent ``requeue`` cannot
+    make an object pending again between the check and the removal. A crash
     after unlinking but before the commit only leaves rows to be marked next run.
     """
     moment = now or utcnow()
@@ -77,9 +78,13 @@ def remove_expired(
     instances = files = 0
     with sessions() as session:
         for instance in session.scalars(expired).all():
+            # Locked and checked again: a requeue committed since the selection (its rows
+            # were not locked by it on PostgreSQL) would otherwise send a removed file.
             outbound = session.scalars(
-                select(Outbound).where(Outbound.instance_id == instance.id)
+                select(Outbound).where(Outbound.instance_id == instance.id).with_for_update()
             ).all()
+            if any(row.state is OutboundState.PENDING for row in outbound):
+                continue
             source = Path(instance.file_path)
             copies = (str(path) for path in conflict_copies(source))
             kept = (str(item.path) for item in kept_in_shadow(session, instance.id))

@@ -5,12 +5,13 @@ Age is moved by passing ``now`` to ``remove_expired``, never by sleeping.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
@@ -21,6 +22,8 @@ from osteoflag.db.models import Event, Instance, InstanceState, Outbound, Outbou
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.storage import conflict_path, data_set_digest, instance_path, write_atomically
+from testkit.postgres import PostgresServer
+from testkit.wait import wait_for
 
 RETENTION = RetentionSettings(max_age_days=30.0)
 LATER = timedelta(days=31)
@@ -169,6 +172,37 @@ def test_requeue_leaves_removed_rows_alone(
         assert session.get(Instance, kept).state is InstanceState.QUEUED  # type: ignore[union-attr]
         assert session.get(Instance, removed).state is InstanceState.FAILED  # type: ignore[union-attr]
     assert _removed(sessions, delivery)
+
+
+def test_an_outbound_requeue_in_flight_is_waited_for_on_postgresql(
+    postgres: PostgresServer, settings: Settings
+) -> None:
+    engine = make_engine(postgres.database())
+    migrate(engine)
+    sessions = session_factory(engine)
+    delivery = _instance(sessions, settings, InstanceState.DONE, (OutboundState.FAILED,))
+    reports: list[int] = []
+    with sessions() as requeue:  # another process's requeue, not yet committed
+        requeue.execute(
+            update(Outbound)
+            .where(Outbound.instance_id == delivery)
+            .values(state=OutboundState.PENDING)
+        )
+        retention = threading.Thread(
+            target=lambda: reports.append(
+                remove_expired(sessions, RETENTION, now=utcnow() + LATER).instances
+            )
+        )
+        retention.start()
+        with engine.connect() as watcher:  # retention waits for the requeue's row lock
+            wait_for(
+                lambda: watcher.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            )
+        requeue.commit()
+    retention.join(timeout=30)
+    engine.dispose()
+    assert reports == [0]
+    assert all(path.exists() for path in _files(sessions, delivery))
 
 
 @pytest.mark.parametrize("value", [0, -1, "thirty"])
