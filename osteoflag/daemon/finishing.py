@@ -34,8 +34,9 @@ class Finishing(Protocol):
     3. :meth:`committed`, after that transaction commits (never after a rollback), e.g. to
        wake the sender for the new objects.
 
-    An :class:`OsteoflagError` from ``done`` or its record fails the instance; from
-    ``refused`` or its record, it is noted in the reason.
+    An error from ``done`` or its record fails the instance; from ``refused`` or its record,
+    it is noted in the reason (an error not osteoflag's with the source's values redacted).
+    Either way it stays with that instance: its batch-mates finish as if it had not happened.
     """
 
     def done(

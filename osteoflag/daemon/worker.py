@@ -9,7 +9,9 @@ queue batch by batch; a claim is one atomic statement with a lease (``osteoflag.
 Per instance the outcome is ``done`` (probability, label, threshold, model, time),
 ``skipped`` (outside the model's domain: BodyPartExamined allowlist, minimum size, or features
 far from the training images' when the bundle has an out-of-distribution guard) or
-``failed`` with the reason; one bad instance never stops the others in its batch. What
+``failed`` with the reason; one bad instance never stops the others in its batch, and what
+the batch still holds when the database cannot take an outcome is handed back, not left to
+wait out its lease. What
 finishing an instance produces (the SR, the summary image, their outbound rows) is the
 :class:`~osteoflag.daemon.finishing.Finishing` hook's business (``osteoflag.daemon.results``).
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import ModelSettings, Settings
 from osteoflag.daemon.finishing import Finishing, Record, Silent
 from osteoflag.db import queue
+from osteoflag.db.engine import database_errors
 from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.db.processes import owner_name
 from osteoflag.errors import OsteoflagError, TransientError
@@ -81,6 +85,17 @@ class _Ready:
     grey: GreyArray
     tensor: FloatArray
     prepare_ms: float
+
+
+def _unexpected(exc: Exception, source: Dataset | None) -> str:
+    """``exc`` for a reason: ours as it is; another's message with the source's values
+    redacted (a library may quote an attribute's value)."""
+    if isinstance(exc, OsteoflagError):
+        return str(exc)
+    kind = type(exc)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    detail = str(exc) if source is None else redact(str(exc), source, COPIED)
+    return f"unexpected {name}: {detail}"
 
 
 def _size(grey: GreyArray) -> tuple[int, int]:
@@ -136,6 +151,8 @@ class InferenceWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The claimed batch's instances whose outcome is not recorded yet, by id.
+        self._held: dict[int, Instance] = {}
 
     @property
     def running(self) -> bool:
@@ -197,18 +214,75 @@ class InferenceWorker:
         return total
 
     def run_once(self) -> int:
-        """Claim and process one batch; return how many instances it held."""
+        """Claim and process one batch; return how many instances it held.
+
+        Whatever happens to one instance stays with it (:meth:`_isolated`), and what the
+        batch still holds at its end is handed back (:meth:`_hand_back`).
+        """
         claimed = queue.claim_instances(
             self._sessions, self._owner, self._predictor.batch_size, self._lease
         )
-        ready: list[_Ready] = []
-        for instance in claimed:
-            item = self._prepare(instance)
-            if item is not None:
-                ready.append(item)
-        if ready:
-            self._classify(ready)
+        self._held = {instance.id: instance for instance in claimed}
+        try:
+            ready: list[_Ready] = []
+            for instance in claimed:
+                with self._isolated(instance):
+                    item = self._prepare(instance)
+                    if item is not None:
+                        ready.append(item)
+            if ready:
+                self._classify(ready)
+        finally:
+            self._hand_back()
         return len(claimed)
+
+    @contextmanager
+    def _isolated(self, instance: Instance, source: Dataset | None = None) -> Iterator[None]:
+        """One instance's step: an unexpected error fails that instance only; an outcome the
+        database could not take (:class:`TransientError`) is left for :meth:`_hand_back`."""
+        try:
+            yield
+        except TransientError as exc:
+            logger.warning(
+                "outcome not recorded, handed back with the batch",
+                extra={
+                    "action": "hand_back",
+                    "sop_instance_uid": instance.sop_instance_uid,
+                    "reason": str(exc),
+                },
+            )
+        except Exception as exc:
+            self._refuse(instance, InstanceState.FAILED, _unexpected(exc, source))
+
+    def _hand_back(self) -> None:
+        """Re-queue what the batch still holds, in :data:`TRANSIENT_RETRY_SECONDS`, without
+        counting the attempt: left claimed, it would wait out its lease and then count as a
+        crash (``worker.max_attempts``), though nothing was wrong with it."""
+        held, self._held = list(self._held.values()), {}
+        if not held:
+            return
+        when = utcnow() + timedelta(seconds=TRANSIENT_RETRY_SECONDS)
+        reason = "outcome not recorded, will retry"
+        uids = [instance.sop_instance_uid for instance in held]
+        try:
+            with database_errors("handing back a batch"), self._sessions() as session:
+                for instance in held:
+                    queue.retry_later(session, instance.id, self._owner, reason, when)
+                session.commit()
+        except OsteoflagError as exc:
+            logger.error(
+                "batch not handed back, its claims wait for their lease",
+                extra={"action": "hand_back", "sop_instance_uids": uids, "reason": str(exc)},
+            )
+            return
+        logger.warning(
+            "instances handed back",
+            extra={
+                "action": "hand_back",
+                "sop_instance_uids": uids,
+                "retry_seconds": TRANSIENT_RETRY_SECONDS,
+            },
+        )
 
     def _prepare(self, instance: Instance) -> _Ready | None:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
@@ -249,26 +323,29 @@ class InferenceWorker:
             predictions = self._predictor.predict_inputs(
                 [item.tensor for item in ready], [_size(item.grey) for item in ready], displays
             )
-        except OsteoflagError as exc:
+        except Exception as exc:  # onnxruntime and LightGBM raise their own kinds
             for item in ready:
-                self._refuse(
-                    item.instance, InstanceState.FAILED, f"inference failed: {exc}", item.source
-                )
+                with self._isolated(item.instance, item.source):
+                    reason = f"inference failed: {_unexpected(exc, item.source)}"
+                    self._refuse(item.instance, InstanceState.FAILED, reason, item.source)
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
-            if prediction.outside is not None:
-                self._refuse(item.instance, InstanceState.SKIPPED, prediction.outside, item.source)
-                continue
-            result = queue.Result(
-                probability=prediction.probability,
-                label=prediction.label.value,
-                threshold=prediction.threshold,
-                model=prediction.model,
-                inference_ms=item.prepare_ms + model_ms,
-                region=prediction.region,
-            )
-            self._store(item, result)
+            with self._isolated(item.instance, item.source):
+                if prediction.outside is not None:
+                    self._refuse(
+                        item.instance, InstanceState.SKIPPED, prediction.outside, item.source
+                    )
+                    continue
+                result = queue.Result(
+                    probability=prediction.probability,
+                    label=prediction.label.value,
+                    threshold=prediction.threshold,
+                    model=prediction.model,
+                    inference_ms=item.prepare_ms + model_ms,
+                    region=prediction.region,
+                )
+                self._store(item, result)
 
     def _store(self, item: _Ready, result: queue.Result) -> None:
         """The hook's ``done``, then ``done`` plus its record; ``failed`` if either fails."""
@@ -283,8 +360,9 @@ class InferenceWorker:
         except TransientError as exc:
             self._retry_later(instance, f"result not recorded, will retry: {exc}")
             return
-        except OsteoflagError as exc:
-            self._refuse(instance, InstanceState.FAILED, f"result not recorded: {exc}")
+        except Exception as exc:  # the hook is an extension point: any error fails this one
+            reason = f"result not recorded: {_unexpected(exc, item.source)}"
+            self._refuse(instance, InstanceState.FAILED, reason)
             return
         if marked:
             logger.info(
@@ -333,12 +411,12 @@ class InferenceWorker:
         if source is not None:
             try:
                 record = self._finishing.refused(instance, source, reason, made_at)
-            except OsteoflagError as exc:
-                reason = f"{reason}; no report produced: {exc}"
+            except Exception as exc:  # the hook decodes again: any error, not only ours
+                reason = f"{reason}; no report produced: {_unexpected(exc, source)}"
         try:
             marked = self._commit(instance, self._marking(instance, state, reason, made_at), record)
-        except OsteoflagError as exc:
-            reason = f"{reason}; no report produced: {exc}"
+        except Exception as exc:  # the record is the hook's too
+            reason = f"{reason}; no report produced: {_unexpected(exc, source)}"
             marked = self._commit(instance, self._marking(instance, state, reason, made_at), None)
         if marked:
             logger.warning(
@@ -362,19 +440,19 @@ class InferenceWorker:
         self, instance: Instance, mark: Callable[[Session], bool], record: Record | None
     ) -> bool:
         """``mark`` (the outcome) plus ``record``, in one transaction, then the hook's
-        ``committed``; False, with nothing changed, if the lease was lost."""
-        with self._sessions() as session:
-            try:
-                if not mark(session):
-                    session.rollback()
-                    self._lease_lost(instance)
-                    return False
-                if record is not None:
-                    record(session)
-                session.commit()
-            except OsteoflagError:
+        ``committed``; False, with nothing changed, if the lease was lost. A database error
+        is raised as :class:`TransientError` (or :class:`PermanentError`), nothing changed."""
+        doing = f"recording {instance.sop_instance_uid}"
+        with database_errors(doing), self._sessions() as session:
+            if not mark(session):
                 session.rollback()
-                raise
+                self._held.pop(instance.id, None)
+                self._lease_lost(instance)
+                return False
+            if record is not None:
+                record(session)
+            session.commit()
+        self._held.pop(instance.id, None)
         self._finishing.committed()
         return True
 

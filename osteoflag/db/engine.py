@@ -18,10 +18,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.errors import ConfigError
+from osteoflag.errors import ConfigError, PermanentError, TransientError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 READ_ONLY = "osteoflag_read_only"
@@ -91,6 +91,31 @@ def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
     with sessions() as session:
         session.connection(execution_options={READ_ONLY: True})
         yield session
+
+
+@contextmanager
+def database_errors(doing: str) -> Iterator[None]:
+    """Wrap SQLAlchemy errors raised while ``doing`` something into our two kinds.
+
+    A lock held past the busy timeout ("database is locked") or a dropped connection (a
+    PostgreSQL restart or fail-over) clears by itself: :class:`TransientError`. Anything
+    else (a constraint, a bad statement) will not: :class:`PermanentError`. Only the
+    driver's first line is kept: the statement and its parameters stay out of the message.
+    """
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        message = f"database error while {doing}: {_first_line(exc)}"
+        invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+        if invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+            raise TransientError(message) from exc
+        raise PermanentError(message) from exc
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    detail = str(exc.orig) if isinstance(exc, DBAPIError) else ""
+    lines = detail.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _alembic_config(engine: Engine) -> Config:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import struct
 from datetime import datetime
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from pydicom.dataset import Dataset
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
@@ -17,7 +19,7 @@ from osteoflag.daemon.finishing import Record, Silent
 from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
-from osteoflag.db.models import Event, Instance, InstanceState
+from osteoflag.db.models import Event, Instance, InstanceState, utcnow
 from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.maps import add_maps_to_bundle
@@ -393,3 +395,96 @@ def test_a_bundle_with_a_localiser_gives_the_worker_its_region(
         cx, cy = centres[uid]
         px, py = result.region.peak
         assert abs(px - cx) <= HALF_BOX and abs(py - cy) <= HALF_BOX
+
+
+def test_an_unexpected_error_from_refused_is_noted_and_the_batch_finishes(
+    tmp_path: Path, sessions: sessionmaker[Session], predictor: Predictor
+) -> None:
+    """The daemon's hook decodes the source again for an Undetermined SR, and a decoder may
+    raise anything (a short VOI LUT gives struct.error): noted in that instance's reason,
+    never left to strand its batch-mates in ``processing``."""
+    settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
+
+    class Decoding(Hooks):
+        def refused(
+            self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+        ) -> Record:
+            raise struct.error("unpack_from requires a buffer of at least 131072 bytes")
+
+    _enqueue(sessions, _good(tmp_path, "a"), "1.2.12.1")
+    _enqueue(sessions, _good(tmp_path, "foot", BodyPartExamined="FOOT"), "1.2.12.2")
+    _enqueue(sessions, _good(tmp_path, "c"), "1.2.12.3")
+    assert InferenceWorker(settings, sessions, predictor, Decoding()).run_once() == 3
+    states = _states(sessions)
+    assert states["1.2.12.1"][0] is InstanceState.DONE
+    assert states["1.2.12.3"][0] is InstanceState.DONE
+    state, reason = states["1.2.12.2"]
+    assert state is InstanceState.SKIPPED
+    assert (reason or "").endswith(
+        "; no report produced: unexpected struct.error: unpack_from requires a buffer of at "
+        "least 131072 bytes"
+    )
+
+
+def test_an_unexpected_error_from_done_fails_that_instance_only_without_its_values(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    class Quoting(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record | None:
+            if instance.sop_instance_uid == "1.2.13.1":
+                raise ValueError(f"cannot encode {source.PatientName} in the SR")
+            return None
+
+    _enqueue(sessions, _good(tmp_path, "a", PatientName="Doe^Jane"), "1.2.13.1")
+    _enqueue(sessions, _good(tmp_path, "b", PatientName="Doe^John"), "1.2.13.2")
+    assert InferenceWorker(settings, sessions, predictor, Quoting()).run_once() == 2
+    states = _states(sessions)
+    assert states["1.2.13.1"] == (
+        InstanceState.FAILED,
+        "result not recorded: unexpected ValueError: cannot encode <PatientName> in the SR",
+    )
+    assert states["1.2.13.2"][0] is InstanceState.DONE
+
+
+def test_a_locked_database_hands_that_instance_back_and_the_batch_finishes(
+    tmp_path: Path, settings: Settings, predictor: Predictor
+) -> None:
+    """SQLite answers "database is locked" once another writer holds the lock past the busy
+    timeout: that instance is re-queued (attempt not counted) when the batch ends, and the
+    rest of the batch is recorded, instead of all of it waiting out the lease in
+    ``processing`` and counting as a crash."""
+    engine = make_engine(settings.storage.database_url)
+    event.listen(
+        engine, "connect", lambda connection, _: connection.execute("PRAGMA busy_timeout=200")
+    )
+    migrate(engine)
+    sessions = session_factory(engine)
+    database = tmp_path / "var" / "osteoflag.db"
+    holder = sqlite3.connect(database, isolation_level=None)
+
+    class Locking(Hooks):
+        def done(
+            self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
+        ) -> Record | None:
+            if instance.sop_instance_uid == "1.2.14.2":
+                holder.execute("BEGIN IMMEDIATE")  # another writer, for longer than 200 ms
+            elif holder.in_transaction:
+                holder.execute("ROLLBACK")
+            return None
+
+    for index in range(1, 5):
+        _enqueue(sessions, _good(tmp_path, f"n{index}"), f"1.2.14.{index}")
+    try:
+        assert InferenceWorker(settings, sessions, predictor, Locking()).run_once() == 4
+    finally:
+        holder.close()
+    with sessions() as session:
+        rows = {row.sop_instance_uid: row for row in session.scalars(select(Instance))}
+    engine.dispose()
+    assert [rows[f"1.2.14.{index}"].state for index in (1, 3, 4)] == [InstanceState.DONE] * 3
+    locked = rows["1.2.14.2"]
+    assert (locked.state, locked.attempts, locked.lease_owner) == (InstanceState.QUEUED, 0, None)
+    assert locked.error == "outcome not recorded, will retry"
+    assert locked.next_attempt_at > utcnow()
