@@ -5,7 +5,9 @@ the sender is a DICOM client that calls these. A claim (``osteoflag.db.claims``)
 sending process and pushes ``next_attempt_at`` past the claim's lease in the statement that
 takes the rows, so two senders never send the same object. The rows of a sender that dies
 mid-run are released once its heartbeat stops (``osteoflag.db.processes``), and are due
-again at the end of the lease in any case.
+again at the end of the lease in any case. An outcome is recorded only while the claim it was
+sent under still holds (``lease_owner``): a sender taken for dead, whose rows another has
+claimed since, cannot overwrite what the new owner records.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import claims
@@ -157,15 +159,37 @@ def claim_due(
     )
 
 
+def _claimed(row: Outbound) -> ColumnElement[bool]:
+    """``row`` is still pending under the claim it was taken with (as :func:`claim_due`
+    returned it)."""
+    return and_(
+        Outbound.id == row.id,
+        Outbound.state == OutboundState.PENDING,
+        Outbound.lease_owner == row.lease_owner,
+    )
+
+
+def _claim_lost(row: Outbound, outcome: str) -> None:
+    logger.warning(
+        "claim lost before the outcome was recorded",
+        extra={
+            "action": "claim_lost",
+            "destination": row.destination,
+            "sop_instance_uid": row.sop_instance_uid,
+            "outcome": outcome,
+        },
+    )
+
+
 def release(sessions: sessionmaker[Session], rows: Sequence[Outbound]) -> None:
-    """Make claimed but unattempted rows due again at once (the run ran out of time, or its
-    association ended)."""
+    """Make claimed but unattempted rows due again at once (the run ran out of time, was
+    stopped, or its association ended); rows claimed by another since are left alone."""
+    if not rows:
+        return
     with sessions() as session:
         session.execute(
             update(Outbound)
-            .where(
-                Outbound.id.in_([row.id for row in rows]), Outbound.state == OutboundState.PENDING
-            )
+            .where(or_(*(_claimed(row) for row in rows)))
             .values(next_attempt_at=utcnow(), lease_owner=None)
         )
         session.commit()
@@ -188,12 +212,13 @@ def release_claims(sessions: sessionmaker[Session], condition: ColumnElement[boo
     return int(count)
 
 
-def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | None) -> None:
-    """``sent``, never to be sent again; ``warning`` notes a Warning status, if any."""
+def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | None) -> bool:
+    """``sent``, never to be sent again; ``warning`` notes a Warning status, if any. False
+    (nothing changed, logged) if ``row``'s claim was lost."""
     with sessions() as session:
-        session.execute(
+        changed = session.execute(
             update(Outbound)
-            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
+            .where(_claimed(row))
             .values(
                 state=OutboundState.SENT,
                 attempts=Outbound.attempts + 1,
@@ -201,24 +226,31 @@ def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | Non
                 last_error=warning,
                 lease_owner=None,
             )
-        )
+        ).rowcount  # type: ignore[attr-defined]
         session.commit()
+    if not changed:
+        _claim_lost(row, "sent")
+    return bool(changed)
 
 
 def mark_attempt_failed(
     sessions: sessionmaker[Session], row: Outbound, error: str, retry_at: datetime | None
-) -> None:
-    """Count a failed attempt: due again at ``retry_at``, or ``failed`` when it is None."""
+) -> bool:
+    """Count a failed attempt: due again at ``retry_at``, or ``failed`` when it is None.
+    False (nothing changed, logged) if ``row``'s claim was lost."""
     values: dict[str, object] = (
         {"state": OutboundState.FAILED} if retry_at is None else {"next_attempt_at": retry_at}
     )
     with sessions() as session:
-        session.execute(
+        changed = session.execute(
             update(Outbound)
-            .where(Outbound.id == row.id, Outbound.state == OutboundState.PENDING)
+            .where(_claimed(row))
             .values(attempts=Outbound.attempts + 1, last_error=error, lease_owner=None, **values)
-        )
+        ).rowcount  # type: ignore[attr-defined]
         session.commit()
+    if not changed:
+        _claim_lost(row, "failed attempt")
+    return bool(changed)
 
 
 def fail_unconfigured(sessions: sessionmaker[Session], configured: Sequence[str]) -> int:

@@ -7,6 +7,9 @@ cut, a lost host) is dead to the others: the next heartbeat of any live process,
 own successor, releases its claims, so a restart loses seconds, not the minutes of the
 claims' leases. The leases stay as the bound for a process that is alive but stuck.
 
+Heartbeats are stamped and judged with one clock, the database's (:func:`database_now`): a
+host whose clock is behind another's must not look dead to it at every beat.
+
 A process judges others only while its own heartbeats get through: after losing the
 database for longer than :data:`STALE_SECONDS` everyone looks dead, and the first beat
 back must not release the claims of processes that are merely reconnecting too.
@@ -19,9 +22,9 @@ import os
 import secrets
 import socket
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import outbound, queue
@@ -36,6 +39,16 @@ STALE_SECONDS = 15.0
 def owner_name(role: str) -> str:
     """A name no other process has had: role, host, pid and a random tag."""
     return f"{role}:{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def database_now(session: Session) -> datetime:
+    """The database's clock, in UTC. PostgreSQL may be shared by processes on several hosts,
+    whose clocks differ: its own clock is the one they all read. SQLite runs inside this
+    process, so its clock is this host's."""
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    now = session.execute(select(func.now())).scalar_one()  # timestamptz: aware
+    return datetime.astimezone(now, UTC)
 
 
 class Heartbeat:
@@ -53,7 +66,8 @@ class Heartbeat:
     def beat(self) -> None:
         """Record that this process is alive; then release the claims of dead ones."""
         with self._sessions() as session:
-            session.merge(Process(owner=self.owner, role=self._role, heartbeat_at=utcnow()))
+            stamp = database_now(session)
+            session.merge(Process(owner=self.owner, role=self._role, heartbeat_at=stamp))
             session.commit()
         now = time.monotonic()
         connected = self._last_beat is None or now - self._last_beat < STALE_SECONDS
@@ -64,8 +78,8 @@ class Heartbeat:
     def release_dead(self) -> int:
         """Release the claims of every process whose heartbeat is stale; forget those
         processes. Returns how many claims were released."""
-        cutoff = utcnow() - timedelta(seconds=STALE_SECONDS)
         with self._sessions() as session:
+            cutoff = database_now(session) - timedelta(seconds=STALE_SECONDS)
             dead = list(session.scalars(select(Process.owner).where(Process.heartbeat_at < cutoff)))
         if not dead:
             return 0

@@ -90,7 +90,9 @@ def send_pending(
 
 
 def claim_lease(settings: Settings) -> timedelta:
-    """Longest a run can hold a claim: association, the run budget and one last C-STORE."""
+    """Longest a run can hold a claim: the run budget, counted from the claim (association
+    included), then one last C-STORE or STOW request (one timeout), with two timeouts to
+    spare, so the claim never lapses under a run that is still sending."""
     sender = settings.sender
     return timedelta(seconds=sender.run_seconds + 3 * sender.timeout_seconds)
 
@@ -106,13 +108,14 @@ def deliver(
     """Send the due objects of one destination (over one association, or by STOW-RS), claimed
     for ``owner``."""
     key = destination_key(destination)
+    stop_at = time.monotonic() + settings.sender.run_seconds  # the claim's lease runs from now
     rows = outbound.claim_due(
         sessions, owner, key, now, settings.sender.batch_size, claim_lease(settings)
     )
     if not rows:
         return DeliveryReport()
     if isinstance(destination, DicomWebDestination):
-        return _stow_all(sessions, settings, destination, rows, policy, key)
+        return _stow_all(sessions, settings, destination, rows, policy, key, stop_at)
     try:
         assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     except DeliveryError as exc:  # refused (saying why) or unreachable: every row waits
@@ -123,7 +126,7 @@ def deliver(
         )
         return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
     try:
-        return _store_all(sessions, settings, assoc, rows, policy, key)
+        return _store_all(sessions, assoc, rows, policy, key, stop_at)
     finally:
         if usable(assoc):
             assoc.release()
@@ -141,16 +144,16 @@ def _associate(settings: Settings, destination: Destination, sop_classes: set[st
 
 def _store_all(
     sessions: sessionmaker[Session],
-    settings: Settings,
     assoc: Association,
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
+    stop_at: float,
 ) -> DeliveryReport:
     """C-STORE ``rows`` one by one, reading each file just before it is sent; once the
     association is no longer :func:`usable`, the rest wait for the next run."""
     report = DeliveryReport()
-    for _, row in _in_time(sessions, settings, rows, lambda: usable(assoc)):
+    for _, row in _in_time(sessions, stop_at, rows, lambda: usable(assoc)):
         try:
             dataset = dcmread(row.file_path)
         except (OSError, InvalidDicomError) as exc:
@@ -175,13 +178,13 @@ def _store_all(
 
 def _in_time(
     sessions: sessionmaker[Session],
-    settings: Settings,
+    stop_at: float,
     rows: Sequence[Outbound],
     usable: Callable[[], bool],
 ) -> Iterator[tuple[int, Outbound]]:
-    """``rows`` with their index while the run's time box lasts and the connection is
-    ``usable``; the rest are released, left pending and untouched for the next run."""
-    stop_at = time.monotonic() + settings.sender.run_seconds
+    """``rows`` with their index until ``stop_at`` (:func:`time.monotonic`, the end of the
+    run's budget) while the connection is ``usable``; the rest are released, left pending
+    and untouched for the next run."""
     for index, row in enumerate(rows):
         if time.monotonic() > stop_at or not usable():
             outbound.release(sessions, rows[index:])
@@ -214,11 +217,12 @@ def _stow_all(
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
+    stop_at: float,
 ) -> DeliveryReport:
     """STOW-RS ``rows`` one by one; a server that does not answer fails the rest of the run."""
     report = DeliveryReport()
     with stow_client(destination, settings.sender.timeout_seconds) as client:
-        for index, row in _in_time(sessions, settings, rows, lambda: True):
+        for index, row in _in_time(sessions, stop_at, rows, lambda: True):
             try:
                 dicom = Path(row.file_path).read_bytes()
             except OSError as exc:
@@ -246,7 +250,8 @@ def _stow_all(
 def _sent(
     sessions: sessionmaker[Session], row: Outbound, key: str, status: str, warning: str | None
 ) -> DeliveryReport:
-    outbound.mark_sent(sessions, row, warning)
+    if not outbound.mark_sent(sessions, row, warning):
+        return DeliveryReport()
     logger.info(
         "object delivered",
         extra={
@@ -276,9 +281,11 @@ def _failed(
         permanent=permanent,
     )
     if isinstance(decision, GiveUp):
-        outbound.mark_attempt_failed(sessions, row, decision.reason, None)
+        recorded = outbound.mark_attempt_failed(sessions, row, decision.reason, None)
     else:
-        outbound.mark_attempt_failed(sessions, row, error, decision.when)
+        recorded = outbound.mark_attempt_failed(sessions, row, error, decision.when)
+    if not recorded:
+        return DeliveryReport()
     if isinstance(decision, GiveUp):
         logger.error(
             "delivery given up",

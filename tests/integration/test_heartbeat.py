@@ -11,13 +11,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
-from osteoflag.db import outbound, queue
+from osteoflag.db import outbound, processes, queue
+from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, Process, utcnow
 from osteoflag.db.processes import STALE_SECONDS, Heartbeat, owner_name
 from osteoflag.destination_settings import Destination
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
+from testkit.postgres import PostgresServer
 from tests.conftest import make_settings
 from tests.helpers.rows import produce_for
 from tests.sr_fixtures import make_dx
@@ -99,3 +101,28 @@ def test_a_graceful_stop_forgets_the_process(sessions: sessionmaker[Session]) ->
     heartbeat.stop()
     with sessions() as session:
         assert list(session.scalars(select(Process.owner))) == []
+
+
+def test_a_host_whose_clock_is_behind_is_not_taken_for_dead_on_postgresql(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Split roles on PostgreSQL: a worker host 20 s behind the sender's stamps and is judged
+    by the database's clock, so its claims stay its own."""
+    engine = make_engine(postgres.database())
+    migrate(engine)
+    sessions = session_factory(engine)
+    worker = Heartbeat(sessions, owner_name("worker"), "worker", max_attempts=3)
+    sender = Heartbeat(sessions, owner_name("sender"), "sender", max_attempts=3)
+    _enqueue(sessions, "1.2.3.1")
+    assert len(queue.claim_instances(sessions, worker.owner, 1, LEASE)) == 1
+    host_clock = processes.utcnow
+    monkeypatch.setattr(processes, "utcnow", lambda: host_clock() - timedelta(seconds=20))
+    worker.beat()  # on the host whose clock is behind
+    monkeypatch.undo()
+    sender.beat()
+    with sessions() as session:
+        row = session.scalars(select(Instance)).one()
+        owners = set(session.scalars(select(Process.owner)))
+    engine.dispose()
+    assert (row.state, row.lease_owner) == (InstanceState.PROCESSING, worker.owner)
+    assert owners == {worker.owner, sender.owner}
