@@ -18,10 +18,11 @@ class SenderLoop:
     """Runs ``send`` on wake-up or every ``interval`` seconds, one run at a time.
 
     ``send`` returns True when it delivered something: a run is bounded by a batch size,
-    so another run follows at once until one finds nothing more to deliver.
+    so another run follows at once until one finds nothing more to deliver. It is given
+    the loop's stop event, set by :meth:`stop`, and must end its run soon after.
     """
 
-    def __init__(self, send: Callable[[], bool], interval: float) -> None:
+    def __init__(self, send: Callable[[threading.Event], bool], interval: float) -> None:
         self._send = send
         self._interval = interval
         self._wake = threading.Event()
@@ -43,7 +44,8 @@ class SenderLoop:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """No new run; wait for the one in progress (it is time-boxed by ``run_seconds``)."""
+        """No new run; the one in progress ends before its next object (``send`` is given
+        the stop event), and is waited for up to ``timeout`` seconds."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
@@ -55,7 +57,7 @@ class SenderLoop:
             if self._stop.is_set():
                 break
             try:
-                if self._send():
+                if self._send(self._stop):
                     self._wake.set()
             except Exception:  # keep the thread alive; the next run retries
                 logger.exception("sender run failed", extra={"action": "send"})

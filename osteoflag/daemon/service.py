@@ -166,8 +166,9 @@ class Daemon:
             parts["sender"] = self.sender.running
         return parts
 
-    def _send(self) -> bool:
-        return send_pending(self.sessions, self.settings, owner=self.heartbeat.owner).sent > 0
+    def _send(self, stop: threading.Event) -> bool:
+        report = send_pending(self.sessions, self.settings, owner=self.heartbeat.owner, stop=stop)
+        return report.sent > 0
 
     def _retain(self) -> None:
         retention.remove_expired(self.sessions, self.settings.retention)

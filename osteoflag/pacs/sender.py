@@ -12,6 +12,7 @@ states change only through ``osteoflag.db.outbound``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,13 +67,17 @@ def send_pending(
     settings: Settings,
     now: datetime | None = None,
     owner: str | None = None,
+    stop: threading.Event | None = None,
 ) -> DeliveryReport:
     """One sender run: deliver every due ``pending`` object to its destination.
 
     The sender thread (``osteoflag.daemon.delivery.SenderLoop``) runs it when woken and
     every ``[sender] interval_seconds``, one run at a time, as ``owner`` (the process
-    whose heartbeat vouches for its claims). Destinations are served in parallel.
+    whose heartbeat vouches for its claims). Destinations are served in parallel. Once
+    ``stop`` is set (SIGTERM) the run ends before the next object: the object in flight
+    completes and the rest are given back, due at once, for the next process.
     """
+    stopping = stop or threading.Event()
     claimant = owner or owner_name("sender")
     orphaned = outbound.fail_unconfigured(sessions, destination_keys(settings))
     if not settings.destinations:
@@ -83,7 +88,9 @@ def send_pending(
         max_workers=len(settings.destinations), thread_name_prefix="sender"
     ) as pool:
         reports = pool.map(
-            lambda destination: deliver(sessions, settings, destination, policy, moment, claimant),
+            lambda destination: deliver(
+                sessions, settings, destination, policy, moment, claimant, stopping
+            ),
             settings.destinations,
         )
         return sum(reports, DeliveryReport(failed=orphaned))
@@ -104,18 +111,22 @@ def deliver(
     policy: RetryPolicy,
     now: datetime,
     owner: str,
+    stop: threading.Event | None = None,
 ) -> DeliveryReport:
     """Send the due objects of one destination (over one association, or by STOW-RS), claimed
-    for ``owner``."""
+    for ``owner``, until the run's budget ends or ``stop`` is set."""
+    stopping = stop or threading.Event()
+    if stopping.is_set():
+        return DeliveryReport()
     key = destination_key(destination)
-    stop_at = time.monotonic() + settings.sender.run_seconds  # the claim's lease runs from now
+    budget = _Budget(time.monotonic() + settings.sender.run_seconds, stopping)  # lease from now
     rows = outbound.claim_due(
         sessions, owner, key, now, settings.sender.batch_size, claim_lease(settings)
     )
     if not rows:
         return DeliveryReport()
     if isinstance(destination, DicomWebDestination):
-        return _stow_all(sessions, settings, destination, rows, policy, key, stop_at)
+        return _stow_all(sessions, settings, destination, rows, policy, key, budget)
     try:
         assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     except DeliveryError as exc:  # refused (saying why) or unreachable: every row waits
@@ -126,7 +137,7 @@ def deliver(
         )
         return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
     try:
-        return _store_all(sessions, assoc, rows, policy, key, stop_at)
+        return _store_all(sessions, assoc, rows, policy, key, budget)
     finally:
         if usable(assoc):
             assoc.release()
@@ -148,12 +159,12 @@ def _store_all(
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
-    stop_at: float,
+    budget: _Budget,
 ) -> DeliveryReport:
     """C-STORE ``rows`` one by one, reading each file just before it is sent; once the
     association is no longer :func:`usable`, the rest wait for the next run."""
     report = DeliveryReport()
-    for _, row in _in_time(sessions, stop_at, rows, lambda: usable(assoc)):
+    for _, row in _in_time(sessions, budget, rows, lambda: usable(assoc)):
         try:
             dataset = dcmread(row.file_path)
         except (OSError, InvalidDicomError) as exc:
@@ -176,17 +187,28 @@ def _store_all(
     return report
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """How long a run may go on: until ``stop_at`` (:func:`time.monotonic`), counted from the
+    claim, and not past a ``stop`` (SIGTERM)."""
+
+    stop_at: float
+    stop: threading.Event
+
+    def spent(self) -> bool:
+        return self.stop.is_set() or time.monotonic() > self.stop_at
+
+
 def _in_time(
     sessions: sessionmaker[Session],
-    stop_at: float,
+    budget: _Budget,
     rows: Sequence[Outbound],
     usable: Callable[[], bool],
 ) -> Iterator[tuple[int, Outbound]]:
-    """``rows`` with their index until ``stop_at`` (:func:`time.monotonic`, the end of the
-    run's budget) while the connection is ``usable``; the rest are released, left pending
-    and untouched for the next run."""
+    """``rows`` with their index while the run's ``budget`` lasts and the connection is
+    ``usable``; the rest are released, left pending and untouched for the next run."""
     for index, row in enumerate(rows):
-        if time.monotonic() > stop_at or not usable():
+        if budget.spent() or not usable():
             outbound.release(sessions, rows[index:])
             return
         yield index, row
@@ -217,12 +239,12 @@ def _stow_all(
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
-    stop_at: float,
+    budget: _Budget,
 ) -> DeliveryReport:
     """STOW-RS ``rows`` one by one; a server that does not answer fails the rest of the run."""
     report = DeliveryReport()
     with stow_client(destination, settings.sender.timeout_seconds) as client:
-        for index, row in _in_time(sessions, stop_at, rows, lambda: True):
+        for index, row in _in_time(sessions, budget, rows, lambda: True):
             try:
                 dicom = Path(row.file_path).read_bytes()
             except OSError as exc:

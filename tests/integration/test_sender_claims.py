@@ -6,6 +6,7 @@ Real pynetdicom Storage SCPs on loopback and a real SQLite queue in tmp_path.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -145,3 +146,31 @@ def test_the_run_budget_counts_from_the_claim_so_the_lease_outlasts_the_run(
     assert all(
         row.attempts == 0 and row.next_attempt_at < started + timedelta(seconds=5) for row in rows
     )
+
+
+def test_a_stop_ends_the_run_before_the_next_object_and_gives_the_rest_back(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    """SIGTERM during a run: the object in flight completes, the others are released at once
+    (pending, unclaimed, due) and the association is released, within one C-STORE."""
+    stop = threading.Event()
+
+    class Stopping(RecordingSCP):
+        def _on_store(self, event: object) -> int:
+            stop.set()  # the daemon is told to stop while this object is being stored
+            return super()._on_store(event)
+
+    pacs = Stopping()
+    try:
+        settings = _settings(tmp_path, pacs.port)
+        _produce(sessions, settings, count=3)
+        report = send_pending(sessions, settings, stop=stop)
+    finally:
+        pacs.stop()
+    assert report.sent == 1 and len(pacs.received) == 1
+    rows = _rows(sessions)
+    assert [row.state for row in rows].count(OutboundState.SENT) == 1
+    rest = [row for row in rows if row.state is OutboundState.PENDING]
+    assert len(rest) == 5
+    assert all(row.lease_owner is None and row.attempts == 0 for row in rest)
+    assert all(row.next_attempt_at <= utcnow() for row in rest)
