@@ -1,8 +1,8 @@
 """``osteoflag serve``: wire the listener, the queue and the scheduled jobs together.
 
-Lifecycle: load the model bundle, migrate the schema, recover work a crash left claimed,
-start the inference worker, the sender thread, the scheduler (heartbeat, worker sweep, lease
-recovery, retention) and the Storage SCP, then wait for SIGTERM/SIGINT.
+Lifecycle: load the model bundle, migrate the schema, bind the web and DICOM ports, recover
+work a crash left claimed, start the inference worker, the sender thread and the scheduler
+(heartbeat, worker sweep, lease recovery, retention), then wait for SIGTERM/SIGINT.
 Shutdown refuses new associations first, lets in-flight ones finish, then stops the
 jobs; whatever is not finished stays safely queued for the next start.
 
@@ -194,14 +194,15 @@ class Daemon:
         self.heartbeat.beat()
 
     def start(self) -> None:
-        """Prepare storage and schema, recover a crash's leftovers, start serving.
+        """Prepare storage and schema, bind the ports, recover a crash's leftovers, serve.
 
-        A part that cannot start (a busy port) stops the parts already started, so the
-        error ends the process with its one line instead of leaving threads behind.
+        The ports come first: a second ``serve`` started by mistake beside a running one
+        fails on them before its recovery can take the running daemon's claims. A part that
+        cannot start stops the parts already started, so the error ends the process with its
+        one line instead of leaving threads behind.
         """
         self._prepare_storage()
         migrate(self.engine)
-        self._recover_at_start()
         jobs = [(self.heartbeat.beat, HEARTBEAT_SECONDS, "heartbeat")]
         if self.worker is not None:
             self.worker.schedule(self.scheduler)
@@ -217,15 +218,16 @@ class Daemon:
             if self.web is not None:  # first: a port clash must fail before anything runs
                 self.web.start()
                 started.append(self.web.stop)
+            if self.listener is not None:  # stores only queue until the worker starts
+                started.append(partial(self.listener.stop, SHUTDOWN_GRACE_SECONDS))
+                self.listener.start()
+            self._recover_at_start()
             for part in (self.worker, self.sender, *self.subscribers):
                 if part is not None:
                     part.start()
                     started.append(partial(part.stop, SHUTDOWN_GRACE_SECONDS))
             self.scheduler.start()
             started.append(partial(self.scheduler.shutdown, wait=True))
-            if self.listener is not None:
-                started.append(partial(self.listener.stop, SHUTDOWN_GRACE_SECONDS))
-                self.listener.start()
         except BaseException:
             for stop in reversed(started):
                 stop()
