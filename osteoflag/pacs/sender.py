@@ -168,7 +168,7 @@ def _store_all(
         try:
             dataset = dcmread(row.file_path)
         except (OSError, InvalidDicomError) as exc:
-            report += _failed(sessions, row, policy, f"cannot read {row.file_path}: {exc}", True)
+            report += _failed(sessions, row, policy, *_unreadable(row, exc))
             continue
         try:
             response = assoc.send_c_store(as_accepted(dataset, assoc))
@@ -214,6 +214,14 @@ def _in_time(
         yield index, row
 
 
+def _unreadable(row: Outbound, exc: OSError | InvalidDicomError) -> tuple[str, bool]:
+    """The error of an object whose file cannot be read, and whether it is permanent: only a
+    missing file or one that is not DICOM is; any other error (EMFILE, EIO, ESTALE on shared
+    storage, EACCES until a permissions fix) may clear, so the retry policy takes it."""
+    permanent = isinstance(exc, (FileNotFoundError, InvalidDicomError))
+    return f"cannot read {row.file_path}: {exc}", permanent
+
+
 def as_accepted(dataset: Dataset, assoc: Association) -> Dataset:
     """``dataset`` in a transfer syntax the peer accepted for its SOP class: a compressed
     object whose syntax was declined goes decompressed (Explicit VR Little Endian, RGB, same
@@ -248,9 +256,7 @@ def _stow_all(
             try:
                 dicom = Path(row.file_path).read_bytes()
             except OSError as exc:
-                report += _failed(
-                    sessions, row, policy, f"cannot read {row.file_path}: {exc}", True
-                )
+                report += _failed(sessions, row, policy, *_unreadable(row, exc))
                 continue
             outcome = store_instance(client, dicom, row.sop_instance_uid)
             if outcome.stored:

@@ -174,3 +174,27 @@ def test_a_stop_ends_the_run_before_the_next_object_and_gives_the_rest_back(
     assert len(rest) == 5
     assert all(row.lease_owner is None and row.attempts == 0 for row in rest)
     assert all(row.next_attempt_at <= utcnow() for row in rest)
+
+
+def test_a_read_error_that_may_clear_is_retried_not_failed(
+    tmp_path: Path, sessions: sessionmaker[Session], pacs: RecordingSCP
+) -> None:
+    """Only a missing file or one that is not DICOM is a permanent failure: any other read
+    error (here ELOOP; EIO, ESTALE or EMFILE alike) waits for the next attempt, and the
+    object goes out once the file can be read again."""
+    settings = _settings(tmp_path, pacs.port)
+    _produce(sessions, settings)
+    summary = Path(next(row.file_path for row in _rows(sessions) if row.kind == "summary"))
+    content = summary.read_bytes()
+    summary.unlink()
+    summary.symlink_to(summary.name)  # a link to itself: "too many levels of symbolic links"
+    report = send_pending(sessions, settings)
+    assert (report.sent, report.retried, report.failed) == (1, 1, 0)
+    unread = next(row for row in _rows(sessions) if row.kind == "summary")
+    assert (unread.state, unread.attempts) == (OutboundState.PENDING, 1)
+    assert "cannot read" in (unread.last_error or "")
+    summary.unlink()
+    summary.write_bytes(content)  # the storage is readable again
+    later = utcnow() + timedelta(hours=1)
+    assert send_pending(sessions, settings, now=later).sent == 1
+    assert [row.state for row in _rows(sessions)] == [OutboundState.SENT] * 2
