@@ -22,6 +22,11 @@ class TransientError(OsteoflagError):
     """A failure that may succeed when retried (peer down, disk briefly full)."""
 
 
+class DatabaseUnavailable(TransientError):
+    """The database could not take a statement: a lock held past the busy timeout, a dropped
+    connection (a PostgreSQL restart or fail-over). Nothing was changed; it clears by itself."""
+
+
 class PermanentError(OsteoflagError):
     """A failure that retrying cannot fix (undecodable pixels, bad bundle)."""
 

@@ -38,7 +38,7 @@ from osteoflag.db import queue
 from osteoflag.db.engine import database_errors
 from osteoflag.db.models import Instance, InstanceState, utcnow
 from osteoflag.db.processes import owner_name
-from osteoflag.errors import OsteoflagError, TransientError
+from osteoflag.errors import DatabaseUnavailable, OsteoflagError, TransientError
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
@@ -415,6 +415,8 @@ class InferenceWorker:
                 reason = f"{reason}; no report produced: {_unexpected(exc, source)}"
         try:
             marked = self._commit(instance, self._marking(instance, state, reason, made_at), record)
+        except DatabaseUnavailable:  # not the record's fault: the whole outcome waits
+            raise
         except Exception as exc:  # the record is the hook's too
             reason = f"{reason}; no report produced: {_unexpected(exc, source)}"
             marked = self._commit(instance, self._marking(instance, state, reason, made_at), None)
@@ -441,7 +443,7 @@ class InferenceWorker:
     ) -> bool:
         """``mark`` (the outcome) plus ``record``, in one transaction, then the hook's
         ``committed``; False, with nothing changed, if the lease was lost. A database error
-        is raised as :class:`TransientError` (or :class:`PermanentError`), nothing changed."""
+        is raised as :class:`DatabaseUnavailable` (or :class:`PermanentError`), nothing changed."""
         doing = f"recording {instance.sop_instance_uid}"
         with database_errors(doing), self._sessions() as session:
             if not mark(session):

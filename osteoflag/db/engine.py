@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from osteoflag.errors import ConfigError, PermanentError, TransientError
+from osteoflag.errors import ConfigError, DatabaseUnavailable, PermanentError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 READ_ONLY = "osteoflag_read_only"
@@ -98,7 +98,7 @@ def database_errors(doing: str) -> Iterator[None]:
     """Wrap SQLAlchemy errors raised while ``doing`` something into our two kinds.
 
     A lock held past the busy timeout ("database is locked") or a dropped connection (a
-    PostgreSQL restart or fail-over) clears by itself: :class:`TransientError`. Anything
+    PostgreSQL restart or fail-over) clears by itself: :class:`DatabaseUnavailable`. Anything
     else (a constraint, a bad statement) will not: :class:`PermanentError`. Only the
     driver's first line is kept: the statement and its parameters stay out of the message.
     """
@@ -108,7 +108,7 @@ def database_errors(doing: str) -> Iterator[None]:
         message = f"database error while {doing}: {_first_line(exc)}"
         invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
         if invalidated or isinstance(exc, (OperationalError, InterfaceError)):
-            raise TransientError(message) from exc
+            raise DatabaseUnavailable(message) from exc
         raise PermanentError(message) from exc
 
 

@@ -448,33 +448,47 @@ def test_an_unexpected_error_from_done_fails_that_instance_only_without_its_valu
     assert states["1.2.13.2"][0] is InstanceState.DONE
 
 
-def test_a_locked_database_hands_that_instance_back_and_the_batch_finishes(
-    tmp_path: Path, settings: Settings, predictor: Predictor
+def test_a_locked_database_hands_those_instances_back_and_the_batch_finishes(
+    tmp_path: Path, predictor: Predictor
 ) -> None:
     """SQLite answers "database is locked" once another writer holds the lock past the busy
-    timeout: that instance is re-queued (attempt not counted) when the batch ends, and the
+    timeout: the instances it hit (a classified one and a skipped one, whose Undetermined SR
+    is not dropped for it) are re-queued, attempt not counted, when the batch ends, and the
     rest of the batch is recorded, instead of all of it waiting out the lease in
     ``processing`` and counting as a crash."""
+    settings = make_settings(tmp_path, model={"body_parts": ["HAND"]})
     engine = make_engine(settings.storage.database_url)
     event.listen(
         engine, "connect", lambda connection, _: connection.execute("PRAGMA busy_timeout=200")
     )
     migrate(engine)
     sessions = session_factory(engine)
-    database = tmp_path / "var" / "osteoflag.db"
-    holder = sqlite3.connect(database, isolation_level=None)
+    holder = sqlite3.connect(tmp_path / "var" / "osteoflag.db", isolation_level=None)
 
     class Locking(Hooks):
+        """Another writer takes the lock, for longer than 200 ms, while the objects of
+        1.2.14.0 (refused) and 1.2.14.2 are built, and lets it go at the next one."""
+
+        def _meanwhile(self, instance: Instance) -> None:
+            if holder.in_transaction:
+                holder.execute("ROLLBACK")
+            if instance.sop_instance_uid in ("1.2.14.0", "1.2.14.2"):
+                holder.execute("BEGIN IMMEDIATE")
+
         def done(
             self, instance: Instance, source: Dataset, grey: GreyArray, result: queue.Result
         ) -> Record | None:
-            if instance.sop_instance_uid == "1.2.14.2":
-                holder.execute("BEGIN IMMEDIATE")  # another writer, for longer than 200 ms
-            elif holder.in_transaction:
-                holder.execute("ROLLBACK")
+            self._meanwhile(instance)
             return None
 
-    for index in range(1, 5):
+        def refused(
+            self, instance: Instance, source: Dataset, reason: str, made_at: datetime
+        ) -> Record:
+            self._meanwhile(instance)
+            return lambda session: session.add(Event(instance_id=instance.id, action="report"))
+
+    _enqueue(sessions, _good(tmp_path, "foot", BodyPartExamined="FOOT"), "1.2.14.0")
+    for index in range(1, 4):
         _enqueue(sessions, _good(tmp_path, f"n{index}"), f"1.2.14.{index}")
     try:
         assert InferenceWorker(settings, sessions, predictor, Locking()).run_once() == 4
@@ -482,9 +496,16 @@ def test_a_locked_database_hands_that_instance_back_and_the_batch_finishes(
         holder.close()
     with sessions() as session:
         rows = {row.sop_instance_uid: row for row in session.scalars(select(Instance))}
+        reports = session.scalars(select(Event).where(Event.action == "report")).all()
     engine.dispose()
-    assert [rows[f"1.2.14.{index}"].state for index in (1, 3, 4)] == [InstanceState.DONE] * 3
-    locked = rows["1.2.14.2"]
-    assert (locked.state, locked.attempts, locked.lease_owner) == (InstanceState.QUEUED, 0, None)
-    assert locked.error == "outcome not recorded, will retry"
-    assert locked.next_attempt_at > utcnow()
+    assert [rows[uid].state for uid in ("1.2.14.1", "1.2.14.3")] == [InstanceState.DONE] * 2
+    for uid in ("1.2.14.0", "1.2.14.2"):
+        locked = rows[uid]
+        assert (locked.state, locked.attempts, locked.lease_owner) == (
+            InstanceState.QUEUED,
+            0,
+            None,
+        )
+        assert locked.error == "outcome not recorded, will retry"
+        assert locked.next_attempt_at > utcnow()
+    assert reports == []  # nothing half-recorded
