@@ -9,11 +9,10 @@ queue batch by batch; a claim is one atomic statement with a lease (``osteoflag.
 Per instance the outcome is ``done`` (probability, label, threshold, model, time),
 ``skipped`` (outside the model's domain: BodyPartExamined allowlist, minimum size, or features
 far from the training images' when the bundle has an out-of-distribution guard) or
-``failed`` with the reason; one bad instance never stops the others in its batch, and what
-the batch still holds when the database cannot take an outcome is handed back, not left to
-wait out its lease. What
-finishing an instance produces (the SR, the summary image, their outbound rows) is the
-:class:`~osteoflag.daemon.finishing.Finishing` hook's business (``osteoflag.daemon.results``).
+``failed`` with the reason, recorded by :class:`~osteoflag.daemon.outcomes.Outcomes`: one bad
+instance never stops the others in its batch. What finishing an instance produces (the SR, the
+summary image, their outbound rows) is the :class:`~osteoflag.daemon.finishing.Finishing`
+hook's business (``osteoflag.daemon.results``).
 """
 
 from __future__ import annotations
@@ -21,10 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +30,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import ModelSettings, Settings
-from osteoflag.daemon.finishing import Finishing, Record, Silent
+from osteoflag.daemon.finishing import Finishing, Silent
+from osteoflag.daemon.outcomes import Outcomes, unexpected
 from osteoflag.db import queue
-from osteoflag.db.engine import database_errors
-from osteoflag.db.models import Instance, InstanceState, utcnow
+from osteoflag.db.models import Instance, InstanceState
 from osteoflag.db.processes import owner_name
-from osteoflag.errors import DatabaseUnavailable, OsteoflagError, TransientError
+from osteoflag.errors import OsteoflagError
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
@@ -87,17 +84,6 @@ class _Ready:
     prepare_ms: float
 
 
-def _unexpected(exc: Exception, source: Dataset | None) -> str:
-    """``exc`` for a reason: ours as it is; another's message with the source's values
-    redacted (a library may quote an attribute's value)."""
-    if isinstance(exc, OsteoflagError):
-        return str(exc)
-    kind = type(exc)
-    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
-    detail = str(exc) if source is None else redact(str(exc), source, COPIED)
-    return f"unexpected {name}: {detail}"
-
-
 def _size(grey: GreyArray) -> tuple[int, int]:
     rows, columns = grey.shape
     return rows, columns
@@ -144,15 +130,13 @@ class InferenceWorker:
         self._settings = settings
         self._sessions = sessions
         self._predictor = predictor
-        self._finishing = finishing or Silent()
         self._owner = owner or owner_name("worker")
         self._lease = timedelta(seconds=settings.worker.lease_seconds)
         self._budget = DecodeBudget(settings.worker.decode_budget_mb)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: The claimed batch's instances whose outcome is not recorded yet, by id.
-        self._held: dict[int, Instance] = {}
+        self._outcomes = Outcomes(sessions, self._owner, finishing or Silent())
 
     @property
     def running(self) -> bool:
@@ -216,73 +200,26 @@ class InferenceWorker:
     def run_once(self) -> int:
         """Claim and process one batch; return how many instances it held.
 
-        Whatever happens to one instance stays with it (:meth:`_isolated`), and what the
-        batch still holds at its end is handed back (:meth:`_hand_back`).
+        Whatever happens to one instance stays with it (:meth:`Outcomes.isolated`), and what
+        the batch still holds at its end is handed back (:meth:`Outcomes.hand_back`).
         """
         claimed = queue.claim_instances(
             self._sessions, self._owner, self._predictor.batch_size, self._lease
         )
-        self._held = {instance.id: instance for instance in claimed}
+        outcomes = self._outcomes
+        outcomes.hold(claimed)
         try:
             ready: list[_Ready] = []
             for instance in claimed:
-                with self._isolated(instance):
+                with outcomes.isolated(instance):
                     item = self._prepare(instance)
                     if item is not None:
                         ready.append(item)
             if ready:
                 self._classify(ready)
         finally:
-            self._hand_back()
+            outcomes.hand_back()
         return len(claimed)
-
-    @contextmanager
-    def _isolated(self, instance: Instance, source: Dataset | None = None) -> Iterator[None]:
-        """One instance's step: an unexpected error fails that instance only; an outcome the
-        database could not take (:class:`TransientError`) is left for :meth:`_hand_back`."""
-        try:
-            yield
-        except TransientError as exc:
-            logger.warning(
-                "outcome not recorded, handed back with the batch",
-                extra={
-                    "action": "hand_back",
-                    "sop_instance_uid": instance.sop_instance_uid,
-                    "reason": str(exc),
-                },
-            )
-        except Exception as exc:
-            self._refuse(instance, InstanceState.FAILED, _unexpected(exc, source))
-
-    def _hand_back(self) -> None:
-        """Re-queue what the batch still holds, in :data:`TRANSIENT_RETRY_SECONDS`, without
-        counting the attempt: left claimed, it would wait out its lease and then count as a
-        crash (``worker.max_attempts``), though nothing was wrong with it."""
-        held, self._held = list(self._held.values()), {}
-        if not held:
-            return
-        when = utcnow() + timedelta(seconds=TRANSIENT_RETRY_SECONDS)
-        reason = "outcome not recorded, will retry"
-        uids = [instance.sop_instance_uid for instance in held]
-        try:
-            with database_errors("handing back a batch"), self._sessions() as session:
-                for instance in held:
-                    queue.retry_later(session, instance.id, self._owner, reason, when)
-                session.commit()
-        except OsteoflagError as exc:
-            logger.error(
-                "batch not handed back, its claims wait for their lease",
-                extra={"action": "hand_back", "sop_instance_uids": uids, "reason": str(exc)},
-            )
-            return
-        logger.warning(
-            "instances handed back",
-            extra={
-                "action": "hand_back",
-                "sop_instance_uids": uids,
-                "retry_seconds": TRANSIENT_RETRY_SECONDS,
-            },
-        )
 
     def _prepare(self, instance: Instance) -> _Ready | None:
         """Read, check the domain, decode; record skip/fail and return None when not usable."""
@@ -290,23 +227,23 @@ class InferenceWorker:
         try:
             ds = read_instance(Path(instance.file_path), limit=self._budget.max_dataset_bytes)
         except OsteoflagError as exc:
-            self._refuse(instance, InstanceState.FAILED, str(exc))
+            self._outcomes.refuse(instance, InstanceState.FAILED, str(exc))
             return None
         try:
             _key_on_stored(ds, instance)
             refusal = domain_refusal(ds, self._settings.model)
             if refusal is not None:
-                self._refuse(instance, InstanceState.SKIPPED, refusal, ds)
+                self._outcomes.refuse(instance, InstanceState.SKIPPED, refusal, ds)
                 return None
             display = display_from_dataset(ds, self._budget)
             tensor = model_input(display, self._predictor.bundle.input_spec)
         except OsteoflagError as exc:
-            self._refuse(instance, InstanceState.FAILED, str(exc), ds)
+            self._outcomes.refuse(instance, InstanceState.FAILED, str(exc), ds)
             return None
         except Exception as exc:  # an unforeseen decoder error must not block the batch
             detail = redact(str(exc), ds, COPIED)
             reason = f"unexpected {type(exc).__name__} while decoding: {detail}"
-            self._refuse(instance, InstanceState.FAILED, reason, ds)
+            self._outcomes.refuse(instance, InstanceState.FAILED, reason, ds)
             return None
         return _Ready(
             instance, ds, display.grey8(), tensor, (time.perf_counter() - started) * 1000.0
@@ -325,15 +262,15 @@ class InferenceWorker:
             )
         except Exception as exc:  # onnxruntime and LightGBM raise their own kinds
             for item in ready:
-                with self._isolated(item.instance, item.source):
-                    reason = f"inference failed: {_unexpected(exc, item.source)}"
-                    self._refuse(item.instance, InstanceState.FAILED, reason, item.source)
+                with self._outcomes.isolated(item.instance, item.source):
+                    reason = f"inference failed: {unexpected(exc, item.source)}"
+                    self._outcomes.refuse(item.instance, InstanceState.FAILED, reason, item.source)
             return
         model_ms = (time.perf_counter() - started) * 1000.0 / len(ready)
         for item, prediction in zip(ready, predictions, strict=True):
-            with self._isolated(item.instance, item.source):
+            with self._outcomes.isolated(item.instance, item.source):
                 if prediction.outside is not None:
-                    self._refuse(
+                    self._outcomes.refuse(
                         item.instance, InstanceState.SKIPPED, prediction.outside, item.source
                     )
                     continue
@@ -345,121 +282,4 @@ class InferenceWorker:
                     inference_ms=item.prepare_ms + model_ms,
                     region=prediction.region,
                 )
-                self._store(item, result)
-
-    def _store(self, item: _Ready, result: queue.Result) -> None:
-        """The hook's ``done``, then ``done`` plus its record; ``failed`` if either fails."""
-        instance = item.instance
-        try:
-            record = self._finishing.done(instance, item.source, item.grey, result)
-            marked = self._commit(
-                instance,
-                lambda session: queue.complete(session, instance.id, self._owner, result),
-                record,
-            )
-        except TransientError as exc:
-            self._retry_later(instance, f"result not recorded, will retry: {exc}")
-            return
-        except Exception as exc:  # the hook is an extension point: any error fails this one
-            reason = f"result not recorded: {_unexpected(exc, item.source)}"
-            self._refuse(instance, InstanceState.FAILED, reason)
-            return
-        if marked:
-            logger.info(
-                "instance classified",
-                extra={
-                    "action": "classified",
-                    "sop_instance_uid": instance.sop_instance_uid,
-                    "probability": round(result.probability, 6),
-                    "label": result.label,
-                    "model": result.model,
-                    "inference_ms": round(result.inference_ms, 1),
-                },
-            )
-
-    def _retry_later(self, instance: Instance, reason: str) -> None:
-        """Re-queue after a transient error (a full disk): it clears by itself, so the
-        instance is tried again in :data:`TRANSIENT_RETRY_SECONDS` instead of failing."""
-        when = utcnow() + timedelta(seconds=TRANSIENT_RETRY_SECONDS)
-        marked = self._commit(
-            instance,
-            lambda session: queue.retry_later(session, instance.id, self._owner, reason, when),
-            None,
-        )
-        if marked:
-            logger.warning(
-                "instance re-queued after a transient error",
-                extra={
-                    "action": "retry",
-                    "sop_instance_uid": instance.sop_instance_uid,
-                    "reason": reason,
-                    "retry_seconds": TRANSIENT_RETRY_SECONDS,
-                },
-            )
-
-    def _refuse(
-        self,
-        instance: Instance,
-        state: InstanceState,
-        reason: str,
-        source: Dataset | None = None,
-    ) -> None:
-        """The hook's ``refused`` (for a readable ``source``), then the outcome with ``reason``
-        plus its record; a hook error is noted in the reason instead."""
-        made_at = utcnow()
-        record: Record | None = None
-        if source is not None:
-            try:
-                record = self._finishing.refused(instance, source, reason, made_at)
-            except Exception as exc:  # the hook decodes again: any error, not only ours
-                reason = f"{reason}; no report produced: {_unexpected(exc, source)}"
-        try:
-            marked = self._commit(instance, self._marking(instance, state, reason, made_at), record)
-        except DatabaseUnavailable:  # not the record's fault: the whole outcome waits
-            raise
-        except Exception as exc:  # the record is the hook's too
-            reason = f"{reason}; no report produced: {_unexpected(exc, source)}"
-            marked = self._commit(instance, self._marking(instance, state, reason, made_at), None)
-        if marked:
-            logger.warning(
-                "instance %s",
-                state.value,
-                extra={
-                    "action": state.value,
-                    "sop_instance_uid": instance.sop_instance_uid,
-                    "reason": reason,
-                },
-            )
-
-    def _marking(
-        self, instance: Instance, state: InstanceState, reason: str, made_at: datetime
-    ) -> Callable[[Session], bool]:
-        return lambda session: queue.refuse(
-            session, instance.id, self._owner, state, reason, made_at
-        )
-
-    def _commit(
-        self, instance: Instance, mark: Callable[[Session], bool], record: Record | None
-    ) -> bool:
-        """``mark`` (the outcome) plus ``record``, in one transaction, then the hook's
-        ``committed``; False, with nothing changed, if the lease was lost. A database error
-        is raised as :class:`DatabaseUnavailable` (or :class:`PermanentError`), nothing changed."""
-        doing = f"recording {instance.sop_instance_uid}"
-        with database_errors(doing), self._sessions() as session:
-            if not mark(session):
-                session.rollback()
-                self._held.pop(instance.id, None)
-                self._lease_lost(instance)
-                return False
-            if record is not None:
-                record(session)
-            session.commit()
-        self._held.pop(instance.id, None)
-        self._finishing.committed()
-        return True
-
-    def _lease_lost(self, instance: Instance) -> None:
-        logger.warning(
-            "lease lost before the outcome was recorded",
-            extra={"action": "lease_lost", "sop_instance_uid": instance.sop_instance_uid},
-        )
+                self._outcomes.store(item.instance, item.source, item.grey, result)

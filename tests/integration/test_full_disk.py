@@ -15,8 +15,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
+from osteoflag.daemon.outcomes import TRANSIENT_RETRY_SECONDS
 from osteoflag.daemon.results import Reporting
-from osteoflag.daemon.worker import TRANSIENT_RETRY_SECONDS, InferenceWorker
+from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
