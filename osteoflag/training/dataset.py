@@ -1,8 +1,10 @@
 """Finding labelled images on disk.
 
 Layouts understood:
-- ``ROOT/{fracture,nofracture}/*`` and ``ROOT/{train,val,test}/{fracture,nofracture}/*``
-  (the published split is then recorded per sample);
+- ``ROOT/{fracture,nofracture}/**`` and ``ROOT/{train,val,test}/{fracture,nofracture}/**``
+  (the published split is then recorded per sample); class folders are walked to any depth (a
+  PACS export keeps one folder per study and names files by UID), and a file counts when its
+  content is an image, as ``infer`` decides: the other files are left out with a reason;
 - an optional ``ROOT/groups.csv`` with ``file`` and ``group`` columns (the multiregion set)
   whose groups are kept on one side of every split;
 - a folder of images with a labels CSV (``ROOT/labels.csv`` or one named explicitly): a
@@ -17,11 +19,16 @@ from __future__ import annotations
 
 import csv
 import logging
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from osteoflag.errors import TrainingError
+from PIL import Image, UnidentifiedImageError
+
+from osteoflag.errors import PixelDataError, TrainingError, UsageError
 from osteoflag.files import walk_files
+from osteoflag.inference.dicomfile import read_instance
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ CLASSES = ("nofracture", "fracture")
 #: A reference label that says nothing either way (radiologists' feedback may record it).
 UNSURE = "unsure"
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ""}
+NOT_AN_IMAGE = "not a DICOM, PNG or JPEG image"
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,54 @@ def _label(name: str, where: Path) -> int:
         raise TrainingError(f"{where}: unknown label {name!r} (want fracture/nofracture)") from exc
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass(frozen=True)
+class Found:
+    """A labelled set as read from disk: its images, and the files left out with why."""
+
+    samples: list[Sample]
+    skipped: list[tuple[Path, str]]
+
+
+def not_an_image(path: Path) -> str | None:
+    """Why ``path`` is not an image ``infer`` would decode, or None when it is one.
+
+    The content decides, as in :func:`osteoflag.inference.pixels.load_display`: the ``DICM``
+    prefix of a Part 10 file (PS3.10 7.1), then any picture Pillow recognises from its header,
+    then a DICOM data set without the preamble that holds Pixel Data. Nothing is decoded.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError as exc:
+        return f"cannot be read: {exc}"
+    if head[128:132] == b"DICM":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(path).close()  # reads the header only
+        return None
+    except UnidentifiedImageError:
+        pass
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # a picture, but a bad one: scoring reports why it cannot be decoded
+    try:
+        ds = read_instance(path, force=True)
+    except PixelDataError:
+        return NOT_AN_IMAGE
+    return None if "PixelData" in ds else NOT_AN_IMAGE
+
+
+def _images(folder: Path, skipped: list[tuple[Path, str]]) -> Iterable[Path]:
+    for path in walk_files([folder]):
+        reason = not_an_image(path)
+        if reason is None:
+            yield path
+            continue
+        logger.warning(
+            "file skipped", extra={"action": "discover_skip", "file": str(path), "reason": reason}
+        )
+        skipped.append((path, reason))
 
 
 def discover(
@@ -62,34 +115,46 @@ def discover(
     labels: Path | None = None,
 ) -> list[Sample]:
     """All labelled images under ``root`` in a stable order (``labels``: a labels CSV)."""
+    return find_samples(root, source, representatives_only, labels).samples
+
+
+def find_samples(
+    root: Path,
+    source: str | None = None,
+    representatives_only: bool = False,
+    labels: Path | None = None,
+) -> Found:
+    """:func:`discover`, keeping the files of class folders that are not images, with why."""
     if not root.is_dir():
-        raise TrainingError(f"data folder {root} does not exist")
+        raise UsageError(f"data folder {root} does not exist")
     name = source or root.name
     labels_csv = labels if labels is not None else root / "labels.csv"
     if labels is not None or labels_csv.is_file():
         listed = read_labels_csv(labels_csv, root, name)
-        return [s for s in listed if s.representative or not representatives_only]
+        return Found([s for s in listed if s.representative or not representatives_only], [])
     meta = _groups_csv(root / "groups.csv")
     split_dirs: list[str | None] = [s for s in SPLITS if (root / s).is_dir()]
     samples: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
     for split in split_dirs or [None]:  # None: no split folders
         base = root / split if split else root
         for cls in CLASSES:
             folder = base / cls
             if not folder.is_dir():
                 continue
-            for path in _images(folder):
+            for path in _images(folder, skipped):
                 rel = path.relative_to(root).as_posix()
                 group, rep = meta.get(rel, (None, True))
                 if representatives_only and not rep:
                     continue
                 samples.append(Sample(path, _label(cls, folder), name, split, group, rep))
     if not samples:
-        raise TrainingError(f"no images under {root}/[train|val|test/]{{fracture,nofracture}}/")
+        raise UsageError(f"no images under {root}/[train|val|test/]{{fracture,nofracture}}/")
     logger.info(
-        "discovered images", extra={"action": "discover", "source": name, "n": len(samples)}
+        "discovered images",
+        extra={"action": "discover", "source": name, "n": len(samples), "skipped": len(skipped)},
     )
-    return samples
+    return Found(samples, skipped)
 
 
 def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:

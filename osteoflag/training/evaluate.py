@@ -8,7 +8,7 @@ from typing import Any
 
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
-from osteoflag.training.dataset import discover
+from osteoflag.training.dataset import find_samples
 from osteoflag.validation.metrics import binary_metrics
 from osteoflag.validation.scoring import BATCH, score_samples
 
@@ -16,8 +16,10 @@ from osteoflag.validation.scoring import BATCH, score_samples
 def evaluate_folder(bundle_dir: Path, data: Path, threads: int = 2) -> dict[str, Any]:
     """The documented metrics of ``bundle_dir`` on ``data/{fracture,nofracture}``.
 
-    Files that cannot be decoded are logged and left out (``n`` counts the scored ones).
+    Files that are not images or cannot be decoded are logged and left out (``n`` counts the
+    scored ones).
     """
     predictor = Predictor(load_bundle(bundle_dir), threads=threads, batch_size=BATCH)
-    scored = score_samples(predictor, discover(data), desc="evaluate")
+    found = find_samples(data)
+    scored = score_samples(predictor, found.samples, desc="evaluate", not_images=found.skipped)
     return binary_metrics(scored.labels, scored.probabilities, predictor.bundle.threshold)

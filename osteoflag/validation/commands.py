@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from osteoflag.errors import UsageError
 
 if TYPE_CHECKING:
     from osteoflag.inference.predictor import Predictor
-    from osteoflag.training.dataset import Sample
+    from osteoflag.training.dataset import Found, Sample
     from osteoflag.validation.scoring import Scored
 
 DATA_HELP = (
@@ -63,20 +64,21 @@ def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def read_samples(args: argparse.Namespace) -> list[Sample]:
+def read_samples(args: argparse.Namespace) -> Found:
     """The labelled set the command line names."""
-    from osteoflag.training.dataset import discover
+    from osteoflag.training.dataset import find_samples
 
     if not args.data.is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
     if args.labels is not None and not args.labels.is_file():
         raise UsageError(f"--labels {args.labels}: no such file")
-    return discover(args.data, representatives_only=args.representatives, labels=args.labels)
+    return find_samples(args.data, representatives_only=args.representatives, labels=args.labels)
 
 
 def score_data(predictor: Predictor, args: argparse.Namespace, desc: str) -> Scored:
     """Score the command line's labelled set with ``predictor`` (cached when asked)."""
-    return _score(predictor, args, read_samples(args), desc)
+    found = read_samples(args)
+    return _score(predictor, args, found.samples, desc, found.skipped)
 
 
 def run_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -214,7 +216,11 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(
-    predictor: Predictor, args: argparse.Namespace, samples: list[Sample], desc: str
+    predictor: Predictor,
+    args: argparse.Namespace,
+    samples: list[Sample],
+    desc: str,
+    not_images: Sequence[tuple[Path, str]] = (),
 ) -> Scored:
     from osteoflag.training.features import FeatureCache
     from osteoflag.validation.scoring import score_samples
@@ -225,4 +231,4 @@ def _score(
         if args.cache is None
         else FeatureCache(args.cache, manifest.files[manifest.backbone.file])
     )
-    return score_samples(predictor, samples, cache, desc=desc)
+    return score_samples(predictor, samples, cache, desc=desc, not_images=not_images)

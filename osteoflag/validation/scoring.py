@@ -81,13 +81,15 @@ def score_samples(
     samples: Sequence[Sample],
     cache: FeatureCache | None = None,
     desc: str = "scoring",
+    not_images: Sequence[tuple[Path, str]] = (),
 ) -> Scored:
-    """Features and probabilities of ``samples`` (progress bar on stderr when it is a tty)."""
+    """Features and probabilities of ``samples`` (progress bar on stderr when it is a tty);
+    ``not_images``, the files discovery left out, head the ``skipped`` list."""
     spec = predictor.bundle.input_spec
     kept: list[Sample] = []
     rows: list[dict[str, npt.NDArray[np.generic]] | None] = []
     pending: list[tuple[int, str, npt.NDArray[np.float32]]] = []
-    skipped: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str]] = list(not_images)
     spatial = predictor.uses_maps
 
     def flush() -> None:

@@ -107,3 +107,34 @@ def test_bad_usage_exits_2_with_one_line(
     done = osteoflag("validate", *args, config=config)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"osteoflag: {message}"
+
+
+def test_pacs_export_layout_counts_every_image_and_lists_the_rest(
+    site: tuple[Path, Path],
+) -> None:
+    """Per-study subfolders, files named by UID (no suffix, or a UID's last digits), a stray
+    text file and a hidden one: every image counts, the text file is skipped with a reason."""
+    folder, config = site
+    labelled = folder / "export"
+    for index in range(10):
+        for label, name in ((1, "fracture"), (0, "nofracture")):
+            study = labelled / name / f"study{index % 3}" / "series1"
+            study.mkdir(parents=True, exist_ok=True)
+            uid_name = f"1.2.826.0.1.3680043.8.498.{label}{index}" + ("" if index % 2 else ".101")
+            shutil.copy(folder / "site/images" / f"{label}-{index:03d}.dcm", study / uid_name)
+    (labelled / "fracture" / "README.TXT").write_text("exported by the PACS\n")
+    (labelled / "nofracture" / ".DS_Store").write_bytes(b"\0\1hidden")
+    args = ("--bundle", str(folder / "bundle"), "--data", str(labelled), "--json")
+    evaluated = osteoflag("evaluate", *args, config=config)
+    validated = osteoflag("validate", *args, config=config)
+    assert evaluated.returncode == validated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["n"] == 20
+    v = json.loads(validated.stdout)
+    assert v["n"] == 20 and v["positives"] == 10
+    assert v["skipped"] == [
+        {
+            "file": str(labelled / "fracture" / "README.TXT"),
+            "reason": "not a DICOM, PNG or JPEG image",
+        }
+    ]
+    assert "README.TXT" in evaluated.stderr
