@@ -357,13 +357,14 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     """Score a labelled folder with a bundle exactly as the daemon would."""
     from osteoflag.training.evaluate import evaluate_folder
+    from osteoflag.validation.metrics import finite
 
     if args.bundle is None and settings is None:
         raise ConfigError("evaluate: --bundle is required without a configuration")
     bundle = args.bundle if args.bundle is not None else settings.model.bundle  # type: ignore[union-attr]
-    result = evaluate_folder(bundle, args.data)
+    result = finite(evaluate_folder(bundle, args.data))
     if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
     else:
         for key, value in result.items():
             sys.stdout.write(f"{key}: {value}\n")

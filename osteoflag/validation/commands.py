@@ -101,7 +101,7 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
         plots, note = report.write_plots(args.out, scored.labels, scored.probabilities, result)
         args.out.write_text(report.markdown(result, plots, note), encoding="utf-8")
     if args.json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
     else:
         sys.stdout.write(
             f"{result['model']} on {result['n']} images: AUC {result['auc']}, "

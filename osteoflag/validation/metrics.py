@@ -65,6 +65,18 @@ def binary_metrics(
     }
 
 
+def finite(value: Any) -> Any:
+    """Replace NaN and infinities by ``None`` all the way down, so that printed results are
+    standard JSON (``null``: a figure the images cannot give, such as AUC on one class)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
 def group_means(y: Ints, p: Floats, groups: Sequence[str]) -> tuple[Ints, Floats]:
     """One row per group: its highest label and its mean probability (one vote per patient)."""
     g = np.asarray(groups)

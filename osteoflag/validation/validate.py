@@ -8,7 +8,6 @@ sensitivities on these images.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ def summarise(bundle: Bundle, scored: Scored, data: Path) -> dict[str, Any]:
     if has_groups:
         yg, pg = metrics.group_means(y, p, scored.groups)
         result["per_group"] = metrics.clinical_metrics(yg, pg, threshold)
-    finite: dict[str, Any] = _finite(result)
+    finite: dict[str, Any] = metrics.finite(result)
     return finite
 
 
@@ -65,14 +64,3 @@ def _by_body_part(
         }
         out[part]["positives"] = int(y[inside].sum())
     return out
-
-
-def _finite(value: Any) -> Any:
-    """Replace NaN by ``None`` all the way down, so the JSON output is standard JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value

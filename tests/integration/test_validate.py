@@ -138,3 +138,43 @@ def test_pacs_export_layout_counts_every_image_and_lists_the_rest(
         }
     ]
     assert "README.TXT" in evaluated.stderr
+
+
+def _strict_json(text: str) -> Any:
+    """``json.loads`` that refuses NaN and Infinity, as a strict parser does."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_evaluate_on_one_class_prints_strict_json_with_null_auc(site: tuple[Path, Path]) -> None:
+    folder, config = site
+    one = folder / "one-class" / "fracture"
+    one.mkdir(parents=True)
+    for index in range(3):
+        shutil.copy(folder / "site/images" / f"1-{index:03d}.dcm", one)
+    done = osteoflag(
+        "evaluate",
+        "--bundle",
+        str(folder / "bundle"),
+        "--data",
+        str(one.parent),
+        "--json",
+        config=config,
+    )
+    assert done.returncode == 0, done.stderr
+    result = _strict_json(done.stdout)
+    assert result["n"] == 3 and result["auc"] is None
+    assert list(result) == [
+        "n",
+        "accuracy",
+        "auc",
+        "precision",
+        "recall",
+        "specificity",
+        "f1",
+        "threshold",
+        "confusion",
+    ]
