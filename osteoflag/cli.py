@@ -96,8 +96,10 @@ def _show_sr(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_maps(args: argparse.Namespace, settings: Settings) -> int:
+    from osteoflag.inference.bundle_out import check_apart
     from osteoflag.inference.maps import add_maps_to_bundle
 
+    check_apart(args.bundle, args.out)
     manifest = add_maps_to_bundle(args.bundle, args.out)
     print(json.dumps({"bundle": str(args.out), "backbone": manifest.files[manifest.backbone.file]}))
     return 0

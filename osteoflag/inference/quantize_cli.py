@@ -38,8 +38,10 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_quantize(args: argparse.Namespace, settings: Settings) -> int:
     """Print the figures as one JSON object; 0 when the INT8 bundle was written."""
+    from osteoflag.inference.bundle_out import check_apart
     from osteoflag.inference.quantize import CALIBRATION_IMAGES, quantize_bundle
 
+    check_apart(args.bundle, args.out)
     figures = quantize_bundle(
         args.bundle,
         args.calibration,

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
+from osteoflag.inference.bundle_out import check_apart
 from osteoflag.inference.cells import check_tiles
 from osteoflag.inference.localiser import KIND, LOCALISER_FILE, check_context
 from osteoflag.inference.predictor import Predictor
@@ -99,6 +100,7 @@ def add_localiser_to_bundle(
         raise UsageError(f"--{error}") from error
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose a new folder for the bundle")
+    check_apart(bundle_dir, out)
     if not (boxes / "images.csv").is_file():
         raise UsageError(f"--boxes {boxes}: no images.csv (fracture-boxes layout expected)")
     source = load_bundle(bundle_dir)

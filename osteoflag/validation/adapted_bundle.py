@@ -13,6 +13,7 @@ from typing import Any
 
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MODEL_CARD, Bundle, load_bundle, write_manifest
+from osteoflag.inference.bundle_out import check_apart
 from osteoflag.inference.predictor import Predictor
 from osteoflag.validation.adapt import Adapted
 
@@ -37,6 +38,7 @@ def check_out(base: Path, out: Path) -> None:
     """Never overwrite the base bundle or anything else."""
     if out.resolve() == base.resolve():
         raise UsageError(f"--out {out}: is the base bundle; adapt never overwrites it")
+    check_apart(base, out)
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose a new folder")
 
