@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from osteoflag.errors import OsteoflagError
+from osteoflag.errors import ConfigError, OsteoflagError
 from osteoflag.training.commands import (
     add_card_arguments,
     add_evaluate_arguments,
@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(args, None)
+    except ConfigError as exc:  # usage, a missing or bad bundle: as ``osteoflag`` does
+        print(f"osteoflag: {exc}", file=sys.stderr)
+        return 2
     except OsteoflagError as exc:
         print(f"osteoflag: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from osteoflag.config import Settings
-from osteoflag.errors import ConfigError
+from osteoflag.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from osteoflag.training.prepared import TrainOptions
@@ -359,6 +359,8 @@ def run_evaluate(args: argparse.Namespace, settings: Settings | None) -> int:
     from osteoflag.training.evaluate import evaluate_folder
     from osteoflag.validation.metrics import finite
 
+    if not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: not a folder")
     if args.bundle is None and settings is None:
         raise ConfigError("evaluate: --bundle is required without a configuration")
     bundle = args.bundle if args.bundle is not None else settings.model.bundle  # type: ignore[union-attr]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +180,37 @@ def test_evaluate_on_one_class_prints_strict_json_with_null_auc(site: tuple[Path
         "threshold",
         "confusion",
     ]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "validate"])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("missing", "--data {data}: not a folder"),
+        ("empty", "no images under {data}/[train|val|test/]{{fracture,nofracture}}/"),
+    ],
+)
+def test_missing_or_empty_data_is_bad_usage(
+    site: tuple[Path, Path], command: str, data: str, message: str
+) -> None:
+    folder, config = site
+    path = folder / f"{data}-{command}"
+    if data == "empty":
+        (path / "fracture").mkdir(parents=True)
+        (path / "fracture" / "notes.txt").write_text("no image here\n")
+    args = ("--bundle", str(folder / "bundle"), "--data", str(path), "--json")
+    done = osteoflag(command, *args, config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "osteoflag: " + message.format(data=path)
+
+
+def test_training_entry_point_exits_2_for_a_missing_bundle(tmp_path: Path) -> None:
+    """``python -m osteoflag.training`` maps usage errors to 2, as its docstring says."""
+    (tmp_path / "fracture").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "osteoflag.training", "evaluate", "--bundle",
+         str(tmp_path / "nowhere"), "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"osteoflag: {tmp_path / 'nowhere'}")
