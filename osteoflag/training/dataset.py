@@ -161,10 +161,11 @@ def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
     """Samples from a labels CSV (see the module docstring), in the CSV's row order."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
     except OSError as exc:
         raise TrainingError(f"{path}: labels CSV cannot be read: {exc}") from exc
-    columns = set(rows[0]) if rows else set()
     if "label" not in columns or not columns & {"file", "sop_instance_uid"}:
         raise TrainingError(f"{path}: needs a 'label' column and a 'file' or 'sop_instance_uid'")
     by_uid = _dicom_files_by_uid(root) if "file" not in columns else {}
@@ -189,8 +190,8 @@ def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
         samples.append(
             Sample(image, _label(row["label"], where), source, None, group, representative)
         )
-    if not samples:
-        raise TrainingError(f"{path}: no labelled rows")
+    if not samples:  # a header alone: feedback exported before any reading was recorded
+        raise UsageError(f"no labelled rows in {path}")
     return samples
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from osteoflag.inference.predictor import Predictor
 from osteoflag.validation.export import export_feedback
 from osteoflag.web.app import create_app
 from osteoflag.web.server import WebServer
+from testkit.daemon import base_sections, osteoflag, write_config
 from tests.conftest import make_settings
 from tests.helpers.rows import received
 from tests.helpers.web import WebClient, csrf_token
@@ -167,3 +169,18 @@ def test_export_copies_files_and_counts_the_missing(
     assert (tmp_path / "out" / rows[0]["file"]).stat().st_mode & 0o777 == 0o600
     with pytest.raises(UsageError, match="already exists"):
         export_feedback(sessions, tmp_path / "out")
+
+
+def test_validate_on_an_export_before_any_reading_says_there_are_no_rows(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    out = tmp_path / "fb"
+    exported = osteoflag("feedback", "export", "--out", str(out), config=config)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["cases"] == 0
+    done = osteoflag("validate", "--data", str(out), "--json", config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"osteoflag: no labelled rows in {out / 'labels.csv'}"
+    )
