@@ -79,7 +79,10 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))
     failed = 0
     for outcome in send_c_store(files, peer, settings.listener.ae_title):
-        if outcome.ok:
+        if not outcome.readable:
+            failed += 1
+            print(f"osteoflag: {outcome.error}", file=sys.stderr)
+        elif outcome.ok:
             print(f"{outcome.path}: status 0x{outcome.status:04X}")
         else:
             failed += 1

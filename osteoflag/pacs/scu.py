@@ -47,6 +47,8 @@ class StoreOutcome:
     path: Path
     status: int | None
     error: str | None = None
+    #: False when the file was never offered: it is not a DICOM file that can be read.
+    readable: bool = True
 
     @property
     def ok(self) -> bool:
@@ -122,29 +124,50 @@ def send_c_echo(peer: Peer, calling_ae: str, timeout: float = 30.0) -> int:
     return int(response.Status)
 
 
-def _contexts(paths: list[Path]) -> list[tuple[str, str]]:
-    pairs: set[tuple[str, str]] = set()
-    for path in paths:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            raise PermanentError(f"{path}: not a readable DICOM file ({exc})") from exc
+def _header(path: Path) -> tuple[str, str]:
+    """SOP Class and Transfer Syntax of a file (PS3.10 7.1), read from its header only."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
         sop_class_uid = str(ds.get("SOPClassUID") or ds.file_meta.MediaStorageSOPClassUID)
-        pairs.add((sop_class_uid, str(ds.file_meta.TransferSyntaxUID)))
-    return sorted(pairs)
+        return sop_class_uid, str(ds.file_meta.TransferSyntaxUID)
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError) as exc:
+        raise PermanentError(f"{path}: not a readable DICOM file ({exc})") from exc
 
 
 def send_c_store(
     paths: list[Path], peer: Peer, calling_ae: str, timeout: float = 30.0
 ) -> list[StoreOutcome]:
-    """C-STORE every file in ``paths`` over one association.
+    """C-STORE every file in ``paths`` over one association; one outcome per path, in order.
 
     Each file's own transfer syntax gets its own presentation context, so the peer
-    receives it unchanged when it accepts that syntax.
+    receives it unchanged when it accepts that syntax. A file that is not readable DICOM (a
+    README in an export folder) is never offered: its outcome says why, and the rest go.
     """
+    unreadable: dict[int, StoreOutcome] = {}
+    contexts: set[tuple[str, str]] = set()
+    sendable: list[Path] = []
+    for index, path in enumerate(paths):
+        try:
+            contexts.add(_header(path))
+        except PermanentError as exc:
+            unreadable[index] = StoreOutcome(path, None, str(exc), readable=False)
+            continue
+        sendable.append(path)
+    sent = iter(_store(sendable, sorted(contexts), peer, calling_ae, timeout) if sendable else [])
+    return [unreadable[i] if i in unreadable else next(sent) for i in range(len(paths))]
+
+
+def _store(
+    paths: list[Path],
+    contexts: list[tuple[str, str]],
+    peer: Peer,
+    calling_ae: str,
+    timeout: float,
+) -> list[StoreOutcome]:
+    """The readable ``paths`` over one association proposing ``contexts`` (PS3.4 B.2)."""
     ae = client_ae(calling_ae, timeout)
     requested: set[tuple[str, str]] = set()
-    for sop_class_uid, transfer_syntax in _contexts(paths):
+    for sop_class_uid, transfer_syntax in contexts:
         fallbacks = UNCOMPRESSED if transfer_syntax in UNCOMPRESSED else ()
         for syntax in (transfer_syntax, *fallbacks):
             if (sop_class_uid, syntax) not in requested:

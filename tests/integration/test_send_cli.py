@@ -1,0 +1,40 @@
+"""``osteoflag send`` as a subprocess against a real Storage SCP: an export folder with a stray
+non-DICOM file still sends every DICOM file in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian
+
+from testkit.daemon import base_sections, osteoflag, write_config
+from tests.helpers.dicom import radiograph, write_in_syntax
+from tests.helpers.load import ResultsPACS
+
+
+def test_a_stray_file_is_reported_and_the_dicom_files_are_sent(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    images = [radiograph() for _ in range(3)]
+    for index, ds in enumerate(images):
+        write_in_syntax(ds, ExplicitVRLittleEndian, export / f"{index}.dcm")
+    (export / "README.TXT").write_text("PACS export\n")
+    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    pacs = ResultsPACS()
+    try:
+        done = osteoflag(
+            "send", str(export), "--host", "127.0.0.1", "--port", str(pacs.port),
+            "--called-aet", "PACS", config=config,
+        )  # fmt: skip
+        received = list(pacs.received)
+    finally:
+        pacs.stop()
+    assert done.returncode == 1
+    assert sorted(received) == sorted(str(ds.SOPInstanceUID) for ds in images)
+    assert done.stdout.splitlines() == [
+        f"{export / f'{index}.dcm'}: status 0x0000" for index in range(3)
+    ]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"osteoflag: {export / 'README.TXT'}: not a readable DICOM file (")
