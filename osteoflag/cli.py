@@ -9,14 +9,18 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from osteoflag import __version__
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.drift.commands import add_reference_arguments, run_reference
-from osteoflag.errors import ConfigError, OsteoflagError
+from osteoflag.errors import ConfigError, OsteoflagError, TransientError
 from osteoflag.inference.commands import add_infer_arguments, run_infer
 from osteoflag.inference.ood_cli import add_ood_arguments, run_ood_reference
 from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
@@ -45,13 +49,29 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return Daemon(settings, Role(args.role)).run()
 
 
+@contextmanager
+def _reaching(database_url: str) -> Iterator[None]:
+    """One line instead of SQLAlchemy's traceback when the database cannot be reached (server
+    down, bad password): the URL without its password, and the driver's first line."""
+    try:
+        yield
+    except OperationalError as exc:
+        url = make_url(database_url)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
+        shown = url.render_as_string(hide_password=True)
+        raise TransientError(f"database {shown} cannot be reached: {reason}") from exc
+
+
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.db import queue
     from osteoflag.db.engine import make_engine, migrate, session_factory
 
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    counts = queue.counts(session_factory(engine))
+    with _reaching(settings.storage.database_url):
+        engine = make_engine(settings.storage.database_url)
+        migrate(engine)
+        counts = queue.counts(session_factory(engine))
     if args.json:
         print(json.dumps(counts))
     else:
@@ -128,11 +148,12 @@ def _requeue(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.db import outbound, queue
     from osteoflag.db.engine import make_engine, migrate, session_factory
 
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    instances = queue.requeue_failed(sessions)
-    objects = outbound.requeue_failed(sessions)
+    with _reaching(settings.storage.database_url):
+        engine = make_engine(settings.storage.database_url)
+        migrate(engine)
+        sessions = session_factory(engine)
+        instances = queue.requeue_failed(sessions)
+        objects = outbound.requeue_failed(sessions)
     print(json.dumps({"instances": instances, "outbound": objects}))
     return 0
 
@@ -141,9 +162,10 @@ def _feedback_export(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.db.engine import make_engine, migrate, session_factory
     from osteoflag.validation.export import export_feedback
 
-    engine = make_engine(settings.storage.database_url)
-    migrate(engine)
-    counts = export_feedback(session_factory(engine), args.out)
+    with _reaching(settings.storage.database_url):
+        engine = make_engine(settings.storage.database_url)
+        migrate(engine)
+        counts = export_feedback(session_factory(engine), args.out)
     print(json.dumps({"out": str(args.out), **counts}))
     return 0
 
