@@ -71,7 +71,7 @@ def not_an_image(path: Path) -> str | None:
 
     The content decides, as in :func:`osteoflag.inference.pixels.load_display`: the ``DICM``
     prefix of a Part 10 file (PS3.10 7.1), then any picture Pillow recognises from its header,
-    then a DICOM data set without the preamble that holds Pixel Data. Nothing is decoded.
+    then a DICOM data set without the preamble that holds Pixel Data. No pixel is decoded.
     """
     try:
         with path.open("rb") as handle:
