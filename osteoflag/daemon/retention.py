@@ -8,12 +8,18 @@ processing or waiting for delivery is never touched. The rows stay for the audit
 trail: ``removed_at`` is set on the instance and its outbound rows and a
 ``files_removed`` event is appended, so no later step tries to read a missing file.
 
-The daemon schedules :func:`remove_expired` every ``[retention] interval_seconds``.
+Files no row names are removed too, once :data:`ORPHAN_AGE` old (:func:`remove_orphans`): a
+store interrupted between writing its file and committing its row (a crash, or a database
+error answered with a failure status that the sender never retried) leaves one, and a crash in
+the middle of a write leaves a temporary ``.partial-`` file.
+
+The daemon schedules both every ``[retention] interval_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,13 +28,18 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings
+from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 from osteoflag.db.outbound import kept_in_shadow
-from osteoflag.pacs.storage import conflict_copies
+from osteoflag.pacs.storage import PARTIAL_PREFIX, conflict_copies, named_uids
 
 logger = logging.getLogger(__name__)
 
 FINISHED = (InstanceState.DONE, InstanceState.SKIPPED, InstanceState.FAILED)
+#: How old a received file no queue row names must be before it is removed: far longer than
+#: a store takes from writing its file to committing its row, or a sender to retry it.
+ORPHAN_AGE = timedelta(days=1)
+_LOOKUP_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -105,3 +116,48 @@ def remove_expired(
             extra={"action": "retention", "instances": instances, "files": files},
         )
     return RetentionReport(instances=instances, files=files)
+
+
+def _known_uids(session: Session, uids: Iterable[str]) -> set[str]:
+    wanted = sorted(set(uids))
+    known: set[str] = set()
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[start : start + _LOOKUP_CHUNK]
+        known.update(
+            session.scalars(
+                select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))
+            )
+        )
+    return known
+
+
+def remove_orphans(
+    sessions: sessionmaker[Session], incoming: Path, now: datetime | None = None
+) -> int:
+    """Remove the received files (and temporary ones) in ``incoming`` that no queue row names
+    and that were last written more than :data:`ORPHAN_AGE` before ``now``; return how many.
+    A file is kept when any UID its name may stand for has a row, whatever that row's path."""
+    cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
+    if not incoming.is_dir():
+        return 0
+    old = [
+        path
+        for folder in sorted(incoming.iterdir())
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+        and (path.name.startswith(PARTIAL_PREFIX) or path.suffix == ".dcm")
+        and path.stat().st_mtime < cutoff
+    ]
+    partial = [path for path in old if path.name.startswith(PARTIAL_PREFIX)]
+    received = [path for path in old if path not in partial]
+    with reading(sessions) as session:
+        known = _known_uids(session, (uid for path in received for uid in named_uids(path)))
+    orphans = partial + [path for path in received if not named_uids(path) & known]
+    removed = sum(_unlink(path) for path in orphans)
+    if removed:
+        logger.warning(
+            "retention removed files no queue row names",
+            extra={"action": "retention_orphans", "files": removed},
+        )
+    return removed

@@ -172,6 +172,7 @@ class Daemon:
 
     def _retain(self) -> None:
         retention.remove_expired(self.sessions, self.settings.retention)
+        retention.remove_orphans(self.sessions, self.settings.incoming_path)
 
     def _recover(self) -> None:
         recovered = queue.recover_expired(self.sessions, self.settings.worker.max_attempts)

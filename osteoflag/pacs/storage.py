@@ -18,6 +18,8 @@ from pathlib import Path
 from osteoflag.errors import PermanentError
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+#: Name prefix of a file being written (:func:`write_atomically`); a crash may leave one.
+PARTIAL_PREFIX = ".partial-"
 FILE_MODE = 0o600
 FOLDER_MODE = 0o700
 
@@ -44,6 +46,13 @@ def instance_path(root: Path, sop_instance_uid: str, data_set_digest: str) -> Pa
 def conflict_path(original: Path, data_set_digest: str) -> Path:
     """Where a different copy of an already accepted instance is kept: beside the first."""
     return original.with_name(f"{original.stem}.conflict-{data_set_digest[:16]}.dcm")
+
+
+def named_uids(path: Path) -> set[str]:
+    """The SOP Instance UIDs a received file's name may stand for: its stem without a
+    conflicting copy's suffix, with and without a data-set digest (older files have none)."""
+    stem = path.name.removesuffix(".dcm").split(".conflict-", 1)[0]
+    return {stem, stem.rsplit(".", 1)[0]}
 
 
 def conflict_copies(original: Path) -> list[Path]:
@@ -88,7 +97,7 @@ def _fsync_folder(folder: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either all of it or nothing."""
     path.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
+    descriptor, temporary = tempfile.mkstemp(prefix=PARTIAL_PREFIX, dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)

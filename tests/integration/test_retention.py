@@ -5,7 +5,9 @@ Age is moved by passing ``now`` to ``remove_expired``, never by sleeping.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
-from osteoflag.daemon.retention import remove_expired
+from osteoflag.daemon.retention import ORPHAN_AGE, remove_expired, remove_orphans
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
@@ -221,3 +223,42 @@ def test_removes_conflicting_copies_with_their_instance(
     report = remove_expired(sessions, RETENTION, now=utcnow() + LATER)
     assert (report.instances, report.files) == (1, 2)
     assert _removed(sessions, instance_id) and not copy.exists()
+
+
+def _aged(path: Path, data: bytes, age: timedelta) -> Path:
+    write_atomically(path, data)
+    then = time.time() - age.total_seconds()
+    os.utime(path, (then, then))
+    return path
+
+
+def test_removes_old_files_no_row_names_and_nothing_else(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    old = ORPHAN_AGE + timedelta(hours=1)
+    instance = _instance(sessions, settings, InstanceState.DONE)
+    [source] = _files(sessions, instance)
+    os.utime(source, (time.time() - old.total_seconds(),) * 2)
+    kept = [
+        source,
+        _aged(conflict_path(source, "cd" * 32), b"other copy", old),
+        # named in the layout without a digest: its UID has a row
+        _aged(source.parent / f"{_uid(sessions, instance)}.dcm", b"older layout", old),
+    ]
+    young = _aged(instance_path(settings.incoming_path, "1.2.3.4", "ab" * 32), b"x", timedelta(0))
+    orphans = [
+        _aged(instance_path(settings.incoming_path, "1.2.3.5", "ab" * 32), b"orphan", old),
+        _aged(settings.incoming_path / "ab" / "1.2.3.6.dcm", b"older layout orphan", old),
+        _aged(source.parent / ".partial-k2j4", b"torn write", old),
+    ]
+    assert remove_orphans(sessions, settings.incoming_path) == len(orphans)
+    assert not any(path.exists() for path in orphans)
+    assert all(path.exists() for path in [*kept, young])
+    assert remove_orphans(sessions, settings.incoming_path) == 0
+
+
+def _uid(sessions: sessionmaker[Session], instance_id: int) -> str:
+    with sessions() as session:
+        row = session.get(Instance, instance_id)
+        assert row is not None
+        return row.sop_instance_uid
