@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from osteoflag import __version__
+from osteoflag.cli_environment import apply_environment
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.drift.commands import add_reference_arguments, run_reference
 from osteoflag.errors import ConfigError, OsteoflagError, TransientError
@@ -341,15 +343,20 @@ def _add_commands(
     commands: _Subcommands,
     table: tuple[tuple[str, str, Arguments, Command], ...],
     common: argparse.ArgumentParser,
+    environ: Mapping[str, str],
+    group: str = "",
 ) -> None:
     for name, summary, arguments, handler in table:
         parser = commands.add_parser(name, parents=[common], help=summary)
         arguments(parser)
+        apply_environment(parser, f"{group} {name}".strip(), environ)
         parser.set_defaults(handler=handler)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; every command takes ``--config``."""
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; every command takes ``--config``, and every option may come from
+    its ``OSTEOFLAG_<COMMAND>_<OPTION>`` variable in ``environ`` (the process's by default)."""
+    environ = os.environ if environ is None else environ
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -361,10 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"osteoflag {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_commands(commands, COMMANDS, common)
+    _add_commands(commands, COMMANDS, common, environ)
     feedback = commands.add_parser("feedback", help="radiologists' readings of results")
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
-    _add_commands(feedback_commands, FEEDBACK_COMMANDS, common)
+    _add_commands(feedback_commands, FEEDBACK_COMMANDS, common, environ, "feedback")
     return parser
 
 
