@@ -165,13 +165,19 @@ def _padding_mask(ds: Dataset, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_
 
     The comparison is on stored values, before the Modality LUT, as the standard requires.
     """
-    value = ds.get("PixelPaddingValue")
-    if value is None:
-        return None
-    low = high = int(value)
-    limit = ds.get("PixelPaddingRangeLimit")
-    if limit is not None:
-        low, high = sorted((low, int(limit)))
+    try:
+        value = ds.get("PixelPaddingValue")
+        if value is None:
+            return None
+        low = high = int(value)
+        limit = ds.get("PixelPaddingRangeLimit")
+        if limit is not None:
+            low, high = sorted((low, int(limit)))
+    except Exception as exc:  # multi-valued, or raw bytes of an odd length
+        raise PixelDataError(
+            f"(0028,0120) Pixel Padding Value / (0028,0121) Pixel Padding Range Limit unusable: "
+            f"{exc}"
+        ) from exc
     mask: npt.NDArray[np.bool_] = (stored >= low) & (stored <= high)
     return mask if mask.any() else None
 
@@ -207,7 +213,7 @@ def _voi_lut(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.flo
         raise PixelDataError("(0028,3010) VOI LUT Sequence item lacks a valid LUT Descriptor/Data")
     try:
         mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
-    except (NotImplementedError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # a short LUT Data raises struct.error or IndexError, not ValueError
         raise PixelDataError(f"(0028,3010) VOI LUT Sequence cannot be applied: {exc}") from exc
     return np.asarray(mapped, dtype=np.float64) / float(2 ** int(descriptor[2]) - 1)
 
@@ -234,8 +240,19 @@ def grey_from_rgb(rgb: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 def display_from_dataset(ds: Dataset, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayImage:
     """Turn a DICOM dataset's first frame into a display image (PS3.4 N.2.1.1 grayscale pipeline).
 
-    Raises :class:`PixelDataError` naming the offending tag when the pixels cannot be used.
+    Raises :class:`PixelDataError` naming the offending tag when the pixels cannot be used,
+    and nothing else: callers (the worker's undetermined result, the summary image) rely on
+    it, so an error of pydicom's lazy parsing found nowhere else is wrapped too.
     """
+    try:
+        return _display(ds, budget)
+    except PixelDataError:
+        raise
+    except Exception as exc:  # pydicom parses lazily: a malformed element fails on first access
+        raise PixelDataError(f"unexpected {type(exc).__name__}: {exc}") from exc
+
+
+def _display(ds: Dataset, budget: DecodeBudget) -> DisplayImage:
     frames = check_geometry(ds, budget)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric not in _MONOCHROME | _COLOUR | {"PALETTE COLOR"}:
@@ -247,7 +264,7 @@ def display_from_dataset(ds: Dataset, budget: DecodeBudget = DEFAULT_BUDGET) -> 
     if photometric == "PALETTE COLOR":
         try:
             rgb = apply_color_lut(stored, ds)
-        except (ValueError, AttributeError, KeyError) as exc:
+        except Exception as exc:  # a malformed descriptor raises TypeError from numpy
             raise PixelDataError(f"(0028,1201) palette colour LUT unusable: {exc}") from exc
         return _finish(_stretch(grey_from_rgb(rgb), None), frames, notes)
     if photometric in _COLOUR:
@@ -265,7 +282,7 @@ def display_from_dataset(ds: Dataset, budget: DecodeBudget = DEFAULT_BUDGET) -> 
     else:
         try:
             values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+        except Exception as exc:  # a short LUT Data raises struct.error or IndexError
             raise PixelDataError(f"(0028,3000) Modality LUT / rescale unusable: {exc}") from exc
     center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
     if ds.get("VOILUTSequence") and rescaled:
@@ -334,8 +351,6 @@ def load_display(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayIm
         return display_from_dataset(ds, budget)
     except PixelDataError as exc:
         raise PixelDataError(f"{path}: {exc}") from exc
-    except Exception as exc:  # pydicom parses lazily: a malformed element fails on first access
-        raise PixelDataError(f"{path}: unexpected {type(exc).__name__}: {exc}") from exc
 
 
 def _resize(pixels: FloatArray, height: int, width: int) -> FloatArray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels.processing import convert_color_space
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -301,6 +304,55 @@ def test_refusals_name_the_tag(change: Callable[[Dataset], Any], message: str) -
     ds = dataset(GREY12, bits_stored=12)
     change(ds)
     with pytest.raises(PixelDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        display_from_dataset(ds)
+
+
+def _short_lut(keyword: str) -> Dataset:
+    """A LUT whose descriptor claims 65536 entries (0) while LUT Data holds 10 (as bytes)."""
+    item = Dataset()
+    item.LUTDescriptor = [0, 0, 16]
+    item.add_new(0x00283006, "OW", np.arange(10, dtype=np.uint16).tobytes())  # LUT Data
+    if keyword == "ModalityLUTSequence":
+        item.ModalityLUTType = "US"
+    return dataset(GREY12, bits_stored=12, **{keyword: Sequence([item])})
+
+
+def _palette(descriptor: list[int], data: bytes) -> Dataset:
+    ds = dataset(radiograph(maximum=255), photometric="PALETTE COLOR", bits_allocated=8)
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", descriptor)
+        setattr(ds, f"{colour}PaletteColorLookupTableData", data)
+    return ds
+
+
+def _odd_padding() -> Dataset:
+    ds = dataset(GREY12, bits_stored=12)
+    ds[0x00280120] = RawDataElement(Tag(0x00280120), "US", 3, b"\x01\x02\x03", 0, False, True)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("make", "tag"),
+    [
+        (lambda: _short_lut("VOILUTSequence"), "(0028,3010)"),
+        (lambda: _short_lut("ModalityLUTSequence"), "(0028,3000)"),
+        (lambda: _palette([256, 0, 16], bytes(21)), "(0028,1201)"),
+        (lambda: _palette([0, 0, 16], bytes(20)), "(0028,1201)"),
+        (lambda: dataset(GREY12, bits_stored=12, PixelPaddingValue=[1, 2]), "(0028,0120)"),
+        (_odd_padding, "(0028,0120)"),
+    ],
+)
+def test_malformed_lookup_tables_are_pixel_data_errors_naming_the_tag(
+    make: Callable[[], Dataset], tag: str
+) -> None:
+    with pytest.raises(PixelDataError, match=re.escape(tag)):
+        display_from_dataset(make())
+
+
+def test_any_library_error_becomes_a_pixel_data_error() -> None:
+    ds = dataset(GREY12, bits_stored=12)
+    ds[0x00280010] = RawDataElement(Tag(0x00280010), "US", 3, b"\x01\x02\x03", 0, False, True)
+    with pytest.raises(PixelDataError, match="unexpected BytesLengthException"):
         display_from_dataset(ds)
 
 
