@@ -124,7 +124,7 @@ def build_gsps(
             ),
             series_number=GSPS_SERIES_NUMBER,
             sop_instance_uid=instance_uid(source_uid, model.version, Kind.GSPS),
-            instance_number=int(source.get("InstanceNumber") or 1),
+            instance_number=values.instance_number(source),
             manufacturer=MANUFACTURER,
             manufacturer_model_name=DEVICE_MODEL_NAME,
             software_versions=model.tag,

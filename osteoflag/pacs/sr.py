@@ -337,7 +337,7 @@ def build_sr(
             series_instance_uid=series,
             series_number=SR_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
-            instance_number=int(source.get("InstanceNumber") or 1),
+            instance_number=values.instance_number(source),
             manufacturer=MANUFACTURER,
             is_complete=True,
             is_final=False,

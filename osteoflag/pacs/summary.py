@@ -121,7 +121,7 @@ def build_summary(
             series_instance_uid=series_uid(evidence.SeriesInstanceUID, model.version, Kind.SUMMARY),
             series_number=SUMMARY_SERIES_NUMBER,
             sop_instance_uid=sop_uid,
-            instance_number=int(source.get("InstanceNumber") or 1),
+            instance_number=values.instance_number(source),
             manufacturer=MANUFACTURER,
             patient_id=evidence.PatientID,
             patient_name=evidence.PatientName,

@@ -40,6 +40,8 @@ _MULTI_BYTE: Final = frozenset(
     {"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"}
 )
 _REDACTED_MIN: Final = 2
+#: Largest value of an IS (PS3.5 Table 6.2-1: -2^31 to 2^31 - 1).
+_IS_MAX: Final = 2**31 - 1
 PIXEL_DATA: Final = Tag(0x7FE0, 0x0010)
 SPECIFIC_CHARACTER_SET: Final = Tag(0x0008, 0x0005)
 
@@ -86,6 +88,16 @@ def copied_value(source: Dataset, keyword: str) -> Any | None:
     if element is None or element.value is None or element.value == "":
         return None
     return element.value
+
+
+def instance_number(source: Dataset) -> int:
+    """Instance Number (0020,0013) of an object derived from ``source``: the source's when it
+    is one integer from 1 to the largest IS, else 1. A derived object's number need not
+    match its source's (an IS that only identifies the instance in its series, PS3.3
+    C.7.6.1), and highdicom refuses a negative, multi-valued or non-numeric one, which would
+    lose the result."""
+    value = copied_value(source, "InstanceNumber")
+    return int(value) if isinstance(value, int) and 1 <= value <= _IS_MAX else 1
 
 
 def cleaned(source: Dataset) -> Dataset:

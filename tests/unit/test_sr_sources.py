@@ -7,19 +7,46 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom import Dataset, dcmread
 
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
+from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
+from osteoflag.pacs.gsps import build_gsps
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.sr_read import read_result
 from osteoflag.pacs.summary import build_summary
 from testkit.tiny_bundle import build_bundle
-from tests.helpers.dicom import MODALITIES, radiograph
-from tests.sr_fixtures import dciodvfy_errors
+from tests.helpers.dicom import MODALITIES, radiograph, set_raw
+from tests.sr_fixtures import dciodvfy_errors, make_dx
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+FRACTURE = Classification(Label.FRACTURE, 0.91)
+REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
+
+
+def _sr_gsps_summary(source: Dataset, folder: Path) -> dict[str, Path]:
+    """The SR (with a region), the presentation state and the summary of a flagged
+    ``source``, written under ``folder``."""
+    built = {
+        "sr": build_sr(
+            source,
+            FRACTURE,
+            model=MODEL,
+            device_uid=device_uid("OSTEOFLAG"),
+            created=CREATED,
+            region=REGION,
+        ),
+        "gsps": build_gsps(source, 0.91, REGION, model=MODEL, created=CREATED),
+        "summary": build_summary(source, FRACTURE, model=MODEL, created=CREATED, region=REGION),
+    }
+    paths = {}
+    for kind, dataset in built.items():
+        paths[kind] = folder / f"{kind}.dcm"
+        dataset.save_as(paths[kind], enforce_file_format=True)
+    return paths
 
 
 @pytest.mark.parametrize("modality", sorted(MODALITIES))
@@ -53,3 +80,11 @@ def test_model_identity_from_a_bundle(tmp_path: Path) -> None:
         created=CREATED,
     )
     assert read_result(sr).model_version == "3.1.4"
+
+
+@pytest.mark.parametrize("raw", [b"-3", b"abc", b"1\\2", b"0", b"99999999999"])
+def test_an_odd_instance_number_keeps_the_result(tmp_path: Path, raw: bytes) -> None:
+    source = set_raw(make_dx(), "InstanceNumber", raw)
+    for kind, path in _sr_gsps_summary(source, tmp_path).items():
+        assert dcmread(path).InstanceNumber == 1, kind
+        assert dciodvfy_errors(path) == [], kind

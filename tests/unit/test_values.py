@@ -20,6 +20,7 @@ from osteoflag.pacs.values import (
     attribute_name,
     character_set,
     copied_value,
+    instance_number,
     invalid_attributes,
     redact,
 )
@@ -83,6 +84,27 @@ def test_character_set_is_one_every_writer_accepts(
 ) -> None:
     source = Dataset() if raw is None else _with(SpecificCharacterSet=raw)
     assert character_set(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, 1),
+        (b"", 1),
+        (b"7", 7),
+        (b" 12", 12),
+        (b"2147483647", 2147483647),
+        (b"2147483648", 1),  # beyond IS
+        (b"0", 1),
+        (b"-3", 1),  # a valid IS, but not a usable Instance Number
+        (b"abc", 1),
+        (b"1\\2", 1),
+        (b"1.0", 1),
+    ],
+)
+def test_instance_number_is_one_positive_integer_else_1(raw: bytes | None, expected: int) -> None:
+    source = Dataset() if raw is None else _with(InstanceNumber=raw)
+    assert instance_number(source) == expected
 
 
 def test_redact_replaces_values_by_the_attribute_name() -> None:
