@@ -7,18 +7,27 @@ or a 12000 x 14000 PNG of a few hundred kB claims far more. A :class:`DecodeBudg
 both what is held (the data set, a deflated one once inflated, and the declared pixel
 payload) and what is decoded (the pixels of the frame), so one image never takes much more
 than its ``megabytes``: the worker's per-instance budget (``[worker] decode_budget_mb``),
-also applied to "try an image" uploads.
+also applied to "try an image" uploads. A compressed frame is sized by its decoder from its
+own codestream, not from Rows and Columns, so that header is checked too
+(:func:`check_codestream`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final
+from io import BytesIO
+from typing import BinaryIO, Final
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.encaps import generate_fragments, parse_basic_offsets
+from pydicom.uid import (
+    UID,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
 
 from osteoflag.errors import PixelDataError
 
@@ -26,6 +35,13 @@ from osteoflag.errors import PixelDataError
 BYTES_PER_PIXEL: Final = 24
 PIXEL_DATA: Final = 0x7FE00010
 _MEGABYTE: Final = 2**20
+#: Bytes of frame 1 read to find its codestream header (whole fragments, at least one).
+HEADER_BYTES: Final = _MEGABYTE
+# JPEG SOF0-SOF15 except DHT, JPG and DAC (ITU-T T.81 B.1.1.3), and JPEG-LS SOF55 (T.87 C.2.2).
+_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+_SOS: Final = 0xDA
+_J2K_SOC_SIZ: Final = b"\xff\x4f\xff\x51"
+_JP2_SIGNATURE: Final = b"\x00\x00\x00\x0cjP  "
 
 
 @dataclass(frozen=True)
@@ -114,3 +130,115 @@ def pixel_data_length(ds: Dataset) -> int:
     if element.value is None and isinstance(element, RawDataElement):
         return int(element.length)
     return len(element.value)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) from a JPEG or JPEG-LS frame header (T.81 B.2.2, T.87
+    C.2.2), skipping fill bytes (T.81 B.1.1.2); None when there is none before the scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    offset = 2
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:
+            offset += 1
+            continue
+        if marker in _SOF and offset + 10 <= len(data):
+            rows = int.from_bytes(data[offset + 5 : offset + 7], "big")
+            columns = int.from_bytes(data[offset + 7 : offset + 9], "big")
+            return (rows, columns, data[offset + 9]) if rows and columns else None
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        if marker == _SOS or length < 2:
+            return None
+        offset += 2 + length
+    return None
+
+
+def _j2k_codestream(data: bytes) -> int | None:
+    """Where the codestream starts: 0, or inside the ``jp2c`` box of a JP2 file (which
+    PS3.5 A.4.4 forbids, but decoders read anyway)."""
+    if data.startswith(_J2K_SOC_SIZ):
+        return 0
+    if not data.startswith(_JP2_SIGNATURE):
+        return None
+    offset = 0
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        header = 8
+        if length == 1:  # XLBox: a 64-bit length follows the type (ISO/IEC 15444-1 I.4)
+            length, header = int.from_bytes(data[offset + 8 : offset + 16], "big"), 16
+        if data[offset + 4 : offset + 8] == b"jp2c":
+            return offset + header
+        if length < header:
+            return None
+        offset += length
+    return None
+
+
+def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) from a JPEG 2000 SIZ segment (ISO/IEC 15444-1 A.5.1):
+    the image area is Xsiz - XOsiz by Ysiz - YOsiz."""
+    start = _j2k_codestream(data)
+    if start is None or data[start : start + 4] != _J2K_SOC_SIZ or len(data) < start + 42:
+        return None
+    xsiz, ysiz, xosiz, yosiz = (
+        int.from_bytes(data[start + at : start + at + 4], "big") for at in (8, 12, 16, 20)
+    )
+    components = int.from_bytes(data[start + 40 : start + 42], "big")
+    if xsiz <= xosiz or ysiz <= yosiz:
+        return None
+    return ysiz - yosiz, xsiz - xosiz, components
+
+
+def _frame_start(buffer: BinaryIO) -> bytes:
+    """The first fragments of frame 1 (PS3.5 A.4: frame 1 starts the first fragment after
+    the Basic Offset Table), whole, until they hold :data:`HEADER_BYTES`."""
+    parse_basic_offsets(buffer)
+    data = b""
+    for fragment in generate_fragments(buffer):
+        data += fragment
+        if len(data) >= HEADER_BYTES:
+            break
+    return data
+
+
+def _first_frame_start(ds: Dataset, filename: str | None) -> bytes | None:
+    """The start of frame 1 from ``filename`` when Pixel Data was left there (only that much
+    is read), else from memory; None when the encapsulation is malformed."""
+    element = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    try:
+        if filename is not None and isinstance(element, RawDataElement) and element.value is None:
+            with open(filename, "rb") as handle:
+                handle.seek(element.value_tell)
+                return _frame_start(handle)
+        return _frame_start(BytesIO(ds.PixelData))
+    except Exception:  # pydicom's item parsing: the decoder reports what is wrong
+        return None
+
+
+def check_codestream(ds: Dataset, filename: str | None = None) -> None:
+    """Refuse an encapsulated frame 1 whose JPEG, JPEG-LS or JPEG 2000 header declares
+    another size than (0028,0010) Rows, (0028,0011) Columns and (0028,0002) Samples per
+    Pixel: its decoder allocates what the codestream says, so a small file declaring 128 x
+    128 could decode 12000 x 12000 past the budget :func:`check_geometry` checked. RLE has
+    no such header (its decoder sizes by Rows and Columns); a header that cannot be parsed
+    is left to the decoder. ``filename`` is the file a deferred Pixel Data is read from."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax in JPEG2000TransferSyntaxes:
+        parse = _j2k_size
+    elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        parse = _jpeg_size
+    else:
+        return
+    start = _first_frame_start(ds, filename)
+    found = None if start is None else parse(start)
+    if found is None:
+        return
+    rows, columns, components = found
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if (rows, columns, components) != (ds.Rows, ds.Columns, samples):
+        raise PixelDataError(
+            f"(0028,0010) Rows, (0028,0011) Columns and (0028,0002) Samples per Pixel declare "
+            f"{ds.Rows}x{ds.Columns}x{samples}, but frame 1's codestream (transfer syntax "
+            f"{syntax}) is {rows}x{columns}x{components}"
+        )

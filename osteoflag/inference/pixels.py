@@ -30,7 +30,13 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.pixels.utils import pixel_array
 
 from osteoflag.errors import PixelDataError
-from osteoflag.inference.budget import DEFAULT_BUDGET, PIXEL_DATA, DecodeBudget, check_geometry
+from osteoflag.inference.budget import (
+    DEFAULT_BUDGET,
+    PIXEL_DATA,
+    DecodeBudget,
+    check_codestream,
+    check_geometry,
+)
 from osteoflag.inference.dicomfile import read_instance
 
 FloatArray = npt.NDArray[np.float32]
@@ -146,13 +152,16 @@ def _deferred_pixels(ds: Dataset) -> str | None:
 
 
 def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
-    """Decode only frame 1 (index 0); pydicom's decoders skip the other frames' bytes.
+    """Decode only frame 1 (index 0), once its codestream header agrees with the data set
+    (:func:`check_codestream`); pydicom's decoders skip the other frames' bytes.
 
     Also for single-frame data: without an index, pydicom decodes any excess Pixel Data
     bytes as extra frames, so a hostile file could make it allocate them all.
     """
+    filename = _deferred_pixels(ds)
+    check_codestream(ds, filename)
     try:
-        return pixel_array(_deferred_pixels(ds) or ds, index=0)
+        return pixel_array(filename or ds, index=0)
     except Exception as exc:  # pydicom and its plugins raise many unrelated types
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise PixelDataError(
