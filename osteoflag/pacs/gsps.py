@@ -5,8 +5,9 @@ layer, draws the model's box as a closed POLYLINE and the text "RESEARCH USE ONL
 fracture suspected NN%", both in the source's pixel coordinates (C.10.5: the top-left
 corner of the top-left pixel is 0\\0, as for the SR's SCOORD). The source's Modality and
 VOI LUT are copied so that applying the state keeps the image's own windowing; a
-MONOCHROME1 source gets an INVERSE Presentation LUT so that it keeps its polarity. UIDs are
-derived from the source and the model version, like the SR's.
+MONOCHROME1 source gets an INVERSE Presentation LUT so that it keeps its polarity. On a
+multi-frame image the box is on frame 1, the one decoded. UIDs are derived from the source
+and the model version, like the SR's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Final
 
 import highdicom as hd
 from pydicom import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from osteoflag.errors import PermanentError
 from osteoflag.inference.region import Region
@@ -36,7 +38,7 @@ from osteoflag.pacs.derived import (
     series_laterality,
     series_uid,
 )
-from osteoflag.pacs.sr import box_polyline
+from osteoflag.pacs.sr import MULTI_FRAME_CLASSES, box_polyline, decoded_frames
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ LAYER: Final = "OSTEOFLAG"
 # Red on colour displays (CIELab), light grey on grayscale ones.
 _RED: Final = hd.color.CIELabColor(53.24, 80.09, 67.2)
 _GREY_VALUE: Final = 0xDDDD
+_SOP_CLASS_UID: Final = 0x00080016
 
 
 def overlay_text(probability: float) -> str:
@@ -75,6 +78,22 @@ def _layer() -> hd.pr.GraphicLayer:
     return layer
 
 
+def _refer_to_frame_1(state: Dataset, sop_class: str, frames: list[int] | None) -> None:
+    """Give a multi-frame Secondary Capture source its own SOP Class back in the references,
+    and the box its frame (PS3.3 C.10.5: without Referenced Frame Number a graphic annotation
+    is on every frame, but the region was found on frame 1 only).
+
+    highdicom reads a multi-frame IOD's rescale and window from functional groups, which
+    those images (PS3.3 A.8.3 to A.8.5) do not have: it is given the header as a single-frame
+    Secondary Capture, whose Modality and VOI LUT attributes they share."""
+    (series,) = state.ReferencedSeriesSequence
+    (annotation,) = state.GraphicAnnotationSequence
+    for item in (*series.ReferencedImageSequence, *annotation.ReferencedImageSequence):
+        item.ReferencedSOPClassUID = sop_class
+    if frames is not None:
+        annotation.ReferencedImageSequence[0].ReferencedFrameNumber = frames
+
+
 def build_gsps(
     source: Dataset,
     probability: float,
@@ -96,6 +115,10 @@ def build_gsps(
     for keyword in PATIENT_STUDY_TYPE2:  # Type 2: present, empty when the source lacks them
         if keyword not in header:
             setattr(header, keyword, "")
+    sop_class = require(source, "SOPClassUID")
+    if sop_class in MULTI_FRAME_CLASSES:
+        # see _refer_to_frame_1; a new element, as cleaned() shares the source's elements
+        header.add_new(_SOP_CLASS_UID, "UI", SecondaryCaptureImageStorage)
     annotation = hd.pr.GraphicAnnotation(
         referenced_images=[header],
         graphic_layer=_layer(),
@@ -144,6 +167,8 @@ def build_gsps(
         raise PermanentError(
             f"cannot build GSPS for source SOPInstanceUID {source_uid}: {reason}"
         ) from exc
+    if sop_class in MULTI_FRAME_CLASSES:
+        _refer_to_frame_1(state, sop_class, decoded_frames(source))
     state.PresentationCreationDate = created.strftime("%Y%m%d")
     state.PresentationCreationTime = created.strftime("%H%M%S")
     state.SeriesDate, state.SeriesTime = (

@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import highdicom as hd
 import numpy as np
-from pydicom import Dataset
+from pydicom import Dataset, uid
 from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
@@ -110,17 +110,38 @@ def box_polyline(box: tuple[int, int, int, int]) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
 
 
+#: The multi-frame IODs among the accepted image classes (PS3.3 A.8.3 to A.8.5).
+MULTI_FRAME_CLASSES: Final = frozenset(
+    {
+        uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+        uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    }
+)
+
 _Reference = TypeVar("_Reference", hd.sr.SourceImageForRegion, hd.sr.SourceImageForMeasurementGroup)
 
 
+def decoded_frames(source: Dataset) -> list[int] | None:
+    """Referenced Frame Number (0008,1160) of a result on ``source``: frame 1, the only one
+    decoded, for an image of several frames; else None. Left out, a reference to a
+    multi-frame image means every frame (PS3.3 Table 10-3, as used by the SR's IMAGE items,
+    C.18.3, and by a Graphic Annotation, C.10.5); it may only be given for a multi-frame IOD,
+    so a DX that claims several frames is referenced as a whole."""
+    frames = values.copied_value(source, "NumberOfFrames")
+    several = isinstance(frames, int) and frames > 1
+    return [1] if several and source.get("SOPClassUID") in MULTI_FRAME_CLASSES else None
+
+
 def image_reference(kind: type[_Reference], source: Dataset) -> _Reference:
-    """A reference to ``source`` by its SOP Class and Instance UIDs. highdicom's
-    ``from_source_image`` would also read Modality (0008,0060), only to refuse non-image
-    objects; some converted images (a Secondary Capture from a scanned film) lack it, and the
-    worker has decoded the source's pixels by now."""
+    """A reference to ``source`` (frame 1 of a multi-frame one) by its SOP Class and Instance
+    UIDs. highdicom's ``from_source_image`` would also read Modality (0008,0060), only to
+    refuse non-image objects; some converted images (a Secondary Capture from a scanned
+    film) lack it, and the worker has decoded the source's pixels by now."""
     return kind(
         referenced_sop_class_uid=require(source, "SOPClassUID"),
         referenced_sop_instance_uid=require(source, "SOPInstanceUID"),
+        referenced_frame_numbers=decoded_frames(source),
     )
 
 
@@ -224,6 +245,7 @@ def document_evaluation(
             name=codes.SOURCE,
             referenced_sop_class_uid=require(source, "SOPClassUID"),
             referenced_sop_instance_uid=require(source, "SOPInstanceUID"),
+            referenced_frame_numbers=decoded_frames(source),
             relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
         )
     )

@@ -43,6 +43,7 @@ from osteoflag.pacs.derived import (
     study_evidence,
 )
 from osteoflag.pacs.picture import render
+from osteoflag.pacs.sr import decoded_frames
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ def build_summary(
     reference = Dataset()
     reference.ReferencedSOPClassUID = require(source, "SOPClassUID")
     reference.ReferencedSOPInstanceUID = evidence.SOPInstanceUID
+    frames = decoded_frames(source)
+    if frames is not None:  # the picture is frame 1's (PS3.3 Table 10-3)
+        reference.ReferencedFrameNumber = frames
     image.SourceImageSequence = [reference]
     if "SpecificCharacterSet" in evidence:
         image.SpecificCharacterSet = evidence.SpecificCharacterSet

@@ -25,6 +25,7 @@ MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 FRACTURE = Classification(Label.FRACTURE, 0.91)
 REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
+MULTI_FRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 
 
 def _sr_gsps_summary(source: Dataset, folder: Path) -> dict[str, Path]:
@@ -87,4 +88,55 @@ def test_an_odd_instance_number_keeps_the_result(tmp_path: Path, raw: bytes) -> 
     source = set_raw(make_dx(), "InstanceNumber", raw)
     for kind, path in _sr_gsps_summary(source, tmp_path).items():
         assert dcmread(path).InstanceNumber == 1, kind
+        assert dciodvfy_errors(path) == [], kind
+
+
+def _multi_frame(frames: int) -> Dataset:
+    """A Multi-frame Grayscale Word Secondary Capture image of ``frames`` frames."""
+    source = make_dx()
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = MULTI_FRAME_WORD_SC
+    source.NumberOfFrames = frames
+    source.PixelData = source.PixelData * frames
+    return source
+
+
+def _content_references(node: Dataset) -> list[Dataset]:
+    """Every image reference of the SR's content tree (IMAGE items, SCOORD sources)."""
+    found = list(node.get("ReferencedSOPSequence", []))
+    for child in node.get("ContentSequence", []):
+        found.extend(_content_references(child))
+    return found
+
+
+def test_a_multi_frame_source_is_referenced_by_its_frame_1(tmp_path: Path) -> None:
+    source = _multi_frame(2)
+    paths = _sr_gsps_summary(source, tmp_path)
+    undetermined = build_sr(
+        source,
+        Classification(Label.UNDETERMINED, reason="test"),
+        model=MODEL,
+        device_uid=device_uid("OSTEOFLAG"),
+        created=CREATED,
+    )
+    paths["undetermined"] = tmp_path / "undetermined.dcm"
+    undetermined.save_as(paths["undetermined"], enforce_file_format=True)
+    for kind in ("sr", "undetermined"):
+        references = _content_references(dcmread(paths[kind]))
+        assert references, kind
+        assert all(item.ReferencedFrameNumber == 1 for item in references), kind
+    state = dcmread(paths["gsps"])
+    (annotated,) = state.GraphicAnnotationSequence[0].ReferencedImageSequence
+    (presented,) = state.ReferencedSeriesSequence[0].ReferencedImageSequence
+    assert annotated.ReferencedFrameNumber == 1 and "ReferencedFrameNumber" not in presented
+    assert annotated.ReferencedSOPClassUID == presented.ReferencedSOPClassUID == MULTI_FRAME_WORD_SC
+    assert state.SoftcopyVOILUTSequence[0].WindowCenter == source.WindowCenter
+    assert dcmread(paths["summary"]).SourceImageSequence[0].ReferencedFrameNumber == 1
+    for kind, path in paths.items():
+        assert dciodvfy_errors(path) == [], kind
+
+
+@pytest.mark.parametrize("source", [make_dx(), _multi_frame(1)], ids=["DX", "one frame"])
+def test_a_single_frame_is_referenced_as_a_whole(tmp_path: Path, source: Dataset) -> None:
+    for kind, path in _sr_gsps_summary(source, tmp_path).items():
+        assert "(0008,1160)" not in str(dcmread(path)), kind
         assert dciodvfy_errors(path) == [], kind
