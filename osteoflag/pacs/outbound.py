@@ -34,6 +34,7 @@ from osteoflag.pacs.storage import write_atomically
 from osteoflag.pacs.summary import build_summary
 
 _KINDS = {"SR": Kind.SR, "PR": Kind.GSPS}
+_MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
 logger = logging.getLogger(__name__)
 
 
@@ -144,9 +145,11 @@ def build_objects(
 
 
 def _grayscale(source: Dataset) -> bool:
-    """A Grayscale Softcopy Presentation State may reference only images of one sample per
-    pixel (PS3.3 A.33.1); a colour one (a film scanned in colour) would need a colour state."""
-    return int(source.get("SamplesPerPixel") or 1) == 1
+    """A Grayscale Softcopy Presentation State applies the grayscale pipeline, so it may
+    reference only MONOCHROME1 or MONOCHROME2 images (PS3.3 A.33.1); a colour one (a film
+    scanned in colour), PALETTE COLOR included although it has one sample per pixel, would
+    need a colour or pseudo-colour state."""
+    return str(source.get("PhotometricInterpretation", "")).strip() in _MONOCHROME
 
 
 def write_objects(

@@ -1,0 +1,57 @@
+"""Which objects a flagged image gets: the presentation state only for a grayscale source."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+
+from osteoflag.config import parse_settings
+from osteoflag.inference.labels import Label
+from osteoflag.inference.region import Region
+from osteoflag.pacs.derived import Classification, ModelIdentity
+from osteoflag.pacs.outbound import build_objects
+from tests.sr_fixtures import make_dx
+
+MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
+REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
+
+
+def _photometric(name: str) -> Dataset:
+    source = make_dx()
+    source.PhotometricInterpretation = name
+    if name == "PALETTE COLOR":
+        source.BitsAllocated = source.BitsStored = 8
+        source.HighBit = 7
+        source.PixelData = bytes(source.Rows * source.Columns)
+        ramp = (np.arange(256, dtype="<u2") * 257).tobytes()
+        for colour in ("Red", "Green", "Blue"):
+            setattr(source, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+            setattr(source, f"{colour}PaletteColorLookupTableData", ramp)
+    return source
+
+
+@pytest.mark.parametrize(
+    ("photometric", "modalities"),
+    [
+        ("MONOCHROME2", ["SR", "PR"]),
+        ("MONOCHROME1", ["SR", "PR"]),
+        ("PALETTE COLOR", ["SR"]),  # one sample per pixel, but not grayscale
+    ],
+)
+def test_presentation_state_only_for_a_grayscale_source(
+    tmp_path: Path, photometric: str, modalities: list[str]
+) -> None:
+    settings = parse_settings({"report": {"summary_image": False}}, tmp_path)
+    built = build_objects(
+        _photometric(photometric),
+        Classification(Label.FRACTURE, 0.9),
+        MODEL,
+        settings,
+        datetime(2026, 1, 2, tzinfo=UTC),
+        region=REGION,
+    )
+    assert [dataset.Modality for dataset in built] == modalities
