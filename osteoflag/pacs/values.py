@@ -5,7 +5,8 @@ Senders are sloppy: a Patient's Birth Date of ``1945-03-17`` (DA is ``YYYYMMDD``
 (the usual Japanese form, PS3.3 C.12.1.1.2). A result must never be lost to such a value,
 so each copied date, time and number is checked against its VR and left out when invalid
 (the caller writes a Type 2 attribute empty, omits a Type 3 one), and the character set
-becomes one every writer accepts. Names, IDs and UIDs are copied as received: the PACS
+becomes one every writer accepts, declared when the text was received as non-ASCII bytes
+without one. Names, IDs and UIDs are copied as received: the PACS
 files the result by them.
 
 Nothing here puts a value in a message: a value may be a patient's birth date. Callers
@@ -16,7 +17,7 @@ name the attribute (:func:`attribute_name`) and pass exception texts through
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import highdicom as hd
@@ -33,6 +34,10 @@ from pydicom.valuerep import validate_value
 CHECKED_VRS: Final = frozenset({"AS", "DA", "DS", "DT", "IS", "TM"})
 #: Used when the source's character set is unknown or odd: UTF-8 holds any decoded text.
 UTF8: Final = "ISO_IR 192"
+#: Latin alphabet No. 1: how pydicom decodes text received without a character set.
+LATIN1: Final = "ISO_IR 100"
+#: VRs whose values are text in the Specific Character Set (PS3.5 6.1.2.3).
+TEXT_VRS: Final = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 #: The default repertoire, meant by an empty first value of Specific Character Set.
 DEFAULT_EXTENDED: Final = "ISO 2022 IR 6"
 #: Multi-byte character sets that may not be the first of several values (PS3.3 C.12.1.1.2).
@@ -151,13 +156,46 @@ def _known(value: str) -> bool:
     return value in python_encoding
 
 
+def _text_values(source: Dataset) -> Iterator[str]:
+    """Every readable text value of ``source`` and its sequences, Pixel Data left on disk."""
+    for tag in source.keys():  # noqa: SIM118 (iterating a Dataset decodes every element)
+        if tag.group == PIXEL_DATA.group:
+            continue
+        element = _valid_element(source, tag)
+        if element is None:
+            continue
+        if element.VR == "SQ":
+            for item in element.value or []:
+                yield from _text_values(item)
+        elif element.VR in TEXT_VRS and element.value is not None:
+            items = element.value if isinstance(element.value, MultiValue) else [element.value]
+            yield from (str(item) for item in items)
+
+
+def _undeclared(source: Dataset) -> str | None:
+    """The character set for text received without one (or as ISO_IR 6): none when it is
+    ASCII. Else ISO_IR 100, since pydicom decoded the bytes as Latin-1 and so writes them
+    back unchanged under it: the sender's bytes, now declared, as the PACS stored them
+    (ISO_IR 192 would rewrite them). ISO_IR 192 only for text Latin-1 cannot hold."""
+    texts = list(_text_values(source))
+    if all(text.isascii() for text in texts):
+        return None
+    try:
+        for text in texts:
+            text.encode("latin-1")
+    except UnicodeEncodeError:
+        return UTF8
+    return LATIN1
+
+
 def character_set(source: Dataset) -> str | list[str] | None:
     """Specific Character Set (0008,0005) for a produced object: the source's when it is
-    well formed (an empty first value read as ISO 2022 IR 6), none for the default
-    repertoire, else ISO_IR 192 (UTF-8), which can hold whatever pydicom decoded."""
+    well formed (an empty first value read as ISO 2022 IR 6); for the default repertoire,
+    none, or :func:`_undeclared`'s when the text is not ASCII; else ISO_IR 192 (UTF-8),
+    which can hold whatever pydicom decoded."""
     values = _values(source)
     if not any(values) or values == ["ISO_IR 6"]:
-        return None
+        return _undeclared(source)
     if len(values) == 1:
         single = values[0]
         return single if _known(single) and not single.startswith("ISO 2022") else UTF8

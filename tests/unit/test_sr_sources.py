@@ -140,3 +140,14 @@ def test_a_single_frame_is_referenced_as_a_whole(tmp_path: Path, source: Dataset
     for kind, path in _sr_gsps_summary(source, tmp_path).items():
         assert "(0008,1160)" not in str(dcmread(path)), kind
         assert dciodvfy_errors(path) == [], kind
+
+
+def test_latin_1_text_without_a_character_set_is_declared_and_kept(tmp_path: Path) -> None:
+    source = make_dx()
+    del source.SpecificCharacterSet
+    name = "Müller^Jörg".encode("latin-1")
+    set_raw(source, "PatientName", name)
+    for kind, path in _sr_gsps_summary(source, tmp_path).items():
+        assert dcmread(path).SpecificCharacterSet == "ISO_IR 100", kind
+        assert name in path.read_bytes(), kind  # the bytes as received
+        assert dciodvfy_errors(path) == [], kind

@@ -107,6 +107,42 @@ def test_instance_number_is_one_positive_integer_else_1(raw: bytes | None, expec
     assert instance_number(source) == expected
 
 
+def _no_character_set(**raw: bytes) -> Dataset:
+    source = make_dx()
+    del source.SpecificCharacterSet
+    for keyword, value in raw.items():
+        set_raw(source, keyword, value)
+    return source
+
+
+def _in_a_sequence(text: str) -> Dataset:
+    source = _no_character_set()
+    source.AnatomicRegionSequence[0].CodeMeaning = text
+    return source
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (_no_character_set(), None),
+        (_no_character_set(PatientName="Müller^Jörg".encode("latin-1")), "ISO_IR 100"),
+        (
+            _no_character_set(
+                SpecificCharacterSet=b"ISO_IR 6", StudyDescription="Épaule".encode("latin-1")
+            ),
+            "ISO_IR 100",
+        ),
+        (_in_a_sequence("Handgelenk rechts, ärztlich"), "ISO_IR 100"),
+        (_in_a_sequence("腕"), "ISO_IR 192"),  # not from a sender's bytes: Latin-1 cannot hold it
+    ],
+    ids=["ascii", "latin-1 name", "declared ISO_IR 6", "in a sequence", "beyond latin-1"],
+)
+def test_text_without_a_character_set_gets_one_when_it_is_not_ascii(
+    source: Dataset, expected: str | None
+) -> None:
+    assert character_set(source) == expected
+
+
 def test_redact_replaces_values_by_the_attribute_name() -> None:
     source = _with(PatientBirthDate=b"1945-03-17", PatientWeight=b"70kg")
     text = "Unable to convert '1945-03-17' to 'DA'; could not convert string to float: '70kg'"
