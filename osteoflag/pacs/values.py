@@ -6,8 +6,15 @@ Senders are sloppy: a Patient's Birth Date of ``1945-03-17`` (DA is ``YYYYMMDD``
 so each copied date, time and number is checked against its VR and left out when invalid
 (the caller writes a Type 2 attribute empty, omits a Type 3 one), and the character set
 becomes one every writer accepts, declared when the text was received as non-ASCII bytes
-without one. Names, IDs and UIDs are copied as received: the PACS
-files the result by them.
+without one. A descriptive text longer than its VR allows (a 70-character Study
+Description in an LO of 64) is cut to that length.
+
+Names, IDs (a keyword ending in ID or IDs), the Accession Number and UIDs are copied as
+received, even when too long for their VR: the PACS files the result by them. Cut, an ID
+would file the result under another patient or study, or none; left out, the PACS would
+see the study's patient without an ID and reconcile or refuse it. The source was accepted
+with these values, so copying them keeps the result with its study; such a result, like
+its source, does not pass dciodvfy, whose check assumes a source within the VR lengths.
 
 Nothing here puts a value in a message: a value may be a patient's birth date. Callers
 name the attribute (:func:`attribute_name`) and pass exception texts through
@@ -32,6 +39,9 @@ from pydicom.valuerep import validate_value
 
 #: VRs whose syntax is checked before a value is copied (PS3.5 Table 6.2-1).
 CHECKED_VRS: Final = frozenset({"AS", "DA", "DS", "DT", "IS", "TM"})
+#: Maximum characters of a value of the descriptive text VRs (PS3.5 Table 6.2-1); names
+#: (PN) and codes (CS) are never cut.
+MAX_CHARACTERS: Final = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
 #: Used when the source's character set is unknown or odd: UTF-8 holds any decoded text.
 UTF8: Final = "ISO_IR 192"
 #: Latin alphabet No. 1: how pydicom decodes text received without a character set.
@@ -67,10 +77,28 @@ def _is_valid(vr: str, value: Any) -> bool:
     return True
 
 
+def _identifier(keyword: str) -> bool:
+    return keyword.endswith(("ID", "IDs")) or keyword == "AccessionNumber"
+
+
+def _within_length(element: DataElement) -> DataElement:
+    """``element``, or a copy cut to its VR's length when it is a descriptive text (not an
+    identifier, see the module's docstring) longer than that."""
+    limit = MAX_CHARACTERS.get(element.VR)
+    if limit is None or _identifier(element.keyword) or element.value in (None, ""):
+        return element
+    several = isinstance(element.value, MultiValue)
+    items = [str(item) for item in (element.value if several else [element.value])]
+    if all(len(item) <= limit for item in items):
+        return element
+    cut = [item[:limit] for item in items]
+    return DataElement(element.tag, element.VR, cut if several else cut[0])
+
+
 def _valid_element(source: Dataset, tag: BaseTag) -> DataElement | None:
-    """The element at ``tag``, decoded with the source's character set; None when its value
-    cannot be read (a DS that is not a number fails right here) or is not a valid date,
-    time or number."""
+    """The element at ``tag``, decoded with the source's character set, descriptive text
+    cut to its VR's length; None when its value cannot be read (a DS that is not a number
+    fails right here) or is not a valid date, time or number."""
     try:
         element = source[tag]
     except Exception:  # pydicom parses lazily: a malformed element fails on first access
@@ -81,7 +109,7 @@ def _valid_element(source: Dataset, tag: BaseTag) -> DataElement | None:
         and not _is_valid(element.VR, element.value)
     ):
         return None
-    return element
+    return _within_length(element)
 
 
 def copied_value(source: Dataset, keyword: str) -> Any | None:

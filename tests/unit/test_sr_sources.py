@@ -151,3 +151,18 @@ def test_latin_1_text_without_a_character_set_is_declared_and_kept(tmp_path: Pat
         assert dcmread(path).SpecificCharacterSet == "ISO_IR 100", kind
         assert name in path.read_bytes(), kind  # the bytes as received
         assert dciodvfy_errors(path) == [], kind
+
+
+def test_over_long_descriptions_are_cut_and_identifiers_kept(tmp_path: Path) -> None:
+    source = make_dx()
+    source.StudyDescription = "Z" * 70  # LO, 64
+    source.AdmittingDiagnosesDescription = "D" * 70  # LO, copied into the state only
+    for kind, path in _sr_gsps_summary(source, tmp_path).items():
+        assert dcmread(path).get("StudyDescription", "Z" * 64) == "Z" * 64, kind  # SC: none
+        assert dciodvfy_errors(path) == [], kind
+    assert dcmread(tmp_path / "sr.dcm").StudyDescription == "Z" * 64
+    assert dcmread(tmp_path / "gsps.dcm").AdmittingDiagnosesDescription == "D" * 64
+    assert source.StudyDescription == "Z" * 70  # cut in a copy, the source is untouched
+    source.AccessionNumber = "X" * 20  # SH, 16: kept, the PACS files the result by it
+    for kind, path in _sr_gsps_summary(source, tmp_path).items():
+        assert dcmread(path).AccessionNumber == "X" * 20, kind

@@ -56,6 +56,30 @@ def test_copied_value_keeps_valid_values_only(keyword: str, raw: bytes, kept: bo
     assert invalid_attributes(source, [keyword]) == ([] if kept else [attribute_name(keyword)])
 
 
+@pytest.mark.parametrize(
+    ("keyword", "raw", "copied"),
+    [
+        ("StudyDescription", b"Z" * 70, "Z" * 64),  # LO: descriptive, cut
+        ("AdmittingDiagnosesDescription", b"A" * 60 + b"\\" + b"B" * 70, ["A" * 60, "B" * 64]),
+        ("Occupation", b"O" * 20, "O" * 16),  # SH
+        ("StudyDescription", b"Z" * 64, "Z" * 64),
+        ("AccessionNumber", b"X" * 20, "X" * 20),  # SH, but the PACS files by it
+        ("StudyID", b"S" * 20, "S" * 20),
+        ("PatientID", b"P" * 70, "P" * 70),
+        ("OtherPatientIDs", b"Q" * 70, "Q" * 70),
+        ("PatientName", b"A" * 80, "A" * 80),  # names are never cut
+    ],
+    ids=lambda value: value if isinstance(value, str) and len(value) < 40 else "",
+)
+def test_descriptive_text_is_cut_to_its_vr_and_identifiers_are_kept(
+    keyword: str, raw: bytes, copied: str | list[str]
+) -> None:
+    source = _with(**{keyword: raw})
+    value = copied_value(source, keyword)
+    assert (list(value) if isinstance(copied, list) else str(value)) == copied
+    assert invalid_attributes(source, [keyword]) == []
+
+
 def test_absent_and_empty_values_are_not_invalid() -> None:
     source = _with(PatientBirthDate=b"")
     assert copied_value(source, "PatientBirthDate") is None
