@@ -14,7 +14,6 @@ CR IODs it only restates the polarity of the Photometric Interpretation (PS3.3 C
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,8 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
 from osteoflag.errors import PixelDataError
@@ -38,6 +36,14 @@ from osteoflag.inference.budget import (
     check_geometry,
 )
 from osteoflag.inference.dicomfile import read_instance
+from osteoflag.inference.voi import (
+    apply_window,
+    number,
+    padding_mask,
+    stretch,
+    usable,
+    voi_lut,
+)
 
 FloatArray = npt.NDArray[np.float32]
 GreyArray = npt.NDArray[np.uint8]
@@ -118,28 +124,6 @@ class InputSpec:
             raise ValueError("input std and scale must be positive")
 
 
-def _first(value: Any) -> float:
-    """First value of a possibly multi-valued DS/IS element (the first window, PS3.3 C.11.2.1.2)."""
-    if isinstance(value, list | tuple | MultiValue):
-        return float(value[0])
-    return float(value)
-
-
-def _number(ds: Dataset, keyword: str) -> float | None:
-    """First value of a DS/IS attribute, or None when it is not a finite number (a sender's
-    ``abc`` in Window Center): the transform it belongs to is then left out, not the image."""
-    try:
-        number = _first(ds[keyword].value)
-    except (ValueError, TypeError, IndexError, OverflowError, KeyError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _usable(ds: Dataset, *keywords: str) -> bool:
-    """True when every one of ``keywords`` present in ``ds`` is a finite number."""
-    return all(_number(ds, keyword) is not None for keyword in keywords if keyword in ds)
-
-
 def _deferred_pixels(ds: Dataset) -> str | None:
     """The Part 10 file to decode from when Pixel Data was left on disk by a deferred read
     (:data:`osteoflag.inference.dicomfile.DEFER_SIZE`), so that only frame 1 is ever read."""
@@ -167,77 +151,6 @@ def _decode_first_frame(ds: Dataset) -> npt.NDArray[Any]:
         raise PixelDataError(
             f"(7FE0,0010) Pixel Data could not be decoded (transfer syntax {syntax}): {exc}"
         ) from exc
-
-
-def _padding_mask(ds: Dataset, stored: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:
-    """Pixels equal to Pixel Padding Value, or within the padding range (PS3.3 C.7.5.1.1.2).
-
-    The comparison is on stored values, before the Modality LUT, as the standard requires.
-    """
-    try:
-        value = ds.get("PixelPaddingValue")
-        if value is None:
-            return None
-        low = high = int(value)
-        limit = ds.get("PixelPaddingRangeLimit")
-        if limit is not None:
-            low, high = sorted((low, int(limit)))
-    except Exception as exc:  # multi-valued, or raw bytes of an odd length
-        raise PixelDataError(
-            f"(0028,0120) Pixel Padding Value / (0028,0121) Pixel Padding Range Limit unusable: "
-            f"{exc}"
-        ) from exc
-    mask: npt.NDArray[np.bool_] = (stored >= low) & (stored <= high)
-    return mask if mask.any() else None
-
-
-def _window(
-    values: npt.NDArray[np.float64], ds: Dataset, center: float, width: float
-) -> npt.NDArray[np.float64]:
-    """Window Center/Width to [0, 1], first window only (PS3.3 C.11.2.1.2 and C.11.2.1.3)."""
-    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
-    if function == "SIGMOID":
-        if width <= 0:
-            raise PixelDataError(f"(0028,1051) Window Width {width} must be > 0 for SIGMOID")
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    if function == "LINEAR_EXACT":
-        if width <= 0:
-            raise PixelDataError(f"(0028,1051) Window Width {width} must be > 0 for LINEAR_EXACT")
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
-    if function != "LINEAR":
-        raise PixelDataError(f"(0028,1056) VOI LUT Function {function!r} is not supported")
-    if width < 1:
-        raise PixelDataError(f"(0028,1051) Window Width {width} must be >= 1 for LINEAR")
-    if width == 1:
-        return (values > center - 0.5).astype(np.float64)
-    out = (values - (center - 0.5)) / (width - 1) + 0.5
-    return np.clip(out, 0.0, 1.0)
-
-
-def _voi_lut(values: npt.NDArray[np.float64], ds: Dataset) -> npt.NDArray[np.float64]:
-    """First item of the VOI LUT Sequence, output scaled by its entry depth (PS3.3 C.11.2.1.1)."""
-    item = ds.VOILUTSequence[0]
-    descriptor = item.get("LUTDescriptor")
-    if descriptor is None or len(descriptor) != 3 or "LUTData" not in item:
-        raise PixelDataError("(0028,3010) VOI LUT Sequence item lacks a valid LUT Descriptor/Data")
-    try:
-        mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
-    except Exception as exc:  # a short LUT Data raises struct.error or IndexError, not ValueError
-        raise PixelDataError(f"(0028,3010) VOI LUT Sequence cannot be applied: {exc}") from exc
-    return np.asarray(mapped, dtype=np.float64) / float(2 ** int(descriptor[2]) - 1)
-
-
-def _stretch(
-    values: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_] | None
-) -> npt.NDArray[np.float64]:
-    """Map min..max of the (non-padding) values to 0..1; a flat image becomes all 0."""
-    sample = values if valid is None else values[valid]
-    if sample.size == 0:
-        return np.zeros_like(values)
-    low, high = float(sample.min()), float(sample.max())
-    if high <= low:
-        return np.zeros_like(values)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
 def grey_from_rgb(rgb: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -275,16 +188,16 @@ def _display(ds: Dataset, budget: DecodeBudget) -> DisplayImage:
             rgb = apply_color_lut(stored, ds)
         except Exception as exc:  # a malformed descriptor raises TypeError from numpy
             raise PixelDataError(f"(0028,1201) palette colour LUT unusable: {exc}") from exc
-        return _finish(_stretch(grey_from_rgb(rgb), None), frames, notes)
+        return _finish(stretch(grey_from_rgb(rgb), None), frames, notes)
     if photometric in _COLOUR:
         if stored.ndim != 3 or stored.shape[-1] != 3:
             raise PixelDataError(f"(0028,0002) Samples per Pixel must be 3 for {photometric}")
-        return _finish(_stretch(grey_from_rgb(stored), None), frames, notes)
+        return _finish(stretch(grey_from_rgb(stored), None), frames, notes)
     if stored.ndim != 2:
         raise PixelDataError(f"(0028,0002) Samples per Pixel must be 1 for {photometric}")
-    padding = _padding_mask(ds, stored)
+    padding = padding_mask(ds, stored)
     valid = None if padding is None else ~padding
-    rescaled = _usable(ds, "RescaleSlope", "RescaleIntercept")
+    rescaled = usable(ds, "RescaleSlope", "RescaleIntercept")
     if not rescaled:
         values = stored.astype(np.float64)
         notes.append("(0028,1053) Rescale Slope / (0028,1052) Rescale Intercept unusable")
@@ -293,15 +206,15 @@ def _display(ds: Dataset, budget: DecodeBudget) -> DisplayImage:
             values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
         except Exception as exc:  # a short LUT Data raises struct.error or IndexError
             raise PixelDataError(f"(0028,3000) Modality LUT / rescale unusable: {exc}") from exc
-    center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
+    center, width = number(ds, "WindowCenter"), number(ds, "WindowWidth")
     if ds.get("VOILUTSequence") and rescaled:
-        display = _voi_lut(values, ds)
+        display = voi_lut(values, ds)
         notes.append("voi=lut")
     elif center is not None and width is not None and rescaled:
-        display = _window(values, ds, center, width)
+        display = apply_window(values, ds, center, width)
         notes.append(f"voi=window {center}/{width}")
     else:
-        display = _stretch(values, valid)
+        display = stretch(values, valid)
         window = "WindowCenter" in ds or "WindowWidth" in ds
         notes.append("voi=min-max" + (" (window unusable)" if window and rescaled else ""))
     if photometric == "MONOCHROME1":
@@ -325,7 +238,7 @@ def _display_from_picture(image: Image.Image) -> DisplayImage:
         values = np.asarray(image, dtype=np.float64)
     else:
         values = grey_from_rgb(np.asarray(image.convert("RGB")))
-    return _finish(_stretch(values, None), 1, [f"picture mode={image.mode}"])
+    return _finish(stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
 def load_display(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayImage:
