@@ -42,7 +42,9 @@ def auc(y: Sequence[int] | Ints, p: Sequence[float] | Floats) -> float:
 def binary_metrics(
     y: Sequence[int] | Ints, p: Sequence[float] | Floats, threshold: float
 ) -> dict[str, Any]:
-    """The ``evaluate`` metrics (exactly its keys): ``confusion`` is ``[[tn, fp], [fn, tp]]``."""
+    """The ``evaluate`` metrics (exactly its keys): ``confusion`` is ``[[tn, fp], [fn, tp]]``.
+    Recall (sensitivity) without a fracture, and specificity without an image free of one, are
+    NaN (printed ``null``): the images cannot give them, and 0 would read as a failure."""
     yt = np.asarray(y).astype(int)
     pp = np.asarray(p, dtype=float)
     pred = (pp >= threshold).astype(int)
@@ -51,15 +53,15 @@ def binary_metrics(
     fp = int(((pred == 1) & (yt == 0)).sum())
     fn = int(((pred == 0) & (yt == 1)).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    recall = tp / (tp + fn) if tp + fn else math.nan
     return {
         "n": len(yt),
         "accuracy": (tp + tn) / len(yt) if len(yt) else 0.0,
         "auc": auc(yt, pp),
         "precision": precision,
         "recall": recall,
-        "specificity": tn / (tn + fp) if tn + fp else 0.0,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "specificity": tn / (tn + fp) if tn + fp else math.nan,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0,
         "threshold": float(threshold),
         "confusion": [[tn, fp], [fn, tp]],
     }

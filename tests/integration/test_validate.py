@@ -169,6 +169,7 @@ def test_evaluate_on_one_class_prints_strict_json_with_null_auc(site: tuple[Path
     assert done.returncode == 0, done.stderr
     result = _strict_json(done.stdout)
     assert result["n"] == 3 and result["auc"] is None
+    assert result["specificity"] is None  # no image without a fracture to be specific on
     assert list(result) == [
         "n",
         "accuracy",
