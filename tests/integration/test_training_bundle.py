@@ -28,21 +28,11 @@ from osteoflag.training.finetune import FinetuneConfig
 from osteoflag.training.networks import Architecture
 from osteoflag.training.pipeline import run
 from osteoflag.training.prepared import Sources, TrainOptions
+from tests.helpers.contract import EVALUATE_KEYS
 from tests.helpers.training_data import write_images
 from tests.helpers.trees import split_columns
 
 TAGS = ("frozen", "finetuned")
-CONTRACT_KEYS = {
-    "n",
-    "accuracy",
-    "auc",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "threshold",
-    "confusion",
-}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +141,7 @@ def test_evaluate_prints_the_contract_json(
     )
     assert run_evaluate(args, settings=None) == 0  # type: ignore[arg-type]
     document = json.loads(capsys.readouterr().out.strip())
-    assert set(document) == CONTRACT_KEYS
+    assert list(document) == list(EVALUATE_KEYS)
     assert document["n"] == 32
     (tn, fp), (fn, tp) = document["confusion"]
     assert tn + fp + fn + tp == 32

@@ -13,6 +13,7 @@ import pytest
 
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.tiny_bundle import build_bundle
+from tests.helpers.contract import EVALUATE_KEYS
 from tests.helpers.site_data import write_site
 
 
@@ -170,17 +171,7 @@ def test_evaluate_on_one_class_prints_strict_json_with_null_auc(site: tuple[Path
     result = _strict_json(done.stdout)
     assert result["n"] == 3 and result["auc"] is None
     assert result["specificity"] is None  # no image without a fracture to be specific on
-    assert list(result) == [
-        "n",
-        "accuracy",
-        "auc",
-        "precision",
-        "recall",
-        "specificity",
-        "f1",
-        "threshold",
-        "confusion",
-    ]
+    assert list(result) == list(EVALUATE_KEYS)
 
 
 @pytest.mark.parametrize("command", ["evaluate", "validate"])
