@@ -15,6 +15,7 @@ own codestream, not from Rows and Columns, so that header is checked too
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import BinaryIO, Final
@@ -35,8 +36,8 @@ from osteoflag.errors import PixelDataError
 BYTES_PER_PIXEL: Final = 24
 PIXEL_DATA: Final = 0x7FE00010
 _MEGABYTE: Final = 2**20
-#: Bytes of frame 1 read to find its codestream header (whole fragments, at least one).
-HEADER_BYTES: Final = _MEGABYTE
+#: (rows, columns, components) a codestream header declares.
+Size = tuple[int, int, int]
 # JPEG SOF0-SOF15 except DHT, JPG and DAC (ITU-T T.81 B.1.1.3), and JPEG-LS SOF55 (T.87 C.2.2).
 _SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 _SOS: Final = 0xDA
@@ -132,7 +133,7 @@ def pixel_data_length(ds: Dataset) -> int:
     return len(element.value)
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int, int] | None:
+def _jpeg_size(data: bytes) -> Size | None:
     """(rows, columns, components) from a JPEG or JPEG-LS frame header (T.81 B.2.2, T.87
     C.2.2), skipping fill bytes (T.81 B.1.1.2); None when there is none before the scan."""
     if data[:2] != b"\xff\xd8":
@@ -175,7 +176,7 @@ def _j2k_codestream(data: bytes) -> int | None:
     return None
 
 
-def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
+def _j2k_size(data: bytes) -> Size | None:
     """(rows, columns, components) from a JPEG 2000 SIZ segment (ISO/IEC 15444-1 A.5.1):
     the image area is Xsiz - XOsiz by Ysiz - YOsiz."""
     start = _j2k_codestream(data)
@@ -190,50 +191,56 @@ def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
     return ysiz - yosiz, xsiz - xosiz, components
 
 
-def _frame_start(buffer: BinaryIO) -> bytes:
-    """The first fragments of frame 1 (PS3.5 A.4: frame 1 starts the first fragment after
-    the Basic Offset Table), whole, until they hold :data:`HEADER_BYTES`."""
+def _header(buffer: BinaryIO, parse: Callable[[bytes], Size | None]) -> Size | None:
+    """``parse`` of frame 1's start, read one whole fragment at a time (PS3.5 A.4: frame 1
+    starts the first fragment after the Basic Offset Table) until it finds the header: a
+    hostile file may put megabytes of other segments first. At most the encapsulated data,
+    whose size the data set limit bounds, is read."""
     parse_basic_offsets(buffer)
     data = b""
     for fragment in generate_fragments(buffer):
         data += fragment
-        if len(data) >= HEADER_BYTES:
-            break
-    return data
+        found = parse(data)
+        if found is not None:
+            return found
+    return None
 
 
-def _first_frame_start(ds: Dataset, filename: str | None) -> bytes | None:
-    """The start of frame 1 from ``filename`` when Pixel Data was left there (only that much
-    is read), else from memory; None when the encapsulation is malformed."""
+def _frame_header(
+    ds: Dataset, filename: str | None, parse: Callable[[bytes], Size | None]
+) -> Size | None:
+    """:func:`_header` from ``filename`` when Pixel Data was left there, else from memory."""
     element = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    try:
-        if filename is not None and isinstance(element, RawDataElement) and element.value is None:
-            with open(filename, "rb") as handle:
-                handle.seek(element.value_tell)
-                return _frame_start(handle)
-        return _frame_start(BytesIO(ds.PixelData))
-    except Exception:  # pydicom's item parsing: the decoder reports what is wrong
-        return None
+    if filename is not None and isinstance(element, RawDataElement) and element.value is None:
+        with open(filename, "rb") as handle:
+            handle.seek(element.value_tell)
+            return _header(handle, parse)
+    return _header(BytesIO(ds.PixelData), parse)
 
 
 def check_codestream(ds: Dataset, filename: str | None = None) -> None:
     """Refuse an encapsulated frame 1 whose JPEG, JPEG-LS or JPEG 2000 header declares
     another size than (0028,0010) Rows, (0028,0011) Columns and (0028,0002) Samples per
-    Pixel: its decoder allocates what the codestream says, so a small file declaring 128 x
-    128 could decode 12000 x 12000 past the budget :func:`check_geometry` checked. RLE has
-    no such header (its decoder sizes by Rows and Columns); a header that cannot be parsed
-    is left to the decoder. ``filename`` is the file a deferred Pixel Data is read from."""
+    Pixel, or has no such header: its decoder allocates what the codestream says, so a small
+    file declaring 128 x 128 could decode 12000 x 12000 past the budget
+    :func:`check_geometry` checked. RLE has no such header (its decoder sizes by Rows and
+    Columns); a malformed encapsulation is left to the decoder, which reports it.
+    ``filename`` is the file a deferred Pixel Data is read from."""
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax in JPEG2000TransferSyntaxes:
-        parse = _j2k_size
+        parse, kind = _j2k_size, "JPEG 2000 image and tile size (SIZ)"
     elif syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
-        parse = _jpeg_size
+        parse, kind = _jpeg_size, "JPEG frame header (SOF)"
     else:
         return
-    start = _first_frame_start(ds, filename)
-    found = None if start is None else parse(start)
-    if found is None:
+    try:
+        found = _frame_header(ds, filename, parse)
+    except Exception:  # pydicom's item parsing: the decoder reports what is wrong
         return
+    if found is None:
+        raise PixelDataError(
+            f"(7FE0,0010) Pixel Data: frame 1 has no readable {kind} (transfer syntax {syntax})"
+        )
     rows, columns, components = found
     samples = int(ds.get("SamplesPerPixel") or 1)
     if (rows, columns, components) != (ds.Rows, ds.Columns, samples):

@@ -131,9 +131,24 @@ def test_a_jp2_wrapped_codestream_is_checked_too(tmp_path: Path, extended: bool)
 
 
 @pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000Lossless])
-def test_an_unparsable_codestream_is_left_to_the_decoder(syntax: str) -> None:
+def test_a_codestream_without_a_readable_header_is_refused(syntax: str) -> None:
     ds = dataset(radiograph(rows=64, columns=48, maximum=255), bits_allocated=8)
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xff" + bytes(60)])
     ds.file_meta.TransferSyntaxUID = syntax
-    with pytest.raises(PixelDataError, match=r"\(7FE0,0010\) Pixel Data could not be decoded"):
+    with pytest.raises(PixelDataError, match=r"\(7FE0,0010\) Pixel Data: frame 1 has no readable"):
+        display_from_dataset(ds)
+
+
+def test_a_header_behind_megabytes_of_other_segments_is_still_found() -> None:
+    noise = np.random.default_rng(1).integers(0, 256, size=(1200, 1000))
+    jpeg = _jpeg(noise)
+    padding = b"".join(b"\xff\xef" + (65535).to_bytes(2, "big") + bytes(65533) for _ in range(20))
+    stream = jpeg[:2] + padding + jpeg[2:]  # 1.3 MB of APP15 between SOI and the frame header
+    stream += bytes(len(stream) % 2)  # fragments are of even length
+    quarter = len(stream) // 8 * 2  # four fragments (and a short fifth), all even
+    fragments = [stream[start : start + quarter] for start in range(0, len(stream), quarter)]
+    ds = dataset(radiograph(rows=128, columns=128, maximum=255), bits_allocated=8)
+    ds.PixelData = encapsulate(fragments)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    with pytest.raises(PixelDataError, match=r"is 1200x1000x1"):
         display_from_dataset(ds)
