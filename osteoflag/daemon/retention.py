@@ -19,6 +19,7 @@ The daemon schedules both every ``[retention] interval_seconds``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +41,10 @@ FINISHED = (InstanceState.DONE, InstanceState.SKIPPED, InstanceState.FAILED)
 #: a store takes from writing its file to committing its row, or a sender to retry it.
 ORPHAN_AGE = timedelta(days=1)
 _LOOKUP_CHUNK = 500
+#: Name prefix of an orphan being removed (:func:`_remove_orphan`); a crash may leave one.
+ASIDE_PREFIX = ".orphan-"
+#: What a crash may leave beside received files: a torn write, an orphan set aside.
+_LEFTOVERS = (PARTIAL_PREFIX, ASIDE_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -131,12 +136,36 @@ def _known_uids(session: Session, uids: Iterable[str]) -> set[str]:
     return known
 
 
+def _written_before(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:  # renamed or removed since it was listed (a write finishing)
+        return False
+
+
+def _remove_orphan(path: Path, cutoff: float) -> bool:
+    """Remove ``path`` unless a store wrote it again since it was listed. It is renamed aside
+    first and the file so caught checked once more: a store that wrote the path in between
+    left a fresh file (names are content-addressed, so the same data set), which goes back; a
+    store writing after the rename finds the path free."""
+    aside = path.with_name(ASIDE_PREFIX + path.name)
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if not _written_before(aside, cutoff):
+        os.replace(aside, path)
+        return False
+    return _unlink(aside)
+
+
 def remove_orphans(
     sessions: sessionmaker[Session], incoming: Path, now: datetime | None = None
 ) -> int:
     """Remove the received files (and temporary ones) in ``incoming`` that no queue row names
     and that were last written more than :data:`ORPHAN_AGE` before ``now``; return how many.
-    A file is kept when any UID its name may stand for has a row, whatever that row's path."""
+    A file is kept when any UID its name may stand for has a row, whatever that row's path,
+    or when it was written again after it was listed."""
     cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
     if not incoming.is_dir():
         return 0
@@ -145,16 +174,17 @@ def remove_orphans(
         for folder in sorted(incoming.iterdir())
         if folder.is_dir()
         for path in sorted(folder.iterdir())
-        if path.is_file()
-        and (path.name.startswith(PARTIAL_PREFIX) or path.suffix == ".dcm")
-        and path.stat().st_mtime < cutoff
+        if (path.name.startswith(_LEFTOVERS) or path.suffix == ".dcm")
+        and _written_before(path, cutoff)
     ]
-    partial = [path for path in old if path.name.startswith(PARTIAL_PREFIX)]
-    received = [path for path in old if path not in partial]
+    leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
+    received = [path for path in old if path not in leftovers]
     with reading(sessions) as session:
         known = _known_uids(session, (uid for path in received for uid in named_uids(path)))
-    orphans = partial + [path for path in received if not named_uids(path) & known]
-    removed = sum(_unlink(path) for path in orphans)
+    removed = sum(_unlink(path) for path in leftovers if _written_before(path, cutoff))
+    removed += sum(
+        _remove_orphan(path, cutoff) for path in received if not named_uids(path) & known
+    )
     if removed:
         logger.warning(
             "retention removed files no queue row names",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
+from osteoflag.daemon import retention
 from osteoflag.daemon.retention import ORPHAN_AGE, remove_expired, remove_orphans
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
@@ -250,6 +251,7 @@ def test_removes_old_files_no_row_names_and_nothing_else(
         _aged(instance_path(settings.incoming_path, "1.2.3.5", "ab" * 32), b"orphan", old),
         _aged(settings.incoming_path / "ab" / "1.2.3.6.dcm", b"older layout orphan", old),
         _aged(source.parent / ".partial-k2j4", b"torn write", old),
+        _aged(source.parent / ".orphan-1.2.3.7.dcm", b"set aside by a crash", old),
     ]
     assert remove_orphans(sessions, settings.incoming_path) == len(orphans)
     assert not any(path.exists() for path in orphans)
@@ -262,3 +264,21 @@ def _uid(sessions: sessionmaker[Session], instance_id: int) -> str:
         row = session.get(Instance, instance_id)
         assert row is not None
         return row.sop_instance_uid
+
+
+def test_an_orphan_stored_again_while_the_sweep_looks_it_up_is_kept(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = ORPHAN_AGE + timedelta(hours=1)
+    path = _aged(instance_path(settings.incoming_path, "1.2.3.8", "ab" * 32), b"retried", old)
+    lookup = retention._known_uids
+
+    def retried_meanwhile(session: Session, uids: Iterable[str]) -> set[str]:
+        known = lookup(session, uids)
+        write_atomically(path, b"retried")  # the sender's retry, acknowledged with its row
+        return known
+
+    monkeypatch.setattr(retention, "_known_uids", retried_meanwhile)
+    assert remove_orphans(sessions, settings.incoming_path) == 0
+    assert path.read_bytes() == b"retried"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
