@@ -35,7 +35,7 @@ from osteoflag.daemon.outcomes import Outcomes, unexpected
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState
 from osteoflag.db.processes import owner_name
-from osteoflag.errors import OsteoflagError
+from osteoflag.errors import OsteoflagError, TransientError
 from osteoflag.inference.budget import DecodeBudget
 from osteoflag.inference.dicomfile import read_instance
 from osteoflag.inference.pixels import (
@@ -51,9 +51,6 @@ from osteoflag.pacs.identity import OwnUIDs
 from osteoflag.pacs.values import redact
 
 logger = logging.getLogger(__name__)
-
-#: How long an instance waits after a transient error (a full disk) before it is tried again.
-TRANSIENT_RETRY_SECONDS = 60.0
 
 
 def _key_on_stored(ds: Dataset, instance: Instance) -> None:
@@ -201,7 +198,9 @@ class InferenceWorker:
         """Claim and process one batch; return how many instances it held.
 
         Whatever happens to one instance stays with it (:meth:`Outcomes.isolated`), and what
-        the batch still holds at its end is handed back (:meth:`Outcomes.hand_back`).
+        the batch still holds at its end, its outcome not taken by the database, is handed
+        back (:meth:`Outcomes.hand_back`). An error no instance contained leaves the claims to
+        their lease, so the attempt counts and ``worker.max_attempts`` stops a poison pill.
         """
         claimed = queue.claim_instances(
             self._sessions, self._owner, self._predictor.batch_size, self._lease
@@ -217,8 +216,13 @@ class InferenceWorker:
                         ready.append(item)
             if ready:
                 self._classify(ready)
-        finally:
+        except TransientError:
             outcomes.hand_back()
+            raise
+        except Exception:
+            outcomes.hold(())
+            raise
+        outcomes.hand_back()
         return len(claimed)
 
     def _prepare(self, instance: Instance) -> _Ready | None:
@@ -237,10 +241,11 @@ class InferenceWorker:
                 return None
             display = display_from_dataset(ds, self._budget)
             tensor = model_input(display, self._predictor.bundle.input_spec)
-        except OsteoflagError as exc:
-            self._outcomes.refuse(instance, InstanceState.FAILED, str(exc), ds)
+        except OsteoflagError as exc:  # a library's message inside may quote a value
+            reason = redact(str(exc), ds, COPIED)
+            self._outcomes.refuse(instance, InstanceState.FAILED, reason, ds)
             return None
-        except Exception as exc:  # an unforeseen decoder error must not block the batch
+        except Exception as exc:  # an unforeseen error must not block the batch
             detail = redact(str(exc), ds, COPIED)
             reason = f"unexpected {type(exc).__name__} while decoding: {detail}"
             self._outcomes.refuse(instance, InstanceState.FAILED, reason, ds)

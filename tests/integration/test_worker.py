@@ -24,7 +24,7 @@ from osteoflag.errors import DeliveryError, PermanentError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, GreyArray, display_from_dataset
-from osteoflag.inference.predictor import Predictor
+from osteoflag.inference.predictor import Prediction, Predictor
 from osteoflag.training.add_localiser import add_localiser_to_bundle
 from testkit.boxes import HALF_BOX, blob_radiograph, boxes_folder
 from testkit.inference_data import dataset, radiograph, save
@@ -509,3 +509,37 @@ def test_a_locked_database_hands_those_instances_back_and_the_batch_finishes(
         assert locked.error == "outcome not recorded, will retry"
         assert locked.next_attempt_at > utcnow()
     assert reports == []  # nothing half-recorded
+
+
+def test_an_error_no_instance_contained_leaves_the_claims_to_their_lease(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    """Handed back, an instance that breaks its batch every time would be retried for ever
+    without an attempt counted; left claimed, its lease runs out, the attempt counts and
+    ``worker.max_attempts`` ends it."""
+
+    class Broken(Predictor):
+        def predict_inputs(self, *args: object, **kwargs: object) -> list[Prediction]:
+            return []  # fewer predictions than inputs: nothing maps them to their instances
+
+    broken = Broken(predictor.bundle, threads=1, batch_size=4)
+    for index in range(2):
+        _enqueue(sessions, _good(tmp_path, f"b{index}"), f"1.2.15.{index}")
+    with pytest.raises(ValueError, match="zip"):
+        InferenceWorker(settings, sessions, broken).run_once()
+    with sessions() as session:
+        rows = session.scalars(select(Instance)).all()
+        assert {(row.state, row.attempts) for row in rows} == {(InstanceState.PROCESSING, 1)}
+
+
+def test_a_decoding_reason_never_quotes_a_patient_value(
+    tmp_path: Path, sessions: sessionmaker[Session], settings: Settings, predictor: Predictor
+) -> None:
+    """A sender that put the patient's name where the pixel module expects a term: the
+    decoder's reason quotes what it found, and the worker names the attribute instead."""
+    mixed_up = _good(tmp_path, "m", PatientName="Doe^Jane", PhotometricInterpretation="Doe^Jane")
+    _enqueue(sessions, mixed_up, "1.2.16.1")
+    InferenceWorker(settings, sessions, predictor).drain()
+    [(state, reason)] = _states(sessions).values()
+    assert state is InstanceState.FAILED and reason is not None
+    assert "Photometric Interpretation '<PatientName>'" in reason and "Jane" not in reason
