@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from osteoflag import __version__
-from osteoflag.cli_environment import apply_environment
+from osteoflag.cli_environment import apply_environment, name_variables
 from osteoflag.config import CONFIG_ENV, DEFAULT_CONFIG, Settings, config_path, load_settings
 from osteoflag.drift.commands import add_reference_arguments, run_reference
 from osteoflag.errors import ConfigError, OsteoflagError, TransientError
@@ -343,20 +343,21 @@ def _add_commands(
     commands: _Subcommands,
     table: tuple[tuple[str, str, Arguments, Command], ...],
     common: argparse.ArgumentParser,
-    environ: Mapping[str, str],
     group: str = "",
-) -> None:
+) -> dict[str, argparse.ArgumentParser]:
+    parsers = {}
     for name, summary, arguments, handler in table:
         parser = commands.add_parser(name, parents=[common], help=summary)
         arguments(parser)
-        apply_environment(parser, f"{group} {name}".strip(), environ)
+        command = f"{group} {name}".strip()
+        name_variables(parser, command)
         parser.set_defaults(handler=handler)
+        parsers[command] = parser
+    return parsers
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The argument parser; every command takes ``--config``, and every option may come from
-    its ``OSTEOFLAG_<COMMAND>_<OPTION>`` variable in ``environ`` (the process's by default)."""
-    environ = os.environ if environ is None else environ
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The argument parser, and each command's own (``"feedback export"`` for a subcommand)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -368,16 +369,51 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     parser.add_argument("--version", action="version", version=f"osteoflag {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_commands(commands, COMMANDS, common, environ)
+    parsers = _add_commands(commands, COMMANDS, common)
     feedback = commands.add_parser("feedback", help="radiologists' readings of results")
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True)
-    _add_commands(feedback_commands, FEEDBACK_COMMANDS, common, environ, "feedback")
-    return parser
+    parsers |= _add_commands(feedback_commands, FEEDBACK_COMMANDS, common, "feedback")
+    return parser, parsers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; every command takes ``--config``."""
+    return _parsers()[0]
+
+
+def _command(argv: Sequence[str], known: Collection[str]) -> str | None:
+    """The command ``argv`` runs (its leading words), if it names one: no top-level option
+    takes a value, so the words are the first arguments that are not options."""
+    words = [word for word in argv if not word.startswith("-")]
+    for count in (2, 1):
+        command = " ".join(words[:count])
+        if command in known:
+            return command
+    return None
+
+
+def parse_arguments(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """``argv`` (the process's by default) parsed, each option of the command it runs that
+    the command line leaves out taken from its ``OSTEOFLAG_<COMMAND>_<OPTION>`` variable in
+    ``environ`` (the process's by default)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser, parsers = _parsers()
+    command = _command(argv, parsers)
+    if command is None:
+        return parser.parse_args(argv)
+    complete = apply_environment(
+        parsers[command], command, os.environ if environ is None else environ
+    )
+    args = parser.parse_args(argv)
+    complete(args)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, load the one settings object, run the command, map errors to exit codes."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         settings = load_settings(config_path(args.config))
         configure_logging(settings.log_level)

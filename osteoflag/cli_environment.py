@@ -3,7 +3,9 @@
 A service manager or a container sets options without editing a command line: ``--role`` of
 ``serve`` is ``OSTEOFLAG_SERVE_ROLE``, ``--called-aet`` of ``send`` is
 ``OSTEOFLAG_SEND_CALLED_AET``. A set variable becomes the option's default, so the command
-line still wins; ``--help`` names each variable. Flags take ``1``/``true``/``yes``/``on`` or
+line still wins (for a repeatable option, any value on the command line replaces the
+variable's list); ``--help`` names each variable, and only the command being run reads its
+variables. Flags take ``1``/``true``/``yes``/``on`` or
 ``0``/``false``/``no``/``off``, repeatable options a comma-separated list. ``--config`` keeps
 its own variable, ``OSTEOFLAG_CONFIG``.
 """
@@ -11,7 +13,7 @@ its own variable, ``OSTEOFLAG_CONFIG``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 PREFIX: Final = "OSTEOFLAG_"
@@ -58,23 +60,50 @@ def _converted(action: argparse.Action, raw: str) -> Any:
     return values[0] if single else values
 
 
+def _options(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    for action in parser._actions:  # the options, as argparse keeps them
+        named = action.option_strings and action.dest not in _SKIPPED
+        if named and action.help != argparse.SUPPRESS:
+            yield action
+
+
+def _variable(command: str, action: argparse.Action) -> str:
+    return variable_name(command, max(action.option_strings, key=len))
+
+
+def name_variables(parser: argparse.ArgumentParser, command: str) -> None:
+    """Name its variable in the help of every option of ``command``'s ``parser``."""
+    for action in _options(parser):
+        name = _variable(command, action)
+        action.help = f"{action.help} (env {name})" if action.help else f"env {name}"
+
+
 def apply_environment(
     parser: argparse.ArgumentParser, command: str, environ: Mapping[str, str]
-) -> None:
-    """Name every option of ``command``'s ``parser`` in its help with its variable, and make a
-    set variable the option's default (an unusable value is a usage error naming it)."""
-    for action in parser._actions:  # the options, as argparse keeps them
-        if not action.option_strings or action.dest in _SKIPPED:
-            continue
-        if action.help == argparse.SUPPRESS:
-            continue
-        name = variable_name(command, max(action.option_strings, key=len))
-        action.help = f"{action.help} (env {name})" if action.help else f"env {name}"
+) -> Callable[[argparse.Namespace], None]:
+    """Make each set variable of ``command`` its option's default (an unusable value is a
+    usage error naming it), before the command line is parsed; return what completes the
+    parsed arguments: a repeatable option takes its variable's list only when the command
+    line gave it no value (argparse would add the command line's to a default list)."""
+    repeatable: dict[str, Any] = {}
+    for action in _options(parser):
+        name = _variable(command, action)
         raw = environ.get(name)
         if raw is None:
             continue
         try:
-            action.default = _converted(action, raw)
+            value = _converted(action, raw)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
             parser.error(f"{name}={raw!r}: {exc}")
         action.required = False
+        if isinstance(action, argparse._AppendAction):  # argparse names it privately
+            repeatable[action.dest] = value
+        else:
+            action.default = value
+
+    def complete(args: argparse.Namespace) -> None:
+        for dest, value in repeatable.items():
+            if not getattr(args, dest, None):
+                setattr(args, dest, value)
+
+    return complete
