@@ -3,6 +3,7 @@ themselves are :mod:`osteoflag.validation.metrics` (shared with ``evaluate`` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ def per_class(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, dict[
     m = binary_metrics(y, p, threshold)
     (tn, fp), (fn, _) = m["confusion"]
     neg_p = tn / (tn + fn) if tn + fn else 0.0
-    neg_r = tn / (tn + fp) if tn + fp else 0.0
+    neg_r = tn / (tn + fp) if tn + fp else math.nan  # no image without a fracture
     return {
         "fracture": {
             "precision": float(m["precision"]),
@@ -44,7 +45,7 @@ def per_class(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, dict[
         "nofracture": {
             "precision": neg_p,
             "recall": neg_r,
-            "f1": 2 * neg_p * neg_r / (neg_p + neg_r) if neg_p + neg_r else 0.0,
+            "f1": 2 * neg_p * neg_r / (neg_p + neg_r) if neg_p + neg_r > 0 else 0.0,
         },
     }
 
