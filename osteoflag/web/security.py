@@ -10,7 +10,6 @@ a per-process secret, so a page on another origin can neither read nor forge the
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -32,42 +31,55 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def authorised(settings: WebSettings, authorization: str | None) -> bool:
-    """True when no protection is configured or the header carries the right credentials."""
-    if not settings.protected:
-        return True
-    if not authorization:
-        return False
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer":
-        return settings.token is not None and _equal(credentials.strip(), settings.token)
-    if scheme.lower() != "basic":
-        return False
+def _basic(credentials: str) -> tuple[str, str] | None:
+    """(user, password) of HTTP basic credentials, or None when they are not base64 of UTF-8
+    (``b64decode`` raises ValueError for text that is not ASCII, binascii.Error for the rest)."""
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        return None
     user, _, password = decoded.partition(":")
+    return user, password
+
+
+def _identity(settings: WebSettings, authorization: str | None) -> str | None:
+    """Who the header's credentials are: ``token`` for the token (as a bearer token or as a
+    basic-auth password, whatever user name came with it), the user name for the configured
+    user and password, None for anything else."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        token = settings.token is not None and _equal(credentials.strip(), settings.token)
+        return "token" if token else None
+    basic = _basic(credentials) if scheme.lower() == "basic" else None
+    if basic is None:
+        return None
+    user, password = basic
     if settings.token is not None and _equal(password, settings.token):
-        return True
-    return (
+        return "token"
+    if (
         settings.username is not None
         and settings.password is not None
         and _equal(user, settings.username)
         and _equal(password, settings.password)
-    )
+    ):
+        return settings.username
+    return None
+
+
+def authorised(settings: WebSettings, authorization: str | None) -> bool:
+    """True when no protection is configured or the header carries the right credentials."""
+    return not settings.protected or _identity(settings, authorization) is not None
 
 
 def user_name(settings: WebSettings, authorization: str | None) -> str | None:
-    """Who an authorised request is: the basic-auth user name (``token`` for a bearer token),
-    or None when the page is not protected and nobody is authenticated."""
-    if not settings.protected or not authorised(settings, authorization) or not authorization:
+    """Who an authorised request is: the configured user, or ``token`` for the token (the
+    user name typed beside it is not checked, so it names nobody: a token holder cannot
+    record a reading under a radiologist's name); None when the page is not protected."""
+    if not settings.protected:
         return None
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer":
-        return "token"
-    user = base64.b64decode(credentials.strip()).decode("utf-8").partition(":")[0].strip()
-    return user or "token"
+    return _identity(settings, authorization)
 
 
 class AuthMiddleware:

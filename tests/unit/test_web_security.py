@@ -10,7 +10,7 @@ import pytest
 from osteoflag.config import WebSettings, parse_settings
 from osteoflag.errors import ConfigError
 from osteoflag.settings_fields import is_loopback
-from osteoflag.web.security import Csrf, authorised
+from osteoflag.web.security import Csrf, authorised, user_name
 
 TOKEN = "a-token-of-sixteen-chars"
 
@@ -81,7 +81,18 @@ def test_credentials() -> None:
     assert not authorised(users, _basic("radiology", "wrong password"))
     assert not authorised(users, _basic("someone", "long enough"))
     assert not authorised(users, "Basic not-base64!")
+    assert not authorised(users, "Basic caf\u00e9")  # not ASCII: refused, not an error
     assert not authorised(users, f"Bearer {TOKEN}")
+
+
+def test_a_token_names_nobody_whatever_user_came_with_it() -> None:
+    both = WebSettings(token=TOKEN, username="radiology", password="long enough")
+    assert user_name(both, _basic("dr.smith", TOKEN)) == "token"
+    assert user_name(both, _basic("radiology", TOKEN)) == "token"
+    assert user_name(both, f"Bearer {TOKEN}") == "token"
+    assert user_name(both, _basic("radiology", "long enough")) == "radiology"
+    assert user_name(both, _basic("radiology", "wrong password")) is None
+    assert user_name(WebSettings(), None) is None
 
 
 def test_csrf_tokens_are_bound_to_cookie_and_process() -> None:
