@@ -17,7 +17,7 @@ from pathlib import Path
 
 from osteoflag.errors import PermanentError
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 #: Name prefix of a file being written (:func:`write_atomically`); a crash may leave one.
 PARTIAL_PREFIX = ".partial-"
 FILE_MODE = 0o600
@@ -29,7 +29,7 @@ def check_uid(value: str, keyword: str) -> str:
 
     UIDs become file names, so a hostile one must never reach the filesystem.
     """
-    if not value or len(value) > 64 or not _UID.match(value):
+    if not value or len(value) > 64 or not _UID.fullmatch(value):
         raise PermanentError(f"{keyword} {value[:80]!r} is not a valid UID")
     return value
 

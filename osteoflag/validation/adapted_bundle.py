@@ -17,13 +17,13 @@ from osteoflag.inference.bundle_out import check_apart
 from osteoflag.inference.predictor import Predictor
 from osteoflag.validation.adapt import Adapted
 
-SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
+SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
 CALIBRATED = "; probabilities Platt-calibrated on those scores"
 
 
 def adapted_version(base_version: str, site: str) -> str:
     """``X.Y.Z+site.NAME`` (a previous ``+...`` suffix of the base is replaced)."""
-    if not SITE_NAME.match(site):
+    if not SITE_NAME.fullmatch(site):
         raise UsageError(
             f"--site {site!r}: use 1-24 lower-case letters, digits or '-', starting with a "
             "letter or digit"
