@@ -16,6 +16,10 @@ from osteoflag.pacs.stow import StowOutcome, interpret, multipart
 UID = "1.2.3.4"
 
 
+def _stored(uid: str = UID) -> dict[str, Any]:
+    return {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]}}]}}
+
+
 def _failed(reason: int | None, uid: str | None = UID) -> dict[str, Any]:
     item: dict[str, Any] = {}
     if uid is not None:
@@ -29,11 +33,17 @@ def _failed(reason: int | None, uid: str | None = UID) -> dict[str, Any]:
     ("status", "payload", "expected"),
     [
         (200, None, StowOutcome(True, False, "HTTP 200")),
-        (202, {}, StowOutcome(True, False, "HTTP 202")),
+        (202, _stored(), StowOutcome(True, False, "HTTP 202")),
+        (202, [_stored()], StowOutcome(True, False, "HTTP 202")),
+        (202, {}, StowOutcome(False, False, "HTTP 202 without the instance as stored")),
+        (202, None, StowOutcome(False, False, "HTTP 202 without the instance as stored")),
+        (202, _stored("9.9"), StowOutcome(False, False, "HTTP 202 without the instance as stored")),
         (202, _failed(0xA700), StowOutcome(False, False, "HTTP 202, failure 0xA700")),
+        (202, [_failed(0xA700)], StowOutcome(False, False, "HTTP 202, failure 0xA700")),
+        (200, _failed(0xA700), StowOutcome(False, False, "HTTP 200, failure 0xA700")),
         (409, _failed(0xC000, uid=None), StowOutcome(False, True, "HTTP 409, failure 0xC000")),
         (409, _failed(None), StowOutcome(False, True, "HTTP 409, failure 0xC000")),
-        (202, _failed(0xA700, uid="9.9"), StowOutcome(True, False, "HTTP 202")),
+        (202, _failed(0xA700, uid="9.9") | _stored(), StowOutcome(True, False, "HTTP 202")),
         (409, None, StowOutcome(False, True, "HTTP 409")),
         (415, None, StowOutcome(False, True, "HTTP 415")),
         (401, None, StowOutcome(False, False, "HTTP 401")),
