@@ -241,27 +241,41 @@ def _display_from_picture(image: Image.Image) -> DisplayImage:
     return _finish(stretch(values, None), 1, [f"picture mode={image.mode}"])
 
 
-def load_display(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayImage:
-    """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG; its size
-    is checked against ``budget`` from the header, before any pixel is decoded."""
+def is_part10(path: Path) -> bool:
+    """Whether ``path`` starts as a DICOM Part 10 file (the ``DICM`` prefix, PS3.10 7.1)."""
     try:
         with path.open("rb") as handle:
             head = handle.read(132)
     except OSError as exc:
         raise PixelDataError(f"{path}: cannot be read: {exc}") from exc
-    forced = head[128:132] != b"DICM"
+    return head[128:132] == b"DICM"
+
+
+def open_picture(path: Path) -> Image.Image | None:
+    """``path`` opened by Pillow (its header read, no pixel decoded) when it is a picture
+    Pillow knows, else None (maybe DICOM without the Part 10 preamble). A picture Pillow
+    recognises but cannot open raises OSError, ValueError or DecompressionBombError."""
+    try:
+        with warnings.catch_warnings():
+            # the decode budget, checked next, is the limit: not Pillow's warning on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except UnidentifiedImageError:
+        return None
+
+
+def load_display(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> DisplayImage:
+    """Read a DICOM file (sniffed by its ``DICM`` prefix, PS3.10 7.1), PNG or JPEG; its size
+    is checked against ``budget`` from the header, before any pixel is decoded."""
+    forced = not is_part10(path)
     if forced:
         try:
-            with warnings.catch_warnings():
-                # the decode budget, checked next, is the limit: not Pillow's warning on stderr
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                opened = Image.open(path)  # reads the header only
-            with opened as image:
-                budget.check_picture(*image.size)
-                image.load()
-                return _display_from_picture(image)
-        except UnidentifiedImageError:
-            pass  # not a picture Pillow knows: maybe DICOM without the Part 10 preamble
+            opened = open_picture(path)
+            if opened is not None:
+                with opened as image:
+                    budget.check_picture(*image.size)
+                    image.load()
+                    return _display_from_picture(image)
         except PixelDataError as exc:
             raise PixelDataError(f"{path}: {exc}") from exc
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import csv
 import logging
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from osteoflag.errors import PixelDataError, TrainingError, UsageError
 from osteoflag.files import walk_files
 from osteoflag.inference.dicomfile import read_instance
+from osteoflag.inference.pixels import is_part10, open_picture
 
 logger = logging.getLogger(__name__)
 
@@ -67,28 +67,21 @@ class Found:
 
 
 def not_an_image(path: Path) -> str | None:
-    """Why ``path`` is not an image ``infer`` would decode, or None when it is one.
-
-    The content decides, as in :func:`osteoflag.inference.pixels.load_display`: the ``DICM``
-    prefix of a Part 10 file (PS3.10 7.1), then any picture Pillow recognises from its header,
-    then a DICOM data set without the preamble that holds Pixel Data. No pixel is decoded.
-    """
+    """Why ``path`` is not an image ``infer`` would decode, or None when it is one: the
+    content decides, with the tests of :func:`osteoflag.inference.pixels.load_display` (a
+    Part 10 prefix, a picture Pillow recognises, a data set without the preamble that holds
+    Pixel Data). No pixel is decoded."""
     try:
-        with path.open("rb") as handle:
-            head = handle.read(132)
-    except OSError as exc:
-        return f"cannot be read: {exc}"
-    if head[128:132] == b"DICM":
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.open(path).close()  # reads the header only
-        return None
-    except UnidentifiedImageError:
-        pass
+        if is_part10(path):
+            return None
+        picture = open_picture(path)
+    except PixelDataError as exc:  # unreadable
+        return str(exc)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None  # a picture, but a bad one: scoring reports why it cannot be decoded
+    if picture is not None:
+        picture.close()
+        return None
     try:
         ds = read_instance(path, force=True)
     except PixelDataError:
