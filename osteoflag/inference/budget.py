@@ -197,13 +197,16 @@ def _header(buffer: BinaryIO, parse: Callable[[bytes], Size | None]) -> Size | N
     hostile file may put megabytes of other segments first. At most the encapsulated data,
     whose size the data set limit bounds, is read."""
     parse_basic_offsets(buffer)
-    data = b""
-    for fragment in generate_fragments(buffer):
+    data = bytearray()
+    parsed = 0  # parsed again only once the data has doubled: thousands of tiny fragments
+    for fragment in generate_fragments(buffer):  # must not cost a parse each
         data += fragment
-        found = parse(data)
-        if found is not None:
-            return found
-    return None
+        if len(data) >= 2 * parsed:
+            parsed = len(data)
+            found = parse(bytes(data))
+            if found is not None:
+                return found
+    return parse(bytes(data)) if len(data) > parsed else None
 
 
 def _frame_header(
