@@ -60,7 +60,7 @@ def conflict_copies(original: Path) -> list[Path]:
     return sorted(original.parent.glob(f"{original.stem}.conflict-*.dcm"))
 
 
-def data_set_digest(data_set: bytes) -> str:
+def data_set_digest(data_set: bytes | memoryview) -> str:
     """SHA-256 of an encoded data set: what two copies of an instance are compared by."""
     return hashlib.sha256(data_set).hexdigest()
 
