@@ -178,7 +178,7 @@ def remove_orphans(
         and _written_before(path, cutoff)
     ]
     leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
-    received = [path for path in old if path not in leftovers]
+    received = [path for path in old if not path.name.startswith(_LEFTOVERS)]
     with reading(sessions) as session:
         known = _known_uids(session, (uid for path in received for uid in named_uids(path)))
     removed = sum(_unlink(path) for path in leftovers if _written_before(path, cutoff))
