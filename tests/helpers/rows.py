@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import pydicom
 from sqlalchemy import select
@@ -10,12 +12,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
 from osteoflag.db import queue
-from osteoflag.db.engine import reading
+from osteoflag.db.engine import make_engine, migrate, reading, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, utcnow
 from osteoflag.db.outbound import add_pending
 from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import destinations_by_kind, write_objects
+
+
+@contextmanager
+def queue_in(storage: Path) -> Iterator[sessionmaker[Session]]:
+    """The migrated SQLite queue at ``storage/db.sqlite``, the database that sender tests'
+    settings name, disposed of afterwards."""
+    engine = make_engine(f"sqlite:///{storage / 'db.sqlite'}")
+    migrate(engine)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 def produce_for(

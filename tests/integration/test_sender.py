@@ -22,7 +22,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, Outbound, utcnow
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.inference.labels import Label
@@ -30,7 +29,7 @@ from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
 from testkit.net import free_port, port_open
 from testkit.wait import wait_for
-from tests.helpers.rows import produce, produce_for
+from tests.helpers.rows import produce, produce_for, queue_in
 from tests.helpers.ul import GarblingPeer, a_abort
 from tests.sr_fixtures import RecordingSCP, make_dx, require_tool
 
@@ -56,10 +55,8 @@ def _settings(tmp_path: Path, ports: list[int], **sender: object) -> Settings:
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """The queue database the ``_settings`` of a test point at (overrides conftest's)."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'db.sqlite'}")
-    migrate(engine)
-    yield session_factory(engine)
-    engine.dispose()
+    with queue_in(tmp_path / "var") as factory:
+        yield factory
 
 
 def _produce(

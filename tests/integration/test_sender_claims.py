@@ -19,13 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
 from osteoflag.db import outbound
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Outbound, OutboundState, utcnow
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import destination_key
 from osteoflag.pacs.sender import claim_lease, send_pending
-from tests.helpers.rows import produce_for
+from tests.helpers.rows import produce_for, queue_in
 from tests.sr_fixtures import RecordingSCP, make_dx
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
@@ -45,10 +44,9 @@ def _settings(tmp_path: Path, port: int, **sender: object) -> Settings:
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'var' / 'db.sqlite'}")
-    migrate(engine)
-    yield session_factory(engine)
-    engine.dispose()
+    """The queue database the ``_settings`` of a test point at (overrides conftest's)."""
+    with queue_in(tmp_path / "var") as factory:
+        yield factory
 
 
 @pytest.fixture
