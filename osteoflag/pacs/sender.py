@@ -111,15 +111,14 @@ def deliver(
     policy: RetryPolicy,
     now: datetime,
     owner: str,
-    stop: threading.Event | None = None,
+    stop: threading.Event,
 ) -> DeliveryReport:
     """Send the due objects of one destination (over one association, or by STOW-RS), claimed
     for ``owner``, until the run's budget ends or ``stop`` is set."""
-    stopping = stop or threading.Event()
-    if stopping.is_set():
+    if stop.is_set():
         return DeliveryReport()
     key = destination_key(destination)
-    budget = _Budget(time.monotonic() + settings.sender.run_seconds, stopping)  # lease from now
+    budget = _Budget(time.monotonic() + settings.sender.run_seconds, stop)  # lease from now
     rows = outbound.claim_due(
         sessions, owner, key, now, settings.sender.batch_size, claim_lease(settings)
     )
