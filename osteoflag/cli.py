@@ -48,7 +48,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.daemon.roles import Role
     from osteoflag.daemon.service import Daemon
 
-    return Daemon(settings, Role(args.role)).run()
+    with _reaching(settings.storage.database_url):
+        return Daemon(settings, Role(args.role)).run()
 
 
 @contextmanager

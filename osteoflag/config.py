@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -305,10 +306,15 @@ def _resolve(base: Path, value: Path) -> Path:
 
 
 def _resolve_database_url(base: Path, url: str) -> str:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
-        return prefix + str(_resolve(base, Path(url[len(prefix) :])))
-    return url
+    """``url`` with a relative SQLite file resolved against ``base``, whichever driver it
+    names (``sqlite:///``, ``sqlite+pysqlite:///``); other URLs as they are."""
+    match = re.match(r"(sqlite(?:\+\w+)?:///)([^?]*)(.*)", url, re.DOTALL)
+    if match is None:
+        return url
+    prefix, database, query = match.groups()
+    if not database or database.startswith(("/", "file:")) or database == ":memory:":
+        return url
+    return prefix + str(_resolve(base, Path(database))) + query
 
 
 def _describe(error: ValidationError) -> str:

@@ -39,7 +39,7 @@ from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import ModelIdentity
 from osteoflag.pacs.scp import StorageSCP
-from osteoflag.pacs.sender import send_pending
+from osteoflag.pacs.sender import check_trust, send_pending
 from osteoflag.web.app import create_app, create_probe_app
 from osteoflag.web.server import WebServer
 
@@ -85,6 +85,7 @@ class Daemon:
     def _build_sender(self) -> SenderLoop | None:
         if not self.role.runs(Role.SENDER):
             return None
+        check_trust(self.settings)
         return SenderLoop(self._send, self.settings.sender.interval_seconds)
 
     def _load_model(self) -> Model | None:

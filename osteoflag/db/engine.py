@@ -133,14 +133,31 @@ def migrate(engine: Engine) -> None:
     find the schema current. SQLite's ``BEGIN IMMEDIATE`` already serialises them.
     """
     if engine.dialect.name != "postgresql":
-        command.upgrade(_alembic_config(engine), "head")
+        _upgrade(engine)
         return
     with engine.connect() as lock:
         lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
         try:
-            command.upgrade(_alembic_config(engine), "head")
+            _upgrade(engine)
         finally:
             lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+
+
+def _upgrade(engine: Engine) -> None:
+    """Upgrade to head, unless the schema is at a revision we do not know: a newer osteoflag
+    migrated it, and Alembic would only say it cannot locate that revision."""
+    config = _alembic_config(engine)
+    script = ScriptDirectory.from_config(config)
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    known = {revision.revision for revision in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise ConfigError(
+            f"storage.database_url: the database schema is at revision {current!r}, which this "
+            f"osteoflag does not know (its newest is {script.get_current_head()!r}): it was "
+            "migrated by a newer osteoflag; run that version, or restore a backup"
+        )
+    command.upgrade(config, "head")
 
 
 def schema_is_current(engine: Engine) -> bool:

@@ -102,7 +102,15 @@ class Heartbeat:
         return instances + objects
 
     def stop(self) -> None:
-        """Forget this process (after a graceful stop it holds no claims)."""
+        """Forget this process, unless it still holds claims (a batch that outlasted the
+        stop's grace): then its row stays and goes stale, so another process releases them
+        as a crashed one's, instead of their leases running out."""
         with self._sessions() as session:
-            session.execute(delete(Process).where(Process.owner == self.owner))
-            session.commit()
+            held = (
+                select(Instance.id)
+                .where(Instance.lease_owner == self.owner)
+                .union_all(select(Outbound.id).where(Outbound.lease_owner == self.owner))
+            )
+            if session.execute(held.limit(1)).first() is None:
+                session.execute(delete(Process).where(Process.owner == self.owner))
+                session.commit()

@@ -40,6 +40,7 @@ from osteoflag.pacs.retry import GiveUp, RetryPolicy
 from osteoflag.pacs.scu import UNCOMPRESSED, Peer, associate, client_ae, usable
 from osteoflag.pacs.status import is_permanent, is_success
 from osteoflag.pacs.stow import store_instance, stow_client
+from osteoflag.pacs.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,17 @@ def send_pending(
             settings.destinations,
         )
         return sum(reports, DeliveryReport(failed=orphaned))
+
+
+def check_trust(settings: Settings) -> None:
+    """Load every destination's certificates and keys now, raising ConfigError naming the
+    key and file: a sender run would raise it with the objects it had claimed, left claimed
+    without an error, at every run."""
+    for destination in settings.destinations:
+        if isinstance(destination, DicomWebDestination):
+            stow_client(destination, settings.sender.timeout_seconds).close()
+        elif destination.tls is not None:
+            client_context(destination.tls)
 
 
 def claim_lease(settings: Settings) -> timedelta:

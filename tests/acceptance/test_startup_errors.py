@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,11 +45,21 @@ def _tampered_bundle(sections: dict[str, Any], folder: Path) -> None:
     sections["model"]["bundle"] = str(bundle)
 
 
+def _database_from_a_newer_osteoflag(sections: dict[str, Any], folder: Path) -> None:
+    database = folder / "newer.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        connection.execute("INSERT INTO alembic_version VALUES ('9999')")
+    connection.close()
+    sections["storage"]["database_url"] = f"sqlite:///{database}"
+
+
 CASES: dict[str, tuple[Callable[[dict[str, Any], Path], None], str]] = {
     "long-allowlist-ae-title": (_long_ae_title, "listener.allowed_calling_aets"),
     "unknown-log-level": (_unknown_log_level, "log_level"),
     "storage-under-a-file": (_storage_under_a_file, "storage.path"),
     "tampered-bundle": (_tampered_bundle, "classifier.txt"),
+    "database-from-a-newer-osteoflag": (_database_from_a_newer_osteoflag, "'9999'"),
 }
 
 

@@ -1,5 +1,5 @@
-"""The database commands against a PostgreSQL server that is not there: one line naming the
-server without its password, exit 1, no traceback."""
+"""``serve`` and the database commands against a PostgreSQL server that is not there: one line
+naming the server without its password, exit 1, no traceback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ PASSWORD = "s3cret-pw"
 
 
 @pytest.mark.parametrize(
-    "command", [("status", "--json"), ("requeue",), ("feedback", "export", "--out", "fb")]
+    "command",
+    [("serve",), ("status", "--json"), ("requeue",), ("feedback", "export", "--out", "fb")],
 )
 def test_unreachable_postgresql_is_one_line_without_the_password(
     tmp_path: Path, tiny_bundle: Path, command: tuple[str, ...]

@@ -126,3 +126,25 @@ def test_a_host_whose_clock_is_behind_is_not_taken_for_dead_on_postgresql(
     engine.dispose()
     assert (row.state, row.lease_owner) == (InstanceState.PROCESSING, worker.owner)
     assert owners == {worker.owner, sender.owner}
+
+
+def test_a_stop_that_leaves_claims_lets_others_release_them(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A worker whose batch outlasts the stop's grace still holds its claims when the
+    process ends: its row must stay, to go stale like a crashed process's."""
+    stopped = Heartbeat(sessions, owner_name("worker"), "worker", max_attempts=3)
+    live = Heartbeat(sessions, owner_name("worker"), "worker", max_attempts=3)
+    stopped.beat()
+    live.beat()
+    _enqueue(sessions, "1.2.3.9")
+    [claimed] = queue.claim_instances(sessions, stopped.owner, 1, LEASE)
+    stopped.stop()
+
+    _silence(sessions, stopped.owner, STALE_SECONDS + 1)
+    live.beat()
+    with sessions() as session:
+        instance = session.get(Instance, claimed.id)
+        assert instance is not None
+        assert (instance.state, instance.lease_owner) == (InstanceState.QUEUED, None)
+        assert list(session.scalars(select(Process.owner))) == [live.owner]

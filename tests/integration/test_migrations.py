@@ -72,3 +72,53 @@ def test_postgresql_migrations(postgres: PostgresServer) -> None:
         _check_upgrade_keeps_rows_and_matches_models(engine)
     finally:
         engine.dispose()
+
+
+def _linked_rows(engine: Engine) -> list[tuple[str, int | None]]:
+    with engine.connect() as connection:
+        events = connection.execute(text("SELECT action, instance_id FROM events"))
+        objects = connection.execute(text("SELECT kind, instance_id FROM outbound"))
+        return [(str(name), link) for name, link in (*events, *objects)]
+
+
+def test_sqlite_downgrade_keeps_events_and_objects_linked_to_their_instance(
+    tmp_path: Path,
+) -> None:
+    """Batch mode rebuilds ``instances`` by dropping it: its events and outbound objects must
+    keep their ``instance_id`` (foreign keys on, the drop would set them NULL)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO instances (id, sop_instance_uid, sop_class_uid,"
+                    " transfer_syntax_uid, calling_ae, peer_address, received_at, file_path,"
+                    " state, attempts, next_attempt_at) VALUES (7, '1.2.3', '1.2.4',"
+                    " '1.2.840.10008.1.2.1', 'MOD', '127.0.0.1', CURRENT_TIMESTAMP, '/x.dcm',"
+                    " 'done', 1, CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO events (instance_id, at, action)"
+                    " VALUES (7, CURRENT_TIMESTAMP, 'received')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO outbound (instance_id, kind, sop_class_uid, sop_instance_uid,"
+                    " file_path, destination, state, attempts, next_attempt_at, created_at)"
+                    " VALUES (7, 'sr', '1.2.5', '1.2.6', '/sr.dcm', 'PACS@127.0.0.1:4242',"
+                    " 'pending', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+
+        command.downgrade(_alembic(engine), "0001")
+        assert _linked_rows(engine) == [("received", 7), ("sr", 7)]
+        migrate(engine)
+        assert _linked_rows(engine) == [("received", 7), ("sr", 7)]
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()

@@ -12,7 +12,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
+from osteoflag.daemon.roles import Role
+from osteoflag.daemon.service import Daemon
 from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.destination_settings import DicomWebDestination
+from osteoflag.errors import ConfigError
 from osteoflag.pacs.sender import send_pending
 from testkit.net import free_port, port_open
 from testkit.wait import wait_for
@@ -100,3 +104,22 @@ def test_untrusted_server_certificate_is_not_sent_to(
     report = send_pending(sessions, settings)
     assert report.sent == 0
     assert list(received.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_a_destination_certificate_that_cannot_be_read_stops_serve_at_start(
+    tmp_path: Path, certificates: Certificates, kind: str
+) -> None:
+    """Found at start, naming the key and the file, instead of by every sender run."""
+    missing = tmp_path / "no-such-ca.pem"
+    if kind == "dimse":
+        settings = _settings(tmp_path, free_port(), {"ca_certificates": str(missing)})
+        key = "destinations.tls.ca_certificates"
+    else:
+        settings = _settings(tmp_path, free_port(), {"ca_certificates": str(certificates.ca)})
+        web = {"type": "dicomweb", "url": "https://pacs.example/dicom-web"}
+        destination = DicomWebDestination(**web, ca_certificates=missing)
+        settings = settings.model_copy(update={"destinations": (destination,)})
+        key = "destinations.ca_certificates"
+    with pytest.raises(ConfigError, match=f"{key}.*{missing}"):
+        Daemon(settings, Role.SENDER)
