@@ -71,3 +71,22 @@ def test_folder_layout_reads_groups_csv(tmp_path: Path) -> None:
     )
     samples = discover(tmp_path, representatives_only=True)
     assert [(s.label, s.group) for s in samples] == [(1, "g1")]
+
+
+def test_groups_csv_saved_by_a_spreadsheet_keeps_its_groups(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which must not rename 'file'."""
+    for cls in ("fracture", "nofracture"):
+        (tmp_path / cls).mkdir()
+        save(dataset(np.asarray(radiograph())), tmp_path / cls / "x.dcm")
+    (tmp_path / "groups.csv").write_bytes(
+        "file,group\r\nfracture/x.dcm,g1\r\nnofracture/x.dcm,g2\r\n".encode("utf-8-sig")
+    )
+    assert [s.group for s in discover(tmp_path)] == ["g2", "g1"]
+
+
+def test_groups_csv_without_a_group_column_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "fracture").mkdir()
+    save(dataset(np.asarray(radiograph())), tmp_path / "fracture" / "x.dcm")
+    (tmp_path / "groups.csv").write_text("file,patient\nfracture/x.dcm,g1\n")
+    with pytest.raises(TrainingError, match=r"groups\.csv: needs 'file' and 'group' columns"):
+        discover(tmp_path)
