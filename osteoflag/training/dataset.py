@@ -183,14 +183,19 @@ def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
 
 
 def _csv_rows(path: Path, kind: str) -> tuple[list[dict[str, str]], set[str]]:
-    """The rows and column names of a UTF-8 CSV (with or without a byte-order mark)."""
+    """The rows and column names of a UTF-8 CSV (with or without a byte-order mark); a row
+    with fewer fields than the header gets empty strings, so the checks name its line."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, restval="")
             rows = list(reader)
             columns = set(reader.fieldnames or ())
     except OSError as exc:
         raise TrainingError(f"{path}: {kind} cannot be read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise TrainingError(
+            f"{path}: {kind} is not UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from exc
     return rows, columns
 
 

@@ -53,6 +53,8 @@ def test_csv_by_file_in_data_folder_and_representatives(tmp_path: Path) -> None:
         ("file,label\nmissing.dcm,fracture\n", "labels.csv:2: image"),
         ("name,label\n0.dcm,fracture\n", "needs a 'label' column"),
         ("sop_instance_uid,label\n1.2.3,fracture\n", "no DICOM file under"),
+        ("file,label\n0.dcm,fracture\n0.dcm\n", "labels.csv:3: unknown label ''"),
+        ("label,file\nfracture\n", "labels.csv:2: image"),
     ],
 )
 def test_bad_csv_names_the_row(tmp_path: Path, body: str, message: str) -> None:
@@ -90,3 +92,13 @@ def test_groups_csv_without_a_group_column_names_the_file(tmp_path: Path) -> Non
     (tmp_path / "groups.csv").write_text("file,patient\nfracture/x.dcm,g1\n")
     with pytest.raises(TrainingError, match=r"groups\.csv: needs 'file' and 'group' columns"):
         discover(tmp_path)
+
+
+def test_labels_csv_in_a_legacy_encoding_names_the_file(tmp_path: Path) -> None:
+    """A spreadsheet saved as Windows-1252 is refused with a reason, not a traceback."""
+    _dicoms(tmp_path / "d", 1)
+    (tmp_path / "d" / "labels.csv").write_bytes(
+        "file,label,reader\n0.dcm,fracture,Dr Müller\n".encode("cp1252")
+    )
+    with pytest.raises(TrainingError, match=r"labels\.csv: labels CSV is not UTF-8 \(byte \d+\)"):
+        discover(tmp_path / "d")
