@@ -222,3 +222,17 @@ def test_evaluate_with_no_decodable_image_is_bad_usage(site: tuple[Path, Path]) 
         done.stderr.strip().splitlines()[-1]
         == f"osteoflag: --data {broken}: no image could be decoded"
     )
+
+
+def test_one_line_summary_of_a_set_without_negatives(site: tuple[Path, Path]) -> None:
+    """Readings that are all fractures (early in a validation period): no specificity to
+    print, which is said, not a TypeError traceback."""
+    folder, config = site
+    only = folder / "only-fractures" / "fracture"
+    only.mkdir(parents=True)
+    for index in range(5):
+        shutil.copy(folder / "site/images" / f"1-{index:03d}.dcm", only)
+    done = osteoflag("validate", "--data", str(only.parent), config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tiny-test@0.0.1 on 5 images: AUC n/a, sensitivity ")
+    assert "specificity n/a at threshold 0.5000" in done.stdout
