@@ -13,8 +13,9 @@ from osteoflag.db.models import Instance, InstanceState
 from osteoflag.drift.reference import DriftReport, Inputs, Reference, compare
 
 
-def recent_inputs(session: Session, window: int) -> list[Inputs]:
-    """The last ``window`` classified instances, newest first."""
+def recent_inputs(session: Session, window: int, model: str) -> list[Inputs]:
+    """The last ``window`` instances classified by ``model`` (``NAME@VERSION``), newest first:
+    another bundle's scores, before ``model.bundle`` was changed, are on another scale."""
     rows = session.execute(
         select(
             Instance.probability,
@@ -24,7 +25,11 @@ def recent_inputs(session: Session, window: int) -> list[Inputs]:
             Instance.rows,
             Instance.columns,
         )
-        .where(Instance.state == InstanceState.DONE, Instance.probability.is_not(None))
+        .where(
+            Instance.state == InstanceState.DONE,
+            Instance.probability.is_not(None),
+            Instance.model == model,
+        )
         .order_by(Instance.finished_at.desc(), Instance.id.desc())
         .limit(window)
     ).all()
@@ -35,15 +40,16 @@ def recent_inputs(session: Session, window: int) -> list[Inputs]:
 
 @dataclass(frozen=True)
 class DriftWatch:
-    """A bundle's reference and the configured rule."""
+    """A bundle's reference, the model it judges (``NAME@VERSION``) and the configured rule."""
 
     reference: Reference
     settings: DriftSettings
+    model: str
 
     def report(self, sessions: sessionmaker[Session]) -> DriftReport:
         """The window compared with the reference, read from the database now."""
         with reading(sessions) as session:
-            recent = recent_inputs(session, self.settings.window)
+            recent = recent_inputs(session, self.settings.window, self.model)
         return compare(
             self.reference,
             recent,

@@ -152,13 +152,7 @@ def find_samples(
 
 def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
     """Samples from a labels CSV (see the module docstring), in the CSV's row order."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = set(reader.fieldnames or ())
-    except OSError as exc:
-        raise TrainingError(f"{path}: labels CSV cannot be read: {exc}") from exc
+    rows, columns = _csv_rows(path, "labels CSV")
     if "label" not in columns or not columns & {"file", "sop_instance_uid"}:
         raise TrainingError(f"{path}: needs a 'label' column and a 'file' or 'sop_instance_uid'")
     by_uid = _dicom_files_by_uid(root) if "file" not in columns else {}
@@ -188,6 +182,23 @@ def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
     return samples
 
 
+def _csv_rows(path: Path, kind: str) -> tuple[list[dict[str, str]], set[str]]:
+    """The rows and column names of a UTF-8 CSV (with or without a byte-order mark); a row
+    with fewer fields than the header gets empty strings, so the checks name its line."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, restval="")
+            rows = list(reader)
+            columns = set(reader.fieldnames or ())
+    except OSError as exc:
+        raise TrainingError(f"{path}: {kind} cannot be read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise TrainingError(
+            f"{path}: {kind} is not UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from exc
+    return rows, columns
+
+
 def _dicom_files_by_uid(root: Path) -> dict[str, Path]:
     """SOPInstanceUID -> file for every DICOM file under ``root`` (headers only)."""
     import pydicom
@@ -206,10 +217,11 @@ def _dicom_files_by_uid(root: Path) -> dict[str, Path]:
 
 
 def _groups_csv(path: Path) -> dict[str, tuple[str, bool]]:
+    """``file -> (group, representative)``; read as the labels CSV is (a spreadsheet's UTF-8
+    byte-order mark would otherwise rename the first column)."""
     if not path.is_file():
         return {}
-    with path.open(newline="") as fh:
-        return {
-            row["file"]: (row["group"], row.get("representative", "1") == "1")
-            for row in csv.DictReader(fh)
-        }
+    rows, columns = _csv_rows(path, "groups CSV")
+    if not {"file", "group"} <= columns:
+        raise TrainingError(f"{path}: needs 'file' and 'group' columns")
+    return {row["file"]: (row["group"], row.get("representative", "1") == "1") for row in rows}

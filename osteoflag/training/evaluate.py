@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.dataset import find_samples
@@ -22,4 +23,6 @@ def evaluate_folder(bundle_dir: Path, data: Path, threads: int = 2) -> dict[str,
     predictor = Predictor(load_bundle(bundle_dir), threads=threads, batch_size=BATCH)
     found = find_samples(data)
     scored = score_samples(predictor, found.samples, desc="evaluate", not_images=found.skipped)
+    if not scored.samples:  # as validate: figures of no image would read as a failing model
+        raise UsageError(f"--data {data}: no image could be decoded")
     return binary_metrics(scored.labels, scored.probabilities, predictor.bundle.threshold)

@@ -103,11 +103,7 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
     else:
-        sys.stdout.write(
-            f"{result['model']} on {result['n']} images: AUC {result['auc']}, "
-            f"sensitivity {result['sensitivity']:.3f}, specificity {result['specificity']:.3f} "
-            f"at threshold {result['threshold']:.4f}\n"
-        )
+        sys.stdout.write(report.summary_line(result))
     return 0
 
 

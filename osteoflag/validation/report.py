@@ -20,6 +20,16 @@ def _num(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def summary_line(result: dict[str, Any]) -> str:
+    """The one line ``validate`` prints without ``--json``; a figure the images cannot give
+    (specificity without an image free of fracture, AUC on one class) reads ``n/a``."""
+    return (
+        f"{result['model']} on {result['n']} images: AUC {_num(result['auc'])}, "
+        f"sensitivity {_num(result['sensitivity'])}, specificity {_num(result['specificity'])} "
+        f"at threshold {result['threshold']:.4f}\n"
+    )
+
+
 def _interval(ci: Any) -> str:
     if not ci or ci[0] is None:
         return ""

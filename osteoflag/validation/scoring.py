@@ -43,6 +43,8 @@ class Scored:
     skipped: list[tuple[Path, str]]
     #: The backbone's map of each row (float16), when the bundle's classifier reads it.
     maps: npt.NDArray[np.float16] | None = None
+    #: SHA-256 of each row's model input: the same picture saved twice gives the same one.
+    inputs: tuple[str, ...] = ()
 
     @property
     def labels(self) -> npt.NDArray[np.int_]:
@@ -50,8 +52,25 @@ class Scored:
 
     @property
     def groups(self) -> list[str]:
-        """Each image's group; an image without one is its own group."""
-        return [s.group or s.path.as_posix() for s in self.samples]
+        """Each image's group; an image without one is its own group. Images with the same
+        model input (one picture under two names) are merged into one group, so that no fold
+        is judged on a copy of an image it was fitted on."""
+        named = [s.group or s.path.as_posix() for s in self.samples]
+        parent = {name: name for name in named}
+
+        def root(name: str) -> str:
+            while parent[name] != name:
+                parent[name] = parent[parent[name]]
+                name = parent[name]
+            return name
+
+        first: dict[str, str] = {}
+        for name, key in zip(named, self.inputs, strict=False):
+            other = first.setdefault(key, name)
+            a, b = root(name), root(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        return [root(name) for name in named]
 
     def subset(self, keep: npt.NDArray[np.bool_]) -> Scored:
         """The rows where ``keep`` is true."""
@@ -63,6 +82,7 @@ class Scored:
             body_parts=[self.body_parts[i] for i in rows],
             skipped=self.skipped,
             maps=None if self.maps is None else self.maps[rows],
+            inputs=tuple(self.inputs[i] for i in rows) if self.inputs else (),
         )
 
 
@@ -87,6 +107,7 @@ def score_samples(
     ``not_images``, the files discovery left out, head the ``skipped`` list."""
     spec = predictor.bundle.input_spec
     kept: list[Sample] = []
+    keys: list[str] = []
     rows: list[dict[str, npt.NDArray[np.generic]] | None] = []
     pending: list[tuple[int, str, npt.NDArray[np.float32]]] = []
     skipped: list[tuple[Path, str]] = list(not_images)
@@ -115,6 +136,7 @@ def score_samples(
             continue
         kept.append(sample)
         key = sha256_bytes(x.tobytes())
+        keys.append(key)
         hit = cache.get(key) if cache is not None else None
         if hit is not None and spatial and "maps" not in hit:
             hit = None  # cached by a run that did not need the map
@@ -150,4 +172,5 @@ def score_samples(
         body_parts=[body_part(s.path) for s in kept],
         skipped=skipped,
         maps=maps,
+        inputs=tuple(keys),
     )

@@ -108,7 +108,9 @@ def create_app(
     """The operator page for one daemon."""
     bundle = predictor.bundle
     reference = bundle_reference(bundle.path, bundle.manifest.files)
-    drift = DriftWatch(reference, settings.drift) if reference is not None else None
+    drift = (
+        DriftWatch(reference, settings.drift, bundle.model_id) if reference is not None else None
+    )
     context = WebContext(
         settings=settings,
         sessions=sessions,

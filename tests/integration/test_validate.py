@@ -206,3 +206,33 @@ def test_training_entry_point_exits_2_for_a_missing_bundle(tmp_path: Path) -> No
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"osteoflag: {tmp_path / 'nowhere'}")
+
+
+def test_evaluate_with_no_decodable_image_is_bad_usage(site: tuple[Path, Path]) -> None:
+    """Not ``n: 0`` with accuracy 0.0 and exit 0, which a script would read as a bad model."""
+    folder, config = site
+    broken = folder / "undecodable"
+    for name in ("fracture", "nofracture"):
+        (broken / name).mkdir(parents=True)
+        (broken / name / "cut.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    done = osteoflag("evaluate", "--data", str(broken), "--json", config=config)
+    assert done.returncode == 2, done.stdout
+    assert done.stdout == ""
+    assert (
+        done.stderr.strip().splitlines()[-1]
+        == f"osteoflag: --data {broken}: no image could be decoded"
+    )
+
+
+def test_one_line_summary_of_a_set_without_negatives(site: tuple[Path, Path]) -> None:
+    """Readings that are all fractures (early in a validation period): no specificity to
+    print, which is said, not a TypeError traceback."""
+    folder, config = site
+    only = folder / "only-fractures" / "fracture"
+    only.mkdir(parents=True)
+    for index in range(5):
+        shutil.copy(folder / "site/images" / f"1-{index:03d}.dcm", only)
+    done = osteoflag("validate", "--data", str(only.parent), config=config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tiny-test@0.0.1 on 5 images: AUC n/a, sensitivity ")
+    assert "specificity n/a at threshold 0.5000" in done.stdout

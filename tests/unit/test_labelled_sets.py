@@ -53,6 +53,8 @@ def test_csv_by_file_in_data_folder_and_representatives(tmp_path: Path) -> None:
         ("file,label\nmissing.dcm,fracture\n", "labels.csv:2: image"),
         ("name,label\n0.dcm,fracture\n", "needs a 'label' column"),
         ("sop_instance_uid,label\n1.2.3,fracture\n", "no DICOM file under"),
+        ("file,label\n0.dcm,fracture\n0.dcm\n", "labels.csv:3: unknown label ''"),
+        ("label,file\nfracture\n", "labels.csv:2: image"),
     ],
 )
 def test_bad_csv_names_the_row(tmp_path: Path, body: str, message: str) -> None:
@@ -71,3 +73,32 @@ def test_folder_layout_reads_groups_csv(tmp_path: Path) -> None:
     )
     samples = discover(tmp_path, representatives_only=True)
     assert [(s.label, s.group) for s in samples] == [(1, "g1")]
+
+
+def test_groups_csv_saved_by_a_spreadsheet_keeps_its_groups(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark, which must not rename 'file'."""
+    for cls in ("fracture", "nofracture"):
+        (tmp_path / cls).mkdir()
+        save(dataset(np.asarray(radiograph())), tmp_path / cls / "x.dcm")
+    (tmp_path / "groups.csv").write_bytes(
+        "file,group\r\nfracture/x.dcm,g1\r\nnofracture/x.dcm,g2\r\n".encode("utf-8-sig")
+    )
+    assert [s.group for s in discover(tmp_path)] == ["g2", "g1"]
+
+
+def test_groups_csv_without_a_group_column_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "fracture").mkdir()
+    save(dataset(np.asarray(radiograph())), tmp_path / "fracture" / "x.dcm")
+    (tmp_path / "groups.csv").write_text("file,patient\nfracture/x.dcm,g1\n")
+    with pytest.raises(TrainingError, match=r"groups\.csv: needs 'file' and 'group' columns"):
+        discover(tmp_path)
+
+
+def test_labels_csv_in_a_legacy_encoding_names_the_file(tmp_path: Path) -> None:
+    """A spreadsheet saved as Windows-1252 is refused with a reason, not a traceback."""
+    _dicoms(tmp_path / "d", 1)
+    (tmp_path / "d" / "labels.csv").write_bytes(
+        "file,label,reader\n0.dcm,fracture,Dr Müller\n".encode("cp1252")
+    )
+    with pytest.raises(TrainingError, match=r"labels\.csv: labels CSV is not UTF-8 \(byte \d+\)"):
+        discover(tmp_path / "d")
