@@ -33,7 +33,7 @@ from osteoflag.db import outbound
 from osteoflag.db.models import Outbound, utcnow
 from osteoflag.db.processes import owner_name
 from osteoflag.destination_settings import Destination, DicomWebDestination
-from osteoflag.errors import DeliveryError, PixelDataError
+from osteoflag.errors import ConfigError, DeliveryError, PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
@@ -99,13 +99,17 @@ def send_pending(
 
 def check_trust(settings: Settings) -> None:
     """Load every destination's certificates and keys now, raising ConfigError naming the
-    key and file: a sender run would raise it with the objects it had claimed, left claimed
-    without an error, at every run."""
+    key and file, so that ``serve`` refuses to start without them."""
     for destination in settings.destinations:
-        if isinstance(destination, DicomWebDestination):
-            stow_client(destination, settings.sender.timeout_seconds).close()
-        elif destination.tls is not None:
-            client_context(destination.tls)
+        _load_trust(destination, settings.sender.timeout_seconds)
+
+
+def _load_trust(destination: Destination | DicomWebDestination, timeout: float) -> None:
+    """Load ``destination``'s certificates and keys (ConfigError naming the key and file)."""
+    if isinstance(destination, DicomWebDestination):
+        stow_client(destination, timeout).close()
+    elif destination.tls is not None:
+        client_context(destination.tls)
 
 
 def claim_lease(settings: Settings) -> timedelta:
@@ -136,22 +140,37 @@ def deliver(
     )
     if not rows:
         return DeliveryReport()
+    try:
+        # Checked at start, but a certificate rotated since may be missing: the rows say so.
+        _load_trust(destination, settings.sender.timeout_seconds)
+    except ConfigError as exc:
+        return _all_wait(sessions, rows, policy, key, str(exc))
     if isinstance(destination, DicomWebDestination):
         return _stow_all(sessions, settings, destination, rows, policy, key, budget)
     try:
         assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
-    except DeliveryError as exc:  # refused (saying why) or unreachable: every row waits
-        error = str(exc)
-        logger.warning(
-            "destination refused or unreachable",
-            extra={"action": "send", "destination": key, "reason": error},
-        )
-        return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
+    except DeliveryError as exc:  # refused (saying why) or unreachable
+        return _all_wait(sessions, rows, policy, key, str(exc))
     try:
         return _store_all(sessions, assoc, rows, policy, key, budget)
     finally:
         if usable(assoc):
             assoc.release()
+
+
+def _all_wait(
+    sessions: sessionmaker[Session],
+    rows: Sequence[Outbound],
+    policy: RetryPolicy,
+    key: str,
+    error: str,
+) -> DeliveryReport:
+    """The destination cannot be reached or trusted: every row waits for its next attempt."""
+    logger.warning(
+        "destination refused, unreachable or untrusted",
+        extra={"action": "send", "destination": key, "reason": error},
+    )
+    return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
 
 
 def _associate(settings: Settings, destination: Destination, sop_classes: set[str]) -> Association:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import Any
 
 import pydicom
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
 from osteoflag.daemon.roles import Role
 from osteoflag.daemon.service import Daemon
 from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.db.models import Outbound, OutboundState
 from osteoflag.destination_settings import DicomWebDestination
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.sender import send_pending
@@ -123,3 +126,28 @@ def test_a_destination_certificate_that_cannot_be_read_stops_serve_at_start(
         key = "destinations.ca_certificates"
     with pytest.raises(ConfigError, match=f"{key}.*{missing}"):
         Daemon(settings, Role.SENDER)
+
+
+@pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
+def test_a_certificate_gone_after_start_is_recorded_on_the_rows_that_wait(
+    tmp_path: Path, certificates: Certificates, kind: str
+) -> None:
+    """A CA file rotated away while serving: each run's objects wait for their next attempt
+    with the error naming the file, instead of the run raising with them still claimed."""
+    ca = tmp_path / "rotated-ca.pem"
+    shutil.copy(certificates.ca, ca)
+    settings = _settings(tmp_path, free_port(), {"ca_certificates": str(ca)})
+    if kind == "dicomweb":
+        web = {"type": "dicomweb", "url": "https://pacs.example/dicom-web"}
+        destination = DicomWebDestination(**web, ca_certificates=ca)
+        settings = settings.model_copy(update={"destinations": (destination,)})
+    Daemon(settings, Role.SENDER)  # the file is there at start
+    sessions, produced = _sessions_with_result(settings)
+    ca.unlink()
+    report = send_pending(sessions, settings)
+    assert (report.sent, report.retried) == (0, len(produced))
+    with sessions() as session:
+        rows = session.scalars(select(Outbound)).all()
+    assert {row.state for row in rows} == {OutboundState.PENDING}
+    assert all(row.lease_owner is None and row.attempts == 1 for row in rows)
+    assert all(str(ca) in (row.last_error or "") for row in rows)
