@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from osteoflag.training.dataset import Sample
+from osteoflag.training.unionfind import UnionFind
 
 logger = logging.getLogger(__name__)
 
@@ -57,25 +58,6 @@ class HygieneReport:
                 1 for g in self.groups if g in set(self.conflicting_groups)
             ),
         }
-
-
-class UnionFind:
-    """Disjoint sets over 0..n-1 whose root is always the set's smallest member, so the
-    first item of a sorted order names its set (:mod:`radiographs` relies on it)."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 def source_stem(sample: Sample) -> str:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from osteoflag.training.hygiene import UnionFind
+from osteoflag.training.unionfind import UnionFind
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from osteoflag.inference.pixels import load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.training.dataset import Sample
 from osteoflag.training.features import FeatureCache, sha256_bytes
+from osteoflag.training.unionfind import UnionFind
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +57,13 @@ class Scored:
         model input (one picture under two names) are merged into one group, so that no fold
         is judged on a copy of an image it was fitted on."""
         named = [s.group or s.path.as_posix() for s in self.samples]
-        parent = {name: name for name in named}
-
-        def root(name: str) -> str:
-            while parent[name] != name:
-                parent[name] = parent[parent[name]]
-                name = parent[name]
-            return name
-
-        first: dict[str, str] = {}
-        for name, key in zip(named, self.inputs, strict=False):
-            other = first.setdefault(key, name)
-            a, b = root(name), root(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-        return [root(name) for name in named]
+        sets = UnionFind(len(named))
+        first: dict[tuple[str, str], int] = {}
+        for i, name in enumerate(named):
+            sets.union(i, first.setdefault(("group", name), i))
+        for i, key in enumerate(self.inputs):
+            sets.union(i, first.setdefault(("input", key), i))
+        return [named[sets.find(i)] for i in range(len(named))]
 
     def subset(self, keep: npt.NDArray[np.bool_]) -> Scored:
         """The rows where ``keep`` is true."""
