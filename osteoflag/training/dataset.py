@@ -157,6 +157,7 @@ def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
         raise TrainingError(f"{path}: needs a 'label' column and a 'file' or 'sop_instance_uid'")
     by_uid = _dicom_files_by_uid(root) if "file" not in columns else {}
     samples: list[Sample] = []
+    listed: dict[Path, int] = {}  # image -> the line that labelled it
     for number, row in enumerate(rows, start=2):
         where = Path(f"{path}:{number}")
         if row["label"].strip().lower() == UNSURE:
@@ -172,11 +173,13 @@ def read_labels_csv(path: Path, root: Path, source: str) -> list[Sample]:
             )
         if not image.is_file():
             raise TrainingError(f"{where}: image {image} does not exist")
+        label = _label(row["label"], where)
+        first = listed.setdefault(image.resolve(), number)
+        if first != number:  # counted twice it would narrow the intervals, or be both labels
+            raise TrainingError(f"{where}: image {image} is already labelled on line {first}")
         group = (row.get("group") or "").strip() or None
         representative = (row.get("representative") or "1").strip() == "1"
-        samples.append(
-            Sample(image, _label(row["label"], where), source, None, group, representative)
-        )
+        samples.append(Sample(image, label, source, None, group, representative))
     if not samples:  # a header alone: feedback exported before any reading was recorded
         raise UsageError(f"no labelled rows in {path}")
     return samples

@@ -55,6 +55,8 @@ def test_csv_by_file_in_data_folder_and_representatives(tmp_path: Path) -> None:
         ("sop_instance_uid,label\n1.2.3,fracture\n", "no DICOM file under"),
         ("file,label\n0.dcm,fracture\n0.dcm\n", "labels.csv:3: unknown label ''"),
         ("label,file\nfracture\n", "labels.csv:2: image"),
+        ("file,label\n0.dcm,fracture\n./0.dcm,nofracture\n", "labels.csv:3: .* line 2"),
+        ("file,label\n0.dcm,fracture\n0.dcm,fracture\n", "labels.csv:3: .* already labelled"),
     ],
 )
 def test_bad_csv_names_the_row(tmp_path: Path, body: str, message: str) -> None:
