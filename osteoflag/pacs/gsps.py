@@ -3,7 +3,8 @@
 PS3.3 A.33.1: the presentation state references the source image and, on its own graphic
 layer, draws the model's box as a closed POLYLINE and the text "RESEARCH USE ONLY -
 fracture suspected NN%", both in the source's pixel coordinates (C.10.5: the top-left
-corner of the top-left pixel is 0\\0, as for the SR's SCOORD). The source's Modality and
+corner of the top-left pixel is 0\\0, as for the SR's SCOORD; the box outlines its pixels'
+outer edges, :func:`~osteoflag.pacs.sr.region_outline`). The source's Modality and
 VOI LUT are copied so that applying the state keeps the image's own windowing; a
 MONOCHROME1 source gets an INVERSE Presentation LUT so that it keeps its polarity. On a
 multi-frame image the box is on frame 1, the one decoded. UIDs are derived from the source
@@ -38,7 +39,7 @@ from osteoflag.pacs.derived import (
     series_laterality,
     series_uid,
 )
-from osteoflag.pacs.sr import MULTI_FRAME_CLASSES, box_polyline, decoded_frames
+from osteoflag.pacs.sr import MULTI_FRAME_CLASSES, decoded_frames, region_outline
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def build_gsps(
     """The presentation state drawing ``region`` and its text over ``source``."""
     source_uid = require(source, "SOPInstanceUID")
     rows, columns = int(require(source, "Rows")), int(require(source, "Columns"))
-    if region.box[2] > columns or region.box[3] > rows:
+    if region.box[2] >= columns or region.box[3] >= rows:  # box names its last pixel
         raise PermanentError(
             f"region box {region.box} lies outside source {source_uid} "
             f"(Columns {columns}, Rows {rows})"
@@ -125,7 +126,7 @@ def build_gsps(
         graphic_objects=[
             hd.pr.GraphicObject(
                 graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                graphic_data=box_polyline(region.box),
+                graphic_data=region_outline(region),
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
             )
         ],
