@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from fractions import Fraction
 from typing import Final
 
 import highdicom as hd
@@ -66,6 +67,31 @@ def text_box(region: Region, rows: int, columns: int) -> tuple[float, float, flo
     left = max(0, min(x0, columns - width))
     top = y0 - height if y0 >= height else min(y1, max(0, rows - height))
     return (float(left), float(top), float(left + width), float(min(rows, top + height)))
+
+
+def pixel_aspect_ratio(source: Dataset) -> list[int]:
+    """Presentation Pixel Aspect Ratio (0070,0102): the source's pixel shape, vertical to
+    horizontal size.
+
+    A presentation state's ratio replaces the image's own when it is applied (PS3.3 C.10.4),
+    and highdicom writes 1\\1 whatever the image: pixels twice as tall as wide (Imager Pixel
+    Spacing 0.2\\0.1) would be shown square, the radiograph squashed under the box. Taken from
+    Pixel Spacing (0028,0030), else Imager Pixel Spacing (0018,1164), else Pixel Aspect Ratio
+    (0028,0034); a value that is not two positive numbers is left out, like an unusable window
+    (:mod:`osteoflag.inference.voi`), and without any the pixels are square (PS3.3 C.7.6.3.1.7).
+    """
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        value = values.copied_value(source, keyword)
+        if value is None:
+            continue
+        try:
+            vertical, horizontal = (Fraction(str(number)) for number in value)
+            ratio = (vertical / horizontal).limit_denominator(1000)
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            continue
+        if vertical > 0 and horizontal > 0:
+            return [ratio.numerator, ratio.denominator]
+    return [1, 1]
 
 
 def _layer() -> hd.pr.GraphicLayer:
@@ -170,6 +196,9 @@ def build_gsps(
         ) from exc
     if sop_class in MULTI_FRAME_CLASSES:
         _refer_to_frame_1(state, sop_class, decoded_frames(source))
+    state.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio = pixel_aspect_ratio(
+        source
+    )
     state.PresentationCreationDate = created.strftime("%Y%m%d")
     state.PresentationCreationTime = created.strftime("%H%M%S")
     state.SeriesDate, state.SeriesTime = (

@@ -123,3 +123,33 @@ def test_a_box_naming_a_pixel_past_the_last_column_is_refused() -> None:
     source = make_dx(rows=256, columns=200)
     with pytest.raises(PermanentError, match="Columns 200"):
         _gsps(source, Region(peak=(190, 20), box=(180, 10, 200, 30)))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "ratio"),
+    [
+        ("ImagerPixelSpacing", [0.2, 0.1], [2, 1]),
+        ("PixelSpacing", [0.15, 0.1], [3, 2]),
+        ("PixelAspectRatio", [1, 2], [1, 2]),
+        ("ImagerPixelSpacing", [0.139, 0.139], [1, 1]),
+        ("ImagerPixelSpacing", [0.0, 0.1], [1, 1]),
+        (None, None, [1, 1]),
+    ],
+)
+def test_displayed_area_keeps_the_source_pixels_shape(
+    tmp_path: Path, keyword: str | None, value: list[float] | None, ratio: list[int]
+) -> None:
+    """PS3.3 C.10.4: the state's Presentation Pixel Aspect Ratio replaces the image's when
+    it is applied, so non-square pixels must not be declared square."""
+    source = make_dx(rows=100, columns=200)
+    for name in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        if name in source:
+            delattr(source, name)
+    if keyword is not None:
+        setattr(source, keyword, value)
+    state = _gsps(source, Region(peak=(100, 50), box=(90, 40, 110, 60)))
+    (area,) = state.DisplayedAreaSelectionSequence
+    assert [int(v) for v in area.PresentationPixelAspectRatio] == ratio
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
