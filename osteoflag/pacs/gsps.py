@@ -3,7 +3,8 @@
 PS3.3 A.33.1: the presentation state references the source image and, on its own graphic
 layer, draws the model's box as a closed POLYLINE and the text "RESEARCH USE ONLY -
 fracture suspected NN%", both in the source's pixel coordinates (C.10.5: the top-left
-corner of the top-left pixel is 0\\0, as for the SR's SCOORD). The source's Modality and
+corner of the top-left pixel is 0\\0, as for the SR's SCOORD; the box outlines its pixels'
+outer edges, :func:`~osteoflag.pacs.sr.region_outline`). The source's Modality and
 VOI LUT are copied so that applying the state keeps the image's own windowing; a
 MONOCHROME1 source gets an INVERSE Presentation LUT so that it keeps its polarity. On a
 multi-frame image the box is on frame 1, the one decoded. UIDs are derived from the source
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from fractions import Fraction
 from typing import Final
 
 import highdicom as hd
@@ -38,7 +40,7 @@ from osteoflag.pacs.derived import (
     series_laterality,
     series_uid,
 )
-from osteoflag.pacs.sr import MULTI_FRAME_CLASSES, box_polyline, decoded_frames
+from osteoflag.pacs.sr import MULTI_FRAME_CLASSES, decoded_frames, region_outline
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,31 @@ def text_box(region: Region, rows: int, columns: int) -> tuple[float, float, flo
     left = max(0, min(x0, columns - width))
     top = y0 - height if y0 >= height else min(y1, max(0, rows - height))
     return (float(left), float(top), float(left + width), float(min(rows, top + height)))
+
+
+def pixel_aspect_ratio(source: Dataset) -> list[int]:
+    """Presentation Pixel Aspect Ratio (0070,0102): the source's pixel shape, vertical to
+    horizontal size.
+
+    A presentation state's ratio replaces the image's own when it is applied (PS3.3 C.10.4),
+    and highdicom writes 1\\1 whatever the image: pixels twice as tall as wide (Imager Pixel
+    Spacing 0.2\\0.1) would be shown square, the radiograph squashed under the box. Taken from
+    Pixel Spacing (0028,0030), else Imager Pixel Spacing (0018,1164), else Pixel Aspect Ratio
+    (0028,0034); a value that is not two positive numbers is left out, like an unusable window
+    (:mod:`osteoflag.inference.voi`), and without any the pixels are square (PS3.3 C.7.6.3.1.7).
+    """
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        value = values.copied_value(source, keyword)
+        if value is None:
+            continue
+        try:
+            vertical, horizontal = (Fraction(str(number)) for number in value)
+            ratio = (vertical / horizontal).limit_denominator(1000)
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            continue
+        if vertical > 0 and horizontal > 0:
+            return [ratio.numerator, ratio.denominator]
+    return [1, 1]
 
 
 def _layer() -> hd.pr.GraphicLayer:
@@ -105,7 +132,7 @@ def build_gsps(
     """The presentation state drawing ``region`` and its text over ``source``."""
     source_uid = require(source, "SOPInstanceUID")
     rows, columns = int(require(source, "Rows")), int(require(source, "Columns"))
-    if region.box[2] > columns or region.box[3] > rows:
+    if region.box[2] >= columns or region.box[3] >= rows:  # box names its last pixel
         raise PermanentError(
             f"region box {region.box} lies outside source {source_uid} "
             f"(Columns {columns}, Rows {rows})"
@@ -125,7 +152,7 @@ def build_gsps(
         graphic_objects=[
             hd.pr.GraphicObject(
                 graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                graphic_data=box_polyline(region.box),
+                graphic_data=region_outline(region),
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
             )
         ],
@@ -169,6 +196,9 @@ def build_gsps(
         ) from exc
     if sop_class in MULTI_FRAME_CLASSES:
         _refer_to_frame_1(state, sop_class, decoded_frames(source))
+    state.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio = pixel_aspect_ratio(
+        source
+    )
     state.PresentationCreationDate = created.strftime("%Y%m%d")
     state.PresentationCreationTime = created.strftime("%H%M%S")
     state.SeriesDate, state.SeriesTime = (

@@ -110,6 +110,19 @@ def box_polyline(box: tuple[int, int, int, int]) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]])
 
 
+def region_outline(region: Region) -> np.ndarray:
+    """The closed POLYLINE around every pixel of ``region.box``.
+
+    ``Region.box`` names its first and last pixel, both inside; image coordinates put 0,0 at
+    the top-left corner of the top-left pixel, whose centre is 0.5,0.5 (PS3.3 C.18.6.1.2,
+    C.10.5.1.2). The outline therefore runs along the outer edges, x1 + 1 and y1 + 1: drawn
+    at x1, y1 it would leave out the last column and row, a whole box at the image's right or
+    bottom edge, and a one-pixel region would have no area at all.
+    """
+    x0, y0, x1, y1 = region.box
+    return box_polyline((x0, y0, x1 + 1, y1 + 1))
+
+
 #: The multi-frame IODs among the accepted image classes (PS3.3 A.8.3 to A.8.5).
 MULTI_FRAME_CLASSES: Final = frozenset(
     {
@@ -161,7 +174,7 @@ def fracture_region_group(
         tracking_identifier=tracking_identifier(require(source, "SOPInstanceUID"), model),
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_polyline(region.box),
+            graphic_data=region_outline(region),
             source_image=image_reference(hd.sr.SourceImageForRegion, source),
         ),
         finding_type=codes.FRACTURE_OF_BONE,

@@ -91,11 +91,14 @@ def _findings(dataset: Dataset) -> list[Dataset]:
 
 
 def _box(scoord: Dataset, uid: str) -> tuple[int, int, int, int]:
+    """The region's box (first and last pixel) from its outline along the pixels' outer
+    edges (:func:`~osteoflag.pacs.sr.region_outline`)."""
     points = [float(value) for value in scoord.GraphicData]
     xs, ys = points[0::2], points[1::2]
     if scoord.get("GraphicType") != "POLYLINE" or len(xs) != 5:
         raise PermanentError(f"SR {uid}: Image Region (111030, DCM) is not a closed POLYLINE box")
-    return (round(min(xs)), round(min(ys)), round(max(xs)), round(max(ys)))
+    x0, y0 = round(min(xs)), round(min(ys))
+    return (x0, y0, max(x0, round(max(xs)) - 1), max(y0, round(max(ys)) - 1))
 
 
 def read_result(dataset: Dataset) -> ReportedResult:

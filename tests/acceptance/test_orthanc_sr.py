@@ -183,7 +183,8 @@ def test_end_to_end_through_orthanc(
     assert 0 <= x0 <= x1 <= source.Columns and 0 <= y0 <= y1 <= source.Rows
     state = pydicom.dcmread(copies[GSPS])
     box = state.GraphicAnnotationSequence[0].GraphicObjectSequence[0].GraphicData
-    assert [round(v) for v in box] == [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0]
+    right, bottom = x1 + 1, y1 + 1  # the outline runs along the last pixel's outer edges
+    assert [round(v) for v in box] == [x0, y0, right, y0, right, bottom, x0, bottom, x0, y0]
     assert found[GSPS]["StudyInstanceUID"] == source.StudyInstanceUID
     assert found[SECONDARY_CAPTURE]["StudyInstanceUID"] == source.StudyInstanceUID
 

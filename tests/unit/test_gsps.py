@@ -70,7 +70,7 @@ def test_box_and_text_on_the_source_image_in_the_same_study() -> None:
     assert annotation.GraphicLayer == state.GraphicLayerSequence[0].GraphicLayer
     (box,) = annotation.GraphicObjectSequence
     assert (box.GraphicType, box.GraphicAnnotationUnits) == ("POLYLINE", "PIXEL")
-    assert list(box.GraphicData) == [40, 90, 110, 90, 110, 170, 40, 170, 40, 90]
+    assert list(box.GraphicData) == [40, 90, 111, 90, 111, 171, 40, 171, 40, 90]
     (text,) = annotation.TextObjectSequence
     assert text.UnformattedTextValue == "RESEARCH USE ONLY - fracture suspected 87%"
     assert state.SoftcopyVOILUTSequence[0].WindowCenter == source.WindowCenter
@@ -107,3 +107,49 @@ def test_region_outside_the_image_is_a_permanent_error_naming_the_source() -> No
     source = make_dx(rows=100, columns=100)
     with pytest.raises(PermanentError, match=source.SOPInstanceUID):
         _gsps(source, Region(peak=(50, 50), box=(10, 10, 150, 60)))
+
+
+def test_region_on_the_last_pixels_is_outlined_to_the_image_edge(tmp_path: Path) -> None:
+    source = make_dx(rows=256, columns=200)
+    state = _gsps(source, Region(peak=(195, 250), box=(180, 240, 199, 255)))
+    (box,) = state.GraphicAnnotationSequence[0].GraphicObjectSequence
+    assert list(box.GraphicData) == [180, 240, 200, 240, 200, 256, 180, 256, 180, 240]
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+def test_a_box_naming_a_pixel_past_the_last_column_is_refused() -> None:
+    source = make_dx(rows=256, columns=200)
+    with pytest.raises(PermanentError, match="Columns 200"):
+        _gsps(source, Region(peak=(190, 20), box=(180, 10, 200, 30)))
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "ratio"),
+    [
+        ("ImagerPixelSpacing", [0.2, 0.1], [2, 1]),
+        ("PixelSpacing", [0.15, 0.1], [3, 2]),
+        ("PixelAspectRatio", [1, 2], [1, 2]),
+        ("ImagerPixelSpacing", [0.139, 0.139], [1, 1]),
+        ("ImagerPixelSpacing", [0.0, 0.1], [1, 1]),
+        (None, None, [1, 1]),
+    ],
+)
+def test_displayed_area_keeps_the_source_pixels_shape(
+    tmp_path: Path, keyword: str | None, value: list[float] | None, ratio: list[int]
+) -> None:
+    """PS3.3 C.10.4: the state's Presentation Pixel Aspect Ratio replaces the image's when
+    it is applied, so non-square pixels must not be declared square."""
+    source = make_dx(rows=100, columns=200)
+    for name in ("PixelSpacing", "ImagerPixelSpacing", "PixelAspectRatio"):
+        if name in source:
+            delattr(source, name)
+    if keyword is not None:
+        setattr(source, keyword, value)
+    state = _gsps(source, Region(peak=(100, 50), box=(90, 40, 110, 60)))
+    (area,) = state.DisplayedAreaSelectionSequence
+    assert [int(v) for v in area.PresentationPixelAspectRatio] == ratio
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []

@@ -7,13 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from pydicom import Dataset
 
 from osteoflag.inference.labels import Label
+from osteoflag.inference.localise import region_from_map
+from osteoflag.inference.pixels import DisplayImage, InputSpec, ResizeMode, fit
 from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
 from osteoflag.pacs.sr import build_sr
+from osteoflag.pacs.sr_read import read_result
 from tests.sr_fixtures import make_dx
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
@@ -53,7 +57,7 @@ def test_flagged_image_gets_one_planar_roi_group_with_a_closed_box_on_the_source
     assert _named(items, "Tracking Unique Identifier")[0].ValueType == "UIDREF"
     (scoord,) = _named(items, "Image Region")
     assert (scoord.ValueType, scoord.GraphicType) == ("SCOORD", "POLYLINE")
-    assert [float(v) for v in scoord.GraphicData] == [40, 90, 110, 90, 110, 170, 40, 170, 40, 90]
+    assert [float(v) for v in scoord.GraphicData] == [40, 90, 111, 90, 111, 171, 40, 171, 40, 90]
     (image,) = scoord.ContentSequence
     assert (image.ValueType, image.RelationshipType) == ("IMAGE", "SELECTED FROM")
     reference = image.ReferencedSOPSequence[0]
@@ -150,3 +154,31 @@ def test_tracking_uid_is_stable_per_source_and_distinct_between_sources() -> Non
 
     assert tracking(first) == tracking(first)
     assert tracking(first) != tracking(second)
+
+
+def test_region_at_the_image_edge_outlines_every_pixel_it_names() -> None:
+    """A bright blob on the last columns and rows, found through the model input's geometry:
+    the SCOORD, whose 0,0 is the top-left pixel's top-left corner (PS3.3 C.18.6.1.2), must
+    enclose the centre of every blob pixel and end at the image's own edge."""
+    rows, columns = 256, 200
+    pixels = np.zeros((rows, columns), dtype=np.float32)
+    pixels[rows - 30 :, columns - 12 :] = 1.0
+    spec = InputSpec(size=(384, 384), resize_mode=ResizeMode.STRETCH)
+    heat = fit(DisplayImage(pixels), spec).reshape(12, 32, 12, 32).mean(axis=(1, 3))
+    region = region_from_map(heat, spec, (rows, columns))
+    assert region is not None and region.box[2:] == (columns - 1, rows - 1)
+
+    sr = _sr(make_dx(rows=rows, columns=columns), Classification(Label.FRACTURE, 0.9), region)
+    (scoord,) = [item for item in _walk(sr.ContentSequence) if item.ValueType == "SCOORD"]
+    xs, ys = scoord.GraphicData[0::2], scoord.GraphicData[1::2]
+    (last_row, last_column) = np.argwhere(pixels).max(axis=0) + 0.5  # that pixel's centre
+    assert min(xs) <= last_column <= max(xs) == columns
+    assert min(ys) <= last_row <= max(ys) == rows
+    assert read_result(sr).region == region.box
+
+
+def test_a_one_pixel_region_is_a_one_pixel_square() -> None:
+    region = Region(peak=(50, 60), box=(50, 60, 50, 60))
+    sr = _sr(make_dx(), Classification(Label.FRACTURE, 0.9), region)
+    (scoord,) = [item for item in _walk(sr.ContentSequence) if item.ValueType == "SCOORD"]
+    assert [float(v) for v in scoord.GraphicData] == [50, 60, 51, 60, 51, 61, 50, 61, 50, 60]

@@ -37,7 +37,7 @@ def test_tree_shows_result_and_nesting(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert "Result: fracture (score 87.31%, threshold 42.00%" in text
     assert "Region: box (10, 20, 50, 60)" in text
-    assert any("SCOORD Image Region (111030, DCM) = POLYLINE 10,20 50,20" in line for line in lines)
+    assert any("SCOORD Image Region (111030, DCM) = POLYLINE 10,20 51,20" in line for line in lines)
     assert "RESEARCH USE ONLY" in text
     assert any(
         line.startswith("      contains: NUM Certainty of Finding") and "87.31 %" in line
