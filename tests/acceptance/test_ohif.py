@@ -205,9 +205,9 @@ def test_flagged_sr_draws_its_region_over_the_source_image(
     assert flagged.source_uid in drawn["imageId"]
     xs = [point[0] for point in drawn["points"]]
     ys = [point[1] for point in drawn["points"]]
-    x0, y0, x1, y1 = REGION.box
-    assert min(xs) == pytest.approx(x0, abs=1) and max(xs) == pytest.approx(x1, abs=1)
-    assert min(ys) == pytest.approx(y0, abs=1) and max(ys) == pytest.approx(y1, abs=1)
+    x0, y0, x1, y1 = REGION.box  # first and last pixel: outlined along their outer edges
+    assert min(xs) == pytest.approx(x0, abs=0.5) and max(xs) == pytest.approx(x1 + 1, abs=0.5)
+    assert min(ys) == pytest.approx(y0, abs=0.5) and max(ys) == pytest.approx(y1 + 1, abs=0.5)
     browser_page.screenshot(path=str(screenshots / "ohif-flagged-sr.png"))
 
 
