@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osteoflag.errors import UsageError
 from osteoflag.inference import maps
-from osteoflag.inference.bundle import write_manifest
+from osteoflag.inference.bundle import MANIFEST, write_manifest
 from osteoflag.inference.predictor import INPUT_NAME, OUTPUT_NAME
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
@@ -78,6 +79,7 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     """
     torch.set_num_threads(options.threads)
     started = time.monotonic()
+    check_out(options)
     if options.small_view and options.layout is not FeatureLayout.B345:
         raise TrainingError(
             f"--small-view {options.small_view} needs --layout b345: its levels are pooled "
@@ -180,6 +182,32 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         results["baselines"] = baselines(prep, options, frozen_b5)
         checkpoint()
     return results
+
+
+def check_out(options: TrainOptions) -> None:
+    """Refuse an ``--out`` whose replacement would delete what is not a bundle: writing the
+    bundle removes the folder first, so a typo naming the data's folder (or one around it)
+    would wipe the images, and a bundle written inside ``--data`` or ``--other`` would be read
+    as images by the next run. An empty folder, or a bundle a previous run wrote, is replaced.
+    """
+    out = options.out.resolve()
+    given = {"--data": options.data, "--other": options.other, "--work": options.work}
+    for flag, path in given.items():
+        if path is None:
+            continue
+        if path.resolve().is_relative_to(out):
+            raise UsageError(f"--out {options.out}: holds {flag} {path}; choose another folder")
+        if flag != "--work" and out.is_relative_to(path.resolve()):
+            raise UsageError(
+                f"--out {options.out}: is inside {flag} {path}; choose a folder outside it"
+            )
+    if out.exists() and not (
+        out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())
+    ):
+        raise UsageError(
+            f"--out {options.out}: exists and is not a model bundle; choose a new folder "
+            "(a previous run's bundle there is replaced)"
+        )
 
 
 def read_recipes(path: Path) -> list[dict[str, object]]:
