@@ -236,7 +236,8 @@ def write_bundle(
     full = FeatureGraph(network.trunk, model.head, options.layout).eval()
     spec = input_spec(options)
     inputs = np.stack(
-        [features.prepare(prep.samples[i], spec) for i in range(export.PARITY_IMAGES)]
+        # the first images, as many as the parity check takes (a small set may have fewer)
+        [features.prepare(sample, spec) for sample in prep.samples[: export.PARITY_IMAGES]]
     )
     export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
     parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)

@@ -7,8 +7,34 @@ from pathlib import Path
 
 import pytest
 
+from osteoflag.inference.bundle import load_bundle
 from osteoflag.training.__main__ import main as training_main
+from osteoflag.training.backbones import FeatureLayout, Init
+from osteoflag.training.classifier import BoosterConfig
+from osteoflag.training.finetune import FinetuneConfig
+from osteoflag.training.networks import Architecture
+from osteoflag.training.pipeline import run
+from osteoflag.training.prepared import TrainOptions
 from tests.helpers.training_data import write_images
+
+
+def _options(root: Path) -> TrainOptions:
+    """A frozen, narrow scratch VGG16 on 32 px images, published split only: seconds."""
+    return TrainOptions(
+        data=root / "primary",
+        out=root / "bundle",
+        work=root / "work",
+        architecture=Architecture.VGG16,
+        init=Init.SCRATCH,
+        size=32,
+        width_divisor=16,
+        layout=FeatureLayout.B345,
+        finetune=FinetuneConfig(epochs=0, batch_size=8),
+        booster=BoosterConfig(min_data_in_leaf=2, max_rounds=10, early_stopping=5),
+        protocols=("published",),
+        compare_layouts=False,
+        threads=1,
+    )
 
 
 @pytest.mark.parametrize("out", ["data-parent", "data", "inside-data", "not-a-bundle"])
@@ -29,3 +55,11 @@ def test_an_out_that_is_not_a_bundle_is_refused_and_nothing_is_deleted(
     assert training_main([*argv, "--work", str(tmp_path / "work")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_fewer_images_than_the_parity_batch_still_make_a_bundle(tmp_path: Path) -> None:
+    write_images(tmp_path / "primary", ("train", "val"), 3, seed=0)  # 12 images, parity takes 16
+    run(_options(tmp_path))
+    load_bundle(tmp_path / "bundle")
+    run(_options(tmp_path))  # a bundle at --out is replaced
+    load_bundle(tmp_path / "bundle")
