@@ -26,6 +26,7 @@ from osteoflag.inference.bundle import MANIFEST, write_manifest
 from osteoflag.inference.predictor import INPUT_NAME, OUTPUT_NAME
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
+from osteoflag.training.dataset import CLASSES
 from osteoflag.training.model import FittedModel, Inputs, head_onnx_features
 from osteoflag.training.networks import (
     HEAD_TEXT,
@@ -113,6 +114,14 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     train, val, test = (split_indices(prep, s) for s in ("train", "val", "test"))
     if len(train) == 0 or len(val) == 0:
         raise TrainingError(f"{options.data} has no train/ and val/ splits")
+    for split, idx in (("train", train), ("val", val)):
+        # the booster, the calibration and the threshold each need both labels to fit
+        missing = [name for label, name in enumerate(CLASSES) if label not in prep.labels[idx]]
+        if missing:
+            raise TrainingError(
+                f"{options.data / split}: no {missing[0]} images; a fit needs both "
+                f"{' and '.join(CLASSES)} in train/ and val/"
+            )
     extra_fit, extra_val = other_split(prep, options)
     bundle_model, bundle_x = fit(
         np.concatenate([train, extra_fit]),

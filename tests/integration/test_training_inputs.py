@@ -3,10 +3,12 @@ smaller than the parity check's batch. Each gives one clear line, or a bundle th
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from osteoflag.errors import TrainingError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.training.__main__ import main as training_main
 from osteoflag.training.backbones import FeatureLayout, Init
@@ -55,6 +57,13 @@ def test_an_out_that_is_not_a_bundle_is_refused_and_nothing_is_deleted(
     assert training_main([*argv, "--work", str(tmp_path / "work")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_split_with_one_label_is_refused_naming_it(tmp_path: Path) -> None:
+    write_images(tmp_path / "primary", ("train", "val"), 4, seed=0)
+    shutil.rmtree(tmp_path / "primary" / "val" / "nofracture")
+    with pytest.raises(TrainingError, match="primary/val: no nofracture images"):
+        run(_options(tmp_path))
 
 
 def test_fewer_images_than_the_parity_batch_still_make_a_bundle(tmp_path: Path) -> None:
