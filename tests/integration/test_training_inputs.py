@@ -4,6 +4,7 @@ smaller than the parity check's batch. Each gives one clear line, or a bundle th
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,13 @@ def test_fewer_images_than_the_parity_batch_still_make_a_bundle(tmp_path: Path) 
     load_bundle(tmp_path / "bundle")
     run(_options(tmp_path))  # a bundle at --out is replaced
     load_bundle(tmp_path / "bundle")
+
+
+def test_a_hold_out_drawing_one_label_is_refused_naming_the_protocol(tmp_path: Path) -> None:
+    write_images(tmp_path / "primary", ("train", "val"), 6, seed=0)
+    write_images(tmp_path / "other", (None,), 6, seed=1)  # 6 groups: a 1-in-5 hold-out of one
+    options = replace(
+        _options(tmp_path), other=tmp_path / "other", protocols=("published", "cross")
+    )
+    with pytest.raises(TrainingError, match=r"^cross: the validation images .* one label only"):
+        run(options)
