@@ -3,6 +3,7 @@ smaller than the parity check's batch. Each gives one clear line, or a bundle th
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -83,3 +84,13 @@ def test_a_hold_out_drawing_one_label_is_refused_naming_the_protocol(tmp_path: P
     )
     with pytest.raises(TrainingError, match=r"^cross: the validation images .* one label only"):
         run(options)
+
+
+def test_the_card_names_the_folds_the_run_made(tmp_path: Path) -> None:
+    write_images(tmp_path / "primary", ("train", "val"), 8, seed=0)
+    run(replace(_options(tmp_path), protocols=("published", "cv"), folds=3))
+    metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert len(metrics["cv"]["folds"]) == 3
+    assert "## 2. Grouped, stratified 3-fold cross-validation" in card
+    assert "5-fold" not in card
