@@ -129,6 +129,7 @@ def find_samples(
     split_dirs: list[str | None] = [s for s in SPLITS if (root / s).is_dir()]
     samples: list[Sample] = []
     skipped: list[tuple[Path, str]] = []
+    found: set[str] = set()  # every image's path relative to root, as groups.csv names it
     for split in split_dirs or [None]:  # None: no split folders
         base = root / split if split else root
         for cls in CLASSES:
@@ -137,12 +138,16 @@ def find_samples(
                 continue
             for path in _images(folder, skipped):
                 rel = path.relative_to(root).as_posix()
+                found.add(rel)
                 group, rep = meta.get(rel, (None, True))
                 if representatives_only and not rep:
                     continue
                 samples.append(Sample(path, _label(cls, folder), name, split, group, rep))
     if not samples:
         raise UsageError(f"no images under {root}/[train|val|test/]{{fracture,nofracture}}/")
+    _check_groups_matched(
+        root / "groups.csv", meta, found | {p.relative_to(root).as_posix() for p, _ in skipped}
+    )
     logger.info(
         "discovered images",
         extra={"action": "discover", "source": name, "n": len(samples), "skipped": len(skipped)},
@@ -217,6 +222,17 @@ def _dicom_files_by_uid(root: Path) -> dict[str, Path]:
         if uid:
             found[str(uid)] = path
     return found
+
+
+def _check_groups_matched(path: Path, meta: dict[str, tuple[str, bool]], found: set[str]) -> None:
+    """Refuse a groups CSV whose rows name files that are not there: a group it cannot apply
+    would be silently dropped, and images it keeps together split across folds (a leak)."""
+    unmatched = sorted(set(meta) - found)
+    if unmatched:
+        raise TrainingError(
+            f"{path}: {len(unmatched)} of {len(meta)} rows name no file under {path.parent}, "
+            f"e.g. {unmatched[0]!r} (write paths relative to {path.parent}, with '/')"
+        )
 
 
 def _groups_csv(path: Path) -> dict[str, tuple[str, bool]]:

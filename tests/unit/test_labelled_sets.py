@@ -104,3 +104,14 @@ def test_labels_csv_in_a_legacy_encoding_names_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(TrainingError, match=r"labels\.csv: labels CSV is not UTF-8 \(byte \d+\)"):
         discover(tmp_path / "d")
+
+
+@pytest.mark.parametrize("listed", ["./fracture/x.dcm", "fracture\\x.dcm", "fracture/gone.dcm"])
+def test_groups_csv_naming_no_file_is_refused_not_ignored(tmp_path: Path, listed: str) -> None:
+    """Its groups would be dropped, and the images it keeps together split across folds."""
+    for cls in ("fracture", "nofracture"):
+        (tmp_path / cls).mkdir()
+        save(dataset(np.asarray(radiograph())), tmp_path / cls / "x.dcm")
+    (tmp_path / "groups.csv").write_text(f"file,group\n{listed},g1\nnofracture/x.dcm,g1\n")
+    with pytest.raises(TrainingError, match=r"groups\.csv: 1 of 2 rows name no file .*\.dcm"):
+        discover(tmp_path)
