@@ -96,8 +96,12 @@ def read_boxes(label: Path, width: float, height: float) -> tuple[Box, ...]:
     to the image, in [0, 1]) in pixels of a ``width`` x ``height`` image; blank lines are
     skipped. A line that is not five numbers, or a box reaching outside the image, is refused
     naming the file and line: fitted on, it would teach the localiser cells the box misses."""
+    try:
+        text = label.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{label}: the image's boxes cannot be read: {exc}") from exc
     boxes = []
-    for number, line in enumerate(label.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{label}:{number}"

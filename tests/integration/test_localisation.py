@@ -139,3 +139,10 @@ def test_blank_lines_in_a_boxes_file_are_skipped(tmp_path: Path) -> None:
     label = tmp_path / "labels" / "case1.txt"
     label.write_text("\n" + label.read_text() + "\n\n")
     assert [len(case.boxes) for case in read_cases(tmp_path)] == [1, 1]
+
+
+def test_a_missing_boxes_file_is_refused_naming_it(tmp_path: Path) -> None:
+    boxes_folder(tmp_path, 2, seed=0)
+    (tmp_path / "labels" / "case1.txt").unlink()
+    with pytest.raises(TrainingError, match=r"case1\.txt: the image's boxes cannot be read"):
+        read_cases(tmp_path)
