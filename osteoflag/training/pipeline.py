@@ -81,6 +81,12 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     torch.set_num_threads(options.threads)
     started = time.monotonic()
     check_out(options)
+    missing = [split for split in ("train", "val") if not (options.data / split).is_dir()]
+    if missing and prepared is None:  # before the trunk pass, which takes long on a real set
+        raise TrainingError(
+            f"{options.data}: no {missing[0]}/ folder; the bundle fits on train/ and validates "
+            "on val/ ({train,val[,test]}/{fracture,nofracture}/)"
+        )
     if options.small_view and options.layout is not FeatureLayout.B345:
         raise TrainingError(
             f"--small-view {options.small_view} needs --layout b345: its levels are pooled "

@@ -94,3 +94,10 @@ def test_the_card_names_the_folds_the_run_made(tmp_path: Path) -> None:
     assert len(metrics["cv"]["folds"]) == 3
     assert "## 2. Grouped, stratified 3-fold cross-validation" in card
     assert "5-fold" not in card
+
+
+def test_data_without_split_folders_is_refused_before_the_trunk_pass(tmp_path: Path) -> None:
+    write_images(tmp_path / "primary", (None,), 4, seed=0)
+    with pytest.raises(TrainingError, match=r"primary: no train/ folder"):
+        run(_options(tmp_path))
+    assert not (tmp_path / "work").exists()
