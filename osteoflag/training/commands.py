@@ -44,7 +44,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="primary source: {train,val,test}/{fracture,nofracture}/ or {fracture,nofracture}/",
+        help="primary source: {train,val,test}/{fracture,nofracture}/ (the bundle fits on train "
+        "and validates on val; test is optional)",
     )
     parser.add_argument(
         "--other",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ def find_samples(
     split_dirs: list[str | None] = [s for s in SPLITS if (root / s).is_dir()]
     samples: list[Sample] = []
     skipped: list[tuple[Path, str]] = []
+    found: set[str] = set()  # every image's path relative to root, as groups.csv names it
     for split in split_dirs or [None]:  # None: no split folders
         base = root / split if split else root
         for cls in CLASSES:
@@ -137,12 +139,16 @@ def find_samples(
                 continue
             for path in _images(folder, skipped):
                 rel = path.relative_to(root).as_posix()
+                found.add(rel)
                 group, rep = meta.get(rel, (None, True))
                 if representatives_only and not rep:
                     continue
                 samples.append(Sample(path, _label(cls, folder), name, split, group, rep))
     if not samples:
         raise UsageError(f"no images under {root}/[train|val|test/]{{fracture,nofracture}}/")
+    _check_groups_matched(
+        root / "groups.csv", meta, found | {p.relative_to(root).as_posix() for p, _ in skipped}
+    )
     logger.info(
         "discovered images",
         extra={"action": "discover", "source": name, "n": len(samples), "skipped": len(skipped)},
@@ -219,12 +225,43 @@ def _dicom_files_by_uid(root: Path) -> dict[str, Path]:
     return found
 
 
+def _check_groups_matched(path: Path, meta: dict[str, tuple[str, bool]], found: set[str]) -> None:
+    """Refuse a groups CSV none of whose rows names a file here (its paths are written from
+    another root: no group would apply, and the images it keeps together would split across
+    folds); warn when some rows do not (a subset of the set it was written for)."""
+    unmatched = sorted(set(meta) - found)
+    if not unmatched:
+        return
+    if len(unmatched) == len(meta):
+        raise TrainingError(
+            f"{path}: none of its {len(meta)} rows names a file under {path.parent}, "
+            f"e.g. {unmatched[0]!r} (write paths relative to {path.parent})"
+        )
+    logger.warning(
+        "groups.csv rows name no file",
+        extra={
+            "action": "discover",
+            "file": str(path),
+            "unmatched": len(unmatched),
+            "rows": len(meta),
+            "example": unmatched[0],
+        },
+    )
+
+
 def _groups_csv(path: Path) -> dict[str, tuple[str, bool]]:
     """``file -> (group, representative)``; read as the labels CSV is (a spreadsheet's UTF-8
-    byte-order mark would otherwise rename the first column)."""
+    byte-order mark would otherwise rename the first column), each path normalised to how
+    discovery writes it (``./fracture/x.dcm`` and ``fracture\\x.dcm`` are ``fracture/x.dcm``)."""
     if not path.is_file():
         return {}
     rows, columns = _csv_rows(path, "groups CSV")
     if not {"file", "group"} <= columns:
         raise TrainingError(f"{path}: needs 'file' and 'group' columns")
-    return {row["file"]: (row["group"], row.get("representative", "1") == "1") for row in rows}
+    return {
+        posixpath.normpath(row["file"].replace("\\", "/")): (
+            row["group"],
+            row.get("representative", "1") == "1",
+        )
+        for row in rows
+    }

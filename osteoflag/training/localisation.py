@@ -31,7 +31,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from osteoflag.errors import BundleError
+from osteoflag.errors import BundleError, TrainingError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.localise import FloatMap, PooledLayout, evidence_map, region_from_map
 from osteoflag.inference.pixels import load_display, model_input
@@ -44,6 +44,8 @@ BOOTSTRAP: Final = 2000
 RANDOM_POINTS: Final = 200
 #: Occlusion: a square of the input's mean (0 after normalisation) this size, on this grid.
 OCCLUSION_PATCH: Final = 32
+#: How far (relative to the image) a box's edge may pass the border: exporters round.
+BOX_SLACK: Final = 1e-3
 
 
 @dataclass(frozen=True)
@@ -76,28 +78,44 @@ def read_cases(folder: Path) -> list[Case]:
     cases = []
     for row, path, radiograph in zip(rows, paths, radiographs, strict=True):
         width, height = float(row["width"]), float(row["height"])
-        boxes = []
         label = folder / "labels" / (Path(row["file"]).stem + ".txt")
-        for line in label.read_text(encoding="utf-8").splitlines():
-            _, xc, yc, w, h = (float(v) for v in line.split())
-            boxes.append(
-                (
-                    (xc - w / 2) * width,
-                    (yc - h / 2) * height,
-                    (xc + w / 2) * width,
-                    (yc + h / 2) * height,
-                )
-            )
         cases.append(
             Case(
                 path,
                 row["source_stem"],
                 radiograph,
                 bool(row["near_duplicate_in_multiregion"]),
-                tuple(boxes),
+                read_boxes(label, width, height),
             )
         )
     return cases
+
+
+def read_boxes(label: Path, width: float, height: float) -> tuple[Box, ...]:
+    """The YOLO boxes of ``label`` (``class x_centre y_centre width height``, each relative
+    to the image, in [0, 1]) in pixels of a ``width`` x ``height`` image; blank lines are
+    skipped. A line that is not five numbers, or a box reaching outside the image, is refused
+    naming the file and line: fitted on, it would teach the localiser cells the box misses."""
+    try:
+        text = label.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{label}: the image's boxes cannot be read: {exc}") from exc
+    boxes = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label}:{number}"
+        try:
+            _, xc, yc, w, h = (float(v) for v in line.split())
+        except ValueError as exc:
+            raise TrainingError(
+                f"{where}: not a YOLO box 'class x_centre y_centre width height': {line!r}"
+            ) from exc
+        box = (xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2)
+        if not (w > 0 and h > 0 and all(-BOX_SLACK <= v <= 1 + BOX_SLACK for v in box)):
+            raise TrainingError(f"{where}: box {line.strip()!r} is not inside the image [0, 1]")
+        boxes.append((box[0] * width, box[1] * height, box[2] * width, box[3] * height))
+    return tuple(boxes)
 
 
 def _inside(x: float, y: float, boxes: Sequence[Box]) -> bool:

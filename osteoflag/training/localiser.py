@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from osteoflag.errors import BundleError
+from osteoflag.errors import BundleError, TrainingError
 from osteoflag.inference.cells import Tiling, cell_features
 from osteoflag.inference.localiser import (
     POSITION_FEATURES,
@@ -291,8 +291,12 @@ def fit_localiser(
     from sklearn.model_selection import GroupKFold  # the train extra
 
     groups = [case.radiograph for case in cases]
-    if len(set(groups)) < folds:
-        raise ValueError(f"{len(set(groups))} radiographs cannot make {folds} folds")
+    if len(set(groups)) < folds:  # the grouped CV figures the manifest records need them
+        boxes = cases[0].path.parent.parent if cases else "the boxes folder"
+        raise TrainingError(
+            f"{boxes}: {len(set(groups))} radiographs cannot make {folds} grouped folds; "
+            f"the localiser needs boxes on at least {folds}"
+        )
     splits = list(GroupKFold(folds).split(np.zeros(len(cases)), groups=groups))
     flagged: list[bool] | None = None  # classified by the first pass, the same for every pass
     sizes: list[tuple[int, int]] = []

@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osteoflag.errors import UsageError
 from osteoflag.inference import maps
-from osteoflag.inference.bundle import write_manifest
+from osteoflag.inference.bundle import MANIFEST, write_manifest
 from osteoflag.inference.predictor import INPUT_NAME, OUTPUT_NAME
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
+from osteoflag.training.dataset import CLASSES
 from osteoflag.training.model import FittedModel, Inputs, head_onnx_features
 from osteoflag.training.networks import (
     HEAD_TEXT,
@@ -78,6 +80,13 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     """
     torch.set_num_threads(options.threads)
     started = time.monotonic()
+    check_out(options)
+    missing = [split for split in ("train", "val") if not (options.data / split).is_dir()]
+    if missing and prepared is None:  # before the trunk pass, which takes long on a real set
+        raise TrainingError(
+            f"{options.data}: no {missing[0]}/ folder; the bundle fits on train/ and validates "
+            "on val/ ({train,val[,test]}/{fracture,nofracture}/)"
+        )
     if options.small_view and options.layout is not FeatureLayout.B345:
         raise TrainingError(
             f"--small-view {options.small_view} needs --layout b345: its levels are pooled "
@@ -111,6 +120,14 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     train, val, test = (split_indices(prep, s) for s in ("train", "val", "test"))
     if len(train) == 0 or len(val) == 0:
         raise TrainingError(f"{options.data} has no train/ and val/ splits")
+    for split, idx in (("train", train), ("val", val)):
+        # the booster, the calibration and the threshold each need both labels to fit
+        missing = [name for label, name in enumerate(CLASSES) if label not in prep.labels[idx]]
+        if missing:
+            raise TrainingError(
+                f"{options.data / split}: no {missing[0]} images; a fit needs both "
+                f"{' and '.join(CLASSES)} in train/ and val/"
+            )
     extra_fit, extra_val = other_split(prep, options)
     bundle_model, bundle_x = fit(
         np.concatenate([train, extra_fit]),
@@ -182,6 +199,32 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
     return results
 
 
+def check_out(options: TrainOptions) -> None:
+    """Refuse an ``--out`` whose replacement would delete what is not a bundle: writing the
+    bundle removes the folder first, so a typo naming the data's folder (or one around it)
+    would wipe the images, and a bundle written inside ``--data`` or ``--other`` would be read
+    as images by the next run. An empty folder, or a bundle a previous run wrote, is replaced.
+    """
+    out = options.out.resolve()
+    given = {"--data": options.data, "--other": options.other, "--work": options.work}
+    for flag, path in given.items():
+        if path is None:
+            continue
+        if path.resolve().is_relative_to(out):
+            raise UsageError(f"--out {options.out}: holds {flag} {path}; choose another folder")
+        if flag != "--work" and out.is_relative_to(path.resolve()):
+            raise UsageError(
+                f"--out {options.out}: is inside {flag} {path}; choose a folder outside it"
+            )
+    if out.exists() and not (
+        out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())
+    ):
+        raise UsageError(
+            f"--out {options.out}: exists and is not a model bundle; choose a new folder "
+            "(a previous run's bundle there is replaced)"
+        )
+
+
 def read_recipes(path: Path) -> list[dict[str, object]]:
     """The rows ``recipes`` wrote (``WORK/recipes.json``), for the model card's table."""
     try:
@@ -208,7 +251,8 @@ def write_bundle(
     full = FeatureGraph(network.trunk, model.head, options.layout).eval()
     spec = input_spec(options)
     inputs = np.stack(
-        [features.prepare(prep.samples[i], spec) for i in range(export.PARITY_IMAGES)]
+        # the first images, as many as the parity check takes (a small set may have fewer)
+        [features.prepare(sample, spec) for sample in prep.samples[: export.PARITY_IMAGES]]
     )
     export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
     parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)

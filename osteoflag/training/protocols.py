@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from osteoflag.training import calibrate, classifier, metrics
-from osteoflag.training.backbones import FeatureLayout
+from osteoflag.training.backbones import FeatureLayout, TrainingError
 from osteoflag.training.model import (
     FittedModel,
     Inputs,
@@ -66,6 +66,14 @@ def fit_on(
     """One fit of the bundle's procedure (see :func:`fit_model`), logged with its protocol."""
     if not tag.startswith("published"):  # the published split is honoured, leaks included
         assert_disjoint(prep.groups, fit_idx, val_idx)
+    for side, idx in (("fitting", fit_idx), ("validation", val_idx)):
+        # the booster, the calibration and the threshold each need both labels; a grouped
+        # hold-out of a source with few groups can draw one label only
+        if len(set(prep.labels[idx].tolist())) < 2:
+            raise TrainingError(
+                f"{tag}: the {side} images ({len(idx)}) hold one label only; the source "
+                "has too few groups of each label for it: add images, or leave the protocol out"
+            )
     logger.info(
         "fitting",
         extra={"action": "fit", "protocol": tag, "fit": len(fit_idx), "val": len(val_idx)},

@@ -220,11 +220,12 @@ def _published(folder: Path, pub: Mapping[str, Any], both: bool) -> list[str]:
 
 
 def _cv(folder: Path, cv: Mapping[str, Any]) -> list[str]:
-    _plot(folder, "cv_pooled", "Grouped 5-fold CV: pooled out-of-fold", cv, 0.5)
+    k = len(cv["folds"])  # the run's --folds: the card must name the protocol it ran
+    _plot(folder, "cv_pooled", f"Grouped {k}-fold CV: pooled out-of-fold", cv, 0.5)
     lo, hi = cv["auc_ci95_t"]
     blo, bhi = cv["pooled_auc_ci95_group_bootstrap"]
     lines = [
-        "## 2. Grouped, stratified 5-fold cross-validation over all OsteoAI images",
+        f"## 2. Grouped, stratified {k}-fold cross-validation over all OsteoAI images",
         "",
         "Groups: Roboflow source stem, joined with exact pixel duplicates and dihedral-phash "
         "near-duplicates; no group is on both sides of any fold. Inside each fold, fine-tuning, "

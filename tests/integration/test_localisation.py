@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from osteoflag.errors import TrainingError
 from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.training.localisation import bootstrap, coverage, read_cases, score
-from testkit.boxes import film
+from testkit.boxes import boxes_folder, film
 from testkit.tiny_bundle import _training_images
 
 
@@ -110,3 +112,37 @@ def test_command_reports_every_method_and_subset(tmp_path: Path, tiny_bundle: Pa
         low, high = figures["hit"]["ci95"]
         assert low <= figures["hit"]["mean"] <= high
     assert summary["ms_per_image"]["evidence"] > 0
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("1 0.5 0.5 0.2", "not a YOLO box"),
+        ("fracture 0.5 0.5 0.2 0.2", "not a YOLO box"),
+        ("1 1.7 0.5 0.2 0.2", "is not inside the image"),
+        ("1 0.5 0.5 -0.2 0.2", "is not inside the image"),
+    ],
+    ids=["four-fields", "class-name", "outside", "negative-width"],
+)
+def test_a_bad_box_line_is_refused_naming_its_file_and_line(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    boxes_folder(tmp_path, 2, seed=0)
+    label = tmp_path / "labels" / "case1.txt"
+    label.write_text(label.read_text() + "\n" + line + "\n")  # a blank line, then the bad one
+    with pytest.raises(TrainingError, match=rf"^{re.escape(str(label))}:3: .*{says}"):
+        read_cases(tmp_path)
+
+
+def test_blank_lines_in_a_boxes_file_are_skipped(tmp_path: Path) -> None:
+    boxes_folder(tmp_path, 2, seed=0)
+    label = tmp_path / "labels" / "case1.txt"
+    label.write_text("\n" + label.read_text() + "\n\n")
+    assert [len(case.boxes) for case in read_cases(tmp_path)] == [1, 1]
+
+
+def test_a_missing_boxes_file_is_refused_naming_it(tmp_path: Path) -> None:
+    boxes_folder(tmp_path, 2, seed=0)
+    (tmp_path / "labels" / "case1.txt").unlink()
+    with pytest.raises(TrainingError, match=r"case1\.txt: the image's boxes cannot be read"):
+        read_cases(tmp_path)

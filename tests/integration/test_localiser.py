@@ -151,6 +151,24 @@ def test_cli_refuses_bad_usage_with_one_line(
     assert not (tmp_path / "new").exists()
 
 
+def test_too_few_radiographs_for_the_folds_is_one_line_naming_the_boxes(
+    tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
+) -> None:
+    maps, _, _ = localised
+    config = write_config(tmp_path, {"model": {"bundle": str(maps)}})
+    boxes_folder(tmp_path / "boxes", 4, seed=3)  # two radiographs, two copies each
+    refused = osteoflag(
+        "add-localiser", "--bundle", str(maps), "--boxes", str(tmp_path / "boxes"),
+        "--out", str(tmp_path / "new"), config=config,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"osteoflag: {tmp_path / 'boxes'}: 2 radiographs cannot make 5 grouped folds; "
+        "the localiser needs boxes on at least 5"
+    )
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_localiser_with_context_sees_each_cells_neighbourhood(
     tmp_path: Path, localised: tuple[Path, Path, dict[str, object]]
 ) -> None:

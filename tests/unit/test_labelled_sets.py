@@ -104,3 +104,40 @@ def test_labels_csv_in_a_legacy_encoding_names_the_file(tmp_path: Path) -> None:
     )
     with pytest.raises(TrainingError, match=r"labels\.csv: labels CSV is not UTF-8 \(byte \d+\)"):
         discover(tmp_path / "d")
+
+
+def _two_classes(root: Path) -> None:
+    for cls in ("fracture", "nofracture"):
+        (root / cls).mkdir()
+        save(dataset(np.asarray(radiograph())), root / cls / "x.dcm")
+
+
+@pytest.mark.parametrize("listed", ["./fracture/x.dcm", "fracture\\x.dcm"])
+def test_groups_csv_paths_are_read_as_discovery_writes_them(tmp_path: Path, listed: str) -> None:
+    """A leading ./ or Windows separators must not drop the row's group (a leak across folds)."""
+    _two_classes(tmp_path)
+    (tmp_path / "groups.csv").write_text(f"file,group\n{listed},g1\nnofracture/x.dcm,g1\n")
+    assert [s.group for s in discover(tmp_path)] == ["g1", "g1"]
+
+
+def test_groups_csv_rows_naming_no_file_are_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subset of the set the CSV was written for keeps the groups it can apply."""
+    _two_classes(tmp_path)
+    (tmp_path / "groups.csv").write_text(
+        "file,group\nfracture/gone.dcm,g1\nfracture/x.dcm,g1\nnofracture/x.dcm,g2\n"
+    )
+    assert [s.group for s in discover(tmp_path)] == ["g2", "g1"]
+    (warning,) = [r for r in caplog.records if r.getMessage() == "groups.csv rows name no file"]
+    assert (warning.unmatched, warning.example) == (1, "fracture/gone.dcm")  # type: ignore[attr-defined]
+
+
+def test_groups_csv_naming_no_file_here_is_refused(tmp_path: Path) -> None:
+    """Paths written from another root: no group would apply."""
+    _two_classes(tmp_path)
+    (tmp_path / "groups.csv").write_text(
+        "file,group\nset/fracture/x.dcm,g1\nset/nofracture/x.dcm,g1\n"
+    )
+    with pytest.raises(TrainingError, match=r"groups\.csv: none of its 2 rows names a file"):
+        discover(tmp_path)
