@@ -66,6 +66,13 @@ def source_stem(sample: Sample) -> str:
     return match.group("stem") if match else sample.path.stem
 
 
+def shared_sources(seen: Sequence[Sample], scored: Sequence[Sample]) -> int:
+    """How many of ``scored`` share their source radiograph (Roboflow stem) with one of
+    ``seen``: the published split's measure of how much its test set repeats training."""
+    stems = {source_stem(sample) for sample in seen}
+    return sum(source_stem(sample) in stems for sample in scored)
+
+
 def _dihedral_hashes(grey: np.ndarray) -> np.ndarray:
     """phash (64 bits as uint64) of the 8 rotations/flips of a [0,1] grey image."""
     img = Image.fromarray((np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8)).resize((128, 128))

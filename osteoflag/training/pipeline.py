@@ -27,6 +27,7 @@ from osteoflag.inference.predictor import INPUT_NAME, OUTPUT_NAME
 from osteoflag.training import export, features, report
 from osteoflag.training.backbones import FeatureLayout, TrainingError
 from osteoflag.training.dataset import CLASSES
+from osteoflag.training.hygiene import shared_sources
 from osteoflag.training.model import FittedModel, Inputs, head_onnx_features
 from osteoflag.training.networks import (
     HEAD_TEXT,
@@ -141,6 +142,11 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         "finetune_log": bundle_model.finetune_log,
         "test": evaluate(prep, bundle_model, bundle_x, test) if len(test) else None,
     }
+    if len(test):
+        published["test_shares_source"] = shared_sources(
+            [prep.samples[i] for i in np.concatenate([train, val])],
+            [prep.samples[i] for i in test],
+        )
     if options.int8 and len(test):
         published["int8"] = int8_rows(prep, options, network, bundle_model, bundle_x, train, test)
     if len(prep.other):

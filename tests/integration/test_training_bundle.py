@@ -91,6 +91,8 @@ def test_bundle_loads_and_predicts_like_training(
     assert 0.0 <= results["cv"]["calibration"]["ece"] <= 1.0  # type: ignore[index]
     card = (bundle_dir / "MODEL_CARD.md").read_text()
     assert "## Calibration" in card and (bundle_dir / "reliability.png").is_file()
+    # the test helper's stems are per split: no test file repeats a training radiograph
+    assert "**Caveat:** 0 of the 32 test files share their source radiograph" in card
     if not vgg:  # INT8 scored beside float32 on the same held-out images
         published_int8 = results["published"]["int8"]  # type: ignore[index]
         assert published_int8["n"] == 32
