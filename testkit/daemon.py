@@ -113,10 +113,10 @@ class DaemonProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM and wait for the graceful exit."""
+    def terminate(self, timeout: float = 60, signum: int = signal.SIGTERM) -> int:
+        """SIGTERM (or ``signum``) and wait for the graceful exit."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         return self.process.wait(timeout=timeout)
 
     def status(self) -> dict[str, dict[str, int]]:

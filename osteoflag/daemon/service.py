@@ -2,7 +2,7 @@
 
 Lifecycle: load the model bundle, migrate the schema, bind the web and DICOM ports, recover
 work a crash left claimed, start the inference worker, the sender thread and the scheduler
-(heartbeat, worker sweep, lease recovery, retention), then wait for SIGTERM/SIGINT.
+(heartbeat, worker sweep, lease recovery, retention), then wait for SIGTERM/SIGINT/SIGHUP.
 Shutdown refuses new associations first, lets in-flight ones finish, then stops the
 jobs; whatever is not finished stays safely queued for the next start.
 
@@ -265,7 +265,9 @@ class Daemon:
         logger.info("daemon stopped", extra={"action": "stop"})
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; return the exit status."""
+        """Serve until SIGTERM, SIGINT or SIGHUP; return the exit status. SIGHUP (the terminal
+        of a foreground ``serve`` closed) would otherwise end the process at once, leaving its
+        claims to the next start's recovery."""
 
         def request_stop(signum: int, _frame: FrameType | None) -> None:
             logger.info("stop requested", extra={"action": "signal", "signal": signum})
@@ -273,6 +275,7 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, request_stop)
         self.start()
         try:
             while not self.stopping.wait(timeout=3600):

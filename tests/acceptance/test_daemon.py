@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -79,12 +81,16 @@ def test_store_interrupted_before_its_row_is_committed_is_not_acknowledged(
         assert _instance_rows(tmp_path) == []
 
 
-def test_sigterm_stops_gracefully_and_keeps_the_queue(tmp_path: Path, tiny_bundle: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_stops_gracefully_and_keeps_the_queue(
+    tmp_path: Path, tiny_bundle: Path, signum: int
+) -> None:
+    """SIGHUP too: the terminal of a foreground ``make serve`` closed."""
     path = write_in_syntax(radiograph(), ExplicitVRLittleEndian, tmp_path / "dx.dcm")
     daemon = _daemon(tmp_path, tiny_bundle)
     with daemon:
         send_c_store([path], Peer("127.0.0.1", daemon.port, "OSTEOFLAG"), "MOD")
-        assert daemon.terminate() == 0
+        assert daemon.terminate(signum=signum) == 0
     log = [json.loads(line) for line in daemon.log_path.read_text().splitlines()]
     assert any(entry["message"] == "daemon stopped" for entry in log)
     assert len(_instance_rows(tmp_path)) == 1
