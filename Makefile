@@ -38,7 +38,7 @@ bench: $(VENV)/.installed-dev
 # with its localiser),
 # `model-vgg16` the VGG16 one (frozen ImageNet VGG16, blocks 3-5 average + max pool at 224 px,
 # LightGBM, a logistic probe and a cell probe on conv5_3's map mixed as in the default;
-# models/vgg16/; about 31 minutes here, and 12 for its localiser). Both learn from
+# models/vgg16/; about 31 minutes here, and 8 for its localiser). Both learn from
 # both sources; the cards' recipe table comes from models/recipes.json (`make recipes`
 # re-measures). Both get a localiser, fitted on ../shared/data/fracture-boxes.
 TRAIN := $(BIN)/python -m osteoflag.training train --data ../shared/data/osteoai \
