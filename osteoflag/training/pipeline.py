@@ -242,6 +242,14 @@ def read_recipes(path: Path) -> list[dict[str, object]]:
     return rows
 
 
+def tuned_text(options: TrainOptions) -> str:
+    """What the manifest's layout says of fine-tuning: the layers it trained, or frozen."""
+    if options.tuning.epochs == 0:
+        return "; frozen: no layer fine-tuned"
+    head = HEAD_TEXT[options.architecture].format(head_convs=options.head_convs)
+    return f"; fine-tuned: {head}"
+
+
 def write_bundle(
     options: TrainOptions,
     prep: Prepared,
@@ -317,8 +325,7 @@ def write_bundle(
         features={
             "count": int(served.shape[1]),
             "layout": layout_text(options.architecture, options.layout, options.small_view)
-            + "; fine-tuned: "
-            + HEAD_TEXT[options.architecture].format(head_convs=options.head_convs),
+            + tuned_text(options),
             "views": list(options.bundle_booster.view_starts),
         },
         classifier=classifier_section,

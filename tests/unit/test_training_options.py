@@ -81,3 +81,13 @@ def test_larger_efficientnet_lites_are_backbones_like_lite0() -> None:
         assert options.tuning == replace(FINETUNE[Architecture.EFFICIENTNET_LITE0], seed=0)
     assert "(160+224+2560)" in layout_text(Architecture.EFFICIENTNET_LITE1, FeatureLayout.B345)
     assert "(176+240+2560)" in layout_text(Architecture.EFFICIENTNET_LITE2, FeatureLayout.B345)
+
+
+def test_the_manifest_says_fine_tuned_only_when_a_layer_was(tmp_path: Path) -> None:
+    from osteoflag.training.pipeline import tuned_text
+
+    paths = {"data": tmp_path, "out": tmp_path / "out", "work": tmp_path / "work"}
+    frozen = TrainOptions(**paths, finetune=FinetuneConfig(epochs=0))
+    assert tuned_text(frozen) == "; frozen: no layer fine-tuned"
+    tuned = TrainOptions(**paths, finetune=FinetuneConfig(epochs=2))
+    assert tuned_text(tuned) == "; fine-tuned: stages 6-7 and the 1x1 head convolution"
