@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -101,15 +102,10 @@ def check_trust(settings: Settings) -> None:
     """Load every destination's certificates and keys now, raising ConfigError naming the
     key and file, so that ``serve`` refuses to start without them."""
     for destination in settings.destinations:
-        _load_trust(destination, settings.sender.timeout_seconds)
-
-
-def _load_trust(destination: Destination | DicomWebDestination, timeout: float) -> None:
-    """Load ``destination``'s certificates and keys (ConfigError naming the key and file)."""
-    if isinstance(destination, DicomWebDestination):
-        stow_client(destination, timeout).close()
-    elif destination.tls is not None:
-        client_context(destination.tls)
+        if isinstance(destination, DicomWebDestination):
+            stow_client(destination, settings.sender.timeout_seconds).close()
+        elif destination.tls is not None:
+            client_context(destination.tls)
 
 
 def claim_lease(settings: Settings) -> timedelta:
@@ -140,16 +136,18 @@ def deliver(
     )
     if not rows:
         return DeliveryReport()
-    try:
-        # Checked at start, but a certificate rotated since may be missing: the rows say so.
-        _load_trust(destination, settings.sender.timeout_seconds)
-    except ConfigError as exc:
-        return _all_wait(sessions, rows, policy, key, str(exc))
+    # A certificate checked at start may have been rotated away since (ConfigError): the rows
+    # wait and say so, as they do for a destination that refuses or cannot be reached.
     if isinstance(destination, DicomWebDestination):
-        return _stow_all(sessions, settings, destination, rows, policy, key, budget)
+        try:
+            client = stow_client(destination, settings.sender.timeout_seconds)
+        except ConfigError as exc:
+            return _all_wait(sessions, rows, policy, key, str(exc))
+        with client:
+            return _stow_all(sessions, client, rows, policy, key, budget)
     try:
         assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
-    except DeliveryError as exc:  # refused (saying why) or unreachable
+    except (ConfigError, DeliveryError) as exc:
         return _all_wait(sessions, rows, policy, key, str(exc))
     try:
         return _store_all(sessions, assoc, rows, policy, key, budget)
@@ -272,36 +270,33 @@ def as_accepted(dataset: Dataset, assoc: Association) -> Dataset:
 
 def _stow_all(
     sessions: sessionmaker[Session],
-    settings: Settings,
-    destination: DicomWebDestination,
+    client: httpx.Client,
     rows: Sequence[Outbound],
     policy: RetryPolicy,
     key: str,
     budget: _Budget,
 ) -> DeliveryReport:
-    """STOW-RS ``rows`` one by one; a server that does not answer fails the rest of the run."""
+    """STOW-RS ``rows`` one by one over ``client``; a server that does not answer fails the
+    rest of the run."""
     report = DeliveryReport()
-    with stow_client(destination, settings.sender.timeout_seconds) as client:
-        for index, row in _in_time(sessions, budget, rows, lambda: True):
-            try:
-                dicom = Path(row.file_path).read_bytes()
-            except OSError as exc:
-                report += _failed(sessions, row, policy, *_unreadable(row, exc))
-                continue
-            outcome = store_instance(client, dicom, row.sop_instance_uid)
-            if outcome.stored:
-                warning = None if outcome.detail == "HTTP 200" else f"warning {outcome.detail}"
-                report += _sent(sessions, row, key, outcome.detail, warning)
-            elif not outcome.answered:
-                logger.warning(
-                    "destination unreachable", extra={"action": "send", "destination": key}
-                )
-                for rest in rows[index:]:
-                    report += _failed(sessions, rest, policy, outcome.detail, False)
-                break
-            else:
-                error = f"{key} answered {outcome.detail}"
-                report += _failed(sessions, row, policy, error, outcome.permanent)
+    for index, row in _in_time(sessions, budget, rows, lambda: True):
+        try:
+            dicom = Path(row.file_path).read_bytes()
+        except OSError as exc:
+            report += _failed(sessions, row, policy, *_unreadable(row, exc))
+            continue
+        outcome = store_instance(client, dicom, row.sop_instance_uid)
+        if outcome.stored:
+            warning = None if outcome.detail == "HTTP 200" else f"warning {outcome.detail}"
+            report += _sent(sessions, row, key, outcome.detail, warning)
+        elif not outcome.answered:
+            logger.warning("destination unreachable", extra={"action": "send", "destination": key})
+            for rest in rows[index:]:
+                report += _failed(sessions, rest, policy, outcome.detail, False)
+            break
+        else:
+            error = f"{key} answered {outcome.detail}"
+            report += _failed(sessions, row, policy, error, outcome.permanent)
     return report
 
 
