@@ -148,8 +148,7 @@ def _upgrade(engine: Engine) -> None:
     migrated it, and Alembic would only say it cannot locate that revision."""
     config = _alembic_config(engine)
     script = ScriptDirectory.from_config(config)
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
+    current = _current_revision(engine)
     known = {revision.revision for revision in script.walk_revisions()}
     if current is not None and current not in known:
         raise ConfigError(
@@ -163,5 +162,10 @@ def _upgrade(engine: Engine) -> None:
 def schema_is_current(engine: Engine) -> bool:
     """True when the database is at the newest migration."""
     head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    return _current_revision(engine) == head
+
+
+def _current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at (None before the first migration)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision() == head
+        return MigrationContext.configure(connection).get_current_revision()
