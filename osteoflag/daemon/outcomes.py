@@ -84,13 +84,13 @@ class Outcomes:
         held, self._held = list(self._held.values()), {}
         if not held:
             return
-        when = utcnow() + timedelta(seconds=TRANSIENT_RETRY_SECONDS)
+        delay = timedelta(seconds=TRANSIENT_RETRY_SECONDS)
         reason = "outcome not recorded, will retry"
         uids = [instance.sop_instance_uid for instance in held]
         try:
             with database_errors("handing back a batch"), self._sessions() as session:
                 for instance in held:
-                    queue.retry_later(session, instance.id, self._owner, reason, when)
+                    queue.retry_later(session, instance.id, self._owner, reason, delay)
                 session.commit()
         except OsteoflagError as exc:
             logger.error(
@@ -141,10 +141,10 @@ class Outcomes:
     def retry_later(self, instance: Instance, reason: str) -> None:
         """Re-queue after a transient error (a full disk): it clears by itself, so the
         instance is tried again in :data:`TRANSIENT_RETRY_SECONDS` instead of failing."""
-        when = utcnow() + timedelta(seconds=TRANSIENT_RETRY_SECONDS)
+        delay = timedelta(seconds=TRANSIENT_RETRY_SECONDS)
         marked = self._commit(
             instance,
-            lambda session: queue.retry_later(session, instance.id, self._owner, reason, when),
+            lambda session: queue.retry_later(session, instance.id, self._owner, reason, delay),
             None,
         )
         if marked:

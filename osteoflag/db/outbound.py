@@ -7,14 +7,16 @@ takes the rows, so two senders never send the same object. The rows of a sender 
 mid-run are released once its heartbeat stops (``osteoflag.db.processes``), and are due
 again at the end of the lease in any case. An outcome is recorded only while the claim it was
 sent under still holds (``lease_owner``): a sender taken for dead, whose rows another has
-claimed since, cannot overwrite what the new owner records.
+claimed since, cannot overwrite what the new owner records. When a row is due, its creation
+(the delivery deadline counts from it) and its retries are stamped and judged by the
+database's clock (``osteoflag.db.clock``), so senders whose clocks differ agree on them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +25,9 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import claims
+from osteoflag.db.clock import database_now
 from osteoflag.db.models import Event, Instance, Outbound, OutboundState, utcnow
+from osteoflag.pacs.retry import Decision, GiveUp
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ def add_pending(
     Returns the rows added. Rows that already exist for the same SOP Instance UID and
     destination are left as they are, so recording an object twice is safe.
     """
+    now = database_now(session)
     rows: list[Outbound] = []
     for item in produced:
         known = set(
@@ -69,7 +74,8 @@ def add_pending(
                 destination=destination,
                 state=OutboundState.PENDING,
                 attempts=0,
-                next_attempt_at=utcnow(),
+                next_attempt_at=now,
+                created_at=now,
             )
             for destination in destinations.get(item.kind, ())
             if destination not in known
@@ -139,23 +145,21 @@ def claim_due(
     sessions: sessionmaker[Session],
     owner: str,
     destination: str,
-    now: datetime,
     limit: int,
     lease: timedelta,
+    now: datetime | None = None,
 ) -> list[Outbound]:
     """Atomically take up to ``limit`` due ``pending`` objects of one destination for
-    ``owner`` (the sending process), until ``now + lease`` at the latest."""
+    ``owner`` (the sending process), until ``lease`` from now at the latest; ``now`` is the
+    database's clock unless given (tests that move time on)."""
     return claims.claim(
         sessions,
         Outbound,
-        due=[
-            Outbound.destination == destination,
-            Outbound.state == OutboundState.PENDING,
-            Outbound.next_attempt_at <= now,
-        ],
+        due=[Outbound.destination == destination, Outbound.state == OutboundState.PENDING],
         order=[Outbound.next_attempt_at, Outbound.id],
         limit=limit,
-        values={"next_attempt_at": now + lease, "lease_owner": owner},
+        values=lambda moment: {"next_attempt_at": moment + lease, "lease_owner": owner},
+        now=now,
     )
 
 
@@ -190,7 +194,7 @@ def release(sessions: sessionmaker[Session], rows: Sequence[Outbound]) -> None:
         session.execute(
             update(Outbound)
             .where(or_(*(_claimed(row) for row in rows)))
-            .values(next_attempt_at=utcnow(), lease_owner=None)
+            .values(next_attempt_at=database_now(session), lease_owner=None)
         )
         session.commit()
 
@@ -206,7 +210,7 @@ def release_claims(sessions: sessionmaker[Session], condition: ColumnElement[boo
                 Outbound.lease_owner.is_not(None),
                 condition,
             )
-            .values(next_attempt_at=utcnow(), lease_owner=None)
+            .values(next_attempt_at=database_now(session), lease_owner=None)
         ).rowcount  # type: ignore[attr-defined]
         session.commit()
     return int(count)
@@ -234,23 +238,31 @@ def mark_sent(sessions: sessionmaker[Session], row: Outbound, warning: str | Non
 
 
 def mark_attempt_failed(
-    sessions: sessionmaker[Session], row: Outbound, error: str, retry_at: datetime | None
-) -> bool:
-    """Count a failed attempt: due again at ``retry_at``, or ``failed`` when it is None.
-    False (nothing changed, logged) if ``row``'s claim was lost."""
-    values: dict[str, object] = (
-        {"state": OutboundState.FAILED} if retry_at is None else {"next_attempt_at": retry_at}
-    )
+    sessions: sessionmaker[Session],
+    row: Outbound,
+    error: str,
+    decide: Callable[[datetime], Decision],
+) -> Decision | None:
+    """Count a failed attempt, as ``decide`` rules at the database's now: due again at its
+    time, or ``failed`` with its reason. Returns the decision; None (nothing changed, logged)
+    if ``row``'s claim was lost."""
     with sessions() as session:
+        decision = decide(database_now(session))
+        values: dict[str, object] = (
+            {"state": OutboundState.FAILED, "last_error": decision.reason}
+            if isinstance(decision, GiveUp)
+            else {"next_attempt_at": decision.when, "last_error": error}
+        )
         changed = session.execute(
             update(Outbound)
             .where(_claimed(row))
-            .values(attempts=Outbound.attempts + 1, last_error=error, lease_owner=None, **values)
+            .values(attempts=Outbound.attempts + 1, lease_owner=None, **values)
         ).rowcount  # type: ignore[attr-defined]
         session.commit()
     if not changed:
         _claim_lost(row, "failed attempt")
-    return bool(changed)
+        return None
+    return decision
 
 
 def fail_unconfigured(sessions: sessionmaker[Session], configured: Sequence[str]) -> int:
@@ -276,8 +288,8 @@ def fail_unconfigured(sessions: sessionmaker[Session], configured: Sequence[str]
 
 def requeue_failed(sessions: sessionmaker[Session]) -> int:
     """Put every ``failed`` outbound object whose file still exists back to ``pending``."""
-    now = utcnow()
     with sessions() as session:
+        now = database_now(session)
         count = session.execute(
             update(Outbound)
             .where(Outbound.state == OutboundState.FAILED, Outbound.removed_at.is_(None))

@@ -7,8 +7,9 @@ cut, a lost host) is dead to the others: the next heartbeat of any live process,
 own successor, releases its claims, so a restart loses seconds, not the minutes of the
 claims' leases. The leases stay as the bound for a process that is alive but stuck.
 
-Heartbeats are stamped and judged with one clock, the database's (:func:`database_now`): a
-host whose clock is behind another's must not look dead to it at every beat.
+Heartbeats are stamped and judged with one clock, the database's
+(:func:`osteoflag.db.clock.database_now`), as claims and leases are: a host whose clock is
+behind another's must not look dead to it at every beat.
 
 A process judges others only while its own heartbeats get through: after losing the
 database for longer than :data:`STALE_SECONDS` everyone looks dead, and the first beat
@@ -22,13 +23,14 @@ import os
 import secrets
 import socket
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import outbound, queue
-from osteoflag.db.models import Instance, Outbound, Process, utcnow
+from osteoflag.db.clock import database_now
+from osteoflag.db.models import Instance, Outbound, Process
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +41,6 @@ STALE_SECONDS = 15.0
 def owner_name(role: str) -> str:
     """A name no other process has had: role, host, pid and a random tag."""
     return f"{role}:{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def database_now(session: Session) -> datetime:
-    """The database's clock, in UTC. PostgreSQL may be shared by processes on several hosts,
-    whose clocks differ: its own clock is the one they all read. SQLite runs inside this
-    process, so its clock is this host's."""
-    if session.get_bind().dialect.name != "postgresql":
-        return utcnow()
-    now = session.execute(select(func.now())).scalar_one()  # timestamptz: aware
-    return datetime.astimezone(now, UTC)
 
 
 class Heartbeat:

@@ -3,7 +3,8 @@
 Its state machine (``queued`` -> ``processing`` -> ``done`` / ``skipped`` / ``failed``) is
 changed only here, as the outbound one is only in ``osteoflag.db.outbound``. Claims are one
 atomic statement (``osteoflag.db.claims``); a lease (owner + expiry) lets a dead worker's
-rows be recovered.
+rows be recovered. When a row is due and when its lease ends are stamped and judged by the
+database's clock (``osteoflag.db.clock``), so hosts whose clocks differ agree on them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.db import claims
+from osteoflag.db.clock import database_now
 from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
 from osteoflag.inference.region import Region
@@ -97,7 +99,10 @@ def enqueue(sessions: sessionmaker[Session], received: Received) -> bool:
     Only after this returns may the SCP acknowledge the C-STORE.
     """
     with sessions() as session:
+        now = database_now(session)
         row = Instance(
+            received_at=now,
+            next_attempt_at=now,
             sop_instance_uid=received.sop_instance_uid,
             sop_class_uid=received.sop_class_uid,
             transfer_syntax_uid=received.transfer_syntax_uid,
@@ -119,15 +124,15 @@ def enqueue(sessions: sessionmaker[Session], received: Received) -> bool:
 def claim_instances(
     sessions: sessionmaker[Session], owner: str, limit: int, lease: timedelta
 ) -> list[Instance]:
-    """Atomically move up to ``limit`` due queued instances to ``processing`` for ``owner``."""
-    now = utcnow()
+    """Atomically move up to ``limit`` due queued instances to ``processing`` for ``owner``,
+    leased until ``lease`` from now."""
     return claims.claim(
         sessions,
         Instance,
-        due=[Instance.state == InstanceState.QUEUED, Instance.next_attempt_at <= now],
+        due=[Instance.state == InstanceState.QUEUED],
         order=[Instance.received_at, Instance.id],
         limit=limit,
-        values={
+        values=lambda now: {
             "state": InstanceState.PROCESSING,
             "attempts": Instance.attempts + 1,
             "lease_owner": owner,
@@ -207,9 +212,9 @@ def refuse(
 
 
 def retry_later(
-    session: Session, instance_id: int, owner: str, reason: str, when: datetime
+    session: Session, instance_id: int, owner: str, reason: str, delay: timedelta
 ) -> bool:
-    """Back to ``queued`` until ``when`` after a transient failure (e.g. a full disk), with
+    """Back to ``queued`` for ``delay`` after a transient failure (e.g. a full disk), with
     ``reason`` shown meanwhile; the attempt is not counted against ``worker.max_attempts``,
     which is about attempts a crash interrupted. False if the lease was lost."""
     return _release_claim(
@@ -219,7 +224,7 @@ def retry_later(
         "retry",
         state=InstanceState.QUEUED,
         attempts=Instance.attempts - 1,
-        next_attempt_at=when,
+        next_attempt_at=database_now(session) + delay,
         error=reason,
     )
 
@@ -230,7 +235,9 @@ def recover_expired(sessions: sessionmaker[Session], max_attempts: int) -> int:
     An instance that has taken down its worker ``max_attempts`` times is a poison
     pill: it is failed with a reason instead of crashing the next worker too.
     """
-    return recover(sessions, max_attempts, Instance.lease_expires_at < utcnow())
+    with sessions() as session:
+        expired = Instance.lease_expires_at < database_now(session)
+        return _recover(session, max_attempts, expired)
 
 
 def recover_all(sessions: sessionmaker[Session], max_attempts: int) -> int:
@@ -243,21 +250,26 @@ def recover(
 ) -> int:
     """Re-queue the ``processing`` rows matching ``condition`` (e.g. claimed by a dead
     process), or fail those out of attempts; return how many."""
-    base = update(Instance).where(Instance.state == InstanceState.PROCESSING, condition)
     with sessions() as session:
-        failed = session.execute(
-            base.where(Instance.attempts >= max_attempts).values(
-                state=InstanceState.FAILED,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=utcnow(),
-                error=f"gave up after {max_attempts} interrupted attempts",
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        requeued = session.execute(
-            base.values(state=InstanceState.QUEUED, lease_owner=None, lease_expires_at=None)
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
+        return _recover(session, max_attempts, condition)
+
+
+def _recover(session: Session, max_attempts: int, condition: ColumnElement[bool]) -> int:
+    """:func:`recover` in ``session``, committed."""
+    base = update(Instance).where(Instance.state == InstanceState.PROCESSING, condition)
+    failed = session.execute(
+        base.where(Instance.attempts >= max_attempts).values(
+            state=InstanceState.FAILED,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=utcnow(),
+            error=f"gave up after {max_attempts} interrupted attempts",
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    requeued = session.execute(
+        base.values(state=InstanceState.QUEUED, lease_owner=None, lease_expires_at=None)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
     if failed or requeued:
         logger.warning(
             "recovered interrupted instances",
@@ -283,7 +295,7 @@ def requeue_failed(sessions: sessionmaker[Session], ids: Sequence[int] | None = 
                 attempts=0,
                 error=None,
                 finished_at=None,
-                next_attempt_at=utcnow(),
+                next_attempt_at=database_now(session),
             )
         ).rowcount  # type: ignore[attr-defined]
         session.commit()

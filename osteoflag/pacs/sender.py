@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
 from osteoflag.db import outbound
-from osteoflag.db.models import Outbound, utcnow
+from osteoflag.db.models import Outbound
 from osteoflag.db.processes import owner_name
 from osteoflag.destination_settings import Destination, DicomWebDestination
 from osteoflag.errors import ConfigError, DeliveryError, PixelDataError
@@ -77,7 +77,9 @@ def send_pending(
     every ``[sender] interval_seconds``, one run at a time, as ``owner`` (the process
     whose heartbeat vouches for its claims). Destinations are served in parallel. Once
     ``stop`` is set (SIGTERM) the run ends before the next object: the object in flight
-    completes and the rest are given back, due at once, for the next process.
+    completes and the rest are given back, due at once, for the next process. Which objects
+    are due is judged by the database's clock, or at ``now`` when given (tests that move time
+    on).
     """
     stopping = stop or threading.Event()
     claimant = owner or owner_name("sender")
@@ -85,13 +87,12 @@ def send_pending(
     if not settings.destinations:
         return DeliveryReport(failed=orphaned)
     policy = RetryPolicy.from_settings(settings.sender)
-    moment = now or utcnow()
     with ThreadPoolExecutor(
         max_workers=len(settings.destinations), thread_name_prefix="sender"
     ) as pool:
         reports = pool.map(
             lambda destination: deliver(
-                sessions, settings, destination, policy, moment, claimant, stopping
+                sessions, settings, destination, policy, now, claimant, stopping
             ),
             settings.destinations,
         )
@@ -121,7 +122,7 @@ def deliver(
     settings: Settings,
     destination: Destination | DicomWebDestination,
     policy: RetryPolicy,
-    now: datetime,
+    now: datetime | None,
     owner: str,
     stop: threading.Event,
 ) -> DeliveryReport:
@@ -132,7 +133,7 @@ def deliver(
     key = destination_key(destination)
     budget = _Budget(time.monotonic() + settings.sender.run_seconds, stop)  # lease from now
     rows = outbound.claim_due(
-        sessions, owner, key, now, settings.sender.batch_size, claim_lease(settings)
+        sessions, owner, key, settings.sender.batch_size, claim_lease(settings), now
     )
     if not rows:
         return DeliveryReport()
@@ -325,19 +326,19 @@ def _failed(
     error: str,
     permanent: bool,
 ) -> DeliveryReport:
-    now = utcnow()
-    decision = policy.decide(
-        attempts=row.attempts + 1,
-        created_at=row.created_at,
-        now=now,
-        error=error,
-        permanent=permanent,
+    decision = outbound.mark_attempt_failed(
+        sessions,
+        row,
+        error,
+        lambda now: policy.decide(
+            attempts=row.attempts + 1,
+            created_at=row.created_at,
+            now=now,
+            error=error,
+            permanent=permanent,
+        ),
     )
-    if isinstance(decision, GiveUp):
-        recorded = outbound.mark_attempt_failed(sessions, row, decision.reason, None)
-    else:
-        recorded = outbound.mark_attempt_failed(sessions, row, error, decision.when)
-    if not recorded:
+    if decision is None:
         return DeliveryReport()
     if isinstance(decision, GiveUp):
         logger.error(

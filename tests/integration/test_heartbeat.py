@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings
-from osteoflag.db import outbound, processes, queue
+from osteoflag.db import clock, outbound, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, Process, utcnow
 from osteoflag.db.processes import STALE_SECONDS, Heartbeat, owner_name
@@ -68,7 +68,7 @@ def test_a_dead_processes_claims_are_released_and_no_one_elses(
     with sessions() as session:
         produce_for(session, make_dx(), Classification(Label.FRACTURE, 0.9), model, settings)
         session.commit()
-    claimed = outbound.claim_due(sessions, dead.owner, "PACS@127.0.0.1:4242", utcnow(), 10, LEASE)
+    claimed = outbound.claim_due(sessions, dead.owner, "PACS@127.0.0.1:4242", 10, LEASE)
     assert len(claimed) == 2  # SR and summary
 
     _silence(sessions, dead.owner, STALE_SECONDS - 5)
@@ -86,10 +86,7 @@ def test_a_dead_processes_claims_are_released_and_no_one_elses(
     assert rows[by_unknown.id].lease_owner == "other-host"  # no heartbeat: only its lease counts
     assert all(row.lease_owner is None and row.next_attempt_at <= utcnow() for row in objects)
     assert processes == {live.owner}
-    assert (
-        len(outbound.claim_due(sessions, live.owner, "PACS@127.0.0.1:4242", utcnow(), 10, LEASE))
-        == 2
-    )
+    assert len(outbound.claim_due(sessions, live.owner, "PACS@127.0.0.1:4242", 10, LEASE)) == 2
 
 
 def test_a_graceful_stop_forgets_the_process(sessions: sessionmaker[Session]) -> None:
@@ -115,8 +112,8 @@ def test_a_host_whose_clock_is_behind_is_not_taken_for_dead_on_postgresql(
     sender = Heartbeat(sessions, owner_name("sender"), "sender", max_attempts=3)
     _enqueue(sessions, "1.2.3.1")
     assert len(queue.claim_instances(sessions, worker.owner, 1, LEASE)) == 1
-    host_clock = processes.utcnow
-    monkeypatch.setattr(processes, "utcnow", lambda: host_clock() - timedelta(seconds=20))
+    host_clock = clock.utcnow
+    monkeypatch.setattr(clock, "utcnow", lambda: host_clock() - timedelta(seconds=20))
     worker.beat()  # on the host whose clock is behind
     monkeypatch.undo()
     sender.beat()

@@ -23,6 +23,7 @@ from osteoflag.db.models import Outbound, OutboundState, utcnow
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.outbound import destination_key
+from osteoflag.pacs.retry import GiveUp
 from osteoflag.pacs.sender import claim_lease, send_pending
 from tests.helpers.rows import produce_for, queue_in
 from tests.sr_fixtures import RecordingSCP, make_dx
@@ -78,21 +79,21 @@ def test_a_sender_whose_claim_was_taken_over_cannot_overwrite_the_new_owner(
     _produce(sessions, settings)
     key = destination_key(settings.destinations[0])
     lease = claim_lease(settings)
-    taken = outbound.claim_due(sessions, "sender:A", key, utcnow(), 10, lease)
+    taken = outbound.claim_due(sessions, "sender:A", key, 10, lease)
     assert len(taken) == 2
     outbound.release_claims(sessions, Outbound.lease_owner == "sender:A")
-    again = outbound.claim_due(sessions, "sender:B", key, utcnow(), 10, lease)
+    again = outbound.claim_due(sessions, "sender:B", key, 10, lease)
     assert [row.id for row in again] == [row.id for row in taken]
 
     marked = outbound.mark_sent(sessions, taken[0], None)
-    counted = outbound.mark_attempt_failed(sessions, taken[1], "late", None)
+    counted = outbound.mark_attempt_failed(sessions, taken[1], "late", lambda _: GiveUp("late"))
     outbound.release(sessions, taken)
     rows = _rows(sessions)
     assert [(row.state, row.lease_owner, row.attempts) for row in rows] == [
         (OutboundState.PENDING, "sender:B", 0)
     ] * 2
     assert all(row.next_attempt_at > utcnow() + lease / 2 for row in rows)  # B's lease stands
-    assert (marked, counted) == (False, False)
+    assert (marked, counted) == (False, None)
 
     assert outbound.mark_sent(sessions, again[0], None) is True
     assert _rows(sessions)[0].state is OutboundState.SENT
