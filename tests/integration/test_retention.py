@@ -5,6 +5,7 @@ Age is moved by passing ``now`` to ``remove_expired``, never by sleeping.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from osteoflag.db.models import Event, Instance, InstanceState, Outbound, Outbou
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.storage import conflict_path, data_set_digest, instance_path, write_atomically
+from osteoflag.settings_fields import CENTURY_DAYS
 from testkit.postgres import PostgresServer
 from testkit.wait import wait_for
 
@@ -208,10 +210,30 @@ def test_an_outbound_requeue_in_flight_is_waited_for_on_postgresql(
     assert all(path.exists() for path in _files(sessions, delivery))
 
 
-@pytest.mark.parametrize("value", [0, -1, "thirty"])
+@pytest.mark.parametrize("value", [0, -1, "thirty", math.inf, math.nan, 1e6])
 def test_bad_max_age_is_a_config_error_naming_the_key(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"retention\.max_age_days"):
         parse_settings({"retention": {"max_age_days": value}}, tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("interval_seconds", math.inf), ("batch_size", 10**20)])
+def test_an_endless_interval_or_batch_is_a_config_error_naming_the_key(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    with pytest.raises(ConfigError, match=rf"retention\.{key}"):
+        parse_settings({"retention": {key: value}}, tmp_path)
+
+
+def test_the_longest_accepted_settings_run(
+    sessions: sessionmaker[Session], settings: Settings, tmp_path: Path
+) -> None:
+    longest = {"max_age_days": CENTURY_DAYS, "interval_seconds": CENTURY_DAYS * 86400.0}
+    retention_settings = parse_settings(
+        {"retention": {**longest, "batch_size": 1_000_000}}, tmp_path
+    ).retention
+    instance_id = _instance(sessions, settings, InstanceState.DONE, age=timedelta(days=3650))
+    assert remove_expired(sessions, retention_settings) == retention.RetentionReport()
+    assert not _removed(sessions, instance_id)
 
 
 def test_removes_conflicting_copies_with_their_instance(
