@@ -164,6 +164,8 @@ def remove_orphans(
 ) -> int:
     """Remove the received files (and temporary ones) in ``incoming`` that no queue row names
     and that were last written more than :data:`ORPHAN_AGE` before ``now``; return how many.
+    Only the folders the listener made are looked in: a symbolic link among them leads out of
+    storage, to files no row could name.
     A file is kept when any UID its name may stand for has a row, whatever that row's path,
     or when it was written again after it was listed."""
     cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
@@ -172,7 +174,7 @@ def remove_orphans(
     old = [
         path
         for folder in sorted(incoming.iterdir())
-        if folder.is_dir()
+        if folder.is_dir() and not folder.is_symlink()  # its files are not ours to judge
         for path in sorted(folder.iterdir())
         if (path.name.startswith(_LEFTOVERS) or path.suffix == ".dcm")
         and _written_before(path, cutoff)

@@ -281,6 +281,17 @@ def test_removes_old_files_no_row_names_and_nothing_else(
     assert remove_orphans(sessions, settings.incoming_path) == 0
 
 
+def test_a_linked_folder_in_incoming_is_not_followed(
+    sessions: sessionmaker[Session], settings: Settings, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    foreign = _aged(elsewhere / "1.2.3.9.dcm", b"not ours", ORPHAN_AGE + timedelta(hours=1))
+    settings.incoming_path.mkdir(parents=True, exist_ok=True)
+    (settings.incoming_path / "zz").symlink_to(elsewhere, target_is_directory=True)
+    assert remove_orphans(sessions, settings.incoming_path) == 0
+    assert foreign.read_bytes() == b"not ours"
+
+
 def _uid(sessions: sessionmaker[Session], instance_id: int) -> str:
     with sessions() as session:
         row = session.get(Instance, instance_id)
