@@ -258,6 +258,8 @@ async def record_feedback(request: Request) -> Response:
         )
     except KeyError:
         raise HTTPException(404) from None
+    except ValueError as exc:
+        return _message(request, 400, "Refused", f"The reading was not recorded: {exc}.")
     return RedirectResponse(f"/results/{instance_id}?feedback=recorded", status_code=303)
 
 

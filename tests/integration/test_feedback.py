@@ -110,6 +110,7 @@ def test_refused_without_csrf_or_a_valid_label(
     no_csrf = client.post_form(f"/results/{ids[0]}/feedback", {"label": "fracture"})
     assert no_csrf.status == 403
     assert _record(client, ids[0], "maybe") == 400
+    assert _record(client, ids[0], "fracture", "a\x00b") == 400  # PostgreSQL cannot store it
     token = csrf_token(client.get(f"/results/{ids[0]}").text)
     missing = client.post_form("/results/999/feedback", {"csrf_token": token, "label": "fracture"})
     assert missing.status == 404
