@@ -13,6 +13,9 @@ store interrupted between writing its file and committing its row (a crash, or a
 error answered with a failure status that the sender never retried) leaves one, and a crash in
 the middle of a write leaves a temporary ``.partial-`` file.
 
+A file that cannot be removed (immutable, another owner's, on a read-only mount) is logged and
+stays, its instance unmarked, to be tried again next run; the run goes on with the others.
+
 The daemon schedules both every ``[retention] interval_seconds``.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -61,6 +64,26 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _cannot_remove(exc: OSError, **where: object) -> None:
+    """Log a file retention cannot remove (immutable, another owner's, a read-only mount): it
+    stays, is tried again next run, and never stops the run for the files after it."""
+    logger.warning(
+        "retention cannot remove a file",
+        extra={"action": "retention", "file": exc.filename, "error": exc.strerror, **where},
+    )
+
+
+def _each(paths: Iterable[Path], remove: Callable[[Path], bool]) -> int:
+    """How many of ``paths`` ``remove`` removed; one it cannot remove is logged and left."""
+    removed = 0
+    for path in paths:
+        try:
+            removed += remove(path)
+        except OSError as exc:
+            _cannot_remove(exc)
+    return removed
 
 
 def remove_expired(
@@ -105,7 +128,11 @@ def remove_expired(
             copies = (str(path) for path in conflict_copies(source))
             kept = (str(item.path) for item in kept_in_shadow(session, instance.id))
             paths = {instance.file_path, *copies, *kept, *(row.file_path for row in outbound)}
-            removed = sum(_unlink(Path(path)) for path in sorted(paths))
+            try:
+                removed = sum(_unlink(Path(path)) for path in sorted(paths))
+            except OSError as exc:  # left unmarked: its files are tried again next run
+                _cannot_remove(exc, instance_id=instance.id)
+                continue
             instance.removed_at = moment
             for row in outbound:
                 row.removed_at = moment
@@ -183,9 +210,10 @@ def remove_orphans(
     received = [path for path in old if not path.name.startswith(_LEFTOVERS)]
     with reading(sessions) as session:
         known = _known_uids(session, (uid for path in received for uid in named_uids(path)))
-    removed = sum(_unlink(path) for path in leftovers if _written_before(path, cutoff))
-    removed += sum(
-        _remove_orphan(path, cutoff) for path in received if not named_uids(path) & known
+    removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
+    removed += _each(
+        (path for path in received if not named_uids(path) & known),
+        lambda path: _remove_orphan(path, cutoff),
     )
     if removed:
         logger.warning(

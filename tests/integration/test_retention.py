@@ -292,6 +292,33 @@ def test_a_linked_folder_in_incoming_is_not_followed(
     assert foreign.read_bytes() == b"not ours"
 
 
+def _unremovable(path: Path) -> None:
+    """Put a folder with a file in it at ``path``: unlinking it fails for any user (a stand-in
+    for an immutable file, another owner's or a read-only mount's)."""
+    path.unlink(missing_ok=True)
+    path.mkdir(parents=True)
+    (path / "inside").write_bytes(b"x")
+
+
+def test_a_file_that_cannot_be_removed_stops_neither_run(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    stuck, free = (_instance(sessions, settings, InstanceState.DONE) for _ in range(2))
+    [stuck_file] = _files(sessions, stuck)
+    _unremovable(stuck_file)
+    old = ORPHAN_AGE + timedelta(hours=1)
+    stuck_orphan = instance_path(settings.incoming_path, "1.2.3.5", "ab" * 32)
+    _unremovable(stuck_orphan)
+    os.utime(stuck_orphan, (time.time() - old.total_seconds(),) * 2)
+    orphan = _aged(instance_path(settings.incoming_path, "1.2.3.6", "ab" * 32), b"orphan", old)
+    assert remove_expired(sessions, RETENTION, now=utcnow() + LATER).instances == 1
+    assert _removed(sessions, free) and not _removed(sessions, stuck)
+    assert all(not path.exists() for path in _files(sessions, free))
+    assert remove_orphans(sessions, settings.incoming_path) == 1
+    assert not orphan.exists()
+    assert stuck_file.is_dir()
+
+
 def _uid(sessions: sessionmaker[Session], instance_id: int) -> str:
     with sessions() as session:
         row = session.get(Instance, instance_id)
