@@ -19,10 +19,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
 from osteoflag.daemon import retention
-from osteoflag.daemon.retention import ORPHAN_AGE, remove_expired, remove_orphans
+from osteoflag.daemon.retention import (
+    ORPHAN_AGE,
+    remove_expired,
+    remove_orphans,
+    remove_unrecorded,
+)
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.db.outbound import Produced, record_shadow
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.storage import conflict_path, data_set_digest, instance_path, write_atomically
@@ -319,6 +325,33 @@ def test_a_file_that_cannot_be_removed_stops_neither_run(
     assert stuck_file.is_dir()
 
 
+def test_removes_old_produced_files_no_row_names_and_nothing_else(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """What a worker wrote for an outcome it could not record, or for no destination."""
+    old = ORPHAN_AGE + timedelta(hours=1)
+    sent = _instance(sessions, settings, InstanceState.DONE, (OutboundState.SENT,))
+    [_, recorded] = _files(sessions, sent)
+    os.utime(recorded, (time.time() - old.total_seconds(),) * 2)
+    shadow = _aged(settings.outgoing_path / "summary" / "1.2.3.20.dcm", b"kept", old)
+    with sessions() as session:
+        instance = session.get(Instance, sent)
+        assert instance is not None
+        produced = Produced("summary", "1.2.840.10008.5.1.4.1.1.7", "1.2.3.20", shadow)
+        record_shadow(session, instance, [produced], ["PACS@127.0.0.1:4242"])
+        session.commit()
+    young = _aged(settings.outgoing_path / "summary" / "1.2.3.21.dcm", b"x", timedelta(0))
+    unrecorded = [
+        _aged(settings.outgoing_path / "summary" / "1.2.3.22.dcm", b"no destination", old),
+        _aged(settings.outgoing_path / "sr" / "1.2.3.23.dcm", b"lease lost", old),
+        _aged(settings.outgoing_path / "sr" / ".partial-k2j4", b"torn write", old),
+    ]
+    assert remove_unrecorded(sessions, settings.outgoing_path) == len(unrecorded)
+    assert not any(path.exists() for path in unrecorded)
+    assert all(path.exists() for path in [recorded, shadow, young])
+    assert remove_unrecorded(sessions, settings.outgoing_path) == 0
+
+
 def _uid(sessions: sessionmaker[Session], instance_id: int) -> str:
     with sessions() as session:
         row = session.get(Instance, instance_id)
@@ -342,3 +375,20 @@ def test_an_orphan_stored_again_while_the_sweep_looks_it_up_is_kept(
     assert remove_orphans(sessions, settings.incoming_path) == 0
     assert path.read_bytes() == b"retried"
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_produced_file_written_again_while_the_sweep_looks_it_up_is_kept(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = ORPHAN_AGE + timedelta(hours=1)
+    path = _aged(settings.outgoing_path / "sr" / "1.2.3.24.dcm", b"first attempt", old)
+    lookup = retention._named_objects
+
+    def retried_meanwhile(session: Session, uids: Iterable[str]) -> set[str]:
+        named = lookup(session, uids)
+        write_atomically(path, b"second attempt")  # the worker's retry: same derived UID
+        return named
+
+    monkeypatch.setattr(retention, "_named_objects", retried_meanwhile)
+    assert remove_unrecorded(sessions, settings.outgoing_path) == 0
+    assert path.read_bytes() == b"second attempt"
