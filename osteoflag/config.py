@@ -29,6 +29,7 @@ from osteoflag.destination_settings import (
 )
 from osteoflag.errors import ConfigError
 from osteoflag.settings_fields import (
+    CENTURY_DAYS,
     AETitle,
     LogLevel,
     PathValue,
@@ -217,9 +218,10 @@ class RetentionSettings(Section):
     """
 
     enabled: bool = True
-    max_age_days: Annotated[float, Field(gt=0, strict=False)] = 30.0
+    max_age_days: Annotated[float, Field(gt=0, le=CENTURY_DAYS, strict=False)] = 30.0
     interval_seconds: Seconds = 3600.0
-    batch_size: Annotated[int, Field(ge=1)] = 500
+    # One run holds the write transaction while it unlinks: a million files is already long.
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 500
 
 
 class WebSettings(Section):

@@ -14,7 +14,11 @@ AETitle = Annotated[
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Seconds = Annotated[float, Field(gt=0, strict=False)]
+#: The longest time a setting may name: a century is past any sensible value and well inside
+#: what date arithmetic, timers and socket timeouts can hold, so "never" written as ``inf`` or
+#: ``1e12`` is refused by its key instead of overflowing when the daemon starts or a job runs.
+CENTURY_DAYS = 36525
+Seconds = Annotated[float, Field(gt=0, le=CENTURY_DAYS * 86400, strict=False)]
 PathValue = Annotated[Path, Field(strict=False)]
 
 

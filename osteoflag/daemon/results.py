@@ -112,13 +112,28 @@ def _note_source(session: Session, instance: Instance, source: Dataset) -> None:
     and the input statistics drift watch compares (size, photometric, manufacturer)."""
     row = session.get(Instance, instance.id)
     if row is not None:
-        row.study_instance_uid = str(source.get("StudyInstanceUID", "")) or None
-        row.series_instance_uid = str(source.get("SeriesInstanceUID", "")) or None
-        row.body_part = str(source.get("BodyPartExamined", "")).strip() or None
+        row.study_instance_uid = _uid(source, "StudyInstanceUID")
+        row.series_instance_uid = _uid(source, "SeriesInstanceUID")
+        row.body_part = _text(source, "BodyPartExamined", 64)  # the columns' lengths
         row.rows = _positive(source.get("Rows"))
         row.columns = _positive(source.get("Columns"))
-        row.photometric = str(source.get("PhotometricInterpretation", "")).strip()[:16] or None
-        row.manufacturer = str(source.get("Manufacturer", "")).strip()[:64] or None
+        row.photometric = _text(source, "PhotometricInterpretation", 16)
+        row.manufacturer = _text(source, "Manufacturer", 64)
+
+
+def _uid(source: Dataset, keyword: str) -> str | None:
+    """A UID as the row keeps it; None when it cannot be kept whole (longer than the 64
+    characters a UID may have, or holding a NUL, which PostgreSQL refuses): a cut one would
+    name another study."""
+    value = str(source.get(keyword, ""))
+    return value if value and len(value) <= 64 and "\x00" not in value else None
+
+
+def _text(source: Dataset, keyword: str, length: int) -> str | None:
+    """A value as the row keeps it for the page and drift watch: NULs dropped (PostgreSQL
+    refuses them) and cut to ``length``, so a sloppy value never fails the result."""
+    value = str(source.get(keyword, "")).replace("\x00", "").strip()
+    return value[:length] or None
 
 
 def _positive(value: object) -> int | None:

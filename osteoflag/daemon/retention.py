@@ -11,16 +11,23 @@ trail: ``removed_at`` is set on the instance and its outbound rows and a
 Files no row names are removed too, once :data:`ORPHAN_AGE` old (:func:`remove_orphans`): a
 store interrupted between writing its file and committing its row (a crash, or a database
 error answered with a failure status that the sender never retried) leaves one, and a crash in
-the middle of a write leaves a temporary ``.partial-`` file.
+the middle of a write leaves a temporary ``.partial-`` file. Produced objects no outbound row
+and no shadow-mode record names go the same way (:func:`remove_unrecorded`): the worker writes
+them before recording its outcome, which a lost lease or a database error can prevent, and
+writes objects no destination takes (``objects = ["sr"]`` leaves the summary image).
 
-The daemon schedules both every ``[retention] interval_seconds``.
+A file that cannot be removed (immutable, another owner's, on a read-only mount) is logged and
+stays, its instance unmarked, to be tried again next run; the run goes on with the others.
+
+The daemon schedules all three every ``[retention] interval_seconds``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from osteoflag.config import RetentionSettings
 from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
-from osteoflag.db.outbound import kept_in_shadow
+from osteoflag.db.outbound import SHADOW_EVENT, kept_in_shadow
 from osteoflag.pacs.storage import PARTIAL_PREFIX, conflict_copies, named_uids
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,26 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def _cannot_remove(exc: OSError, **where: object) -> None:
+    """Log a file retention cannot remove (immutable, another owner's, a read-only mount): it
+    stays, is tried again next run, and never stops the run for the files after it."""
+    logger.warning(
+        "retention cannot remove a file",
+        extra={"action": "retention", "file": exc.filename, "error": exc.strerror, **where},
+    )
+
+
+def _each(paths: Iterable[Path], remove: Callable[[Path], bool]) -> int:
+    """How many of ``paths`` ``remove`` removed; one it cannot remove is logged and left."""
+    removed = 0
+    for path in paths:
+        try:
+            removed += remove(path)
+        except OSError as exc:
+            _cannot_remove(exc)
+    return removed
 
 
 def remove_expired(
@@ -105,7 +132,11 @@ def remove_expired(
             copies = (str(path) for path in conflict_copies(source))
             kept = (str(item.path) for item in kept_in_shadow(session, instance.id))
             paths = {instance.file_path, *copies, *kept, *(row.file_path for row in outbound)}
-            removed = sum(_unlink(Path(path)) for path in sorted(paths))
+            try:
+                removed = sum(_unlink(Path(path)) for path in sorted(paths))
+            except OSError as exc:  # left unmarked: its files are tried again next run
+                _cannot_remove(exc, instance_id=instance.id)
+                continue
             instance.removed_at = moment
             for row in outbound:
                 row.removed_at = moment
@@ -136,6 +167,31 @@ def _known_uids(session: Session, uids: Iterable[str]) -> set[str]:
     return known
 
 
+def _named_objects(session: Session, uids: Iterable[str]) -> set[str]:
+    """The SOP Instance UIDs among ``uids`` that an outbound row names (removed or not)."""
+    wanted = sorted(set(uids))
+    named: set[str] = set()
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[start : start + _LOOKUP_CHUNK]
+        named.update(
+            session.scalars(
+                select(Outbound.sop_instance_uid).where(Outbound.sop_instance_uid.in_(chunk))
+            )
+        )
+    return named
+
+
+def _kept_paths(session: Session) -> set[str]:
+    """The files of objects kept in shadow mode (no outbound row names them) whose instance
+    retention has not reached yet."""
+    details = session.scalars(
+        select(Event.detail)
+        .join(Instance, Instance.id == Event.instance_id)
+        .where(Event.action == SHADOW_EVENT, Instance.removed_at.is_(None))
+    )
+    return {str(json.loads(detail or "{}").get("path")) for detail in details}
+
+
 def _written_before(path: Path, cutoff: float) -> bool:
     try:
         return path.stat().st_mtime < cutoff
@@ -144,10 +200,11 @@ def _written_before(path: Path, cutoff: float) -> bool:
 
 
 def _remove_orphan(path: Path, cutoff: float) -> bool:
-    """Remove ``path`` unless a store wrote it again since it was listed. It is renamed aside
-    first and the file so caught checked once more: a store that wrote the path in between
-    left a fresh file (names are content-addressed, so the same data set), which goes back; a
-    store writing after the rename finds the path free."""
+    """Remove ``path`` unless it was written again since it was listed (by a store, or by the
+    worker's next attempt at an outcome). It is renamed aside first and the file so caught
+    checked once more: a writer that wrote the path in between left a fresh file (names come
+    from the content or the source, so the same object), which goes back; one writing after
+    the rename finds the path free."""
     aside = path.with_name(ASIDE_PREFIX + path.name)
     try:
         os.rename(path, aside)
@@ -159,6 +216,22 @@ def _remove_orphan(path: Path, cutoff: float) -> bool:
     return _unlink(aside)
 
 
+def _old_files(root: Path, cutoff: float) -> list[Path]:
+    """The ``.dcm`` and temporary files in the folders of ``root`` last written before
+    ``cutoff``. Only folders osteoflag made are looked in: a symbolic link among them leads out
+    of storage, to files no row could name."""
+    if not root.is_dir():
+        return []
+    return [
+        path
+        for folder in sorted(root.iterdir())
+        if folder.is_dir() and not folder.is_symlink()  # its files are not ours to judge
+        for path in sorted(folder.iterdir())
+        if (path.name.startswith(_LEFTOVERS) or path.suffix == ".dcm")
+        and _written_before(path, cutoff)
+    ]
+
+
 def remove_orphans(
     sessions: sessionmaker[Session], incoming: Path, now: datetime | None = None
 ) -> int:
@@ -167,27 +240,53 @@ def remove_orphans(
     A file is kept when any UID its name may stand for has a row, whatever that row's path,
     or when it was written again after it was listed."""
     cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
-    if not incoming.is_dir():
-        return 0
-    old = [
-        path
-        for folder in sorted(incoming.iterdir())
-        if folder.is_dir()
-        for path in sorted(folder.iterdir())
-        if (path.name.startswith(_LEFTOVERS) or path.suffix == ".dcm")
-        and _written_before(path, cutoff)
-    ]
+    old = _old_files(incoming, cutoff)
     leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
     received = [path for path in old if not path.name.startswith(_LEFTOVERS)]
     with reading(sessions) as session:
         known = _known_uids(session, (uid for path in received for uid in named_uids(path)))
-    removed = sum(_unlink(path) for path in leftovers if _written_before(path, cutoff))
-    removed += sum(
-        _remove_orphan(path, cutoff) for path in received if not named_uids(path) & known
+    removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
+    removed += _each(
+        (path for path in received if not named_uids(path) & known),
+        lambda path: _remove_orphan(path, cutoff),
     )
     if removed:
         logger.warning(
             "retention removed files no queue row names",
             extra={"action": "retention_orphans", "files": removed},
+        )
+    return removed
+
+
+def remove_unrecorded(
+    sessions: sessionmaker[Session], outgoing: Path, now: datetime | None = None
+) -> int:
+    """Remove the produced objects (and temporary files) in ``outgoing`` that no outbound row
+    and no shadow-mode record names, last written more than :data:`ORPHAN_AGE` before ``now``;
+    return how many.
+
+    The worker writes an instance's objects before the transaction that records them, so an
+    outcome it could not record (a lost lease, a database error, a crash) leaves them behind,
+    and an object no destination takes (``objects = ["sr"]`` and the summary image) is never
+    recorded at all. Their names are derived from the source, so a later attempt may write the
+    same file again: it is kept when written since it was listed, as in :func:`remove_orphans`.
+    """
+    cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
+    old = _old_files(outgoing, cutoff)
+    leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
+    produced = [path for path in old if not path.name.startswith(_LEFTOVERS)]
+    with reading(sessions) as session:
+        named = _named_objects(session, (path.stem for path in produced))
+        unnamed = [path for path in produced if path.stem not in named]
+        kept = _kept_paths(session) if unnamed else set()
+    removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
+    removed += _each(
+        (path for path in unnamed if str(path) not in kept),
+        lambda path: _remove_orphan(path, cutoff),
+    )
+    if removed:
+        logger.warning(
+            "retention removed produced files no row names",
+            extra={"action": "retention_unrecorded", "files": removed},
         )
     return removed

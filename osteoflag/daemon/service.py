@@ -174,6 +174,7 @@ class Daemon:
     def _retain(self) -> None:
         retention.remove_expired(self.sessions, self.settings.retention)
         retention.remove_orphans(self.sessions, self.settings.incoming_path)
+        retention.remove_unrecorded(self.sessions, self.settings.outgoing_path)
 
     def _recover(self) -> None:
         recovered = queue.recover_expired(self.sessions, self.settings.worker.max_attempts)

@@ -30,8 +30,11 @@ def record(
     note: str | None,
     user: str,
 ) -> Feedback:
-    """Add one label to an instance; KeyError when there is no such instance."""
+    """Add one label to an instance; KeyError when there is no such instance, ValueError when
+    the note holds a NUL character (no keyboard types one, and PostgreSQL cannot store it)."""
     note = (note or "").strip()[:MAX_NOTE] or None
+    if note is not None and "\x00" in note:
+        raise ValueError("a note cannot hold a NUL character")
     with sessions() as session:
         if session.get(Instance, instance_id) is None:
             raise KeyError(instance_id)

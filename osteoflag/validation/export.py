@@ -33,12 +33,30 @@ LABELS = {
 
 
 def export_feedback(sessions: sessionmaker[Session], out: Path) -> dict[str, int]:
-    """Write the labelled set to ``out`` (which must not exist); returns the counts."""
-    if out.exists():
+    """Write the labelled set to ``out`` (which must not exist); returns the counts.
+
+    Nothing is written outside ``out`` and its temporary sibling: a symbolic link, even a
+    dangling one, counts as existing, and ``x/..`` names the folder it leads to. A folder that
+    cannot be written is one line naming ``--out``.
+    """
+    out = Path(os.path.abspath(out))
+    if out.exists() or out.is_symlink():
         raise UsageError(f"--out {out}: already exists; choose a new folder")
     staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True, mode=0o700)
+    try:
+        return _export(sessions, out, staging)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise UsageError(f"--out {out}: cannot be written: {exc.strerror or exc}{where}") from exc
+
+
+def _export(sessions: sessionmaker[Session], out: Path, staging: Path) -> dict[str, int]:
+    """Write into a fresh ``staging`` folder, then rename it to ``out``."""
+    if not staging.is_symlink():  # a crash's leftover; a link would lead elsewhere
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(mode=0o700)  # refused if anything is still there: never written through
+    (staging / "images").mkdir(mode=0o700)
     counts = {"cases": 0, "fracture": 0, "nofracture": 0, "unsure": 0, "files_missing": 0}
     rows: list[list[str]] = []
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -123,7 +124,8 @@ def create_app(
         uploads=UploadSlots(settings.web.max_concurrent_uploads),
         drift=drift,
     )
-    app = _starlette(ROUTES, settings, exception_handlers={404: views.not_found})
+    handlers = {404: views.not_found, SQLAlchemyError: views.database_unavailable}
+    app = _starlette(ROUTES, settings, exception_handlers=handlers)
     app.state.context = context
     app.state.probes = Probes(sessions, liveness, metrics_registry(sessions, liveness, drift))
     return app

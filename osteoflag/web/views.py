@@ -91,6 +91,17 @@ async def not_found(request: Request, exc: Exception) -> Response:
     return _message(request, 404, "Not found", "There is nothing at this address.")
 
 
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """A page whose query failed: 503 and one log line, for a database that is briefly away.
+    The error's class only: its text quotes the statement's parameters (a reading's note)."""
+    logger.warning(
+        "web page without its database",
+        extra={"action": "web_database", "path": request.url.path, "error": type(exc).__name__},
+    )
+    text = "The queue database does not answer; this page works again as soon as it does."
+    return _message(request, 503, "Database unavailable", text)
+
+
 def manifest_metrics(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     """Validation metrics from the manifest, nested keys flattened to ``a.b``."""
     rows: list[tuple[str, str]] = []
@@ -258,6 +269,8 @@ async def record_feedback(request: Request) -> Response:
         )
     except KeyError:
         raise HTTPException(404) from None
+    except ValueError as exc:
+        return _message(request, 400, "Refused", f"The reading was not recorded: {exc}.")
     return RedirectResponse(f"/results/{instance_id}?feedback=recorded", status_code=303)
 
 

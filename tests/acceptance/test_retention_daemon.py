@@ -1,8 +1,11 @@
-"""``osteoflag serve`` runs retention: delivered work loses its files, pending work never does."""
+"""``osteoflag serve`` runs retention: delivered work loses its files, pending work never does,
+and files nothing recorded go."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -60,6 +63,11 @@ def test_daemon_removes_files_once_delivered_and_keeps_pending_ones(
             radiograph(rows=32, columns=32), ExplicitVRLittleEndian, tmp_path / "small.dcm"
         ),
     ]
+    # What a worker wrote two days ago for an outcome it could not record.
+    unrecorded = tmp_path / "var" / "outgoing" / "summary" / "1.2.3.99.dcm"
+    unrecorded.parent.mkdir(parents=True)
+    unrecorded.write_bytes(b"unrecorded")
+    os.utime(unrecorded, (time.time() - 2 * 86400,) * 2)
     daemon = DaemonProcess(write_config(tmp_path, sections), sections["listener"]["port"])
     with daemon:
         outcomes = send_c_store(files, Peer("127.0.0.1", daemon.port, "OSTEOFLAG"), "MODALITY")
@@ -79,6 +87,7 @@ def test_daemon_removes_files_once_delivered_and_keeps_pending_ones(
             pacs.stop()
         assert daemon.terminate() == 0
     assert len(pacs.received) == 2
+    assert not unrecorded.exists()
     assert not any(path.exists() for path in pending + _files(database, "skipped"))
     events = _rows(database, "SELECT count(*) FROM events WHERE action = 'files_removed'")
     assert events == [(2,)]

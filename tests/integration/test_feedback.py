@@ -110,6 +110,7 @@ def test_refused_without_csrf_or_a_valid_label(
     no_csrf = client.post_form(f"/results/{ids[0]}/feedback", {"label": "fracture"})
     assert no_csrf.status == 403
     assert _record(client, ids[0], "maybe") == 400
+    assert _record(client, ids[0], "fracture", "a\x00b") == 400  # PostgreSQL cannot store it
     token = csrf_token(client.get(f"/results/{ids[0]}").text)
     missing = client.post_form("/results/999/feedback", {"csrf_token": token, "label": "fracture"})
     assert missing.status == 404
@@ -184,3 +185,43 @@ def test_validate_on_an_export_before_any_reading_says_there_are_no_rows(
     assert done.stderr.strip().splitlines()[-1] == (
         f"osteoflag: no labelled rows in {out / 'labels.csv'}"
     )
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A queue with one classified instance and its reading, its file under ``tmp_path``."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'queue.db'}")
+    migrate(engine)
+    sessions = session_factory(engine)
+    [instance_id] = _done(sessions, tmp_path, ["fracture"])
+    feedback.record(sessions, instance_id, FeedbackLabel.FRACTURE, None, USER)
+    yield sessions
+    engine.dispose()
+
+
+def test_export_writes_nothing_through_a_symbolic_link(
+    labelled: sessionmaker[Session], tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(elsewhere / "new")
+    with pytest.raises(UsageError, match="already exists"):
+        export_feedback(labelled, dangling)
+    planted = tmp_path / ".out.partial"  # where the export stages its files
+    planted.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UsageError, match=r"^--out .*out: cannot be written: File exists"):
+        export_feedback(labelled, tmp_path / "out")
+    assert list(elsewhere.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path, tiny_bundle: Path) -> None:
+    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    (tmp_path / "a-file").write_text("not a folder")
+    for out, reason in [("a-file/fb", "cannot be written"), ("gone/..", "already exists")]:
+        exported = osteoflag("feedback", "export", "--out", str(tmp_path / out), config=config)
+        assert exported.returncode == 2
+        [line] = exported.stderr.strip().splitlines()
+        assert line.startswith("osteoflag: --out ") and reason in line
+    assert not (tmp_path / "gone").exists()

@@ -15,18 +15,23 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
+from osteoflag.daemon.results import Reporting
 from osteoflag.daemon.roles import Role
 from osteoflag.daemon.service import Daemon
+from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import notify, queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Base, Instance, InstanceState, Outbound, OutboundState
+from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
+from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
+from testkit.inference_data import dataset, radiograph, save
 from testkit.net import free_port
 from testkit.postgres import PostgresServer
 from testkit.wait import wait_for
@@ -270,3 +275,43 @@ def test_a_failed_notification_does_not_fail_the_caller(caplog: pytest.LogCaptur
     notify.notifier(unreachable)()  # the store was committed: this must not raise
     unreachable.dispose()
     assert any(record.message.startswith("notification not sent") for record in caplog.records)
+
+
+def test_sloppy_source_values_do_not_fail_the_result(
+    pg_sessions: sessionmaker[Session], tmp_path: Path, tiny_bundle: Path
+) -> None:
+    """Values the row keeps for the page and drift watch, which PostgreSQL (unlike SQLite)
+    would refuse whole: longer than their column, or holding a NUL."""
+    settings = parse_settings(
+        {
+            "storage": {"path": str(tmp_path / "var"), "min_free_mb": 1},
+            "destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}],
+        },
+        tmp_path,
+    )
+    sloppy = {
+        "2.25.31": {"BodyPartExamined": "HAND " * 15},
+        "2.25.32": {"StudyInstanceUID": "1.2." + "3" * 70},
+        "2.25.33": {"SeriesInstanceUID": "1.2.3\x004", "Manufacturer": "ACME\x00X"},
+    }
+    for uid, attributes in sloppy.items():
+        path = save(dataset(radiograph(), bits_stored=12, **attributes), tmp_path / f"{uid}.dcm")
+        received = queue.Received(
+            uid, "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.1", "MOD", "127.0.0.1",
+            str(path),
+        )  # fmt: skip
+        assert queue.enqueue(pg_sessions, received)
+    bundle = load_bundle(tiny_bundle)
+    reporting = Reporting(settings, ModelIdentity.from_bundle(bundle))
+    predictor = Predictor(bundle, threads=1, batch_size=4)
+    InferenceWorker(settings, pg_sessions, predictor, reporting).drain()
+    with pg_sessions() as session:
+        rows = {row.sop_instance_uid: row for row in session.scalars(select(Instance))}
+        owed = session.scalar(select(func.count()).select_from(Outbound))
+    assert {uid: row.state for uid, row in rows.items()} == dict.fromkeys(
+        sloppy, InstanceState.DONE
+    )
+    assert owed == 2 * len(sloppy)  # an SR and a summary image each
+    assert rows["2.25.31"].body_part == ("HAND " * 15)[:64]
+    assert rows["2.25.32"].study_instance_uid is None  # a cut UID would name another study
+    assert (rows["2.25.33"].series_instance_uid, rows["2.25.33"].manufacturer) == (None, "ACMEX")

@@ -5,6 +5,7 @@ Age is moved by passing ``now`` to ``remove_expired``, never by sleeping.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -18,13 +19,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
 from osteoflag.daemon import retention
-from osteoflag.daemon.retention import ORPHAN_AGE, remove_expired, remove_orphans
+from osteoflag.daemon.retention import (
+    ORPHAN_AGE,
+    remove_expired,
+    remove_orphans,
+    remove_unrecorded,
+)
 from osteoflag.db import queue
 from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
+from osteoflag.db.outbound import Produced, record_shadow
 from osteoflag.db.outbound import requeue_failed as requeue_failed_outbound
 from osteoflag.errors import ConfigError
 from osteoflag.pacs.storage import conflict_path, data_set_digest, instance_path, write_atomically
+from osteoflag.settings_fields import CENTURY_DAYS
 from testkit.postgres import PostgresServer
 from testkit.wait import wait_for
 
@@ -208,10 +216,30 @@ def test_an_outbound_requeue_in_flight_is_waited_for_on_postgresql(
     assert all(path.exists() for path in _files(sessions, delivery))
 
 
-@pytest.mark.parametrize("value", [0, -1, "thirty"])
+@pytest.mark.parametrize("value", [0, -1, "thirty", math.inf, math.nan, 1e6])
 def test_bad_max_age_is_a_config_error_naming_the_key(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"retention\.max_age_days"):
         parse_settings({"retention": {"max_age_days": value}}, tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("interval_seconds", math.inf), ("batch_size", 10**20)])
+def test_an_endless_interval_or_batch_is_a_config_error_naming_the_key(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    with pytest.raises(ConfigError, match=rf"retention\.{key}"):
+        parse_settings({"retention": {key: value}}, tmp_path)
+
+
+def test_the_longest_accepted_settings_run(
+    sessions: sessionmaker[Session], settings: Settings, tmp_path: Path
+) -> None:
+    longest = {"max_age_days": CENTURY_DAYS, "interval_seconds": CENTURY_DAYS * 86400.0}
+    retention_settings = parse_settings(
+        {"retention": {**longest, "batch_size": 1_000_000}}, tmp_path
+    ).retention
+    instance_id = _instance(sessions, settings, InstanceState.DONE, age=timedelta(days=3650))
+    assert remove_expired(sessions, retention_settings) == retention.RetentionReport()
+    assert not _removed(sessions, instance_id)
 
 
 def test_removes_conflicting_copies_with_their_instance(
@@ -259,6 +287,71 @@ def test_removes_old_files_no_row_names_and_nothing_else(
     assert remove_orphans(sessions, settings.incoming_path) == 0
 
 
+def test_a_linked_folder_in_incoming_is_not_followed(
+    sessions: sessionmaker[Session], settings: Settings, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    foreign = _aged(elsewhere / "1.2.3.9.dcm", b"not ours", ORPHAN_AGE + timedelta(hours=1))
+    settings.incoming_path.mkdir(parents=True, exist_ok=True)
+    (settings.incoming_path / "zz").symlink_to(elsewhere, target_is_directory=True)
+    assert remove_orphans(sessions, settings.incoming_path) == 0
+    assert foreign.read_bytes() == b"not ours"
+
+
+def _unremovable(path: Path) -> None:
+    """Put a folder with a file in it at ``path``: unlinking it fails for any user (a stand-in
+    for an immutable file, another owner's or a read-only mount's)."""
+    path.unlink(missing_ok=True)
+    path.mkdir(parents=True)
+    (path / "inside").write_bytes(b"x")
+
+
+def test_a_file_that_cannot_be_removed_stops_neither_run(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    stuck, free = (_instance(sessions, settings, InstanceState.DONE) for _ in range(2))
+    [stuck_file] = _files(sessions, stuck)
+    _unremovable(stuck_file)
+    old = ORPHAN_AGE + timedelta(hours=1)
+    stuck_orphan = instance_path(settings.incoming_path, "1.2.3.5", "ab" * 32)
+    _unremovable(stuck_orphan)
+    os.utime(stuck_orphan, (time.time() - old.total_seconds(),) * 2)
+    orphan = _aged(instance_path(settings.incoming_path, "1.2.3.6", "ab" * 32), b"orphan", old)
+    assert remove_expired(sessions, RETENTION, now=utcnow() + LATER).instances == 1
+    assert _removed(sessions, free) and not _removed(sessions, stuck)
+    assert all(not path.exists() for path in _files(sessions, free))
+    assert remove_orphans(sessions, settings.incoming_path) == 1
+    assert not orphan.exists()
+    assert stuck_file.is_dir()
+
+
+def test_removes_old_produced_files_no_row_names_and_nothing_else(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """What a worker wrote for an outcome it could not record, or for no destination."""
+    old = ORPHAN_AGE + timedelta(hours=1)
+    sent = _instance(sessions, settings, InstanceState.DONE, (OutboundState.SENT,))
+    [_, recorded] = _files(sessions, sent)
+    os.utime(recorded, (time.time() - old.total_seconds(),) * 2)
+    shadow = _aged(settings.outgoing_path / "summary" / "1.2.3.20.dcm", b"kept", old)
+    with sessions() as session:
+        instance = session.get(Instance, sent)
+        assert instance is not None
+        produced = Produced("summary", "1.2.840.10008.5.1.4.1.1.7", "1.2.3.20", shadow)
+        record_shadow(session, instance, [produced], ["PACS@127.0.0.1:4242"])
+        session.commit()
+    young = _aged(settings.outgoing_path / "summary" / "1.2.3.21.dcm", b"x", timedelta(0))
+    unrecorded = [
+        _aged(settings.outgoing_path / "summary" / "1.2.3.22.dcm", b"no destination", old),
+        _aged(settings.outgoing_path / "sr" / "1.2.3.23.dcm", b"lease lost", old),
+        _aged(settings.outgoing_path / "sr" / ".partial-k2j4", b"torn write", old),
+    ]
+    assert remove_unrecorded(sessions, settings.outgoing_path) == len(unrecorded)
+    assert not any(path.exists() for path in unrecorded)
+    assert all(path.exists() for path in [recorded, shadow, young])
+    assert remove_unrecorded(sessions, settings.outgoing_path) == 0
+
+
 def _uid(sessions: sessionmaker[Session], instance_id: int) -> str:
     with sessions() as session:
         row = session.get(Instance, instance_id)
@@ -282,3 +375,20 @@ def test_an_orphan_stored_again_while_the_sweep_looks_it_up_is_kept(
     assert remove_orphans(sessions, settings.incoming_path) == 0
     assert path.read_bytes() == b"retried"
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_produced_file_written_again_while_the_sweep_looks_it_up_is_kept(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = ORPHAN_AGE + timedelta(hours=1)
+    path = _aged(settings.outgoing_path / "sr" / "1.2.3.24.dcm", b"first attempt", old)
+    lookup = retention._named_objects
+
+    def retried_meanwhile(session: Session, uids: Iterable[str]) -> set[str]:
+        named = lookup(session, uids)
+        write_atomically(path, b"second attempt")  # the worker's retry: same derived UID
+        return named
+
+    monkeypatch.setattr(retention, "_named_objects", retried_meanwhile)
+    assert remove_unrecorded(sessions, settings.outgoing_path) == 0
+    assert path.read_bytes() == b"second attempt"

@@ -175,6 +175,19 @@ def test_healthz_is_503_when_the_database_does_not_answer(serve: Serve) -> None:
     assert 'osteoflag_component_up{component="database"} 0.0' in metrics
 
 
+def test_pages_are_503_without_a_traceback_when_the_database_does_not_answer(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
+    client, _, _ = serve(database_url=closed)
+    for path in ["/", "/results", "/results/1"]:
+        reply = client.get(path)
+        assert reply.status == 503, path
+        assert "The queue database does not answer" in reply.text
+    assert not [record for record in caplog.records if record.exc_info]
+    assert client.get("/try").status == 200  # what needs no database still works
+
+
 def test_metrics_follow_the_queue(serve: Serve) -> None:
     client, sessions, _ = serve()
     _received(sessions, 3)
