@@ -1,13 +1,15 @@
 """``osteoflag quantize`` on the tiny bundle: a real INT8 backbone, written only when as good.
 
 The labelled folder is made from synthetic images labelled by the float32 bundle itself
-(clear positives and clear negatives), so float32 scores AUC 1 and a faithful INT8
-backbone must too. The refusal path is driven by the rule's own threshold.
+(clear positives and clear negatives, as many of each as the AUC rule needs), so float32
+scores AUC 1 and a faithful INT8 backbone must too. The refusal path is driven by the rule's
+own threshold.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightgbm as lgb
@@ -23,6 +25,7 @@ from osteoflag.inference.maps import add_maps_to_bundle
 from osteoflag.inference.pixels import DisplayImage, load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import (
+    MIN_CHECK_IMAGES,
     auc,
     calibration_inputs,
     float_convs_for,
@@ -42,7 +45,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tupl
     calibration = root / "calibration"
     calibration.mkdir()
     paths = []
-    for index, image in enumerate(_training_images((64, 64), 90, seed=11)):
+    for index, image in enumerate(_training_images((64, 64), 3 * MIN_CHECK_IMAGES, seed=11)):
         path = calibration / f"{index:03d}.png"
         Image.fromarray((image * 255).astype(np.uint8)).save(path)
         paths.append(path)
@@ -51,7 +54,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tupl
     scores = predictor.probabilities([model_input(load_display(p), spec) for p in paths])
     order = np.argsort(scores)
     labelled = root / "labelled"
-    for name, picks in (("nofracture", order[:30]), ("fracture", order[-30:])):
+    each = MIN_CHECK_IMAGES
+    for name, picks in (("nofracture", order[:each]), ("fracture", order[-each:])):
         (labelled / name).mkdir(parents=True)
         for index in picks:
             (labelled / name / paths[index].name).write_bytes(paths[index].read_bytes())
@@ -74,7 +78,7 @@ def test_int8_bundle_is_written_verified_and_recorded(
     figures = quantize_bundle(tiny_bundle, calibration, labelled, out, count=40)
 
     assert figures["usable"] is True and figures["bundle"] == str(out)
-    assert figures["n"] == 60 and figures["calibration"]["images"] == 40
+    assert figures["n"] == 2 * MIN_CHECK_IMAGES and figures["calibration"]["images"] == 40
     assert figures["float32"]["auc"] == 1.0
     assert figures["auc_drop"] <= 0.005
     bundle = load_bundle(out)
@@ -161,6 +165,30 @@ def test_cli_prints_the_figures_and_refuses_an_existing_folder(
     assert json.loads(result.stdout)["int8"]["accuracy"] == 1.0
     again = osteoflag("quantize", *args, "--out", str(out), config=config)
     assert again.returncode == 2 and "already exists" in again.stderr  # usage: exit 2
+
+
+def test_too_few_readable_check_images_of_a_label_are_refused_before_any_work(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    # A handful of images give both precisions AUC 1: the rule would pass on no evidence.
+    calibration, labelled = folders
+    small = tmp_path / "small"
+    shutil.copytree(labelled, small)
+    sorted((small / "fracture").iterdir())[0].unlink()
+    (small / "fracture" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    config = write_config(tmp_path, {"model": {"bundle": str(tiny_bundle)}})
+    out = tmp_path / "int8"
+    done = osteoflag(
+        "quantize", "--bundle", str(tiny_bundle), "--calibration", str(calibration),
+        "--data", str(small), "--out", str(out), config=config,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"osteoflag: --data {small}: {MIN_CHECK_IMAGES - 1} fracture and {MIN_CHECK_IMAGES} "
+        f"nofracture images could be read; the AUC rule needs at least {MIN_CHECK_IMAGES} of each"
+    )
+    assert done.stdout == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["osteoflag.toml", "small"]
 
 
 def test_leading_convolutions_can_stay_float32(
