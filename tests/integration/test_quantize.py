@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 
 from osteoflag.errors import BundleError
-from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.bundle import load_bundle, write_manifest
 from osteoflag.inference.cellterm import CellTerm
 from osteoflag.inference.maps import add_maps_to_bundle
+from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import (
@@ -140,6 +141,44 @@ def test_int8_copy_of_a_bundle_with_a_cell_term_scores_with_it(
     booster = lgb.Booster(model_file=str(quantised.bundle.classifier_path))
     expected = 1 / (1 + np.exp(-(booster.predict(feats, raw_score=True) + term.raw(maps))))
     np.testing.assert_allclose(quantised.probabilities(list(inputs)), expected, atol=1e-6)
+
+
+def test_int8_copy_moves_the_guard_threshold_for_its_own_features(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    # The copied reference's threshold was chosen on float32 features; INT8 features lie
+    # a little elsewhere, so the same threshold would skip other in-distribution images.
+    calibration, labelled = folders
+    guarded = tmp_path / "guarded"
+    shutil.copytree(tiny_bundle, guarded)
+    spec = load_bundle(guarded).input_spec
+    feats = Predictor(load_bundle(guarded)).features(
+        np.stack(calibration_inputs(calibration, spec, 3 * MIN_CHECK_IMAGES))
+    )
+    reference = OodReference.fit(feats[::2], feats[1::2])
+    manifest = load_bundle(guarded).manifest
+    (guarded / OOD_FILE).write_bytes(reference.to_bytes())
+    write_manifest(guarded, **manifest.model_dump(mode="json", exclude={"files", "format_version"}))
+    out = tmp_path / "guarded-int8"
+    figures = quantize_bundle(guarded, calibration, labelled, out, count=40)
+
+    assert figures["usable"] is True
+    inputs = np.stack([model_input(load_display(p), spec) for p in sorted(labelled.rglob("*.png"))])
+    before = Predictor(load_bundle(guarded)).features(inputs)
+    after = Predictor(load_bundle(out)).features(inputs)
+    change = np.median(reference.distances(after) - reference.distances(before))
+    moved = OodReference.read(out / OOD_FILE, before.shape[1])
+    assert change != 0.0
+    assert moved.threshold == pytest.approx(reference.threshold + change, abs=1e-6)
+    np.testing.assert_array_equal(moved.anchors, reference.anchors)
+    guard = figures["ood_guard"]
+    assert guard["threshold_int8"] == pytest.approx(moved.threshold)
+    assert guard["skipped_int8"] == int((moved.distances(after) > moved.threshold).sum())
+    assert guard["skipped_float32"] == int(
+        (reference.distances(before) > reference.threshold).sum()
+    )
+    assert load_bundle(out).manifest.metrics["int8"]["ood_guard"] == guard
+    assert "Out-of-distribution guard: the float32 anchors" in (out / "MODEL_CARD.md").read_text()
 
 
 def test_int8_outside_the_auc_margin_writes_nothing(
