@@ -16,7 +16,7 @@ nearest-neighbour distance skipped 97-100% of them (README, Out-of-distribution 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,25 @@ class OodReference:
         unscaled = cls(anchors, np.inf, quantile)
         threshold = float(np.quantile(unscaled.distances(held_out), quantile, method="higher"))
         return cls(anchors, threshold, quantile)
+
+    def shifted(self, before: Matrix, after: Matrix) -> OodReference:
+        """The same anchors, the threshold moved by the median change in distance from
+        ``before`` to ``after``: the features of the same in-distribution images from this
+        reference's backbone and from one that approximates it (an INT8 copy).
+
+        The anchors stay (the training images they came from are not in the bundle) and so
+        does what the threshold means (the reference's quantile of its own held-out images):
+        only the approximation's systematic change is taken out. The median of paired
+        changes uses every image, where re-choosing a quantile would rest on a few in the
+        tail, and of whatever set the images come from.
+        """
+        if len(before) != len(after) or len(before) < MIN_HELD_OUT:
+            raise BundleError(
+                f"moving an out-of-distribution threshold needs the same {MIN_HELD_OUT} or "
+                f"more images from both backbones, got {len(before)} and {len(after)}"
+            )
+        change = float(np.median(self.distances(after) - self.distances(before)))
+        return replace(self, threshold=self.threshold + change)
 
     def distances(self, features: Matrix) -> npt.NDArray[np.float64]:
         """Each row's distance: 1 - mean cosine similarity to its ``k`` nearest anchors."""

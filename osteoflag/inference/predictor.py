@@ -272,8 +272,9 @@ class Predictor:
         """Fracture probability for each (3, H, W) input, run ``batch_size`` at a time."""
         return [p for p, _, _ in self._evaluate(inputs, None)]
 
-    def _outside(self, feats: npt.NDArray[np.float32]) -> list[str | None]:
-        """The out-of-distribution reason of each row, when the bundle has a guard."""
+    def outside(self, feats: npt.NDArray[np.float32]) -> list[str | None]:
+        """The out-of-distribution reason of each row of backbone features, when the bundle
+        has a guard: the daemon skips such an image, and ``validate`` leaves it out."""
         if self._ood is None:
             return [None] * len(feats)
         limit = self._ood.threshold
@@ -309,7 +310,7 @@ class Predictor:
                 heats = self.evidence(feats[flagged], maps[flagged])
                 for heat, i in zip(heats, flagged, strict=True):
                     regions[i] = region_from_map(heat, self.bundle.input_spec, sizes[start + i])
-            out.extend(zip(scores, regions, self._outside(feats), strict=True))
+            out.extend(zip(scores, regions, self.outside(feats), strict=True))
         return out
 
     def predict_inputs(

@@ -2,7 +2,8 @@
 
 Exit 0 with the INT8 bundle written when its AUC is within
 ``osteoflag.inference.quantize.MAX_AUC_DROP`` of float32's (imported only when the command
-runs); exit 1 with the same figures, and nothing written, when it is not.
+runs); exit 1 with the same figures, and nothing written, when it is not; exit 2, before any
+work, when ``--data`` has too few readable images of a label for that rule to mean anything.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="labelled folder (fracture/, nofracture/) scored with both precisions",
+        help="labelled folder (fracture/, nofracture/; 100 or more images of each) scored "
+        "with both precisions",
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="new INT8 bundle")
     parser.add_argument(

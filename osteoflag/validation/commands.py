@@ -87,15 +87,21 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.inference.predictor import Predictor
     from osteoflag.validation import report
     from osteoflag.validation.scoring import BATCH
-    from osteoflag.validation.validate import summarise
+    from osteoflag.validation.validate import served, summarise
 
     folder = args.bundle if args.bundle is not None else settings.model.bundle
     bundle = load_bundle(folder)
     predictor = Predictor(bundle, threads=args.threads, batch_size=BATCH)
-    scored = score_data(predictor, args, "validate")
-    if not len(scored.samples):
+    decoded = score_data(predictor, args, "validate")
+    if not len(decoded.samples):
         raise UsageError(f"--data {args.data}: no image could be decoded")
-    result = summarise(bundle, scored, args.data)
+    scored, outside = served(predictor, decoded)
+    if not len(scored.samples):
+        raise UsageError(
+            f"--data {args.data}: the bundle's out-of-distribution guard skips all "
+            f"{outside} images; the daemon would report none of them"
+        )
+    result = summarise(bundle, scored, args.data, outside)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         plots, note = report.write_plots(args.out, scored.labels, scored.probabilities, result)

@@ -23,8 +23,10 @@ def _num(value: Any, digits: int = 3) -> str:
 def summary_line(result: dict[str, Any]) -> str:
     """The one line ``validate`` prints without ``--json``; a figure the images cannot give
     (specificity without an image free of fracture, AUC on one class) reads ``n/a``."""
+    guarded = result.get("skipped_by_guard", 0)
+    skipped = f" ({guarded} more skipped by the guard)" if guarded else ""
     return (
-        f"{result['model']} on {result['n']} images: AUC {_num(result['auc'])}, "
+        f"{result['model']} on {result['n']} images{skipped}: AUC {_num(result['auc'])}, "
         f"sensitivity {_num(result['sensitivity'])}, specificity {_num(result['specificity'])} "
         f"at threshold {result['threshold']:.4f}\n"
     )
@@ -36,9 +38,19 @@ def _interval(ci: Any) -> str:
     return f" ({ci[0]:.3f} to {ci[1]:.3f})"
 
 
+def _guard_clause(count: int) -> str:
+    if not count:
+        return ""
+    return (
+        f", {count} skipped by the bundle's out-of-distribution guard (the daemon reports no "
+        "result for them; listed in the JSON's `skipped`)"
+    )
+
+
 def markdown(result: dict[str, Any], plots: list[str], plot_note: str) -> str:
     """The report text for a ``validate`` result (see :func:`validate.summarise`)."""
     ci = result.get("ci95", {})
+    guarded = result.get("skipped_by_guard", 0)
     lines = [
         f"# Local validation: {result['model']}",
         "",
@@ -46,7 +58,8 @@ def markdown(result: dict[str, Any], plots: list[str], plot_note: str) -> str:
         "",
         f"Data: `{result['data']}`: {result['n']} images scored "
         f"({result.get('positives', 0)} fracture, {result.get('negatives', 0)} no fracture), "
-        f"{len(result.get('skipped', []))} left out as undecodable. Threshold "
+        f"{len(result.get('skipped', [])) - guarded} left out as undecodable"
+        f"{_guard_clause(guarded)}. Threshold "
         f"{_num(result.get('threshold'), 4)} (the bundle's). 95% intervals: bootstrap over "
         f"{result.get('bootstrap_unit', 'image')}s, 1000 draws.",
         "",

@@ -1,13 +1,15 @@
 """``osteoflag quantize`` on the tiny bundle: a real INT8 backbone, written only when as good.
 
 The labelled folder is made from synthetic images labelled by the float32 bundle itself
-(clear positives and clear negatives), so float32 scores AUC 1 and a faithful INT8
-backbone must too. The refusal path is driven by the rule's own threshold.
+(clear positives and clear negatives, as many of each as the AUC rule needs), so float32
+scores AUC 1 and a faithful INT8 backbone must too. The refusal path is driven by the rule's
+own threshold.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightgbm as lgb
@@ -17,12 +19,14 @@ import pytest
 from PIL import Image
 
 from osteoflag.errors import BundleError
-from osteoflag.inference.bundle import load_bundle
+from osteoflag.inference.bundle import load_bundle, write_manifest
 from osteoflag.inference.cellterm import CellTerm
 from osteoflag.inference.maps import add_maps_to_bundle
+from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import (
+    MIN_CHECK_IMAGES,
     auc,
     calibration_inputs,
     float_convs_for,
@@ -42,7 +46,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tupl
     calibration = root / "calibration"
     calibration.mkdir()
     paths = []
-    for index, image in enumerate(_training_images((64, 64), 90, seed=11)):
+    for index, image in enumerate(_training_images((64, 64), 3 * MIN_CHECK_IMAGES, seed=11)):
         path = calibration / f"{index:03d}.png"
         Image.fromarray((image * 255).astype(np.uint8)).save(path)
         paths.append(path)
@@ -51,7 +55,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> tupl
     scores = predictor.probabilities([model_input(load_display(p), spec) for p in paths])
     order = np.argsort(scores)
     labelled = root / "labelled"
-    for name, picks in (("nofracture", order[:30]), ("fracture", order[-30:])):
+    each = MIN_CHECK_IMAGES
+    for name, picks in (("nofracture", order[:each]), ("fracture", order[-each:])):
         (labelled / name).mkdir(parents=True)
         for index in picks:
             (labelled / name / paths[index].name).write_bytes(paths[index].read_bytes())
@@ -74,7 +79,7 @@ def test_int8_bundle_is_written_verified_and_recorded(
     figures = quantize_bundle(tiny_bundle, calibration, labelled, out, count=40)
 
     assert figures["usable"] is True and figures["bundle"] == str(out)
-    assert figures["n"] == 60 and figures["calibration"]["images"] == 40
+    assert figures["n"] == 2 * MIN_CHECK_IMAGES and figures["calibration"]["images"] == 40
     assert figures["float32"]["auc"] == 1.0
     assert figures["auc_drop"] <= 0.005
     bundle = load_bundle(out)
@@ -138,6 +143,44 @@ def test_int8_copy_of_a_bundle_with_a_cell_term_scores_with_it(
     np.testing.assert_allclose(quantised.probabilities(list(inputs)), expected, atol=1e-6)
 
 
+def test_int8_copy_moves_the_guard_threshold_for_its_own_features(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    # The copied reference's threshold was chosen on float32 features; INT8 features lie
+    # a little elsewhere, so the same threshold would skip other in-distribution images.
+    calibration, labelled = folders
+    guarded = tmp_path / "guarded"
+    shutil.copytree(tiny_bundle, guarded)
+    spec = load_bundle(guarded).input_spec
+    feats = Predictor(load_bundle(guarded)).features(
+        np.stack(calibration_inputs(calibration, spec, 3 * MIN_CHECK_IMAGES))
+    )
+    reference = OodReference.fit(feats[::2], feats[1::2])
+    manifest = load_bundle(guarded).manifest
+    (guarded / OOD_FILE).write_bytes(reference.to_bytes())
+    write_manifest(guarded, **manifest.model_dump(mode="json", exclude={"files", "format_version"}))
+    out = tmp_path / "guarded-int8"
+    figures = quantize_bundle(guarded, calibration, labelled, out, count=40)
+
+    assert figures["usable"] is True
+    inputs = np.stack([model_input(load_display(p), spec) for p in sorted(labelled.rglob("*.png"))])
+    before = Predictor(load_bundle(guarded)).features(inputs)
+    after = Predictor(load_bundle(out)).features(inputs)
+    change = np.median(reference.distances(after) - reference.distances(before))
+    moved = OodReference.read(out / OOD_FILE, before.shape[1])
+    assert change != 0.0
+    assert moved.threshold == pytest.approx(reference.threshold + change, abs=1e-6)
+    np.testing.assert_array_equal(moved.anchors, reference.anchors)
+    guard = figures["ood_guard"]
+    assert guard["threshold_int8"] == pytest.approx(moved.threshold)
+    assert guard["skipped_int8"] == int((moved.distances(after) > moved.threshold).sum())
+    assert guard["skipped_float32"] == int(
+        (reference.distances(before) > reference.threshold).sum()
+    )
+    assert load_bundle(out).manifest.metrics["int8"]["ood_guard"] == guard
+    assert "Out-of-distribution guard: the float32 anchors" in (out / "MODEL_CARD.md").read_text()
+
+
 def test_int8_outside_the_auc_margin_writes_nothing(
     tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
 ) -> None:
@@ -161,6 +204,30 @@ def test_cli_prints_the_figures_and_refuses_an_existing_folder(
     assert json.loads(result.stdout)["int8"]["accuracy"] == 1.0
     again = osteoflag("quantize", *args, "--out", str(out), config=config)
     assert again.returncode == 2 and "already exists" in again.stderr  # usage: exit 2
+
+
+def test_too_few_readable_check_images_of_a_label_are_refused_before_any_work(
+    tmp_path: Path, tiny_bundle: Path, folders: tuple[Path, Path]
+) -> None:
+    # A handful of images give both precisions AUC 1: the rule would pass on no evidence.
+    calibration, labelled = folders
+    small = tmp_path / "small"
+    shutil.copytree(labelled, small)
+    sorted((small / "fracture").iterdir())[0].unlink()
+    (small / "fracture" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    config = write_config(tmp_path, {"model": {"bundle": str(tiny_bundle)}})
+    out = tmp_path / "int8"
+    done = osteoflag(
+        "quantize", "--bundle", str(tiny_bundle), "--calibration", str(calibration),
+        "--data", str(small), "--out", str(out), config=config,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"osteoflag: --data {small}: {MIN_CHECK_IMAGES - 1} fracture and {MIN_CHECK_IMAGES} "
+        f"nofracture images could be read; the AUC rule needs at least {MIN_CHECK_IMAGES} of each"
+    )
+    assert done.stdout == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["osteoflag.toml", "small"]
 
 
 def test_leading_convolutions_can_stay_float32(

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from testkit.daemon import base_sections, osteoflag, write_config
+from testkit.inference_data import dataset, save
 from testkit.tiny_bundle import build_bundle
 from tests.helpers.contract import EVALUATE_KEYS
 from tests.helpers.site_data import write_site
@@ -236,3 +238,52 @@ def test_one_line_summary_of_a_set_without_negatives(site: tuple[Path, Path]) ->
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("tiny-test@0.0.1 on 5 images: AUC n/a, sensitivity ")
     assert "specificity n/a at threshold 0.5000" in done.stdout
+
+
+def test_validate_scores_what_the_guard_lets_through_and_evaluate_scores_all(
+    site: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A site's figures must not count images the daemon would never report: those the
+    bundle's out-of-distribution guard skips are listed and counted, not scored."""
+    folder, config = site
+    bundle = tmp_path / "guarded"
+    shutil.copytree(folder / "bundle", bundle)
+    write_site(tmp_path / "training", per_class=130, seed=7)
+    made = osteoflag(
+        "ood-reference", "--bundle", str(bundle), "--data", str(tmp_path / "training/images"),
+        "--labels", str(tmp_path / "training/labels.csv"), config=config,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    labelled = tmp_path / "labelled"
+    rng = np.random.default_rng(11)
+    unlike = []
+    for name, label in (("fracture", 1), ("nofracture", 0)):
+        (labelled / name).mkdir(parents=True)
+        for index in range(30):
+            shutil.copy(folder / "site/images" / f"{label}-{index:03d}.dcm", labelled / name)
+        for index in range(3):  # pages of dark specks, nothing like a radiograph
+            text = np.where(rng.random((48, 48)) < 0.05, 0, 4095).astype(np.int64)
+            path = labelled / name / f"page-{index}.dcm"
+            unlike.append(str(save(dataset(text, bits_stored=12), path)))
+    args = ("--bundle", str(bundle), "--data", str(labelled), "--json")
+    validated = osteoflag("validate", *args, config=config)
+    evaluated = osteoflag("evaluate", *args, config=config)
+    assert validated.returncode == evaluated.returncode == 0, validated.stderr
+
+    v = json.loads(validated.stdout)
+    outside = [s for s in v["skipped"] if s["reason"].startswith("outside the model's training")]
+    assert set(unlike) <= {s["file"] for s in outside}
+    assert v["skipped_by_guard"] == len(outside) == len(v["skipped"])
+    assert v["n"] == 66 - len(outside) == sum(map(sum, v["confusion"]))
+    assert json.loads(evaluated.stdout)["n"] == 66  # as the model card: every image
+    served = tmp_path / "served"
+    for name in ("fracture", "nofracture"):
+        (served / name).mkdir(parents=True)
+        for path in (labelled / name).iterdir():
+            if str(path) not in {s["file"] for s in outside}:
+                shutil.copy(path, served / name)
+    args = ("--bundle", str(bundle), "--data", str(served), "--json")
+    alone = json.loads(osteoflag("evaluate", *args, config=config).stdout)
+    assert {key: v[key] for key in alone} == alone
+    summary = osteoflag("validate", "--bundle", str(bundle), "--data", str(labelled), config=config)
+    assert f"on {v['n']} images ({len(outside)} more skipped by the guard): AUC" in summary.stdout

@@ -43,3 +43,16 @@ def test_round_trip_and_feature_count_check(tmp_path: Path) -> None:
 def test_too_few_held_out_images_refused() -> None:
     with pytest.raises(BundleError, match="50 held-out images, got 100 and 20"):
         OodReference.fit(_cloud(100, 0), _cloud(20, 1))
+
+
+def test_shifted_keeps_the_anchors_and_moves_the_threshold_by_the_median_change() -> None:
+    reference = OodReference.fit(_cloud(400, 0), _cloud(500, 1))
+    before = _cloud(200, 4)
+    after = before + 0.05 * np.abs(np.random.default_rng(5).normal(size=before.shape))
+    moved = reference.shifted(before, after)
+    change = np.median(reference.distances(after) - reference.distances(before))
+    assert change != 0.0
+    assert moved.threshold == pytest.approx(reference.threshold + change)
+    assert moved.anchors is reference.anchors and moved.quantile == reference.quantile
+    with pytest.raises(BundleError, match="got 200 and 199"):
+        reference.shifted(before, after[:-1])
