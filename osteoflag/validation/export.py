@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from osteoflag import publish
 from osteoflag.db.engine import reading
 from osteoflag.db.feedback import current
 from osteoflag.db.models import FeedbackLabel
@@ -36,12 +37,10 @@ def export_feedback(sessions: sessionmaker[Session], out: Path) -> dict[str, int
     """Write the labelled set to ``out`` (which must not exist); returns the counts."""
     if out.exists():
         raise UsageError(f"--out {out}: already exists; choose a new folder")
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True, mode=0o700)
     counts = {"cases": 0, "fracture": 0, "nofracture": 0, "unsure": 0, "files_missing": 0}
     rows: list[list[str]] = []
-    try:
+    with publish.staging(out) as staging:
+        (staging / "images").mkdir(mode=0o700)
         with reading(sessions) as session:
             labelled = current(session)
         for instance, reading_row in labelled:
@@ -61,9 +60,6 @@ def export_feedback(sessions: sessionmaker[Session], out: Path) -> dict[str, int
             writer = csv.writer(fh)
             writer.writerow(["file", "sop_instance_uid", "label", "group"])
             writer.writerows(rows)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish.publish(staging, out)
     logger.info("feedback exported", extra={"action": "feedback_export", **counts})
     return counts
