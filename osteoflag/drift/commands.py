@@ -59,6 +59,7 @@ def run_reference(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.drift.reference import REFERENCE_FILE, Reference
     from osteoflag.inference.bundle import load_bundle, write_manifest
     from osteoflag.inference.predictor import Predictor
+    from osteoflag.publish import rewriting
     from osteoflag.validation.commands import score_data
     from osteoflag.validation.scoring import BATCH
 
@@ -74,9 +75,10 @@ def run_reference(args: argparse.Namespace, settings: Settings) -> int:
         for sample, p in zip(scored.samples, scored.probabilities, strict=True)
     ]
     reference = Reference.build(inputs, f"{args.data}, {len(inputs)} images")
-    reference.write(args.bundle / REFERENCE_FILE)
     manifest = bundle.manifest.model_dump(mode="json", exclude={"files", "format_version"})
-    write_manifest(args.bundle, **manifest)
-    load_bundle(args.bundle)
+    with rewriting(args.bundle) as staging:
+        reference.write(staging / REFERENCE_FILE)
+        write_manifest(staging, **manifest)
+        load_bundle(staging)
     sys.stdout.write(json.dumps({"bundle": str(args.bundle), "n": reference.n}) + "\n")
     return 0

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from osteoflag import publish
 from osteoflag.errors import BundleError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, Manifest, load_bundle, write_manifest
 
@@ -110,10 +111,10 @@ def add_maps_to_bundle(bundle_dir: Path, out: Path) -> Manifest:
     source = load_bundle(bundle_dir)
     if out.exists():
         raise BundleError(f"{out}: already exists; choose a new folder for the bundle")
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(MANIFEST))
+    with publish.staging(out) as staging:
+        shutil.copytree(
+            source.path, staging, ignore=shutil.ignore_patterns(MANIFEST), dirs_exist_ok=True
+        )
         expose_maps(staging / source.manifest.backbone.file)
         card = staging / MODEL_CARD
         if card.exists() and _CARD_SECTION not in card.read_text(encoding="utf-8"):
@@ -122,8 +123,5 @@ def add_maps_to_bundle(bundle_dir: Path, out: Path) -> Manifest:
             staging, **source.manifest.model_dump(exclude={"files", "format_version"})
         )
         load_bundle(staging)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish.publish(staging, out)
     return manifest

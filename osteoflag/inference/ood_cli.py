@@ -2,8 +2,8 @@
 
 The bundle's own training images are scored through the serving path: their ``train`` split
 gives the anchors, ``val`` the threshold (a folder without splits is split by group, 80/20).
-The reference is written into the bundle and the manifest re-pinned; the guard then applies
-wherever the bundle is served.
+The reference is written into the bundle and the manifest re-pinned (through a copy that
+replaces the bundle whole); the guard then applies wherever the bundle is served.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def run_ood_reference(args: argparse.Namespace, settings: Settings) -> int:
     from osteoflag.inference.bundle import load_bundle, write_manifest
     from osteoflag.inference.ood import OOD_FILE, OodReference
     from osteoflag.inference.predictor import Predictor
+    from osteoflag.publish import rewriting
     from osteoflag.validation.commands import score_data
     from osteoflag.validation.folds import group_holdout
     from osteoflag.validation.scoring import BATCH
@@ -49,10 +50,11 @@ def run_ood_reference(args: argparse.Namespace, settings: Settings) -> int:
             raise UsageError(f"--data {args.data}: needs at least 10 groups to hold some out")
         fit, held = group_holdout(scored.labels, scored.groups)
     reference = OodReference.fit(scored.features[fit], scored.features[held])
-    (args.bundle / OOD_FILE).write_bytes(reference.to_bytes())
     manifest = bundle.manifest.model_dump(mode="json", exclude={"files", "format_version"})
-    write_manifest(args.bundle, **manifest)
-    Predictor(load_bundle(args.bundle), threads=1, batch_size=1)
+    with rewriting(args.bundle) as staging:
+        (staging / OOD_FILE).write_bytes(reference.to_bytes())
+        write_manifest(staging, **manifest)
+        Predictor(load_bundle(staging), threads=1, batch_size=1)
     held_out = reference.distances(scored.features[held])
     summary = {
         "bundle": str(args.bundle),

@@ -18,7 +18,6 @@ moved for the INT8 features (:func:`int8_guard`).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import rankdata
 
+from osteoflag import publish
 from osteoflag.errors import BundleError, PixelDataError, UsageError
 from osteoflag.files import walk_files
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, Bundle, load_bundle, write_manifest
@@ -307,9 +307,12 @@ def _pooling_tail(graph: onnx.GraphProto) -> list[str]:
 
 
 def int8_copy(source: Bundle, folder: Path, calibration: list[FloatArray]) -> dict[str, Any]:
-    """Copy ``source`` to the new ``folder`` with its backbone quantised and its manifest saying
-    so (version ``+int8``); return the manifest's fields. No AUC gate: the caller decides."""
-    shutil.copytree(source.path, folder, ignore=shutil.ignore_patterns(MANIFEST))
+    """Copy ``source`` to the new (or empty) ``folder`` with its backbone quantised and its
+    manifest saying so (version ``+int8``); return the manifest's fields. No AUC gate: the
+    caller decides."""
+    shutil.copytree(
+        source.path, folder, ignore=shutil.ignore_patterns(MANIFEST), dirs_exist_ok=True
+    )
     (folder / source.manifest.backbone.file).unlink()
     quantize_backbone(
         source.backbone_path,
@@ -384,9 +387,7 @@ def quantize_bundle(
     inputs, labels = labelled_inputs(data, spec)
     check_enough(data, labels)
     calibration_set = calibration_inputs(calibration, spec, count)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with publish.staging(out) as staging:
         fields = int8_copy(source, staging, calibration_set)
         quantised = load_bundle(staging)
         float_scores, float_features = score(
@@ -419,8 +420,7 @@ def quantize_bundle(
         }
         if guard is not None:
             figures["ood_guard"] = guard
-        if not figures["usable"]:
-            shutil.rmtree(staging)
+        if not figures["usable"]:  # leaving the block removes the staged copy
             figures["bundle"] = None
             return figures
         card = staging / MODEL_CARD
@@ -430,10 +430,7 @@ def quantize_bundle(
             )
         fields["metrics"] = {**fields["metrics"], "int8": figures}
         write_manifest(staging, **fields)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish.publish(staging, out)
     figures["bundle"] = str(out)
     logger.info(
         "int8 bundle written",

@@ -56,14 +56,34 @@ def heat_overlay(grey: Image.Image, heat: NDArray[np.float32]) -> Image.Image:
     return Image.alpha_composite(grey.convert("RGBA"), overlay).convert("RGB")
 
 
-def _draw_region(draw: ImageDraw.ImageDraw, region: Region, scale: float, top: int) -> None:
-    x0, y0, x1, y1 = (round(v * scale) for v in region.box)
-    width = max(2, round(3 * max(scale, 0.5)))
-    draw.rectangle((x0, top + y0, x1, top + y1), outline=BOX_COLOUR, width=width)
-    px, py = round(region.peak[0] * scale), top + round(region.peak[1] * scale)
-    arm = 4 * width
-    draw.line((px - arm, py, px + arm, py), fill=BOX_COLOUR, width=width)
-    draw.line((px, py - arm, px, py + arm), fill=BOX_COLOUR, width=width)
+def _draw_region(
+    draw: ImageDraw.ImageDraw,
+    region: Region,
+    source: tuple[int, int],
+    image: tuple[int, int],
+    top: int,
+) -> None:
+    """Outline ``region`` (pixels of the ``source`` size) on the picture of size ``image``
+    pasted ``top`` pixels down, and cross its peak.
+
+    Each axis has its own scale, the picture's sides being rounded to whole pixels apart. The
+    box names its first and last pixel, so its outer edges are x0 and x1 + 1 (as the SR's
+    outline, :func:`osteoflag.pacs.sr.region_outline`); the outline is drawn inwards from the
+    outermost picture pixels the box covers, so a box at the image's edge ends at the
+    picture's, whole.
+    """
+    (columns, rows), (width, height) = source, image
+    x0, y0, x1, y1 = region.box
+    left, upper = x0 * width // columns, y0 * height // rows
+    right = max(left, -(-(x1 + 1) * width // columns) - 1)
+    lower = max(upper, -(-(y1 + 1) * height // rows) - 1)
+    line = max(2, round(3 * max(min(width / columns, height / rows), 0.5)))
+    draw.rectangle((left, top + upper, right, top + lower), outline=BOX_COLOUR, width=line)
+    px = (2 * region.peak[0] + 1) * width // (2 * columns)  # the peak pixel's centre
+    py = top + (2 * region.peak[1] + 1) * height // (2 * rows)
+    arm = 4 * line
+    draw.line((px - arm, py, px + arm, py), fill=BOX_COLOUR, width=line)
+    draw.line((px, py - arm, px, py + arm), fill=BOX_COLOUR, width=line)
 
 
 def render(
@@ -96,5 +116,5 @@ def render(
         )
     canvas.paste(picture, (0, banner_height))
     if region is not None:
-        _draw_region(draw, region, image.width / source.width, banner_height)
+        _draw_region(draw, region, source.size, image.size, banner_height)
     return np.asarray(canvas, dtype=np.uint8)

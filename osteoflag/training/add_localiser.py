@@ -9,12 +9,12 @@ by a fit that never saw its radiograph) go into the manifest's ``localiser`` sec
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from osteoflag import publish
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MANIFEST, MODEL_CARD, load_bundle, write_manifest
 from osteoflag.inference.bundle_out import check_apart
@@ -110,10 +110,10 @@ def add_localiser_to_bundle(
     fitted = fit_localiser(predictor, cases, tilings, mirror=mirror, context=context)
     figures = compact(cross_validate(fitted, cases, predictor))
     localiser = fitted.localiser
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        shutil.copytree(source.path, staging, ignore=shutil.ignore_patterns(MANIFEST))
+    with publish.staging(out) as staging:
+        shutil.copytree(
+            source.path, staging, ignore=shutil.ignore_patterns(MANIFEST), dirs_exist_ok=True
+        )
         localiser.save(staging / LOCALISER_FILE)
         card = staging / MODEL_CARD
         if card.exists():
@@ -128,9 +128,6 @@ def add_localiser_to_bundle(
         }
         write_manifest(staging, **fields)
         Predictor(load_bundle(staging), threads=1, batch_size=1)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish.publish(staging, out)
     logger.info("localiser added", extra={"action": "add_localiser", "bundle": str(out)})
     return figures

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from osteoflag import publish
 from osteoflag.errors import UsageError
 from osteoflag.inference import maps
 from osteoflag.inference.bundle import MANIFEST, write_manifest
@@ -206,10 +206,11 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
 
 
 def check_out(options: TrainOptions) -> None:
-    """Refuse an ``--out`` whose replacement would delete what is not a bundle: writing the
-    bundle removes the folder first, so a typo naming the data's folder (or one around it)
-    would wipe the images, and a bundle written inside ``--data`` or ``--other`` would be read
-    as images by the next run. An empty folder, or a bundle a previous run wrote, is replaced.
+    """Refuse an ``--out`` whose replacement would delete what is not a bundle: the new bundle
+    takes the folder's place and the old folder is deleted, so a typo naming the data's folder
+    (or one around it) would wipe the images, and a bundle written inside ``--data`` or
+    ``--other`` would be read as images by the next run. An empty folder, or a bundle a
+    previous run wrote, is replaced.
     """
     out = options.out.resolve()
     given = {"--data": options.data, "--other": options.other, "--work": options.work}
@@ -259,80 +260,79 @@ def write_bundle(
     results: dict[str, object],
 ) -> None:
     """Export the full graph, verify it against the split graphs, write files and manifest."""
-    staging = options.out.with_name(options.out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    full = FeatureGraph(network.trunk, model.head, options.layout).eval()
-    spec = input_spec(options)
-    inputs = np.stack(
-        # the first images, as many as the parity check takes (a small set may have fewer)
-        [features.prepare(sample, spec) for sample in prep.samples[: export.PARITY_IMAGES]]
-    )
-    export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
-    parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
-    maps.expose_maps(staging / "backbone.onnx")
-    session = export.session(staging / "backbone.onnx", options.threads)
-    served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {INPUT_NAME: inputs})
-    split_error = export.max_relative_error(served, trained_x.x[: len(served)])
-    if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
-        raise TrainingError(
-            f"bundle graph differs from the graphs training used: {split_error:.3g}"
+    with publish.staging(options.out) as staging:
+        full = FeatureGraph(network.trunk, model.head, options.layout).eval()
+        spec = input_spec(options)
+        inputs = np.stack(
+            # the first images, as many as the parity check takes (a small set may have fewer)
+            [features.prepare(sample, spec) for sample in prep.samples[: export.PARITY_IMAGES]]
         )
-    parity_figures = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
-    if trained_x.maps is not None:
-        map_error = export.max_relative_error(served_maps, trained_x.maps[: len(inputs)])
-        if not map_error <= MAPS_MAX_RELATIVE_ERROR:
+        export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
+        parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
+        maps.expose_maps(staging / "backbone.onnx")
+        session = export.session(staging / "backbone.onnx", options.threads)
+        served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {INPUT_NAME: inputs})
+        split_error = export.max_relative_error(served, trained_x.x[: len(served)])
+        if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
             raise TrainingError(
-                f"bundle's '{maps.MAPS_OUTPUT}' output differs from the maps the cell term "
-                f"trained on: {map_error:.3g}"
+                f"bundle graph differs from the graphs training used: {split_error:.3g}"
             )
-        parity_figures["bundle_maps_vs_training_maps"] = map_error
-    results["parity"] = parity_figures
-    classifier_section = model.classifier.save(staging)
-    metrics_doc = report.strip_scores(results)
-    (staging / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=float) + "\n")
-    report.write_card(staging, results)
-    training_data = {
-        "sources": {
-            "primary": str(options.data),
-            "other": str(options.other) if options.other else None,
-        },
-        "bundle_fitted_on": FITTED_ON[options.train_on],
-        "counts": {s: len(split_indices(prep, s)) for s in ("train", "val", "test")},
-        "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
-        "hygiene": prep.hygiene,
-    }
-    write_manifest(
-        staging,
-        name=options.name,
-        version=options.version,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        training_data=training_data,
-        input={
-            "size": list(spec.size),
-            "resize_mode": spec.resize_mode.value,
-            "colour_order": spec.colour_order.value,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "scale": spec.scale,
-        },
-        backbone={
-            "file": "backbone.onnx",
-            "architecture": options.architecture.value,
-            "init": options.init.value,
-            "precision": "float32",
-        },
-        features={
-            "count": int(served.shape[1]),
-            "layout": layout_text(options.architecture, options.layout, options.small_view)
-            + tuned_text(options),
-            "views": list(options.bundle_booster.view_starts),
-        },
-        classifier=classifier_section,
-        threshold={"value": model.threshold, "method": model.threshold_method},
-        calibration=model.calibration,
-        metrics={"validation": report.strip_scores(model.validation)},
-    )
-    shutil.rmtree(options.out, ignore_errors=True)
-    staging.rename(options.out)
+        parity_figures = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
+        if trained_x.maps is not None:
+            map_error = export.max_relative_error(served_maps, trained_x.maps[: len(inputs)])
+            if not map_error <= MAPS_MAX_RELATIVE_ERROR:
+                raise TrainingError(
+                    f"bundle's '{maps.MAPS_OUTPUT}' output differs from the maps the cell term "
+                    f"trained on: {map_error:.3g}"
+                )
+            parity_figures["bundle_maps_vs_training_maps"] = map_error
+        results["parity"] = parity_figures
+        classifier_section = model.classifier.save(staging)
+        metrics_doc = report.strip_scores(results)
+        (staging / "metrics.json").write_text(
+            json.dumps(metrics_doc, indent=2, default=float) + "\n"
+        )
+        report.write_card(staging, results)
+        training_data = {
+            "sources": {
+                "primary": str(options.data),
+                "other": str(options.other) if options.other else None,
+            },
+            "bundle_fitted_on": FITTED_ON[options.train_on],
+            "counts": {s: len(split_indices(prep, s)) for s in ("train", "val", "test")},
+            "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
+            "hygiene": prep.hygiene,
+        }
+        write_manifest(
+            staging,
+            name=options.name,
+            version=options.version,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            training_data=training_data,
+            input={
+                "size": list(spec.size),
+                "resize_mode": spec.resize_mode.value,
+                "colour_order": spec.colour_order.value,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "scale": spec.scale,
+            },
+            backbone={
+                "file": "backbone.onnx",
+                "architecture": options.architecture.value,
+                "init": options.init.value,
+                "precision": "float32",
+            },
+            features={
+                "count": int(served.shape[1]),
+                "layout": layout_text(options.architecture, options.layout, options.small_view)
+                + tuned_text(options),
+                "views": list(options.bundle_booster.view_starts),
+            },
+            classifier=classifier_section,
+            threshold={"value": model.threshold, "method": model.threshold_method},
+            calibration=model.calibration,
+            metrics={"validation": report.strip_scores(model.validation)},
+        )
+        publish.publish(staging, options.out, replace=True)
     logger.info("bundle written", extra={"action": "bundle_written", "path": str(options.out)})

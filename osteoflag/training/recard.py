@@ -1,7 +1,8 @@
 """Re-render a bundle's model card from its training run's full results (``WORK/results.json``),
 with new notes or recipe rows, without retraining: the card, its plots and ``metrics.json`` are
 rewritten and the manifest re-hashes them; backbone, classifier and every figure stay as trained,
-and a localiser's section (``add-localiser``) is kept as it was.
+and a localiser's section (``add-localiser``) is kept as it was. The bundle is changed through
+a copy that replaces it whole, so a failed rewrite leaves it as it was.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from osteoflag import publish
 from osteoflag.inference.bundle import load_bundle, write_manifest
 from osteoflag.training import report
 from osteoflag.training.backbones import TrainingError
@@ -38,10 +40,12 @@ def recard(
     if recipes is not None:
         results["recipes"] = recipes
     metrics_doc = report.strip_scores(results)
-    (bundle_dir / "metrics.json").write_text(
-        json.dumps(metrics_doc, indent=2, default=float) + "\n"
-    )
-    report.write_card(bundle_dir, results)
+    with publish.rewriting(bundle_dir) as staging:
+        (staging / "metrics.json").write_text(
+            json.dumps(metrics_doc, indent=2, default=float) + "\n"
+        )
+        report.write_card(staging, results)
+        fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
+        write_manifest(staging, **fields)
+        load_bundle(staging)
     results_path.write_text(json.dumps(results, default=float))
-    fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
-    write_manifest(bundle_dir, **fields)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from osteoflag import publish
 from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import MODEL_CARD, Bundle, load_bundle, write_manifest
 from osteoflag.inference.bundle_out import check_apart
@@ -53,11 +54,7 @@ def write_adapted(
 ) -> Bundle:
     """Assemble, verify and move the adapted bundle into place; returns it as loaded."""
     check_out(base.path, out)
-    staging = out.with_name(f".{out.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with publish.staging(out) as staging:
         manifest = base.manifest
         shutil.copyfile(base.backbone_path, staging / manifest.backbone.file)
         classifier = adapted.classifier.save(staging)
@@ -83,10 +80,7 @@ def write_adapted(
             localiser=None if localiser is None else localiser.model_dump(mode="json"),
         )
         Predictor(load_bundle(staging), threads=1, batch_size=1)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish.publish(staging, out)
     return load_bundle(out)
 
 

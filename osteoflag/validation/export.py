@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from osteoflag import publish
 from osteoflag.db.engine import reading
 from osteoflag.db.feedback import current
 from osteoflag.db.models import FeedbackLabel
@@ -42,24 +43,19 @@ def export_feedback(sessions: sessionmaker[Session], out: Path) -> dict[str, int
     out = Path(os.path.abspath(out))
     if out.exists() or out.is_symlink():
         raise UsageError(f"--out {out}: already exists; choose a new folder")
-    staging = out.with_name(f".{out.name}.partial")
     try:
-        return _export(sessions, out, staging)
+        return _export(sessions, out)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise UsageError(f"--out {out}: cannot be written: {exc.strerror or exc}{where}") from exc
 
 
-def _export(sessions: sessionmaker[Session], out: Path, staging: Path) -> dict[str, int]:
-    """Write into a fresh ``staging`` folder, then rename it to ``out``."""
-    if not staging.is_symlink():  # a crash's leftover; a link would lead elsewhere
-        shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir(mode=0o700)  # refused if anything is still there: never written through
-    (staging / "images").mkdir(mode=0o700)
+def _export(sessions: sessionmaker[Session], out: Path) -> dict[str, int]:
+    """Write into a fresh staging folder beside ``out``, then rename it to ``out``."""
     counts = {"cases": 0, "fracture": 0, "nofracture": 0, "unsure": 0, "files_missing": 0}
     rows: list[list[str]] = []
-    try:
+    with publish.staging(out) as staging:
+        (staging / "images").mkdir(mode=0o700)
         with reading(sessions) as session:
             labelled = current(session)
         for instance, reading_row in labelled:
@@ -79,9 +75,6 @@ def _export(sessions: sessionmaker[Session], out: Path, staging: Path) -> dict[s
             writer = csv.writer(fh)
             writer.writerow(["file", "sop_instance_uid", "label", "group"])
             writer.writerows(rows)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        publish.publish(staging, out)
     logger.info("feedback exported", extra={"action": "feedback_export", **counts})
     return counts

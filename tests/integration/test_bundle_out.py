@@ -1,14 +1,17 @@
 """Every bundle writer refuses an ``--out`` inside the bundle it reads (or around it): a file
-the base's manifest does not list would leave the base unloadable, and the daemon down."""
+the base's manifest does not list would leave the base unloadable, and the daemon down. A
+command that changes a bundle changes it whole or not at all."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.training.recard import recard
 from testkit.daemon import osteoflag, write_config
 
 #: Each writer's options besides ``--bundle`` and ``--out`` (never read: the refusal comes first).
@@ -52,3 +55,19 @@ def test_adapt_refuses_an_out_that_holds_the_base(tmp_path: Path, tiny_bundle: P
     assert done.stderr.strip().splitlines()[-1:] == [
         f"osteoflag: --out {out}: holds --bundle {base}; choose a folder outside it"
     ]
+
+
+def test_a_card_rewrite_that_fails_leaves_the_bundle_as_it_was(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    before = {path.name: path.read_bytes() for path in bundle.iterdir()}
+    manifest = load_bundle(bundle).manifest
+    results = tmp_path / "results.json"  # its run, cut short: no figures for the card
+    results.write_text(json.dumps({"run": {"name": manifest.name, "version": manifest.version}}))
+    with pytest.raises(KeyError):  # metrics.json is written before the card fails
+        recard(bundle, results, ["a note"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle", "results.json"]
+    assert {path.name: path.read_bytes() for path in bundle.iterdir()} == before
+    load_bundle(bundle)

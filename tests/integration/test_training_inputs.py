@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from osteoflag.errors import TrainingError
+from osteoflag.errors import BundleError, TrainingError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.training.__main__ import main as training_main
 from osteoflag.training.backbones import FeatureLayout, Init
@@ -74,6 +74,24 @@ def test_fewer_images_than_the_parity_batch_still_make_a_bundle(tmp_path: Path) 
     load_bundle(tmp_path / "bundle")
     run(_options(tmp_path))  # a bundle at --out is replaced
     load_bundle(tmp_path / "bundle")
+
+
+def test_a_failed_bundle_write_keeps_the_previous_bundle_and_leaves_nothing_beside_it(
+    tmp_path: Path,
+) -> None:
+    write_images(tmp_path / "primary", ("train", "val"), 4, seed=0)
+    out = tmp_path / "bundle"
+    run(_options(tmp_path))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    bad = replace(_options(tmp_path), name="not a bundle name")  # refused by the manifest
+    with pytest.raises(BundleError, match="invalid manifest, 'name'"):
+        run(bad)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle", "primary", "work"]
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    load_bundle(out)
+    run(replace(_options(tmp_path), version="2.0.1"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle", "primary", "work"]
+    assert load_bundle(out).manifest.version == "2.0.1"
 
 
 def test_a_hold_out_drawing_one_label_is_refused_naming_the_protocol(tmp_path: Path) -> None:

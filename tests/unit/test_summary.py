@@ -18,7 +18,7 @@ from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import display_from_dataset
 from osteoflag.inference.region import Region
 from osteoflag.pacs.derived import Classification, ModelIdentity, device_uid
-from osteoflag.pacs.picture import BOX_COLOUR, MAX_SIDE
+from osteoflag.pacs.picture import BOX_COLOUR, COLOURS, MAX_SIDE, render
 from osteoflag.pacs.sr import build_sr
 from osteoflag.pacs.summary import build_summary
 from tests.sr_fixtures import dciodvfy_errors, make_dx
@@ -129,6 +129,34 @@ def test_the_region_and_its_evidence_are_drawn_on_a_flagged_summary() -> None:
     assert hot[0] - hot[2] > 60
     cold = pixels[banner + 350, 100].astype(int)  # far from it: grey as before
     assert np.abs(cold - plain[banner + 350, 100].astype(int)).max() < 12
+
+
+def _run(line: np.ndarray) -> int:
+    """How many leading entries of ``line`` are true."""
+    return int(np.argmin(line)) if not line.all() else len(line)
+
+
+def test_a_region_at_the_far_corner_is_outlined_to_the_pictures_edges_on_each_axis() -> None:
+    # 3001 x 1999 fits as 1024 x 682: x scaled by 0.34122, y by 0.34117; one scale for both
+    # puts the bottom edge at 1999 * 0.34122 = 682.1, a row below the picture
+    columns, rows = 3001, 1999
+    region = Region(peak=(2850, 1850), box=(2700, 1700, columns - 1, rows - 1))
+    pixels = render(np.zeros((rows, columns), np.uint8), ["FRACTURE"], Label.FRACTURE, region)
+    banner = _run(np.all(pixels[:, 0] == COLOURS[Label.FRACTURE], axis=1))
+    picture = np.all(pixels[banner:] == BOX_COLOUR, axis=2)
+    height, width = picture.shape
+    assert (width, height) == (1024, 682)
+    left, upper = 2700 * width // columns, 1700 * height // rows  # each axis' own scale
+    assert picture[:, :left].sum() == 0 and picture[:upper].sum() == 0
+    row, column = picture[upper + 6], picture[:, left + 6]  # clear of the peak's cross
+    sides = {
+        "left": _run(row[left:]),
+        "right": _run(row[::-1]),
+        "top": _run(column[upper:]),
+        "bottom": _run(column[::-1]),
+    }
+    assert sides["left"] >= 2
+    assert sides == dict.fromkeys(sides, sides["left"])  # none cut off by the picture's edge
 
 
 def test_the_8_bit_display_inverts_monochrome1() -> None:
