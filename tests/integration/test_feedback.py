@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -208,7 +209,7 @@ def test_export_writes_nothing_through_a_symbolic_link(
     dangling.symlink_to(elsewhere / "new")
     with pytest.raises(UsageError, match="already exists"):
         export_feedback(labelled, dangling)
-    planted = tmp_path / ".out.partial"  # where the export stages its files
+    planted = tmp_path / f".out.partial-{os.getpid()}"  # where this process stages its files
     planted.symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(UsageError, match=r"^--out .*out: cannot be written: File exists"):
         export_feedback(labelled, tmp_path / "out")
