@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydicom import config as pydicom_config
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import Settings, parse_settings
@@ -58,6 +59,20 @@ def postgres() -> Iterator[PostgresServer]:
     """A private PostgreSQL server for the whole run; tests create their own databases."""
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def pg_engine(postgres: PostgresServer) -> Iterator[Engine]:
+    """A new, migrated database on the run's PostgreSQL server."""
+    engine = make_engine(postgres.database())
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
+    return session_factory(pg_engine)
 
 
 @pytest.fixture

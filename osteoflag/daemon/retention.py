@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import exists, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Mapped, Session, sessionmaker
 
 from osteoflag.config import RetentionSettings
 from osteoflag.db.engine import reading
@@ -154,31 +154,14 @@ def remove_expired(
     return RetentionReport(instances=instances, files=files)
 
 
-def _known_uids(session: Session, uids: Iterable[str]) -> set[str]:
+def _present(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[str]:
+    """The UIDs among ``uids`` that some row holds in ``column`` (looked up in chunks)."""
     wanted = sorted(set(uids))
-    known: set[str] = set()
+    present: set[str] = set()
     for start in range(0, len(wanted), _LOOKUP_CHUNK):
         chunk = wanted[start : start + _LOOKUP_CHUNK]
-        known.update(
-            session.scalars(
-                select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))
-            )
-        )
-    return known
-
-
-def _named_objects(session: Session, uids: Iterable[str]) -> set[str]:
-    """The SOP Instance UIDs among ``uids`` that an outbound row names (removed or not)."""
-    wanted = sorted(set(uids))
-    named: set[str] = set()
-    for start in range(0, len(wanted), _LOOKUP_CHUNK):
-        chunk = wanted[start : start + _LOOKUP_CHUNK]
-        named.update(
-            session.scalars(
-                select(Outbound.sop_instance_uid).where(Outbound.sop_instance_uid.in_(chunk))
-            )
-        )
-    return named
+        present.update(session.scalars(select(column).where(column.in_(chunk))))
+    return present
 
 
 def _kept_paths(session: Session) -> set[str]:
@@ -244,7 +227,11 @@ def remove_orphans(
     leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
     received = [path for path in old if not path.name.startswith(_LEFTOVERS)]
     with reading(sessions) as session:
-        known = _known_uids(session, (uid for path in received for uid in named_uids(path)))
+        known = _present(
+            session,
+            Instance.sop_instance_uid,
+            (uid for path in received for uid in named_uids(path)),
+        )
     removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
     removed += _each(
         (path for path in received if not named_uids(path) & known),
@@ -276,7 +263,7 @@ def remove_unrecorded(
     leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
     produced = [path for path in old if not path.name.startswith(_LEFTOVERS)]
     with reading(sessions) as session:
-        named = _named_objects(session, (path.stem for path in produced))
+        named = _present(session, Outbound.sop_instance_uid, (path.stem for path in produced))
         unnamed = [path for path in produced if path.stem not in named]
         kept = _kept_paths(session) if unnamed else set()
     removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)

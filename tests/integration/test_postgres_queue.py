@@ -8,7 +8,6 @@ recovery that leaves live leases alone, and two senders never sending one object
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, timedelta
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from osteoflag.daemon.roles import Role
 from osteoflag.daemon.service import Daemon
 from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import notify, queue
-from osteoflag.db.engine import make_engine, migrate, session_factory
+from osteoflag.db.engine import make_engine, migrate
 from osteoflag.db.models import Base, Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
@@ -39,19 +38,6 @@ from tests.helpers.rows import produce
 from tests.sr_fixtures import RecordingSCP, make_dx
 
 MODEL = ModelIdentity("osteoflag-test", "0.0.1", "0f" * 32, 0.5)
-
-
-@pytest.fixture
-def pg_engine(postgres: PostgresServer) -> Iterator[Engine]:
-    engine = make_engine(postgres.database())
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
-    return session_factory(pg_engine)
 
 
 def _enqueue(sessions: sessionmaker[Session], count: int, start: int = 0) -> None:

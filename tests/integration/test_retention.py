@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Mapped, Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
 from osteoflag.daemon import retention
@@ -364,14 +364,14 @@ def test_an_orphan_stored_again_while_the_sweep_looks_it_up_is_kept(
 ) -> None:
     old = ORPHAN_AGE + timedelta(hours=1)
     path = _aged(instance_path(settings.incoming_path, "1.2.3.8", "ab" * 32), b"retried", old)
-    lookup = retention._known_uids
+    lookup = retention._present
 
-    def retried_meanwhile(session: Session, uids: Iterable[str]) -> set[str]:
-        known = lookup(session, uids)
+    def retried_meanwhile(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[str]:
+        known = lookup(session, column, uids)
         write_atomically(path, b"retried")  # the sender's retry, acknowledged with its row
         return known
 
-    monkeypatch.setattr(retention, "_known_uids", retried_meanwhile)
+    monkeypatch.setattr(retention, "_present", retried_meanwhile)
     assert remove_orphans(sessions, settings.incoming_path) == 0
     assert path.read_bytes() == b"retried"
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
@@ -382,13 +382,13 @@ def test_a_produced_file_written_again_while_the_sweep_looks_it_up_is_kept(
 ) -> None:
     old = ORPHAN_AGE + timedelta(hours=1)
     path = _aged(settings.outgoing_path / "sr" / "1.2.3.24.dcm", b"first attempt", old)
-    lookup = retention._named_objects
+    lookup = retention._present
 
-    def retried_meanwhile(session: Session, uids: Iterable[str]) -> set[str]:
-        named = lookup(session, uids)
+    def retried_meanwhile(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[str]:
+        named = lookup(session, column, uids)
         write_atomically(path, b"second attempt")  # the worker's retry: same derived UID
         return named
 
-    monkeypatch.setattr(retention, "_named_objects", retried_meanwhile)
+    monkeypatch.setattr(retention, "_present", retried_meanwhile)
     assert remove_unrecorded(sessions, settings.outgoing_path) == 0
     assert path.read_bytes() == b"second attempt"

@@ -9,7 +9,6 @@ for the duration of the step a host with that clock would take; the database is 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -21,32 +20,17 @@ from osteoflag.config import Settings, parse_settings
 from osteoflag.daemon.finishing import Silent
 from osteoflag.daemon.outcomes import TRANSIENT_RETRY_SECONDS, Outcomes
 from osteoflag.db import models, queue
-from osteoflag.db.engine import make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState, Outbound, OutboundState
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import claim_lease, send_pending
 from testkit.net import free_port
-from testkit.postgres import PostgresServer
 from tests.helpers.rows import produce_for
 from tests.sr_fixtures import make_dx
 
 SKEW = timedelta(hours=2)
 LEASE = timedelta(minutes=5)
 MODEL = ModelIdentity("osteoflag-test", "0.0.1", "0f" * 32, 0.5)
-
-
-@pytest.fixture
-def pg_engine(postgres: PostgresServer) -> Iterator[Engine]:
-    engine = make_engine(postgres.database())
-    migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_sessions(pg_engine: Engine) -> sessionmaker[Session]:
-    return session_factory(pg_engine)
 
 
 def _skew(monkeypatch: pytest.MonkeyPatch, offset: timedelta) -> None:
