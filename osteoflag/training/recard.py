@@ -40,12 +40,18 @@ def recard(
     if recipes is not None:
         results["recipes"] = recipes
     metrics_doc = report.strip_scores(results)
-    with publish.rewriting(bundle_dir) as staging:
-        (staging / "metrics.json").write_text(
-            json.dumps(metrics_doc, indent=2, default=float) + "\n"
-        )
-        report.write_card(staging, results)
-        fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
-        write_manifest(staging, **fields)
-        load_bundle(staging)
+    try:
+        with publish.rewriting(bundle_dir) as staging:
+            (staging / "metrics.json").write_text(
+                json.dumps(metrics_doc, indent=2, default=float) + "\n"
+            )
+            report.write_card(staging, results)
+            fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
+            write_manifest(staging, **fields)
+            load_bundle(staging)
+    except (KeyError, IndexError, TypeError) as exc:  # a run cut short: the card has no figures
+        raise TrainingError(
+            f"{results_path}: run results incomplete ({type(exc).__name__}: {exc}); "
+            "the bundle is unchanged"
+        ) from exc
     results_path.write_text(json.dumps(results, default=float))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from osteoflag.inference.bundle import load_bundle
+from osteoflag.training.backbones import TrainingError
 from osteoflag.training.recard import recard
 from testkit.daemon import osteoflag, write_config
 
@@ -66,7 +67,7 @@ def test_a_card_rewrite_that_fails_leaves_the_bundle_as_it_was(
     manifest = load_bundle(bundle).manifest
     results = tmp_path / "results.json"  # its run, cut short: no figures for the card
     results.write_text(json.dumps({"run": {"name": manifest.name, "version": manifest.version}}))
-    with pytest.raises(KeyError):  # metrics.json is written before the card fails
+    with pytest.raises(TrainingError, match=r"results.json: run results incomplete \(KeyError"):
         recard(bundle, results, ["a note"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bundle", "results.json"]
     assert {path.name: path.read_bytes() for path in bundle.iterdir()} == before
