@@ -4,8 +4,9 @@ The folder holds ``images/<SOPInstanceUID>.dcm`` (the received files, copied fro
 owner-only like storage itself: they carry patient data) and ``labels.csv`` with ``file``,
 ``sop_instance_uid``, ``label`` (each case's latest reading: fracture, nofracture or unsure,
 which the readers leave out) and ``group`` (the Study Instance UID, so the views of one study
-stay on one side of every fold). It is written under a temporary name and renamed when
-complete; cases whose file retention already removed are counted, not exported.
+stay on one side of every fold; a source value that is no UID is never written there). It is
+written under a temporary name and renamed when complete; cases whose file retention already
+removed are counted, not exported.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from osteoflag import publish
 from osteoflag.db.engine import reading
 from osteoflag.db.feedback import current
 from osteoflag.db.models import FeedbackLabel
-from osteoflag.errors import UsageError
+from osteoflag.errors import PermanentError, UsageError
+from osteoflag.pacs.storage import check_uid
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def _export(sessions: sessionmaker[Session], out: Path) -> dict[str, int]:
             shutil.copyfile(source, staging / name)
             os.chmod(staging / name, 0o600)
             label = LABELS[reading_row.label]
-            group = instance.study_instance_uid or instance.sop_instance_uid
+            group = _group(instance.study_instance_uid, instance.sop_instance_uid)
             rows.append([name, instance.sop_instance_uid, label, group])
             counts["cases"] += 1
             counts[label] += 1
@@ -78,3 +80,15 @@ def _export(sessions: sessionmaker[Session], out: Path) -> dict[str, int]:
         publish.publish(staging, out)
     logger.info("feedback exported", extra={"action": "feedback_export", **counts})
     return counts
+
+
+def _group(study_instance_uid: str | None, sop_instance_uid: str) -> str:
+    """The case's group: its study, when the source gave a valid Study Instance UID; else the
+    case alone. A value that is no UID (``=HYPERLINK(...)``) never reaches ``labels.csv``,
+    which sites open in spreadsheets."""
+    if study_instance_uid is not None:
+        try:
+            return check_uid(study_instance_uid, "StudyInstanceUID")
+        except PermanentError:
+            pass
+    return sop_instance_uid

@@ -217,6 +217,21 @@ def test_export_writes_nothing_through_a_symbolic_link(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_study_uid_that_is_no_uid_is_not_the_exported_group(
+    labelled: sessionmaker[Session], tmp_path: Path
+) -> None:
+    hostile = '=HYPERLINK("http://x.example","open")'  # a spreadsheet formula, not a UID
+    with labelled() as session:
+        instance = session.scalars(select(Instance)).one()
+        instance.study_instance_uid = hostile
+        sop_instance_uid = instance.sop_instance_uid
+        session.commit()
+    export_feedback(labelled, tmp_path / "out")
+    with (tmp_path / "out" / "labels.csv").open() as fh:
+        [row] = list(csv.DictReader(fh))
+    assert row["group"] == sop_instance_uid
+
+
 def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path, tiny_bundle: Path) -> None:
     config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
     (tmp_path / "a-file").write_text("not a folder")
