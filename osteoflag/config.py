@@ -30,6 +30,7 @@ from osteoflag.destination_settings import (
 from osteoflag.errors import ConfigError
 from osteoflag.settings_fields import (
     CENTURY_DAYS,
+    MAX_COUNT,
     AETitle,
     LogLevel,
     PathValue,
@@ -142,7 +143,7 @@ class ModelSettings(Section):
 
     bundle: PathValue = Path("../models/default")
     threads: Annotated[int, Field(ge=0)] = 0
-    batch_size: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 8
     body_parts: tuple[str, ...] = ()
     min_rows: Annotated[int, Field(ge=1)] = 64
     min_columns: Annotated[int, Field(ge=1)] = 64
@@ -158,8 +159,8 @@ class DriftSettings(Section):
     the alert fires from ``min_results`` results on, at a score PSI of ``psi_alert`` or an
     input share change of ``share_alert`` (see ``osteoflag.drift.reference``)."""
 
-    window: Annotated[int, Field(ge=10)] = 500
-    min_results: Annotated[int, Field(ge=1)] = 100
+    window: Annotated[int, Field(ge=10, le=MAX_COUNT)] = 500
+    min_results: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 100
     psi_alert: Annotated[float, Field(gt=0)] = 0.25
     share_alert: Annotated[float, Field(gt=0, le=1)] = 0.25
 
@@ -173,7 +174,7 @@ class WorkerSettings(Section):
     """
 
     sweep_seconds: Seconds = 30.0
-    max_attempts: Annotated[int, Field(ge=1)] = 3
+    max_attempts: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 3
     lease_seconds: Seconds = 600.0
     decode_budget_mb: Annotated[int, Field(ge=16, le=65536)] = 512
 
@@ -202,7 +203,7 @@ class SenderSettings(Section):
     """Delivery of produced objects: schedule, timeouts, exponential backoff and deadline."""
 
     interval_seconds: Seconds = 10.0
-    batch_size: Annotated[int, Field(ge=1)] = 50
+    batch_size: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 50
     timeout_seconds: Seconds = 30.0
     run_seconds: Seconds = 120.0
     backoff_base_seconds: Seconds = 30.0
@@ -221,7 +222,7 @@ class RetentionSettings(Section):
     max_age_days: Annotated[float, Field(gt=0, le=CENTURY_DAYS, strict=False)] = 30.0
     interval_seconds: Seconds = 3600.0
     # One run holds the write transaction while it unlinks: a million files is already long.
-    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 500
+    batch_size: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 500
 
 
 class WebSettings(Section):

@@ -20,6 +20,9 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 CENTURY_DAYS = 36525
 Seconds = Annotated[float, Field(gt=0, le=CENTURY_DAYS * 86400, strict=False)]
 PathValue = Annotated[Path, Field(strict=False)]
+#: The largest count a setting may name (rows a run claims, results a window holds): counts go
+#: into SQL, where past 64 bits they overflow at every run instead of being refused by key.
+MAX_COUNT = 1_000_000
 
 
 class Section(BaseModel):
