@@ -151,6 +151,7 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
         write_adapted,
     )
     from osteoflag.validation.scoring import BATCH
+    from osteoflag.validation.validate import served
 
     if args.folds < 2:
         raise UsageError(f"--folds {args.folds}: needs at least 2")
@@ -158,7 +159,12 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
     version = adapted_version(base.manifest.version, args.site)
     check_out(args.bundle, args.out)
     predictor = Predictor(base, threads=args.threads, batch_size=BATCH)
-    site = score_data(predictor, args, "site")
+    site, skipped_by_guard = served(predictor, score_data(predictor, args, "site"))
+    if skipped_by_guard and not len(site.samples):
+        raise UsageError(
+            f"--data {args.data}: the bundle's out-of-distribution guard skips all "
+            f"{skipped_by_guard} images; the daemon would report none of them"
+        )
     rows = None
     if args.base_data is not None:
         samples = discover(args.base_data, source="base")
@@ -190,6 +196,7 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
             "nofracture": int(len(y) - y.sum()),
             "groups": len(set(site.groups)),
             "skipped": len(site.skipped),
+            "skipped_by_guard": skipped_by_guard,
         },
         "mixed_with": None
         if rows is None

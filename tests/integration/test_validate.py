@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from osteoflag.inference.bundle import load_bundle
 from testkit.daemon import base_sections, osteoflag, write_config
 from testkit.inference_data import dataset, save
 from testkit.tiny_bundle import build_bundle
@@ -276,6 +277,13 @@ def test_validate_scores_what_the_guard_lets_through_and_evaluate_scores_all(
     assert v["skipped_by_guard"] == len(outside) == len(v["skipped"])
     assert v["n"] == 66 - len(outside) == sum(map(sum, v["confusion"]))
     assert json.loads(evaluated.stdout)["n"] == 66  # as the model card: every image
+    adapted = osteoflag(
+        "adapt", "--bundle", str(bundle), "--data", str(labelled), "--out",
+        str(tmp_path / "adapted"), "--site", "guarded", "--folds", "2", config=config,
+    )  # fmt: skip
+    assert adapted.returncode == 0, adapted.stderr
+    refitted = load_bundle(tmp_path / "adapted").manifest.training_data["site"]
+    assert (refitted["images"], refitted["skipped_by_guard"]) == (66 - len(outside), len(outside))
     served = tmp_path / "served"
     for name in ("fracture", "nofracture"):
         (served / name).mkdir(parents=True)
