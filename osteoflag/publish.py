@@ -42,11 +42,42 @@ def _previous_path(out: Path) -> Path:
     return target.with_name(f"{target.name}.previous-{os.getpid()}")
 
 
+def _is_running(pid: int) -> bool:
+    """True when a process with this id exists on this machine (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove the staging folders for ``out`` of writers that no longer run (killed mid-way):
+    hidden and never loaded, they would otherwise stay for good. A running writer's is left."""
+    target = _target(out)
+    prefix = f".{target.name}.partial-"
+    if not target.parent.is_dir():
+        return
+    for path in target.parent.iterdir():
+        pid = path.name.removeprefix(prefix)
+        if path.name.startswith(prefix) and pid.isdigit() and not _is_running(int(pid)):
+            if path.is_symlink() or not path.is_dir():
+                continue  # not a folder a writer made
+            shutil.rmtree(path, ignore_errors=True)
+            logger.info(
+                "abandoned staging folder removed",
+                extra={"action": "publish", "path": str(path)},
+            )
+
+
 @contextmanager
 def staging(out: Path) -> Iterator[Path]:
     """A new empty folder beside ``out`` to write into; on leaving the block it is removed,
     unless :func:`publish` moved it into place (an error, or a writer deciding not to publish,
-    leaves nothing behind)."""
+    leaves nothing behind). Folders of earlier writers killed mid-way go first."""
+    _remove_abandoned(out)
     folder = _staging_path(out)
     shutil.rmtree(folder, ignore_errors=True)  # left by a killed process with the same id
     folder.mkdir(parents=True)

@@ -3,6 +3,8 @@ was; a replacement leaves only the new folder, no copy of the old one beside it.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,17 @@ def test_rewriting_a_folder_changes_it_whole_or_not_at_all(tmp_path: Path) -> No
         (copy / "ood_reference.npz").write_bytes(b"anchors")
     assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
     assert _contents(out) == {**before, "ood_reference.npz": b"anchors"}
+
+
+def test_a_killed_writers_staging_folder_goes_with_the_next_write(tmp_path: Path) -> None:
+    ended = subprocess.Popen(["true"])  # a process id no running process holds any more
+    ended.wait()
+    out = tmp_path / "bundle"
+    left = tmp_path / f".bundle.partial-{ended.pid}"
+    (left / "sub").mkdir(parents=True)  # what a writer killed mid-way left
+    running = tmp_path / f".bundle.partial-{os.getppid()}"  # another writer, still at work
+    running.mkdir()
+    with staging(out) as folder:
+        _write_new(folder)
+        publish(folder, out)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["bundle", running.name])
