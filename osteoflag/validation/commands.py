@@ -95,12 +95,7 @@ def run_validate(args: argparse.Namespace, settings: Settings) -> int:
     decoded = score_data(predictor, args, "validate")
     if not len(decoded.samples):
         raise UsageError(f"--data {args.data}: no image could be decoded")
-    scored, outside = served(predictor, decoded)
-    if not len(scored.samples):
-        raise UsageError(
-            f"--data {args.data}: the bundle's out-of-distribution guard skips all "
-            f"{outside} images; the daemon would report none of them"
-        )
+    scored, outside = served(predictor, decoded, args.data)
     result = summarise(bundle, scored, args.data, outside)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,12 +154,7 @@ def run_adapt(args: argparse.Namespace, settings: Settings) -> int:
     version = adapted_version(base.manifest.version, args.site)
     check_out(args.bundle, args.out)
     predictor = Predictor(base, threads=args.threads, batch_size=BATCH)
-    site, skipped_by_guard = served(predictor, score_data(predictor, args, "site"))
-    if skipped_by_guard and not len(site.samples):
-        raise UsageError(
-            f"--data {args.data}: the bundle's out-of-distribution guard skips all "
-            f"{skipped_by_guard} images; the daemon would report none of them"
-        )
+    site, skipped_by_guard = served(predictor, score_data(predictor, args, "site"), args.data)
     rows = None
     if args.base_data is not None:
         samples = discover(args.base_data, source="base")

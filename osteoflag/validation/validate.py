@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from osteoflag.errors import UsageError
 from osteoflag.inference.bundle import Bundle
 from osteoflag.validation import metrics
 from osteoflag.validation.scoring import Scored
@@ -26,10 +27,11 @@ if TYPE_CHECKING:
 MIN_PART_AUC = 10
 
 
-def served(predictor: Predictor, scored: Scored) -> tuple[Scored, int]:
+def served(predictor: Predictor, scored: Scored, data: Path) -> tuple[Scored, int]:
     """The rows the daemon would report, and how many the bundle's out-of-distribution guard
-    skips (added to ``skipped`` with the daemon's reason): a site's figures must not count
-    images it would never get a result for."""
+    skips (added to ``skipped`` with the daemon's reason): a site's figures, or a head refitted
+    on its images, must not count images it would never get a result for. A set the guard
+    skips whole is bad usage."""
     reasons = predictor.outside(scored.features)
     keep = np.array([reason is None for reason in reasons], dtype=bool)
     outside = [
@@ -37,6 +39,11 @@ def served(predictor: Predictor, scored: Scored) -> tuple[Scored, int]:
         for sample, reason in zip(scored.samples, reasons, strict=True)
         if reason is not None
     ]
+    if outside and not keep.any():
+        raise UsageError(
+            f"--data {data}: the bundle's out-of-distribution guard skips all "
+            f"{len(outside)} images; the daemon would report none of them"
+        )
     kept = scored.subset(keep)
     return replace(kept, skipped=[*scored.skipped, *outside]), len(outside)
 
