@@ -24,7 +24,6 @@ The daemon schedules all three every ``[retention] interval_seconds``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -38,7 +37,7 @@ from sqlalchemy.orm import Mapped, Session, sessionmaker
 from osteoflag.config import RetentionSettings
 from osteoflag.db.engine import reading
 from osteoflag.db.models import Event, Instance, InstanceState, Outbound, OutboundState, utcnow
-from osteoflag.db.outbound import SHADOW_EVENT, kept_in_shadow
+from osteoflag.db.outbound import kept_in_shadow, kept_until_retention
 from osteoflag.pacs.storage import PARTIAL_PREFIX, conflict_copies, named_uids
 
 logger = logging.getLogger(__name__)
@@ -164,17 +163,6 @@ def _present(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[
     return present
 
 
-def _kept_paths(session: Session) -> set[str]:
-    """The files of objects kept in shadow mode (no outbound row names them) whose instance
-    retention has not reached yet."""
-    details = session.scalars(
-        select(Event.detail)
-        .join(Instance, Instance.id == Event.instance_id)
-        .where(Event.action == SHADOW_EVENT, Instance.removed_at.is_(None))
-    )
-    return {str(json.loads(detail or "{}").get("path")) for detail in details}
-
-
 def _written_before(path: Path, cutoff: float) -> bool:
     try:
         return path.stat().st_mtime < cutoff
@@ -215,6 +203,25 @@ def _old_files(root: Path, cutoff: float) -> list[Path]:
     ]
 
 
+def _sweep(
+    sessions: sessionmaker[Session],
+    root: Path,
+    now: datetime | None,
+    unnamed: Callable[[Session, list[Path]], list[Path]],
+) -> int:
+    """Remove the temporary files and the files ``unnamed`` picks (those no row names) among
+    the files in ``root``'s folders last written more than :data:`ORPHAN_AGE` before ``now``;
+    a file written again since it was listed is kept (:func:`_remove_orphan`)."""
+    cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
+    old = _old_files(root, cutoff)
+    leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
+    named = [path for path in old if not path.name.startswith(_LEFTOVERS)]
+    with reading(sessions) as session:
+        orphans = unnamed(session, named)
+    removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
+    return removed + _each(orphans, lambda path: _remove_orphan(path, cutoff))
+
+
 def remove_orphans(
     sessions: sessionmaker[Session], incoming: Path, now: datetime | None = None
 ) -> int:
@@ -222,21 +229,13 @@ def remove_orphans(
     and that were last written more than :data:`ORPHAN_AGE` before ``now``; return how many.
     A file is kept when any UID its name may stand for has a row, whatever that row's path,
     or when it was written again after it was listed."""
-    cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
-    old = _old_files(incoming, cutoff)
-    leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
-    received = [path for path in old if not path.name.startswith(_LEFTOVERS)]
-    with reading(sessions) as session:
-        known = _present(
-            session,
-            Instance.sop_instance_uid,
-            (uid for path in received for uid in named_uids(path)),
-        )
-    removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
-    removed += _each(
-        (path for path in received if not named_uids(path) & known),
-        lambda path: _remove_orphan(path, cutoff),
-    )
+
+    def unnamed(session: Session, received: list[Path]) -> list[Path]:
+        uids = (uid for path in received for uid in named_uids(path))
+        known = _present(session, Instance.sop_instance_uid, uids)
+        return [path for path in received if not named_uids(path) & known]
+
+    removed = _sweep(sessions, incoming, now, unnamed)
     if removed:
         logger.warning(
             "retention removed files no queue row names",
@@ -258,19 +257,16 @@ def remove_unrecorded(
     recorded at all. Their names are derived from the source, so a later attempt may write the
     same file again: it is kept when written since it was listed, as in :func:`remove_orphans`.
     """
-    cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
-    old = _old_files(outgoing, cutoff)
-    leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
-    produced = [path for path in old if not path.name.startswith(_LEFTOVERS)]
-    with reading(sessions) as session:
+
+    def unnamed(session: Session, produced: list[Path]) -> list[Path]:
         named = _present(session, Outbound.sop_instance_uid, (path.stem for path in produced))
-        unnamed = [path for path in produced if path.stem not in named]
-        kept = _kept_paths(session) if unnamed else set()
-    removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
-    removed += _each(
-        (path for path in unnamed if str(path) not in kept),
-        lambda path: _remove_orphan(path, cutoff),
-    )
+        candidates = [path for path in produced if path.stem not in named]
+        if not candidates:
+            return []
+        kept = {str(item.path) for item in kept_until_retention(session)}
+        return [path for path in candidates if str(path) not in kept]
+
+    removed = _sweep(sessions, outgoing, now, unnamed)
     if removed:
         logger.warning(
             "retention removed produced files no row names",

@@ -127,6 +127,12 @@ class Kept:
     not_sent_to: tuple[str, ...]
 
 
+def _kept(text: str | None) -> Kept:
+    """An object kept in shadow mode, from its event's detail (:func:`record_shadow`)."""
+    detail = json.loads(text or "{}")
+    return Kept(detail["kind"], Path(detail["path"]), tuple(detail["not_sent_to"]))
+
+
 def kept_in_shadow(session: Session, instance_id: int) -> list[Kept]:
     """The objects of an instance kept in shadow mode, in the order they were made."""
     details = session.scalars(
@@ -134,11 +140,18 @@ def kept_in_shadow(session: Session, instance_id: int) -> list[Kept]:
         .where(Event.instance_id == instance_id, Event.action == SHADOW_EVENT)
         .order_by(Event.id)
     )
-    kept = []
-    for text in details:
-        detail = json.loads(text or "{}")
-        kept.append(Kept(detail["kind"], Path(detail["path"]), tuple(detail["not_sent_to"])))
-    return kept
+    return [_kept(text) for text in details]
+
+
+def kept_until_retention(session: Session) -> list[Kept]:
+    """Every object kept in shadow mode whose instance retention has not reached yet (no
+    outbound row names them: these records are what keeps their files)."""
+    details = session.scalars(
+        select(Event.detail)
+        .join(Instance, Instance.id == Event.instance_id)
+        .where(Event.action == SHADOW_EVENT, Instance.removed_at.is_(None))
+    )
+    return [_kept(text) for text in details]
 
 
 def claim_due(
