@@ -40,18 +40,18 @@ def recard(
     if recipes is not None:
         results["recipes"] = recipes
     metrics_doc = report.strip_scores(results)
-    try:
-        with publish.rewriting(bundle_dir) as staging:
-            (staging / "metrics.json").write_text(
-                json.dumps(metrics_doc, indent=2, default=float) + "\n"
-            )
+    with publish.rewriting(bundle_dir) as staging:  # a failure leaves the bundle unchanged
+        (staging / "metrics.json").write_text(
+            json.dumps(metrics_doc, indent=2, default=float) + "\n"
+        )
+        try:
             report.write_card(staging, results)
-            fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
-            write_manifest(staging, **fields)
-            load_bundle(staging)
-    except (KeyError, IndexError, TypeError) as exc:  # a run cut short: the card has no figures
-        raise TrainingError(
-            f"{results_path}: run results incomplete ({type(exc).__name__}: {exc}); "
-            "the bundle is unchanged"
-        ) from exc
+        except (KeyError, IndexError, TypeError) as exc:  # a run cut short: no figures for it
+            raise TrainingError(
+                f"{results_path}: run results incomplete ({type(exc).__name__}: {exc}); "
+                "the bundle is unchanged"
+            ) from exc
+        fields = bundle.manifest.model_dump(exclude={"files", "format_version"})
+        write_manifest(staging, **fields)
+        load_bundle(staging)
     results_path.write_text(json.dumps(results, default=float))
