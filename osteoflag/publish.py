@@ -12,6 +12,7 @@ empty place, to be renamed back by hand.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -48,8 +49,8 @@ def _is_running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's: it exists
+        pass
     return True
 
 
@@ -58,18 +59,14 @@ def _remove_abandoned(out: Path) -> None:
     hidden and never loaded, they would otherwise stay for good. A running writer's is left."""
     target = _target(out)
     prefix = f".{target.name}.partial-"
-    if not target.parent.is_dir():
-        return
-    for path in target.parent.iterdir():
+    for path in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid = path.name.removeprefix(prefix)
-        if path.name.startswith(prefix) and pid.isdigit() and not _is_running(int(pid)):
-            if path.is_symlink() or not path.is_dir():
-                continue  # not a folder a writer made
-            shutil.rmtree(path, ignore_errors=True)
-            logger.info(
-                "abandoned staging folder removed",
-                extra={"action": "publish", "path": str(path)},
-            )
+        if not pid.isdigit() or _is_running(int(pid)) or path.is_symlink() or not path.is_dir():
+            continue  # not a folder a writer made, or its writer is still at work
+        shutil.rmtree(path, ignore_errors=True)
+        logger.info(
+            "abandoned staging folder removed", extra={"action": "publish", "path": str(path)}
+        )
 
 
 @contextmanager

@@ -123,10 +123,10 @@ def run(options: TrainOptions, prepared: Prepared | None = None) -> dict[str, ob
         raise TrainingError(f"{options.data} has no train/ and val/ splits")
     for split, idx in (("train", train), ("val", val)):
         # the booster, the calibration and the threshold each need both labels to fit
-        missing = [name for label, name in enumerate(CLASSES) if label not in prep.labels[idx]]
-        if missing:
+        absent = [name for label, name in enumerate(CLASSES) if label not in prep.labels[idx]]
+        if absent:
             raise TrainingError(
-                f"{options.data / split}: no {missing[0]} images; a fit needs both "
+                f"{options.data / split}: no {absent[0]} images; a fit needs both "
                 f"{' and '.join(CLASSES)} in train/ and val/"
             )
     extra_fit, extra_val = other_split(prep, options)
