@@ -5,9 +5,11 @@ previous complete folder or the new one, never a half-written one. The folder is
 a hidden sibling name (:func:`staging`), removed again when writing fails, and renamed into
 place by :func:`publish`; :func:`rewriting` changes an existing folder the same way, through
 a copy. Replacing a folder takes two renames: the old one goes aside to
-``NAME.previous-PID``, the new one takes its name, then the old one is deleted. A failed second
-rename puts the old folder back; a crash between the two leaves it under that name beside the
-empty place, to be renamed back by hand.
+``NAME.previous-HOST-PID``, the new one takes its name, then the old one is deleted. A failed
+second rename puts the old folder back; a crash between the two leaves it under that name beside
+the empty place, to be renamed back by hand. The new folder's files and folders reach the disk
+(``fsync``) before the rename, and the rename itself after it, so a power loss too leaves the old
+folder or the whole new one under the name.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import glob
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,16 +34,22 @@ def _target(out: Path) -> Path:
     return out.resolve()
 
 
+def _writer() -> str:
+    """This process as the names of its folders give it: the host as well as the process id,
+    since hosts sharing a folder (a network share of bundles) reuse each other's ids."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _staging_path(out: Path) -> Path:
     """The hidden sibling a folder for ``out`` is written under by this process."""
     target = _target(out)
-    return target.with_name(f".{target.name}.partial-{os.getpid()}")
+    return target.with_name(f".{target.name}.partial-{_writer()}")
 
 
 def _previous_path(out: Path) -> Path:
     """The sibling the folder at ``out`` is moved to while this process replaces it."""
     target = _target(out)
-    return target.with_name(f"{target.name}.previous-{os.getpid()}")
+    return target.with_name(f"{target.name}.previous-{_writer()}")
 
 
 def _is_running(pid: int) -> bool:
@@ -55,14 +64,22 @@ def _is_running(pid: int) -> bool:
 
 
 def _remove_abandoned(out: Path) -> None:
-    """Remove the staging folders for ``out`` of writers that no longer run (killed mid-way):
-    hidden and never loaded, they would otherwise stay for good. A running writer's is left."""
+    """Remove the staging folders for ``out`` of this host's writers that no longer run (killed
+    mid-way): hidden and never loaded, they would otherwise stay for good. A running writer's
+    is left, and so is another host's, whose processes this one cannot see: that host's next
+    write judges it."""
     target = _target(out)
     prefix = f".{target.name}.partial-"
     for path in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = path.name.removeprefix(prefix)
-        if not pid.isdigit() or _is_running(int(pid)) or path.is_symlink() or not path.is_dir():
-            continue  # not a folder a writer made, or its writer is still at work
+        host, _, pid = path.name.removeprefix(prefix).rpartition("-")
+        if (
+            host != socket.gethostname()
+            or not pid.isdigit()
+            or _is_running(int(pid))
+            or path.is_symlink()
+            or not path.is_dir()
+        ):
+            continue  # another host's, not a folder a writer made, or its writer is at work
         shutil.rmtree(path, ignore_errors=True)
         logger.info(
             "abandoned staging folder removed", extra={"action": "publish", "path": str(path)}
@@ -103,8 +120,10 @@ def publish(folder: Path, out: Path, *, replace: bool = False) -> None:
     place; should the new one not take its name, the old one is put back.
     """
     target = _target(out)
+    _sync_tree(folder)
     if not target.exists():
         os.rename(folder, target)
+        _sync_folder(target.parent)
         return
     if not replace:
         raise UsageError(f"{out}: appeared while the new folder was written; choose another")
@@ -115,6 +134,7 @@ def publish(folder: Path, out: Path, *, replace: bool = False) -> None:
     except BaseException:
         os.rename(aside, target)
         raise
+    _sync_folder(target.parent)
     try:
         shutil.rmtree(aside)
     except OSError as exc:
@@ -122,3 +142,29 @@ def publish(folder: Path, out: Path, *, replace: bool = False) -> None:
             "previous folder not removed",
             extra={"action": "publish", "path": str(aside), "error": str(exc)},
         )
+
+
+def _sync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` to the disk, so the rename that publishes it
+    never names files whose data a power loss took."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            _sync_folder(path)
+        else:
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the names created or renamed in it) to the disk."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian tools the test suite drives (DCMTK, dicom3tools, Orthanc and its DICOMweb
-# plugin, PostgreSQL, Chromium) when any is missing. Needs root (CI and the dev machines run as root).
+# plugin, PostgreSQL, Chromium, strace) when any is missing. Needs root (CI and the dev machines
+# run as root).
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,7 @@ command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v Orthanc >/dev/null || missing+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
+command -v strace >/dev/null || missing+=(strace)
 command -v chromium >/dev/null || missing+=(chromium chromium-driver)
 # npm fetches the pinned OHIF viewer the viewer acceptance test opens (skipped without it).
 command -v npm >/dev/null || missing+=(npm)

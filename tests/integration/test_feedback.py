@@ -7,6 +7,7 @@ import base64
 import csv
 import json
 import os
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -209,7 +210,7 @@ def test_export_writes_nothing_through_a_symbolic_link(
     dangling.symlink_to(elsewhere / "new")
     with pytest.raises(UsageError, match="already exists"):
         export_feedback(labelled, dangling)
-    planted = tmp_path / f".out.partial-{os.getpid()}"  # where this process stages its files
+    planted = tmp_path / f".out.partial-{socket.gethostname()}-{os.getpid()}"  # its staging
     planted.symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(UsageError, match=r"^--out .*out: cannot be written: File exists"):
         export_feedback(labelled, tmp_path / "out")

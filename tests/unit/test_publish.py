@@ -4,6 +4,7 @@ was; a replacement leaves only the new folder, no copy of the old one beside it.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -108,8 +109,8 @@ def test_the_old_folder_is_put_back_when_the_new_one_cannot_take_its_name(
 ) -> None:
     out = tmp_path / "bundle"
     before = _old_bundle(out)
-    with pytest.raises(FileNotFoundError):
-        publish(tmp_path / ".bundle.gone", out, replace=True)
+    with pytest.raises(OSError, match="Invalid argument"):
+        publish(tmp_path, out, replace=True)  # a folder cannot take a name inside itself
     assert [path.name for path in tmp_path.iterdir()] == ["bundle"]
     assert _contents(out) == before
 
@@ -148,11 +149,18 @@ def test_a_killed_writers_staging_folder_goes_with_the_next_write(tmp_path: Path
     ended = subprocess.Popen(["true"])  # a process id no running process holds any more
     ended.wait()
     out = tmp_path / "bundle"
-    left = tmp_path / f".bundle.partial-{ended.pid}"
+    host = socket.gethostname()
+    left = tmp_path / f".bundle.partial-{host}-{ended.pid}"
     (left / "sub").mkdir(parents=True)  # what a writer killed mid-way left
-    running = tmp_path / f".bundle.partial-{os.getppid()}"  # another writer, still at work
+    running = tmp_path / f".bundle.partial-{host}-{os.getppid()}"  # another writer at work
     running.mkdir()
+    # A writer on another host sharing the folder: its process id means nothing here.
+    elsewhere = tmp_path / f".bundle.partial-{host}.other-{ended.pid}"
+    elsewhere.mkdir()
     with staging(out) as folder:
+        assert folder.name == f".bundle.partial-{host}-{os.getpid()}"
         _write_new(folder)
         publish(folder, out)
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["bundle", running.name])
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["bundle", running.name, elsewhere.name]
+    )
