@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from osteoflag.errors import UsageError
+from osteoflag.fsync import sync_path
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def publish(folder: Path, out: Path, *, replace: bool = False) -> None:
     _sync_tree(folder)
     if not target.exists():
         os.rename(folder, target)
-        _sync_folder(target.parent)
+        sync_path(target.parent)
         return
     if not replace:
         raise UsageError(f"{out}: appeared while the new folder was written; choose another")
@@ -134,7 +135,7 @@ def publish(folder: Path, out: Path, *, replace: bool = False) -> None:
     except BaseException:
         os.rename(aside, target)
         raise
-    _sync_folder(target.parent)
+    sync_path(target.parent)
     try:
         shutil.rmtree(aside)
     except OSError as exc:
@@ -148,23 +149,6 @@ def _sync_tree(folder: Path) -> None:
     """Flush every file and folder under ``folder`` to the disk, so the rename that publishes it
     never names files whose data a power loss took."""
     for path in sorted(folder.rglob("*")):
-        if path.is_symlink():
-            continue
-        if path.is_dir():
-            _sync_folder(path)
-        else:
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-    _sync_folder(folder)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (the names created or renamed in it) to the disk."""
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        if not path.is_symlink():
+            sync_path(path)
+    sync_path(folder)

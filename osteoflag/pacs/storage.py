@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from osteoflag.errors import PermanentError
+from osteoflag.fsync import sync_path
 
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 #: Name prefix of a file being written (:func:`write_atomically`); a crash may leave one.
@@ -86,14 +87,6 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either all of it or nothing."""
     path.parent.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
@@ -108,4 +101,4 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    sync_path(path.parent)
