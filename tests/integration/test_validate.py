@@ -241,11 +241,8 @@ def test_one_line_summary_of_a_set_without_negatives(site: tuple[Path, Path]) ->
     assert "specificity n/a at threshold 0.5000" in done.stdout
 
 
-def test_validate_scores_what_the_guard_lets_through_and_evaluate_scores_all(
-    site: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """A site's figures must not count images the daemon would never report: those the
-    bundle's out-of-distribution guard skips are listed and counted, not scored."""
+def _guarded(site: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the site's bundle given an out-of-distribution guard, fitted on 260 images."""
     folder, config = site
     bundle = tmp_path / "guarded"
     shutil.copytree(folder / "bundle", bundle)
@@ -255,17 +252,39 @@ def test_validate_scores_what_the_guard_lets_through_and_evaluate_scores_all(
         "--labels", str(tmp_path / "training/labels.csv"), config=config,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
-    labelled = tmp_path / "labelled"
+    return bundle
+
+
+def _pages(folder: Path, count: int) -> list[str]:
+    """``count`` pages of dark specks, nothing like a radiograph, written into ``folder``."""
     rng = np.random.default_rng(11)
+    return [
+        str(
+            save(
+                dataset(
+                    np.where(rng.random((48, 48)) < 0.05, 0, 4095).astype(np.int64), bits_stored=12
+                ),
+                folder / f"page-{index}.dcm",
+            )
+        )
+        for index in range(count)
+    ]
+
+
+def test_validate_scores_what_the_guard_lets_through_and_evaluate_scores_all(
+    site: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A site's figures must not count images the daemon would never report: those the
+    bundle's out-of-distribution guard skips are listed and counted, not scored."""
+    folder, config = site
+    bundle = _guarded(site, tmp_path)
+    labelled = tmp_path / "labelled"
     unlike = []
     for name, label in (("fracture", 1), ("nofracture", 0)):
         (labelled / name).mkdir(parents=True)
         for index in range(30):
             shutil.copy(folder / "site/images" / f"{label}-{index:03d}.dcm", labelled / name)
-        for index in range(3):  # pages of dark specks, nothing like a radiograph
-            text = np.where(rng.random((48, 48)) < 0.05, 0, 4095).astype(np.int64)
-            path = labelled / name / f"page-{index}.dcm"
-            unlike.append(str(save(dataset(text, bits_stored=12), path)))
+        unlike += _pages(labelled / name, 3)
     args = ("--bundle", str(bundle), "--data", str(labelled), "--json")
     validated = osteoflag("validate", *args, config=config)
     evaluated = osteoflag("evaluate", *args, config=config)
@@ -295,3 +314,29 @@ def test_validate_scores_what_the_guard_lets_through_and_evaluate_scores_all(
     assert {key: v[key] for key in alone} == alone
     summary = osteoflag("validate", "--bundle", str(bundle), "--data", str(labelled), config=config)
     assert f"on {v['n']} images ({len(outside)} more skipped by the guard): AUC" in summary.stdout
+
+
+def test_a_set_the_guard_skips_whole_is_refused_by_validate_and_adapt(
+    site: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Figures, or a head refitted, on no image the daemon would report would be empty or
+    meaningless: exit 2 naming the folder, nothing written."""
+    _, config = site
+    bundle = _guarded(site, tmp_path)
+    unlike = tmp_path / "unlike"
+    for name in ("fracture", "nofracture"):
+        (unlike / name).mkdir(parents=True)
+        _pages(unlike / name, 3)
+    refusal = (
+        f"osteoflag: --data {unlike}: the bundle's out-of-distribution guard skips all 6 images; "
+        "the daemon would report none of them"
+    )
+    validated = osteoflag("validate", "--bundle", str(bundle), "--data", str(unlike), config=config)
+    adapted = osteoflag(
+        "adapt", "--bundle", str(bundle), "--data", str(unlike), "--out",
+        str(tmp_path / "adapted"), "--site", "unlike", "--folds", "2", config=config,
+    )  # fmt: skip
+    for done in (validated, adapted):
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == refusal
+    assert not (tmp_path / "adapted").exists()
