@@ -8,6 +8,7 @@ own threshold.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ from osteoflag.inference.ood import OOD_FILE, OodReference
 from osteoflag.inference.pixels import DisplayImage, load_display, model_input
 from osteoflag.inference.predictor import Predictor
 from osteoflag.inference.quantize import (
+    CALIBRATION_IMAGES,
     MIN_CHECK_IMAGES,
     auc,
     calibration_inputs,
@@ -34,6 +36,7 @@ from osteoflag.inference.quantize import (
     quantize_backbone,
     quantize_bundle,
 )
+from osteoflag.inference.quantize_cli import add_quantize_arguments
 from testkit.daemon import osteoflag, write_config
 from testkit.tiny_bundle import _training_images
 from tests.helpers.bundles import name_classifier_part
@@ -343,3 +346,12 @@ def test_every_shipped_bundle_has_a_working_int8_copy(tmp_path: Path, name: str)
     expected, got = Predictor(source).features(batch), quantised.features(batch)
     for row in range(len(batch)):
         assert np.corrcoef(expected[row], got[row])[0, 1] > 0.99
+
+
+def test_the_help_states_the_rules_numbers() -> None:
+    """The CLI module keeps the heavy module out of ``--help``, so it writes the figures out."""
+    parser = argparse.ArgumentParser()
+    add_quantize_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert f"{MIN_CHECK_IMAGES} or more images of each" in text
+    assert f"(default {CALIBRATION_IMAGES})" in text
