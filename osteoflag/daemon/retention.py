@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import exists, select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Mapped, Session, sessionmaker
 
 from osteoflag.config import RetentionSettings
@@ -153,13 +153,16 @@ def remove_expired(
     return RetentionReport(instances=instances, files=files)
 
 
-def _present(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[str]:
-    """The UIDs among ``uids`` that some row holds in ``column`` (looked up in chunks)."""
+def _present(
+    session: Session, column: Mapped[str], uids: Iterable[str], *where: ColumnElement[bool]
+) -> set[str]:
+    """The UIDs among ``uids`` that some row (meeting ``where``) holds in ``column``, looked up
+    in chunks."""
     wanted = sorted(set(uids))
     present: set[str] = set()
     for start in range(0, len(wanted), _LOOKUP_CHUNK):
         chunk = wanted[start : start + _LOOKUP_CHUNK]
-        present.update(session.scalars(select(column).where(column.in_(chunk))))
+        present.update(session.scalars(select(column).where(column.in_(chunk), *where)))
     return present
 
 
@@ -227,12 +230,14 @@ def remove_orphans(
 ) -> int:
     """Remove the received files (and temporary ones) in ``incoming`` that no queue row names
     and that were last written more than :data:`ORPHAN_AGE` before ``now``; return how many.
-    A file is kept when any UID its name may stand for has a row, whatever that row's path,
-    or when it was written again after it was listed."""
+    A file is kept when any UID its name may stand for has a row whose files retention has not
+    removed, whatever that row's path, or when it was written again after it was listed. A
+    file naming a removed row's UID is a conflicting copy stored while retention removed its
+    instance (later copies are acknowledged, not stored), so it goes."""
 
     def unnamed(session: Session, received: list[Path]) -> list[Path]:
         uids = (uid for path in received for uid in named_uids(path))
-        known = _present(session, Instance.sop_instance_uid, uids)
+        known = _present(session, Instance.sop_instance_uid, uids, Instance.removed_at.is_(None))
         return [path for path in received if not named_uids(path) & known]
 
     removed = _sweep(sessions, incoming, now, unnamed)

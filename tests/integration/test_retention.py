@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import ColumnElement, select, text, update
 from sqlalchemy.orm import Mapped, Session, sessionmaker
 
 from osteoflag.config import RetentionSettings, Settings, parse_settings
@@ -287,6 +287,23 @@ def test_removes_old_files_no_row_names_and_nothing_else(
     assert remove_orphans(sessions, settings.incoming_path) == 0
 
 
+def test_a_copy_stored_while_its_instance_was_removed_goes_with_the_orphans(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """A conflicting copy written after retention listed its instance's copies stays behind
+    the removal; its row names its UID for good, yet nothing will ever read or remove it."""
+    instance = _instance(sessions, settings, InstanceState.DONE)
+    [source] = _files(sessions, instance)
+    assert remove_expired(sessions, RETENTION, now=utcnow() + LATER).instances == 1
+    old = ORPHAN_AGE + timedelta(hours=1)
+    late = _aged(conflict_path(source, "cd" * 32), b"stored during the removal", old)
+    live = _instance(sessions, settings, InstanceState.DONE)
+    [live_source] = _files(sessions, live)
+    kept = _aged(conflict_path(live_source, "cd" * 32), b"a live instance's copy", old)
+    assert remove_orphans(sessions, settings.incoming_path) == 1
+    assert not late.exists() and kept.exists() and live_source.exists()
+
+
 def test_a_linked_folder_in_incoming_is_not_followed(
     sessions: sessionmaker[Session], settings: Settings, tmp_path: Path
 ) -> None:
@@ -366,8 +383,10 @@ def test_an_orphan_stored_again_while_the_sweep_looks_it_up_is_kept(
     path = _aged(instance_path(settings.incoming_path, "1.2.3.8", "ab" * 32), b"retried", old)
     lookup = retention._present
 
-    def retried_meanwhile(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[str]:
-        known = lookup(session, column, uids)
+    def retried_meanwhile(
+        session: Session, column: Mapped[str], uids: Iterable[str], *where: ColumnElement[bool]
+    ) -> set[str]:
+        known = lookup(session, column, uids, *where)
         write_atomically(path, b"retried")  # the sender's retry, acknowledged with its row
         return known
 
@@ -384,8 +403,10 @@ def test_a_produced_file_written_again_while_the_sweep_looks_it_up_is_kept(
     path = _aged(settings.outgoing_path / "sr" / "1.2.3.24.dcm", b"first attempt", old)
     lookup = retention._present
 
-    def retried_meanwhile(session: Session, column: Mapped[str], uids: Iterable[str]) -> set[str]:
-        named = lookup(session, column, uids)
+    def retried_meanwhile(
+        session: Session, column: Mapped[str], uids: Iterable[str], *where: ColumnElement[bool]
+    ) -> set[str]:
+        named = lookup(session, column, uids, *where)
         write_atomically(path, b"second attempt")  # the worker's retry: same derived UID
         return named
 
