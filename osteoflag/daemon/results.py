@@ -32,7 +32,7 @@ from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import destinations_by_kind, shadow_keys, write_objects
+from osteoflag.pacs.outbound import destinations_by_kind, shadow_by_kind, write_objects
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Reporting:
     def _recording(
         self, instance: Instance, source: Dataset, written: list[outbound.Produced]
     ) -> Record:
-        withheld = shadow_keys(self._settings)
+        withheld = shadow_by_kind(self._settings)
 
         def record(session: Session) -> None:
             _note_source(session, instance, source)
