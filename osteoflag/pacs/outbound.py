@@ -122,6 +122,8 @@ def build_objects(
     (:meth:`DisplayImage.grey8`), when the caller has it."""
     taken = kinds_taken(settings)
     objects: list[Dataset] = []
+    if not taken:
+        return objects
     left_out = values.invalid_attributes(source, COPIED)
     if left_out:
         logger.warning(
