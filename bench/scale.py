@@ -143,6 +143,8 @@ def worker_throughput(
         for index in range(processes):
             (work / f"w{index}").mkdir()
             sections = _sections(work, url, bundle.path, threads, free_port())
+            # Taken by a destination, the SR and summary are built; a worker never sends.
+            sections["destinations"] = [{"ae_title": "PACS", "host": "127.0.0.1", "port": 104}]
             config = write_config(work / f"w{index}", sections)
             daemons.append(DaemonProcess(config, sections["listener"]["port"], role="worker"))
         try:

@@ -3,14 +3,15 @@
 :class:`Reporting` is the worker's :class:`~osteoflag.daemon.finishing.Finishing` hook, and the
 whole route of a result in one place:
 
-1. ``done`` / ``refused`` (no transaction open): build the SR, and the summary image when
-   configured, dated when the result was made, and write them under the outgoing folder;
+1. ``done`` / ``refused`` (no transaction open): build the SR, and the presentation state and
+   summary image when they apply, each only when some destination (in shadow mode or not)
+   takes its kind, dated when the result was made, and write them under the outgoing folder;
    for a refused instance only an Undetermined SR, and only with ``[report] undetermined_sr``.
 2. The record they return joins the worker's transaction that marks the outcome: it notes
    the study, series and body part on the instance row and adds one ``pending`` outbound row
    per object and destination, so result and delivery obligation commit together or not at
-   all. A destination in shadow mode gets no row; the objects kept for it are noted in the
-   event log instead (``kept_shadow``), for the operator page.
+   all. A destination in shadow mode gets no row; the objects of the kinds it takes are noted
+   as kept for it in the event log instead (``kept_shadow``), for the operator page.
 3. ``committed``: wake the sender(s) for the new rows (after the commit, not before: a sender
    woken earlier would not see them yet).
 """
@@ -32,7 +33,7 @@ from osteoflag.errors import PermanentError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.pacs.derived import Classification, ModelIdentity
-from osteoflag.pacs.outbound import destinations_by_kind, shadow_keys, write_objects
+from osteoflag.pacs.outbound import destinations_by_kind, shadow_by_kind, write_objects
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Reporting:
     def _recording(
         self, instance: Instance, source: Dataset, written: list[outbound.Produced]
     ) -> Record:
-        withheld = shadow_keys(self._settings)
+        withheld = shadow_by_kind(self._settings)
 
         def record(session: Session) -> None:
             _note_source(session, instance, source)

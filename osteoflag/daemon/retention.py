@@ -13,8 +13,7 @@ store interrupted between writing its file and committing its row (a crash, or a
 error answered with a failure status that the sender never retried) leaves one, and a crash in
 the middle of a write leaves a temporary ``.partial-`` file. Produced objects no outbound row
 and no shadow-mode record names go the same way (:func:`remove_unrecorded`): the worker writes
-them before recording its outcome, which a lost lease or a database error can prevent, and
-writes objects no destination takes (``objects = ["sr"]`` leaves the summary image).
+them before recording its outcome, which a lost lease or a database error can prevent.
 
 A file that cannot be removed (immutable, another owner's, on a read-only mount) is logged and
 stays, its instance unmarked, to be tried again next run; the run goes on with the others.
@@ -257,10 +256,10 @@ def remove_unrecorded(
     return how many.
 
     The worker writes an instance's objects before the transaction that records them, so an
-    outcome it could not record (a lost lease, a database error, a crash) leaves them behind,
-    and an object no destination takes (``objects = ["sr"]`` and the summary image) is never
-    recorded at all. Their names are derived from the source, so a later attempt may write the
-    same file again: it is kept when written since it was listed, as in :func:`remove_orphans`.
+    outcome it could not record (a lost lease, a database error, a crash) leaves them behind;
+    an object no destination takes is not built at all. Their names are derived from the
+    source, so a later attempt may write the same file again: it is kept when written since it
+    was listed, as in :func:`remove_orphans`.
     """
 
     def unnamed(session: Session, produced: list[Path]) -> list[Path]:

@@ -98,13 +98,22 @@ SHADOW_EVENT = "kept_shadow"
 
 
 def record_shadow(
-    session: Session, instance: Instance, produced: Sequence[Produced], withheld: Sequence[str]
+    session: Session,
+    instance: Instance,
+    produced: Sequence[Produced],
+    withheld: Mapping[str, Sequence[str]],
 ) -> None:
-    """Record in the event log each object kept in shadow mode and the destinations it was
-    not sent to: no outbound row is made for those, so nothing can ever send it, and the
-    operator page and retention find its file here."""
-    for item in produced:
-        detail = {"kind": item.kind, "path": str(item.path), "not_sent_to": list(withheld)}
+    """Record in the event log each object of ``produced`` kept in shadow mode and the
+    destinations it was not sent to (``withheld`` names them for each kind kept; an object
+    of another kind is not kept for any): no outbound row is made for those, so nothing can
+    ever send it, and the operator page and retention find its file here."""
+    kept = [item for item in produced if item.kind in withheld]
+    for item in kept:
+        detail = {
+            "kind": item.kind,
+            "path": str(item.path),
+            "not_sent_to": list(withheld[item.kind]),
+        }
         session.add(Event(instance_id=instance.id, action=SHADOW_EVENT, detail=json.dumps(detail)))
     logger.info(
         "outbound objects kept in shadow mode",
@@ -112,8 +121,8 @@ def record_shadow(
             "action": "shadow",
             "instance_id": instance.id,
             "sop_instance_uid": instance.sop_instance_uid,
-            "objects": len(produced),
-            "destinations": len(withheld),
+            "objects": len(kept),
+            "destinations": len({key for keys in withheld.values() for key in keys}),
         },
     )
 

@@ -1,7 +1,8 @@
 """From a stored result to durable outbound objects: files on disk and queue rows.
 
-``write_objects`` builds the SR (and the presentation state and summary image) and writes
-them atomically under the outgoing folder with owner-only permissions
+``write_objects`` builds the SR (and the presentation state and summary image), each only
+when some destination takes its kind (:func:`kinds_taken`), and writes them atomically under
+the outgoing folder with owner-only permissions
 (``storage.write_atomically``), before the transaction that records the result, holding no
 database lock while it does (on SQLite that lock would stall every C-STORE).
 ``osteoflag.db.outbound.add_pending`` then adds one ``pending`` outbound row per object and
@@ -68,12 +69,34 @@ def destinations_by_kind(settings: Settings) -> dict[str, list[str]]:
     }
 
 
-def shadow_keys(settings: Settings) -> list[str] | None:
-    """The destinations results are withheld from, or None when shadow mode is off everywhere
-    (with ``shadow = true`` and no destination at all: an empty list, the results are kept)."""
+def kinds_taken(settings: Settings) -> frozenset[Kind]:
+    """The kinds of object worth building: those the ``objects`` of some destination name,
+    one in shadow mode included (its kept objects are shown on the operator page); every kind
+    with ``shadow = true`` and no destination at all (the results are kept for the page).
+
+    Anything else would be sent nowhere and shown nowhere, only removed by retention a day
+    later: with no destination and shadow mode off, nothing is built.
+    """
+    if settings.shadow and not settings.destinations:
+        return frozenset(Kind)
+    return frozenset(Kind(kind) for d in settings.destinations for kind in d.objects)
+
+
+def shadow_by_kind(settings: Settings) -> dict[str, list[str]] | None:
+    """For each kind of object kept in shadow mode, the destinations in shadow mode that take
+    it (it is not sent to them); None when shadow mode is off everywhere. With
+    ``shadow = true`` and no destination at all every kind is kept, for none: the results are
+    kept for the operator page (:func:`kinds_taken`)."""
     if not settings.shadow and not any(d.shadow for d in settings.destinations):
         return None
-    return [destination_key(d) for d in settings.destinations if in_shadow(settings, d)]
+    if not settings.destinations:
+        return {kind.value: [] for kind in Kind}
+    withheld = [d for d in settings.destinations if in_shadow(settings, d)]
+    return {
+        kind.value: [destination_key(d) for d in withheld if kind.value in d.objects]
+        for kind in Kind
+        if any(kind.value in d.objects for d in withheld)
+    }
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -94,8 +117,13 @@ def build_objects(
     region: Region | None = None,
 ) -> list[Dataset]:
     """The SR, the presentation state of a flagged image with a ``region``, then the summary
-    image if configured (and if an undetermined image can show); ``grey`` is the source as
-    already decoded (:meth:`DisplayImage.grey8`), when the caller has it."""
+    image if configured (and if an undetermined image can show), each only if some destination
+    takes its kind (:func:`kinds_taken`); ``grey`` is the source as already decoded
+    (:meth:`DisplayImage.grey8`), when the caller has it."""
+    taken = kinds_taken(settings)
+    objects: list[Dataset] = []
+    if not taken:
+        return objects
     left_out = values.invalid_attributes(source, COPIED)
     if left_out:
         logger.warning(
@@ -106,18 +134,19 @@ def build_objects(
                 "attributes": left_out,
             },
         )
-    objects = [
-        build_sr(
-            source,
-            result,
-            model=model,
-            device_uid=device_uid(settings.listener.ae_title),
-            created=created,
-            region=region,
-            sr_class=settings.report.sr_class,
+    if Kind.SR in taken:
+        objects.append(
+            build_sr(
+                source,
+                result,
+                model=model,
+                device_uid=device_uid(settings.listener.ae_title),
+                created=created,
+                region=region,
+                sr_class=settings.report.sr_class,
+            )
         )
-    ]
-    if result.label is Label.FRACTURE and region is not None:
+    if Kind.GSPS in taken and result.label is Label.FRACTURE and region is not None:
         assert result.probability is not None  # guaranteed by Classification
         if _grayscale(source):
             objects.append(
@@ -131,7 +160,7 @@ def build_objects(
                     "sop_instance_uid": str(source.get("SOPInstanceUID", "")),
                 },
             )
-    if settings.report.summary_image:
+    if Kind.SUMMARY in taken and settings.report.summary_image:
         try:
             objects.append(
                 build_summary(
@@ -163,8 +192,8 @@ def write_objects(
     grey: GreyArray | None = None,
     region: Region | None = None,
 ) -> list[Produced]:
-    """Build the objects for ``instance``, dated ``created`` (when the result was made), and
-    write them; no database work.
+    """Build the objects for ``instance`` that some destination takes, dated ``created`` (when
+    the result was made), and write them; no database work.
 
     Nothing for an undetermined result unless ``[report] undetermined_sr`` is on.
     """

@@ -59,6 +59,7 @@ def test_daemon_survives_hostile_input(tmp_path: Path, tiny_bundle: Path) -> Non
     cases = write_cases(tmp_path / "cases")
     mutants = write_mutants(tmp_path / "mutants", base_datasets(tmp_path / "b", 7), MUTANTS, 7)
     sections = base_sections(tmp_path, tiny_bundle)
+    sections["shadow"] = True  # no destination: the objects are still built (and kept)
     database = tmp_path / "var" / "osteoflag.db"
     with DaemonProcess(write_config(tmp_path, sections), sections["listener"]["port"]) as daemon:
         assert daemon.process is not None
@@ -75,6 +76,7 @@ def test_daemon_survives_hostile_input(tmp_path: Path, tiny_bundle: Path) -> Non
         assert send_c_echo(Peer("127.0.0.1", daemon.port, "OSTEOFLAG"), "CHECK") == 0
         peak = _peak_rss_mb(daemon.process.pid)
     outcomes = _outcomes(database)
+    assert any((tmp_path / "var" / "outgoing" / "summary").glob("*.dcm"))
     assert len(outcomes) == list(report.statuses.values()).count(status.SUCCESS)
     for name, (state, reason) in EXPECTED.items():
         got_state, got_reason = outcomes[_uid(cases[name])]

@@ -44,6 +44,7 @@ def test_no_birth_date_in_pages_logs_or_reasons(tmp_path: Path, tiny_bundle: Pat
     sections = base_sections(tmp_path, tiny_bundle)
     sections["web"] = {"port": web_port}
     sections["report"] = {"undetermined_sr": True}
+    sections["shadow"] = True  # no destination: the objects are made only to be kept for the page
     database = tmp_path / "var" / "osteoflag.db"
     config = write_config(tmp_path, sections)
     config.write_text('log_level = "DEBUG"\n' + config.read_text())
@@ -64,7 +65,7 @@ def test_no_birth_date_in_pages_logs_or_reasons(tmp_path: Path, tiny_bundle: Pat
         _, state, _ = rows[str(dcmread(path).SOPInstanceUID)]
         assert state == name
     assert all(page.status == 200 for page in pages)
-    produced = _rows(database, "SELECT kind FROM outbound")  # no destination: no rows
+    produced = _rows(database, "SELECT kind FROM outbound")  # shadow mode: no rows
     assert produced == []
     outgoing = sorted(p.parent.name for p in (tmp_path / "var" / "outgoing").rglob("*.dcm"))
     assert outgoing == ["sr", "sr", "summary"]  # the failed one's undetermined SR too

@@ -355,7 +355,7 @@ def test_removes_old_produced_files_no_row_names_and_nothing_else(
         instance = session.get(Instance, sent)
         assert instance is not None
         produced = Produced("summary", "1.2.840.10008.5.1.4.1.1.7", "1.2.3.20", shadow)
-        record_shadow(session, instance, [produced], ["PACS@127.0.0.1:4242"])
+        record_shadow(session, instance, [produced], {produced.kind: ["PACS@127.0.0.1:4242"]})
         session.commit()
     young = _aged(settings.outgoing_path / "summary" / "1.2.3.21.dcm", b"x", timedelta(0))
     unrecorded = [

@@ -19,10 +19,12 @@ from osteoflag.daemon.results import Reporting
 from osteoflag.daemon.worker import InferenceWorker
 from osteoflag.db import queue
 from osteoflag.db.models import Instance, InstanceState
+from osteoflag.destination_settings import Destination
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.logs import JSONFormatter
 from osteoflag.pacs.derived import Kind, ModelIdentity, instance_uid
+from tests.conftest import make_settings
 from tests.helpers.dicom import radiograph, set_raw, write_in_syntax
 
 BIRTH_DATE = b"1945-03-17"
@@ -58,6 +60,13 @@ CASES = {
         ds, "SpecificCharacterSet", b"ISO 2022 IR 87\\ISO 2022 IR 6"
     ),
 }
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """A destination that takes every kind, so that every kind is built."""
+    pacs = Destination(ae_title="PACS", host="127.0.0.1", port=4242)
+    return make_settings(tmp_path).model_copy(update={"destinations": (pacs,)})
 
 
 @pytest.fixture(scope="module")

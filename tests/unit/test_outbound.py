@@ -18,6 +18,7 @@ from tests.sr_fixtures import make_dx
 
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
+PACS = {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}
 
 
 def _photometric(name: str) -> Dataset:
@@ -45,12 +46,46 @@ def _photometric(name: str) -> Dataset:
 def test_presentation_state_only_for_a_grayscale_source(
     tmp_path: Path, photometric: str, modalities: list[str]
 ) -> None:
-    settings = parse_settings({"report": {"summary_image": False}}, tmp_path)
+    settings = parse_settings(
+        {"report": {"summary_image": False}, "destinations": [PACS]}, tmp_path
+    )
     built = build_objects(
         _photometric(photometric),
         Classification(Label.FRACTURE, 0.9),
         MODEL,
         settings,
+        datetime(2026, 1, 2, tzinfo=UTC),
+        region=REGION,
+    )
+    assert [dataset.Modality for dataset in built] == modalities
+
+
+def _to(objects: list[str], shadow: bool = False) -> dict[str, object]:
+    return PACS | {"objects": objects, "shadow": shadow}
+
+
+@pytest.mark.parametrize(
+    ("config", "modalities"),
+    [
+        ({"destinations": [PACS]}, ["SR", "PR", "OT"]),
+        ({"destinations": [_to(["sr"])]}, ["SR"]),
+        ({"destinations": [_to(["sr"]), _to(["summary"])]}, ["SR", "OT"]),
+        ({"destinations": [_to(["sr"]), _to(["gsps"], shadow=True)]}, ["SR", "PR"]),
+        ({"destinations": [_to(["sr"])], "shadow": True}, ["SR"]),
+        ({"destinations": [_to([])]}, []),
+        ({"destinations": []}, []),  # sent nowhere, shown nowhere
+        ({"destinations": [], "shadow": True}, ["SR", "PR", "OT"]),  # kept for the page
+        ({"destinations": [], "shadow": True, "report": {"summary_image": False}}, ["SR", "PR"]),
+    ],
+)
+def test_only_the_kinds_some_destination_takes_are_built(
+    tmp_path: Path, config: dict[str, object], modalities: list[str]
+) -> None:
+    built = build_objects(
+        make_dx(),
+        Classification(Label.FRACTURE, 0.9),
+        MODEL,
+        parse_settings(config, tmp_path),
         datetime(2026, 1, 2, tzinfo=UTC),
         region=REGION,
     )

@@ -29,7 +29,8 @@ def test_sr_class_setting_chooses_the_sop_class(
     tmp_path: Path, value: str | None, sop_class_uid: str
 ) -> None:
     report = {"summary_image": False} | ({"sr_class": value} if value else {})
-    settings = parse_settings({"report": report}, tmp_path)
+    pacs = {"ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    settings = parse_settings({"report": report, "destinations": [pacs]}, tmp_path)
     created = datetime(2026, 1, 2, tzinfo=UTC)
     (sr,) = build_objects(
         make_dx(), Classification(Label.NO_FRACTURE, 0.1), MODEL, settings, created
