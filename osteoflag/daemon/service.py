@@ -38,6 +38,7 @@ from osteoflag.errors import ConfigError
 from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.predictor import Predictor
 from osteoflag.pacs.derived import ModelIdentity
+from osteoflag.pacs.outbound import kinds_taken
 from osteoflag.pacs.scp import StorageSCP
 from osteoflag.pacs.sender import check_trust, send_pending
 from osteoflag.web.app import create_app, create_probe_app
@@ -104,6 +105,12 @@ class Daemon:
             announce.append(sender.wake)
         if notify.supported(self.engine):
             announce.append(notify.notifier(self.engine, notify.OUTBOUND))
+        if not kinds_taken(self.settings):
+            logger.warning(
+                "no destination and shadow mode off: results are recorded and shown on the "
+                "operator page, no object is built or sent",
+                extra={"action": "start"},
+            )
         reporting = Reporting(self.settings, model.identity, announce)
         return InferenceWorker(
             self.settings, self.sessions, model.predictor, reporting, self.heartbeat.owner

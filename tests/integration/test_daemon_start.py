@@ -4,13 +4,17 @@ daemon's work."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from osteoflag.config import parse_settings
+from osteoflag.daemon.roles import Role
 from osteoflag.daemon.service import Daemon
 from osteoflag.db import queue
 from osteoflag.db.engine import migrate
@@ -43,3 +47,39 @@ def test_a_second_daemon_on_busy_ports_leaves_the_running_ones_claims_alone(
         row = session.scalars(select(Instance)).one()
     second.engine.dispose()
     assert (row.state, row.lease_owner, row.attempts) == (InstanceState.PROCESSING, LIVE, 1)
+
+
+@pytest.mark.parametrize(
+    ("sections", "warned"),
+    [
+        ({}, True),
+        ({"shadow": True}, False),
+        ({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}]}, False),
+    ],
+)
+def test_a_worker_with_nowhere_to_send_says_it_builds_nothing(
+    sections: dict[str, Any],
+    warned: bool,
+    tmp_path: Path,
+    tiny_bundle: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Results are still recorded, but an operator who forgot ``[[destinations]]`` must learn
+    from the log why no SR ever reaches the PACS."""
+    data = {
+        "model": {"bundle": str(tiny_bundle)},
+        "storage": {"path": str(tmp_path / "var")},
+        **sections,
+    }
+    with caplog.at_level(logging.WARNING, logger="osteoflag.daemon.service"):
+        daemon = Daemon(parse_settings(data, tmp_path), Role.WORKER)
+    daemon.engine.dispose()
+    said = [r.getMessage() for r in caplog.records if "no object is built" in r.getMessage()]
+    assert said == (
+        [
+            "no destination and shadow mode off: results are recorded and shown on the "
+            "operator page, no object is built or sent"
+        ]
+        if warned
+        else []
+    )
