@@ -91,6 +91,18 @@ def test_an_odd_instance_number_keeps_the_result(tmp_path: Path, raw: bytes) -> 
         assert dciodvfy_errors(path) == [], kind
 
 
+@pytest.mark.parametrize("raw", [b"U", b"m", b"MALE", b"M\\F"])
+def test_a_patient_sex_outside_its_enumerated_values_keeps_the_result(
+    tmp_path: Path, raw: bytes
+) -> None:
+    source = set_raw(make_dx(), "PatientSex", raw)
+    for kind, path in _sr_gsps_summary(source, tmp_path).items():
+        written = dcmread(path)
+        assert "PatientSex" in written and written.PatientSex == "", kind  # Type 2: empty
+        assert written.PatientID == source.PatientID, kind
+        assert dciodvfy_errors(path) == [], kind
+
+
 def _multi_frame(frames: int) -> Dataset:
     """A Multi-frame Grayscale Word Secondary Capture image of ``frames`` frames."""
     source = make_dx()
