@@ -19,7 +19,9 @@ from fractions import Fraction
 from typing import Final
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from osteoflag.errors import PermanentError
@@ -94,6 +96,45 @@ def pixel_aspect_ratio(source: Dataset) -> list[int]:
     return [1, 1]
 
 
+def _lut_words(item: Dataset) -> bytes | None:
+    """The LUT Data of a VOI LUT item held as numbers (US), as bytes of its entries' size
+    (LUT Descriptor's third value, PS3.3 C.11.2.1.1); None when it is bytes already or no
+    LUT at all (highdicom refuses that one)."""
+    data = item.get("LUTData")
+    if not isinstance(data, MultiValue | list | int):
+        return None
+    try:
+        word = np.uint8 if int(item.LUTDescriptor[2]) == 8 else np.uint16
+        numbers = np.asarray([data] if isinstance(data, int) else list(data), np.int64)
+    except (AttributeError, IndexError, TypeError, ValueError, OverflowError):
+        return None
+    if numbers.size == 0 or numbers.min() < 0 or numbers.max() > np.iinfo(word).max:
+        return None
+    return numbers.astype(word).tobytes()
+
+
+def _voi_luts_as_words(header: Dataset) -> None:
+    """Give ``header`` a VOI LUT Sequence (0028,3010) whose LUT Data (0028,3006) is bytes.
+
+    LUT Data is US or OW: an Explicit VR file may hold it as US values, which pydicom reads
+    as a list of numbers, and highdicom copies it to the presentation state only from bytes
+    (it fails on the list, and the whole result with it). A changed item is a new one:
+    :func:`values.cleaned` shares the source's elements."""
+    if "VOILUTSequence" not in header:
+        return
+    items = []
+    for item in header.VOILUTSequence:
+        words = _lut_words(item)
+        if words is not None:
+            copied = Dataset()
+            for element in item:  # the source's other elements; LUT Data replaced
+                copied.add(element)
+            copied.add_new(0x00283006, "OW", words)
+            item = copied
+        items.append(item)
+    header.VOILUTSequence = items
+
+
 def _layer() -> hd.pr.GraphicLayer:
     layer = hd.pr.GraphicLayer(
         layer_name=LAYER,
@@ -139,6 +180,7 @@ def build_gsps(
         )
     text = overlay_text(probability)
     header = values.cleaned(source)  # highdicom copies its Patient and Study modules
+    _voi_luts_as_words(header)
     for keyword in PATIENT_STUDY_TYPE2:  # Type 2: present, empty when the source lacks them
         if keyword not in header:
             setattr(header, keyword, "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
@@ -152,4 +153,24 @@ def test_displayed_area_keeps_the_source_pixels_shape(
     assert [int(v) for v in area.PresentationPixelAspectRatio] == ratio
     path = tmp_path / "gsps.dcm"
     state.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+@pytest.mark.parametrize("vr", ["US", "OW"])
+def test_a_voi_lut_held_as_numbers_or_words_is_kept(tmp_path: Path, vr: str) -> None:
+    table = np.arange(0, 65536, 16, dtype=np.uint16)
+    source = make_dx()
+    del source.WindowCenter, source.WindowWidth
+    lut = Dataset()
+    lut.LUTDescriptor = [len(table), 0, 16]
+    lut.add_new(0x00283006, vr, table.tobytes() if vr == "OW" else table.tolist())
+    source.VOILUTSequence = [lut]
+    stored = tmp_path / "source.dcm"
+    source.save_as(stored, enforce_file_format=True)  # Explicit VR: LUT Data read back as vr
+    state = _gsps(pydicom.dcmread(stored))
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    (copied,) = pydicom.dcmread(path).SoftcopyVOILUTSequence[0].VOILUTSequence
+    assert np.array_equal(np.frombuffer(copied.LUTData, np.uint16), table)
+    assert copied.LUTDescriptor == [len(table), 0, 16]
     assert dciodvfy_errors(path) == []
