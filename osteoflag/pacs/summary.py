@@ -161,9 +161,13 @@ def build_summary(
     image.SourceImageSequence = [reference]
     if "SpecificCharacterSet" in evidence:
         image.SpecificCharacterSet = evidence.SpecificCharacterSet
+    for keyword in COPIED:  # the Type 3 ones (Study Description...) SCImage takes no part in
+        if keyword in evidence and keyword not in image:
+            image[evidence[keyword].tag] = evidence[keyword]
     if source.get("BodyPartExamined"):
         image.BodyPartExamined = source.BodyPartExamined
-        image.Laterality = series_laterality(source)
+    # Type 2C (C.7.3.1): the source's side, whether or not it names the body part
+    image.Laterality = series_laterality(source)
     mark_research(image, Kind.SUMMARY, model)
     logger.debug(
         "summary image built",
