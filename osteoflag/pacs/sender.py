@@ -169,7 +169,10 @@ def _all_wait(
         "destination refused, unreachable or untrusted",
         extra={"action": "send", "destination": key, "reason": error},
     )
-    return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
+    return sum(
+        (_failed(sessions, row, policy, error, False, logged=True) for row in rows),
+        DeliveryReport(),
+    )
 
 
 def _associate(settings: Settings, destination: Destination, sop_classes: set[str]) -> Association:
@@ -293,7 +296,7 @@ def _stow_all(
         elif not outcome.answered:
             logger.warning("destination unreachable", extra={"action": "send", "destination": key})
             for rest in rows[index:]:
-                report += _failed(sessions, rest, policy, outcome.detail, False)
+                report += _failed(sessions, rest, policy, outcome.detail, False, logged=True)
             break
         else:
             error = f"{key} answered {outcome.detail}"
@@ -325,7 +328,11 @@ def _failed(
     policy: RetryPolicy,
     error: str,
     permanent: bool,
+    *,
+    logged: bool = False,
 ) -> DeliveryReport:
+    """Count a failed attempt of ``row`` and log it once: given up always, to be retried
+    unless the caller has ``logged`` the failure of the whole destination already."""
     decision = outbound.mark_attempt_failed(
         sessions,
         row,
@@ -351,4 +358,15 @@ def _failed(
             },
         )
         return DeliveryReport(failed=1)
+    if not logged:
+        logger.warning(
+            "delivery attempt failed, will retry",
+            extra={
+                "action": "send",
+                "destination": row.destination,
+                "sop_instance_uid": row.sop_instance_uid,
+                "error": error,
+                "next_attempt_at": decision.when.isoformat(),
+            },
+        )
     return DeliveryReport(retried=1)

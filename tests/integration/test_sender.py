@@ -6,6 +6,7 @@ nothing is mocked. Time is moved by passing ``now`` to ``send_pending``, never s
 
 from __future__ import annotations
 
+import logging
 import socket
 import stat
 import subprocess
@@ -212,12 +213,20 @@ def test_permanent_refusal_fails_at_once(tmp_path: Path, sessions: sessionmaker[
     assert all(error and "0xA900" in error for error in errors)
 
 
-def test_out_of_resources_is_retried(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+def test_out_of_resources_is_retried(
+    tmp_path: Path, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
     server = RecordingSCP(status=0xA700)
     try:
         settings = _settings(tmp_path, [server.port])
         _produce(sessions, settings)
-        assert send_pending(sessions, settings).retried == 2
+        with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.sender"):
+            assert send_pending(sessions, settings).retried == 2
+        logged = [r for r in caplog.records if r.getMessage().startswith("delivery attempt failed")]
+        with sessions() as session:
+            uids = set(session.scalars(select(Outbound.sop_instance_uid)).all())
+        assert {record.sop_instance_uid for record in logged} == uids  # type: ignore[attr-defined]
+        assert all("0xA700" in record.error for record in logged)  # type: ignore[attr-defined]
         server.status = 0x0000
         assert send_pending(sessions, settings, now=utcnow() + timedelta(minutes=1)).sent == 2
     finally:
