@@ -65,7 +65,7 @@ def text_box(region: Region, rows: int, columns: int) -> tuple[float, float, flo
     top), as wide as half the image or the box, kept inside the image."""
     x0, y0, _, y1 = region.box
     height = max(12, rows // 25)
-    width = min(columns, max(columns // 2, region.box[2] - x0))
+    width = min(columns, max(columns // 2, region.box[2] - x0, 1))  # 1: a one-column image
     left = max(0, min(x0, columns - width))
     top = y0 - height if y0 >= height else min(y1, max(0, rows - height))
     return (float(left), float(top), float(left + width), float(min(rows, top + height)))

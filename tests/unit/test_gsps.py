@@ -104,6 +104,16 @@ def test_text_stays_inside_the_image(region: Region) -> None:
     assert 0 <= left < right <= 200 and 0 <= top < bottom <= 256
 
 
+@pytest.mark.parametrize(("rows", "columns"), [(300, 1), (1, 300)])
+def test_a_one_pixel_wide_image_gets_its_text_inside_it(rows: int, columns: int) -> None:
+    region = Region(peak=(0, 0), box=(0, 0, min(columns, 20) - 1, min(rows, 20) - 1))
+    state = _gsps(make_dx(rows=rows, columns=columns), region)
+    (text,) = state.GraphicAnnotationSequence[0].TextObjectSequence
+    left, top = text.BoundingBoxTopLeftHandCorner
+    right, bottom = text.BoundingBoxBottomRightHandCorner
+    assert 0 <= left < right <= columns and 0 <= top < bottom <= rows
+
+
 def test_region_outside_the_image_is_a_permanent_error_naming_the_source() -> None:
     source = make_dx(rows=100, columns=100)
     with pytest.raises(PermanentError, match=source.SOPInstanceUID):
