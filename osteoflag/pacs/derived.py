@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Final
 
@@ -50,6 +52,8 @@ _PATIENT_STUDY_OPTIONAL: Final = (
     "PatientSize",
     "StudyDescription",
 )
+#: Timezone Offset From UTC (0008,0201): ``+HHMM`` or ``-HHMM`` (PS3.3 C.12.1.1.8).
+_UTC_OFFSET: Final = re.compile(r"([+-])(\d\d)(\d\d)")
 #: Every attribute :func:`study_evidence` copies from the source, besides the UIDs.
 COPIED: Final = (*PATIENT_STUDY_TYPE2, *_PATIENT_STUDY_OPTIONAL)
 
@@ -165,6 +169,33 @@ def study_evidence(source: Dataset) -> Dataset:
         if value is not None:
             setattr(evidence, keyword, value)
     return evidence
+
+
+def _utc_offset(value: object) -> timezone | None:
+    match = _UTC_OFFSET.fullmatch(str(value).strip()) if value is not None else None
+    if match is None:
+        return None
+    sign, hours, minutes = match.group(1), int(match.group(2)), int(match.group(3))
+    if hours > 14 or minutes > 59:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes)
+    return timezone(-offset if sign == "-" else offset)
+
+
+def local_time(source: Dataset, created: datetime) -> tuple[datetime, str | None]:
+    """``created`` in the time zone of the source's dates and times, and the Timezone Offset
+    From UTC (0008,0201) to write beside it, if any.
+
+    DICOM dates and times are local time unless that attribute says otherwise (PS3.3
+    C.12.1.1.8), and a derived object's copied Study Date and Time are the source's. A source
+    with an offset gets ``created`` at that offset and the same attribute; one without gets
+    the host's local time, the hospital's, and none. Written in UTC, a result made at 00:30
+    in Berlin would be dated the day before its own study."""
+    value = values.copied_value(source, "TimezoneOffsetFromUTC")
+    zone = _utc_offset(value)
+    if zone is None:
+        return created.astimezone(), None
+    return created.astimezone(zone), str(value).strip()
 
 
 def series_laterality(source: Dataset) -> str:

@@ -37,6 +37,7 @@ from osteoflag.pacs.derived import (
     ModelIdentity,
     contributing_equipment,
     instance_uid,
+    local_time,
     mark_research,
     require,
     series_laterality,
@@ -241,8 +242,11 @@ def build_gsps(
     state.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio = pixel_aspect_ratio(
         source
     )
+    created, utc_offset = local_time(source, created)
     state.PresentationCreationDate = created.strftime("%Y%m%d")
     state.PresentationCreationTime = created.strftime("%H%M%S")
+    if utc_offset is not None:
+        state.TimezoneOffsetFromUTC = utc_offset
     state.SeriesDate, state.SeriesTime = (
         state.PresentationCreationDate,
         state.PresentationCreationTime,

@@ -43,6 +43,7 @@ from osteoflag.pacs.derived import (
     contributing_equipment,
     derived_uid,
     instance_uid,
+    local_time,
     mark_research,
     require,
     series_uid,
@@ -359,11 +360,13 @@ def build_sr(
 
     UIDs are derived from the source and the model version, so the same inputs
     always give the same Series and SOP Instance UIDs. ``created`` sets the
-    Content and Series Date/Time (pass the time the result was stored). ``region`` is
+    Content and Series Date/Time (pass the time the result was stored), written in the
+    source's time zone (:func:`~osteoflag.pacs.derived.local_time`). ``region`` is
     drawn only for a ``fracture`` result.
     """
     evidence = study_evidence(source)
     series, sop_uid = sr_uids(evidence, model, sr_class)
+    created, utc_offset = local_time(source, created)
     try:
         content = measurement_report(report_findings(source, result, model, region), device_uid)
         sr = _SOP_CLASSES[sr_class](
@@ -390,6 +393,8 @@ def build_sr(
         raise PermanentError(
             f"cannot build SR for source SOPInstanceUID {evidence.SOPInstanceUID}: {reason}"
         ) from exc
+    if utc_offset is not None:
+        sr.TimezoneOffsetFromUTC = utc_offset
     mark_research(sr, Kind.SR, model)
     logger.debug(
         "SR built",

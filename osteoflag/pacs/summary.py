@@ -36,6 +36,7 @@ from osteoflag.pacs.derived import (
     ModelIdentity,
     contributing_equipment,
     instance_uid,
+    local_time,
     mark_research,
     require,
     series_laterality,
@@ -107,6 +108,7 @@ def build_summary(
     caller already has it (the worker does: decoding a 2048x1664 image again costs ~20 ms).
     """
     evidence = study_evidence(source)
+    created, utc_offset = local_time(source, created)
     if grey is None:
         grey = display_from_dataset(source).grey8()
     pixels = render(grey, banner_lines(result, model), result.label, region)
@@ -150,6 +152,8 @@ def build_summary(
     image.DateOfSecondaryCapture = DA(created.date())
     image.TimeOfSecondaryCapture = TM(created.time())
     image.BurnedInAnnotation = "YES"
+    if utc_offset is not None:
+        image.TimezoneOffsetFromUTC = utc_offset
     mark_lossy(image, pixels.nbytes)
     image.ImageComments = RESEARCH_STATEMENT
     reference = Dataset()

@@ -3,6 +3,7 @@ and the model identity comes from a real bundle."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,6 +131,45 @@ def test_the_sources_side_is_kept_without_a_body_part(tmp_path: Path, keyword: s
     for kind in ("gsps", "summary"):
         assert dcmread(paths[kind]).Laterality == "R", kind
         assert dciodvfy_errors(paths[kind]) == [], kind
+
+
+def _creation_times(paths: dict[str, Path]) -> dict[str, tuple[str, str, str | None]]:
+    """Per object: the date and time it says it was made, and its Timezone Offset From UTC."""
+    keywords = {
+        "sr": ("ContentDate", "ContentTime"),
+        "gsps": ("PresentationCreationDate", "PresentationCreationTime"),
+        "summary": ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"),
+    }
+    times = {}
+    for kind, (date, time_of_day) in keywords.items():
+        written = dcmread(paths[kind])
+        offset = written.get("TimezoneOffsetFromUTC")
+        times[kind] = (written[date].value, written[time_of_day].value[:6], offset)
+        assert written.SeriesDate == written[date].value, kind
+    return times
+
+
+def test_objects_are_dated_in_the_time_zone_of_the_sources_offset(tmp_path: Path) -> None:
+    source = make_dx()
+    source.TimezoneOffsetFromUTC = "-0500"  # CREATED is 2026-01-02 03:04:05 UTC
+    paths = _sr_gsps_summary(source, tmp_path)
+    for kind, made in _creation_times(paths).items():
+        assert made == ("20260101", "220405", "-0500"), kind
+        assert dciodvfy_errors(paths[kind]) == [], kind
+
+
+def test_objects_of_a_source_without_an_offset_are_dated_in_local_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "JST-9")  # DICOM times without an offset are local (C.12.1.1.8)
+    time.tzset()
+    try:
+        paths = _sr_gsps_summary(make_dx(), tmp_path)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    for kind, made in _creation_times(paths).items():
+        assert made == ("20260102", "120405", None), kind
 
 
 def _multi_frame(frames: int) -> Dataset:
