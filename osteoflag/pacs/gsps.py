@@ -114,26 +114,36 @@ def _lut_words(item: Dataset) -> bytes | None:
     return numbers.astype(word).tobytes()
 
 
+def _with_words(item: Dataset) -> Dataset:
+    """``item`` (a VOI or Modality LUT), or a new one whose LUT Data numbers are bytes: a
+    changed item is a new one, as :func:`values.cleaned` shares the source's elements."""
+    words = _lut_words(item)
+    if words is None:
+        return item
+    copied = Dataset()
+    for element in item:  # the source's other elements; LUT Data replaced
+        copied.add(element)
+    copied.add_new(0x00283006, "OW", words)
+    return copied
+
+
 def _voi_luts_as_words(header: Dataset) -> None:
     """Give ``header`` a VOI LUT Sequence (0028,3010) whose LUT Data (0028,3006) is bytes.
 
     LUT Data is US or OW: an Explicit VR file may hold it as US values, which pydicom reads
     as a list of numbers, and highdicom copies it to the presentation state only from bytes
-    (it fails on the list, and the whole result with it). A changed item is a new one:
-    :func:`values.cleaned` shares the source's elements."""
-    if "VOILUTSequence" not in header:
-        return
-    items = []
-    for item in header.VOILUTSequence:
-        words = _lut_words(item)
-        if words is not None:
-            copied = Dataset()
-            for element in item:  # the source's other elements; LUT Data replaced
-                copied.add(element)
-            copied.add_new(0x00283006, "OW", words)
-            item = copied
-        items.append(item)
-    header.VOILUTSequence = items
+    (it fails on the list, and the whole result with it)."""
+    if "VOILUTSequence" in header:
+        header.VOILUTSequence = [_with_words(item) for item in header.VOILUTSequence]
+
+
+def _copy_modality_lut(state: Dataset, header: Dataset) -> None:
+    """The source's Modality LUT Sequence (0028,3000), which highdicom leaves out (it copies
+    Rescale Slope and Intercept only). A presentation state's Modality LUT module replaces
+    the image's (PS3.3 A.33.1, C.11.1): without it the state's window, copied from the image
+    and meant for the LUT's output, would be applied to the stored values."""
+    if "ModalityLUTSequence" in header and "RescaleSlope" not in state:
+        state.ModalityLUTSequence = [_with_words(item) for item in header.ModalityLUTSequence]
 
 
 def _layer() -> hd.pr.GraphicLayer:
@@ -237,6 +247,7 @@ def build_gsps(
         raise PermanentError(
             f"cannot build GSPS for source SOPInstanceUID {source_uid}: {reason}"
         ) from exc
+    _copy_modality_lut(state, header)
     if sop_class in MULTI_FRAME_CLASSES:
         _refer_to_frame_1(state, sop_class, decoded_frames(source))
     state.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio = pixel_aspect_ratio(

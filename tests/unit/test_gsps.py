@@ -20,6 +20,7 @@ from tests.sr_fixtures import dciodvfy_errors, make_dx
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+CR = "1.2.840.10008.5.1.4.1.1.1"
 
 
 pytestmark = pytest.mark.usefixtures("strict_pydicom")
@@ -183,4 +184,28 @@ def test_a_voi_lut_held_as_numbers_or_words_is_kept(tmp_path: Path, vr: str) -> 
     (copied,) = pydicom.dcmread(path).SoftcopyVOILUTSequence[0].VOILUTSequence
     assert np.array_equal(np.frombuffer(copied.LUTData, np.uint16), table)
     assert copied.LUTDescriptor == [len(table), 0, 16]
+    assert dciodvfy_errors(path) == []
+
+
+def test_a_modality_lut_sequence_is_kept_under_the_window(tmp_path: Path) -> None:
+    table = np.arange(4096, dtype=np.uint16) * 16  # stored 0..4095 to 0..65520
+    source = make_dx()
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = CR
+    source.Modality = "CR"
+    del source.RescaleSlope, source.RescaleIntercept, source.RescaleType
+    lut = Dataset()
+    lut.LUTDescriptor = [len(table), 0, 16]
+    lut.ModalityLUTType = "US"
+    lut.add_new(0x00283006, "OW", table.tobytes())
+    source.ModalityLUTSequence = [lut]
+    source.WindowCenter, source.WindowWidth = 32000, 64000  # in the LUT's output
+    stored = tmp_path / "source.dcm"
+    source.save_as(stored, enforce_file_format=True)
+    path = tmp_path / "gsps.dcm"
+    _gsps(pydicom.dcmread(stored)).save_as(path, enforce_file_format=True)
+    state = pydicom.dcmread(path)
+    (copied,) = state.ModalityLUTSequence
+    assert np.array_equal(np.frombuffer(copied.LUTData, np.uint16), table)
+    assert (copied.LUTDescriptor, copied.ModalityLUTType) == ([4096, 0, 16], "US")
+    assert state.SoftcopyVOILUTSequence[0].WindowCenter == 32000
     assert dciodvfy_errors(path) == []
