@@ -294,7 +294,10 @@ def _stow_all(
             warning = None if outcome.detail == "HTTP 200" else f"warning {outcome.detail}"
             report += _sent(sessions, row, key, outcome.detail, warning)
         elif not outcome.answered:
-            logger.warning("destination unreachable", extra={"action": "send", "destination": key})
+            logger.warning(
+                "destination unreachable",
+                extra={"action": "send", "destination": key, "reason": outcome.detail},
+            )
             for rest in rows[index:]:
                 report += _failed(sessions, rest, policy, outcome.detail, False, logged=True)
             break
