@@ -253,7 +253,7 @@ def document_evaluation(
     if site is not None:
         children.append(hd.sr.FindingSite(anatomic_location=site))
     children.extend(algorithm_identification(model))
-    children.append(_text(reason, hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    children.append(_text(default_repertoire(reason), hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
     children.append(
         hd.sr.ImageContentItem(
             name=codes.SOURCE,
@@ -270,6 +270,14 @@ def document_evaluation(
     )
     evaluation.ContentSequence = children
     return _container(codes.QUALITATIVE_EVALUATIONS, [evaluation])
+
+
+def default_repertoire(text: str) -> str:
+    """``text`` with every character outside ISO-IR 6 escaped (``\\xc4``). A reason may
+    quote a source's value (a Body Part Examined ``HÄND``), and the SR's character set is
+    the source's, which may be none: unescaped, such a TEXT item is invalid and DCMTK
+    refuses to read the whole document."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def measurement_report(
