@@ -52,6 +52,8 @@ _PATIENT_STUDY_OPTIONAL: Final = (
     "PatientSize",
     "StudyDescription",
 )
+#: Maximum characters of an LO value (PS3.5 Table 6.2-1).
+LO_CHARACTERS: Final = 64
 #: Timezone Offset From UTC (0008,0201): ``+HHMM`` or ``-HHMM`` (PS3.3 C.12.1.1.8).
 _UTC_OFFSET: Final = re.compile(r"([+-])(\d\d)(\d\d)")
 #: Every attribute :func:`study_evidence` copies from the source, besides the UIDs.
@@ -98,6 +100,15 @@ class ModelIdentity:
     def tag(self) -> str:
         """``NAME@VERSION`` as printed by ``osteoflag infer``."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def software_versions(self) -> list[str]:
+        """Software Versions (0018,1020) of the objects made from this model's results:
+        :attr:`tag`, or name and version as two values when the tag is longer than an LO
+        holds (64 characters). A bundle's name may have 64 characters and its version 32
+        (``adapt`` appends ``+site.NAME``), and highdicom refuses a longer value, which
+        would lose every result."""
+        return [self.tag] if len(self.tag) <= LO_CHARACTERS else [self.name, self.version]
 
 
 @dataclass(frozen=True)
@@ -213,6 +224,12 @@ def series_description(kind: Kind, model: ModelIdentity) -> str:
         kind, "fracture flag summary"
     )
     return f"{RESEARCH_PREFIX} {what} {model.version}"[:64]
+
+
+def name_software(dataset: Dataset, model: ModelIdentity) -> None:
+    """Software Versions (0018,1020): :attr:`ModelIdentity.software_versions`, all its values
+    (highdicom's constructors take one)."""
+    dataset.add_new(0x00181020, "LO", model.software_versions)
 
 
 def mark_research(dataset: Dataset, kind: Kind, model: ModelIdentity) -> None:

@@ -39,6 +39,7 @@ from osteoflag.pacs.derived import (
     instance_uid,
     local_time,
     mark_research,
+    name_software,
     require,
     series_laterality,
     series_uid,
@@ -230,7 +231,7 @@ def build_gsps(
             instance_number=values.instance_number(source),
             manufacturer=MANUFACTURER,
             manufacturer_model_name=DEVICE_MODEL_NAME,
-            software_versions=model.tag,
+            software_versions=model.software_versions[0],  # highdicom: one value
             device_serial_number="",
             content_label=CONTENT_LABEL,
             content_description=text[:64],
@@ -265,6 +266,7 @@ def build_gsps(
     if source.get("BodyPartExamined"):
         state.BodyPartExamined = source.BodyPartExamined
     state.Laterality = series_laterality(source)
+    name_software(state, model)
     mark_research(state, Kind.GSPS, model)
     logger.debug(
         "GSPS built",

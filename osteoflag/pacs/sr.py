@@ -45,6 +45,7 @@ from osteoflag.pacs.derived import (
     instance_uid,
     local_time,
     mark_research,
+    name_software,
     require,
     series_uid,
     study_evidence,
@@ -390,7 +391,7 @@ def build_sr(
             is_verified=False,
             contributing_equipment=contributing_equipment(),
             manufacturer_model_name=DEVICE_MODEL_NAME,
-            software_versions=model.tag,
+            software_versions=model.software_versions[0],  # highdicom: one value
             content_date=created.date(),
             content_time=created.time(),
             series_date=created.date(),
@@ -403,6 +404,7 @@ def build_sr(
         ) from exc
     if utc_offset is not None:
         sr.TimezoneOffsetFromUTC = utc_offset
+    name_software(sr, model)
     mark_research(sr, Kind.SR, model)
     logger.debug(
         "SR built",

@@ -38,6 +38,7 @@ from osteoflag.pacs.derived import (
     instance_uid,
     local_time,
     mark_research,
+    name_software,
     require,
     series_laterality,
     series_uid,
@@ -137,7 +138,7 @@ def build_summary(
             referring_physician_name=evidence.ReferringPhysicianName,
             patient_orientation=("L", "F"),
             contributing_equipment=contributing_equipment(),
-            software_versions=model.tag,
+            software_versions=model.software_versions[0],  # highdicom: one value
             content_date=created.date(),
             content_time=created.time(),
             series_date=created.date(),
@@ -172,6 +173,7 @@ def build_summary(
         image.BodyPartExamined = source.BodyPartExamined
     # Type 2C (C.7.3.1): the source's side, whether or not it names the body part
     image.Laterality = series_laterality(source)
+    name_software(image, model)
     mark_research(image, Kind.SUMMARY, model)
     logger.debug(
         "summary image built",

@@ -69,6 +69,25 @@ def test_sr_and_summary_valid_for_each_source_kind(
     assert dciodvfy_errors(summary_path) == []
 
 
+def test_a_model_whose_name_and_version_fill_an_lo_keeps_its_results(tmp_path: Path) -> None:
+    source = make_dx()
+    name, version = "osteoflag-effnetlite0-imagenet-wrist", "7.0.0+site.hospital-north-wing-1"
+    model = ModelIdentity(name, version, "0f" * 32, 0.5)  # NAME@VERSION: 69 characters
+    built = {
+        "sr": build_sr(
+            source, FRACTURE, model=model, device_uid=device_uid("OSTEOFLAG"), created=CREATED
+        ),
+        "gsps": build_gsps(source, 0.91, REGION, model=model, created=CREATED),
+        "summary": build_summary(source, FRACTURE, model=model, created=CREATED),
+    }
+    for kind, dataset in built.items():
+        path = tmp_path / f"{kind}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert dcmread(path).SoftwareVersions == [name, version], kind
+        assert dciodvfy_errors(path) == [], kind
+    assert read_result(built["sr"]).model_version == version
+
+
 def test_model_identity_from_a_bundle(tmp_path: Path) -> None:
     bundle = load_bundle(build_bundle(tmp_path / "bundle", version="3.1.4", threshold=0.37))
     model = ModelIdentity.from_bundle(bundle)
