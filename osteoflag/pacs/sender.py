@@ -34,7 +34,7 @@ from osteoflag.db import outbound
 from osteoflag.db.models import Outbound
 from osteoflag.db.processes import owner_name
 from osteoflag.destination_settings import Destination, DicomWebDestination
-from osteoflag.errors import ConfigError, DeliveryError, PixelDataError
+from osteoflag.errors import ConfigError, ContextsRefused, DeliveryError, PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
@@ -149,7 +149,8 @@ def deliver(
     try:
         assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     except (ConfigError, DeliveryError) as exc:
-        return _all_wait(sessions, rows, policy, key, str(exc))
+        permanent = isinstance(exc, ContextsRefused) and exc.permanent
+        return _all_wait(sessions, rows, policy, key, str(exc), permanent)
     try:
         return _store_all(sessions, assoc, rows, policy, key, budget)
     finally:
@@ -163,14 +164,17 @@ def _all_wait(
     policy: RetryPolicy,
     key: str,
     error: str,
+    permanent: bool = False,
 ) -> DeliveryReport:
-    """The destination cannot be reached or trusted: every row waits for its next attempt."""
+    """The destination cannot be reached or trusted: every row waits for its next attempt;
+    or it supports none of their SOP classes (``permanent``): every row is given up, as one
+    whose SOP class alone it refuses is."""
     logger.warning(
         "destination refused, unreachable or untrusted",
         extra={"action": "send", "destination": key, "reason": error},
     )
     return sum(
-        (_failed(sessions, row, policy, error, False, logged=True) for row in rows),
+        (_failed(sessions, row, policy, error, permanent, logged=True) for row in rows),
         DeliveryReport(),
     )
 

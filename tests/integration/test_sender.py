@@ -19,6 +19,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -211,6 +212,26 @@ def test_permanent_refusal_fails_at_once(tmp_path: Path, sessions: sessionmaker[
     with sessions() as session:
         errors = session.scalars(select(Outbound.last_error)).all()
     assert all(error and "0xA900" in error for error in errors)
+
+
+def test_a_peer_accepting_none_of_our_sop_classes_fails_them_at_once_saying_why(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context("1.2.840.10008.1.1")  # Verification only: no storage at all
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        settings = _settings(tmp_path, [int(server.server_address[1])])
+        _produce(sessions, settings)
+        report = send_pending(sessions, settings)
+    finally:
+        server.shutdown()
+    assert (report.sent, report.retried, report.failed) == (0, 0, 2)
+    with sessions() as session:
+        errors = session.scalars(select(Outbound.last_error)).all()
+    for error in errors:
+        assert error and "accepted the association but no presentation context" in error
+        assert "Comprehensive 3D SR Storage: Abstract Syntax Not Supported" in error
 
 
 def test_out_of_resources_is_retried(
