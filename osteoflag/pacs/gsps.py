@@ -26,6 +26,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from osteoflag.errors import PermanentError
 from osteoflag.inference.region import Region
+from osteoflag.inference.voi import number
 from osteoflag.pacs import values
 from osteoflag.pacs.derived import (
     COPIED,
@@ -138,6 +139,28 @@ def _voi_luts_as_words(header: Dataset) -> None:
         header.VOILUTSequence = [_with_words(item) for item in header.VOILUTSequence]
 
 
+def _window_as_displayed(header: Dataset) -> None:
+    """Leave ``header`` the Window Center/Width the summary image and the model used
+    (:mod:`osteoflag.inference.pixels`): all windows when there are as many centers as
+    widths; else the first pair; none when either first value is missing or no number.
+
+    highdicom refuses a center without a width, or counts that differ, and the result with
+    it, where the pipeline only left the window out (a PixelDataError) or took the first.
+    New elements replace the shared ones: :func:`values.cleaned` shares the source's."""
+    center, width = number(header, "WindowCenter"), number(header, "WindowWidth")
+    if center is None or width is None:
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+            if keyword in header:
+                del header[keyword]
+        return
+    counts = {header[keyword].VM for keyword in ("WindowCenter", "WindowWidth")}
+    if len(counts) > 1:
+        header.add_new(0x00281050, "DS", center)
+        header.add_new(0x00281051, "DS", width)
+        if "WindowCenterWidthExplanation" in header:
+            del header.WindowCenterWidthExplanation
+
+
 def _copy_modality_lut(state: Dataset, header: Dataset) -> None:
     """The source's Modality LUT Sequence (0028,3000), which highdicom leaves out (it copies
     Rescale Slope and Intercept only). A presentation state's Modality LUT module replaces
@@ -193,6 +216,7 @@ def build_gsps(
     text = overlay_text(probability)
     header = values.cleaned(source)  # highdicom copies its Patient and Study modules
     _voi_luts_as_words(header)
+    _window_as_displayed(header)
     for keyword in PATIENT_STUDY_TYPE2:  # Type 2: present, empty when the source lacks them
         if keyword not in header:
             setattr(header, keyword, "")

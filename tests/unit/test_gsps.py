@@ -209,3 +209,36 @@ def test_a_modality_lut_sequence_is_kept_under_the_window(tmp_path: Path) -> Non
     assert (copied.LUTDescriptor, copied.ModalityLUTType) == ([4096, 0, 16], "US")
     assert state.SoftcopyVOILUTSequence[0].WindowCenter == 32000
     assert dciodvfy_errors(path) == []
+
+
+def _window(**window: object) -> Dataset:
+    source = make_dx()
+    del source.WindowCenter, source.WindowWidth
+    for keyword, value in window.items():
+        setattr(source, keyword, value)
+    return source
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (_window(WindowCenter=1500), None),  # no width: the pipeline stretches min to max
+        (_window(WindowWidth=3000), None),
+        (_window(WindowCenter=1500, WindowWidth=[3000, 2000]), (1500, 3000)),  # the first
+        (_window(WindowCenter=[1500, 900], WindowWidth=[3000, 800]), ([1500, 900], [3000, 800])),
+    ],
+    ids=["center only", "width only", "counts differ", "two windows"],
+)
+def test_the_window_is_the_one_the_summary_shows(
+    tmp_path: Path, source: Dataset, expected: tuple[object, object] | None
+) -> None:
+    before = str(source)
+    path = tmp_path / "gsps.dcm"
+    _gsps(source).save_as(path, enforce_file_format=True)
+    voi = pydicom.dcmread(path).get("SoftcopyVOILUTSequence")
+    if expected is None:
+        assert voi is None
+    else:
+        assert (voi[0].WindowCenter, voi[0].WindowWidth) == expected
+    assert str(source) == before  # the source's own elements are left alone
+    assert dciodvfy_errors(path) == []
