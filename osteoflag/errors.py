@@ -44,6 +44,16 @@ class DeliveryError(TransientError):
     """A destination refused or could not receive a produced object."""
 
 
+class ContextsRefused(DeliveryError):
+    """A destination accepted the association but none of the presentation contexts proposed
+    (PS3.8 9.3.3.2); ``permanent`` when it said it supports none of their abstract or transfer
+    syntaxes, which retrying the same objects cannot change."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
 class TrainingError(PermanentError):
     """A training or adaptation run cannot go on (bad weights file, failed parity check, bad
     data); here rather than in the training package so runtime commands can raise it."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Final
 
@@ -50,6 +52,10 @@ _PATIENT_STUDY_OPTIONAL: Final = (
     "PatientSize",
     "StudyDescription",
 )
+#: Maximum characters of an LO value (PS3.5 Table 6.2-1).
+LO_CHARACTERS: Final = 64
+#: Timezone Offset From UTC (0008,0201): ``+HHMM`` or ``-HHMM`` (PS3.3 C.12.1.1.8).
+_UTC_OFFSET: Final = re.compile(r"([+-])(\d\d)(\d\d)")
 #: Every attribute :func:`study_evidence` copies from the source, besides the UIDs.
 COPIED: Final = (*PATIENT_STUDY_TYPE2, *_PATIENT_STUDY_OPTIONAL)
 
@@ -94,6 +100,15 @@ class ModelIdentity:
     def tag(self) -> str:
         """``NAME@VERSION`` as printed by ``osteoflag infer``."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def software_versions(self) -> list[str]:
+        """Software Versions (0018,1020) of the objects made from this model's results:
+        :attr:`tag`, or name and version as two values when the tag is longer than an LO
+        holds (64 characters). A bundle's name may have 64 characters and its version 32
+        (``adapt`` appends ``+site.NAME``), and highdicom refuses a longer value, which
+        would lose every result."""
+        return [self.tag] if len(self.tag) <= LO_CHARACTERS else [self.name, self.version]
 
 
 @dataclass(frozen=True)
@@ -167,6 +182,33 @@ def study_evidence(source: Dataset) -> Dataset:
     return evidence
 
 
+def _utc_offset(value: object) -> timezone | None:
+    match = _UTC_OFFSET.fullmatch(str(value).strip()) if value is not None else None
+    if match is None:
+        return None
+    sign, hours, minutes = match.group(1), int(match.group(2)), int(match.group(3))
+    if hours > 14 or minutes > 59:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes)
+    return timezone(-offset if sign == "-" else offset)
+
+
+def local_time(source: Dataset, created: datetime) -> tuple[datetime, str | None]:
+    """``created`` in the time zone of the source's dates and times, and the Timezone Offset
+    From UTC (0008,0201) to write beside it, if any.
+
+    DICOM dates and times are local time unless that attribute says otherwise (PS3.3
+    C.12.1.1.8), and a derived object's copied Study Date and Time are the source's. A source
+    with an offset gets ``created`` at that offset and the same attribute; one without gets
+    the host's local time, the hospital's, and none. Written in UTC, a result made at 00:30
+    in Berlin would be dated the day before its own study."""
+    value = values.copied_value(source, "TimezoneOffsetFromUTC")
+    zone = _utc_offset(value)
+    if zone is None:
+        return created.astimezone(), None
+    return created.astimezone(zone), str(value).strip()
+
+
 def series_laterality(source: Dataset) -> str:
     """Series Laterality (C.7.3.1, Type 2C for paired body parts): L, R or empty."""
     for keyword in ("Laterality", "ImageLaterality"):
@@ -182,6 +224,12 @@ def series_description(kind: Kind, model: ModelIdentity) -> str:
         kind, "fracture flag summary"
     )
     return f"{RESEARCH_PREFIX} {what} {model.version}"[:64]
+
+
+def name_software(dataset: Dataset, model: ModelIdentity) -> None:
+    """Software Versions (0018,1020): :attr:`ModelIdentity.software_versions`, all its values
+    (highdicom's constructors take one)."""
+    dataset.add_new(0x00181020, "LO", model.software_versions)
 
 
 def mark_research(dataset: Dataset, kind: Kind, model: ModelIdentity) -> None:

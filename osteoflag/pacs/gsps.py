@@ -19,11 +19,14 @@ from fractions import Fraction
 from typing import Final
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from osteoflag.errors import PermanentError
 from osteoflag.inference.region import Region
+from osteoflag.inference.voi import number
 from osteoflag.pacs import values
 from osteoflag.pacs.derived import (
     COPIED,
@@ -35,7 +38,9 @@ from osteoflag.pacs.derived import (
     ModelIdentity,
     contributing_equipment,
     instance_uid,
+    local_time,
     mark_research,
+    name_software,
     require,
     series_laterality,
     series_uid,
@@ -63,7 +68,7 @@ def text_box(region: Region, rows: int, columns: int) -> tuple[float, float, flo
     top), as wide as half the image or the box, kept inside the image."""
     x0, y0, _, y1 = region.box
     height = max(12, rows // 25)
-    width = min(columns, max(columns // 2, region.box[2] - x0))
+    width = min(columns, max(columns // 2, region.box[2] - x0, 1))  # 1: a one-column image
     left = max(0, min(x0, columns - width))
     top = y0 - height if y0 >= height else min(y1, max(0, rows - height))
     return (float(left), float(top), float(left + width), float(min(rows, top + height)))
@@ -92,6 +97,77 @@ def pixel_aspect_ratio(source: Dataset) -> list[int]:
         if vertical > 0 and horizontal > 0:
             return [ratio.numerator, ratio.denominator]
     return [1, 1]
+
+
+def _lut_words(item: Dataset) -> bytes | None:
+    """The LUT Data of a VOI LUT item held as numbers (US), as bytes of its entries' size
+    (LUT Descriptor's third value, PS3.3 C.11.2.1.1); None when it is bytes already or no
+    LUT at all (highdicom refuses that one)."""
+    data = item.get("LUTData")
+    if not isinstance(data, MultiValue | list | int):
+        return None
+    try:
+        word = np.uint8 if int(item.LUTDescriptor[2]) == 8 else np.uint16
+        numbers = np.asarray([data] if isinstance(data, int) else list(data), np.int64)
+    except (AttributeError, IndexError, TypeError, ValueError, OverflowError):
+        return None
+    if numbers.size == 0 or numbers.min() < 0 or numbers.max() > np.iinfo(word).max:
+        return None
+    return numbers.astype(word).tobytes()
+
+
+def _with_words(item: Dataset) -> Dataset:
+    """``item`` (a VOI or Modality LUT), or a new one whose LUT Data numbers are bytes: a
+    changed item is a new one, as :func:`values.cleaned` shares the source's elements."""
+    words = _lut_words(item)
+    if words is None:
+        return item
+    copied = Dataset()
+    for element in item:  # the source's other elements; LUT Data replaced
+        copied.add(element)
+    copied.add_new(0x00283006, "OW", words)
+    return copied
+
+
+def _voi_luts_as_words(header: Dataset) -> None:
+    """Give ``header`` a VOI LUT Sequence (0028,3010) whose LUT Data (0028,3006) is bytes.
+
+    LUT Data is US or OW: an Explicit VR file may hold it as US values, which pydicom reads
+    as a list of numbers, and highdicom copies it to the presentation state only from bytes
+    (it fails on the list, and the whole result with it)."""
+    if "VOILUTSequence" in header:
+        header.VOILUTSequence = [_with_words(item) for item in header.VOILUTSequence]
+
+
+def _window_as_displayed(header: Dataset) -> None:
+    """Leave ``header`` the Window Center/Width the summary image and the model used
+    (:mod:`osteoflag.inference.pixels`): all windows when there are as many centers as
+    widths; else the first pair; none when either first value is missing or no number.
+
+    highdicom refuses a center without a width, or counts that differ, and the result with
+    it, where the pipeline only left the window out (a PixelDataError) or took the first.
+    New elements replace the shared ones: :func:`values.cleaned` shares the source's."""
+    center, width = number(header, "WindowCenter"), number(header, "WindowWidth")
+    if center is None or width is None:
+        for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation"):
+            if keyword in header:
+                del header[keyword]
+        return
+    counts = {header[keyword].VM for keyword in ("WindowCenter", "WindowWidth")}
+    if len(counts) > 1:
+        header.add_new(0x00281050, "DS", center)
+        header.add_new(0x00281051, "DS", width)
+        if "WindowCenterWidthExplanation" in header:
+            del header.WindowCenterWidthExplanation
+
+
+def _copy_modality_lut(state: Dataset, header: Dataset) -> None:
+    """The source's Modality LUT Sequence (0028,3000), which highdicom leaves out (it copies
+    Rescale Slope and Intercept only). A presentation state's Modality LUT module replaces
+    the image's (PS3.3 A.33.1, C.11.1): without it the state's window, copied from the image
+    and meant for the LUT's output, would be applied to the stored values."""
+    if "ModalityLUTSequence" in header and "RescaleSlope" not in state:
+        state.ModalityLUTSequence = [_with_words(item) for item in header.ModalityLUTSequence]
 
 
 def _layer() -> hd.pr.GraphicLayer:
@@ -139,6 +215,8 @@ def build_gsps(
         )
     text = overlay_text(probability)
     header = values.cleaned(source)  # highdicom copies its Patient and Study modules
+    _voi_luts_as_words(header)
+    _window_as_displayed(header)
     for keyword in PATIENT_STUDY_TYPE2:  # Type 2: present, empty when the source lacks them
         if keyword not in header:
             setattr(header, keyword, "")
@@ -177,7 +255,7 @@ def build_gsps(
             instance_number=values.instance_number(source),
             manufacturer=MANUFACTURER,
             manufacturer_model_name=DEVICE_MODEL_NAME,
-            software_versions=model.tag,
+            software_versions=model.software_versions[0],  # highdicom: one value
             device_serial_number="",
             content_label=CONTENT_LABEL,
             content_description=text[:64],
@@ -194,13 +272,17 @@ def build_gsps(
         raise PermanentError(
             f"cannot build GSPS for source SOPInstanceUID {source_uid}: {reason}"
         ) from exc
+    _copy_modality_lut(state, header)
     if sop_class in MULTI_FRAME_CLASSES:
         _refer_to_frame_1(state, sop_class, decoded_frames(source))
     state.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio = pixel_aspect_ratio(
         source
     )
+    created, utc_offset = local_time(source, created)
     state.PresentationCreationDate = created.strftime("%Y%m%d")
     state.PresentationCreationTime = created.strftime("%H%M%S")
+    if utc_offset is not None:
+        state.TimezoneOffsetFromUTC = utc_offset
     state.SeriesDate, state.SeriesTime = (
         state.PresentationCreationDate,
         state.PresentationCreationTime,
@@ -208,6 +290,7 @@ def build_gsps(
     if source.get("BodyPartExamined"):
         state.BodyPartExamined = source.BodyPartExamined
     state.Laterality = series_laterality(source)
+    name_software(state, model)
     mark_research(state, Kind.GSPS, model)
     logger.debug(
         "GSPS built",

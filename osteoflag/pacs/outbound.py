@@ -23,7 +23,7 @@ from osteoflag.config import Settings
 from osteoflag.db.models import Instance
 from osteoflag.db.outbound import Produced
 from osteoflag.destination_settings import Destination, DicomWebDestination
-from osteoflag.errors import PixelDataError, TransientError
+from osteoflag.errors import PermanentError, PixelDataError, TransientError
 from osteoflag.inference.labels import Label
 from osteoflag.inference.pixels import GreyArray
 from osteoflag.inference.region import Region
@@ -116,10 +116,10 @@ def build_objects(
     grey: GreyArray | None = None,
     region: Region | None = None,
 ) -> list[Dataset]:
-    """The SR, the presentation state of a flagged image with a ``region``, then the summary
-    image if configured (and if an undetermined image can show), each only if some destination
-    takes its kind (:func:`kinds_taken`); ``grey`` is the source as already decoded
-    (:meth:`DisplayImage.grey8`), when the caller has it."""
+    """The SR, the presentation state of a flagged image with a ``region`` (when its header
+    can make one), then the summary image if configured (and if an undetermined image can
+    show), each only if some destination takes its kind (:func:`kinds_taken`); ``grey`` is the
+    source as already decoded (:meth:`DisplayImage.grey8`), when the caller has it."""
     taken = kinds_taken(settings)
     objects: list[Dataset] = []
     if not taken:
@@ -149,9 +149,7 @@ def build_objects(
     if Kind.GSPS in taken and result.label is Label.FRACTURE and region is not None:
         assert result.probability is not None  # guaranteed by Classification
         if _grayscale(source):
-            objects.append(
-                build_gsps(source, result.probability, region, model=model, created=created)
-            )
+            objects.extend(_presentation_state(source, result.probability, region, model, created))
         else:
             logger.info(
                 "no presentation state for a colour source; the SR and summary show the region",
@@ -171,6 +169,26 @@ def build_objects(
             if result.label is not Label.UNDETERMINED:
                 raise
     return objects
+
+
+def _presentation_state(
+    source: Dataset, probability: float, region: Region, model: ModelIdentity, created: datetime
+) -> list[Dataset]:
+    """The presentation state, or none when the source's header cannot make one (highdicom
+    refuses a Rescale Slope without its Intercept, which the pixels did without): the state
+    is an overlay the SR and summary image also show, so it never costs them the result."""
+    try:
+        return [build_gsps(source, probability, region, model=model, created=created)]
+    except PermanentError as exc:  # its message names tags, never values (build_gsps)
+        logger.warning(
+            "no presentation state: %s",
+            exc,
+            extra={
+                "action": "build_objects",
+                "sop_instance_uid": str(source.get("SOPInstanceUID", "")),
+            },
+        )
+        return []
 
 
 def _grayscale(source: Dataset) -> bool:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.presentation import PresentationContext
 
 from osteoflag.destination_settings import DestinationTLS
-from osteoflag.errors import DeliveryError, PermanentError
+from osteoflag.errors import ContextsRefused, DeliveryError, PermanentError
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.dimse_check import check_commands
 from osteoflag.pacs.status import is_success
@@ -80,12 +81,31 @@ def associate(ae: AE, peer: Peer) -> Association:
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
     if rejections:
         raise DeliveryError(f"association with {where} rejected: {_reason(rejections[0])}")
+    if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        raise _contexts_refused(where, assoc.rejected_contexts)
     if not assoc.is_established:
         raise DeliveryError(
             f"association with {where} was not established (unreachable, aborted or timed out)"
         )
     check_commands(assoc)  # a response that cannot be decoded: A-ABORT, not a dead thread
     return assoc
+
+
+#: Presentation context results that mean "not supported" (PS3.8 Table 9-18), not a refusal
+#: for now (1, user rejection; 2, no reason given).
+_UNSUPPORTED = frozenset({0x03, 0x04})
+
+
+def _contexts_refused(where: str, refused: list[PresentationContext]) -> ContextsRefused:
+    """The error of an association ``where`` accepted with none of the ``refused`` contexts
+    (pynetdicom then aborts it): which SOP classes, and why, rather than "not established"."""
+    why = sorted(
+        {f"{UID(context.abstract_syntax or '').name}: {context.status}" for context in refused}
+    )
+    return ContextsRefused(
+        f"{where} accepted the association but no presentation context ({'; '.join(why)})",
+        permanent=all(context.result in _UNSUPPORTED for context in refused),
+    )
 
 
 def usable(assoc: Association) -> bool:

@@ -34,7 +34,7 @@ from osteoflag.db import outbound
 from osteoflag.db.models import Outbound
 from osteoflag.db.processes import owner_name
 from osteoflag.destination_settings import Destination, DicomWebDestination
-from osteoflag.errors import ConfigError, DeliveryError, PixelDataError
+from osteoflag.errors import ConfigError, ContextsRefused, DeliveryError, PixelDataError
 from osteoflag.pacs import summary
 from osteoflag.pacs.outbound import destination_key, destination_keys
 from osteoflag.pacs.retry import GiveUp, RetryPolicy
@@ -149,7 +149,8 @@ def deliver(
     try:
         assoc = _associate(settings, destination, {row.sop_class_uid for row in rows})
     except (ConfigError, DeliveryError) as exc:
-        return _all_wait(sessions, rows, policy, key, str(exc))
+        permanent = isinstance(exc, ContextsRefused) and exc.permanent
+        return _all_wait(sessions, rows, policy, key, str(exc), permanent)
     try:
         return _store_all(sessions, assoc, rows, policy, key, budget)
     finally:
@@ -163,13 +164,19 @@ def _all_wait(
     policy: RetryPolicy,
     key: str,
     error: str,
+    permanent: bool = False,
 ) -> DeliveryReport:
-    """The destination cannot be reached or trusted: every row waits for its next attempt."""
+    """The destination cannot be reached or trusted: every row waits for its next attempt;
+    or it supports none of their SOP classes (``permanent``): every row is given up, as one
+    whose SOP class alone it refuses is."""
     logger.warning(
         "destination refused, unreachable or untrusted",
         extra={"action": "send", "destination": key, "reason": error},
     )
-    return sum((_failed(sessions, row, policy, error, False) for row in rows), DeliveryReport())
+    return sum(
+        (_failed(sessions, row, policy, error, permanent, logged=True) for row in rows),
+        DeliveryReport(),
+    )
 
 
 def _associate(settings: Settings, destination: Destination, sop_classes: set[str]) -> Association:
@@ -291,9 +298,12 @@ def _stow_all(
             warning = None if outcome.detail == "HTTP 200" else f"warning {outcome.detail}"
             report += _sent(sessions, row, key, outcome.detail, warning)
         elif not outcome.answered:
-            logger.warning("destination unreachable", extra={"action": "send", "destination": key})
+            logger.warning(
+                "destination unreachable",
+                extra={"action": "send", "destination": key, "reason": outcome.detail},
+            )
             for rest in rows[index:]:
-                report += _failed(sessions, rest, policy, outcome.detail, False)
+                report += _failed(sessions, rest, policy, outcome.detail, False, logged=True)
             break
         else:
             error = f"{key} answered {outcome.detail}"
@@ -325,7 +335,11 @@ def _failed(
     policy: RetryPolicy,
     error: str,
     permanent: bool,
+    *,
+    logged: bool = False,
 ) -> DeliveryReport:
+    """Count a failed attempt of ``row`` and log it once: given up always, to be retried
+    unless the caller has ``logged`` the failure of the whole destination already."""
     decision = outbound.mark_attempt_failed(
         sessions,
         row,
@@ -351,4 +365,15 @@ def _failed(
             },
         )
         return DeliveryReport(failed=1)
+    if not logged:
+        logger.warning(
+            "delivery attempt failed, will retry",
+            extra={
+                "action": "send",
+                "destination": row.destination,
+                "sop_instance_uid": row.sop_instance_uid,
+                "error": error,
+                "next_attempt_at": decision.when.isoformat(),
+            },
+        )
     return DeliveryReport(retried=1)

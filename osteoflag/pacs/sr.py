@@ -43,7 +43,9 @@ from osteoflag.pacs.derived import (
     contributing_equipment,
     derived_uid,
     instance_uid,
+    local_time,
     mark_research,
+    name_software,
     require,
     series_uid,
     study_evidence,
@@ -252,7 +254,7 @@ def document_evaluation(
     if site is not None:
         children.append(hd.sr.FindingSite(anatomic_location=site))
     children.extend(algorithm_identification(model))
-    children.append(_text(reason, hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+    children.append(_text(default_repertoire(reason), hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
     children.append(
         hd.sr.ImageContentItem(
             name=codes.SOURCE,
@@ -269,6 +271,14 @@ def document_evaluation(
     )
     evaluation.ContentSequence = children
     return _container(codes.QUALITATIVE_EVALUATIONS, [evaluation])
+
+
+def default_repertoire(text: str) -> str:
+    """``text`` with every character outside ISO-IR 6 escaped (``\\xc4``). A reason may
+    quote a source's value (a Body Part Examined ``HÄND``), and the SR's character set is
+    the source's, which may be none: unescaped, such a TEXT item is invalid and DCMTK
+    refuses to read the whole document."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def measurement_report(
@@ -359,11 +369,13 @@ def build_sr(
 
     UIDs are derived from the source and the model version, so the same inputs
     always give the same Series and SOP Instance UIDs. ``created`` sets the
-    Content and Series Date/Time (pass the time the result was stored). ``region`` is
+    Content and Series Date/Time (pass the time the result was stored), written in the
+    source's time zone (:func:`~osteoflag.pacs.derived.local_time`). ``region`` is
     drawn only for a ``fracture`` result.
     """
     evidence = study_evidence(source)
     series, sop_uid = sr_uids(evidence, model, sr_class)
+    created, utc_offset = local_time(source, created)
     try:
         content = measurement_report(report_findings(source, result, model, region), device_uid)
         sr = _SOP_CLASSES[sr_class](
@@ -379,7 +391,7 @@ def build_sr(
             is_verified=False,
             contributing_equipment=contributing_equipment(),
             manufacturer_model_name=DEVICE_MODEL_NAME,
-            software_versions=model.tag,
+            software_versions=model.software_versions[0],  # highdicom: one value
             content_date=created.date(),
             content_time=created.time(),
             series_date=created.date(),
@@ -390,6 +402,9 @@ def build_sr(
         raise PermanentError(
             f"cannot build SR for source SOPInstanceUID {evidence.SOPInstanceUID}: {reason}"
         ) from exc
+    if utc_offset is not None:
+        sr.TimezoneOffsetFromUTC = utc_offset
+    name_software(sr, model)
     mark_research(sr, Kind.SR, model)
     logger.debug(
         "SR built",

@@ -36,7 +36,9 @@ from osteoflag.pacs.derived import (
     ModelIdentity,
     contributing_equipment,
     instance_uid,
+    local_time,
     mark_research,
+    name_software,
     require,
     series_laterality,
     series_uid,
@@ -107,6 +109,7 @@ def build_summary(
     caller already has it (the worker does: decoding a 2048x1664 image again costs ~20 ms).
     """
     evidence = study_evidence(source)
+    created, utc_offset = local_time(source, created)
     if grey is None:
         grey = display_from_dataset(source).grey8()
     pixels = render(grey, banner_lines(result, model), result.label, region)
@@ -135,7 +138,7 @@ def build_summary(
             referring_physician_name=evidence.ReferringPhysicianName,
             patient_orientation=("L", "F"),
             contributing_equipment=contributing_equipment(),
-            software_versions=model.tag,
+            software_versions=model.software_versions[0],  # highdicom: one value
             content_date=created.date(),
             content_time=created.time(),
             series_date=created.date(),
@@ -150,6 +153,8 @@ def build_summary(
     image.DateOfSecondaryCapture = DA(created.date())
     image.TimeOfSecondaryCapture = TM(created.time())
     image.BurnedInAnnotation = "YES"
+    if utc_offset is not None:
+        image.TimezoneOffsetFromUTC = utc_offset
     mark_lossy(image, pixels.nbytes)
     image.ImageComments = RESEARCH_STATEMENT
     reference = Dataset()
@@ -161,9 +166,14 @@ def build_summary(
     image.SourceImageSequence = [reference]
     if "SpecificCharacterSet" in evidence:
         image.SpecificCharacterSet = evidence.SpecificCharacterSet
+    for keyword in COPIED:  # the Type 3 ones (Study Description...) SCImage takes no part in
+        if keyword in evidence and keyword not in image:
+            image[evidence[keyword].tag] = evidence[keyword]
     if source.get("BodyPartExamined"):
         image.BodyPartExamined = source.BodyPartExamined
-        image.Laterality = series_laterality(source)
+    # Type 2C (C.7.3.1): the source's side, whether or not it names the body part
+    image.Laterality = series_laterality(source)
+    name_software(image, model)
     mark_research(image, Kind.SUMMARY, model)
     logger.debug(
         "summary image built",

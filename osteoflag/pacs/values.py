@@ -1,10 +1,12 @@
 """Values copied from a received instance into the objects osteoflag produces.
 
 Senders are sloppy: a Patient's Birth Date of ``1945-03-17`` (DA is ``YYYYMMDD``, PS3.5
-6.2), a Patient's Weight of ``70kg``, a Specific Character Set whose first value is empty
-(the usual Japanese form, PS3.3 C.12.1.1.2). A result must never be lost to such a value,
-so each copied date, time and number is checked against its VR and left out when invalid
-(the caller writes a Type 2 attribute empty, omits a Type 3 one), and the character set
+6.2), a Patient's Weight of ``70kg``, a Patient's Sex of ``U`` (its enumerated values are
+M, F and O, PS3.3 C.7.1.1), a Specific Character Set whose first value is empty (the usual
+Japanese form, PS3.3 C.12.1.1.2). A result must never be lost to such a value, so each
+copied date, time and number is checked against its VR, and a coded value against its
+enumerated values, and left out when invalid (the caller writes a Type 2 attribute empty,
+omits a Type 3 one), and the character set
 becomes one every writer accepts, declared when the text was received as non-ASCII bytes
 without one. A descriptive text longer than its VR allows (a 70-character Study
 Description in an LO of 64) is cut to that length.
@@ -39,6 +41,8 @@ from pydicom.valuerep import validate_value
 
 #: VRs whose syntax is checked before a value is copied (PS3.5 Table 6.2-1).
 CHECKED_VRS: Final = frozenset({"AS", "DA", "DS", "DT", "IS", "TM"})
+#: Copied attributes with enumerated values (PS3.3 C.7.1.1): highdicom refuses any other.
+ENUMERATED: Final = {"PatientSex": frozenset({"M", "F", "O"})}
 #: Maximum characters of a value of the descriptive text VRs (PS3.5 Table 6.2-1); names
 #: (PN) and codes (CS) are never cut.
 MAX_CHARACTERS: Final = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240}
@@ -98,16 +102,17 @@ def _within_length(element: DataElement) -> DataElement:
 def _valid_element(source: Dataset, tag: BaseTag) -> DataElement | None:
     """The element at ``tag``, decoded with the source's character set, descriptive text
     cut to its VR's length; None when its value cannot be read (a DS that is not a number
-    fails right here) or is not a valid date, time or number."""
+    fails right here) or is not a valid date, time, number or enumerated value."""
     try:
         element = source[tag]
     except Exception:  # pydicom parses lazily: a malformed element fails on first access
         return None
-    if (
-        element.VR in CHECKED_VRS
-        and element.value not in (None, "")
-        and not _is_valid(element.VR, element.value)
-    ):
+    if element.value in (None, ""):
+        return element
+    if element.VR in CHECKED_VRS and not _is_valid(element.VR, element.value):
+        return None
+    allowed = ENUMERATED.get(element.keyword)
+    if allowed is not None and not (isinstance(element.value, str) and element.value in allowed):
         return None
     return _within_length(element)
 

@@ -6,6 +6,7 @@ nothing is mocked. Time is moved by passing ``now`` to ``send_pending``, never s
 
 from __future__ import annotations
 
+import logging
 import socket
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pynetdicom import AE
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -212,12 +214,40 @@ def test_permanent_refusal_fails_at_once(tmp_path: Path, sessions: sessionmaker[
     assert all(error and "0xA900" in error for error in errors)
 
 
-def test_out_of_resources_is_retried(tmp_path: Path, sessions: sessionmaker[Session]) -> None:
+def test_a_peer_accepting_none_of_our_sop_classes_fails_them_at_once_saying_why(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context("1.2.840.10008.1.1")  # Verification only: no storage at all
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        settings = _settings(tmp_path, [int(server.server_address[1])])
+        _produce(sessions, settings)
+        report = send_pending(sessions, settings)
+    finally:
+        server.shutdown()
+    assert (report.sent, report.retried, report.failed) == (0, 0, 2)
+    with sessions() as session:
+        errors = session.scalars(select(Outbound.last_error)).all()
+    for error in errors:
+        assert error and "accepted the association but no presentation context" in error
+        assert "Comprehensive 3D SR Storage: Abstract Syntax Not Supported" in error
+
+
+def test_out_of_resources_is_retried(
+    tmp_path: Path, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
     server = RecordingSCP(status=0xA700)
     try:
         settings = _settings(tmp_path, [server.port])
         _produce(sessions, settings)
-        assert send_pending(sessions, settings).retried == 2
+        with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.sender"):
+            assert send_pending(sessions, settings).retried == 2
+        logged = [r for r in caplog.records if r.getMessage().startswith("delivery attempt failed")]
+        with sessions() as session:
+            uids = set(session.scalars(select(Outbound.sop_instance_uid)).all())
+        assert {record.sop_instance_uid for record in logged} == uids  # type: ignore[attr-defined]
+        assert all("0xA700" in record.error for record in logged)  # type: ignore[attr-defined]
         server.status = 0x0000
         assert send_pending(sessions, settings, now=utcnow() + timedelta(minutes=1)).sent == 2
     finally:

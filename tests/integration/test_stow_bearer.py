@@ -7,6 +7,7 @@ the token, the multipart type PS3.18 asks for and the very file written for the 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ from osteoflag.config import Settings, parse_settings
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from osteoflag.pacs.sender import send_pending
+from testkit.net import free_port
 from tests.helpers.rows import produce_for
 from tests.sr_fixtures import make_dx
 
@@ -104,3 +106,27 @@ def test_a_busy_server_is_retried_not_failed(
 
     report = send_pending(sessions, settings)
     assert (report.sent, report.retried, report.failed) == (0, 1, 0)
+
+
+def test_an_unreachable_server_is_logged_once_with_why(
+    tmp_path: Path, sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/dicom-web/"  # nothing listens there
+    settings = parse_settings(
+        {
+            "storage": {"path": str(tmp_path / "var"), "database_url": "sqlite:///var/o.db"},
+            "destinations": [{"type": "dicomweb", "url": url, "objects": ["sr"]}],
+        },
+        tmp_path,
+    )
+    with sessions() as session:
+        for seed in range(2):
+            source = make_dx(seed=seed)
+            produce_for(session, source, Classification(Label.FRACTURE, 0.9), MODEL, settings)
+        session.commit()
+
+    with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.sender"):
+        assert send_pending(sessions, settings).retried == 2
+    (record,) = [r for r in caplog.records if r.name == "osteoflag.pacs.sender"]
+    assert record.getMessage() == "destination unreachable"
+    assert record.reason  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
@@ -19,6 +20,7 @@ from tests.sr_fixtures import dciodvfy_errors, make_dx
 MODEL = ModelIdentity("osteoflag-vgg16-lgbm", "1.2.0", "0f" * 32, 0.42)
 REGION = Region(peak=(70, 120), box=(40, 90, 110, 170))
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+CR = "1.2.840.10008.5.1.4.1.1.1"
 
 
 pytestmark = pytest.mark.usefixtures("strict_pydicom")
@@ -103,6 +105,16 @@ def test_text_stays_inside_the_image(region: Region) -> None:
     assert 0 <= left < right <= 200 and 0 <= top < bottom <= 256
 
 
+@pytest.mark.parametrize(("rows", "columns"), [(300, 1), (1, 300)])
+def test_a_one_pixel_wide_image_gets_its_text_inside_it(rows: int, columns: int) -> None:
+    region = Region(peak=(0, 0), box=(0, 0, min(columns, 20) - 1, min(rows, 20) - 1))
+    state = _gsps(make_dx(rows=rows, columns=columns), region)
+    (text,) = state.GraphicAnnotationSequence[0].TextObjectSequence
+    left, top = text.BoundingBoxTopLeftHandCorner
+    right, bottom = text.BoundingBoxBottomRightHandCorner
+    assert 0 <= left < right <= columns and 0 <= top < bottom <= rows
+
+
 def test_region_outside_the_image_is_a_permanent_error_naming_the_source() -> None:
     source = make_dx(rows=100, columns=100)
     with pytest.raises(PermanentError, match=source.SOPInstanceUID):
@@ -152,4 +164,81 @@ def test_displayed_area_keeps_the_source_pixels_shape(
     assert [int(v) for v in area.PresentationPixelAspectRatio] == ratio
     path = tmp_path / "gsps.dcm"
     state.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+
+
+@pytest.mark.parametrize("vr", ["US", "OW"])
+def test_a_voi_lut_held_as_numbers_or_words_is_kept(tmp_path: Path, vr: str) -> None:
+    table = np.arange(0, 65536, 16, dtype=np.uint16)
+    source = make_dx()
+    del source.WindowCenter, source.WindowWidth
+    lut = Dataset()
+    lut.LUTDescriptor = [len(table), 0, 16]
+    lut.add_new(0x00283006, vr, table.tobytes() if vr == "OW" else table.tolist())
+    source.VOILUTSequence = [lut]
+    stored = tmp_path / "source.dcm"
+    source.save_as(stored, enforce_file_format=True)  # Explicit VR: LUT Data read back as vr
+    state = _gsps(pydicom.dcmread(stored))
+    path = tmp_path / "gsps.dcm"
+    state.save_as(path, enforce_file_format=True)
+    (copied,) = pydicom.dcmread(path).SoftcopyVOILUTSequence[0].VOILUTSequence
+    assert np.array_equal(np.frombuffer(copied.LUTData, np.uint16), table)
+    assert copied.LUTDescriptor == [len(table), 0, 16]
+    assert dciodvfy_errors(path) == []
+
+
+def test_a_modality_lut_sequence_is_kept_under_the_window(tmp_path: Path) -> None:
+    table = np.arange(4096, dtype=np.uint16) * 16  # stored 0..4095 to 0..65520
+    source = make_dx()
+    source.SOPClassUID = source.file_meta.MediaStorageSOPClassUID = CR
+    source.Modality = "CR"
+    del source.RescaleSlope, source.RescaleIntercept, source.RescaleType
+    lut = Dataset()
+    lut.LUTDescriptor = [len(table), 0, 16]
+    lut.ModalityLUTType = "US"
+    lut.add_new(0x00283006, "OW", table.tobytes())
+    source.ModalityLUTSequence = [lut]
+    source.WindowCenter, source.WindowWidth = 32000, 64000  # in the LUT's output
+    stored = tmp_path / "source.dcm"
+    source.save_as(stored, enforce_file_format=True)
+    path = tmp_path / "gsps.dcm"
+    _gsps(pydicom.dcmread(stored)).save_as(path, enforce_file_format=True)
+    state = pydicom.dcmread(path)
+    (copied,) = state.ModalityLUTSequence
+    assert np.array_equal(np.frombuffer(copied.LUTData, np.uint16), table)
+    assert (copied.LUTDescriptor, copied.ModalityLUTType) == ([4096, 0, 16], "US")
+    assert state.SoftcopyVOILUTSequence[0].WindowCenter == 32000
+    assert dciodvfy_errors(path) == []
+
+
+def _window(**window: object) -> Dataset:
+    source = make_dx()
+    del source.WindowCenter, source.WindowWidth
+    for keyword, value in window.items():
+        setattr(source, keyword, value)
+    return source
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (_window(WindowCenter=1500), None),  # no width: the pipeline stretches min to max
+        (_window(WindowWidth=3000), None),
+        (_window(WindowCenter=1500, WindowWidth=[3000, 2000]), (1500, 3000)),  # the first
+        (_window(WindowCenter=[1500, 900], WindowWidth=[3000, 800]), ([1500, 900], [3000, 800])),
+    ],
+    ids=["center only", "width only", "counts differ", "two windows"],
+)
+def test_the_window_is_the_one_the_summary_shows(
+    tmp_path: Path, source: Dataset, expected: tuple[object, object] | None
+) -> None:
+    before = str(source)
+    path = tmp_path / "gsps.dcm"
+    _gsps(source).save_as(path, enforce_file_format=True)
+    voi = pydicom.dcmread(path).get("SoftcopyVOILUTSequence")
+    if expected is None:
+        assert voi is None
+    else:
+        assert (voi[0].WindowCenter, voi[0].WindowWidth) == expected
+    assert str(source) == before  # the source's own elements are left alone
     assert dciodvfy_errors(path) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -90,3 +91,23 @@ def test_only_the_kinds_some_destination_takes_are_built(
         region=REGION,
     )
     assert [dataset.Modality for dataset in built] == modalities
+
+
+def test_a_header_no_presentation_state_can_take_keeps_the_sr_and_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = make_dx()
+    del source.RescaleIntercept  # the pixels take the slope alone; highdicom refuses it
+    with caplog.at_level(logging.WARNING, logger="osteoflag.pacs.outbound"):
+        built = build_objects(
+            source,
+            Classification(Label.FRACTURE, 0.9),
+            MODEL,
+            parse_settings({"destinations": [PACS]}, tmp_path),
+            datetime(2026, 1, 2, tzinfo=UTC),
+            region=REGION,
+        )
+    assert [dataset.Modality for dataset in built] == ["SR", "OT"]
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("no presentation state")]
+    assert source.SOPInstanceUID in record.getMessage()
+    assert str(source.PatientName) not in record.getMessage()

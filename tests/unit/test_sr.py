@@ -127,6 +127,21 @@ def test_dsrdump_reads_the_tree(tmp_path: Path) -> None:
     assert "SCOORD" in run.stdout and "POLYLINE" in run.stdout
 
 
+def test_a_reason_quoting_a_non_ascii_value_stays_readable(tmp_path: Path) -> None:
+    source = make_dx()
+    del source.SpecificCharacterSet  # the SR gets none either: all else is ASCII
+    reason = "(0018,0015) Body Part Examined 'HÄND' is not in the allowlist ['WRIST']"
+    path = tmp_path / "sr.dcm"
+    _sr(source, Classification(Label.UNDETERMINED, reason=reason)).save_as(
+        path, enforce_file_format=True
+    )
+    assert "SpecificCharacterSet" not in pydicom.dcmread(path)
+    assert read_result(hd.sr.srread(path)).reason == reason.replace("Ä", "\\xc4")
+    assert dciodvfy_errors(path) == []
+    run = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+
+
 def test_research_only_marking_everywhere() -> None:
     sr = _sr(make_dx(), RESULTS[0])
     assert sr.SeriesDescription.startswith("RESEARCH USE ONLY")

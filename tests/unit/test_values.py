@@ -48,6 +48,8 @@ def _with(**raw: bytes) -> Dataset:
         ("PatientAge", b"045Y", True),
         ("PatientAge", b"45", False),
         ("PatientName", b"Doe^Jane", True),  # names are copied as received
+        ("PatientSex", b"O", True),
+        ("PatientSex", b"U", False),  # enumerated values M, F, O only
     ],
 )
 def test_copied_value_keeps_valid_values_only(keyword: str, raw: bytes, kept: bool) -> None:
