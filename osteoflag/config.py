@@ -164,6 +164,16 @@ class DriftSettings(Section):
     psi_alert: Annotated[float, Field(gt=0)] = 0.25
     share_alert: Annotated[float, Field(gt=0, le=1)] = 0.25
 
+    @model_validator(mode="after")
+    def _alert_can_fire(self) -> DriftSettings:
+        # The window never holds more than ``window`` results: past it the alert could never fire.
+        if self.min_results > self.window:
+            raise ValueError(
+                f"drift.min_results ({self.min_results}) exceeds drift.window ({self.window}): "
+                "the window never holds that many results, so the alert could never fire"
+            )
+        return self
+
 
 class WorkerSettings(Section):
     """The inference worker's schedule, and what decoding one instance may cost.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from osteoflag.config import parse_settings
 from osteoflag.drift.reference import (
     UNKNOWN,
     Inputs,
@@ -16,6 +17,7 @@ from osteoflag.drift.reference import (
     share_change,
     size_band,
 )
+from osteoflag.errors import ConfigError
 
 
 def _window(n: int, probability: float, part: str = "HAND") -> list[Inputs]:
@@ -77,3 +79,10 @@ def test_statistics_unknown_for_the_reference_are_not_compared() -> None:
     pictures = Reference.build([Inputs(0.5, rows=512, columns=400)] * 60, "pictures")
     report = compare(pictures, _window(60, 1.0), 50, 0.25, 0.25)
     assert set(report.share_changes) == {"size"}
+
+
+def test_a_min_results_past_the_window_is_refused(tmp_path: Path) -> None:
+    """The window never holds more than ``window`` results: such an alert could never fire."""
+    with pytest.raises(ConfigError, match=r"drift\.min_results \(600\) exceeds drift\.window"):
+        parse_settings({"drift": {"window": 500, "min_results": 600}}, tmp_path)
+    assert parse_settings({"drift": {"window": 100, "min_results": 100}}, tmp_path).drift
