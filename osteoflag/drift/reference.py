@@ -9,11 +9,12 @@ classified instances with it:
   ``PSI = sum((recent - reference) * ln(recent / reference))``, each bin's share smoothed by
   half an observation (an empty bin is not an infinite difference);
 - each input statistic: the share change, ``0.5 * sum(|recent - reference|)`` over its values
-  (the fraction of images that would have to change value to match).
+  (the fraction of images that would have to change value to match), over the results whose
+  inputs were kept (not those classified before the schema kept them).
 
 Alert rule: once at least ``[drift] min_results`` results are in the window, the score PSI
-reaching ``[drift] psi_alert`` (0.25, the customary "significant shift") or any share change
-reaching ``[drift] share_alert`` (0.25).
+reaching ``[drift] psi_alert`` (0.25, the customary "significant shift") or, once as many
+results with their inputs kept are, any share change reaching ``[drift] share_alert`` (0.25).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Inputs:
     manufacturer: str | None = None
     rows: int | None = None
     columns: int | None = None
+    #: False for a result classified before the input statistics were kept: its score
+    #: counts, its (unknown) inputs would read as a shift of every statistic.
+    described: bool = True
 
     def statistic(self, name: str) -> str:
         """The value of one statistic of :data:`STATISTICS` (``unknown`` when missing)."""
@@ -161,15 +165,18 @@ def compare(
         return DriftReport(n=0, score_psi=None)
     recent_scores = score_shares([i.probability for i in recent])
     score = psi(smoothed(reference.scores, reference.n), smoothed(recent_scores, len(recent)))
+    described = [i for i in recent if i.described]
     changes = {
-        name: share_change(reference.shares[name], value_shares(i.statistic(name) for i in recent))
+        name: share_change(
+            reference.shares[name], value_shares(i.statistic(name) for i in described)
+        )
         for name in STATISTICS
-        if reference.shares[name] != {UNKNOWN: 1.0}  # not known for the reference images
+        if described and reference.shares[name] != {UNKNOWN: 1.0}  # unknown for the reference
     }
     reasons: list[str] = []
-    if len(recent) >= min_results:
-        if score >= psi_alert:
-            reasons.append(f"score PSI {score:.2f} >= {psi_alert}")
+    if len(recent) >= min_results and score >= psi_alert:
+        reasons.append(f"score PSI {score:.2f} >= {psi_alert}")
+    if len(described) >= min_results:
         reasons += [
             f"{name} share change {value:.2f} >= {share_alert}"
             for name, value in changes.items()

@@ -15,7 +15,10 @@ from osteoflag.drift.reference import DriftReport, Inputs, Reference, compare
 
 def recent_inputs(session: Session, window: int, model: str) -> list[Inputs]:
     """The last ``window`` instances classified by ``model`` (``NAME@VERSION``), newest first:
-    another bundle's scores, before ``model.bundle`` was changed, are on another scale."""
+    another bundle's scores, before ``model.bundle`` was changed, are on another scale.
+
+    Every result since the schema kept input statistics has its Rows (what was decoded); one
+    without was classified before, so only its score is compared."""
     rows = session.execute(
         select(
             Instance.probability,
@@ -34,7 +37,8 @@ def recent_inputs(session: Session, window: int, model: str) -> list[Inputs]:
         .limit(window)
     ).all()
     return [
-        Inputs(float(p or 0.0), part, photo, maker, r, c) for p, part, photo, maker, r, c in rows
+        Inputs(float(p or 0.0), part, photo, maker, r, c, described=r is not None)
+        for p, part, photo, maker, r, c in rows
     ]
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from osteoflag.config import DriftSettings
+from osteoflag.db.engine import MIGRATIONS, make_engine, migrate, session_factory
 from osteoflag.db.models import Instance, InstanceState
 from osteoflag.drift.reference import Inputs, Reference
 from osteoflag.drift.watch import DriftWatch
@@ -46,4 +52,42 @@ def test_window_holds_only_the_served_models_results(
     report = DriftWatch(reference, DriftSettings(), "new@2.0.0").report(sessions)
     assert report.n == 100
     assert report.score_psi is not None and report.score_psi < 0.01
+    assert not report.alert
+
+
+def test_results_from_before_the_input_statistics_compare_only_their_scores(
+    tmp_path: Path,
+) -> None:
+    """Results classified before schema 0004 have no size, photometric or manufacturer: giving
+    the same bundle a reference after upgrading must not read them as every input changed."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    command.upgrade(config, "0003")
+    spread = [(k % 10) / 10 + 0.05 for k in range(200)]
+    with engine.begin() as connection:
+        for k, probability in enumerate(spread):
+            connection.execute(
+                text(
+                    "INSERT INTO instances (sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                    " calling_ae, peer_address, received_at, file_path, state, attempts,"
+                    " next_attempt_at, probability, model, finished_at, body_part) VALUES"
+                    " (:uid, '1.2.4', '1.2.840.10008.1.2.1', 'MOD', '127.0.0.1',"
+                    " CURRENT_TIMESTAMP, '/x.dcm', 'done', 1, CURRENT_TIMESTAMP, :p, 'm@1',"
+                    " CURRENT_TIMESTAMP, 'HAND')"
+                ),
+                {"uid": f"1.2.3.{k}", "p": probability},
+            )
+    migrate(engine)
+    reference = Reference.build(
+        [Inputs(p, "HAND", "MONOCHROME2", "ACME", 2048, 1664) for p in spread], "validation"
+    )
+    try:
+        report = DriftWatch(reference, DriftSettings(), "m@1").report(session_factory(engine))
+    finally:
+        engine.dispose()
+    assert report.n == 200
+    assert report.score_psi is not None and report.score_psi < 0.01
+    assert report.share_changes == {}
     assert not report.alert
