@@ -112,12 +112,25 @@ class Reference:
         try:
             document = json.loads(path.read_text("utf-8"))
             scores = [float(v) for v in document["scores"]]
-            shares = {name: dict(document[name]) for name in STATISTICS}
+            shares = {
+                name: {str(k): float(v) for k, v in dict(document[name]).items()}
+                for name in STATISTICS
+            }
             n = int(document["n"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{path}: drift reference cannot be read: {exc}") from exc
         if len(scores) != SCORE_BINS:
             raise BundleError(f"{path}: 'scores' needs {SCORE_BINS} bins, has {len(scores)}")
+        if n < 1:
+            raise BundleError(f"{path}: 'n' is {n}; a reference is made of at least one image")
+        # A share past [0, 1] (or NaN, which every comparison calls false) would make the
+        # alert fire always, never, or fail each report.
+        for name, values in (
+            ("scores", scores),
+            *((k, list(v.values())) for k, v in shares.items()),
+        ):
+            if not all(0.0 <= value <= 1.0 for value in values):
+                raise BundleError(f"{path}: '{name}' holds a share outside [0, 1]: {values}")
         return cls(n=n, scores=scores, shares=shares, source=str(document.get("source", "")))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from osteoflag.drift.reference import (
     share_change,
     size_band,
 )
-from osteoflag.errors import ConfigError
+from osteoflag.errors import BundleError, ConfigError
 
 
 def _window(n: int, probability: float, part: str = "HAND") -> list[Inputs]:
@@ -86,3 +87,23 @@ def test_a_min_results_past_the_window_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"drift\.min_results \(600\) exceeds drift\.window"):
         parse_settings({"drift": {"window": 500, "min_results": 600}}, tmp_path)
     assert parse_settings({"drift": {"window": 100, "min_results": 100}}, tmp_path).drift
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n": -5}, "'n' is -5"),
+        ({"scores": [float("nan")] + [0.1] * 9}, "'scores' holds a share outside"),
+        ({"size": {">=2048": 2.0}}, "'size' holds a share outside"),
+        ({"body_part": {"HAND": "most"}}, "cannot be read"),
+    ],
+)
+def test_a_reference_whose_figures_no_report_can_use_is_refused_on_reading(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    """Such a reference failed every report (/metrics, the dashboard) or silenced the alert."""
+    path = tmp_path / "drift_reference.json"
+    Reference.build(_window(60, 1.0), "test").write(path)
+    path.write_text(json.dumps({**json.loads(path.read_text("utf-8")), **change}), "utf-8")
+    with pytest.raises(BundleError, match=message):
+        Reference.read(path)
