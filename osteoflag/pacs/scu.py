@@ -74,11 +74,16 @@ def associate(ae: AE, peer: Peer) -> Association:
     # rejection that has already closed the connection as an abort, with no reason.
     rejections: list[A_ASSOCIATE_RJ] = []
     handler = (evt.EVT_PDU_RECV, _keep_rejection, [rejections])
-    assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[handler]
-    )
-    assoc.unbind(evt.EVT_PDU_RECV, _keep_rejection)
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    try:
+        assoc = ae.associate(
+            peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[handler]
+        )
+    except OSError as exc:  # a host name that does not resolve (now): pynetdicom raises
+        raise DeliveryError(
+            f"association with {where}: {peer.host!r} cannot be resolved: {exc}"
+        ) from exc
+    assoc.unbind(evt.EVT_PDU_RECV, _keep_rejection)
     if rejections:
         raise DeliveryError(f"association with {where} rejected: {_reason(rejections[0])}")
     if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:

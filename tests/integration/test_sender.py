@@ -214,6 +214,28 @@ def test_permanent_refusal_fails_at_once(tmp_path: Path, sessions: sessionmaker[
     assert all(error and "0xA900" in error for error in errors)
 
 
+def test_a_destination_host_that_does_not_resolve_makes_its_objects_wait_saying_so(
+    tmp_path: Path, sessions: sessionmaker[Session]
+) -> None:
+    """A DNS outage (here ``.invalid``, which never resolves): the run raised pynetdicom's
+    resolver error, leaving the objects claimed with no reason and no attempt counted."""
+    settings = parse_settings(
+        {
+            "storage": {"path": str(tmp_path / "var"), "database_url": "sqlite:///var/db.sqlite"},
+            "destinations": [{"ae_title": "PACS", "host": "pacs.invalid", "port": 104}],
+        },
+        tmp_path,
+    )
+    _produce(sessions, settings)
+    report = send_pending(sessions, settings)
+    assert (report.sent, report.retried, report.failed) == (0, 2, 0)
+    with sessions() as session:
+        rows = session.scalars(select(Outbound)).all()
+    for row in rows:
+        assert (row.state.value, row.attempts, row.lease_owner) == ("pending", 1, None)
+        assert row.last_error and "'pacs.invalid' cannot be resolved" in row.last_error
+
+
 def test_a_peer_accepting_none_of_our_sop_classes_fails_them_at_once_saying_why(
     tmp_path: Path, sessions: sessionmaker[Session]
 ) -> None:
