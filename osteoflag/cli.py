@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +29,7 @@ from osteoflag.inference.ood_cli import add_ood_arguments, run_ood_reference
 from osteoflag.inference.quantize_cli import add_quantize_arguments, run_quantize
 from osteoflag.logs import configure_logging
 from osteoflag.pacs.tls_options import add_tls_arguments, peer_tls
+from osteoflag.settings_fields import AETitle
 from osteoflag.training.commands import (
     add_evaluate_arguments,
     add_train_arguments,
@@ -180,6 +182,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _ae_title(text: str) -> str:
+    """An AE title as the config accepts one (PS3.5 AE): pynetdicom would raise at associating."""
+    try:
+        return TypeAdapter(AETitle).validate_python(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an AE title (1-16 characters, no backslash or control character, "
+            "not only spaces)"
+        ) from exc
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--role",
@@ -196,7 +209,9 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 def _echo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("host")
     parser.add_argument("port", type=_port)
-    parser.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    parser.add_argument(
+        "--called-aet", default="ANY-SCP", type=_ae_title, help="peer AE title (default ANY-SCP)"
+    )
     add_tls_arguments(parser)
 
 
@@ -204,7 +219,9 @@ def _send_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", required=True, type=_port)
-    parser.add_argument("--called-aet", default="ANY-SCP", help="peer AE title (default ANY-SCP)")
+    parser.add_argument(
+        "--called-aet", default="ANY-SCP", type=_ae_title, help="peer AE title (default ANY-SCP)"
+    )
     add_tls_arguments(parser)
 
 
