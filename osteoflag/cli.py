@@ -100,7 +100,8 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
 
     files = list(walk_files(args.paths))
     if not files:
-        raise ConfigError("send: no files found")
+        named = ", ".join(str(path) for path in args.paths)
+        raise ConfigError(f"send: no files found under {named} (hidden ones are left out)")
     peer = Peer(args.host, args.port, args.called_aet, tls=peer_tls(args))
     failed = 0
     for outcome in send_c_store(files, peer, settings.listener.ae_title):

@@ -92,7 +92,8 @@ def infer_paths(
     )
     files = list(walk_files(paths))
     if not files:
-        raise ConfigError("infer: no files found under the given folders")
+        named = ", ".join(str(path) for path in paths)
+        raise ConfigError(f"infer: no files found under {named} (hidden ones are left out)")
     failures = classify_files(predictor, files, sys.stdout, as_json=as_json)
     logger.info(
         "infer finished",

@@ -112,3 +112,17 @@ def test_region_only_for_fractures_in_source_pixels(tmp_path: Path) -> None:
         width, height = sizes[Path(line["file"]).name]
         (x, y), (x0, y0, x1, y1) = line["region"]["peak"], line["region"]["box"]
         assert 0 <= x0 <= x <= x1 < width and 0 <= y0 <= y <= y1 < height
+
+
+def test_a_folder_with_nothing_to_classify_is_named(tmp_path: Path, tiny_bundle: Path) -> None:
+    """Only hidden files and a dangling link: bad usage, one line naming the folder."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / "gone.dcm").symlink_to(tmp_path / "moved.dcm")
+    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    done = osteoflag("infer", str(folder), "--json", config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"osteoflag: infer: no files found under {folder} (hidden ones are left out)"
+    )

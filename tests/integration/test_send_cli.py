@@ -69,3 +69,15 @@ def test_a_called_ae_title_no_peer_could_have_is_bad_usage_naming_the_option(
     last = done.stderr.strip().splitlines()[-1]
     assert "argument --called-aet: 'SEVENTEEN-LETTERS' is not an AE title" in last
     assert "Traceback" not in done.stderr
+
+
+def test_a_folder_with_nothing_to_send_is_named(tmp_path: Path, tiny_bundle: Path) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / ".hidden.dcm").write_bytes(b"\0")
+    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    done = osteoflag("send", str(folder), "--host", "127.0.0.1", "--port", "104", config=config)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"osteoflag: send: no files found under {folder} (hidden ones are left out)"
+    )
