@@ -8,6 +8,7 @@ what it can decode.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def associate(ae: AE, peer: Peer) -> Association:
         assoc = ae.associate(
             peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, evt_handlers=[handler]
         )
-    except OSError as exc:  # a host name that does not resolve (now): pynetdicom raises
+    except socket.gaierror as exc:  # a host name that does not resolve: pynetdicom raises
         raise DeliveryError(
             f"association with {where}: {peer.host!r} cannot be resolved: {exc}"
         ) from exc
