@@ -98,7 +98,11 @@ class Instance(Base):
     """One received SOP instance and what became of it."""
 
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_state_next", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_instances_state_next", "state", "next_attempt_at"),
+        # Drift watch's window: one model's latest results, without sorting every finished row.
+        Index("ix_instances_model_finished", "model", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
