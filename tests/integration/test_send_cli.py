@@ -40,13 +40,18 @@ def test_a_stray_file_is_reported_and_the_dicom_files_are_sent(
     assert line.startswith(f"osteoflag: {export / 'README.TXT'}: not a readable DICOM file (")
 
 
+def _one_image(tmp_path: Path, tiny_bundle: Path) -> tuple[Path, Path]:
+    """A radiograph to send and a config to send it with."""
+    image = tmp_path / "image.dcm"
+    write_in_syntax(radiograph(), ExplicitVRLittleEndian, image)
+    return image, write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+
+
 def test_a_host_that_does_not_resolve_is_one_line_not_a_traceback(
     tmp_path: Path, tiny_bundle: Path
 ) -> None:
     """``.invalid`` never resolves (RFC 6761): pynetdicom's resolver error was a traceback."""
-    image = tmp_path / "image.dcm"
-    write_in_syntax(radiograph(), ExplicitVRLittleEndian, image)
-    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    image, config = _one_image(tmp_path, tiny_bundle)
     done = osteoflag("send", str(image), "--host", "pacs.invalid", "--port", "104", config=config)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
@@ -58,9 +63,7 @@ def test_a_host_that_does_not_resolve_is_one_line_not_a_traceback(
 def test_a_called_ae_title_no_peer_could_have_is_bad_usage_naming_the_option(
     tmp_path: Path, tiny_bundle: Path
 ) -> None:
-    image = tmp_path / "image.dcm"
-    write_in_syntax(radiograph(), ExplicitVRLittleEndian, image)
-    config = write_config(tmp_path, base_sections(tmp_path, tiny_bundle))
+    image, config = _one_image(tmp_path, tiny_bundle)
     done = osteoflag(
         "send", str(image), "--host", "127.0.0.1", "--port", "104",
         "--called-aet", "SEVENTEEN-LETTERS", config=config,
