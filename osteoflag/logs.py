@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import pydicom.config
 
@@ -32,6 +32,19 @@ def capped(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     return value
 
 
+class NetworkErrorsAsLines(logging.Filter):
+    """pynetdicom logs a peer's failed TLS handshake or reset connection with its traceback,
+    which says nothing the message does not; keep the message, drop the traceback. Tracebacks
+    of other exceptions (a bug in an event handler) stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.name.startswith("pynetdicom") and isinstance(error, OSError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class JSONFormatter(logging.Formatter):
     """Render a record and its ``extra`` fields as a single JSON line."""
 
@@ -48,12 +61,18 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=lambda value: capped(str(value)))
 
 
+def json_handler(stream: TextIO) -> logging.Handler:
+    """A handler writing JSON lines to ``stream``, network errors without their traceback."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(NetworkErrorsAsLines())
+    return handler
+
+
 def configure_logging(level: str) -> None:
     """Send every logger's records, at ``level`` and above, to stderr as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler(sys.stderr)]
     root.setLevel(level.upper())
     # These libraries narrate routine steps at INFO; keep their warnings and errors only.
     for chatty in ("pynetdicom", "alembic", "apscheduler", "uvicorn", "highdicom"):

@@ -70,7 +70,8 @@ def client_ae(calling_ae: str, timeout: float) -> AE:
 def associate(ae: AE, peer: Peer) -> Association:
     """Associate with ``peer`` (over TLS when it has TLS settings); DeliveryError if refused
     (saying why, so an operator can fix the AE titles) or unreachable."""
-    tls_args = None if peer.tls is None else (client_context(peer.tls), peer.host)
+    context = None if peer.tls is None else client_context(peer.tls)
+    tls_args = None if context is None else (context, peer.host)
     # The A-ASSOCIATE-RJ is taken as its PDU arrives: pynetdicom's requestor reports a
     # rejection that has already closed the connection as an abort, with no reason.
     rejections: list[A_ASSOCIATE_RJ] = []
@@ -85,6 +86,8 @@ def associate(ae: AE, peer: Peer) -> Association:
             f"association with {where}: {peer.host!r} cannot be resolved: {exc}"
         ) from exc
     assoc.unbind(evt.EVT_PDU_RECV, _keep_rejection)
+    if not assoc.is_established and context is not None and context.failure is not None:
+        raise DeliveryError(f"association with {where}: TLS failed: {context.failure}")
     if rejections:
         raise DeliveryError(f"association with {where} rejected: {_reason(rejections[0])}")
     if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:

@@ -25,9 +25,40 @@ def server_context(tls: TLSSettings) -> ssl.SSLContext:
     return context
 
 
-def client_context(tls: DestinationTLS) -> ssl.SSLContext:
+class _ReportingSocket(ssl.SSLSocket):
+    """Keeps its TLS error on its :class:`ClientContext`: pynetdicom only logs it."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except OSError as exc:  # ssl.SSLError, a timeout or a reset peer
+            self._keep(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:  # an alert after our handshake (TLS 1.3 client certificate)
+            self._keep(exc)
+            raise
+
+    def _keep(self, exc: OSError) -> None:
+        context = self.context
+        if isinstance(context, ClientContext) and context.failure is None:
+            context.failure = exc
+
+
+class ClientContext(ssl.SSLContext):
+    """A client context for one association, keeping why its TLS failed, if it did, so that
+    the error names the cause (an untrusted certificate, the wrong host, an old protocol)."""
+
+    sslsocket_class = _ReportingSocket
+    failure: OSError | None = None
+
+
+def client_context(tls: DestinationTLS) -> ClientContext:
     """A TLS 1.2+ client context that verifies the peer against ``ca_certificates``."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ClientContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     _load(context.load_verify_locations, "destinations.tls.ca_certificates", tls.ca_certificates)
     if tls.certificate is not None and tls.private_key is not None:

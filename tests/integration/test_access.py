@@ -7,6 +7,7 @@ DCMTK ``storescu +tls`` as the sender.
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import socket
@@ -23,6 +24,7 @@ from pynetdicom import AE
 from osteoflag.db import queue
 from osteoflag.destination_settings import DestinationTLS
 from osteoflag.errors import DeliveryError
+from osteoflag.logs import json_handler
 from osteoflag.pacs.contexts import VERIFICATION
 from osteoflag.pacs.scu import Peer, send_c_echo, send_c_store
 from testkit.daemon import base_sections, osteoflag, write_config
@@ -211,3 +213,46 @@ def test_our_scu_echoes_and_sends_over_tls(
         assert untrusted.returncode == 1
         half = osteoflag("echo", "127.0.0.1", "104", "--tls-cert", "x.pem", config=config)
         assert half.returncode == 2 and "--tls-ca" in half.stderr
+
+
+def test_our_scu_says_why_tls_failed_in_one_line_without_traceback(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    """The error on the outbound row names the TLS cause, not "unreachable, aborted or timed
+    out"; pynetdicom's log of it is one line, as the daemon's handler writes it."""
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    library = logging.getLogger("pynetdicom")
+    library.addHandler(handler)
+    ours = DestinationTLS(
+        ca_certificates=certificates.ca,
+        certificate=certificates.client_cert,
+        private_key=certificates.client_key,
+    )
+    cases = [
+        ({}, DestinationTLS(ca_certificates=certificates.ca), "certificate required"),
+        ({}, DestinationTLS(ca_certificates=certificates.rogue_ca), "certificate verify failed"),
+        # A certificate naming another host (modality.example, not 127.0.0.1).
+        (
+            {
+                "certificate": str(certificates.client_cert),
+                "private_key": str(certificates.client_key),
+            },
+            ours,
+            "IP address mismatch",
+        ),
+    ]
+    try:
+        for index, (server, tls, cause) in enumerate(cases):
+            settings = _tls_settings(certificates, **server)
+            with listening(tmp_path / str(index), tls=settings) as (scp, _):
+                peer = Peer("127.0.0.1", scp.port, "OSTEOFLAG", tls=tls)
+                with pytest.raises(
+                    DeliveryError, match=f"OSTEOFLAG@127.0.0.1:{scp.port}: TLS failed: .*{cause}"
+                ):
+                    send_c_echo(peer, "OURSCU", timeout=10)
+    finally:
+        library.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert any("certificate required" in line for line in lines)
+    assert not [line for line in lines if "Traceback" in line]
