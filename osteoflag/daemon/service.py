@@ -211,6 +211,7 @@ class Daemon:
         cannot start stops the parts already started, so the error ends the process with its
         one line instead of leaving threads behind.
         """
+        self._refuse_split_roles_on_sqlite()
         self._prepare_storage()
         migrate(self.engine)
         jobs = [(self.heartbeat.beat, HEARTBEAT_SECONDS, "heartbeat")]
@@ -243,6 +244,16 @@ class Daemon:
                 stop()
             raise
         logger.info("daemon started", extra={"action": "start", "role": self.role.value})
+
+    def _refuse_split_roles_on_sqlite(self) -> None:
+        """Roles are separate processes joined by the queue: on SQLite none would wake the
+        others (no NOTIFY), and an all-in-one process starting beside them would re-queue
+        their live claims, since on SQLite it takes itself to be the only process."""
+        if self.role is not Role.ALL and self.engine.dialect.name == "sqlite":
+            raise ConfigError(
+                f"serve --role {self.role.value}: storage.database_url is SQLite, which serves "
+                "one process only (--role all); split roles need a shared PostgreSQL database"
+            )
 
     def _prepare_storage(self) -> None:
         """Create the storage folders; one that cannot be created or written is a config error."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from osteoflag.config import parse_settings
 from osteoflag.daemon.roles import Role
@@ -83,3 +83,17 @@ def test_a_worker_with_nowhere_to_send_says_it_builds_nothing(
         if warned
         else []
     )
+
+
+@pytest.mark.parametrize("role", [Role.LISTENER, Role.SENDER])
+def test_a_split_role_on_sqlite_is_refused_before_anything_runs(role: Role, tmp_path: Path) -> None:
+    """Beside another process on SQLite nothing would wake it, and an all-in-one process
+    starting there would re-queue its live claims: the role says so instead of serving."""
+    settings = make_settings(tmp_path)
+    daemon = Daemon(settings, role)
+    with pytest.raises(ConfigError, match=f"--role {role.value}: .*SQLite.*PostgreSQL"):
+        daemon.start()
+    assert not inspect(daemon.engine).get_table_names()  # refused before the migrations
+    daemon.engine.dispose()
+    with socket.socket() as port:  # and before the listener's port
+        port.bind((settings.listener.host, settings.listener.port))
