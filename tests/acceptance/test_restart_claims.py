@@ -2,7 +2,8 @@
 
 A sender is killed in the middle of a C-STORE (the PACS holds its answer) and a worker
 in the middle of a batch (its instance's file is a FIFO nobody writes yet, as a hung
-network share would be); then the same role starts again. With default settings the
+network share would be); then the same role starts again (on PostgreSQL, as split roles
+must be; ``all`` on SQLite, as one machine runs it). With default settings the
 claims' leases are minutes long (``sender.run_seconds + 3 x timeout_seconds``,
 ``worker.lease_seconds``): what is measured is how long the restarted process leaves
 the objects and instances its predecessor had claimed, which must be seconds.
@@ -11,7 +12,6 @@ the objects and instances its predecessor had claimed, which must be seconds.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import Engine, text
 
 from osteoflag.config import load_settings
 from osteoflag.db import queue
@@ -28,6 +29,7 @@ from osteoflag.inference.bundle import load_bundle
 from osteoflag.inference.labels import Label
 from osteoflag.pacs.derived import Classification, ModelIdentity
 from testkit.daemon import DaemonProcess, base_sections, write_config
+from testkit.postgres import PostgresServer
 from testkit.wait import wait_for
 from tests.helpers.dicom import radiograph, write_in_syntax
 from tests.helpers.rows import produce_for
@@ -63,13 +65,17 @@ def pacs() -> Iterator[HeldSCP]:
         scp.stop()
 
 
-def _rows(database: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as db:
-        return list(db.execute(sql))
+def _rows(database: Engine, sql: str) -> list[tuple[Any, ...]]:
+    with database.connect() as connection:
+        return [tuple(row) for row in connection.execute(text(sql))]
 
 
-def _config(tmp_path: Path, bundle: Path, pacs_port: int) -> Path:
+def _config(tmp_path: Path, bundle: Path, pacs_port: int, request: pytest.FixtureRequest) -> Path:
+    """The settings of ``role`` (the test's parameter): a role of its own needs PostgreSQL."""
     sections = base_sections(tmp_path, bundle)
+    if request.node.callspec.params["role"] != "all":
+        postgres: PostgresServer = request.getfixturevalue("postgres")
+        sections["storage"]["database_url"] = postgres.database()
     sections["destinations"] = [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}]
     return write_config(tmp_path, sections)
 
@@ -82,9 +88,14 @@ def _start(daemon: DaemonProcess) -> float:
 
 @pytest.mark.parametrize("role", ["sender", "all"])
 def test_a_killed_senders_claimed_objects_go_out_seconds_after_the_restart(
-    tmp_path: Path, tiny_bundle: Path, pacs: HeldSCP, role: str, record_property: Any
+    tmp_path: Path,
+    tiny_bundle: Path,
+    pacs: HeldSCP,
+    role: str,
+    record_property: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
-    config = _config(tmp_path, tiny_bundle, pacs.port)
+    config = _config(tmp_path, tiny_bundle, pacs.port, request)
     settings = load_settings(config)
     engine = make_engine(settings.storage.database_url)
     migrate(engine)
@@ -93,8 +104,7 @@ def test_a_killed_senders_claimed_objects_go_out_seconds_after_the_restart(
         for _ in range(3):
             produce_for(session, make_dx(), Classification(Label.FRACTURE, 0.9), model, settings)
         session.commit()
-    engine.dispose()
-    database = tmp_path / "var" / "osteoflag.db"
+    database = engine
     daemon = DaemonProcess(config, settings.listener.port, role)
     try:
         daemon.start(timeout=START_SECONDS)
@@ -113,6 +123,7 @@ def test_a_killed_senders_claimed_objects_go_out_seconds_after_the_restart(
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
             daemon.process.wait(timeout=30)
+        engine.dispose()
     record_property("claimed_outbound_wait_seconds", round(waited, 1))
     print(f"\n{role}: claimed objects went out {waited:.1f} s after the restart")
     assert len(set(pacs.received)) == 6  # 3 SRs and 3 summaries, each at least once
@@ -136,10 +147,15 @@ def _feed(fifo: Path, data: bytes, stop: threading.Event) -> threading.Thread:
 
 @pytest.mark.parametrize("role", ["worker", "all"])
 def test_a_killed_workers_claimed_instance_is_taken_back_seconds_after_the_restart(
-    tmp_path: Path, tiny_bundle: Path, pacs: HeldSCP, role: str, record_property: Any
+    tmp_path: Path,
+    tiny_bundle: Path,
+    pacs: HeldSCP,
+    role: str,
+    record_property: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
     pacs.gate.set()
-    config = _config(tmp_path, tiny_bundle, pacs.port)
+    config = _config(tmp_path, tiny_bundle, pacs.port, request)
     settings = load_settings(config)
     engine = make_engine(settings.storage.database_url)
     migrate(engine)
@@ -154,8 +170,7 @@ def test_a_killed_workers_claimed_instance_is_taken_back_seconds_after_the_resta
         file_path=str(fifo),
     )
     assert queue.enqueue(session_factory(engine), received)
-    engine.dispose()
-    database = tmp_path / "var" / "osteoflag.db"
+    database = engine
 
     def claims() -> list[tuple[Any, ...]]:
         return _rows(database, "SELECT state, attempts, lease_owner FROM instances")
@@ -182,6 +197,7 @@ def test_a_killed_workers_claimed_instance_is_taken_back_seconds_after_the_resta
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
             daemon.process.wait(timeout=30)
+        engine.dispose()
     record_property("claimed_instance_wait_seconds", round(waited, 1))
     print(f"\n{role}: the claimed instance was taken back {waited:.1f} s after the restart")
     assert claims()[0][1] == 2  # the killed attempt counts
