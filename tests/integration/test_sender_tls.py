@@ -107,6 +107,9 @@ def test_untrusted_server_certificate_is_not_sent_to(
     report = send_pending(sessions, settings)
     assert report.sent == 0
     assert list(received.iterdir()) == []
+    with sessions() as session:
+        errors = {row.last_error or "" for row in session.scalars(select(Outbound))}
+    assert errors and all("TLS failed: " in error and "verify failed" in error for error in errors)
 
 
 @pytest.mark.parametrize("kind", ["dimse", "dicomweb"])
