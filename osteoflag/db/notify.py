@@ -23,6 +23,17 @@ QUEUED = "osteoflag_queued"
 OUTBOUND = "osteoflag_outbound"
 _POLL_SECONDS = 1.0
 _RETRY_SECONDS = 5.0
+#: libpq settings of the LISTEN connection: a connect that does not hang on an unanswering
+#: host, and TCP keepalives, so a connection left half-open by a network partition (no reset
+#: ever arrives) fails within about a minute and is made again, instead of leaving this
+#: process without wake-ups, silently, until it restarts.
+_CONNECTION: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def supported(engine: Engine) -> bool:
@@ -50,15 +61,20 @@ def notifier(engine: Engine, channel: str = QUEUED) -> Callable[[], None]:
     return notify
 
 
-def _libpq_url(engine: Engine) -> str:
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+def listen_conninfo(engine: Engine) -> str:
+    """libpq's connection string for ``engine``'s database, with :data:`_CONNECTION`'s
+    settings: what the LISTEN connection is made with."""
+    from psycopg.conninfo import make_conninfo  # the "postgres" extra
+
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return make_conninfo(url, **_CONNECTION)
 
 
 class Subscriber:
     """A thread that calls ``wake`` on every notification until :meth:`stop`."""
 
     def __init__(self, engine: Engine, wake: Callable[[], None], channel: str = QUEUED) -> None:
-        self._url = _libpq_url(engine)
+        self._conninfo = listen_conninfo(engine)
         self._channel = channel
         self._wake = wake
         self._stop = threading.Event()
@@ -76,7 +92,7 @@ class Subscriber:
 
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True) as connection:
+                with psycopg.connect(self._conninfo, autocommit=True) as connection:
                     connection.execute(f"LISTEN {self._channel}")
                     self._wake()  # anything queued while we were not listening
                     while not self._stop.is_set():

@@ -301,3 +301,24 @@ def test_sloppy_source_values_do_not_fail_the_result(
     assert rows["2.25.31"].body_part == ("HAND " * 15)[:64]
     assert rows["2.25.32"].study_instance_uid is None  # a cut UID would name another study
     assert (rows["2.25.33"].series_instance_uid, rows["2.25.33"].manufacturer) == (None, "ACMEX")
+
+
+def test_the_listen_connection_fails_rather_than_hangs(pg_engine: Engine) -> None:
+    """A connection left half-open by a partition sends no reset: only TCP keepalives end it,
+    so the subscriber reconnects instead of going without wake-ups until restarted."""
+    import psycopg
+
+    with psycopg.connect(notify.listen_conninfo(pg_engine)) as connection:
+        used = {
+            option.keyword.decode(): option.val.decode()
+            for option in connection.pgconn.info
+            if option.val is not None
+        }
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    assert {key: used.get(key) for key in ("connect_timeout", "keepalives")} == {
+        "connect_timeout": "10",
+        "keepalives": "1",
+    }
+    silent = ("keepalives_idle", "keepalives_interval", "keepalives_count")
+    idle, interval, count = (int(used[key]) for key in silent)
+    assert idle + interval * count <= 60  # a dead peer noticed within a minute
