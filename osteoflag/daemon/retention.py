@@ -210,10 +210,13 @@ def _sweep(
     root: Path,
     now: datetime | None,
     unnamed: Callable[[Session, list[Path]], list[Path]],
+    what: str,
+    action: str,
 ) -> int:
     """Remove the temporary files and the files ``unnamed`` picks (those no row names) among
     the files in ``root``'s folders last written more than :data:`ORPHAN_AGE` before ``now``;
-    a file written again since it was listed is kept (:func:`_remove_orphan`)."""
+    a file written again since it was listed is kept (:func:`_remove_orphan`). Any removal is
+    logged as ``retention removed {what}``, under ``action``."""
     cutoff = ((now or utcnow()) - ORPHAN_AGE).timestamp()
     old = _old_files(root, cutoff)
     leftovers = [path for path in old if path.name.startswith(_LEFTOVERS)]
@@ -221,7 +224,10 @@ def _sweep(
     with reading(sessions) as session:
         orphans = unnamed(session, named)
     removed = _each((path for path in leftovers if _written_before(path, cutoff)), _unlink)
-    return removed + _each(orphans, lambda path: _remove_orphan(path, cutoff))
+    removed += _each(orphans, lambda path: _remove_orphan(path, cutoff))
+    if removed:
+        logger.warning("retention removed %s", what, extra={"action": action, "files": removed})
+    return removed
 
 
 def remove_orphans(
@@ -239,13 +245,7 @@ def remove_orphans(
         known = _present(session, Instance.sop_instance_uid, uids, Instance.removed_at.is_(None))
         return [path for path in received if not named_uids(path) & known]
 
-    removed = _sweep(sessions, incoming, now, unnamed)
-    if removed:
-        logger.warning(
-            "retention removed files no queue row names",
-            extra={"action": "retention_orphans", "files": removed},
-        )
-    return removed
+    return _sweep(sessions, incoming, now, unnamed, "files no queue row names", "retention_orphans")
 
 
 def remove_unrecorded(
@@ -270,10 +270,6 @@ def remove_unrecorded(
         kept = {str(item.path) for item in kept_until_retention(session)}
         return [path for path in candidates if str(path) not in kept]
 
-    removed = _sweep(sessions, outgoing, now, unnamed)
-    if removed:
-        logger.warning(
-            "retention removed produced files no row names",
-            extra={"action": "retention_unrecorded", "files": removed},
-        )
-    return removed
+    return _sweep(
+        sessions, outgoing, now, unnamed, "produced files no row names", "retention_unrecorded"
+    )
