@@ -259,80 +259,91 @@ def write_bundle(
     trained_x: Inputs,
     results: dict[str, object],
 ) -> None:
-    """Export the full graph, verify it against the split graphs, write files and manifest."""
+    """Write the bundle beside ``--out`` (:func:`_write_files`) and put it in place whole."""
     with publish.staging(options.out) as staging:
-        full = FeatureGraph(network.trunk, model.head, options.layout).eval()
-        spec = input_spec(options)
-        inputs = np.stack(
-            # the first images, as many as the parity check takes (a small set may have fewer)
-            [features.prepare(sample, spec) for sample in prep.samples[: export.PARITY_IMAGES]]
-        )
-        export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
-        parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
-        maps.expose_maps(staging / "backbone.onnx")
-        session = export.session(staging / "backbone.onnx", options.threads)
-        served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {INPUT_NAME: inputs})
-        split_error = export.max_relative_error(served, trained_x.x[: len(served)])
-        if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
-            raise TrainingError(
-                f"bundle graph differs from the graphs training used: {split_error:.3g}"
-            )
-        parity_figures = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
-        if trained_x.maps is not None:
-            map_error = export.max_relative_error(served_maps, trained_x.maps[: len(inputs)])
-            if not map_error <= MAPS_MAX_RELATIVE_ERROR:
-                raise TrainingError(
-                    f"bundle's '{maps.MAPS_OUTPUT}' output differs from the maps the cell term "
-                    f"trained on: {map_error:.3g}"
-                )
-            parity_figures["bundle_maps_vs_training_maps"] = map_error
-        results["parity"] = parity_figures
-        classifier_section = model.classifier.save(staging)
-        metrics_doc = report.strip_scores(results)
-        (staging / "metrics.json").write_text(
-            json.dumps(metrics_doc, indent=2, default=float) + "\n"
-        )
-        report.write_card(staging, results)
-        training_data = {
-            "sources": {
-                "primary": str(options.data),
-                "other": str(options.other) if options.other else None,
-            },
-            "bundle_fitted_on": FITTED_ON[options.train_on],
-            "counts": {s: len(split_indices(prep, s)) for s in ("train", "val", "test")},
-            "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
-            "hygiene": prep.hygiene,
-        }
-        write_manifest(
-            staging,
-            name=options.name,
-            version=options.version,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            training_data=training_data,
-            input={
-                "size": list(spec.size),
-                "resize_mode": spec.resize_mode.value,
-                "colour_order": spec.colour_order.value,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "scale": spec.scale,
-            },
-            backbone={
-                "file": "backbone.onnx",
-                "architecture": options.architecture.value,
-                "init": options.init.value,
-                "precision": "float32",
-            },
-            features={
-                "count": int(served.shape[1]),
-                "layout": layout_text(options.architecture, options.layout, options.small_view)
-                + tuned_text(options),
-                "views": list(options.bundle_booster.view_starts),
-            },
-            classifier=classifier_section,
-            threshold={"value": model.threshold, "method": model.threshold_method},
-            calibration=model.calibration,
-            metrics={"validation": report.strip_scores(model.validation)},
-        )
+        _write_files(staging, options, prep, network, model, trained_x, results)
         publish.publish(staging, options.out, replace=True)
     logger.info("bundle written", extra={"action": "bundle_written", "path": str(options.out)})
+
+
+def _write_files(
+    staging: Path,
+    options: TrainOptions,
+    prep: Prepared,
+    network: Network,
+    model: FittedModel,
+    trained_x: Inputs,
+    results: dict[str, object],
+) -> None:
+    """Export the full graph, verify it against the split graphs, write files and manifest."""
+    full = FeatureGraph(network.trunk, model.head, options.layout).eval()
+    spec = input_spec(options)
+    inputs = np.stack(
+        # the first images, as many as the parity check takes (a small set may have fewer)
+        [features.prepare(sample, spec) for sample in prep.samples[: export.PARITY_IMAGES]]
+    )
+    export.export_onnx(full, torch.from_numpy(inputs[:1]), staging / "backbone.onnx")
+    parity = export.check_parity(full, staging / "backbone.onnx", inputs, options.threads)
+    maps.expose_maps(staging / "backbone.onnx")
+    session = export.session(staging / "backbone.onnx", options.threads)
+    served, served_maps = session.run([OUTPUT_NAME, maps.MAPS_OUTPUT], {INPUT_NAME: inputs})
+    split_error = export.max_relative_error(served, trained_x.x[: len(served)])
+    if not split_error <= export.PARITY_MAX_RELATIVE_ERROR:
+        raise TrainingError(
+            f"bundle graph differs from the graphs training used: {split_error:.3g}"
+        )
+    parity_figures = {"torch_vs_onnxruntime": parity, "bundle_vs_training_graphs": split_error}
+    if trained_x.maps is not None:
+        map_error = export.max_relative_error(served_maps, trained_x.maps[: len(inputs)])
+        if not map_error <= MAPS_MAX_RELATIVE_ERROR:
+            raise TrainingError(
+                f"bundle's '{maps.MAPS_OUTPUT}' output differs from the maps the cell term "
+                f"trained on: {map_error:.3g}"
+            )
+        parity_figures["bundle_maps_vs_training_maps"] = map_error
+    results["parity"] = parity_figures
+    classifier_section = model.classifier.save(staging)
+    metrics_doc = report.strip_scores(results)
+    (staging / "metrics.json").write_text(json.dumps(metrics_doc, indent=2, default=float) + "\n")
+    report.write_card(staging, results)
+    training_data = {
+        "sources": {
+            "primary": str(options.data),
+            "other": str(options.other) if options.other else None,
+        },
+        "bundle_fitted_on": FITTED_ON[options.train_on],
+        "counts": {s: len(split_indices(prep, s)) for s in ("train", "val", "test")},
+        "grouping": "Roboflow stem + pixel duplicates + dihedral phash near-dups + groups.csv",
+        "hygiene": prep.hygiene,
+    }
+    write_manifest(
+        staging,
+        name=options.name,
+        version=options.version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        training_data=training_data,
+        input={
+            "size": list(spec.size),
+            "resize_mode": spec.resize_mode.value,
+            "colour_order": spec.colour_order.value,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "scale": spec.scale,
+        },
+        backbone={
+            "file": "backbone.onnx",
+            "architecture": options.architecture.value,
+            "init": options.init.value,
+            "precision": "float32",
+        },
+        features={
+            "count": int(served.shape[1]),
+            "layout": layout_text(options.architecture, options.layout, options.small_view)
+            + tuned_text(options),
+            "views": list(options.bundle_booster.view_starts),
+        },
+        classifier=classifier_section,
+        threshold={"value": model.threshold, "method": model.threshold_method},
+        calibration=model.calibration,
+        metrics={"validation": report.strip_scores(model.validation)},
+    )
