@@ -303,7 +303,9 @@ def test_sloppy_source_values_do_not_fail_the_result(
     assert (rows["2.25.33"].series_instance_uid, rows["2.25.33"].manufacturer) == (None, "ACMEX")
 
 
-def test_the_listen_connection_fails_rather_than_hangs(pg_engine: Engine) -> None:
+def test_the_listen_connection_carries_keepalives_and_a_connect_timeout(
+    pg_engine: Engine,
+) -> None:
     """A connection left half-open by a partition sends no reset: only TCP keepalives end it,
     so the subscriber reconnects instead of going without wake-ups until restarted."""
     import psycopg
